@@ -1,0 +1,72 @@
+"""Shared fixtures. Tests that need the real assets in ../shared/assets skip with a reason when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+NANO_PTH = ASSETS / "weights" / "yolox_nano.pth"
+NANO_ONNX = ASSETS / "weights" / "yolox_nano.onnx"
+DOG = ASSETS / "images" / "dog.jpg"
+COCO_TINY = ASSETS / "coco-tiny"
+UNLABELLED = ASSETS / "images" / "coco-val-unlabeled"
+REFERENCE_AP, REFERENCE_AP50 = 0.3052, 0.4777
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs the shared test assets ({path} not found; they live in ../shared/assets)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def nano_pth() -> Path:
+    return _need(NANO_PTH)
+
+
+@pytest.fixture(scope="session")
+def nano_onnx() -> Path:
+    return _need(NANO_ONNX)
+
+
+@pytest.fixture(scope="session")
+def dog_jpg() -> Path:
+    return _need(DOG)
+
+
+@pytest.fixture(scope="session")
+def coco_tiny() -> Path:
+    return _need(COCO_TINY)
+
+
+@pytest.fixture(scope="session")
+def unlabelled_images() -> Path:
+    return _need(UNLABELLED)
+
+
+@pytest.fixture(scope="session")
+def nano_model(nano_pth):
+    """The shared YOLOX-Nano weights loaded (eval mode, not fused). Treat as read-only."""
+    from yolox_deploy import load_model
+
+    return load_model(nano_pth, "yolox-nano")
+
+
+@pytest.fixture(scope="session")
+def tiny_random_model():
+    """A YOLOX-Nano with random weights and 3 classes: for tests that need no real weights."""
+    import torch
+
+    from yolox_deploy import build_model
+
+    torch.manual_seed(0)
+    return build_model("yolox-nano", num_classes=3, class_names=("a", "b", "c")).eval()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,58 @@
+"""What every CLI shares: user errors as one line + exit 2, logging to stderr, common arguments."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from ..errors import YoloxError
+
+EXIT_USER_ERROR = 2
+
+
+def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a CLI ``main``: a :class:`YoloxError` prints ``error: <message>`` on stderr and exits 2, no traceback."""
+
+    @functools.wraps(main)
+    def run(argv: Sequence[str] | None = None) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        try:
+            return int(main(argv) or 0)
+        except YoloxError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return run
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Arguments that choose and open an artefact."""
+    p.add_argument("weights", help="checkpoint (.pth) or exported artefact (.onnx, .engine, *_openvino/, *_ncnn/)")
+    p.add_argument("--model", help="YOLOX variant for checkpoints that do not say (yolox-nano ... yolox-x)")
+    p.add_argument("--img-size", nargs="+", type=int, metavar="N",
+                   help="input size: one number or height width (default: the artefact's / the variant's test size)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (OpenVINO: CPU, GPU, NPU, AUTO)")
+    p.add_argument("--backend", help="override the runtime the artefact implies (torch, onnxruntime, openvino, ncnn, tensorrt)")
+    p.add_argument("--batch", type=int, default=None, help="images per inference call (dynamic-batch artefacts)")
+    p.add_argument("--legacy", action="store_true",
+                   help="legacy checkpoints (before YOLOX 0.1.1): RGB input, /255, ImageNet mean/std")
+
+
+def detector_kwargs(args: argparse.Namespace) -> dict:
+    """The Detector arguments from :func:`add_model_args`'s options."""
+    kw = {"model": args.model, "device": args.device, "backend": args.backend, "batch_size": args.batch,
+          "img_size": args.img_size}
+    if args.legacy:
+        kw["legacy"] = True
+    return kw
+
+
+def main_guard(entry: Callable[[Sequence[str] | None], int]) -> None:
+    """``if __name__ == "__main__"`` helper."""
+    sys.exit(entry(None))

@@ -1,0 +1,61 @@
+"""``yolox-eval``: COCO bbox AP of any artefact on a COCO-format folder, with the authors' protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from ..eval.coco import STAT_LABELS, STAT_NAMES, evaluate, open_coco
+from ..runtimes.detector import Detector
+from ..utils.files import write_text_atomic
+from ..utils.table import format_table
+from .common import add_model_args, cli_entry, detector_kwargs, main_guard
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="yolox-eval", description=__doc__)
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="COCO folder: annotations/instances_<split>.json + <split>/")
+    p.add_argument("--split", default="val2017", help="split name (default val2017)")
+    p.add_argument("--conf", type=float, default=0.01, help="score threshold (default 0.01, as the authors)")
+    p.add_argument("--nms", type=float, default=0.65, help="NMS IoU threshold (default 0.65, as the authors)")
+    p.add_argument("--class-agnostic", action="store_true", help="class-agnostic NMS")
+    p.add_argument("--json", help="write the metrics as JSON to this file")
+    return p
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data = open_coco(args.data, args.split)
+    with Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic, max_det=None,
+                  clip=False, **detector_kwargs(args)) as det:
+        print(f"{det!r} on {len(data.image_ids)} images of {args.data}/{args.split}")
+        result = evaluate(det, data, progress=True)
+    print(format_table(["metric", "value"], [[label, result.stats[name]] for name, label in zip(STAT_NAMES, STAT_LABELS)]))
+    print()
+    rows = sorted(result.per_class.items(), key=lambda kv: kv[0])
+    print(format_table(["class", "AP"] * 3, _columns(rows, 3)))
+    print()
+    print(f"AP {result.stats['AP']:.4f}  AP50 {result.stats['AP50']:.4f}  AP75 {result.stats['AP75']:.4f}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _columns(rows: list[tuple[str, float]], n: int) -> list[list]:
+    """Lay ``(name, AP)`` pairs out in ``n`` side-by-side column pairs."""
+    height = -(-len(rows) // n)
+    out = []
+    for r in range(height):
+        line: list = []
+        for c in range(n):
+            i = c * height + r
+            line.extend(rows[i] if i < len(rows) else ("", None))
+        out.append(line)
+    return out
+
+
+if __name__ == "__main__":
+    main_guard(main)

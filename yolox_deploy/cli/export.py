@@ -1,0 +1,98 @@
+"""``yolox-export``: a checkpoint (or an existing ONNX file) to ONNX, OpenVINO IR, NCNN or a TensorRT engine."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..export import IMPORT_ERRORS, export, registered_formats
+from ..utils.table import format_table
+from .common import cli_entry, main_guard
+
+
+def _format_choices() -> list[str]:
+    return sorted(n for c in registered_formats().values() for n in (c.info.name, *c.info.aliases))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formats = registered_formats()
+    lines = []
+    for cls in formats.values():
+        ok, why = cls.info.available()
+        lines.append(f"  {cls.info.name:<9} {cls.info.description}" + ("" if ok else f" [unavailable: {why}]"))
+    for name, err in IMPORT_ERRORS.items():
+        lines.append(f"  {name:<9} [failed to load: {err}]")
+    p = argparse.ArgumentParser(prog="yolox-export", description=__doc__,
+                                epilog="formats:\n" + "\n".join(lines),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="checkpoint (.pth) or an ONNX file to convert")
+    p.add_argument("--model", help="YOLOX variant (yolox-nano ... yolox-x) if the checkpoint does not say")
+    p.add_argument("--format", required=True, choices=_format_choices(), metavar="{" + ",".join(_format_choices()) + "}")
+    p.add_argument("--num-classes", type=int, help="class count of the checkpoint (default: read from it)")
+    p.add_argument("--img-size", nargs="+", type=int, metavar="N", help="640, or height width (default: the variant's test size)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (the profile's optimum with --dynamic)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch")
+    p.add_argument("--dynamic-hw", action="store_true", help="dynamic height and width too")
+    p.add_argument("--max-batch", type=int, help="largest batch of a dynamic TensorRT profile (default max(8, batch))")
+    p.add_argument("--half", action="store_true", help="FP16")
+    p.add_argument("--int8", action="store_true", help="INT8 post-training quantisation (needs --calib-images)")
+    p.add_argument("--calib-images", help="folder of calibration images for --int8")
+    p.add_argument("--calib-count", type=int, default=100, help="at most this many calibration images (default 100)")
+    p.add_argument("--calib-method", choices=("entropy", "minmax"), default="entropy", help="TensorRT INT8 calibrator")
+    p.add_argument("--decode-in-graph", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode boxes inside the graph (default on)")
+    p.add_argument("--nms", action="store_true", help="NMS inside the graph: outputs num_dets, boxes, scores, labels")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold of the in-graph NMS")
+    p.add_argument("--iou", type=float, default=0.45, help="IoU threshold of the in-graph NMS")
+    p.add_argument("--max-det", type=int, default=100, help="detections per image of the in-graph NMS")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=True, help="simplify the ONNX graph")
+    p.add_argument("--workspace", type=float, default=4.0, help="TensorRT builder workspace in GiB")
+    p.add_argument("--device", default="cpu", help="device to build and verify on (TensorRT: cuda:N)")
+    p.add_argument("--output", help="output path (default: next to the weights)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the artefact and compare with the torch model (default on)")
+    p.add_argument("--verify-image", help="image to verify on (default: a synthetic scene)")
+    p.add_argument("--legacy", action="store_true", help="legacy checkpoint: RGB, /255, ImageNet mean/std input")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    return p
+
+
+def _size(path: Path) -> float:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+    return path.stat().st_size / 1e6
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = export(
+        args.weights, args.format, args.output, model=args.model, num_classes=args.num_classes,
+        legacy=args.legacy, img_size=args.img_size, batch=args.batch, dynamic=args.dynamic,
+        dynamic_hw=args.dynamic_hw, max_batch=args.max_batch, half=args.half, int8=args.int8,
+        calib_images=args.calib_images, calib_count=args.calib_count, calib_method=args.calib_method,
+        decode_in_graph=args.decode_in_graph, nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det,
+        opset=args.opset, simplify=args.simplify, workspace=args.workspace, device=args.device,
+        verify=args.verify, verify_image=args.verify_image, force=args.force,
+    )
+    m = result.meta
+    rows = [
+        ["artefact", str(result.path)],
+        ["files", ", ".join(p.name for p in result.files)],
+        ["size (MB)", f"{sum(_size(p) for p in result.files):.2f}"],
+        ["format / precision", f"{m.format} / {m.precision}"],
+        ["input", f"{'N' if m.batch is None else m.batch}x3x{'HxW' if m.dynamic_hw else f'{m.input_size[0]}x{m.input_size[1]}'}"],
+        ["in graph", ", ".join(k for k, v in (("decode", m.decode_in_graph), ("nms", m.nms_in_graph)) if v) or "raw head"],
+        ["verification", result.verification.summary() if result.verification else "skipped"],
+        ["time (s)", f"{result.seconds:.1f}"],
+    ]
+    for note in result.notes:
+        rows.append(["note", note])
+    print(format_table(["", "value"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,175 @@
+"""COCO bbox evaluation of any Detector, as the authors' ``COCOEvaluator`` (pycocotools).
+
+A COCO folder holds ``annotations/instances_<split>.json`` and ``<split>/`` images. Model classes map to
+dataset categories by name when every dataset category is among the model's labels (an 80-class COCO model
+on a COCO subset), else by position in the sorted category ids (the authors' convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.images import read_image
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_LABELS = (
+    "AP @[IoU=0.50:0.95 | area=all | maxDets=100]", "AP @[IoU=0.50 | area=all | maxDets=100]",
+    "AP @[IoU=0.75 | area=all | maxDets=100]", "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=1]", "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=100]", "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+)
+
+
+# The authors' evaluation protocol (their COCOEvaluator): these Detector settings reproduce their AP.
+AUTHORS_PROTOCOL: dict[str, Any] = {"conf": 0.01, "nms": 0.65, "max_det": None, "clip": False}
+
+
+def _coco_api():
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster as COCOeval
+        except ImportError:
+            raise InputError("COCO evaluation needs pycocotools: pip install 'yolox-deploy[eval]'") from None
+    return COCO, COCOeval
+
+
+@dataclass
+class CocoSplit:
+    """One split of a COCO-format folder."""
+
+    root: Path
+    split: str
+    ann_file: Path
+    image_dir: Path
+    coco: Any
+    image_ids: list[int]
+    categories: list[dict[str, Any]]
+
+    @property
+    def category_ids(self) -> list[int]:
+        return [c["id"] for c in self.categories]
+
+    @property
+    def category_names(self) -> list[str]:
+        return [c["name"] for c in self.categories]
+
+    def image_path(self, image_id: int) -> Path:
+        return self.image_dir / self.coco.imgs[image_id]["file_name"]
+
+
+def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
+    """Open ``root/annotations/instances_<split>.json`` with images in ``root/<split>/``."""
+    r = Path(root)
+    if not r.is_dir():
+        raise InputError(f"dataset folder not found: {r}")
+    ann = r / "annotations" / f"instances_{split}.json"
+    if not ann.is_file():
+        raise InputError(f"{r} is not a COCO folder: missing annotations/instances_{split}.json")
+    image_dir = r / split
+    if not image_dir.is_dir():
+        raise InputError(f"{r} is not a COCO folder: missing image folder {split}/")
+    COCO, _ = _coco_api()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(ann))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{ann} is not a valid COCO annotation file ({e})") from None
+    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    if not categories:
+        raise InputError(f"{ann} has no categories")
+    return CocoSplit(r, split, ann, image_dir, coco, sorted(coco.getImgIds()), categories)
+
+
+def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | None]:
+    """Dataset category id for each model class (``None`` where a class has no category)."""
+    names = list(class_names)
+    by_name = {c["name"]: c["id"] for c in data.categories}
+    if all(n in names for n in by_name):
+        return [by_name.get(n) for n in names]
+    if len(names) == len(data.categories):
+        return list(data.category_ids)
+    raise InputError(f"the model has {len(names)} classes and the dataset {len(data.categories)} categories, "
+                     "and their names do not match; pass the class names the model was trained with")
+
+
+@dataclass
+class EvalResult:
+    """COCO metrics: the 12 standard numbers, AP per category, and the raw detections."""
+
+    stats: dict[str, float]
+    per_class: dict[str, float]
+    num_images: int
+    detections: list[dict[str, Any]] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.stats, "per_class_AP": self.per_class, "num_images": self.num_images}
+
+
+def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]]) -> EvalResult:
+    """Score COCO-format detections against a split (pycocotools, bbox)."""
+    _, COCOeval = _coco_api()
+    stats = dict.fromkeys(STAT_NAMES, 0.0)
+    per_class = {c["name"]: 0.0 for c in data.categories}
+    if detections:
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = data.coco.loadRes(detections)
+            ev = COCOeval(data.coco, dt, "bbox")
+            ev.params.imgIds = data.image_ids
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        stats = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+        precision = ev.eval["precision"]  # [T, R, K, A, M]
+        for k, cat_id in enumerate(ev.params.catIds):
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]
+            name = data.coco.cats[cat_id]["name"]
+            per_class[name] = float(np.mean(p)) if p.size else float("nan")
+    return EvalResult(stats, per_class, len(data.image_ids), detections)
+
+
+def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str = "val2017",
+             progress: Callable[[int], Any] | bool = False) -> EvalResult:
+    """Run ``detector`` over every image of a COCO split and score it.
+
+    The detector's own settings apply; ``Detector(..., **AUTHORS_PROTOCOL)`` reproduces the authors' AP. ``progress``: ``True`` for a tqdm bar, or a callable receiving the number of images done.
+    """
+    ds = data if isinstance(data, CocoSplit) else open_coco(data, split)
+    mapping = category_mapping(detector.meta.class_names, ds)
+    detections: list[dict[str, Any]] = []
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(ds.image_ids), desc="eval", unit="img", leave=False)
+    ids = ds.image_ids
+    bs = detector.batch_size
+    with ThreadPoolExecutor(max_workers=2) as pool:  # decode the next images while the model runs
+        chunks = [ids[i:i + bs] for i in range(0, len(ids), bs)]
+        loaded = pool.map(lambda chunk: [read_image(ds.image_path(i)) for i in chunk], chunks)
+        for chunk, images in zip(chunks, loaded):
+            for image_id, dets in zip(chunk, detector.run_batch(images)):
+                detections.extend(dets.to_coco(image_id, mapping))
+            if bar is not None:
+                bar.update(len(chunk))
+            elif callable(progress):
+                progress(len(chunk))
+    if bar is not None:
+        bar.close()
+    return coco_evaluate(ds, detections)

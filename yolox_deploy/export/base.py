@@ -1,0 +1,174 @@
+"""The exporter protocol, the format registry and the options every format understands.
+
+A format module defines one :class:`Exporter` subclass and registers it with :func:`register_format`, whose
+capability row says which options the format accepts; :func:`yolox_deploy.export.export` rejects the others
+with one sentence before any work starts. Exporters write into a temporary location that the driver renames
+into place only when everything (including verification) succeeded.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import BackendUnavailable
+from ..meta import ModelMeta
+
+# Options a format must declare in ``supports`` before a user may set them away from their defaults.
+OPTIONAL_FEATURES = ("dynamic", "dynamic_hw", "half", "int8", "nms", "decode_in_graph", "opset", "simplify",
+                     "workspace", "calib_method")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the user asked for. ``img_size`` is ``(height, width)``, multiples of 32.
+
+    - ``batch``: fixed batch size, or the optimum of the profile when ``dynamic``
+    - ``dynamic``: dynamic batch; ``dynamic_hw``: dynamic height/width too
+    - ``max_batch``: upper end of a dynamic-batch profile (TensorRT); default ``max(8, batch)``
+    - ``half`` / ``int8``: reduced precision; ``int8`` needs ``calib_images`` (a folder)
+    - ``calib_count``: at most this many calibration images; ``calib_method``: ``entropy`` or ``minmax``
+    - ``decode_in_graph``: boxes decoded in the graph; ``nms``: NMS in the graph (``conf``, ``iou``, ``max_det``)
+    - ``opset``: ONNX opset; ``simplify``: run onnxslim/onnxsim on the ONNX
+    - ``workspace``: TensorRT builder workspace (GiB); ``device``: where to build / verify
+    - ``verify``: run the artefact after writing and compare with the torch model; ``verify_image``: on
+      this image (default: a deterministic synthetic scene)
+    - ``force``: overwrite an existing output
+    """
+
+    img_size: tuple[int, int] = (640, 640)
+    batch: int = 1
+    dynamic: bool = False
+    dynamic_hw: bool = False
+    max_batch: int | None = None
+    half: bool = False
+    int8: bool = False
+    calib_images: Path | None = None
+    calib_count: int = 100
+    calib_method: str = "entropy"
+    decode_in_graph: bool = True
+    nms: bool = False
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 100
+    opset: int = 17
+    simplify: bool = True
+    workspace: float = 4.0
+    device: str = "cpu"
+    verify: bool = True
+    verify_image: Path | None = None
+    force: bool = False
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else "fp16" if self.half else "fp32"
+
+    def changed_from_default(self) -> set[str]:
+        """Names of the options set away from their default values."""
+        return {f.name for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """A format's capability row."""
+
+    name: str
+    suffix: str  # appended to the source stem: ".onnx", "_openvino", "_ncnn", ".engine"
+    is_dir: bool = False
+    package: str | None = None
+    extra: str | None = None
+    supports: frozenset[str] = frozenset()
+    accepts_onnx: bool = False  # can convert an existing ONNX file (e.g. the authors' released models)
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+    def available(self) -> tuple[bool, str]:
+        if self.package is None or importlib.util.find_spec(self.package) is not None:
+            return True, ""
+        return False, (f"exporting to {self.name} needs the '{self.package}' package "
+                       f"(pip install 'yolox-deploy[{self.extra}]')")
+
+    def require(self) -> None:
+        ok, reason = self.available()
+        if not ok:
+            raise BackendUnavailable(reason)
+
+
+@dataclass
+class ExportSource:
+    """What is exported: a torch model, or an existing ONNX file (then ``model`` is ``None``).
+
+    ``meta`` describes the source (labels, strides, preprocessing, and for ONNX its input size and whether
+    it decodes). ``name`` is the stem used for default output names.
+    """
+
+    meta: ModelMeta
+    name: str
+    model: Any = None
+    onnx_path: Path | None = None
+    weights: Path | None = None
+
+
+@dataclass
+class ExportResult:
+    """Where the artefact is, what it says about itself, and the verification report (if run)."""
+
+    path: Path
+    meta: ModelMeta
+    files: list[Path] = field(default_factory=list)
+    verification: Any = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+_FORMATS: dict[str, type[Exporter]] = {}
+
+
+def register_format(name: str, *, suffix: str, is_dir: bool = False, package: str | None = None,
+                    extra: str | None = None, supports: tuple[str, ...] = (), accepts_onnx: bool = False,
+                    aliases: tuple[str, ...] = (), description: str = "") -> Callable[[type[Exporter]], type[Exporter]]:
+    """Class decorator adding an exporter to the registry with its capability row."""
+
+    def wrap(cls: type[Exporter]) -> type[Exporter]:
+        cls.info = FormatInfo(name, suffix, is_dir, package, extra, frozenset(supports), accepts_onnx, aliases,
+                              description or (cls.__doc__ or "").strip().splitlines()[0])
+        _FORMATS[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered_formats() -> dict[str, type[Exporter]]:
+    return dict(_FORMATS)
+
+
+class Exporter(abc.ABC):
+    """Writes one artefact kind.
+
+    ``export`` receives the source, the options and a *temporary* destination (a file path, or an existing
+    empty folder for ``is_dir`` formats) and returns the artefact's :class:`ModelMeta`. It may write extra
+    files next to a file artefact only through ``sidecars`` (paths it returns in ``ExportResult.files``).
+    """
+
+    info: ClassVar[FormatInfo]
+
+    def __init__(self, options: ExportOptions) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    def export(self, source: ExportSource, dest: Path) -> ModelMeta:
+        """Write the artefact to ``dest`` and return its metadata."""
+
+    def artefact_meta(self, source: ExportSource) -> ModelMeta:
+        """The metadata the artefact will carry, from the source and the options."""
+        o = self.options
+        return source.meta.with_(
+            input_size=tuple(o.img_size), batch=None if o.dynamic else o.batch, dynamic_hw=o.dynamic_hw,
+            decode_in_graph=o.decode_in_graph or o.nms, nms_in_graph=o.nms,
+            max_det=o.max_det if o.nms else None, precision=o.precision, format=self.info.name,
+            extra={**source.meta.extra, **({"nms_conf": o.conf, "nms_iou": o.iou} if o.nms else {})},
+        )

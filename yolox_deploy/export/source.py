@@ -1,0 +1,83 @@
+"""What an export starts from: a checkpoint, an in-memory model, or an existing ONNX file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtefactError, BackendUnavailable, InputError
+from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta
+from ..nn.checkpoint import load_model
+from ..nn.yolox import YOLOX
+from .base import ExportSource
+
+
+def model_meta(model: YOLOX, *, legacy: bool = False, class_names: Sequence[str] | None = None) -> ModelMeta:
+    """Metadata of a torch model before export (labels, test size, preprocessing contract)."""
+    spec = model.spec
+    names = tuple(class_names or model.class_names or ()) or None
+    meta = ModelMeta.default(model.num_classes, spec.test_size if spec else (640, 640),
+                             model=spec.name if spec else None, strides=tuple(model.head.strides),
+                             preprocess=Preprocess.legacy() if legacy else Preprocess())
+    return meta.with_(class_names=names) if names else meta
+
+
+def _dims(value_info: Any) -> list[Any]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
+
+
+def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
+    """Metadata of an ONNX file: ours from ``metadata_props``, else inferred from the graph (:func:`infer_meta`)."""
+    try:
+        import onnx
+    except ImportError:
+        raise BackendUnavailable("reading ONNX files needs the 'onnx' package (pip install 'yolox-deploy[onnx]')") from None
+    p = Path(path)
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError / ValueError / OSError for corrupt files
+        raise ArtefactError(f"{p} is not a valid ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    if META_KEY in props:
+        return ModelMeta.from_json(props[META_KEY])
+    graph = model.graph
+    init_names = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in init_names]
+    if len(inputs) != 1:
+        raise ArtefactError(f"{p.name}: expected one image input, found {len(inputs)}")
+    return infer_meta(_dims(inputs[0]), [o.name for o in graph.output], _dims(graph.output[0]), p.name,
+                      format="onnx")
+
+
+def load_source(weights: Any, *, model: str | None = None, num_classes: int | None = None,
+                class_names: Sequence[str] | None = None, legacy: bool = False) -> ExportSource:
+    """A checkpoint path, a YOLOX module or an ONNX path -> :class:`ExportSource` (model fused, eval mode)."""
+    if isinstance(weights, YOLOX):
+        net = weights
+        weights_path = None
+        name = (net.spec.name if net.spec else "yolox").replace("-", "_")
+    else:
+        weights_path = Path(weights)
+        if not weights_path.exists():
+            raise InputError(f"weights not found: {weights_path}")
+        name = weights_path.stem
+        if weights_path.suffix.lower() == ".onnx":
+            meta = read_onnx_meta(weights_path)
+            if class_names:
+                if len(class_names) != meta.num_classes:
+                    raise InputError(f"{len(class_names)} class names given, the model has {meta.num_classes} classes")
+                meta = meta.with_(class_names=tuple(class_names))
+            if legacy:
+                meta = meta.with_(preprocess=Preprocess.legacy())
+            return ExportSource(meta, name, onnx_path=weights_path, weights=weights_path)
+        net = load_model(weights_path, model, num_classes=num_classes,
+                         class_names=tuple(class_names) if class_names else None)
+    import copy
+
+    fused = copy.deepcopy(net).eval()
+    if not fused.is_fused:
+        fused.fuse()
+    return ExportSource(model_meta(fused, legacy=legacy, class_names=class_names), name, model=fused,
+                        weights=weights_path)

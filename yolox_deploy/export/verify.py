@@ -1,0 +1,130 @@
+"""Check a freshly written artefact against its source before it is reported as exported.
+
+The artefact runs on a sample image through its own runtime backend (the same code ``Detector`` uses); the
+reference is the fused torch model in FP32 on the CPU (or, for an ONNX source, that ONNX file in ONNX
+Runtime), with the same decode setting. Two figures:
+
+- max abs diff of the head output, in raw units: scores as they are, box centres divided by the anchor's
+  stride and box sizes divided by ``max(size, stride)`` when the graph decodes (both are then what the raw
+  offsets would differ by); not available for NMS graphs;
+- detections agreement at conf 0.25 / NMS 0.45: same-class matches with IoU >= 0.5 over the larger count.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ExportError
+from ..io.images import read_image
+from ..io.synthetic import synthetic_scene
+from ..meta import ModelMeta
+from ..ops.decode import cached_grid, level_shapes
+from ..ops.letterbox import preprocess_batch
+from ..ops.match import EMPTY, Agreement, match_detections
+from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
+from .base import ExportOptions, ExportSource
+
+log = logging.getLogger(__name__)
+
+# Max abs diff of the raw output, and minimum detections agreement, per precision.
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.25}
+MIN_AGREEMENT = {"fp32": 0.99, "fp16": 0.8, "int8": 0.5}
+VERIFY_CONF, VERIFY_IOU = 0.25, 0.45
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    precision: str
+    max_abs_diff: float | None
+    tolerance: float
+    agreement: Agreement
+    min_agreement: float
+    image: str
+
+    @property
+    def passed(self) -> bool:
+        diff_ok = self.max_abs_diff is None or self.max_abs_diff <= self.tolerance
+        return diff_ok and self.agreement.agreement >= self.min_agreement
+
+    def summary(self) -> str:
+        diff = "n/a (NMS in graph)" if self.max_abs_diff is None else f"{self.max_abs_diff:.2e}"
+        a = self.agreement
+        return (f"max abs diff {diff} (tolerance {self.tolerance:g}), detections {a.matched}/{max(a.n_a, a.n_b)} "
+                f"agree (mean IoU {a.mean_iou:.3f}) on {self.image}")
+
+
+def normalised_diff(out: np.ndarray, ref: np.ndarray, meta: ModelMeta) -> float:
+    """Max abs diff of two head outputs ``[B, A, 5 + C]`` in raw units (see the module docstring)."""
+    out = out.astype(np.float64)
+    ref = ref.astype(np.float64)
+    if not meta.decode_in_graph:
+        return float(np.abs(out - ref).max())
+    _, stride = cached_grid(level_shapes(meta.input_size, meta.strides), meta.strides, torch.device("cpu"),
+                            torch.float32)
+    s = stride.numpy().astype(np.float64)  # [A, 1]
+    xy = np.abs(out[..., 0:2] - ref[..., 0:2]) / s
+    wh = np.abs(out[..., 2:4] - ref[..., 2:4]) / np.maximum(np.abs(ref[..., 2:4]), s)
+    scores = np.abs(out[..., 4:] - ref[..., 4:])
+    return float(max(xy.max(), wh.max(), scores.max()))
+
+
+def _detections(outputs: list[Any], meta: ModelMeta) -> list[RawDetections]:
+    if meta.nms_in_graph:
+        return split_nms_outputs(*[_np(o) for o in outputs[:4]])
+    hw = None if meta.decode_in_graph else meta.input_size
+    return postprocess(_np(outputs[0]), VERIFY_CONF, VERIFY_IOU, input_hw=hw, strides=meta.strides)
+
+
+def _np(x: Any) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().float().numpy()
+
+
+def reference_outputs(source: ExportSource, batch: np.ndarray, meta: ModelMeta) -> np.ndarray:
+    """The source's head output for ``batch`` (decoded iff the artefact decodes), FP32 on the CPU."""
+    if source.model is not None:
+        model = source.model.cpu().float().eval()
+        previous = model.head.decode_in_inference
+        model.head.decode_in_inference = meta.decode_in_graph or meta.nms_in_graph
+        try:
+            with torch.inference_mode():
+                return model(torch.from_numpy(batch)).numpy()
+        finally:
+            model.head.decode_in_inference = previous
+    from ..runtimes.detector import open_backend
+
+    with open_backend(source.onnx_path, backend="onnxruntime") as ref:
+        return _np(ref.infer(batch)[0])
+
+
+def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, meta: ModelMeta) -> VerifyReport:
+    """Run the artefact at ``path`` and compare with the source; raises :class:`ExportError` when it differs."""
+    from ..runtimes.detector import open_backend
+
+    if options.verify_image is not None:
+        image, label = read_image(options.verify_image), Path(options.verify_image).name
+    else:
+        image, label = synthetic_scene(), "a synthetic scene"
+    batch, _ = preprocess_batch([image], meta.input_size, meta.preprocess, batch_size=meta.batch)
+    with open_backend(path, device=options.device) as backend:
+        outputs = backend.infer(batch)
+    ref = reference_outputs(source, batch, meta)
+
+    diff = None if meta.nms_in_graph else normalised_diff(_np(outputs[0])[:1], ref[:1], meta)
+    ref_meta = meta.with_(nms_in_graph=False, decode_in_graph=meta.decode_in_graph or meta.nms_in_graph)
+    ref_dets = _detections([ref], ref_meta)[0]
+    art_dets = _detections(outputs, meta)[0]
+    agreement = EMPTY + match_detections(_np(ref_dets.boxes), _np(ref_dets.class_ids), _np(art_dets.boxes),
+                                         _np(art_dets.class_ids))
+    precision = meta.precision
+    report = VerifyReport(precision, diff, TOLERANCE[precision], agreement, MIN_AGREEMENT[precision], label)
+    log.info("verify %s: %s", meta.format, report.summary())
+    if not report.passed:
+        raise ExportError(f"verification failed, nothing written: {report.summary()}; "
+                          "use --no-verify to keep such an artefact anyway")
+    return report

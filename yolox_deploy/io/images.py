@@ -1,0 +1,120 @@
+"""Reading images and iterating sources (an image, a folder, a video file, a camera).
+
+Everything is returned as BGR uint8 ``[H, W, 3]``: grayscale is expanded, alpha dropped, 16-bit scaled.
+Unreadable inputs raise :class:`InputError` with the file name and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
+
+
+def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Validate an image array and convert it to BGR uint8 ``[H, W, 3]``.
+
+    Accepts ``[H, W]`` gray, ``[H, W, 1]``, ``[H, W, 3]`` BGR, ``[H, W, 4]`` BGRA; uint8, uint16 (scaled to 8
+    bits) or float in [0, 1]. Raises :class:`InputError` for empty or otherwise unusable arrays.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name}: expected a numpy array (BGR HxWx3 uint8), got {type(image).__name__}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise InputError(f"{name}: expected an image of shape HxW, HxWx1, HxWx3 or HxWx4, got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"{name}: image is empty ({image.shape[0]}x{image.shape[1]} pixels)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        if not np.isfinite(image).all():
+            raise InputError(f"{name}: float image contains NaN or inf")
+        image = np.clip(image * 255.0 if image.max() <= 1.0 else image, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise InputError(f"{name}: unsupported pixel type {image.dtype} (use uint8 BGR)")
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as BGR uint8 ``[H, W, 3]``; raises :class:`InputError` when it cannot."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"image not found: {p}")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not an image")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p} is empty (0 bytes)")
+    data = np.fromfile(p, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"{p} is not a readable image (corrupt or unsupported format)")
+    return ensure_bgr(image, name=str(p))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One item of a source: a name (file stem or ``video_000012``), the image, its index."""
+
+    name: str
+    image: np.ndarray
+    index: int
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    p = Path(folder)
+    return sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _iter_video(capture: cv2.VideoCapture, stem: str) -> Iterator[Frame]:
+    try:
+        i = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield Frame(f"{stem}_{i:06d}", ensure_bgr(frame, f"{stem} frame {i}"), i)
+            i += 1
+    finally:
+        capture.release()
+
+
+def open_video(source: str | int) -> cv2.VideoCapture:
+    """Open a video file or camera index; raises :class:`InputError` if it cannot be opened."""
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        what = f"camera {source}" if isinstance(source, int) else f"video {source}"
+        raise InputError(f"cannot open {what}")
+    return capture
+
+
+def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
+    """Frames of an image file, a folder of images, a video file or a camera index (int or digit string)."""
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+        yield from _iter_video(open_video(int(source)), f"camera{int(source)}")
+        return
+    p = Path(source)
+    if not p.exists():
+        raise InputError(f"source not found: {p}")
+    if p.is_dir():
+        files = list_images(p)
+        if not files:
+            raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {p}")
+        for i, f in enumerate(files):
+            yield Frame(f.stem, read_image(f), i)
+    elif p.suffix.lower() in VIDEO_SUFFIXES:
+        yield from _iter_video(open_video(str(p)), p.stem)
+    else:
+        yield Frame(p.stem, read_image(p), 0)

@@ -1,0 +1,159 @@
+"""What an artefact must say about itself so a runtime needs no other flag.
+
+A :class:`ModelMeta` travels with every artefact: as ONNX ``metadata_props``, OpenVINO ``rt_info`` or a
+sidecar JSON (NCNN, TensorRT), and inside our checkpoints. It is the contract between ``export/`` (writes it)
+and ``runtimes/`` (reads it); neither depends on the other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .data.coco import default_class_names
+from .errors import ArtefactError
+
+META_KEY = "yolox_deploy"  # the key under which the JSON is stored in ONNX / OpenVINO metadata
+SCHEMA_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The input contract: how a BGR uint8 image becomes the model's float input.
+
+    YOLOX (current): letterbox with ``pad_value``, BGR, float 0-255, no normalisation. Legacy checkpoints
+    (before YOLOX 0.1.1): RGB, divided by 255, then ImageNet mean/std (``Preprocess.legacy()``).
+    """
+
+    color: str = "bgr"
+    scale: float = 1.0
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    pad_value: int = 114
+
+    def __post_init__(self) -> None:
+        if self.color not in ("bgr", "rgb"):
+            raise ValueError(f"color must be 'bgr' or 'rgb', got {self.color!r}")
+
+    @classmethod
+    def legacy(cls) -> Preprocess:
+        return cls(color="rgb", scale=1 / 255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the model takes the letterboxed BGR pixels as they are (the current YOLOX contract)."""
+        return self.color == "bgr" and self.scale == 1.0 and self.mean is None and self.std is None
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything a runtime needs to know about an artefact.
+
+    ``input_size`` is ``(height, width)``. ``batch`` is the fixed batch size, or ``None`` when dynamic.
+    ``decode_in_graph``: the output holds decoded boxes (cx, cy, w, h in input pixels) rather than raw
+    offsets. ``nms_in_graph``: the artefact emits ``num_dets, boxes, scores, labels`` (xyxy, input pixels).
+    """
+
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]
+    model: str | None = None
+    strides: tuple[int, ...] = (8, 16, 32)
+    decode_in_graph: bool = False
+    nms_in_graph: bool = False
+    max_det: int | None = None
+    batch: int | None = 1
+    dynamic_hw: bool = False
+    precision: str = "fp32"
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    format: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def with_(self, **changes: Any) -> ModelMeta:
+        """A copy with some fields replaced."""
+        return replace(self, **changes)
+
+    # --- serialisation -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["schema"] = SCHEMA_VERSION
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+        d = dict(d)
+        d.pop("schema", None)
+        known = set(cls.__dataclass_fields__)
+        unknown = {k: d.pop(k) for k in list(d) if k not in known}
+        try:
+            pre = d.pop("preprocess", None) or {}
+            pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
+            meta = cls(
+                class_names=tuple(d.pop("class_names")),
+                input_size=tuple(int(v) for v in d.pop("input_size")),
+                strides=tuple(int(v) for v in d.pop("strides", (8, 16, 32))),
+                preprocess=pre,
+                **d,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtefactError(f"artefact metadata is malformed ({e})") from None
+        if unknown:
+            meta = meta.with_(extra={**meta.extra, **unknown})
+        return meta
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ArtefactError(f"artefact metadata is not valid JSON ({e})") from None
+
+    @classmethod
+    def default(cls, num_classes: int, input_size: tuple[int, int], **kw: Any) -> ModelMeta:
+        """Metadata for an artefact that carries none (e.g. the authors' released ONNX files)."""
+        return cls(class_names=default_class_names(num_classes), input_size=tuple(input_size), **kw)
+
+
+NMS_OUTPUTS = ("num_dets", "boxes", "scores", "labels")
+
+
+def _static(d: Any) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def infer_meta(input_shape: list[Any], output_names: list[str], output_shape: list[Any], artefact: str,
+               **kw: Any) -> ModelMeta:
+    """Metadata for an artefact that carries none, from its graph's shapes (any runtime's view of them).
+
+    ``input_shape`` is ``[N, 3, H, W]`` and ``output_shape`` that of the first output ``[N, A, 5 + C]``;
+    symbolic or unknown dimensions are anything but a positive int. The output is assumed raw (undecoded),
+    as in the authors' released files. Raises :class:`ArtefactError` when the shapes do not say enough.
+    """
+    if len(input_shape) != 4:
+        raise ArtefactError(f"{artefact}: input must be [N, 3, H, W], has shape {list(input_shape)}")
+    if tuple(output_names[:4]) == NMS_OUTPUTS:
+        raise ArtefactError(f"{artefact}: an NMS graph without yolox-deploy metadata; re-export it with yolox-export")
+    batch, h, w = _static(input_shape[0]), _static(input_shape[2]), _static(input_shape[3])
+    width = _static(output_shape[-1]) if output_shape else None
+    if width is None or width < 6:
+        raise ArtefactError(f"{artefact}: cannot read the class count from output {output_names[0]!r} "
+                            f"of shape {list(output_shape)} (expected [N, anchors, 5 + classes])")
+    if h is None or w is None:
+        raise ArtefactError(f"{artefact}: input height/width are dynamic and there is no metadata; pass img_size")
+    return ModelMeta.default(width - 5, (h, w), batch=batch, **kw)
+
+
+def sidecar_path(artefact: str | Path) -> Path:
+    """Where the metadata of a file-based artefact (.engine, .param) lives: ``<artefact>.json``."""
+    p = Path(artefact)
+    return p.with_name(p.name + ".json")

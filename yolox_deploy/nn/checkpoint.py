@@ -1,0 +1,204 @@
+"""Checkpoint I/O: the authors' format (``{"model": state_dict, ...}``), bare state dicts, and ours.
+
+Checkpoints are untrusted input: they are read with ``torch.load(weights_only=True)``. Ours add
+``model_name`` and ``class_names`` next to ``"model"`` (the authors' tools ignore unknown keys), so a
+fine-tuned checkpoint knows its variant and labels.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, InputError
+from ..utils.files import atomic_write
+from ..zoo import VARIANTS, canonical_name
+from .yolox import YOLOX, build_model
+
+CLASS_HEAD_PREFIX = "head.cls_preds."
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk: the model state dict and whatever else it carried."""
+
+    state_dict: dict[str, torch.Tensor]
+    model_name: str | None = None
+    class_names: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int | None:
+        w = self.state_dict.get(f"{CLASS_HEAD_PREFIX}0.weight")
+        return int(w.shape[0]) if w is not None else None
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint file safely. Raises :class:`CheckpointError` with a one-line reason."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"checkpoint not found: {p}")
+    if p.is_dir():
+        raise CheckpointError(f"{p} is a folder, not a checkpoint file")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p} is empty (0 bytes)")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise CheckpointError(f"{p} holds Python objects, not only weights; refusing to unpickle it "
+                                  "(checkpoints are loaded with weights_only=True)") from None
+        raise CheckpointError(f"{p} is not a PyTorch checkpoint ({first})") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{p} is not a readable PyTorch checkpoint ({first})") from None
+
+    extra: dict[str, Any] = {}
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        sd = obj["model"]
+        extra = {k: v for k, v in obj.items() if k != "model"}
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        sd = obj["state_dict"]
+        extra = {k: v for k, v in obj.items() if k != "state_dict"}
+    else:
+        sd = obj
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{p} does not contain a model state dict (expected {{'model': state_dict}} "
+                              "or a bare state dict of tensors)")
+    sd = _strip_prefix(_strip_prefix(sd, "module."), "model.")
+    names = extra.pop("class_names", None)
+    model_name = extra.pop("model_name", None)
+    return Checkpoint(sd, model_name=model_name, class_names=tuple(names) if names else None, extra=extra)
+
+
+def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+
+
+def identify_variant(sd: dict[str, torch.Tensor]) -> str | None:
+    """The zoo variant whose module tree a state dict fits (ignoring the class count), or ``None``."""
+    w = sd.get(f"{CLASS_HEAD_PREFIX}0.weight")
+    num_classes = int(w.shape[0]) if w is not None else 80
+    target = _shapes(sd)
+    for name in VARIANTS:
+        with torch.device("meta"):
+            candidate = build_model(name, num_classes)
+        if _shapes(candidate.state_dict()) == target:
+            return name
+    return None
+
+
+def _mismatch_message(model: YOLOX, ckpt: Checkpoint) -> str:
+    want = _shapes(model.state_dict())
+    have = _shapes(ckpt.state_dict)
+    model_name = model.spec.name if model.spec else "the model"
+    if ckpt.num_classes is not None and ckpt.num_classes != model.num_classes:
+        rest_want = {k: v for k, v in want.items() if not k.startswith(CLASS_HEAD_PREFIX)}
+        rest_have = {k: v for k, v in have.items() if not k.startswith(CLASS_HEAD_PREFIX)}
+        if rest_want == rest_have:
+            return (f"checkpoint has {ckpt.num_classes} classes, model has {model.num_classes}; "
+                    "to fine-tune, load all but the class head (ignore_class_head=True / --num-classes)")
+    found = identify_variant(ckpt.state_dict)
+    if found is not None and found != model_name:
+        return f"checkpoint is for {found}, model is {model_name}"
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if wrong:
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]}: checkpoint {have[wrong[0]]}, "
+                     f"model {want[wrong[0]]})")
+    return f"checkpoint does not fit {model_name}: " + "; ".join(parts)
+
+
+def _keep_identity_batchnorms(model: nn.Module) -> None:
+    """Keep folded (identity) BatchNorms identities, whatever eps the file was written for.
+
+    Checkpoints converted from deployed graphs store every BN as weight 1, mean 0, variance ``1 - eps'``.
+    Under the training eps (1e-3) that would scale each layer by ``1/sqrt(1 - eps' + 1e-3)``; giving such a
+    layer ``eps = 1 - running_var`` makes it the identity it was written as.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
+            var = m.running_var
+            gap = 1.0 - var[0].item()
+            if (0.0 < gap < 0.01 and torch.all(var == var[0]) and torch.all(m.running_mean == 0)
+                    and torch.all(m.weight == 1)):
+                m.eps = gap
+
+
+def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignore_class_head: bool = False,
+                    ) -> Checkpoint:
+    """Load a checkpoint into ``model`` strictly.
+
+    ``ignore_class_head=True`` loads everything but the class-specific layers (``head.cls_preds.*``), for
+    fine-tuning on another label set; those layers keep their initialisation. Raises
+    :class:`CheckpointError` naming what differs (variant, class count, keys).
+    """
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
+    sd = ckpt.state_dict
+    if ignore_class_head:
+        sd = {k: v for k, v in sd.items() if not k.startswith(CLASS_HEAD_PREFIX)}
+        want = {k: v for k, v in _shapes(model.state_dict()).items() if not k.startswith(CLASS_HEAD_PREFIX)}
+        if _shapes(sd) != want:
+            raise CheckpointError(_mismatch_message(model, ckpt))
+    elif _shapes(sd) != _shapes(model.state_dict()):
+        raise CheckpointError(_mismatch_message(model, ckpt))
+    model.load_state_dict(sd, strict=not ignore_class_head)
+    _keep_identity_batchnorms(model)
+    if ckpt.class_names and not ignore_class_head and len(ckpt.class_names) == model.num_classes:
+        model.class_names = ckpt.class_names
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes: int | None = None,
+               class_names: tuple[str, ...] | None = None, ignore_class_head: bool = False) -> YOLOX:
+    """Build the right variant for a checkpoint and load it (eval mode, on the CPU).
+
+    The variant comes from ``model``, else from the checkpoint's own ``model_name``, else from the shapes
+    of its state dict. ``num_classes`` defaults to the checkpoint's.
+    """
+    ckpt = read_checkpoint(path)
+    name = canonical_name(model) if model else ckpt.model_name
+    if name is None:
+        name = identify_variant(ckpt.state_dict)
+        if name is None:
+            raise CheckpointError(f"cannot tell which YOLOX variant {path} is for; pass the model name "
+                                  "(--model yolox-s)")
+    n = num_classes or ckpt.num_classes or 80
+    if class_names is not None and len(class_names) != n:
+        raise InputError(f"{len(class_names)} class names given for a model with {n} classes")
+    net = build_model(name, n, class_names=class_names)
+    load_checkpoint(net, ckpt, ignore_class_head=ignore_class_head)
+    return net.eval()
+
+
+def save_checkpoint(model: YOLOX, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``{"model": state_dict, "model_name", "class_names", **extra}`` atomically (authors' format)."""
+    payload: dict[str, Any] = {"model": model.state_dict()}
+    if model.spec is not None:
+        payload["model_name"] = model.spec.name
+    if model.class_names is not None:
+        payload["class_names"] = list(model.class_names)
+    payload.update(extra)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)

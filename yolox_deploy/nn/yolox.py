@@ -1,0 +1,70 @@
+"""The YOLOX detector: neck (with its backbone) + decoupled head, and the zoo constructor."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..zoo import ModelSpec, get_spec
+from .blocks import BaseConv, fuse_conv_bn
+from .head import YOLOXHead
+from .necks import YOLOFPN, YOLOPAFPN
+
+
+class YOLOX(nn.Module):
+    """``images [B, 3, H, W]`` (H, W multiples of 32) -> head output ``[B, A, 5 + C]`` (see :class:`YOLOXHead`).
+
+    ``spec`` and ``class_names`` describe the model; they are not part of the state dict.
+    """
+
+    def __init__(self, backbone: nn.Module, head: YOLOXHead, spec: ModelSpec | None = None,
+                 class_names: tuple[str, ...] | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.spec = spec
+        self.class_names = class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def fuse(self) -> YOLOX:
+        """Fold every BatchNorm into its convolution (inference only; in place, returns self)."""
+        for m in self.modules():
+            if isinstance(m, BaseConv) and isinstance(m.bn, nn.BatchNorm2d):
+                m.conv = fuse_conv_bn(m.conv, m.bn)
+                m.bn = nn.Identity()
+        return self
+
+    @property
+    def is_fused(self) -> bool:
+        return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+
+
+def build_model(name: str, num_classes: int = 80, class_names: tuple[str, ...] | None = None) -> YOLOX:
+    """A freshly initialised YOLOX variant (``yolox-nano`` ... ``yolox-x``, ``yolox-darknet53``).
+
+    The module tree matches the authors' so their checkpoints load with ``strict=True``.
+    """
+    spec = get_spec(name)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if spec.backbone == "darknet53":
+        neck: nn.Module = YOLOFPN(depth=53)
+        head = YOLOXHead(num_classes, width=1.0, in_channels=(128, 256, 512), act=spec.act)
+    else:
+        neck = YOLOPAFPN(spec.depth, spec.width, depthwise=spec.depthwise, act=spec.act)
+        head = YOLOXHead(num_classes, spec.width, act=spec.act, depthwise=spec.depthwise)
+    head.initialize_biases(1e-2)
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    return YOLOX(neck, head, spec=spec, class_names=tuple(class_names) if class_names else None)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (BatchNorm running statistics are buffers and not counted)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,89 @@
+"""Decode the YOLOX head: per-cell offsets and log-sizes -> boxes in input pixels.
+
+Raw head output (what the authors' released ONNX files emit) is ``[B, A, 5 + C]`` with, per anchor (one per
+grid cell, levels of stride 8, 16, 32 concatenated in row-major order): ``tx, ty, tw, th, obj, cls...``;
+``obj`` and ``cls`` are already sigmoid probabilities. Decoding gives ``cx = (tx + gx) * s``,
+``cy = (ty + gy) * s``, ``w = exp(tw) * s``, ``h = exp(th) * s``.
+
+The exponent is clamped: the authors' demos produce ``inf`` boxes on large ``tw`` (their issues #624,
+#1658), in FP16 already at ``tw > 7.6`` on stride 32. The clamp keeps every box finite in FP16 and is far
+beyond any real box (``exp(6.5) * 8 = 5300`` px on the finest level). Offsets are clamped likewise.
+The decode is written with ``cat`` (no in-place slice writes), so an exported graph has no ScatterND.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._array import Array, like, to_tensor
+
+STRIDES: tuple[int, ...] = (8, 16, 32)
+WH_LOGIT_MAX = 6.5
+XY_LOGIT_LIMIT = 1.0e4
+
+
+def level_shapes(input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> list[tuple[int, int]]:
+    """Grid shape ``(h, w)`` of each level for an input of ``input_hw`` pixels."""
+    h, w = input_hw
+    return [(-(-h // s), -(-w // s)) for s in strides]
+
+
+def num_anchors(input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> int:
+    """Number of anchors (grid cells over all levels): 3549 at 416x416, 8400 at 640x640."""
+    return sum(h * w for h, w in level_shapes(input_hw, strides))
+
+
+def make_grid(shapes: list[tuple[int, int]], strides: tuple[int, ...] = STRIDES, *,
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell indices ``[A, 2]`` (x, y) and strides ``[A, 1]`` of every anchor, levels concatenated.
+
+    ``shapes`` may hold traced sizes (ints from ``tensor.shape`` during export) so dynamic H/W survive.
+    """
+    grids, steps = [], []
+    for (h, w), s in zip(shapes, strides):
+        ys = torch.arange(h, device=device, dtype=dtype)
+        xs = torch.arange(w, device=device, dtype=dtype)
+        yv, xv = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack((xv, yv), dim=2).reshape(-1, 2)
+        grids.append(grid)
+        steps.append(torch.full_like(grid[:, :1], float(s)))
+    return torch.cat(grids, dim=0), torch.cat(steps, dim=0)
+
+
+_GRID_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def cached_grid(shapes: list[tuple[int, int]], strides: tuple[int, ...], device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (tuple(shapes), tuple(strides), str(device), dtype)
+    hit = _GRID_CACHE.get(key)
+    if hit is None:
+        if len(_GRID_CACHE) > 32:
+            _GRID_CACHE.clear()
+        hit = _GRID_CACHE[key] = make_grid(shapes, strides, device=device, dtype=dtype)
+    return hit
+
+
+def decode_with_grid(raw: torch.Tensor, grid: torch.Tensor, stride: torch.Tensor) -> torch.Tensor:
+    """Decode ``raw [..., A, 5 + C]`` given ``grid [A, 2]`` and ``stride [A, 1]``; returns cxcywh + scores."""
+    xy = (raw[..., 0:2].clamp(-XY_LOGIT_LIMIT, XY_LOGIT_LIMIT) + grid) * stride
+    wh = torch.exp(raw[..., 2:4].clamp(max=WH_LOGIT_MAX)) * stride
+    return torch.cat((xy, wh, raw[..., 4:]), dim=-1)
+
+
+def decode(raw: Array, input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> Array:
+    """Decode a raw head output ``[B, A, 5 + C]`` (or ``[A, 5 + C]``) for an input of ``input_hw`` pixels.
+
+    Returns the same kind of array (numpy or torch, same device and dtype) with boxes as ``cx, cy, w, h``
+    in input pixels, finite for any finite or infinite logits. Raises ``ValueError`` when ``A`` does not
+    match the input size.
+    """
+    t = to_tensor(raw)
+    shapes = level_shapes(input_hw, strides)
+    expected = sum(h * w for h, w in shapes)
+    if t.shape[-2] != expected:
+        raise ValueError(f"raw output has {t.shape[-2]} anchors; an input of {input_hw[0]}x{input_hw[1]} "
+                         f"with strides {tuple(strides)} gives {expected}")
+    grid, stride = cached_grid(shapes, strides, t.device, t.dtype)
+    return like(decode_with_grid(t, grid, stride), raw)

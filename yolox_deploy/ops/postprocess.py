@@ -1,0 +1,85 @@
+"""From head output to per-image detections, as the authors' ``postprocess``.
+
+Per anchor the class is the arg-max class, the score is ``obj * p(class)``; anchors with score below
+``conf_threshold`` are dropped; NMS runs per image and (unless ``class_agnostic``) per class. All images of a
+batch go through one NMS call. Scores do not depend on decoding, so a raw output is filtered first and only
+the surviving anchors are decoded. Works on numpy or torch (any device); results stay on the input's device.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ._array import Array, like, to_tensor
+from .boxes import cxcywh_to_xyxy
+from .decode import STRIDES, cached_grid, decode_with_grid, level_shapes
+from .nms import batched_nms
+
+
+class RawDetections(NamedTuple):
+    """Detections of one image on the input canvas: ``boxes [K, 4]`` xyxy, ``scores [K]``, ``class_ids [K]``."""
+
+    boxes: Array
+    scores: Array
+    class_ids: Array
+
+
+def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, class_agnostic: bool = False,
+                max_det: int | None = None, input_hw: tuple[int, int] | None = None,
+                strides: tuple[int, ...] = STRIDES) -> list[RawDetections]:
+    """Head output ``[B, A, 5 + C]`` -> one :class:`RawDetections` per image.
+
+    ``pred`` holds decoded boxes (cx, cy, w, h in input pixels) when ``input_hw`` is ``None``; otherwise it
+    is the raw output of an ``input_hw`` input and is decoded here (only for anchors above the threshold).
+    Each result is sorted by decreasing score and holds at most ``max_det`` boxes (all when ``None``).
+    """
+    t = to_tensor(pred)
+    if t.ndim != 3 or t.shape[-1] < 6:
+        raise ValueError(f"expected predictions [B, A, 5 + C], got shape {tuple(t.shape)}")
+    if t.dtype != torch.float32:
+        t = t.float()
+    num_classes = t.shape[-1] - 5
+    class_conf, class_pred = t[..., 5:].max(dim=-1)            # [B, A]
+    scores = t[..., 4] * class_conf                              # [B, A]
+    img_idx, anchor_idx = (scores >= conf_threshold).nonzero(as_tuple=True)
+    cand = t[img_idx, anchor_idx, :4]                            # [K, 4]
+    if input_hw is not None:
+        shapes = level_shapes(input_hw, strides)
+        if sum(h * w for h, w in shapes) != t.shape[1]:
+            raise ValueError(f"raw output has {t.shape[1]} anchors, not those of a "
+                             f"{input_hw[0]}x{input_hw[1]} input")
+        grid, stride = cached_grid(shapes, strides, t.device, t.dtype)
+        cand = decode_with_grid(cand, grid[anchor_idx], stride[anchor_idx])
+    cand_boxes = cxcywh_to_xyxy(cand)
+    cand_scores = scores[img_idx, anchor_idx]
+    cand_cls = class_pred[img_idx, anchor_idx]
+    groups = img_idx if class_agnostic else img_idx * num_classes + cand_cls
+    keep = batched_nms(cand_boxes, cand_scores, groups, iou_threshold)
+
+    if t.shape[0] == 1:
+        per_image = [keep]
+    else:
+        kept_img = img_idx[keep]
+        per_image = [keep[kept_img == b] for b in range(t.shape[0])]
+    results = []
+    for sel in per_image:
+        if max_det is not None:
+            sel = sel[:max_det]
+        results.append(RawDetections(like(cand_boxes[sel], pred), like(cand_scores[sel], pred),
+                                     like(cand_cls[sel], pred)))
+    return results
+
+
+def split_nms_outputs(num_dets: Array, boxes: Array, scores: Array, labels: Array) -> list[RawDetections]:
+    """The four outputs of an in-graph NMS (``[B, 1]``, ``[B, K, 4]``, ``[B, K]``, ``[B, K]``) per image."""
+    n = to_tensor(num_dets).reshape(-1).long()
+    b, s, c = to_tensor(boxes), to_tensor(scores), to_tensor(labels)
+    out = []
+    for i in range(b.shape[0]):
+        k = int(n[i])
+        order = torch.sort(s[i, :k].float(), descending=True, stable=True).indices
+        out.append(RawDetections(like(b[i, :k][order].float(), boxes), like(s[i, :k][order].float(), scores),
+                                 like(c[i, :k][order].long(), labels)))
+    return out

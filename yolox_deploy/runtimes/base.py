@@ -1,0 +1,189 @@
+"""The backend protocol and the registry that maps artefacts to backends.
+
+A backend turns a preprocessed batch (``[N, 3, H, W]`` float32, letterboxed and normalised per the
+artefact's :class:`~yolox_deploy.meta.Preprocess`) into the artefact's outputs: the head output
+``[N, A, 5 + C]`` (raw or decoded, per ``meta.decode_in_graph``) or, when ``meta.nms_in_graph``, the four
+NMS outputs ``num_dets [N, 1], boxes [N, K, 4], scores [N, K], labels [N, K]``. It never letterboxes, decodes,
+or draws: that is the pipeline's job (``detector.py``), shared by all backends.
+
+Each backend module registers itself with :func:`register_backend`, which records its capability row (the
+suffixes or folder layout it opens, the package it needs and the pip extra providing it, its devices).
+Optional packages are imported inside ``_load``, so a missing one is reported, never fatal at import.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ArtefactError, BackendUnavailable, InputError
+from ..meta import ModelMeta
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """A backend's capability row."""
+
+    name: str
+    suffixes: tuple[str, ...] = ()
+    package: str | None = None
+    extra: str | None = None
+    devices: tuple[str, ...] = ("cpu",)
+    folder_pattern: str | None = None
+    description: str = ""
+
+    def available(self) -> tuple[bool, str]:
+        """``(True, "")`` when the package can be imported, else ``(False, reason)`` (without importing it)."""
+        if self.package is None or importlib.util.find_spec(self.package) is not None:
+            return True, ""
+        how = f"pip install 'yolox-deploy[{self.extra}]'" if self.extra else f"install {self.package}"
+        return False, f"the {self.name} backend needs the '{self.package}' package ({how})"
+
+
+_REGISTRY: dict[str, type[Backend]] = {}
+
+
+def register_backend(name: str, *, suffixes: tuple[str, ...] = (), package: str | None = None,
+                     extra: str | None = None, devices: tuple[str, ...] = ("cpu",),
+                     folder_pattern: str | None = None, description: str = "") -> Callable[[type[Backend]], type[Backend]]:
+    """Class decorator adding a backend to the registry under ``name``.
+
+    ``suffixes``: file suffixes it opens (``.onnx``); ``folder_pattern``: a glob that marks a folder as its
+    artefact (``*.xml`` for OpenVINO IR).
+    """
+
+    def wrap(cls: type[Backend]) -> type[Backend]:
+        cls.info = BackendInfo(name, tuple(s.lower() for s in suffixes), package, extra, devices,
+                               folder_pattern, description or (cls.__doc__ or "").strip().splitlines()[0])
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered_backends() -> dict[str, type[Backend]]:
+    """All registered backends by name (importing ``yolox_deploy.runtimes`` registers the built-in ones)."""
+    return dict(_REGISTRY)
+
+
+def backend_class(name: str) -> type[Backend]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def _folder_artefacts(path: Path, pattern: str) -> list[Path]:
+    return sorted(path.glob(pattern))
+
+
+def find_backend(path: str | os.PathLike) -> type[Backend]:
+    """The backend class that opens ``path`` (a file by suffix, a folder by its layout)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"artefact not found: {p}")
+    if p.is_dir():
+        for cls in _REGISTRY.values():
+            if cls.info.folder_pattern and _folder_artefacts(p, cls.info.folder_pattern):
+                return cls
+        patterns = ", ".join(c.info.folder_pattern for c in _REGISTRY.values() if c.info.folder_pattern)
+        raise ArtefactError(f"no model artefact in folder {p} (looked for {patterns or 'nothing'})")
+    suffix = p.suffix.lower()
+    for cls in _REGISTRY.values():
+        if suffix in cls.info.suffixes:
+            return cls
+    known = sorted({s for c in _REGISTRY.values() for s in c.info.suffixes})
+    raise ArtefactError(f"don't know how to run {p.name}: expected one of {', '.join(known)} or an exported folder")
+
+
+class Backend(abc.ABC):
+    """One loaded artefact. Use as a context manager or call :meth:`close`.
+
+    Subclasses implement ``_load`` (read the artefact, set ``self.meta``) and ``_infer``; the public methods
+    check state and shapes. Set ``thread_safe = False`` when concurrent ``_infer`` calls must be serialised.
+    """
+
+    info: ClassVar[BackendInfo]
+    thread_safe: ClassVar[bool] = True
+
+    def __init__(self, path: str | os.PathLike | Any, *, device: str = "cpu", **options: Any) -> None:
+        ok, reason = self.info.available()
+        if not ok:
+            raise BackendUnavailable(reason)
+        self.path = path
+        self.device = device
+        self.options = options
+        self.meta: ModelMeta
+        self._closed = False
+        self._lock = threading.Lock()
+        self._load()
+
+    # --- hooks ---------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Open the artefact and set ``self.meta``."""
+
+    @abc.abstractmethod
+    def _infer(self, batch: Any) -> list[Any]:
+        """Run one batch; return the outputs (numpy arrays, or torch tensors on ``output_device``)."""
+
+    def _close(self) -> None:
+        """Release runtime resources."""
+
+    # --- public --------------------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int | None, int, int, int]:
+        """``(batch or None when dynamic, 3, H, W)``."""
+        return (self.meta.batch, 3, *self.meta.input_size)
+
+    @property
+    def output_device(self) -> str:
+        """Where outputs live: ``"cpu"`` (numpy) or a torch device string such as ``"cuda:0"``."""
+        return "cpu"
+
+    def infer(self, batch: Any) -> list[Any]:
+        """Run a preprocessed ``[N, 3, H, W]`` float32 batch through the artefact."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        shape = tuple(batch.shape)
+        want_n, _, want_h, want_w = self.input_shape
+        if len(shape) != 4 or shape[1] != 3:
+            raise InputError(f"expected a batch of shape [N, 3, H, W], got {list(shape)}")
+        if not self.meta.dynamic_hw and shape[2:] != (want_h, want_w):
+            raise InputError(f"this artefact was exported for {want_h}x{want_w} input, got {shape[2]}x{shape[3]}; "
+                             "re-export it for that size (or use its own size)")
+        if want_n is not None and shape[0] != want_n:
+            raise InputError(f"this artefact was exported for batch {want_n}, got {shape[0]}")
+        if self.thread_safe:
+            return self._infer(batch)
+        with self._lock:
+            return self._infer(batch)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, device={self.device!r})"
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """A numpy view or copy of a backend input or output."""
+    if isinstance(x, np.ndarray):
+        return x
+    return x.detach().cpu().numpy()

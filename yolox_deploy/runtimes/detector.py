@@ -1,0 +1,180 @@
+"""``Detector``: one pipeline over every backend.
+
+    images -> letterbox (batched) -> backend.infer -> decode (unless in graph) -> batched NMS (unless in
+    graph) -> scale back to image pixels -> Detections
+
+The artefact's metadata decides input size, labels, what the graph already does and the preprocessing
+contract; arguments only override what an artefact without metadata cannot know. Post-processing runs as
+torch ops on the device the backend's outputs live on (the GPU for CUDA backends).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.images import ensure_bgr, read_image
+from ..meta import ModelMeta
+from ..ops.letterbox import preprocess_batch, scale_boxes
+from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
+from ..structures import Detections
+from ..utils.sizes import parse_img_size
+from .base import Backend, backend_class, find_backend
+
+ImageLike = Union[str, os.PathLike, np.ndarray]
+
+
+def _load_one(item: ImageLike, index: int) -> np.ndarray:
+    if isinstance(item, np.ndarray):
+        return ensure_bgr(item, name=f"image {index}")
+    if isinstance(item, (str, os.PathLike)):
+        return read_image(item)
+    raise InputError(f"image {index}: expected a path or a BGR uint8 array, got {type(item).__name__}")
+
+
+def load_images(source: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
+    """A path, an array or a list of them -> list of BGR uint8 arrays."""
+    if isinstance(source, (str, os.PathLike, np.ndarray)):
+        return [_load_one(source, 0)]
+    return [_load_one(item, i) for i, item in enumerate(source)]
+
+
+def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", **options: Any) -> Backend:
+    """Open ``weights`` (a path or an in-memory model) with the named backend or the one its kind implies."""
+    from ..nn.yolox import YOLOX
+
+    if backend:
+        cls = backend_class(backend)
+    elif isinstance(weights, YOLOX):
+        cls = backend_class("torch")
+    else:
+        cls = find_backend(weights)
+    return cls(weights if isinstance(weights, YOLOX) else Path(weights), device=device, **options)
+
+
+class Detector:
+    """Detect objects with any YOLOX artefact: ``.pth``, ``.onnx``, ``.engine``, ``*_openvino/``, ``*_ncnn/``.
+
+    >>> det = Detector("yolox_nano.onnx")
+    >>> [dets] = det("dog.jpg")
+    >>> dets.xyxy, dets.scores, dets.names
+
+    Arguments: ``model`` (variant, for checkpoints without one), ``backend`` (override the one the file
+    implies), ``device`` (``cpu``, ``cuda[:N]``, OpenVINO ``GPU``/``NPU``/``AUTO``), ``conf`` / ``nms``
+    thresholds, ``class_agnostic`` NMS, ``max_det`` per image (``None``: no cap), ``clip`` boxes to the
+    image (the authors' COCO protocol does not), ``batch_size`` (for
+    dynamic-batch artefacts; fixed-batch ones get padded batches), ``img_size`` (dynamic-size artefacts;
+    must match a fixed one), ``class_names`` / ``num_classes`` for artefacts without labels, and backend
+    options (``half``, ``legacy``, ``threads``...).
+    """
+
+    def __init__(self, weights: Any, *, model: str | None = None, backend: str | None = None,
+                 device: str = "cpu", conf: float = 0.25, nms: float = 0.45, class_agnostic: bool = False,
+                 max_det: int | None = 300, clip: bool = True, batch_size: int | None = None,
+                 img_size: int | Sequence[int] | str | None = None, class_names: Sequence[str] | None = None,
+                 num_classes: int | None = None, **options: Any) -> None:
+        if not 0.0 <= conf <= 1.0 or not 0.0 <= nms <= 1.0:
+            raise InputError(f"thresholds must lie in [0, 1]: conf={conf}, nms={nms}")
+        size = parse_img_size(img_size) if img_size is not None else None
+        self.backend = open_backend(weights, backend, device, model=model, img_size=size,
+                                    class_names=tuple(class_names) if class_names else None,
+                                    num_classes=num_classes, **options)
+        self.meta = self.backend.meta = self._apply_overrides(self.backend.meta, size, class_names)
+        self.conf, self.nms = float(conf), float(nms)
+        self.class_agnostic = class_agnostic
+        self.max_det = max_det
+        self.clip = clip
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        self.batch_size = self.meta.batch or batch_size or 1
+
+    @staticmethod
+    def _apply_overrides(meta: ModelMeta, size: tuple[int, int] | None,
+                         class_names: Sequence[str] | None) -> ModelMeta:
+        if size is not None and size != tuple(meta.input_size):
+            if not meta.dynamic_hw:
+                raise InputError(f"this artefact was exported for {meta.input_size[0]}x{meta.input_size[1]} input, "
+                                 f"not {size[0]}x{size[1]}; re-export it for that size or drop --img-size")
+            meta = meta.with_(input_size=size)
+        if class_names is not None:
+            if len(class_names) != meta.num_classes:
+                raise InputError(f"{len(class_names)} class names given, the model has {meta.num_classes} classes")
+            meta = meta.with_(class_names=tuple(class_names))
+        return meta
+
+    # --- the pipeline --------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Letterbox BGR images into one input batch (padded to a fixed artefact batch). ``(batch, ratios)``."""
+        return preprocess_batch(images, self.meta.input_size, self.meta.preprocess, batch_size=self.meta.batch)
+
+    def infer(self, batch: np.ndarray) -> list[Any]:
+        """The bare backend call on a preprocessed batch."""
+        return self.backend.infer(batch)
+
+    def postprocess(self, outputs: list[Any], ratios: np.ndarray,
+                    image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        """Backend outputs of a batch -> one :class:`Detections` per real (non-padding) image."""
+        n = len(image_sizes)
+        if self.meta.nms_in_graph:
+            per_image = split_nms_outputs(*outputs[:4])[:n]
+        else:
+            pred = outputs[0][:n]
+            hw = None if self.meta.decode_in_graph else self.meta.input_size
+            per_image = postprocess(pred, self.conf, self.nms, class_agnostic=self.class_agnostic,
+                                    max_det=self.max_det, input_hw=hw, strides=self.meta.strides)
+        return [self._to_detections(raw, ratio, size) for raw, ratio, size in zip(per_image, ratios, image_sizes)]
+
+    def _to_detections(self, raw: RawDetections, ratio: float, image_hw: tuple[int, int]) -> Detections:
+        boxes = scale_boxes(raw.boxes, float(ratio), image_hw if self.clip else None)
+        return Detections.from_arrays(_np(boxes), _np(raw.scores), _np(raw.class_ids), self.meta.class_names,
+                                      image_hw)
+
+    def run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect on BGR uint8 images that fit in one batch."""
+        batch, ratios = self.preprocess(images)
+        return self.postprocess(self.infer(batch), ratios, [im.shape[:2] for im in images])
+
+    def __call__(self, source: ImageLike | Sequence[ImageLike]) -> list[Detections]:
+        """Detections for a path, a BGR array, or a list of them (one ``Detections`` per image, in order)."""
+        images = load_images(source)
+        results: list[Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            results.extend(self.run_batch(images[start:start + self.batch_size]))
+        return results
+
+    predict = __call__
+
+    def iter_batches(self, images: Iterable[np.ndarray]) -> Iterator[list[np.ndarray]]:
+        """Group an iterable of images into lists of ``batch_size``."""
+        chunk: list[np.ndarray] = []
+        for image in images:
+            chunk.append(image)
+            if len(chunk) == self.batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    # --- lifetime ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (f"Detector({self.backend.info.name}, model={m.model}, input={m.input_size[0]}x{m.input_size[1]}, "
+                f"classes={m.num_classes}, conf={self.conf}, nms={self.nms})")
+
+
+def _np(x: Any) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()

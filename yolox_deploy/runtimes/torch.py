@@ -1,0 +1,90 @@
+"""PyTorch backend: a checkpoint (``.pth``) or an in-memory :class:`~yolox_deploy.nn.yolox.YOLOX`.
+
+Outputs the raw head (decode runs in the shared pipeline, on the same device). CPU or CUDA; FP16 on CUDA
+with ``half=True``. Options: ``model`` (variant name, else read from the checkpoint), ``img_size``,
+``num_classes``, ``class_names``, ``half``, ``legacy`` (RGB/255/ImageNet input contract), ``fuse``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailable, InputError
+from ..meta import ModelMeta, Preprocess
+from ..nn.checkpoint import load_model
+from ..nn.yolox import YOLOX
+from ..utils.sizes import parse_img_size
+from .base import Backend, register_backend
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"0"`` -> a torch device; clear error when CUDA is missing."""
+    d = str(device).strip().lower()
+    if d.isdigit():
+        d = f"cuda:{d}"
+    if d in ("gpu", "auto"):
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(d)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable(f"device {device!r} asked for, but this PyTorch has no CUDA GPU available")
+    return dev
+
+
+@register_backend("torch", suffixes=(".pth", ".pt", ".ckpt"), devices=("cpu", "cuda"))
+class TorchBackend(Backend):
+    """PyTorch eager model from a checkpoint."""
+
+    model: YOLOX
+
+    def _load(self) -> None:
+        opts = self.options
+        self._device = resolve_device(self.device)
+        if isinstance(self.path, YOLOX):
+            model = self.path
+        else:
+            model = load_model(self.path, opts.get("model"), num_classes=opts.get("num_classes"),
+                               class_names=opts.get("class_names"))
+        model = model.eval()
+        if opts.get("fuse", True) and not model.is_fused:
+            model = _fused_copy(model) if isinstance(self.path, YOLOX) else model.fuse()
+        model.head.decode_in_inference = False
+        self._half = bool(opts.get("half")) and self._device.type == "cuda"
+        self.model = model.to(self._device).half() if self._half else model.to(self._device)
+
+        spec = model.spec
+        size = parse_img_size(opts["img_size"]) if opts.get("img_size") else (spec.test_size if spec else (640, 640))
+        names = tuple(opts.get("class_names") or model.class_names or ()) or None
+        self.meta = ModelMeta.default(
+            model.num_classes, size, model=spec.name if spec else None, batch=None, dynamic_hw=True,
+            precision="fp16" if self._half else "fp32", format="torch",
+            preprocess=Preprocess.legacy() if opts.get("legacy") else Preprocess(),
+        )
+        if names:
+            self.meta = self.meta.with_(class_names=names)
+
+    @property
+    def output_device(self) -> str:
+        return str(self._device)
+
+    @torch.inference_mode()
+    def _infer(self, batch: Any) -> list[Any]:
+        x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
+        x = x.to(self._device, non_blocking=True)
+        x = x.half() if self._half else x.float()
+        if x.shape[2] % 32 or x.shape[3] % 32:
+            raise InputError(f"input {x.shape[2]}x{x.shape[3]} is not a multiple of 32")
+        out = self.model(x)
+        return [out.float() if self._half else out]
+
+
+def _fused_copy(model: YOLOX) -> YOLOX:
+    """Fuse a copy so a caller's (e.g. training) model keeps its BatchNorms."""
+    import copy
+
+    return copy.deepcopy(model).fuse()

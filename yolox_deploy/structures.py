@@ -1,0 +1,122 @@
+"""``Detections``: the detections of one image as parallel arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+Index = Union[int, slice, Sequence[int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image, in original-image pixels.
+
+    - ``xyxy``: float32 ``[N, 4]`` corners (x1, y1, x2, y2), clipped to the image
+    - ``scores``: float32 ``[N]`` (objectness x class probability)
+    - ``class_ids``: int64 ``[N]``
+    - ``names``: ``[N]`` class names (str)
+    - ``image_size``: ``(height, width)`` of the image the boxes refer to
+
+    Rows are sorted by decreasing score when produced by a ``Detector``. Indexing with an int, slice, list
+    of ints or boolean mask returns a new ``Detections``.
+    """
+
+    xyxy: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    names: np.ndarray
+    image_size: tuple[int, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        xyxy = np.asarray(self.xyxy, dtype=np.float32)
+        if xyxy.size == 0:
+            xyxy = xyxy.reshape(0, 4)
+        if xyxy.ndim != 2 or xyxy.shape[1] != 4:
+            raise ValueError(f"xyxy must have shape [N, 4], got {xyxy.shape}")
+        n = xyxy.shape[0]
+        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
+        names = np.asarray(self.names, dtype=object).reshape(-1)
+        for label, arr in (("scores", scores), ("class_ids", class_ids), ("names", names)):
+            if arr.shape[0] != n:
+                raise ValueError(f"{label} must have shape [{n}] to match xyxy [N, 4] with N={n}, got {arr.shape}")
+        object.__setattr__(self, "xyxy", xyxy)
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "class_ids", class_ids)
+        object.__setattr__(self, "names", names)
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+
+    @classmethod
+    def empty(cls, image_size: tuple[int, int] | None = None) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                   np.zeros(0, object), image_size)
+
+    @classmethod
+    def from_arrays(cls, xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
+                    class_names: Sequence[str], image_size: tuple[int, int] | None = None) -> Detections:
+        """Build from arrays and the model's label table (ids out of range are named ``class<id>``)."""
+        ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+        names = np.array([class_names[i] if 0 <= i < len(class_names) else f"class{i}" for i in ids],
+                         dtype=object)
+        return cls(xyxy, scores, ids, names, image_size)
+
+    def __len__(self) -> int:
+        return self.xyxy.shape[0]
+
+    def __iter__(self):
+        """Yield ``(xyxy, score, class_id, name)`` per detection."""
+        for i in range(len(self)):
+            yield self.xyxy[i], float(self.scores[i]), int(self.class_ids[i]), str(self.names[i])
+
+    def __getitem__(self, index: Index) -> Detections:
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        if isinstance(index, np.ndarray) and index.dtype == bool and index.shape != (len(self),):
+            raise IndexError(f"boolean mask must have shape [{len(self)}], got {index.shape}")
+        return Detections(self.xyxy[index], self.scores[index], self.class_ids[index], self.names[index],
+                          self.image_size)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return (self.image_size == other.image_size and np.array_equal(self.xyxy, other.xyxy)
+                and np.array_equal(self.scores, other.scores) and np.array_equal(self.class_ids, other.class_ids)
+                and np.array_equal(self.names, other.names))
+
+    @property
+    def area(self) -> np.ndarray:
+        return (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
+
+    def to_coco(self, image_id: int, category_ids: Sequence[int | None] | None = None) -> list[dict[str, Any]]:
+        """COCO result entries (``bbox`` as x, y, w, h).
+
+        ``category_ids[class_id]`` maps classes to dataset category ids; classes mapped to ``None`` are left out.
+        """
+        out = []
+        for (x1, y1, x2, y2), score, cid, _ in self:
+            cat = category_ids[cid] if category_ids is not None else cid
+            if cat is None:
+                continue
+            out.append({"image_id": int(image_id), "category_id": int(cat),
+                        "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": score})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: image size and a list of detections."""
+        return {
+            "image_size": list(self.image_size) if self.image_size else None,
+            "detections": [{"xyxy": [round(float(v), 2) for v in box], "score": round(score, 5),
+                            "class_id": cid, "name": name} for box, score, cid, name in self],
+        }
+
+    def draw(self, image: np.ndarray, *, thickness: int | None = None, show_scores: bool = True) -> np.ndarray:
+        """A copy of ``image`` (BGR uint8) with the boxes and labels drawn."""
+        from .viz import draw_detections
+
+        return draw_detections(image, self, thickness=thickness, show_scores=show_scores)

@@ -1,0 +1,34 @@
+"""Input-size arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import InputError
+
+MAX_STRIDE = 32
+
+
+def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
+    """``640``, ``"640"``, ``[640]``, ``(640, 480)`` or ``"640x480"`` -> ``(height, width)``.
+
+    Both sides must be positive multiples of 32 (the largest stride of the network).
+    """
+    if isinstance(size, str):
+        parts: list[int | str] = [p for p in size.lower().replace("x", " ").replace(",", " ").split() if p]
+    elif isinstance(size, int):
+        parts = [size]
+    else:
+        parts = list(size)
+    try:
+        values = [int(v) for v in parts]
+    except (TypeError, ValueError):
+        raise InputError(f"image size must be one or two integers, got {size!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2:
+        raise InputError(f"image size must be one or two integers (height width), got {size!r}")
+    for v in values:
+        if v <= 0 or v % MAX_STRIDE:
+            raise InputError(f"image size {v} is not a positive multiple of {MAX_STRIDE}")
+    return values[0], values[1]
