@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +57,14 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p} is empty (0 bytes)")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol chatter from the weights-only unpickler
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+        if "Unsupported global" in str(e):
             raise CheckpointError(f"{p} holds Python objects, not only weights; refusing to unpickle it "
                                   "(checkpoints are loaded with weights_only=True)") from None
-        raise CheckpointError(f"{p} is not a PyTorch checkpoint ({first})") from None
+        raise CheckpointError(f"{p} is not a PyTorch checkpoint (unreadable pickle data)") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p} is not a readable PyTorch checkpoint ({first})") from None

@@ -19,7 +19,7 @@ from ._array import Array, like, to_tensor
 
 STRIDES: tuple[int, ...] = (8, 16, 32)
 WH_LOGIT_MAX = 6.5
-XY_LOGIT_LIMIT = 1.0e4
+XY_LOGIT_LIMIT = 1.0e3
 
 
 def level_shapes(input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> list[tuple[int, int]]:

@@ -1,0 +1,77 @@
+import cv2
+import numpy as np
+import pytest
+
+from yolox_deploy.errors import InputError
+from yolox_deploy.io.images import ensure_bgr, iter_source, read_image
+
+
+def test_read_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_image(tmp_path / "missing.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        read_image(tmp_path / "empty.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image(tmp_path / "bad.jpg")
+    with pytest.raises(InputError, match="folder"):
+        read_image(tmp_path)
+
+
+def test_truncated_jpeg_is_an_error_or_an_image(tmp_path, rng):
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", img)
+    (tmp_path / "cut.jpg").write_bytes(buf.tobytes()[:100])
+    try:
+        out = read_image(tmp_path / "cut.jpg")
+    except InputError:
+        return
+    assert out.shape == (64, 64, 3)
+
+
+def test_conversions(tmp_path, rng):
+    gray = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    assert ensure_bgr(gray).shape == (20, 30, 3)
+    assert ensure_bgr(gray[..., None]).shape == (20, 30, 3)
+    bgra = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(ensure_bgr(bgra), bgra[..., :3])
+    deep = (rng.integers(0, 65536, (5, 5, 3))).astype(np.uint16)
+    np.testing.assert_array_equal(ensure_bgr(deep), (deep >> 8).astype(np.uint8))
+    assert ensure_bgr(np.full((4, 4, 3), 0.5, np.float32)).max() == 127
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    cv2.imwrite(str(tmp_path / "a.png"), bgra)
+    assert read_image(tmp_path / "g.png").shape == (20, 30, 3)
+    assert read_image(tmp_path / "a.png").shape == (20, 30, 3)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.uint8), np.zeros((5, 5, 2), np.uint8),
+                                 np.zeros((5,), np.uint8), np.zeros((5, 5, 3), np.int32), "not an array"])
+def test_unusable_arrays(bad):
+    with pytest.raises(InputError):
+        ensure_bgr(bad)
+
+
+def test_iter_folder_and_video(tmp_path, rng):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("b.jpg", "a.png"):
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    (folder / "notes.txt").write_text("x")
+    assert [f.name for f in iter_source(folder)] == ["a", "b"]
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for i in range(5):
+        writer.write(np.full((24, 32, 3), i * 40, np.uint8))
+    writer.release()
+    frames = list(iter_source(video))
+    assert [f.name for f in frames] == [f"clip_{i:06d}" for i in range(5)]
+    assert frames[0].image.shape == (24, 32, 3)
+
+
+def test_source_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        list(iter_source(tmp_path / "nope"))
+    with pytest.raises(InputError, match="no images"):
+        list(iter_source(tmp_path))

@@ -1,0 +1,142 @@
+import pickle
+
+import pytest
+import torch
+
+from yolox_deploy import build_model, load_checkpoint, load_model, save_checkpoint
+from yolox_deploy.errors import CheckpointError, InputError
+from yolox_deploy.nn.checkpoint import identify_variant, read_checkpoint
+
+
+@pytest.fixture
+def nano3(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("yolox-nano", num_classes=3, class_names=("a", "b", "c"))
+    path = save_checkpoint(model, tmp_path / "nano3.pth")
+    return model, path
+
+
+def test_authors_format_and_bare_state_dict_load(tmp_path, nano3):
+    model, _ = nano3
+    torch.save({"model": model.state_dict(), "start_epoch": 3}, tmp_path / "authors.pth")
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "ddp.pth")
+    for name in ("authors.pth", "bare.pth", "ddp.pth"):
+        other = build_model("yolox-nano", num_classes=3)
+        load_checkpoint(other, tmp_path / name)
+        for (k, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+            assert torch.equal(a, b), k
+
+
+def test_our_checkpoint_knows_its_variant_and_labels(nano3):
+    _, path = nano3
+    model = load_model(path)
+    assert model.spec.name == "yolox-nano"
+    assert model.class_names == ("a", "b", "c")
+    assert not model.training
+
+
+def test_variant_is_identified_from_shapes(nano3):
+    model, _ = nano3
+    assert identify_variant(model.state_dict()) == "yolox-nano"
+
+
+def test_class_count_mismatch_names_both_counts(nano3):
+    _, path = nano3
+    with pytest.raises(CheckpointError, match="checkpoint has 3 classes, model has 80"):
+        load_checkpoint(build_model("yolox-nano"), path)
+
+
+def test_wrong_variant_is_named(nano3):
+    _, path = nano3
+    with pytest.raises(CheckpointError, match="checkpoint is for yolox-nano, model is yolox-tiny"):
+        load_checkpoint(build_model("yolox-tiny", num_classes=3), path)
+
+
+def test_ignore_class_head_loads_everything_else(nano3):
+    model, path = nano3
+    target = build_model("yolox-nano", num_classes=80)
+    init_cls = target.head.cls_preds[0].weight.clone()
+    load_checkpoint(target, path, ignore_class_head=True)
+    assert torch.equal(target.head.cls_preds[0].weight, init_cls)
+    assert torch.equal(target.head.obj_preds[0].weight, model.head.obj_preds[0].weight)
+    assert torch.equal(target.backbone.backbone.stem.conv.conv.weight, model.backbone.backbone.stem.conv.conv.weight)
+
+
+def test_ignore_class_head_still_rejects_another_variant(nano3):
+    _, path = nano3
+    with pytest.raises(CheckpointError, match="yolox-nano"):
+        load_checkpoint(build_model("yolox-s"), path, ignore_class_head=True)
+
+
+def test_missing_empty_and_garbage_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_checkpoint(tmp_path / "nope.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        read_checkpoint(tmp_path / "empty.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"\x00\x01not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="not a"):
+        read_checkpoint(tmp_path / "garbage.pth")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_objects_are_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_checkpoint(path)
+    assert "this must never run" not in capsys.readouterr().out
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"a": 1}, f)
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "plain.pkl")
+    torch.save({"model": {"a": 1}}, tmp_path / "no_tensors.pth")
+    with pytest.raises(CheckpointError, match="state dict"):
+        read_checkpoint(tmp_path / "no_tensors.pth")
+
+
+def test_identity_batchnorms_stay_identities(tmp_path):
+    """Folded checkpoints store BN as weight 1, mean 0, var 1 - eps'; loading must keep them identities."""
+    model = build_model("yolox-nano", num_classes=2).eval()
+    sd = model.state_dict()
+    for k in sd:
+        if k.endswith("bn.running_var"):
+            sd[k] = torch.full_like(sd[k], 1 - 1e-5)
+        elif k.endswith("bn.running_mean"):
+            sd[k] = torch.zeros_like(sd[k])
+        elif k.endswith("bn.weight"):
+            sd[k] = torch.ones_like(sd[k])
+    torch.save({"model": sd}, tmp_path / "folded.pth")
+    loaded = build_model("yolox-nano", num_classes=2).eval()
+    load_checkpoint(loaded, tmp_path / "folded.pth")
+    bn = loaded.backbone.backbone.stem.conv.bn
+    x = torch.randn(1, bn.num_features, 4, 4)
+    torch.testing.assert_close(bn(x), x + bn.bias.view(1, -1, 1, 1), atol=1e-6, rtol=0)
+
+
+def test_trained_batchnorms_keep_the_training_eps(tmp_path):
+    model = build_model("yolox-nano", num_classes=2).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+    path = save_checkpoint(model, tmp_path / "trained.pth")
+    loaded = load_model(path)
+    assert all(m.eps == 1e-3 for m in loaded.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_save_is_atomic(tmp_path, monkeypatch, nano3):
+    model, _ = nano3
+    target = tmp_path / "sub" / "out.pth"
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(model, target)
+    assert list(target.parent.iterdir()) == []

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from yolox_deploy.structures import Detections
+
+
+def make(n=4):
+    xyxy = np.array([[0, 0, 10, 10], [5, 5, 20, 25], [30, 30, 40, 45], [1, 2, 3, 4]][:n], np.float32)
+    return Detections.from_arrays(xyxy, np.linspace(0.9, 0.3, n), np.arange(n) % 2, ["cat", "dog"], (50, 60))
+
+
+def test_fields_are_typed_and_parallel():
+    d = make()
+    assert d.xyxy.dtype == np.float32 and d.scores.dtype == np.float32 and d.class_ids.dtype == np.int64
+    assert list(d.names) == ["cat", "dog", "cat", "dog"]
+    assert len(d) == 4
+
+
+def test_shape_errors_name_the_expected_shape():
+    with pytest.raises(ValueError, match=r"\[N, 4\]"):
+        Detections(np.zeros((3, 5)), np.zeros(3), np.zeros(3), np.array(["a"] * 3))
+    with pytest.raises(ValueError, match=r"scores must have shape \[3\]"):
+        Detections(np.zeros((3, 4)), np.zeros(2), np.zeros(3), np.array(["a"] * 3))
+
+
+@pytest.mark.parametrize("index,expected", [(1, [1]), (slice(1, 3), [1, 2]), ([3, 0], [3, 0]),
+                                            (np.array([True, False, False, True]), [0, 3])])
+def test_indexing_returns_new_detections(index, expected):
+    d = make()
+    sub = d[index]
+    assert isinstance(sub, Detections)
+    np.testing.assert_array_equal(sub.xyxy, d.xyxy[expected])
+    np.testing.assert_array_equal(sub.names, d.names[expected])
+    assert sub.image_size == d.image_size
+
+
+def test_boolean_mask_filtering_and_wrong_mask():
+    d = make()
+    kept = d[d.scores > 0.5]
+    assert len(kept) == 2 and (kept.scores > 0.5).all()
+    with pytest.raises(IndexError, match=r"\[4\]"):
+        d[np.array([True, False])]
+
+
+def test_empty():
+    e = Detections.empty((10, 10))
+    assert len(e) == 0 and e.xyxy.shape == (0, 4)
+    assert e.to_coco(1) == []
+    assert len(e[e.scores > 0]) == 0
+
+
+def test_to_coco_maps_categories_and_skips_unmapped():
+    d = make(2)
+    entries = d.to_coco(7, category_ids=[18, None])
+    assert entries == [{"image_id": 7, "category_id": 18, "bbox": [0.0, 0.0, 10.0, 10.0], "score": pytest.approx(0.9)}]
+
+
+def test_to_dict_is_json_ready():
+    import json
+
+    text = json.dumps(make().to_dict())
+    assert '"name": "dog"' in text
+
+
+def test_draw_returns_annotated_copy():
+    d = make()
+    img = np.full((50, 60, 3), 255, np.uint8)
+    out = d.draw(img)
+    assert out.shape == img.shape and (img == 255).all()
+    assert (out != 255).any()
+
+
+def test_equality():
+    assert make() == make()
+    assert make() != make(3)
