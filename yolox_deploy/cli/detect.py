@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
+import numpy as np
 
+from ..errors import InputError
 from ..io.images import VIDEO_SUFFIXES, iter_source
 from ..runtimes.detector import Detector
 from ..utils.files import atomic_write, write_text_atomic
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_image(path: Path, image) -> None:
+def _write_image(path: Path, image: np.ndarray) -> None:
     with atomic_write(path) as tmp:
         ok, buf = cv2.imencode(path.suffix, image)
         if not ok:
@@ -38,33 +40,54 @@ def _write_image(path: Path, image) -> None:
         tmp.write_bytes(buf.tobytes())
 
 
+class _VideoSink:
+    """An annotated video written to a hidden temp file, renamed into place only when complete."""
+
+    def __init__(self, path: Path, fps: float = 25.0) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.stem}.part{path.suffix}")  # the container follows the suffix
+        self.fps = fps
+        self.writer: cv2.VideoWriter | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.writer is None:
+            h, w = frame.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self.writer.isOpened():
+                raise InputError(f"cannot write video {self.path.name} (no mp4v encoder?); use --no-images")
+        self.writer.write(frame)
+
+    def close(self, commit: bool) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            if commit:
+                self.tmp.replace(self.path)
+        self.tmp.unlink(missing_ok=True)
+
+
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.output)
+    src = str(args.source)
+    is_video = src.isdigit() or Path(src).suffix.lower() in VIDEO_SUFFIXES
+    stem = f"camera{src}" if src.isdigit() else Path(src).stem
+    rows = []
+    frames: list[dict] = []
     with Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic,
                   max_det=args.max_det, **detector_kwargs(args)) as det:
         out.mkdir(parents=True, exist_ok=True)
-        src = str(args.source)
-        is_video = src.isdigit() or Path(src).suffix.lower() in VIDEO_SUFFIXES
-        rows = []
-        video_frames: list[dict] = []
-        writer = None
-        video_tmp = None
+        video = _VideoSink(out / f"{stem}.mp4") if is_video and not args.no_images else None
+        ok = False
         try:
             for frame in iter_source(src):
                 t0 = time.perf_counter()
                 [dets] = det.run_batch([frame.image])
                 ms = (time.perf_counter() - t0) * 1e3
                 if is_video:
-                    video_frames.append({"frame": frame.index, **dets.to_dict()})
-                    if not args.no_images:
-                        if writer is None:
-                            stem = "camera" if src.isdigit() else Path(src).stem
-                            video_tmp = out / f".{stem}.mp4.part"
-                            h, w = frame.image.shape[:2]
-                            writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
-                        writer.write(dets.draw(frame.image))
+                    frames.append({"frame": frame.index, **dets.to_dict()})
+                    if video is not None:
+                        video.write(dets.draw(frame.image))
                 else:
                     write_text_atomic(out / f"{frame.name}.json",
                                       json.dumps({"source": frame.name, **dets.to_dict()}, indent=1))
@@ -72,14 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         _write_image(out / f"{frame.name}.jpg", dets.draw(frame.image))
                 top = ", ".join(f"{n} {s:.2f}" for _, s, _, n in list(dets)[:3])
                 rows.append([frame.name, len(dets), round(ms, 1), top])
+            ok = True
         finally:
-            if writer is not None:
-                writer.release()
+            if video is not None:
+                video.close(commit=ok)
         if is_video:
-            stem = "camera" if src.isdigit() else Path(src).stem
-            write_text_atomic(out / f"{stem}.json", json.dumps({"source": src, "frames": video_frames}, indent=1))
-            if video_tmp is not None:
-                video_tmp.replace(out / f"{stem}.mp4")
+            write_text_atomic(out / f"{stem}.json", json.dumps({"source": src, "frames": frames}, indent=1))
     shown = rows if len(rows) <= 20 else rows[:10] + [["...", None, None, ""]] + rows[-5:]
     print(format_table(["image", "detections", "ms", "top"], shown, floatfmt=".1f"))
     print(f"{len(rows)} image(s) -> {out}/")

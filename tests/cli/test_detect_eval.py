@@ -1,0 +1,127 @@
+"""yolox-detect / yolox-eval end to end, and their handling of bad inputs (one line, exit 2, no traceback)."""
+
+import json
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+
+from yolox_deploy.cli.detect import main as detect_main
+from yolox_deploy.cli.eval import main as eval_main
+
+
+def test_detect_writes_picture_and_json(tmp_path, nano_pth, dog_jpg, capsys):
+    rc = detect_main([str(nano_pth), "--model", "yolox-nano", "--source", str(dog_jpg), "--output", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "dog.json").read_text())
+    names = {d["name"] for d in data["detections"]}
+    assert {"dog", "bicycle"} <= names and ({"car", "truck"} & names)
+    assert data["image_size"] == [576, 768]
+    img = cv2.imread(str(tmp_path / "dog.jpg"))
+    assert img.shape == (576, 768, 3)
+    assert "dog" in capsys.readouterr().out
+
+
+def test_detect_on_a_folder_and_a_video(tmp_path, nano_pth, dog_jpg):
+    src = tmp_path / "src"
+    src.mkdir()
+    dog = cv2.imread(str(dog_jpg))
+    cv2.imwrite(str(src / "one.jpg"), dog)
+    cv2.imwrite(str(src / "two.png"), cv2.cvtColor(dog, cv2.COLOR_BGR2GRAY))  # grayscale is converted
+    out = tmp_path / "out"
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["one.jpg", "one.json", "two.jpg", "two.json"]
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (384, 288))
+    for _ in range(3):
+        writer.write(cv2.resize(dog, (384, 288)))
+    writer.release()
+    vout = tmp_path / "vout"
+    assert detect_main([str(nano_pth), "--source", str(video), "--output", str(vout)]) == 0
+    frames = json.loads((vout / "clip.json").read_text())["frames"]
+    assert len(frames) == 3 and all(f["detections"] for f in frames)
+    assert (vout / "clip.mp4").stat().st_size > 0
+    assert not [p for p in vout.iterdir() if p.name.startswith(".")]
+
+
+def _bad_inputs(tmp_path, nano_pth):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xffnot really a jpeg")
+    with open(tmp_path / "pickle.pth", "wb") as f:
+        pickle.dump({"hello": "world"}, f)
+    return {
+        "missing weights": ([str(tmp_path / "nope.pth"), "--source", str(tmp_path / "empty.jpg")], "not found"),
+        "missing image": ([str(nano_pth), "--source", str(tmp_path / "nope.jpg")], "not found"),
+        "zero-byte image": ([str(nano_pth), "--source", str(tmp_path / "empty.jpg")], "empty"),
+        "unreadable image": ([str(nano_pth), "--source", str(tmp_path / "corrupt.jpg")], "not a readable image"),
+        "wrong variant": ([str(nano_pth), "--model", "yolox-s", "--source", str(tmp_path / "x.jpg")],
+                          "checkpoint is for yolox-nano, model is yolox-s"),
+        "not a checkpoint": ([str(tmp_path / "pickle.pth"), "--model", "yolox-nano", "--source", str(tmp_path / "x.jpg")],
+                             "not a PyTorch checkpoint"),
+        "bad size": ([str(nano_pth), "--img-size", "400", "--source", str(tmp_path / "x.jpg")], "multiple of 32"),
+        "unknown model": ([str(nano_pth), "--model", "yolox-huge", "--source", str(tmp_path / "x.jpg")], "unknown model"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing weights", "missing image", "zero-byte image", "unreadable image",
+                                  "wrong variant", "not a checkpoint", "bad size", "unknown model"])
+def test_detect_bad_inputs(tmp_path, nano_pth, capsys, case):
+    argv, message = _bad_inputs(tmp_path, nano_pth)[case]
+    out = tmp_path / "out"
+    rc = detect_main([*argv, "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_eval_cli_prints_the_authors_numbers(tmp_path, nano_pth, coco_tiny, capsys):
+    out = tmp_path / "metrics.json"
+    rc = eval_main([str(nano_pth), "--model", "yolox-nano", "--data", str(coco_tiny), "--img-size", "416",
+                    "--conf", "0.01", "--nms", "0.65", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "AP @[IoU=0.50:0.95 | area=all | maxDets=100]     0.305" in text
+    assert "AP @[IoU=0.50 | area=all | maxDets=100]          0.478" in text
+    assert "giraffe" in text  # per-class table
+    metrics = json.loads(out.read_text())
+    assert abs(metrics["AP"] - 0.3052) <= 0.001 and {"AP50", "AP75"} <= set(metrics)
+
+
+def test_eval_cli_bad_dataset(tmp_path, nano_pth, capsys):
+    rc = eval_main([str(nano_pth), "--data", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a COCO folder" in err and "Traceback" not in err
+
+
+def test_console_scripts_exit_2(tmp_path):
+    """The installed entry point itself (not only main()) exits 2 on a user error."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("yolox-detect")
+    if exe is None:
+        pytest.skip("yolox-detect is not installed in this environment")
+    proc = subprocess.run([exe, str(tmp_path / "nope.pth"), "--source", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_detector_accepts_arrays_and_lists(nano_pth, dog_jpg):
+    from yolox_deploy import Detector
+
+    det = Detector(nano_pth)
+    img = cv2.imread(str(dog_jpg))
+    [a] = det(img)
+    [b] = det(str(dog_jpg))
+    assert a == b
+    batch = Detector(nano_pth, batch_size=3)(
+        [img, dog_jpg, np.ascontiguousarray(img[:, ::-1]), cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)])
+    assert len(batch) == 4
+    np.testing.assert_allclose(batch[0].xyxy, a.xyxy, atol=1e-3)
+    np.testing.assert_allclose(batch[3].xyxy, a.xyxy, atol=1e-3)  # alpha dropped
+    assert set(batch[2].names) & {"dog"}
