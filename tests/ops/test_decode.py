@@ -62,3 +62,11 @@ def test_clamp_only_touches_absurd_sizes():
     out = decode(raw, (64, 64))
     assert out[0, 0, 2] == np.float32(np.exp(np.float32(5.0)) * 8)
     assert out[0, 1, 2] == np.float32(np.exp(np.float32(WH_LOGIT_MAX)) * 8)
+
+
+def test_encode_inverts_decode(rng):
+    from yolox_deploy.ops.decode import encode
+
+    hw = (96, 64)
+    raw = rng.normal(0, 1, (2, num_anchors(hw), 6)).astype(np.float32)
+    np.testing.assert_allclose(encode(decode(raw, hw), hw), raw, atol=1e-4)

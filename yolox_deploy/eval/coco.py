@@ -43,7 +43,8 @@ def _coco_api():
         from pycocotools.cocoeval import COCOeval
     except ImportError:
         try:
-            from faster_coco_eval import COCO, COCOeval_faster as COCOeval
+            from faster_coco_eval import COCO
+            from faster_coco_eval import COCOeval_faster as COCOeval
         except ImportError:
             raise InputError("COCO evaluation needs pycocotools: pip install 'yolox-deploy[eval]'") from None
     return COCO, COCOeval

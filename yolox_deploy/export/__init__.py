@@ -24,8 +24,8 @@ from ..errors import InputError
 from ..io.images import list_images
 from .base import (
     OPTIONAL_FEATURES,
-    ExportOptions,
     Exporter,
+    ExportOptions,
     ExportResult,
     ExportSource,
     FormatInfo,
@@ -87,9 +87,22 @@ def _check_options(info: FormatInfo, options: ExportOptions) -> None:
         raise InputError(f"ONNX opset {options.opset} is out of range (7..21)")
 
 
+def _writable(folder: Path) -> bool:
+    """False for folders we may not or should not write into (no write permission bits, even for root)."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
 def default_output(source: ExportSource, info: FormatInfo, options: ExportOptions) -> Path:
-    """``<dir of weights>/<stem><suffix>``, e.g. ``yolox_s.onnx``, ``yolox_s_openvino/``, ``yolox_s.engine``."""
+    """``<dir of weights>/<stem><suffix>``, e.g. ``yolox_s.onnx``, ``yolox_s_openvino/``, ``yolox_s.engine``.
+
+    In the current folder instead when the weights' folder is not writable (a shared, read-only model store).
+    """
     folder = source.weights.parent if source.weights is not None else Path.cwd()
+    if not _writable(folder):
+        folder = Path.cwd()
     stem = source.name
     if options.precision != "fp32" and info.name != "onnx":
         stem = f"{stem}_{options.precision}"
@@ -118,7 +131,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     except TypeError as e:
         raise InputError(f"unknown export option: {e}") from None
     _check_options(info, opts)
-    info.require()
+    cls.require()
 
     source = load_source(weights, model=model, num_classes=num_classes, class_names=class_names, legacy=legacy)
     if source.model is None:
@@ -136,7 +149,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     out.parent.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    exporter = cls(opts)
+    exporter = cls(opts, output=out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
     try:
         staged = staging / out.name

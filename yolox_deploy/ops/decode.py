@@ -87,3 +87,17 @@ def decode(raw: Array, input_hw: tuple[int, int], strides: tuple[int, ...] = STR
                          f"with strides {tuple(strides)} gives {expected}")
     grid, stride = cached_grid(shapes, strides, t.device, t.dtype)
     return like(decode_with_grid(t, grid, stride), raw)
+
+
+def encode(pred: Array, input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> Array:
+    """The inverse of :func:`decode`: decoded ``[..., A, 5 + C]`` (cx, cy, w, h px) -> raw offsets and log-sizes.
+
+    Lets outputs of graphs that decode and graphs that do not be compared in the same (raw) units.
+    Sizes are floored at 1e-6 px so a zero size maps to a finite log.
+    """
+    t = to_tensor(pred)
+    shapes = level_shapes(input_hw, strides)
+    grid, stride = cached_grid(shapes, strides, t.device, t.dtype)
+    xy = t[..., 0:2] / stride - grid
+    wh = torch.log(t[..., 2:4].clamp(min=1e-6) / stride)
+    return like(torch.cat((xy, wh, t[..., 4:]), dim=-1), pred)

@@ -135,8 +135,8 @@ class Backend(abc.ABC):
     def _infer(self, batch: Any) -> list[Any]:
         """Run one batch; return the outputs (numpy arrays, or torch tensors on ``output_device``)."""
 
-    def _close(self) -> None:
-        """Release runtime resources."""
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime resources (optional)."""
 
     # --- public --------------------------------------------------------------------------------------
     @property

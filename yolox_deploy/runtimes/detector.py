@@ -25,6 +25,7 @@ from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
 from ..structures import Detections
 from ..utils.sizes import parse_img_size
 from .base import Backend, backend_class, find_backend
+from .streaming import StreamResult
 
 ImageLike = Union[str, os.PathLike, np.ndarray]
 
@@ -159,6 +160,17 @@ class Detector:
                 chunk = []
         if chunk:
             yield chunk
+
+    def stream(self, source: str | os.PathLike | int, *, queue_size: int = 2) -> Iterator[StreamResult]:
+        """Detections for every frame of a video file, camera index or folder, in order.
+
+        Three stages overlap: a reader thread decodes and letterboxes the next batch, a worker thread runs
+        the backend, and this generator post-processes the previous batch. Closing the generator early (or
+        an error in any stage) stops the threads; the error is re-raised here.
+        """
+        from .streaming import run_pipeline
+
+        yield from run_pipeline(self, source, queue_size=queue_size)
 
     # --- lifetime ------------------------------------------------------------------------------------
     def close(self) -> None:

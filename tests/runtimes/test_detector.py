@@ -1,0 +1,157 @@
+"""The Detector pipeline (torch backend): overrides, batching, streams, threads and memory."""
+
+import gc
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from yolox_deploy import Detector
+from yolox_deploy.errors import ArtefactError, InputError
+from yolox_deploy.io.images import list_images, read_image
+
+
+@pytest.fixture(scope="module")
+def val_images(coco_tiny):
+    return [read_image(p) for p in list_images(coco_tiny / "val2017")]
+
+
+@pytest.fixture(scope="module")
+def det(nano_pth):
+    return Detector(nano_pth, conf=0.3)
+
+
+def test_batch_size_does_not_change_results(nano_pth, val_images):
+    one = Detector(nano_pth, conf=0.3)(val_images[:7])
+    many = Detector(nano_pth, conf=0.3, batch_size=4)(val_images[:7])
+    for a, b in zip(one, many):
+        assert a.class_ids.tolist() == b.class_ids.tolist()
+        np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-2)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_img_size_override_and_threshold_validation(nano_pth, dog_jpg):
+    det = Detector(nano_pth, img_size=320)
+    assert det.meta.input_size == (320, 320)
+    [d] = det(dog_jpg)
+    assert "dog" in set(d.names)
+    with pytest.raises(InputError, match="multiple of 32"):
+        Detector(nano_pth, img_size=300)
+    with pytest.raises(InputError, match="thresholds"):
+        Detector(nano_pth, conf=1.5)
+    with pytest.raises(InputError, match="3 class names"):
+        Detector(nano_pth, class_names=["a", "b", "c"])
+
+
+def test_unknown_artefact_kinds(tmp_path):
+    (tmp_path / "model.xyz").write_text("x")
+    with pytest.raises(ArtefactError, match="don't know how to run model.xyz"):
+        Detector(tmp_path / "model.xyz")
+    (tmp_path / "empty_folder").mkdir()
+    with pytest.raises(ArtefactError, match="no model artefact in folder"):
+        Detector(tmp_path / "empty_folder")
+    with pytest.raises(InputError, match="not found"):
+        Detector(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (3, 20000, 3), (20000, 2, 3), (2000, 2000)])
+def test_extreme_image_shapes(det, shape):
+    img = np.full(shape, 128, np.uint8)
+    [d] = det(img)
+    assert d.image_size == shape[:2]
+    assert np.isfinite(d.xyxy).all()
+    assert (d.xyxy[:, 2] <= shape[1]).all() and (d.xyxy[:, 3] <= shape[0]).all()
+
+
+def test_huge_image(det):
+    img = np.zeros((20000, 20000, 3), np.uint8)
+    img[5000:15000, 5000:15000] = 200
+    [d] = det(img)
+    assert d.image_size == (20000, 20000)
+    del img
+    gc.collect()
+
+
+def test_empty_image_is_refused(det):
+    with pytest.raises(InputError, match="empty"):
+        det(np.zeros((0, 0, 3), np.uint8))
+
+
+def test_stream_is_in_order_and_equals_single_calls(nano_pth, coco_tiny, val_images):
+    det = Detector(nano_pth, conf=0.3, batch_size=3)
+    results = list(det.stream(coco_tiny / "val2017"))
+    names = [p.stem for p in list_images(coco_tiny / "val2017")]
+    assert [r.frame.name for r in results] == names
+    single = Detector(nano_pth, conf=0.3)
+    for r, img in zip(results[:10], val_images[:10]):
+        [ref] = single(img)
+        assert r.detections.class_ids.tolist() == ref.class_ids.tolist()
+        np.testing.assert_allclose(r.detections.xyxy, ref.xyxy, atol=1e-2)
+
+
+def test_stream_video_and_early_close(tmp_path, det, dog_jpg):
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    dog = cv2.resize(cv2.imread(str(dog_jpg)), (320, 240))
+    for _ in range(12):
+        writer.write(dog)
+    writer.release()
+    stream = det.stream(video)
+    first = next(stream)
+    assert first.frame.index == 0 and "dog" in set(first.detections.names)
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("yolox-stream")]
+    assert len(list(det.stream(video))) == 12
+
+
+def test_stream_errors_reach_the_caller(tmp_path, det):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), np.zeros((32, 32, 3), np.uint8))
+    (folder / "b.jpg").write_bytes(b"broken")
+    it = det.stream(folder)
+    assert next(it).frame.name == "a"
+    with pytest.raises(InputError, match="b.jpg"):
+        next(it)
+
+
+def test_threads_never_mix_results(nano_pth, val_images):
+    """4 threads x 50 images through one Detector equal the sequential results."""
+    det = Detector(nano_pth, conf=0.3)
+    images = (val_images * 2)[:50]
+    expected = [det(img)[0] for img in images]
+    got: dict[int, list] = {}
+
+    def work(k: int) -> None:
+        n = len(images)
+        order = [(i + 13 * k) % n for i in range(n)] if k % 2 == 0 else list(reversed(range(n)))
+        got[k] = [(i, det(images[i])[0]) for i in order]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        assert len(got[k]) == 50
+        for i, d in got[k]:
+            assert d.class_ids.tolist() == expected[i].class_ids.tolist()
+            np.testing.assert_allclose(d.xyxy, expected[i].xyxy, atol=1e-3)
+
+
+def test_memory_stays_flat(nano_pth, val_images):
+    """2,000 images through one Detector: resident memory grows by no more than a small bound."""
+    psutil = pytest.importorskip("psutil")
+    det = Detector(nano_pth, img_size=64, conf=0.3)  # the pipeline is under test, not the model: keep it cheap
+    small = [cv2.resize(im, (80, 60)) for im in val_images[:40]]
+    proc = psutil.Process()
+    for im in small * 5:  # warm up allocator pools and caches
+        det(im)
+    gc.collect()
+    before = proc.memory_info().rss
+    for i in range(2000):
+        det(small[i % len(small)])
+    gc.collect()
+    growth_mb = (proc.memory_info().rss - before) / 2**20
+    assert growth_mb < 25, f"RSS grew by {growth_mb:.1f} MiB over 2000 images"

@@ -1,0 +1,60 @@
+"""``yolox-compare``: the same images through several artefacts; differences, agreement and latency."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from ..errors import InputError
+from ..eval.compare import compare_artefacts
+from ..io.images import iter_source
+from ..utils.files import write_text_atomic
+from ..utils.table import format_table
+from .common import cli_entry, main_guard
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="yolox-compare", description=__doc__,
+                                epilog="The first artefact is the reference. Raw outputs are compared in raw units "
+                                       "(offsets and log-sizes), whether or not a graph decodes.")
+    p.add_argument("artefacts", nargs="+", help=".pth, .onnx, .engine, *_openvino/, *_ncnn/ ...")
+    p.add_argument("--images", required=True, help="an image or a folder of images")
+    p.add_argument("--limit", type=int, default=50, help="use at most this many images (default 50)")
+    p.add_argument("--model", help="YOLOX variant for checkpoints that do not say")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--device", default="cpu", help="device for every artefact (default cpu)")
+    p.add_argument("--json", help="also write the table as JSON to this file")
+    return p
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.limit < 1:
+        raise InputError("--limit must be >= 1")
+    images = []
+    for frame in iter_source(args.images):
+        images.append(frame.image)
+        if len(images) == args.limit:
+            break
+    rows = compare_artefacts(args.artefacts, images, model=args.model, conf=args.conf, nms=args.nms,
+                             device=args.device, progress=True)
+    table = []
+    for i, r in enumerate(rows):
+        diff = "reference" if i == 0 else ("n/a" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}")
+        a = r.agreement
+        table.append([r.artefact, r.backend, r.precision, f"{r.input_size[0]}x{r.input_size[1]}", diff,
+                      "-" if i == 0 else f"{a.mean_iou:.4f}", "-" if i == 0 else f"{a.agreement:.1%}",
+                      a.n_b, r.pre_ms, r.infer_ms, r.post_ms, r.total_ms])
+    print(format_table(["artefact", "backend", "precision", "input", "max abs diff", "matched IoU", "agreement",
+                        "dets", "pre ms", "infer ms", "post ms", "total ms"], table, floatfmt=".2f"))
+    print(f"{len(images)} image(s), one per call; diffs against {rows[0].artefact}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps({"images": len(images), "rows": [r.to_dict() for r in rows]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)

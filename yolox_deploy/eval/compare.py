@@ -1,0 +1,111 @@
+"""The same images through several artefacts: output differences, detection agreement and latency.
+
+The first artefact is the reference. Raw outputs are compared in raw units (graphs that decode are encoded
+back with :func:`~yolox_deploy.ops.decode.encode`), so a ``.pth``, a decoding ONNX and a raw OpenVINO IR
+compare on equal terms; artefacts of another input size or with NMS in the graph have no raw comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..ops.decode import encode
+from ..ops.match import EMPTY, Agreement, match_detections
+from ..runtimes.base import find_backend
+from ..runtimes.detector import Detector
+
+
+@dataclass
+class CompareRow:
+    """One artefact against the reference (the first artefact)."""
+
+    artefact: str
+    backend: str
+    precision: str
+    input_size: tuple[int, int]
+    max_abs_diff: float | None
+    agreement: Agreement
+    pre_ms: float
+    infer_ms: float
+    post_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.pre_ms + self.infer_ms + self.post_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artefact": self.artefact, "backend": self.backend, "precision": self.precision,
+                "input_size": list(self.input_size), "max_abs_diff": self.max_abs_diff,
+                "matched_iou": self.agreement.mean_iou, "agreement": self.agreement.agreement,
+                "detections": self.agreement.n_b, "pre_ms": self.pre_ms, "infer_ms": self.infer_ms,
+                "post_ms": self.post_ms, "total_ms": self.total_ms}
+
+
+def _raw(det: Detector, outputs: list[Any]) -> np.ndarray | None:
+    """The head output in raw units, or None for NMS graphs."""
+    if det.meta.nms_in_graph:
+        return None
+    out = outputs[0]
+    out = out if isinstance(out, np.ndarray) else out.detach().cpu().float().numpy()
+    out = out[:1].astype(np.float32)
+    return encode(out, det.meta.input_size, det.meta.strides) if det.meta.decode_in_graph else out
+
+
+def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *, warmup: int = 2,
+                      progress: bool = False, **detector_kwargs: Any) -> list[CompareRow]:
+    """Run ``images`` (BGR uint8) through each artefact, one image per call; the first is the reference."""
+    if not detector_kwargs.get("backend"):
+        for path in artefacts:  # fail before any work when an artefact cannot be opened
+            if isinstance(path, (str, os.PathLike)):
+                find_backend(path)
+    reference: list[tuple[np.ndarray | None, Any]] = []
+    rows = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(artefacts) * len(images), desc="compare", unit="img", leave=False)
+    for k, path in enumerate(artefacts):
+        with Detector(path, **detector_kwargs) as det:
+            for image in images[:warmup]:
+                det.run_batch([image])
+            diff: float | None = None if k else 0.0
+            comparable = True
+            agreement = EMPTY
+            times = np.zeros(3)
+            for i, image in enumerate(images):
+                t0 = time.perf_counter()
+                batch, ratios = det.preprocess([image])
+                t1 = time.perf_counter()
+                outputs = det.infer(batch)
+                t2 = time.perf_counter()
+                [dets] = det.postprocess(outputs, ratios, [image.shape[:2]])
+                t3 = time.perf_counter()
+                times += (t1 - t0, t2 - t1, t3 - t2)
+                raw = _raw(det, outputs)
+                if k == 0:
+                    reference.append((raw, dets))
+                    agreement = agreement + match_detections(dets.xyxy, dets.class_ids, dets.xyxy, dets.class_ids)
+                else:
+                    ref_raw, ref_dets = reference[i]
+                    if raw is None or ref_raw is None or raw.shape != ref_raw.shape:
+                        comparable = False
+                    else:
+                        d = float(np.abs(raw - ref_raw).max())
+                        diff = d if diff is None else max(diff, d)
+                    agreement = agreement + match_detections(ref_dets.xyxy, ref_dets.class_ids, dets.xyxy,
+                                                             dets.class_ids)
+                if bar is not None:
+                    bar.update(1)
+            ms = times * 1e3 / max(len(images), 1)
+            rows.append(CompareRow(str(path), det.backend.info.name, det.meta.precision, tuple(det.meta.input_size),
+                                   diff if comparable else None, agreement, *ms))
+    if bar is not None:
+        bar.close()
+    return rows

@@ -1,0 +1,117 @@
+"""The streaming pipeline behind ``Detector.stream``: read+letterbox, infer and post-process overlap.
+
+    reader thread:  frames -> batches -> letterbox            -> q_pre
+    worker thread:  q_pre  -> backend.infer                   -> q_out
+    caller:         q_out  -> decode / NMS / scale -> yield StreamResult (in frame order)
+
+The runtimes release the GIL while they compute, so the three stages run concurrently. Queues are bounded,
+so memory stays flat however long the stream. Errors in a thread travel down the queues and are raised in
+the caller; closing the generator stops both threads.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..io.images import Frame, iter_source
+from ..structures import Detections
+
+if TYPE_CHECKING:
+    from .detector import Detector
+
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One frame of a stream and its detections."""
+
+    frame: Frame
+    detections: Detections
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Put unless the pipeline was stopped; False when stopped."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _reader(detector: Detector, source: str | os.PathLike | int, q: queue.Queue, stop: threading.Event) -> None:
+    try:
+        frames: list[Frame] = []
+        for frame in iter_source(source):
+            frames.append(frame)
+            if len(frames) == detector.batch_size:
+                if not _put(q, (frames, *detector.preprocess([f.image for f in frames])), stop):
+                    return
+                frames = []
+        if frames:
+            _put(q, (frames, *detector.preprocess([f.image for f in frames])), stop)
+    except BaseException as e:  # noqa: BLE001 - forwarded to the caller
+        _put(q, _Failure(e), stop)
+    finally:
+        _put(q, _DONE, stop)
+
+
+def _worker(detector: Detector, q_in: queue.Queue, q_out: queue.Queue, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            item = q_in.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if item is _DONE or isinstance(item, _Failure):
+            _put(q_out, item, stop)
+            if item is _DONE:
+                return
+            continue
+        frames, batch, ratios = item
+        try:
+            outputs = detector.infer(batch)
+        except BaseException as e:  # noqa: BLE001
+            _put(q_out, _Failure(e), stop)
+            continue
+        if not _put(q_out, (frames, outputs, ratios), stop):
+            return
+
+
+def run_pipeline(detector: Detector, source: str | os.PathLike | int, *, queue_size: int = 2) -> Iterator[StreamResult]:
+    """See ``Detector.stream``."""
+    stop = threading.Event()
+    q_pre: queue.Queue = queue.Queue(maxsize=queue_size)
+    q_out: queue.Queue = queue.Queue(maxsize=queue_size)
+    threads = [
+        threading.Thread(target=_reader, args=(detector, source, q_pre, stop), name="yolox-stream-read", daemon=True),
+        threading.Thread(target=_worker, args=(detector, q_pre, q_out, stop), name="yolox-stream-infer", daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            item = q_out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            frames, outputs, ratios = item
+            dets = detector.postprocess(outputs, ratios, [f.image.shape[:2] for f in frames])
+            for frame, d in zip(frames, dets):
+                yield StreamResult(frame, d)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
