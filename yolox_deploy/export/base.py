@@ -156,8 +156,18 @@ class Exporter(abc.ABC):
 
     info: ClassVar[FormatInfo]
 
-    def __init__(self, options: ExportOptions) -> None:
+    def __init__(self, options: ExportOptions, output: Path | None = None) -> None:
         self.options = options
+        self.output = output  # where the driver will put the artefact; exporters still write only to ``dest``
+
+    @classmethod
+    def require(cls) -> None:
+        """Raise :class:`BackendUnavailable` before any work when this format cannot be written here.
+
+        A format that does useful work without its package (TensorRT keeps its ONNX step for ``trtexec``)
+        overrides this and reports the missing package from ``export`` instead.
+        """
+        cls.info.require()
 
     @abc.abstractmethod
     def export(self, source: ExportSource, dest: Path) -> ModelMeta:

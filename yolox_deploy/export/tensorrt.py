@@ -1,0 +1,661 @@
+"""TensorRT engines: ONNX -> a serialized TensorRT 10 plan (``.engine``) plus its sidecar ``<name>.engine.json``.
+
+Steps:
+
+1. **ONNX.** The checkpoint goes through :func:`~yolox_deploy.export.onnx.write_onnx` in FP32 (TensorRT lowers
+   precision itself); ``--nms`` emits TensorRT's ``EfficientNMS_TRT`` plugin node (outputs ``num_dets, boxes,
+   scores, labels``). An ONNX source (e.g. the authors' released file) is used as it is.
+2. **Build.** ``OnnxParser`` into an explicit-batch network (the only kind in TensorRT 10, so the network is
+   created with flags ``0``), a builder config with the workspace pool limit (``--workspace`` GiB), FP16
+   (``--half``; INT8 enables it too, for the layers that stay in float), INT8 (``--int8``) with an entropy or
+   min-max calibrator fed from ``--calib-images``, one optimisation profile for dynamic inputs (below) and a
+   timing cache shared by every build on this GPU (:func:`timing_cache_path`), so rebuilds are fast.
+3. **Write.** The plan bytes as they are (no header, so ``trtexec --loadEngine`` and DeepStream read the file),
+   the sidecar (:class:`~yolox_deploy.meta.ModelMeta` with the build record under ``extra["tensorrt"]``:
+   TensorRT version, GPU, compute capability, CUDA version, profile, precision, calibration) and, for INT8,
+   the calibration cache ``<name>.engine.calib`` (reused by the next build of the same engine when model,
+   images and settings are unchanged; a plain TensorRT cache, also usable with ``trtexec --calib``).
+
+Dynamic profiles (:func:`profile_for`): batch ``1 / --batch / --max-batch`` (default ``max(8, batch)``);
+with ``--dynamic-hw`` each side ranges over ``min(320, size) / size / max(size, min(2 * size, 1280))``, e.g.
+``320 / 640 / 1280`` for a 640 model and ``320 / 416 / 832`` for a 416 one (all multiples of 32).
+
+Without TensorRT or without a CUDA GPU the ONNX step still runs: its file is kept next to the requested
+output (``<stem>.onnx``) and the export stops with one sentence naming it and the ``trtexec`` command that
+builds the engine from it. The engine itself is never left half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ArtefactError, BackendUnavailable, ExportError
+from ..meta import ModelMeta, Preprocess, sidecar_path
+from ..runtimes.tensorrt import (
+    RECORD_KEY,
+    Profile,
+    build_record,
+    cuda_index,
+    cudart_call,
+    current_environment,
+    import_cudart,
+    import_tensorrt,
+    make_logger,
+    read_sidecar,
+)
+from ..utils.files import atomic_write, write_text_atomic
+from .base import Exporter, ExportOptions, ExportSource, register_format
+
+log = logging.getLogger(__name__)
+
+MIN_SIDE, MAX_SIDE = 320, 1280  # dynamic height/width range (see profile_for)
+DEFAULT_MAX_BATCH = 8
+CALIB_BATCH = 8  # images per calibration batch for dynamic-batch engines
+CALIB_SUFFIX = ".calib"
+
+
+# --- shapes -----------------------------------------------------------------------------------------------
+def side_range(side: int) -> tuple[int, int, int]:
+    """``(min, opt, max)`` of one dynamic side built for ``side`` pixels: 320 (or less) .. 2x, capped at 1280."""
+    return min(MIN_SIDE, side), side, max(side, min(2 * side, MAX_SIDE))
+
+
+def profile_for(input_dims: Sequence[int], options: ExportOptions) -> Profile:
+    """The optimisation profile of an ONNX input ``[N, 3, H, W]`` (``-1`` or ``0`` marks a dynamic dimension).
+
+    Static dimensions of the ONNX are kept. A dynamic batch spans ``1 .. max_batch`` (default
+    ``max(8, batch)``) with ``batch`` as optimum when ``options.dynamic``, else it is fixed to ``batch``; a
+    dynamic height/width spans :func:`side_range` of ``img_size`` when ``options.dynamic_hw``, else it is
+    fixed to ``img_size``.
+    """
+    dims = [int(d) for d in input_dims]
+    if len(dims) != 4:
+        raise ExportError(f"the ONNX input must be [N, 3, H, W], it is {dims}")
+    n, c, h, w = dims
+    if c <= 0:
+        raise ExportError(f"the ONNX input has a dynamic channel dimension ({dims}); expected 3 channels")
+    if n > 0:
+        batch = (n, n, n)
+    elif options.dynamic:
+        top = options.max_batch or max(DEFAULT_MAX_BATCH, options.batch)
+        batch = (1, options.batch, top)
+    else:
+        batch = (options.batch,) * 3
+    sides = []
+    for dim, size in ((h, options.img_size[0]), (w, options.img_size[1])):
+        if dim > 0:
+            sides.append((dim, dim, dim))
+        elif options.dynamic_hw:
+            sides.append(side_range(int(size)))
+        else:
+            sides.append((int(size),) * 3)
+    (hl, ho, hh), (wl, wo, wh) = sides
+    return Profile((batch[0], c, hl, wl), (batch[1], c, ho, wo), (batch[2], c, hh, wh))
+
+
+def calibration_shape(profile: Profile) -> tuple[int, int, int, int]:
+    """The input shape calibration batches have: the profile's optimum H/W, ``min(8, max batch)`` images
+    (the fixed batch of a static engine)."""
+    n_lo, n_hi = profile.min[0], profile.max[0]
+    n = n_lo if n_lo == n_hi else max(n_lo, min(CALIB_BATCH, n_hi))
+    return (n, profile.opt[1], profile.opt[2], profile.opt[3])
+
+
+def onnx_input(path: str | os.PathLike) -> tuple[str, list[int]]:
+    """Name and dims (``-1`` where symbolic) of an ONNX file's single image input."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init]
+    if len(inputs) != 1:
+        raise ExportError(f"{Path(path).name}: expected one image input, found {len(inputs)}")
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+            for d in inputs[0].type.tensor_type.shape.dim]
+    return inputs[0].name, dims
+
+
+def trtexec_command(onnx_path: str | os.PathLike, engine: str | os.PathLike, input_name: str, profile: Profile,
+                    *, shapes: bool, half: bool) -> str:
+    """The ``trtexec`` line that builds the same engine (without INT8 calibration) from ``onnx_path``."""
+    parts = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine}"]
+    if shapes:
+        for flag, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
+            parts.append(f"--{flag}Shapes={input_name}:{'x'.join(str(d) for d in shape)}")
+    if half:
+        parts.append("--fp16")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def intermediate_onnx_path(output: str | os.PathLike) -> Path:
+    """Where the ONNX step is kept when TensorRT cannot run: ``<engine stem>.onnx`` next to the engine."""
+    return Path(output).with_suffix(".onnx")
+
+
+# --- caches -------------------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """``$YOLOX_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/yolox-deploy``, else ``~/.cache/yolox-deploy``."""
+    if os.environ.get("YOLOX_DEPLOY_CACHE"):
+        return Path(os.environ["YOLOX_DEPLOY_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "yolox-deploy"
+
+
+def timing_cache_path(env: Mapping[str, Any], root: str | os.PathLike | None = None) -> Path:
+    """The timing cache of one TensorRT version on one GPU model (tactic timings depend on both, not on the
+    model), e.g. ``~/.cache/yolox-deploy/tensorrt/timing-trt10.3.0-sm86-nvidia-geforce-rtx-3090.cache``."""
+    gpu = re.sub(r"[^a-z0-9]+", "-", str(env.get("gpu") or "gpu").lower()).strip("-")
+    cc = str(env.get("compute_capability") or "").replace(".", "")
+    return Path(root or cache_dir()) / "tensorrt" / f"timing-trt{env['tensorrt']}-sm{cc}-{gpu}.cache"
+
+
+def calibration_fingerprint(onnx_path: str | os.PathLike, *, method: str, shape: Sequence[int],
+                            preprocess: Preprocess, images: Sequence[str | os.PathLike], tensorrt: str) -> str:
+    """A digest of everything an INT8 calibration cache depends on: the model bytes, the calibrator, the
+    batch shape, the input contract, the calibration files (name, size, mtime) and the TensorRT version."""
+    h = hashlib.sha256()
+    with open(onnx_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(repr((method, tuple(int(v) for v in shape), preprocess, tensorrt)).encode())
+    for p in images:
+        st = os.stat(p)
+        h.update(f"{Path(p).name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def reusable_calibration(output: str | os.PathLike | None, fingerprint: str) -> Path | None:
+    """The calibration cache of a previous build at ``output`` when its sidecar records the same fingerprint."""
+    if output is None:
+        return None
+    cache = Path(output).with_name(Path(output).name + CALIB_SUFFIX)
+    if not cache.is_file() or cache.stat().st_size == 0:
+        return None
+    try:
+        meta = read_sidecar(output)
+    except ArtefactError:
+        return None
+    calib = build_record(meta).get("calibration") if meta is not None else None
+    if isinstance(calib, Mapping) and calib.get("fingerprint") == fingerprint:
+        return cache
+    return None
+
+
+# --- INT8 calibration ---------------------------------------------------------------------------------------
+class CalibrationFeeder:
+    """The host side of INT8 calibration, independent of TensorRT.
+
+    Hands out calibration batches of exactly ``shape`` (``[N, 3, H, W]`` float32, C-contiguous; a short last
+    batch is filled up by repeating its own images) and reads / writes the calibration cache file.
+    ``cache_in`` is a cache to reuse (then TensorRT skips calibration), ``cache_out`` where TensorRT's new
+    cache is written (atomically).
+    """
+
+    def __init__(self, batches: Iterable[np.ndarray], shape: Sequence[int], *, cache_in: str | os.PathLike | None = None,
+                 cache_out: str | os.PathLike | None = None) -> None:
+        self.shape = tuple(int(v) for v in shape)
+        if len(self.shape) != 4 or min(self.shape) < 1:
+            raise ValueError(f"calibration shape must be [N, C, H, W], got {list(shape)}")
+        self._batches = batches
+        self._iter: Iterator[np.ndarray] | None = None
+        self.cache_in = Path(cache_in) if cache_in is not None else None
+        self.cache_out = Path(cache_out) if cache_out is not None else None
+        self.batches_fed = 0
+        self.images_fed = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.shape[0]
+
+    def next_batch(self) -> np.ndarray | None:
+        """The next batch, or None when the calibration images are used up."""
+        if self._iter is None:
+            self._iter = iter(self._batches)
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            return None
+        batch = np.asarray(batch, dtype=np.float32)
+        n = batch.shape[0] if batch.ndim == 4 else 0
+        if batch.ndim != 4 or batch.shape[1:] != self.shape[1:] or not 1 <= n <= self.batch_size:
+            raise ExportError(f"calibration batch of shape {list(batch.shape)} does not fit the engine input "
+                              f"{list(self.shape)}")
+        if n < self.batch_size:
+            batch = batch[np.arange(self.batch_size) % n]
+        self.batches_fed += 1
+        self.images_fed += n
+        return np.ascontiguousarray(batch)
+
+    def read_cache(self) -> bytes | None:
+        """The cache to reuse, or None (TensorRT then calibrates from the batches)."""
+        if self.cache_in is not None and self.cache_in.is_file():
+            data = self.cache_in.read_bytes()
+            if data:
+                log.info("INT8 calibration: reusing %s", self.cache_in.name)
+                return data
+        return None
+
+    def write_cache(self, data: bytes) -> None:
+        """Store TensorRT's calibration cache (no-op without ``cache_out``)."""
+        if self.cache_out is None:
+            return
+        with atomic_write(self.cache_out) as tmp:
+            tmp.write_bytes(bytes(data))
+
+
+class DeviceBuffer:
+    """``nbytes`` of GPU memory that calibration batches are copied into (``ptr`` is the device address).
+
+    Uses cuda-python when importable, else pycuda (on the device's primary context, the one TensorRT and
+    PyTorch use), else a PyTorch CUDA tensor.
+    """
+
+    @staticmethod
+    def available_kind() -> str:
+        """Which copy path would be used; :class:`BackendUnavailable` when there is none."""
+        if import_cudart() is not None:
+            return "cuda-python"
+        try:
+            import pycuda.driver  # noqa: F401
+        except Exception:  # ImportError, or pycuda built against a missing driver
+            pass
+        else:
+            return "pycuda"
+        if torch.cuda.is_available():
+            return "torch"
+        raise BackendUnavailable("INT8 calibration copies batches to the GPU with cuda-python, pycuda or a CUDA "
+                                 "build of PyTorch, and none is installed (pip install cuda-python)")
+
+    def __init__(self, nbytes: int, device_index: int = 0) -> None:
+        self.nbytes = int(nbytes)
+        self.index = device_index
+        self.kind = self.available_kind()
+        if self.kind == "cuda-python":
+            self._rt = import_cudart()
+            cudart_call(self._rt.cudaSetDevice(device_index))
+            self.ptr = int(cudart_call(self._rt.cudaMalloc(self.nbytes)))
+        elif self.kind == "pycuda":
+            import pycuda.driver as drv
+
+            drv.init()
+            self._drv = drv
+            self._ctx = drv.Device(device_index).retain_primary_context()
+            self._ctx.push()
+            self._mem = drv.mem_alloc(self.nbytes)
+            self.ptr = int(self._mem)
+        else:
+            self._tensor = torch.empty(self.nbytes, dtype=torch.uint8, device=torch.device("cuda", device_index))
+            self.ptr = int(self._tensor.data_ptr())
+
+    def upload(self, host: np.ndarray) -> None:
+        """Copy a C-contiguous host array of at most ``nbytes`` to the buffer (synchronously)."""
+        host = np.ascontiguousarray(host)
+        if host.nbytes > self.nbytes:
+            raise ValueError(f"{host.nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
+        if self.kind == "cuda-python":
+            kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+            cudart_call(self._rt.cudaMemcpy(self.ptr, host, host.nbytes, kind))
+        elif self.kind == "pycuda":
+            self._drv.memcpy_htod(self.ptr, host)
+        else:
+            self._tensor[:host.nbytes].copy_(torch.from_numpy(host.reshape(-1).view(np.uint8)))
+            torch.cuda.synchronize(self._tensor.device)
+
+    def free(self) -> None:
+        if self.kind == "cuda-python" and self.ptr:
+            cudart_call(self._rt.cudaFree(self.ptr))
+        elif self.kind == "pycuda" and self.ptr:
+            self._mem.free()
+            self._ctx.pop()
+        elif self.kind == "torch" and self.ptr:
+            del self._tensor
+        self.ptr = 0
+
+
+def make_calibrator(trt: Any, feeder: CalibrationFeeder, method: str, device_index: int = 0) -> Any:
+    """A ``trt.IInt8EntropyCalibrator2`` (``"entropy"``) or ``trt.IInt8MinMaxCalibrator`` (``"minmax"``)
+    serving ``feeder``'s batches from one device buffer. Errors raised while TensorRT calls it are kept in
+    ``.error`` (TensorRT cannot carry Python exceptions) and re-raised by the builder."""
+    base = {"entropy": trt.IInt8EntropyCalibrator2, "minmax": trt.IInt8MinMaxCalibrator}[method]
+
+    class _Calibrator(base):
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.feeder = feeder
+            self.buffer: DeviceBuffer | None = None
+            self.error: BaseException | None = None
+
+        def get_batch_size(self) -> int:
+            return 1  # explicit batch: the batch dimension is part of each batch's shape
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            try:
+                batch = self.feeder.next_batch()
+                if batch is None:
+                    return None
+                if self.buffer is None:
+                    self.buffer = DeviceBuffer(batch.nbytes, device_index)
+                self.buffer.upload(batch)
+                return [self.buffer.ptr]
+            except BaseException as e:  # noqa: B036 - must not unwind through TensorRT; re-raised after the build
+                self.error = e
+                return None
+
+        def read_calibration_cache(self) -> bytes | None:
+            return self.feeder.read_cache()
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            try:
+                self.feeder.write_cache(bytes(cache))
+            except BaseException as e:  # noqa: B036
+                self.error = e
+
+        def close(self) -> None:
+            if self.buffer is not None:
+                self.buffer.free()
+                self.buffer = None
+
+    return _Calibrator()
+
+
+# --- TensorRT builder glue ------------------------------------------------------------------------------------
+def make_progress_monitor(trt: Any) -> Any | None:
+    """A ``trt.IProgressMonitor`` drawing top-level build phases as tqdm bars; Ctrl-C cancels the build
+    (``.interrupted`` is then set). None when this TensorRT has no progress monitors."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+    from tqdm import tqdm
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.bars: dict[str, Any] = {}
+            self.interrupted = False
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            try:
+                if parent_phase is None:
+                    self.bars[phase_name] = tqdm(total=num_steps, desc=f"TensorRT {phase_name}", leave=False)
+            except KeyboardInterrupt:
+                self.interrupted = True
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            try:
+                bar = self.bars.get(phase_name)
+                if bar is not None and step > bar.n:
+                    bar.update(step - bar.n)
+            except KeyboardInterrupt:
+                self.interrupted = True
+            return not self.interrupted
+
+        def phase_finish(self, phase_name: str) -> None:
+            try:
+                bar = self.bars.pop(phase_name, None)
+                if bar is not None:
+                    bar.close()
+            except KeyboardInterrupt:
+                self.interrupted = True
+
+        def close(self) -> None:
+            for bar in self.bars.values():
+                bar.close()
+            self.bars.clear()
+
+    return _Monitor()
+
+
+@contextlib.contextmanager
+def on_device(index: int) -> Iterator[None]:
+    """Make GPU ``index`` current for the builder (TensorRT builds on the current CUDA device)."""
+    if torch.cuda.is_available():
+        with torch.cuda.device(index):
+            yield
+        return
+    cudart = import_cudart()
+    if cudart is not None:
+        cudart_call(cudart.cudaSetDevice(index))
+    yield
+
+
+def _load_timing_cache(config: Any, path: Path | None) -> None:
+    data = b""
+    if path is not None and path.is_file():
+        data = path.read_bytes()
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, False):
+        if data:
+            log.warning("ignoring the unreadable TensorRT timing cache %s", path)
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+    elif data:
+        log.info("TensorRT timing cache: %s", path)
+
+
+def _save_timing_cache(config: Any, path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        data = bytes(memoryview(config.get_timing_cache().serialize()))
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:  # a read-only cache folder costs speed on the next build, nothing else
+        log.warning("could not save the TensorRT timing cache %s: %s", path, e)
+
+
+def build_engine(trt: Any, onnx_path: Path, dest: Path, options: ExportOptions, profile: Profile, *,
+                 feeder: CalibrationFeeder | None = None, device_index: int = 0,
+                 timing_cache: Path | None = None) -> str:
+    """Parse ``onnx_path``, build a TensorRT engine per ``options`` / ``profile`` and write the plan to ``dest``.
+
+    Returns the input tensor's name. Raises :class:`ExportError` with the parser's or builder's messages.
+    """
+    logger = make_logger(trt)
+    trt.init_libnvinfer_plugins(logger, "")  # registers EfficientNMS_TRT for the parser
+    with on_device(device_index):
+        try:
+            builder = trt.Builder(logger)
+        except (TypeError, RuntimeError) as e:  # no usable GPU / driver
+            raise BackendUnavailable(f"TensorRT cannot start a builder on GPU {device_index} ({e}; "
+                                     f"{logger.last_errors()})") from None
+        network = builder.create_network(0)  # TensorRT 10: every network is explicit-batch
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
+            raise ExportError(f"TensorRT could not parse {onnx_path.name}: "
+                              f"{'; '.join(errors) or logger.last_errors()}")
+        if network.num_inputs != 1:
+            raise ExportError(f"{onnx_path.name}: expected one image input, TensorRT sees {network.num_inputs}")
+        inp = network.get_input(0)
+        dims = tuple(int(d) for d in inp.shape)
+        dynamic = any(d < 0 for d in dims)
+
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace * (1 << 30)))
+        if dynamic:
+            p = builder.create_optimization_profile()
+            p.set_shape(inp.name, profile.min, profile.opt, profile.max)
+            config.add_optimization_profile(p)
+        if options.half or options.int8:
+            if not getattr(builder, "platform_has_fast_fp16", True):
+                log.warning("this GPU has no fast FP16: an FP16 engine will be about as fast as FP32")
+            config.set_flag(trt.BuilderFlag.FP16)
+        calibrator = None
+        if options.int8:
+            if feeder is None:
+                raise ExportError("INT8 needs calibration data")
+            if not getattr(builder, "platform_has_fast_int8", True):
+                log.warning("this GPU has no fast INT8: an INT8 engine will be about as fast as FP16")
+            config.set_flag(trt.BuilderFlag.INT8)
+            calibrator = make_calibrator(trt, feeder, options.calib_method, device_index)
+            config.int8_calibrator = calibrator
+            if dynamic:
+                cp = builder.create_optimization_profile()
+                cp.set_shape(inp.name, feeder.shape, feeder.shape, feeder.shape)
+                config.set_calibration_profile(cp)
+        _load_timing_cache(config, timing_cache)
+        monitor = make_progress_monitor(trt)
+        if monitor is not None:
+            config.progress_monitor = monitor
+
+        log.info("building the TensorRT engine (%s, input %s %s..%s), this takes a while", options.precision,
+                 inp.name, list(profile.min), list(profile.max))
+        try:
+            plan = builder.build_serialized_network(network, config)
+        finally:
+            if calibrator is not None:
+                calibrator.close()
+            if monitor is not None:
+                monitor.close()
+        if monitor is not None and monitor.interrupted:
+            raise KeyboardInterrupt
+        if calibrator is not None and calibrator.error is not None:
+            raise calibrator.error
+        if plan is None:
+            raise ExportError(f"TensorRT could not build the engine: {logger.last_errors()}")
+        with open(dest, "wb") as f:
+            f.write(memoryview(plan))
+        _save_timing_cache(config, timing_cache)
+    return inp.name
+
+
+def sidecar_meta(meta: ModelMeta, env: Mapping[str, Any], *, input_name: str, profile: Profile,
+                 options: ExportOptions, calibration: Mapping[str, Any] | None = None,
+                 onnx: str | None = None) -> ModelMeta:
+    """The engine's metadata with its build record under ``extra["tensorrt"]``: the environment
+    (:func:`~yolox_deploy.runtimes.tensorrt.current_environment`: TensorRT version, GPU, compute capability,
+    CUDA), the input name and profile, the precision flags, the workspace, the calibration (INT8) and the
+    source ONNX file name (when the engine was made from one). Its JSON is the sidecar."""
+    record = {
+        **env,
+        "input": input_name,
+        "profile": profile.to_dict(),
+        "precision": options.precision,
+        "fp16": bool(options.half or options.int8),
+        "int8": bool(options.int8),
+        "workspace_gib": float(options.workspace),
+        "calibration": dict(calibration) if calibration is not None else None,
+        "onnx": onnx,
+    }
+    return meta.with_(extra={**meta.extra, RECORD_KEY: record})
+
+
+def write_tensorrt_onnx(source: ExportSource, options: ExportOptions, path: Path) -> ModelMeta:
+    """The ONNX handed to TensorRT: FP32 (the builder lowers precision), in-graph NMS as ``EfficientNMS_TRT``."""
+    from .onnx import write_onnx
+
+    return write_onnx(source, replace(options, half=False, int8=False), path, nms_plugin="tensorrt")
+
+
+# --- the format -----------------------------------------------------------------------------------------------
+@register_format("tensorrt", suffix=".engine", package="tensorrt", extra="trt",
+                 supports=("dynamic", "dynamic_hw", "half", "int8", "nms", "decode_in_graph", "opset", "simplify",
+                           "workspace", "calib_method"),
+                 accepts_onnx=True, aliases=("trt", "engine"))
+class TensorRTExporter(Exporter):
+    """TensorRT engine (.engine) for NVIDIA GPUs, with a JSON sidecar."""
+
+    @classmethod
+    def require(cls) -> None:
+        """Nothing up front: the ONNX step runs without TensorRT, which is checked (and reported) after it."""
+
+    def engine_meta(self, source: ExportSource) -> ModelMeta:
+        """What the engine does, from the source and the options; an ONNX source keeps its NMS settings."""
+        meta = self.artefact_meta(source)
+        if source.model is None and source.meta.nms_in_graph:
+            meta = meta.with_(max_det=source.meta.max_det, extra={**meta.extra, **source.meta.extra})
+        return meta
+
+    def export(self, source: ExportSource, dest: Path) -> ModelMeta:
+        opts = self.options
+        meta = self.engine_meta(source)
+        with tempfile.TemporaryDirectory(prefix="yolox-trt-") as tmp:
+            if source.onnx_path is not None:
+                onnx_path = Path(source.onnx_path)
+            else:
+                onnx_path = Path(tmp) / dest.with_suffix(".onnx").name
+                write_tensorrt_onnx(source, opts, onnx_path)
+            input_name, dims = onnx_input(onnx_path)
+            profile = profile_for(dims, opts)
+            try:
+                trt = import_tensorrt()
+                index = cuda_index(opts.device) or 0
+                env = current_environment(trt.__version__, index)
+                return self._build(trt, env, index, source, meta, onnx_path, profile, dest)
+            except BackendUnavailable as e:
+                raise BackendUnavailable(self._unavailable(str(e), source, onnx_path, input_name, dims,
+                                                           profile)) from None
+
+    def _build(self, trt: Any, env: dict[str, Any], index: int, source: ExportSource, meta: ModelMeta,
+               onnx_path: Path, profile: Profile, dest: Path) -> ModelMeta:
+        opts = self.options
+        feeder, calibration, data = None, None, None
+        if opts.int8:
+            feeder, calibration, data = self._calibration(meta, onnx_path, profile, dest, env)
+        input_name = build_engine(trt, onnx_path, dest, opts, profile, feeder=feeder, device_index=index,
+                                  timing_cache=timing_cache_path(env))
+        if feeder is not None and calibration is not None:
+            calibration["batches"] = feeder.batches_fed  # 0 when a reused cache made calibration unnecessary
+            calibration["images"] = data.num_images  # unreadable files are known now
+        meta = sidecar_meta(meta, env, input_name=input_name, profile=profile, options=opts,
+                            calibration=calibration,
+                            onnx=source.onnx_path.name if source.onnx_path is not None else None)
+        write_text_atomic(sidecar_path(dest), meta.to_json())
+        return meta
+
+    def _calibration(self, meta: ModelMeta, onnx_path: Path, profile: Profile, dest: Path,
+                     env: Mapping[str, Any]) -> tuple[CalibrationFeeder, dict[str, Any], Any]:
+        from .calibration import CalibrationData
+
+        opts = self.options
+        DeviceBuffer.available_kind()  # fail before the build, not in the middle of it
+        shape = calibration_shape(profile)
+        folder = Path(opts.calib_images)
+        data = CalibrationData(folder, meta.with_(input_size=(shape[2], shape[3])), count=opts.calib_count,
+                               batch=shape[0], last="fill", desc="INT8 calibration")
+        fingerprint = calibration_fingerprint(onnx_path, method=opts.calib_method, shape=shape,
+                                              preprocess=meta.preprocess, images=data.files, tensorrt=env["tensorrt"])
+        cache = dest.with_name(dest.name + CALIB_SUFFIX)
+        previous = reusable_calibration(self.output, fingerprint)
+        if previous is not None:
+            shutil.copyfile(previous, cache)
+        feeder = CalibrationFeeder(data, shape, cache_in=cache if previous is not None else None, cache_out=cache)
+        record = {"method": opts.calib_method, "folder": str(folder), "shape": list(shape),
+                  "fingerprint": fingerprint, "cache": cache.name, "reused": previous is not None,
+                  "images": data.num_images}
+        return feeder, record, data
+
+    def _unavailable(self, reason: str, source: ExportSource, onnx_path: Path, input_name: str,
+                     dims: Sequence[int], profile: Profile) -> str:
+        """The one-sentence error when TensorRT cannot build here, after keeping the ONNX step for the user."""
+        opts = self.options
+        if self.output is None:
+            return reason
+        engine = Path(self.output)
+        if source.onnx_path is not None:
+            kept, where = Path(source.onnx_path), "the ONNX model to build from is"
+        else:
+            kept, where = intermediate_onnx_path(engine), "the ONNX step ran and is at"
+            if kept.exists() and not opts.force:
+                return (f"{reason}; the ONNX step ran but {kept} already exists, so it was not replaced "
+                        "(pass --force to overwrite it)")
+            with atomic_write(kept) as tmp:
+                shutil.copyfile(onnx_path, tmp)
+        if opts.int8:
+            how = "INT8 calibration runs inside TensorRT, so rerun this export where TensorRT and the GPU work"
+        else:
+            cmd = trtexec_command(kept, engine, input_name, profile, shapes=any(d < 0 for d in dims), half=opts.half)
+            how = f"build the engine from it with: {cmd}"
+        return f"{reason}; {where} {kept} ({how})"
