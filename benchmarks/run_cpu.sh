@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The recorded CPU benchmark: YOLOX-Nano, -Tiny and -S on every CPU backend, FP32 and INT8, with the host line.
+#
+#   benchmarks/run_cpu.sh [OUTPUT_DIR]        (default: benchmarks/results/cpu)
+#
+# Run it on a quiet machine (nothing else using the CPU). Extra arguments after OUTPUT_DIR go to yolox-bench.
+# INT8 rows exist where a format quantises (OpenVINO via NNCF); the others report "not available: <reason>".
+# Real weights are taken from ../shared/assets/weights (or set WEIGHTS_DIR); variants without a checkpoint
+# there are timed with seeded random weights (see benchmarks/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-benchmarks/results/cpu}"
+shift || true
+WEIGHTS_ARGS=()
+if [[ -n "${WEIGHTS_DIR:-}" ]]; then WEIGHTS_ARGS=(--weights-dir "$WEIGHTS_DIR"); fi
+
+yolox-bench \
+  --models nano,tiny,s \
+  --backends onnxruntime,openvino,ncnn,torch \
+  --int8 \
+  --batch 1 \
+  --device cpu \
+  --iters 200 --warmup 20 \
+  --output "$OUT" \
+  --cache-dir "${CACHE_DIR:-$OUT/../cache}" \
+  "${WEIGHTS_ARGS[@]}" "$@"

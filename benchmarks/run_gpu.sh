@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# GPU rows on a target with an NVIDIA GPU (T4, Jetson, H100...) and TensorRT 10 installed:
+# YOLOX-S/M/L/X at 640, FP16 (and FP32), batch 1 and 8, TensorRT beside PyTorch and ONNX Runtime (CUDA).
+#
+#   benchmarks/run_gpu.sh [OUTPUT_DIR]        (default: benchmarks/results/gpu)
+#
+# Needs: pip install 'yolox-deploy[trt]' (tensorrt, cuda-python) and, for the ONNX Runtime rows, onnxruntime-gpu.
+# Backends that are missing on the target are reported as "not available: <reason>" rows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-benchmarks/results/gpu}"
+shift || true
+
+yolox-bench \
+  --models s,m,l,x \
+  --backends tensorrt,torch,onnxruntime \
+  --half \
+  --batch 1,8 \
+  --device cuda \
+  --iters 200 --warmup 50 \
+  --output "$OUT" \
+  "$@"

@@ -1,0 +1,29 @@
+"""Host description."""
+
+from __future__ import annotations
+
+import platform
+
+from yolox_deploy.bench.host import HostInfo, collect_host_info, cpu_model, package_versions
+
+
+def test_collect_host_info_describes_this_machine():
+    info = collect_host_info()
+    assert info.cpu_model and info.cpu_model == cpu_model()
+    assert info.logical_cores and info.logical_cores >= 1
+    assert info.python == platform.python_version()
+    assert "torch" in info.packages and "numpy" in info.packages
+    line = info.summary()
+    assert info.cpu_model in line and f"Python {info.python}" in line
+    assert ("no GPU" in line) == (not info.gpus)
+
+
+def test_round_trip():
+    info = collect_host_info()
+    assert HostInfo.from_dict(info.to_dict()) == info
+
+
+def test_package_versions_has_no_missing_packages():
+    versions = package_versions()
+    assert all(isinstance(v, str) and v for v in versions.values())
+    assert "definitely-not-installed" not in versions

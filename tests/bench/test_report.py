@@ -1,0 +1,87 @@
+"""Writers: markdown / CSV / JSON round trip and the plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from yolox_deploy.bench.host import collect_host_info
+from yolox_deploy.bench.latency import PipelineTimes
+from yolox_deploy.bench.report import OUTPUT_NAMES, read_csv, read_json, to_markdown, write_report
+from yolox_deploy.bench.results import BenchReport, BenchRow, DemoComparison
+from yolox_deploy.bench.stats import LatencyStats
+from yolox_deploy.bench.tables import published
+
+
+def _times(base: float) -> PipelineTimes:
+    rng = np.random.default_rng(int(base))
+    a = np.stack([base + rng.random(20), 0.5 + rng.random(20) * 0.1, base - 1 + rng.random(20), 0.3 + rng.random(20) * 0.1], 1)
+    return PipelineTimes.from_samples(a)
+
+
+def make_report() -> BenchReport:
+    ok = BenchRow("yolox-s", "onnxruntime", "fp32", 1, (640, 640), 8_968_255, 26.93, device="cpu",
+                  weights="random (seed 0)", model_ms=LatencyStats.from_samples([98.0, 100.0, 102.0, 120.0]),
+                  pipeline=_times(110), ap=0.405, ap50=0.59, published=published("s"), artefact="/x/yolox_s.onnx",
+                  clock="perf_counter", notes=["artefact reused from cache"])
+    batch8 = BenchRow("yolox-s", "onnxruntime", "fp32", 8, (640, 640), 8_968_255, 26.93,
+                      model_ms=LatencyStats.from_samples([700.0, 720.0]), pipeline=_times(760),
+                      published=published("s"), clock="perf_counter")
+    missing = BenchRow("yolox-s", "tensorrt", "fp16", 1, (640, 640), 8_968_255, 26.93,
+                       status="not available: TensorRT is not installed", published=published("s"))
+    demo = DemoComparison("yolox-nano", (416, 416), "openvino", "fp32", "/w/yolox_nano.onnx", _times(10), _times(20),
+                          100, 0.99, notes=["weights: yolox_nano.pth"])
+    return BenchReport({"iters": 4, "warmup": 1, "images_desc": "synthetic"}, collect_host_info(),
+                       [ok, batch8, missing], demo, ["a note"], "2026-01-01T00:00:00+00:00", 12.5)
+
+
+def test_json_round_trip(tmp_path):
+    report = make_report()
+    paths = write_report(report, tmp_path, plot=False)
+    back = read_json(paths["json"])
+    assert back.to_dict() == report.to_dict()
+    d = json.loads(paths["json"].read_text())
+    assert d["rows"][0]["derived"]["ratio_v100"] == pytest.approx(report.rows[0].model_ms.mean / 9.8)
+    assert d["rows"][1]["derived"]["ratio_v100"] is None           # batch 8 is not compared with batch-1 figures
+    assert d["demo_comparison"]["derived"]["speedup"] == pytest.approx(report.demo.speedup)
+    assert "table3" in d["published"] and d["host_line"] == report.host.summary()
+
+
+def test_csv_round_trip(tmp_path):
+    report = make_report()
+    paths = write_report(report, tmp_path, plot=False)
+    rows = read_csv(paths["csv"])
+    assert [r["backend"] for r in rows] == ["onnxruntime", "onnxruntime", "tensorrt"]
+    first = report.rows[0]
+    assert float(rows[0]["model_p99_ms"]) == first.model_ms.p99
+    assert float(rows[0]["full_fps"]) == pytest.approx(first.full_fps)
+    assert float(rows[1]["model_fps"]) == pytest.approx(8000 / 710)
+    assert float(rows[0]["gflops"]) == 26.93 and float(rows[0]["params_m"]) == 8.968255
+    assert rows[2]["status"] == "not available: TensorRT is not installed"
+    assert rows[2]["model_mean_ms"] == ""
+
+
+def test_markdown_has_the_paper_table_and_the_status(tmp_path):
+    report = make_report()
+    text = to_markdown(report)
+    assert "| YOLOX-S" in text and "26.93" in text
+    assert "not available: TensorRT is not installed" in text
+    assert "authors' ONNX Runtime demo" in text and f"{report.demo.speedup:.2f}x" in text
+    assert report.host.cpu_model in text
+
+
+def test_non_finite_values_become_null(tmp_path):
+    report = make_report()
+    report.rows[0].ap = math.nan
+    paths = write_report(report, tmp_path, plot=False)
+    assert json.loads(paths["json"].read_text())["rows"][0]["ap"] is None
+
+
+def test_plot_is_a_png(tmp_path):
+    paths = write_report(make_report(), tmp_path, plot=True)
+    assert set(paths) == set(OUTPUT_NAMES)
+    data = paths["plot"].read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

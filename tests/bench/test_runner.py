@@ -1,0 +1,95 @@
+"""End-to-end runs on the torch backend (and whatever else is installed), unavailable backends as rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from yolox_deploy.bench.report import read_csv, read_json, write_report
+from yolox_deploy.bench.runner import BenchConfig, demo_candidates, image_groups, load_timing_images, run_benchmark
+from yolox_deploy.errors import InputError
+from yolox_deploy.runtimes import registered_backends
+
+
+def test_image_groups_wrap_around():
+    imgs = list(range(5))
+    assert image_groups(imgs, 2) == [[0, 1], [2, 3], [4, 0]]
+    assert image_groups(imgs, 8) == [[0, 1, 2, 3, 4, 0, 1, 2]]
+
+
+def test_synthetic_images_when_no_folder():
+    images, desc = load_timing_images(None, 3)
+    assert len(images) == 3 and "synthetic" in desc
+    assert all(im.dtype.name == "uint8" and im.ndim == 3 for im in images)
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(InputError):
+        BenchConfig(precisions=["fp8"])
+    with pytest.raises(InputError):
+        BenchConfig(batches=[0])
+    with pytest.raises(InputError):
+        BenchConfig(models=["yolox-q"])
+    with pytest.raises(InputError):
+        BenchConfig(images=tmp_path / "missing")
+    cfg = BenchConfig(models=["s", "NANO"], backends=["trt", "ort"])
+    assert cfg.models == ["yolox-s", "yolox-nano"] and cfg.backends == ["tensorrt", "onnxruntime"]
+
+
+def test_tiny_end_to_end_run_writes_all_four_outputs(tmp_path):
+    cfg = BenchConfig(models=["nano"], backends=["torch"], iters=3, warmup=1, images=None, max_images=2,
+                      output=tmp_path, demo=False, progress=False)
+    report = run_benchmark(cfg)
+    [row] = report.rows
+    assert row.ok, row.status
+    assert row.model_ms.n == 3 and row.pipeline.total.n == 3
+    assert row.params == 912_159 and abs(row.gflops - 1.11) < 0.011
+    assert row.pipeline.total.mean >= row.pipeline.infer.mean > 0
+    assert row.clock == "perf_counter" and row.weights == "random (seed 0)"
+    paths = write_report(report, tmp_path)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
+    assert read_json(paths["json"]).rows[0].model_ms == row.model_ms
+    assert read_csv(paths["csv"])[0]["status"] == "ok"
+    assert any("Random weights" in n for n in report.notes)
+
+
+def test_missing_backend_gives_a_not_available_row_and_the_run_continues(tmp_path, monkeypatch):
+    from yolox_deploy.runtimes.base import BackendInfo
+
+    real = BackendInfo.available
+
+    def fake(self):
+        if self.name == "onnxruntime":
+            return False, "the onnxruntime backend needs the 'onnxruntime' package (pip install 'yolox-deploy[onnx]')"
+        return real(self)
+
+    monkeypatch.setattr(BackendInfo, "available", fake)
+    cfg = BenchConfig(models=["nano"], backends=["onnxruntime", "no-such-runtime", "torch"], iters=2, warmup=0,
+                      max_images=1, output=tmp_path, demo=False, progress=False)
+    rows = run_benchmark(cfg).rows
+    assert [r.backend for r in rows] == ["onnxruntime", "no-such-runtime", "torch"]
+    if "onnxruntime" in registered_backends():
+        assert rows[0].status.startswith("not available: the onnxruntime backend needs")
+    assert rows[1].status.startswith("not available: no backend named")
+    assert rows[2].ok
+    assert rows[0].model_ms is None and rows[0].gflops > 1.0
+
+
+def test_precision_a_backend_cannot_run_is_not_available(tmp_path):
+    cfg = BenchConfig(models=["nano"], backends=["torch"], precisions=["int8"], iters=2, warmup=0, max_images=1,
+                      device="cpu", output=tmp_path, demo=False, progress=False)
+    [row] = run_benchmark(cfg).rows
+    assert row.status == "not available: the torch backend runs fp32, not int8, on cpu"
+
+
+def test_demo_comparison_with_real_weights(tmp_path, nano_pth, nano_onnx):
+    pytest.importorskip("onnxruntime")
+    cfg = BenchConfig(models=["nano"], backends=["torch"], iters=4, warmup=1, max_images=2, images=None,
+                      weights_dir=nano_pth.parent, output=tmp_path, demo=True, demo_rounds=2, progress=False)
+    report = run_benchmark(cfg)
+    assert demo_candidates(report.rows)[0] is report.rows[0]
+    d = report.demo
+    assert d is not None and d.ours_backend == "torch" and d.demo_onnx == str(nano_onnx)
+    assert d.ours.total.n == 4 and d.demo.total.n == 4
+    assert d.agreement is not None and d.agreement >= 0.9
+    assert d.speedup == pytest.approx(d.ours_fps / d.demo_fps) and d.speedup > 0
+    assert "FPS" in d.summary()

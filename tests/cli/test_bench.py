@@ -1,0 +1,37 @@
+"""``yolox-bench``: arguments, outputs, unavailable backends as rows, user errors as one line."""
+
+from __future__ import annotations
+
+import json
+
+from yolox_deploy.cli.bench import build_parser, config_from_args, main
+
+
+def test_precision_flags():
+    args = build_parser().parse_args(["--half", "--int8", "--batch", "1,8", "--models", "nano,s"])
+    cfg = config_from_args(args)
+    assert cfg.precisions == ["fp32", "fp16", "int8"] and cfg.batches == [1, 8]
+    assert cfg.models == ["yolox-nano", "yolox-s"]
+    args = build_parser().parse_args(["--int8", "--only-reduced", "--images", "synthetic"])
+    cfg = config_from_args(args)
+    assert cfg.precisions == ["int8"] and cfg.images is None
+
+
+def test_cli_run_writes_table_csv_json_png(tmp_path, capsys):
+    out = tmp_path / "bench"
+    rc = main(["--models", "nano", "--backends", "torch,not-a-runtime", "--iters", "3", "--warmup", "1",
+               "--images", "synthetic", "--max-images", "2", "--no-demo", "--quiet", "--output", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "YOLOX-Nano" in printed and "not available: no backend named 'not-a-runtime'" in printed
+    for name in ("results.md", "results.csv", "results.json", "results.png"):
+        assert (out / name).stat().st_size > 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["status"] for r in rows][0] == "ok"
+
+
+def test_user_errors_exit_2(tmp_path, capsys):
+    assert main(["--models", "yolox-q", "--output", str(tmp_path)]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["--images", str(tmp_path / "nope"), "--output", str(tmp_path)]) == 2
+    assert "folder not found" in capsys.readouterr().err

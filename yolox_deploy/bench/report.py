@@ -1,0 +1,186 @@
+"""Writers: the benchmark as markdown (the paper's table format, measured beside published), CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..utils.files import write_text_atomic
+from ..utils.table import format_table
+from .results import BenchReport, BenchRow, DemoComparison
+from .tables import MODEL_ZOO, T4_TENSORRT
+
+OUTPUT_NAMES = {"markdown": "results.md", "csv": "results.csv", "json": "results.json", "plot": "results.png"}
+
+PAPER_HEADERS = ["Model", "Backend", "Device", "Precision", "Batch", "Size", "AP (%)", "Params (M)", "GFLOPs",
+                 "Latency (ms)", "FPS", "Full (ms)", "Full FPS", "Paper AP", "V100 (ms)", "x V100", "T4 TRT (ms)",
+                 "x T4", "Status"]
+DETAIL_HEADERS = ["Model", "Backend", "Precision", "Batch", "Size", "model mean", "p50", "p90", "p99", "FPS",
+                  "full mean", "p50", "p90", "p99", "FPS", "pre", "infer", "post", "n"]
+
+
+def _r(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(float(v), digits)
+
+
+def _display(model: str) -> str:
+    try:
+        return MODEL_ZOO.row(model).model
+    except KeyError:
+        return model
+
+
+def paper_rows(rows: Sequence[BenchRow]) -> list[list[Any]]:
+    """Rows of the paper-format table: measured latency (model alone, mean) beside the published ones."""
+    out = []
+    for r in rows:
+        pub = r.published
+        out.append([
+            _display(r.model), r.backend, r.device, r.precision, r.batch, r.input,
+            _r(r.ap * 100, 1) if r.ap is not None else None, _r(r.params_m, 2), _r(r.gflops, 2),
+            _r(r.model_ms.mean, 2) if r.model_ms else None, _r(r.model_fps, 1),
+            _r(r.pipeline.total.mean, 2) if r.pipeline else None, _r(r.full_fps, 1),
+            pub.ap if pub else None, pub.v100_ms if pub else None, _r(r.ratio_v100, 2),
+            pub.t4_trt_ms if pub else None, _r(r.ratio_t4, 2), r.status,
+        ])
+    return out
+
+
+def detail_rows(rows: Sequence[BenchRow]) -> list[list[Any]]:
+    """Percentiles of both timings and the full pipeline's stage split (ok rows only)."""
+    out = []
+    for r in rows:
+        if not r.ok or r.model_ms is None or r.pipeline is None:
+            continue
+        m, p = r.model_ms, r.pipeline
+        out.append([_display(r.model), r.backend, r.precision, r.batch, r.input,
+                    _r(m.mean, 2), _r(m.p50, 2), _r(m.p90, 2), _r(m.p99, 2), _r(r.model_fps, 1),
+                    _r(p.total.mean, 2), _r(p.total.p50, 2), _r(p.total.p90, 2), _r(p.total.p99, 2),
+                    _r(r.full_fps, 1), _r(p.pre.mean, 2), _r(p.infer.mean, 2), _r(p.post.mean, 2), m.n])
+    return out
+
+
+def demo_rows(demo: DemoComparison) -> list[list[Any]]:
+    out = []
+    for label, t in ((f"yolox-deploy Detector ({demo.ours_backend}, {demo.ours_precision})", demo.ours),
+                     ("authors' ONNX Runtime demo pipeline", demo.demo)):
+        out.append([label, _r(t.total.fps(1), 1), _r(t.total.mean, 2), _r(t.total.p50, 2), _r(t.total.p90, 2),
+                    _r(t.total.p99, 2), _r(t.pre.mean, 2), _r(t.infer.mean, 2), _r(t.post.mean, 2), t.total.n])
+    return out
+
+
+def to_markdown(report: BenchReport) -> str:
+    """The whole report as markdown."""
+    s = report.settings
+    lines = ["# YOLOX benchmark", ""]
+    lines.append(f"**Host:** {report.host.summary()}")
+    lines.append("")
+    lines.append(f"**Run:** {report.started}, {report.seconds:.0f} s. {s.get('iters')} timed iterations after "
+                 f"{s.get('warmup')} warm-up per measurement; images: {s.get('images_desc')}; timing: "
+                 f"{', '.join(sorted({r.clock for r in report.rows if r.clock})) or '-'}.")
+    lines += ["", "## Results, in the paper's format", ""]
+    lines.append("*Latency* is the model alone (preprocessed batch -> `backend.infer`, device synchronised), as the "
+                 "paper measures it (\"without post-processing\"); *Full* is the whole `Detector` on raw BGR images "
+                 "(letterbox, inference, decode, NMS, scale back; images already in memory). Both are the mean per "
+                 "call of *Batch* images; FPS is images per second. *Paper AP*, *V100* and *T4 TRT* are published "
+                 "figures (V100 FP16 batch 1 from the authors; T4 TensorRT FP16 from the Ultralytics comparison pages); "
+                 "*x V100* / *x T4* = measured latency / published latency (batch-1 rows).")
+    lines.append("")
+    lines.append(format_table(PAPER_HEADERS, paper_rows(report.rows), floatfmt="g", markdown=True))
+    detail = detail_rows(report.rows)
+    if detail:
+        lines += ["", "## Latency distribution and stage split (ms per call)", ""]
+        lines.append(format_table(DETAIL_HEADERS, detail, floatfmt="g", markdown=True))
+    if report.demo is not None:
+        d = report.demo
+        lines += ["", "## Full pipeline vs the authors' ONNX Runtime demo", ""]
+        lines.append(f"**{d.summary()}**")
+        lines.append("")
+        lines.append(f"Same {d.images} images, same run, interleaved blocks, one image per call. The demo pipeline is a "
+                     f"stage-for-stage re-implementation of the authors' `demo/ONNXRuntime/onnx_inference.py` (numpy "
+                     f"letterbox, default `InferenceSession` on `{Path(d.demo_onnx).name}`, numpy grid decode, "
+                     f"class-agnostic numpy NMS at 0.45 over scores > 0.1); our Detector ran with the same thresholds.")
+        if d.agreement is not None:
+            lines.append(f"Detections agreement between the two: {d.agreement:.3f}.")
+        lines.append("")
+        lines.append(format_table(["Pipeline", "FPS", "mean", "p50", "p90", "p99", "pre", "infer", "post", "n"],
+                                  demo_rows(d), floatfmt="g", markdown=True))
+        for note in d.notes:
+            lines.append(f"- {note}")
+    lines += ["", "## Published figures used", ""]
+    models = sorted({r.model for r in report.rows})
+    pub_rows = []
+    for m in models:
+        try:
+            z = MODEL_ZOO.row(m)
+        except KeyError:
+            continue
+        try:
+            t4 = T4_TENSORRT.row(m).latency_ms
+        except KeyError:
+            t4 = None
+        pub_rows.append([z.model, z.size, z.ap, z.params_m, z.gflops, z.latency_ms, t4])
+    lines.append(format_table(["Model", "Size", "AP (%)", "Params (M)", "GFLOPs", "V100 FP16 (ms)", "T4 TRT FP16 (ms)"],
+                              pub_rows, floatfmt="g", markdown=True))
+    notes = list(report.notes)
+    if notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[BenchRow]) -> str:
+    """One line per row (:attr:`BenchRow.CSV_FIELDS`); floats at full precision, missing values empty."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(BenchRow.CSV_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in r.flat().items()})
+    return buf.getvalue()
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The CSV rows as dicts of strings (empty string for missing values)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _finite(obj: Any) -> Any:
+    """Replace NaN / inf (not valid JSON) by ``None``, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(report: BenchReport) -> str:
+    return json.dumps(_finite(report.to_dict()), indent=2, allow_nan=False, default=str)
+
+
+def read_json(path: str | os.PathLike) -> BenchReport:
+    return BenchReport.from_dict(json.loads(Path(path).read_text()))
+
+
+def write_report(report: BenchReport, folder: str | os.PathLike, *, plot: bool = True) -> dict[str, Path]:
+    """Write ``results.md``, ``results.csv``, ``results.json`` and (``plot``) ``results.png`` into ``folder``."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "markdown": write_text_atomic(out / OUTPUT_NAMES["markdown"], to_markdown(report)),
+        "csv": write_text_atomic(out / OUTPUT_NAMES["csv"], to_csv(report.rows)),
+        "json": write_text_atomic(out / OUTPUT_NAMES["json"], to_json(report)),
+    }
+    if plot:
+        from .plot import plot_speed_accuracy
+
+        paths["plot"] = plot_speed_accuracy(report, out / OUTPUT_NAMES["plot"])
+    return paths

@@ -1,0 +1,410 @@
+"""Run the benchmark: every (model, backend, precision, batch) row, then the demo head-to-head.
+
+A row that cannot run (backend not installed, format without that precision, device missing) is kept
+with ``status = "not available: <reason>"``; an unexpected error becomes ``"failed: <reason>"``. Either way
+the run goes on to the next row.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailable, InputError, YoloxError
+from ..zoo import canonical_name, get_spec
+from .artefacts import (
+    ArtefactRequest,
+    ModelSource,
+    backend_status,
+    cached_artefact,
+    canonical_backend,
+    format_for_backend,
+    model_source,
+    pick_device,
+    write_calibration_images,
+)
+from .flops import yolox_complexity
+from .host import collect_host_info
+from .latency import Clock, CudaClock, PipelineTimes, clock_for, measure_calls, sample_pipeline
+from .results import FAILED, NOT_AVAILABLE, BenchReport, BenchRow, DemoComparison
+from .tables import published
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+MAX_MODEL_BATCHES = 8   # distinct preprocessed batches kept in memory for the model-alone timing
+SYNTHETIC_SIZES = ((480, 640), (640, 480), (720, 1280), (375, 500), (427, 640), (640, 427), (512, 512), (360, 640))
+
+
+def shared_assets() -> Path | None:
+    """``../shared/assets`` next to the working directory or the source checkout, when present."""
+    here = Path(__file__).resolve().parents[2]
+    for root in (Path.cwd().parent, here.parent):
+        p = root / "shared" / "assets"
+        if p.is_dir():
+            return p
+    return None
+
+
+def default_images() -> Path | None:
+    assets = shared_assets()
+    p = assets / "images" / "coco-val-unlabeled" if assets else None
+    return p if p is not None and p.is_dir() else None
+
+
+def default_weights_dir() -> Path | None:
+    assets = shared_assets()
+    p = assets / "weights" if assets else None
+    return p if p is not None and p.is_dir() else None
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark and how. ``img_size`` ``None``: each variant's test size (416 Nano/Tiny, else 640).
+
+    ``images``: folder of timing images (cycled; loaded into memory first), ``None`` for synthetic scenes.
+    ``weights_dir``: folder with ``yolox_<v>.pth`` files (real weights; others use seeded random weights).
+    ``with_eval``: a COCO folder; AP is measured for rows with real weights. ``device``: ``auto``, ``cpu``,
+    ``cuda[:N]``. ``conf`` / ``nms``: the Detector's thresholds for the full-pipeline timing. ``threads``:
+    passed to the backends that take it. ``demo``: run the head-to-head with the authors' ORT demo.
+    """
+
+    models: Sequence[str] = ("yolox-nano",)
+    backends: Sequence[str] = ("torch",)
+    precisions: Sequence[str] = ("fp32",)
+    batches: Sequence[int] = (1,)
+    img_size: tuple[int, int] | None = None
+    iters: int = 100
+    warmup: int = 10
+    max_seconds: float | None = None
+    images: Path | None = None
+    max_images: int = 100
+    weights_dir: Path | None = None
+    with_eval: Path | None = None
+    eval_split: str = "val2017"
+    output: Path = Path("bench_results")
+    cache_dir: Path | None = None
+    calib_images: Path | None = None
+    device: str = "auto"
+    conf: float = 0.25
+    nms: float = 0.45
+    threads: int | None = None
+    demo: bool = True
+    demo_rounds: int = 4
+    seed: int = 0
+    progress: bool = True
+    extra_notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.models = [canonical_name(m) for m in self.models]
+        self.backends = [canonical_backend(b) for b in self.backends]
+        self.precisions = [p.strip().lower() for p in self.precisions]
+        for p in self.precisions:
+            if p not in PRECISIONS:
+                raise InputError(f"unknown precision {p!r}; use {', '.join(PRECISIONS)}")
+        self.batches = [int(b) for b in self.batches]
+        if any(b < 1 for b in self.batches):
+            raise InputError(f"batch sizes must be >= 1, got {self.batches}")
+        if self.iters < 1 or self.warmup < 0:
+            raise InputError(f"--iters must be >= 1 and --warmup >= 0 (got {self.iters}, {self.warmup})")
+        if not self.models or not self.backends or not self.precisions or not self.batches:
+            raise InputError("nothing to benchmark: give at least one model, backend, precision and batch size")
+        for p in (self.images, self.weights_dir, self.with_eval, self.calib_images):
+            if p is not None and not Path(p).is_dir():
+                raise InputError(f"folder not found: {p}")
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output) / "cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+# --- images ----------------------------------------------------------------------------------------------
+def load_timing_images(folder: Path | None, limit: int, seed: int = 0) -> tuple[list[np.ndarray], str]:
+    """The timing images in memory (decoding is never timed) and a description of where they came from."""
+    from ..io.images import list_images, read_image
+    from ..io.synthetic import synthetic_scene
+
+    if folder is not None:
+        files = list_images(folder)[:limit]
+        if not files:
+            raise InputError(f"no images in {folder}")
+        return [read_image(f) for f in files], f"{len(files)} images from {folder}"
+    n = max(1, min(limit, 16))
+    images = [synthetic_scene(*SYNTHETIC_SIZES[i % len(SYNTHETIC_SIZES)], seed=seed + i) for i in range(n)]
+    return images, f"{n} synthetic scenes (io.synthetic, seed {seed})"
+
+
+def image_groups(images: Sequence[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """Consecutive groups of ``batch`` images covering the list (wrapping around at the end)."""
+    n = len(images)
+    count = max(1, math.ceil(n / batch))
+    return [[images[(g * batch + j) % n] for j in range(batch)] for g in range(count)]
+
+
+# --- one row ---------------------------------------------------------------------------------------------
+class _NotAvailable(Exception):
+    pass
+
+
+def _open_detector(weights: Any, backend: str, device: str, cfg: BenchConfig, source: ModelSource, precision: str,
+                   size: tuple[int, int], batch: int, **overrides: Any):
+    from ..runtimes.detector import Detector
+
+    kwargs: dict[str, Any] = {"backend": backend, "device": device, "conf": cfg.conf, "nms": cfg.nms,
+                              "batch_size": batch, "model": source.spec.name}
+    if cfg.threads is not None:
+        kwargs["threads"] = cfg.threads
+    if not isinstance(weights, (str, Path)):  # an in-memory torch model: tell the backend what we want
+        kwargs.update(img_size=size, half=precision == "fp16")
+    kwargs.update(overrides)
+    return Detector(weights, **kwargs)
+
+
+def _device_batches(batches: list[np.ndarray], clock: Clock, det: Any) -> tuple[list[Any], bool]:
+    """Put the model-alone inputs on the GPU when timing a CUDA backend that accepts device tensors."""
+    if not isinstance(clock, CudaClock):
+        return batches, False
+    import torch
+
+    try:
+        staged = [torch.from_numpy(b).to(clock.device) for b in batches]
+        det.infer(staged[0])
+        clock.sync()
+        return staged, True
+    except Exception as e:  # the backend takes host arrays only: time it with the host-to-device copy
+        log.info("%s takes host arrays (%s); model-alone time includes the copy", det.backend.info.name, e)
+        return batches, False
+
+
+class RowRunner:
+    """Runs the rows of one benchmark; keeps what the demo comparison needs (weights of the fastest rows)."""
+
+    def __init__(self, cfg: BenchConfig, images: list[np.ndarray]) -> None:
+        self.cfg = cfg
+        self.images = images
+        self._calib: Path | None = None
+        self._eval_data: Any = None
+        self._ap_cache: dict[tuple, tuple[float, float]] = {}
+        self.weights_of: dict[int, Any] = {}  # id(row) -> weights the row ran (path or model)
+
+    def calib_folder(self) -> Path:
+        if self.cfg.calib_images is not None:
+            return Path(self.cfg.calib_images)
+        if self.cfg.images is not None:
+            return Path(self.cfg.images)
+        if self._calib is None:
+            self._calib = write_calibration_images(self.images, self.cfg.cache / "calibration")
+        return self._calib
+
+    def weights_for(self, source: ModelSource, backend: str, precision: str, batch: int, size: tuple[int, int],
+                    device: str, row: BenchRow) -> Any:
+        fmt = format_for_backend(backend)
+        if fmt is None:
+            return source.model()
+        req = ArtefactRequest(source.spec.name, fmt, precision, batch, size, device)
+        try:
+            calib = self.calib_folder() if precision == "int8" else None
+            path, reused = cached_artefact(source, req, self.cfg.cache, calib)
+        except (BackendUnavailable, InputError) as e:
+            raise _NotAvailable(str(e)) from None
+        row.artefact = str(path)
+        row.notes.append("artefact reused from cache" if reused else "artefact exported (verified)")
+        return path
+
+    def run(self, source: ModelSource, backend: str, precision: str, batch: int, size: tuple[int, int],
+            params: int, gflops: float) -> BenchRow:
+        cfg = self.cfg
+        row = BenchRow(source.spec.name, backend, precision, batch, size, params, gflops, weights=source.label,
+                       published=published(source.spec.name))
+        try:
+            ok, why = backend_status(backend)
+            if not ok:
+                raise _NotAvailable(why)
+            try:
+                row.device = pick_device(backend, cfg.device)
+            except BackendUnavailable as e:
+                raise _NotAvailable(str(e)) from None
+            weights = self.weights_for(source, backend, precision, batch, size, row.device, row)
+            self.weights_of[id(row)] = weights
+            self._measure(row, weights, source)
+        except _NotAvailable as e:
+            row.status = f"{NOT_AVAILABLE}: {e}"
+        except BackendUnavailable as e:
+            row.status = f"{NOT_AVAILABLE}: {e}"
+        except YoloxError as e:
+            row.status = f"{FAILED}: {e}"
+        except Exception as e:  # a bug in one backend must not end the whole benchmark
+            log.debug("row failed", exc_info=True)
+            row.status = f"{FAILED}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        log.info("%s %s %s b%d %s: %s", row.model, backend, precision, batch, row.input,
+                 f"{row.model_ms.mean:.2f} ms model, {row.pipeline.total.mean:.2f} ms full" if row.ok else row.status)
+        return row
+
+    def _measure(self, row: BenchRow, weights: Any, source: ModelSource) -> None:
+        cfg = self.cfg
+        with _open_detector(weights, row.backend, row.device, cfg, source, row.precision, row.img_size,
+                            row.batch) as det:
+            got = det.meta.precision
+            if got != row.precision:
+                raise _NotAvailable(f"the {row.backend} backend runs {got}, not {row.precision}, on {row.device}")
+            if tuple(det.meta.input_size) != tuple(row.img_size):
+                raise _NotAvailable(f"the artefact's input is {det.meta.input_size}, not {row.img_size}")
+            clock = clock_for(det.backend.output_device)
+            row.clock = clock.name
+            groups = image_groups(self.images, row.batch)
+            batches = [det.preprocess(g)[0] for g in groups[:MAX_MODEL_BATCHES]]
+            inputs, on_device = _device_batches(batches, clock, det)
+            row.input_on_device = on_device if isinstance(clock, CudaClock) else None
+            label = f"{row.model} {row.backend} {row.precision} b{row.batch}"
+            row.model_ms = measure_calls(det.infer, inputs, iters=cfg.iters, warmup=cfg.warmup, clock=clock,
+                                         max_seconds=cfg.max_seconds, desc=f"{label} model", progress=cfg.progress)
+            del inputs, batches
+            samples = sample_pipeline(det, groups, iters=cfg.iters, warmup=cfg.warmup, clock=clock,
+                                      max_seconds=cfg.max_seconds, desc=f"{label} full", progress=cfg.progress)
+            row.pipeline = PipelineTimes.from_samples(samples)
+        if cfg.with_eval is not None:
+            self._evaluate(row, weights, source)
+
+    def _evaluate(self, row: BenchRow, weights: Any, source: ModelSource) -> None:
+        if not source.real:
+            row.notes.append("no AP: random weights (put yolox_<v>.pth in --weights-dir)")
+            return
+        key = (row.model, row.backend, row.precision, row.img_size, row.device)
+        if key not in self._ap_cache:
+            from ..eval.coco import AUTHORS_PROTOCOL, evaluate, open_coco
+
+            if self._eval_data is None:
+                self._eval_data = open_coco(self.cfg.with_eval, self.cfg.eval_split)
+            with _open_detector(weights, row.backend, row.device, self.cfg, source, row.precision, row.img_size,
+                                row.batch, **AUTHORS_PROTOCOL) as det:
+                result = evaluate(det, self._eval_data, progress=self.cfg.progress)
+            self._ap_cache[key] = (result.stats["AP"], result.stats["AP50"])
+        row.ap, row.ap50 = self._ap_cache[key]
+
+
+# --- the head-to-head with the authors' demo -------------------------------------------------------------
+def _demo_onnx(runner: RowRunner, source: ModelSource, size: tuple[int, int]) -> Path:
+    """The authors' released raw ONNX next to real weights, else our export without decode in the graph."""
+    if source.real:
+        theirs = source.checkpoint.with_suffix(".onnx")
+        if theirs.is_file():
+            return theirs
+    req = ArtefactRequest(source.spec.name, "onnx", "fp32", 1, size, "cpu", decode_in_graph=False)
+    path, _ = cached_artefact(source, req, runner.cfg.cache)
+    return path
+
+
+def demo_candidates(rows: Sequence[BenchRow], model: str = "yolox-nano", size: tuple[int, int] = (416, 416)
+                    ) -> list[BenchRow]:
+    """Rows eligible for the demo comparison, fastest full pipeline first: CPU, FP32, batch 1, at ``size``."""
+    eligible = [r for r in rows if r.ok and r.model == model and r.img_size == size and r.batch == 1
+                and r.precision == "fp32" and r.device.lower().startswith("cpu") and r.pipeline is not None]
+    return sorted(eligible, key=lambda r: r.pipeline.total.mean)
+
+
+def run_demo_comparison(runner: RowRunner, rows: Sequence[BenchRow], sources: dict[str, ModelSource]
+                        ) -> tuple[DemoComparison | None, str | None]:
+    """Our fastest CPU Detector for Nano 416 vs the authors' ORT demo pipeline; ``(result, reason if skipped)``."""
+    from ..ops.match import EMPTY, match_detections
+    from .demo_pipeline import DEMO_NMS_IOU, DEMO_NMS_SCORE, DemoPipeline
+
+    cfg = runner.cfg
+    size = get_spec("yolox-nano").test_size
+    candidates = demo_candidates(rows, "yolox-nano", size)
+    if not candidates:
+        return None, "demo comparison skipped: no successful CPU FP32 batch-1 row for yolox-nano at 416x416"
+    best = candidates[0]
+    source = sources["yolox-nano"]
+    try:
+        demo = DemoPipeline(_demo_onnx(runner, source, size))
+    except YoloxError as e:
+        return None, f"demo comparison skipped: {e}"
+    weights = runner.weights_of[id(best)]
+    with _open_detector(weights, best.backend, best.device, cfg, source, best.precision, best.img_size, 1,
+                        conf=DEMO_NMS_SCORE, nms=DEMO_NMS_IOU, class_agnostic=True, max_det=None, clip=False) as det:
+        agreement = EMPTY
+        for im in runner.images:
+            theirs = demo(im)
+            [ours] = det.run_batch([im])
+            agreement = agreement + match_detections(theirs[:, :4], theirs[:, 5].astype(np.int64), ours.xyxy,
+                                                     ours.class_ids)
+        groups = [[im] for im in runner.images]
+        rounds = max(1, min(cfg.demo_rounds, cfg.iters))
+        per_round = max(1, cfg.iters // rounds)
+        warm = max(1, min(cfg.warmup, 5))
+        ours_s, demo_s = [], []
+        clock = clock_for("cpu")
+        for k in range(rounds):
+            order = ((det, ours_s), (demo, demo_s)) if k % 2 else ((demo, demo_s), (det, ours_s))
+            for pipeline, store in order:
+                store.append(sample_pipeline(pipeline, groups, iters=per_round, warmup=warm, clock=clock,
+                                             offset=k * per_round, desc=f"demo comparison {k + 1}/{rounds}",
+                                             progress=cfg.progress))
+    result = DemoComparison(
+        "yolox-nano", size, best.backend, best.precision, str(demo.path), PipelineTimes.from_samples(np.concatenate(ours_s)),
+        PipelineTimes.from_samples(np.concatenate(demo_s)), len(runner.images), agreement.agreement,
+        notes=[f"weights: {source.label}", f"{rounds} interleaved rounds of {per_round} calls each "
+               f"(+{warm} warm-up calls per block)",
+               f"fastest CPU FP32 backend among this run's rows: {best.backend}"],
+    )
+    return result, None
+
+
+# --- the whole run ---------------------------------------------------------------------------------------
+def run_benchmark(cfg: BenchConfig) -> BenchReport:
+    """Measure every configured row (and the demo comparison when Nano is included); nothing is written."""
+    t0 = time.perf_counter()
+    started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    host = collect_host_info()
+    images, images_desc = load_timing_images(cfg.images, cfg.max_images, cfg.seed)
+    runner = RowRunner(cfg, images)
+    rows: list[BenchRow] = []
+    sources: dict[str, ModelSource] = {}
+    for name in cfg.models:
+        source = model_source(name, cfg.weights_dir, cfg.seed)
+        sources[name] = source
+        size = tuple(cfg.img_size) if cfg.img_size else source.spec.test_size
+        complexity = yolox_complexity(name, size)
+        for backend in cfg.backends:
+            for precision in cfg.precisions:
+                for batch in cfg.batches:
+                    rows.append(runner.run(source, backend, precision, batch, size, complexity.params,
+                                           complexity.gflops))
+    notes = list(cfg.extra_notes)
+    demo = None
+    if cfg.demo and "yolox-nano" in sources:
+        demo, skipped = run_demo_comparison(runner, rows, sources)
+        if skipped:
+            notes.append(skipped)
+    notes += _standard_notes(rows, sources)
+    settings = cfg.to_dict()
+    settings["images_desc"] = images_desc
+    return BenchReport(settings, host, rows, demo, notes, started, time.perf_counter() - t0)
+
+
+def _standard_notes(rows: Sequence[BenchRow], sources: dict[str, ModelSource]) -> list[str]:
+    notes = ["GFLOPs: 2 x MACs per image at the row's input size, counted over the unfused model graph with the "
+             "authors' (thop) rules; the paper's tables print slightly lower figures (older thop counted BatchNorm "
+             "as 2 ops per element)."]
+    random = sorted(n for n, s in sources.items() if not s.real)
+    if random:
+        notes.append(f"Random weights (seeded) for {', '.join(random)}: latency does not depend on weight values, but "
+                     "the full-pipeline post-processing time is lower than with real weights (almost no boxes pass the "
+                     "confidence threshold). Put yolox_<v>.pth files in --weights-dir for real weights and AP.")
+    if any(r.clock == CudaClock.name for r in rows):
+        notes.append("GPU rows: CUDA events around each call with a device synchronise before the end event.")
+    if any(r.ok and r.clock == "perf_counter" for r in rows):
+        notes.append("CPU rows: wall time with time.perf_counter; backends' default thread settings unless --threads.")
+    return notes

@@ -1,0 +1,130 @@
+"""``yolox-bench``: latency / FPS / GFLOPs of YOLOX variants on every backend, beside the paper's figures.
+
+Writes results.md (the paper's table format), results.csv, results.json and results.png (speed/accuracy plot
+after the paper's Figure 1) into --output; exported artefacts are cached in --output/cache and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..bench.report import PAPER_HEADERS, paper_rows, write_report
+from ..bench.runner import BenchConfig, default_images, default_weights_dir, run_benchmark
+from ..errors import InputError
+from ..utils.table import format_table
+from .common import cli_entry, main_guard
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(p) for p in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _backend_help() -> str:
+    from ..bench.artefacts import backend_status, known_backend_names
+
+    lines = []
+    for name in known_backend_names():
+        ok, why = backend_status(name)
+        lines.append(f"  {name:<12} {'available' if ok else 'not available: ' + why}")
+    return "backends:\n" + "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="yolox-bench", description=__doc__, epilog=_backend_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="nano", help="comma-separated variants: nano,tiny,s,m,l,x,darknet53 (default nano)")
+    p.add_argument("--backends", default="torch",
+                   help="comma-separated backends: torch,onnxruntime,openvino,ncnn,tensorrt (trt) (default torch)")
+    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32,fp16,int8 (default fp32)")
+    p.add_argument("--half", action="store_true", help="add FP16 rows")
+    p.add_argument("--int8", action="store_true", help="add INT8 rows (calibrated on --calib-images or --images)")
+    p.add_argument("--only-reduced", action="store_true", help="with --half/--int8: leave the FP32 rows out")
+    p.add_argument("--batch", default="1", type=_ints, help="comma-separated batch sizes (default 1)")
+    p.add_argument("--img-size", nargs="+", type=int, metavar="N",
+                   help="input size for every model: one number or height width (default: each variant's test size)")
+    p.add_argument("--iters", type=int, default=100, help="timed iterations per measurement (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up iterations (default 10)")
+    p.add_argument("--max-time", type=float, help="stop a measurement after this many seconds (at least 5 iterations)")
+    p.add_argument("--images", help="folder of timing images (default: ../shared/assets/images/coco-val-unlabeled "
+                                    "when present, else synthetic scenes); use 'synthetic' to force synthetic")
+    p.add_argument("--max-images", type=int, default=100, help="use at most this many images (default 100)")
+    p.add_argument("--weights-dir", help="folder with yolox_<v>.pth (real weights; default ../shared/assets/weights when "
+                                         "present); variants without one are timed with random weights")
+    p.add_argument("--with-eval", metavar="DATA", help="COCO folder: also measure AP (rows with real weights)")
+    p.add_argument("--split", default="val2017", help="COCO split for --with-eval (default val2017)")
+    p.add_argument("--calib-images", help="INT8 calibration folder (default: --images)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="inference threads for backends that take the option")
+    p.add_argument("--conf", type=float, default=0.25, help="Detector score threshold for the full-pipeline timing")
+    p.add_argument("--nms", type=float, default=0.45, help="Detector NMS IoU threshold for the full-pipeline timing")
+    p.add_argument("--no-demo", action="store_true", help="skip the head-to-head with the authors' ONNX Runtime demo")
+    p.add_argument("--output", default="bench_results", help="output folder (default ./bench_results)")
+    p.add_argument("--cache-dir", help="artefact cache (default OUTPUT/cache)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw results.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    precisions = _csv(args.precisions)
+    extra = (["fp16"] if args.half else []) + (["int8"] if args.int8 else [])
+    if extra and args.only_reduced:
+        precisions = extra
+    else:
+        precisions = list(dict.fromkeys(precisions + extra))
+    if args.images == "synthetic":
+        images = None
+    else:
+        images = Path(args.images) if args.images else default_images()
+    weights_dir = Path(args.weights_dir) if args.weights_dir else default_weights_dir()
+    img_size = None
+    if args.img_size:
+        from ..utils.sizes import parse_img_size
+
+        img_size = parse_img_size(args.img_size)
+    return BenchConfig(
+        models=_csv(args.models), backends=_csv(args.backends), precisions=precisions, batches=args.batch,
+        img_size=img_size, iters=args.iters, warmup=args.warmup, max_seconds=args.max_time, images=images,
+        max_images=args.max_images, weights_dir=weights_dir,
+        with_eval=Path(args.with_eval) if args.with_eval else None, eval_split=args.split,
+        output=Path(args.output), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        calib_images=Path(args.calib_images) if args.calib_images else None, device=args.device,
+        conf=args.conf, nms=args.nms, threads=args.threads, demo=not args.no_demo, progress=not args.quiet,
+    )
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_images < 1:
+        raise InputError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.quiet:
+        logging.getLogger("yolox_deploy").setLevel(logging.WARNING)
+    cfg = config_from_args(args)
+    report = run_benchmark(cfg)
+    paths = write_report(report, cfg.output, plot=not args.no_plot)
+    print(f"host: {report.host.summary()}")
+    print(format_table(PAPER_HEADERS, paper_rows(report.rows), floatfmt="g"))
+    if report.demo is not None:
+        print()
+        print(report.demo.summary())
+    for note in report.notes:
+        if note.startswith("demo comparison skipped"):
+            print(note)
+    print()
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)
