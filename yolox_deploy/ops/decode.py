@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._array import Array, like, to_tensor
+from ._array import Array, like, serial, to_tensor
 
 STRIDES: tuple[int, ...] = (8, 16, 32)
 WH_LOGIT_MAX = 6.5
@@ -86,7 +86,8 @@ def decode(raw: Array, input_hw: tuple[int, int], strides: tuple[int, ...] = STR
         raise ValueError(f"raw output has {t.shape[-2]} anchors; an input of {input_hw[0]}x{input_hw[1]} "
                          f"with strides {tuple(strides)} gives {expected}")
     grid, stride = cached_grid(shapes, strides, t.device, t.dtype)
-    return like(decode_with_grid(t, grid, stride), raw)
+    with serial(t):
+        return like(decode_with_grid(t, grid, stride), raw)
 
 
 def encode(pred: Array, input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> Array:

@@ -13,7 +13,7 @@ import importlib.util
 
 import torch
 
-from ._array import Array, like, to_tensor
+from ._array import Array, like, serial, to_tensor
 from .boxes import box_iou
 
 _HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
@@ -84,7 +84,8 @@ def nms(boxes: Array, scores: Array, iou_threshold: float) -> Array:
         import torchvision
 
         return like(torchvision.ops.nms(b, s, float(iou_threshold)), boxes)
-    return like(_greedy_nms(b, s, None, iou_threshold), boxes)
+    with serial(b):
+        return like(_greedy_nms(b, s, None, iou_threshold), boxes)
 
 
 def batched_nms(boxes: Array, scores: Array, idxs: Array, iou_threshold: float) -> Array:
@@ -100,4 +101,5 @@ def batched_nms(boxes: Array, scores: Array, idxs: Array, iou_threshold: float) 
         import torchvision
 
         return like(torchvision.ops.batched_nms(b, s, g, float(iou_threshold)), boxes)
-    return like(_greedy_nms(b, s, g, iou_threshold), boxes)
+    with serial(b):
+        return like(_greedy_nms(b, s, g, iou_threshold), boxes)

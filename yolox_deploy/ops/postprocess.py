@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from ._array import Array, like, to_tensor
+from ._array import Array, like, serial, to_tensor
 from .boxes import cxcywh_to_xyxy
 from .decode import STRIDES, cached_grid, decode_with_grid, level_shapes
 from .nms import batched_nms
@@ -26,6 +27,30 @@ class RawDetections(NamedTuple):
     class_ids: Array
 
 
+def _candidates(t: torch.Tensor, conf_threshold: float,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anchors whose best class scores ``obj * p(class) >= conf``: ``(image, anchor, score, class)`` indices.
+
+    The one pass over all ``A x C`` scores runs in numpy for CPU tensors: single-threaded, it never wakes
+    torch's thread pool next to the runtime's own threads (where a parallel reduction over a few hundred
+    thousand values costs more in wake-ups than in work, and far more on a busy machine). On other devices
+    the same steps run as torch ops.
+    """
+    if t.device.type == "cpu":
+        a = t.numpy()
+        cls = a[..., 5:]
+        class_pred = cls.argmax(axis=-1)
+        class_conf = np.take_along_axis(cls, class_pred[..., None], axis=-1)[..., 0]
+        scores = a[..., 4] * class_conf
+        img_idx, anchor_idx = np.nonzero(scores >= conf_threshold)
+        return (torch.from_numpy(img_idx), torch.from_numpy(anchor_idx),
+                torch.from_numpy(scores[img_idx, anchor_idx]), torch.from_numpy(class_pred[img_idx, anchor_idx]))
+    class_conf, class_pred = t[..., 5:].max(dim=-1)            # [B, A]
+    scores = t[..., 4] * class_conf                              # [B, A]
+    img_idx, anchor_idx = (scores >= conf_threshold).nonzero(as_tuple=True)
+    return img_idx, anchor_idx, scores[img_idx, anchor_idx], class_pred[img_idx, anchor_idx]
+
+
 def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, class_agnostic: bool = False,
                 max_det: int | None = None, input_hw: tuple[int, int] | None = None,
                 strides: tuple[int, ...] = STRIDES) -> list[RawDetections]:
@@ -36,14 +61,19 @@ def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, cla
     Each result is sorted by decreasing score and holds at most ``max_det`` boxes (all when ``None``).
     """
     t = to_tensor(pred)
+    with serial(t):
+        return _postprocess(t, pred, conf_threshold, iou_threshold, class_agnostic, max_det, input_hw, strides)
+
+
+def _postprocess(t: torch.Tensor, pred: Array, conf_threshold: float, iou_threshold: float, class_agnostic: bool,
+                 max_det: int | None, input_hw: tuple[int, int] | None, strides: tuple[int, ...],
+                 ) -> list[RawDetections]:
     if t.ndim != 3 or t.shape[-1] < 6:
         raise ValueError(f"expected predictions [B, A, 5 + C], got shape {tuple(t.shape)}")
     if t.dtype != torch.float32:
         t = t.float()
     num_classes = t.shape[-1] - 5
-    class_conf, class_pred = t[..., 5:].max(dim=-1)            # [B, A]
-    scores = t[..., 4] * class_conf                              # [B, A]
-    img_idx, anchor_idx = (scores >= conf_threshold).nonzero(as_tuple=True)
+    img_idx, anchor_idx, cand_scores, cand_cls = _candidates(t, conf_threshold)
     cand = t[img_idx, anchor_idx, :4]                            # [K, 4]
     if input_hw is not None:
         shapes = level_shapes(input_hw, strides)
@@ -53,8 +83,6 @@ def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, cla
         grid, stride = cached_grid(shapes, strides, t.device, t.dtype)
         cand = decode_with_grid(cand, grid[anchor_idx], stride[anchor_idx])
     cand_boxes = cxcywh_to_xyxy(cand)
-    cand_scores = scores[img_idx, anchor_idx]
-    cand_cls = class_pred[img_idx, anchor_idx]
     groups = img_idx if class_agnostic else img_idx * num_classes + cand_cls
     keep = batched_nms(cand_boxes, cand_scores, groups, iou_threshold)
 
