@@ -1,0 +1,234 @@
+"""NCNN backend: reading and checking param/bin files, metadata, batching, threads, devices, bad artefacts."""
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+ncnn = pytest.importorskip("ncnn", reason="the ncnn backend needs ncnn (pip install 'yolox-deploy[ncnn]')")
+pytest.importorskip("pnnx", reason="making NCNN test artefacts needs pnnx (pip install 'yolox-deploy[ncnn]')")
+
+from yolox_deploy import Detector  # noqa: E402
+from yolox_deploy.errors import ArtefactError, BackendUnavailable, InputError  # noqa: E402
+from yolox_deploy.export import export  # noqa: E402
+from yolox_deploy.io.synthetic import synthetic_scene  # noqa: E402
+from yolox_deploy.runtimes import find_backend  # noqa: E402
+from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
+from yolox_deploy.runtimes.ncnn import NcnnBackend, locate, read_param  # noqa: E402
+
+SIZE = 64
+ANCHORS = 8 * 8 + 4 * 4 + 2 * 2
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_random_model):
+    """A 3-class random YOLOX-Nano as a raw-head NCNN folder (64x64, any size runs)."""
+    out = tmp_path_factory.mktemp("ncnn") / "tiny_ncnn"
+    return export(tiny_random_model, "ncnn", out, img_size=SIZE, decode_in_graph=False, verify=False).path
+
+
+@pytest.fixture
+def copy_of(tmp_path, tiny):
+    dest = tmp_path / "copy_ncnn"
+    shutil.copytree(tiny, dest)
+    return dest
+
+
+def _batch(n, rng, size=SIZE):
+    return rng.uniform(0, 255, (n, 3, size, size)).astype(np.float32)
+
+
+# --- the param file ----------------------------------------------------------------------------------------
+PARAM = """7767517
+4 4
+Input            in0      0 1 in0 0=64 1=32 2=3
+Convolution      conv_0   1 1 in0 1 0=4 1=3 11=3 5=1 6=108
+Reshape          flat     1 1 1 2 6="*(0h,0w),4"
+Swish            act      1 1 2 out0
+"""
+
+
+def test_read_param(tmp_path):
+    p = tmp_path / "m.param"
+    p.write_text(PARAM)
+    g = read_param(p)
+    assert [layer.type for layer in g.layers] == ["Input", "Convolution", "Reshape", "Swish"]
+    assert g.input_blobs == ["in0"] and g.output_blobs == ["out0"] and g.input_hw() == (32, 64)
+    assert g.layers[2].params[6] == '"*(0h,0w),4"'
+    assert g.min_weight_bytes() == 4 + 108 + 4 * 4
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "magic number"),
+    ("\x00\x01binary\xff", "binary content"),
+    ("7767517\nfour 4\n", "layer and blob counts"),
+    (PARAM.replace("4 4\n", "5 4\n"), "declares 5 layers but holds 4"),
+    ("\n".join(PARAM.splitlines()[:4]), "truncated"),
+    (PARAM.replace("1 1 2 out0", "1 1 nope out0"), "reads blob 'nope'"),
+    (PARAM.replace("4 4\n", "4 2\n"), "declares 2 blobs"),
+    (PARAM.replace("5=1", "5="), "line 4"),
+    (PARAM.replace("Swish            act      1 1", "Swish act 1 x"), "not an NCNN layer line"),
+])
+def test_read_param_rejects_damaged_files(tmp_path, text, message):
+    p = tmp_path / "m.param"
+    p.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ArtefactError, match=message) as e:
+        read_param(p)
+    assert str(p) in str(e.value)
+
+
+# --- opening artefacts -------------------------------------------------------------------------------------
+def test_opens_folder_and_param_file(tiny):
+    assert find_backend(tiny) is NcnnBackend and find_backend(tiny / "model.ncnn.param") is NcnnBackend
+    assert locate(tiny) == (tiny / "model.ncnn.param", tiny / "model.ncnn.bin")
+    with open_backend(tiny / "model.ncnn.param") as b:
+        assert (b.input_name, b.output_name) == ("in0", "out0")
+        assert b.meta.class_names == ("a", "b", "c") and b.meta.batch is None and b.meta.dynamic_hw
+
+
+def test_fp32_artefact_runs_in_fp32(tiny, copy_of):
+    with NcnnBackend(tiny) as b:
+        o = b.net.opt
+        assert not (o.use_fp16_storage or o.use_fp16_packed or o.use_fp16_arithmetic or o.use_bf16_storage)
+    side = copy_of / "model.ncnn.param.json"
+    side.write_text(side.read_text().replace('"precision": "fp32"', '"precision": "fp16"'))
+    with NcnnBackend(copy_of) as b:
+        o = b.net.opt
+        assert o.use_fp16_storage and o.use_fp16_packed and not o.use_fp16_arithmetic
+    with NcnnBackend(copy_of, half=True) as b:
+        assert b.net.opt.use_fp16_arithmetic
+
+
+def test_batch_loops_over_images(tiny, rng):
+    x = _batch(3, rng)
+    with NcnnBackend(tiny, threads=1) as b:
+        [batched] = b.infer(x)
+        singles = [b.infer(x[i:i + 1])[0] for i in range(3)]
+        assert batched.shape == (3, ANCHORS, 8) and batched.dtype == np.float32
+        np.testing.assert_array_equal(batched, np.concatenate(singles))
+        [other] = b.infer(_batch(2, rng, 96))  # a raw-head graph runs other sizes
+        assert other.shape == (2, 12 * 12 + 6 * 6 + 3 * 3, 8)
+
+
+def test_detector_batch_equals_single_calls(tiny):
+    images = [synthetic_scene(480, 640, seed=s) for s in range(3)]
+    with Detector(tiny, conf=0.0, nms=0.65, batch_size=3) as det:
+        together = det(images)
+        alone = [det(im)[0] for im in images]
+    assert sum(len(d) for d in together) > 0
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.class_ids, b.class_ids)
+
+
+def test_concurrent_calls_share_one_net(tiny, rng):
+    x = _batch(4, rng)
+    with NcnnBackend(tiny, threads=1) as b:
+        expected = [b.infer(x[i:i + 1])[0] for i in range(4)]
+        results: dict[int, np.ndarray] = {}
+
+        def work(i):
+            for _ in range(3):
+                results[i] = b.infer(x[i:i + 1])[0]
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i in range(4):
+        np.testing.assert_array_equal(results[i], expected[i])
+
+
+def test_input_is_not_modified(tiny, rng):
+    x = _batch(1, rng)
+    before = x.copy()
+    with NcnnBackend(tiny) as b:
+        b.infer(x)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_without_metadata(copy_of, rng):
+    (copy_of / "model.ncnn.param.json").unlink()
+    with pytest.raises(ArtefactError, match="no metadata.*img_size"):
+        NcnnBackend(copy_of)
+    with NcnnBackend(copy_of, img_size=SIZE) as b:  # classes from the output width
+        assert b.meta.num_classes == 3 and b.meta.input_size == (SIZE, SIZE) and not b.meta.decode_in_graph
+        assert not b.meta.dynamic_hw
+    with Detector(copy_of, img_size=SIZE, class_names=["x", "y", "z"]) as det:
+        assert det.meta.class_names == ("x", "y", "z")
+
+
+def test_options_and_devices(tiny):
+    with pytest.raises(InputError, match="threads"):
+        NcnnBackend(tiny, threads=0)
+    with pytest.raises(InputError, match="'cpu' or 'vulkan"):
+        NcnnBackend(tiny, device="cuda")
+
+
+def test_vulkan_without_gpu_is_unavailable(tiny):
+    if ncnn.get_gpu_count() > 0:
+        pytest.skip("this machine has a Vulkan GPU")
+    with pytest.raises(BackendUnavailable, match="Vulkan"):
+        NcnnBackend(tiny, device="vulkan")
+
+
+@pytest.mark.gpu
+def test_vulkan_matches_cpu(tiny, rng):
+    if ncnn.get_gpu_count() == 0:
+        pytest.skip("no Vulkan GPU visible to ncnn")
+    x = _batch(2, rng)
+    with NcnnBackend(tiny) as cpu, NcnnBackend(tiny, device="vulkan") as gpu:
+        assert not gpu.thread_safe
+        np.testing.assert_allclose(gpu.infer(x)[0], cpu.infer(x)[0], atol=1e-2)
+
+
+# --- damaged artefacts -------------------------------------------------------------------------------------
+def _damage(folder, how):
+    param, weights = folder / "model.ncnn.param", folder / "model.ncnn.bin"
+    if how == "garbage param":
+        param.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    elif how == "truncated param":
+        param.write_bytes(param.read_bytes()[:700])
+    elif how == "missing bin":
+        weights.unlink()
+    elif how == "truncated bin":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "bin short of its last bytes":  # passes the size bound; NCNN's own loader reports it
+        weights.write_bytes(weights.read_bytes()[:-8])
+    elif how == "unknown layer":
+        param.write_text(param.read_text().replace("\nSwish ", "\nTensor.slice ", 1))
+    elif how == "empty folder":
+        param.unlink()
+        weights.unlink()
+    return param
+
+
+CASES = {"garbage param": "not an NCNN param file", "truncated param": "truncated or damaged",
+         "missing bin": "model.ncnn.bin.*missing", "truncated bin": "truncated",
+         "bin short of its last bytes": "could not load the weights",
+         "unknown layer": "Tensor.slice", "empty folder": "no model artefact in folder"}
+
+
+@pytest.mark.parametrize("how", list(CASES))
+def test_damaged_artefacts_raise_artefact_error(copy_of, how):
+    _damage(copy_of, how)
+    with pytest.raises(ArtefactError, match=CASES[how]) as e:
+        open_backend(copy_of)
+    assert str(copy_of) in str(e.value)
+
+
+@pytest.mark.parametrize("how", ["garbage param", "missing bin", "truncated bin", "empty folder"])
+def test_detect_cli_exits_2_on_damaged_artefacts(copy_of, how, tmp_path, capsys):
+    import cv2
+
+    from yolox_deploy.cli.detect import main
+
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), synthetic_scene())
+    _damage(copy_of, how)
+    assert main([str(copy_of), "--source", str(image), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(copy_of) in err and "Traceback" not in err

@@ -1,0 +1,389 @@
+"""NCNN export through pnnx: ``<stem>_ncnn/`` with ``model.ncnn.param``, ``model.ncnn.bin`` and the metadata.
+
+    yolox-export --weights yolox_nano.pth --format ncnn                  # decoded boxes, 416x416
+    yolox-export --weights yolox_nano.pth --format ncnn --no-decode-in-graph   # raw head, any input size
+    yolox-export --weights yolox_nano.onnx --format ncnn                 # the authors' released ONNX
+
+The folder holds exactly what a runtime needs:
+
+- ``model.ncnn.param`` / ``model.ncnn.bin``: the graph (input blob ``in0``, output blob ``out0``) and its
+  weights, FP32 or, with ``--half``, FP16 storage;
+- ``model.ncnn.param.json``: the :class:`~yolox_deploy.meta.ModelMeta` sidecar
+  (:func:`~yolox_deploy.meta.sidecar_path` of the param file), read by ``runtimes/ncnn.py``.
+
+How the graph is made: the fused model is traced with TorchScript and converted by the ``pnnx`` executable
+bundled with the ``pnnx`` package (called directly, not through ``pnnx.convert``, which ignores pnnx's exit
+status and imports the Python module pnnx generates). pnnx's other outputs (``.pnnx.param``, ``.pnnx.bin``,
+``_pnnx.py``, ``.pnnx.onnx``, ``_ncnn.py``) stay in a temporary folder.
+
+NCNN has no strided slice, so the Focus stem (space-to-depth by four step-2 slices, then a k x k conv) is
+traced as the equivalent single convolution: a 2k x 2k kernel with stride 2 on the image, whose weights are
+the Focus conv's weights rearranged (exact, no approximation; YOLOv5 made the same change for the same
+reason). The produced files are never edited afterwards. An ONNX input gets the same rewrite on its ONNX
+graph before pnnx reads it.
+
+NCNN has no batch dimension: the graph takes one ``[3, H, W]`` image and the runtime loops over a batch, so
+the metadata says ``batch=None``. A raw-head graph (``--no-decode-in-graph``) is converted with a second
+input shape so every reshape follows the input size: it runs at any multiple of 32 (``dynamic_hw=True``).
+A graph that decodes bakes its anchor grid for one size and stays static.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExportError, InputError
+from ..meta import ModelMeta, sidecar_path
+from ..utils.files import write_text_atomic
+from .base import Exporter, ExportSource, register_format
+
+log = logging.getLogger(__name__)
+
+PARAM_NAME = "model.ncnn.param"
+BIN_NAME = "model.ncnn.bin"
+PNNX_TIMEOUT_S = 600
+
+# Offsets (dy, dx) of the four step-2 slices in the order Focus concatenates them (yolox_deploy.nn.blocks.Focus:
+# top-left, bottom-left, top-right, bottom-right).
+FOCUS_OFFSETS = ((0, 0), (1, 0), (0, 1), (1, 1))
+
+
+def sidecar_for(folder: Path) -> Path:
+    """The metadata file of an NCNN export folder."""
+    return sidecar_path(folder / PARAM_NAME)
+
+
+# --- the Focus stem as one convolution ------------------------------------------------------------------
+def space_to_depth_conv_weight(weight: np.ndarray, offsets: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Weights of the conv on the image equal to a conv on the space-to-depth map.
+
+    ``weight [O, 4C, kh, kw]`` acts on ``cat(x[..., dy::2, dx::2] for (dy, dx) in offsets)``; the result
+    ``[O, C, 2kh, 2kw]`` acts on ``x`` with stride ``2 * stride`` and padding ``2 * padding``: input channel
+    ``b*C + c`` tap ``(i, j)`` becomes channel ``c`` tap ``(2i + dy_b, 2j + dx_b)``.
+    """
+    o, c4, kh, kw = weight.shape
+    if c4 % len(offsets):
+        raise ExportError(f"a space-to-depth conv with {c4} input channels does not split into {len(offsets)} slices")
+    c = c4 // len(offsets)
+    out = np.zeros((o, c, 2 * kh, 2 * kw), dtype=weight.dtype)
+    for b, (dy, dx) in enumerate(offsets):
+        out[:, :, dy::2, dx::2] = weight[:, b * c:(b + 1) * c]
+    return out
+
+
+def input_scale_exponent(weight: np.ndarray) -> int:
+    """``k`` such that ``weight * 2**k`` keeps every weight out of FP16's subnormal range (0 when already so).
+
+    The first convolution sees pixels 0-255, so its weights are tiny (YOLOX-Nano: a sixth of them below
+    2**-14); FP16 storage flushes those to zero, which moves the raw output by several units. Computing
+    ``conv(x * 2**-k, weight * 2**k)`` is the same function (power-of-two scaling is exact) with the
+    largest weight brought to [16, 32).
+    """
+    a = np.abs(weight[weight != 0])
+    if a.size == 0 or a.min() >= 2.0 ** -14:
+        return 0
+    return int(np.clip(np.floor(np.log2(32.0 / a.max())), 0, 24))
+
+
+def trace_ready(model: Any, half: bool) -> Any:
+    """A copy of ``model`` computing the same function in operators pnnx maps to NCNN layers.
+
+    Focus stems become one strided convolution; with ``half`` the first convolution also takes its input
+    scaled by ``2**-k`` and its weights by ``2**k`` (:func:`input_scale_exponent`).
+    """
+    import torch
+    from torch import nn
+
+    from ..nn.blocks import Focus, fuse_conv_bn
+
+    class FocusAsConv(nn.Module):
+        """``act(conv(x))`` with the Focus conv's weights rearranged for the full-resolution input."""
+
+        def __init__(self, focus: Focus) -> None:
+            super().__init__()
+            conv = focus.conv.conv
+            if isinstance(focus.conv.bn, nn.BatchNorm2d):
+                conv = fuse_conv_bn(conv, focus.conv.bn)
+            if conv.groups != 1 or conv.dilation != (1, 1):
+                raise ExportError("the Focus conv is grouped or dilated; it cannot be traced for NCNN")
+            weight = space_to_depth_conv_weight(conv.weight.detach().cpu().numpy(), FOCUS_OFFSETS)
+            self.conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:],
+                                  tuple(2 * s for s in conv.stride), tuple(2 * p for p in conv.padding),
+                                  bias=conv.bias is not None)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.from_numpy(weight))
+                if conv.bias is not None:
+                    self.conv.bias.copy_(conv.bias.detach())
+            self.act = focus.conv.act
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.conv(x))
+
+    class InputScaledConv(nn.Module):
+        """``conv(x * 2**-k)`` with the conv's weights times ``2**k``: the same function, FP16-friendly weights."""
+
+        def __init__(self, conv: nn.Conv2d, k: int) -> None:
+            super().__init__()
+            self.conv = copy.deepcopy(conv)
+            with torch.no_grad():
+                self.conv.weight.mul_(2.0 ** k)
+            self.scale = 2.0 ** -k
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x * self.scale)
+
+    net = copy.deepcopy(model).cpu().float().eval()
+    for name, module in list(net.named_modules()):
+        if isinstance(module, Focus):
+            _replace(net, name, FocusAsConv(module))
+    if half:
+        name, first = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+        k = input_scale_exponent(first.weight.detach().numpy())
+        if k:
+            _replace(net, name, InputScaledConv(first, k))
+    return net
+
+
+def _replace(root: Any, name: str, module: Any) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def prepare_onnx(src: Path, dst: Path, half: bool) -> list[str]:
+    """Copy an ONNX file for pnnx with the rewrites :func:`trace_ready` makes on a torch model.
+
+    A Focus stem (four step-2 Slices -> Concat -> Conv) becomes one strided Conv; with ``half`` the Convs
+    reading the image get their input scaled (:func:`input_scale_exponent`). Returns what was changed.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    g = model.graph
+    notes = []
+    if _rewrite_focus(g):
+        notes.append("Focus stem as one strided convolution")
+    if half and _scale_image_convs(g):
+        notes.append("first convolution's input scaled for FP16 weights")
+    used = {i for n in g.node for i in n.input}
+    keep = [copy.deepcopy(i) for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    onnx.save(model, str(dst))
+    return notes
+
+
+class _OnnxGraph:
+    """Look-ups over an ONNX graph: constants (initializers and Constant nodes), producers, consumers."""
+
+    def __init__(self, g: Any) -> None:
+        from onnx import numpy_helper
+
+        self._to_array = numpy_helper.to_array
+        self.consts = {i.name: i for i in g.initializer}
+        for n in g.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.consts[n.output[0]] = n.attribute[0].t
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.consumers: dict[str, list[Any]] = {}
+        for n in g.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.inputs = [i.name for i in g.input if i.name not in self.consts]
+
+    def value(self, name: str) -> np.ndarray | None:
+        return self._to_array(self.consts[name]) if name in self.consts else None
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _slice_chain(info: _OnnxGraph, name: str) -> tuple[tuple[int, int], list[Any]] | None:
+    """``(dy, dx)`` of a chain of step-2 Slices from a graph input to ``name`` (H and W), and its nodes."""
+    offsets: dict[int, int] = {}
+    nodes = []
+    while name not in info.inputs:
+        n = info.producer.get(name)
+        if n is None or n.op_type != "Slice" or len(n.input) < 5:
+            return None
+        starts, _, axes, steps = (info.value(i) for i in n.input[1:5])
+        if starts is None or axes is None or steps is None or np.any(steps != 2) or len(axes) != len(starts):
+            return None
+        for ax, st in zip(axes.tolist(), starts.tolist(), strict=True):
+            ax = ax + 4 if ax < 0 else ax
+            if ax not in (2, 3) or st not in (0, 1) or ax in offsets:
+                return None
+            offsets[ax] = st
+        nodes.append(n)
+        name = n.input[0]
+    return ((offsets[2], offsets[3]), nodes) if set(offsets) == {2, 3} else None
+
+
+def _rewrite_focus(g: Any) -> bool:
+    from onnx import helper, numpy_helper
+
+    info = _OnnxGraph(g)
+    for concat in g.node:
+        if concat.op_type != "Concat" or len(concat.input) != 4 or _attrs(concat).get("axis") != 1:
+            continue
+        chains = [_slice_chain(info, i) for i in concat.input]
+        users = info.consumers.get(concat.output[0], [])
+        if any(c is None for c in chains) or len(users) != 1 or users[0].op_type != "Conv":
+            continue
+        conv = users[0]
+        attrs = _attrs(conv)
+        weight = info.value(conv.input[1])
+        offsets = tuple(c[0] for c in chains)
+        dead = {n.output[0] for c in chains for n in c[1]} | {concat.output[0], conv.output[0]}
+        feeds_others = any(u.output[0] not in dead for c in chains for n in c[1]
+                           for u in info.consumers.get(n.output[0], []))
+        if (weight is None or feeds_others or len(set(offsets)) != 4 or attrs.get("group", 1) != 1
+                or any(d != 1 for d in attrs.get("dilations", [1, 1]))
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
+            continue
+        new_weight = space_to_depth_conv_weight(weight, offsets)
+        w_name = conv.input[1] + "_focus_as_conv"
+        g.initializer.append(numpy_helper.from_array(new_weight, w_name))
+        new_conv = helper.make_node(
+            "Conv", [chains[0][1][-1].input[0], w_name, *conv.input[2:]], list(conv.output),
+            name=(conv.name or "conv") + "_focus_as_conv", kernel_shape=list(new_weight.shape[2:]),
+            strides=[2 * s for s in attrs.get("strides", [1, 1])],
+            pads=[2 * p for p in attrs.get("pads", [0, 0, 0, 0])], dilations=[1, 1], group=1)
+        nodes = [new_conv if n.output[0] == conv.output[0] else copy.deepcopy(n)
+                 for n in g.node if n.output[0] == conv.output[0] or n.output[0] not in dead]
+        del g.node[:]
+        g.node.extend(nodes)
+        return True
+    return False
+
+
+def _scale_image_convs(g: Any) -> bool:
+    from onnx import helper, numpy_helper
+
+    info = _OnnxGraph(g)
+    muls = []
+    for image in info.inputs:
+        for conv in info.consumers.get(image, []):
+            weight = info.value(conv.input[1]) if conv.op_type == "Conv" and conv.input[0] == image else None
+            k = input_scale_exponent(weight) if weight is not None else 0
+            if not k:
+                continue
+            scaled, factor = f"{conv.output[0]}_input_scaled", f"{conv.output[0]}_input_scale"
+            g.initializer.append(numpy_helper.from_array(np.array(2.0 ** -k, np.float32), factor))
+            g.initializer.append(numpy_helper.from_array((weight * 2.0 ** k).astype(weight.dtype), scaled + "_w"))
+            conv.input[0], conv.input[1] = scaled, scaled + "_w"
+            muls.append(helper.make_node("Mul", [image, factor], [scaled], name=scaled))
+    if muls:
+        nodes = muls + [copy.deepcopy(n) for n in g.node]
+        del g.node[:]
+        g.node.extend(nodes)
+    return bool(muls)
+
+
+# --- pnnx -------------------------------------------------------------------------------------------------
+def _run_pnnx(model_file: Path, work: Path, shape: tuple[int, int], shape2: tuple[int, int] | None,
+              fp16: bool) -> tuple[Path, Path]:
+    """Run the pnnx executable on a TorchScript or ONNX file in ``work``; returns (param, bin) paths."""
+    import pnnx
+
+    stem = work / "model"
+    cmd = [pnnx.EXEC_PATH, model_file.name, f"inputshape=[1,3,{shape[0]},{shape[1]}]f32",
+           f"fp16={int(fp16)}", "device=cpu", "optlevel=2",
+           f"pnnxparam={stem}.pnnx.param", f"pnnxbin={stem}.pnnx.bin", f"pnnxpy={stem}_pnnx.py",
+           f"pnnxonnx={stem}.pnnx.onnx", f"ncnnparam={stem}.ncnn.param", f"ncnnbin={stem}.ncnn.bin",
+           f"ncnnpy={stem}_ncnn.py"]
+    if shape2 is not None:
+        cmd.append(f"inputshape2=[1,3,{shape2[0]},{shape2[1]}]f32")
+    log.debug("pnnx: %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ExportError(f"could not run pnnx ({e})") from None
+    text = (proc.stdout or "") + (proc.stderr or "")
+    log.debug("pnnx output:\n%s", text)
+    param, weights = Path(f"{stem}.ncnn.param"), Path(f"{stem}.ncnn.bin")
+    if proc.returncode != 0 or not param.is_file() or not weights.is_file():
+        tail = " | ".join(line for line in text.strip().splitlines()[-5:])
+        raise ExportError(f"pnnx failed (exit {proc.returncode}): {tail[-400:]}")
+    return param, weights
+
+
+def _check_layers(param: Path) -> None:
+    """Every layer of the produced graph must be one NCNN implements (pnnx leaves the ones it cannot map)."""
+    from ..errors import ArtefactError
+    from ..runtimes.ncnn import read_param, unknown_layer_types
+
+    try:
+        graph = read_param(param)
+    except ArtefactError as e:
+        raise ExportError(f"pnnx wrote an unreadable graph: {e}") from None
+    unknown = unknown_layer_types(graph)
+    if unknown:
+        raise ExportError(f"pnnx left operators NCNN does not implement: {', '.join(unknown)}; "
+                          "this model cannot run on NCNN as traced")
+
+
+def second_shape(size: tuple[int, int]) -> tuple[int, int]:
+    """Another input size, different in both sides, that tells pnnx which dimensions follow the input."""
+    return tuple(v // 2 // 32 * 32 if v >= 128 else v + 32 for v in size)  # type: ignore[return-value]
+
+
+@register_format("ncnn", suffix="_ncnn", is_dir=True, package="pnnx", extra="ncnn",
+                 supports=("dynamic", "dynamic_hw", "half", "decode_in_graph"), accepts_onnx=True,
+                 description="NCNN param/bin folder via pnnx (CPU, Vulkan), for ARM and mobile")
+class NcnnExporter(Exporter):
+    """NCNN param/bin folder via pnnx (CPU, Vulkan), for ARM and mobile."""
+
+    def export(self, source: ExportSource, dest: Path) -> ModelMeta:
+        o = self.options
+        if o.nms:
+            raise InputError("the ncnn format cannot hold NMS in its graph; NMS runs in the pipeline")
+        size = tuple(o.img_size)
+        dynamic_hw = not o.decode_in_graph and source.model is not None
+        if o.dynamic_hw and not dynamic_hw:
+            why = ("an ONNX input keeps its fixed size" if source.model is None
+                   else "a graph that decodes bakes its anchor grid; add --no-decode-in-graph")
+            raise InputError(f"this ncnn export cannot take other input sizes ({why})")
+        if o.batch != 1:
+            log.info("ncnn has no batch dimension: the graph takes one image, the runtime loops over a batch")
+        meta = self.artefact_meta(source).with_(batch=None, dynamic_hw=dynamic_hw, format=self.info.name,
+                                                extra={**source.meta.extra, "ncnn_blobs": ["in0", "out0"]})
+
+        with tempfile.TemporaryDirectory(prefix="yolox_pnnx_") as tmp:
+            work = Path(tmp)
+            if source.model is not None:
+                model_file = work / "model.pt"
+                self._trace(source.model, size, model_file)
+            else:
+                model_file = work / "model.onnx"
+                for note in prepare_onnx(source.onnx_path, model_file, o.half):
+                    log.info("%s for NCNN: %s", source.onnx_path.name, note)
+            param, weights = _run_pnnx(model_file, work, size, second_shape(size) if dynamic_hw else None,
+                                       fp16=o.half)
+            _check_layers(param)
+            shutil.move(str(param), dest / PARAM_NAME)
+            shutil.move(str(weights), dest / BIN_NAME)
+        write_text_atomic(sidecar_for(dest), meta.to_json())
+        return meta
+
+    def _trace(self, model: Any, size: tuple[int, int], path: Path) -> None:
+        import torch
+
+        net = trace_ready(model, self.options.half)
+        net.head.decode_in_inference = self.options.decode_in_graph
+        example = torch.zeros(1, 3, *size)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarnings about shape-derived Python values
+            traced = torch.jit.trace(net, example, check_trace=False)
+        traced.save(str(path))
