@@ -89,11 +89,13 @@ def test_cache_exports_once_and_reuses(tmp_path):
     if "onnx" not in registered_formats() or not registered_formats()["onnx"].info.available()[0]:
         pytest.skip("onnx format not available")
     src = model_source("nano", None)
-    req = ArtefactRequest("yolox-nano", "onnx", "fp32", 1, (256, 256))
+    req = ArtefactRequest("yolox-nano", "onnx", "fp32", 1, (160, 160))
     path, reused = cached_artefact(src, req, tmp_path)
     assert path.is_file() and not reused
     mtime = path.stat().st_mtime_ns
     again, reused = cached_artefact(src, req, tmp_path)
     assert again == path and reused and path.stat().st_mtime_ns == mtime
-    other, reused = cached_artefact(src, ArtefactRequest("yolox-nano", "onnx", "fp32", 2, (256, 256)), tmp_path)
-    assert other != path and not reused
+    assert (path.parent / "request.json").is_file()
+    other = ArtefactRequest("yolox-nano", "onnx", "fp32", 2, (160, 160))
+    assert other.folder_name(src.fingerprint()) != path.parent.name
+    assert ArtefactRequest("yolox-nano", "openvino", "fp32", 1, (160, 160)).folder_name("x") != req.folder_name("x")

@@ -37,12 +37,12 @@ def test_config_validation(tmp_path):
 
 def test_tiny_end_to_end_run_writes_all_four_outputs(tmp_path):
     cfg = BenchConfig(models=["nano"], backends=["torch"], iters=3, warmup=1, images=None, max_images=2,
-                      output=tmp_path, demo=False, progress=False)
+                      img_size=(224, 224), output=tmp_path, demo=False, progress=False)
     report = run_benchmark(cfg)
     [row] = report.rows
     assert row.ok, row.status
     assert row.model_ms.n == 3 and row.pipeline.total.n == 3
-    assert row.params == 912_159 and abs(row.gflops - 1.11) < 0.011
+    assert row.params == 912_159 and row.gflops == pytest.approx(1.1127 * (224 / 416) ** 2, rel=1e-3)
     assert row.pipeline.total.mean >= row.pipeline.infer.mean > 0
     assert row.clock == "perf_counter" and row.weights == "random (seed 0)"
     paths = write_report(report, tmp_path)
@@ -64,19 +64,21 @@ def test_missing_backend_gives_a_not_available_row_and_the_run_continues(tmp_pat
 
     monkeypatch.setattr(BackendInfo, "available", fake)
     cfg = BenchConfig(models=["nano"], backends=["onnxruntime", "no-such-runtime", "torch"], iters=2, warmup=0,
-                      max_images=1, output=tmp_path, demo=False, progress=False)
-    rows = run_benchmark(cfg).rows
+                      max_images=1, img_size=(160, 160), output=tmp_path, demo=False, progress=False)
+    partial = []
+    rows = run_benchmark(cfg, on_row=lambda report: partial.append(len(report.rows))).rows
+    assert partial == [1, 2, 3]
     assert [r.backend for r in rows] == ["onnxruntime", "no-such-runtime", "torch"]
     if "onnxruntime" in registered_backends():
         assert rows[0].status.startswith("not available: the onnxruntime backend needs")
     assert rows[1].status.startswith("not available: no backend named")
     assert rows[2].ok
-    assert rows[0].model_ms is None and rows[0].gflops > 1.0
+    assert rows[0].model_ms is None and rows[0].gflops == rows[2].gflops > 0.1
 
 
 def test_precision_a_backend_cannot_run_is_not_available(tmp_path):
     cfg = BenchConfig(models=["nano"], backends=["torch"], precisions=["int8"], iters=2, warmup=0, max_images=1,
-                      device="cpu", output=tmp_path, demo=False, progress=False)
+                      img_size=(160, 160), device="cpu", output=tmp_path, demo=False, progress=False)
     [row] = run_benchmark(cfg).rows
     assert row.status == "not available: the torch backend runs fp32, not int8, on cpu"
 

@@ -20,7 +20,7 @@ def test_precision_flags():
 def test_cli_run_writes_table_csv_json_png(tmp_path, capsys):
     out = tmp_path / "bench"
     rc = main(["--models", "nano", "--backends", "torch,not-a-runtime", "--iters", "3", "--warmup", "1",
-               "--images", "synthetic", "--max-images", "2", "--no-demo", "--quiet", "--output", str(out)])
+               "--images", "synthetic", "--max-images", "2", "--img-size", "192", "--no-demo", "--quiet", "--output", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "YOLOX-Nano" in printed and "not available: no backend named 'not-a-runtime'" in printed

@@ -126,6 +126,7 @@ class ModelSource:
     checkpoint: Path | None
     seed: int = RANDOM_SEED
     _model: Any = None
+    _fingerprint: str | None = None
 
     @property
     def real(self) -> bool:
@@ -156,11 +157,13 @@ class ModelSource:
         """Identifies the weights in cache keys: a content hash of the checkpoint, or the seed."""
         if self.checkpoint is None:
             return f"random{self.seed}"
-        h = hashlib.sha256()
-        with open(self.checkpoint, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()[:12]
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            with open(self.checkpoint, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            self._fingerprint = h.hexdigest()[:12]
+        return self._fingerprint
 
 
 def checkpoint_for(spec: ModelSpec, weights_dir: Path | None) -> Path | None:

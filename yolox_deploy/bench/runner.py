@@ -11,7 +11,7 @@ import datetime as _dt
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from .tables import published
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-MAX_MODEL_BATCHES = 8   # distinct preprocessed batches kept in memory for the model-alone timing
+MAX_MODEL_IMAGES = 16   # images in the distinct preprocessed batches kept for the model-alone timing
 SYNTHETIC_SIZES = ((480, 640), (640, 480), (720, 1280), (375, 500), (427, 640), (640, 427), (512, 512), (360, 640))
 
 
@@ -90,7 +90,7 @@ class BenchConfig:
     weights_dir: Path | None = None
     with_eval: Path | None = None
     eval_split: str = "val2017"
-    output: Path = Path("bench_results")
+    output: Path = Path("runs/bench")
     cache_dir: Path | None = None
     calib_images: Path | None = None
     device: str = "auto"
@@ -264,7 +264,7 @@ class RowRunner:
             clock = clock_for(det.backend.output_device)
             row.clock = clock.name
             groups = image_groups(self.images, row.batch)
-            batches = [det.preprocess(g)[0] for g in groups[:MAX_MODEL_BATCHES]]
+            batches = [det.preprocess(g)[0] for g in groups[:max(1, MAX_MODEL_IMAGES // row.batch)]]
             inputs, on_device = _device_batches(batches, clock, det)
             row.input_on_device = on_device if isinstance(clock, CudaClock) else None
             label = f"{row.model} {row.backend} {row.precision} b{row.batch}"
@@ -363,12 +363,17 @@ def run_demo_comparison(runner: RowRunner, rows: Sequence[BenchRow], sources: di
 
 
 # --- the whole run ---------------------------------------------------------------------------------------
-def run_benchmark(cfg: BenchConfig) -> BenchReport:
-    """Measure every configured row (and the demo comparison when Nano is included); nothing is written."""
+def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None = None) -> BenchReport:
+    """Measure every configured row (and the demo comparison when Nano is included); nothing is written.
+
+    ``on_row`` is called with the report so far after each row (e.g. to save partial results of a long run).
+    """
     t0 = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     host = collect_host_info()
     images, images_desc = load_timing_images(cfg.images, cfg.max_images, cfg.seed)
+    settings = cfg.to_dict()
+    settings["images_desc"] = images_desc
     runner = RowRunner(cfg, images)
     rows: list[BenchRow] = []
     sources: dict[str, ModelSource] = {}
@@ -382,15 +387,20 @@ def run_benchmark(cfg: BenchConfig) -> BenchReport:
                 for batch in cfg.batches:
                     rows.append(runner.run(source, backend, precision, batch, size, complexity.params,
                                            complexity.gflops))
+                    if on_row is not None:
+                        on_row(BenchReport(settings, host, list(rows), None, ["partial results: the run is not finished"],
+                                           started, time.perf_counter() - t0))
     notes = list(cfg.extra_notes)
     demo = None
     if cfg.demo and "yolox-nano" in sources:
-        demo, skipped = run_demo_comparison(runner, rows, sources)
+        try:
+            demo, skipped = run_demo_comparison(runner, rows, sources)
+        except Exception as e:  # the comparison is an extra: report, keep the rows
+            log.debug("demo comparison failed", exc_info=True)
+            demo, skipped = None, f"demo comparison failed: {type(e).__name__}: {e}"
         if skipped:
             notes.append(skipped)
     notes += _standard_notes(rows, sources)
-    settings = cfg.to_dict()
-    settings["images_desc"] = images_desc
     return BenchReport(settings, host, rows, demo, notes, started, time.perf_counter() - t0)
 
 
