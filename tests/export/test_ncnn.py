@@ -85,7 +85,7 @@ def test_prepare_onnx_removes_the_focus_slices(tmp_path, nano_onnx, dog_jpg):
 @pytest.fixture(scope="module")
 def raw_fp32(tmp_path_factory, nano_pth, dog_jpg):
     out = tmp_path_factory.mktemp("ncnn") / "nano_raw_ncnn"
-    return export(nano_pth, "ncnn", out, decode_in_graph=False, verify_image=dog_jpg)
+    return export(nano_pth, "ncnn", out, decode_in_graph=False, dynamic=True, dynamic_hw=True, verify_image=dog_jpg)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,7 @@ def test_folder_holds_only_what_the_runtime_needs(raw_fp32):
 def test_raw_fp32_matches_torch_on_dog(raw_fp32, nano_model, dog_jpg):
     meta = raw_fp32.meta
     assert (meta.format, meta.precision, meta.decode_in_graph, meta.batch) == ("ncnn", "fp32", False, None)
+    assert meta.dynamic_hw
     assert raw_fp32.verification.passed and raw_fp32.verification.max_abs_diff <= 1e-3
     batch = _dog_batch(dog_jpg)
     with open_backend(raw_fp32.path) as backend:
@@ -134,8 +135,8 @@ def test_detector_batch_equals_single_calls(raw_fp32, coco_tiny):
         assert a.names.tolist() == b.names.tolist()
 
 
-def test_raw_graph_runs_other_input_sizes(raw_fp32, nano_model, dog_jpg):
-    """No size is baked into a raw-head graph: the metadata says dynamic_hw, and it holds at 320x480."""
+def test_dynamic_raw_graph_runs_other_input_sizes(raw_fp32, nano_model, dog_jpg):
+    """No size is baked into a raw-head graph made with --dynamic-hw: it holds at 320x480."""
     assert raw_fp32.meta.dynamic_hw
     batch = _dog_batch(dog_jpg, (320, 480))
     with open_backend(raw_fp32.path) as backend:
@@ -197,7 +198,9 @@ def test_fp16_storage(tmp_path, nano_pth, nano_model, dog_jpg, raw_fp32):
     from yolox_deploy.ops.postprocess import postprocess
 
     result = export(nano_pth, "ncnn", tmp_path / "fp16_ncnn", decode_in_graph=False, half=True, verify=False)
-    assert result.meta.precision == "fp16"
+    assert result.meta.precision == "fp16" and not result.meta.dynamic_hw  # static unless --dynamic-hw
+    assert not any(v.startswith('"') for layer in read_param(result.path / PARAM_NAME).layers
+                   for v in layer.params.values())  # plain layers, no shape expressions
     assert (result.path / BIN_NAME).stat().st_size < 0.6 * (raw_fp32.path / BIN_NAME).stat().st_size
     batch = _dog_batch(dog_jpg)
     with open_backend(result.path) as backend:

@@ -25,7 +25,8 @@ ANCHORS = 8 * 8 + 4 * 4 + 2 * 2
 def tiny(tmp_path_factory, tiny_random_model):
     """A 3-class random YOLOX-Nano as a raw-head NCNN folder (64x64, any size runs)."""
     out = tmp_path_factory.mktemp("ncnn") / "tiny_ncnn"
-    return export(tiny_random_model, "ncnn", out, img_size=SIZE, decode_in_graph=False, verify=False).path
+    return export(tiny_random_model, "ncnn", out, img_size=SIZE, decode_in_graph=False, dynamic=True,
+                  dynamic_hw=True, verify=False).path
 
 
 @pytest.fixture
@@ -109,6 +110,8 @@ def test_batch_loops_over_images(tiny, rng):
         np.testing.assert_array_equal(batched, np.concatenate(singles))
         [other] = b.infer(_batch(2, rng, 96))  # a raw-head graph runs other sizes
         assert other.shape == (2, 12 * 12 + 6 * 6 + 3 * 3, 8)
+        with pytest.raises(InputError, match="multiple of 32"):
+            b.infer(_batch(1, rng, 80))
 
 
 def test_detector_batch_equals_single_calls(tiny):
@@ -200,6 +203,8 @@ def _damage(folder, how):
         weights.write_bytes(weights.read_bytes()[:-8])
     elif how == "unknown layer":
         param.write_text(param.read_text().replace("\nSwish ", "\nTensor.slice ", 1))
+    elif how == "corrupt metadata":
+        (folder / "model.ncnn.param.json").write_text("{not json")
     elif how == "empty folder":
         param.unlink()
         weights.unlink()
@@ -209,7 +214,8 @@ def _damage(folder, how):
 CASES = {"garbage param": "not an NCNN param file", "truncated param": "truncated or damaged",
          "missing bin": "model.ncnn.bin.*missing", "truncated bin": "truncated",
          "bin short of its last bytes": "could not load the weights",
-         "unknown layer": "Tensor.slice", "empty folder": "no model artefact in folder"}
+         "unknown layer": "Tensor.slice", "corrupt metadata": "model.ncnn.param.json.*not valid JSON",
+         "empty folder": "no model artefact in folder"}
 
 
 @pytest.mark.parametrize("how", list(CASES))

@@ -1,7 +1,8 @@
 """NCNN export through pnnx: ``<stem>_ncnn/`` with ``model.ncnn.param``, ``model.ncnn.bin`` and the metadata.
 
     yolox-export --weights yolox_nano.pth --format ncnn                  # decoded boxes, 416x416
-    yolox-export --weights yolox_nano.pth --format ncnn --no-decode-in-graph   # raw head, any input size
+    yolox-export --weights yolox_nano.pth --format ncnn --no-decode-in-graph --dynamic --dynamic-hw
+                                                                         # raw head, any input size
     yolox-export --weights yolox_nano.onnx --format ncnn                 # the authors' released ONNX
 
 The folder holds exactly what a runtime needs:
@@ -16,16 +17,24 @@ bundled with the ``pnnx`` package (called directly, not through ``pnnx.convert``
 status and imports the Python module pnnx generates). pnnx's other outputs (``.pnnx.param``, ``.pnnx.bin``,
 ``_pnnx.py``, ``.pnnx.onnx``, ``_ncnn.py``) stay in a temporary folder.
 
-NCNN has no strided slice, so the Focus stem (space-to-depth by four step-2 slices, then a k x k conv) is
-traced as the equivalent single convolution: a 2k x 2k kernel with stride 2 on the image, whose weights are
-the Focus conv's weights rearranged (exact, no approximation; YOLOv5 made the same change for the same
-reason). The produced files are never edited afterwards. An ONNX input gets the same rewrite on its ONNX
-graph before pnnx reads it.
+The graph is changed before conversion, never the files afterwards (:func:`trace_ready`):
+
+- NCNN has no strided slice, so the Focus stem (space-to-depth by four step-2 slices, then a k x k conv) is
+  traced as the equivalent single convolution: a 2k x 2k kernel with stride 2 on the image, whose weights
+  are the Focus conv's weights rearranged (exact; YOLOv5 made the same change for the same reason);
+- with ``--half`` (pnnx ``fp16=1``: FP16 weights in the ``.bin``), the first convolution computes
+  ``conv(x * 2**-k, w * 2**k)``: it sees pixels 0-255, so its weights are tiny, and FP16 storage would flush
+  a sixth of YOLOX-Nano's to zero (raw output off by ~4 instead of ~0.14; :func:`input_scale_exponent`).
+
+An ONNX input (e.g. the authors' released files) gets the same two rewrites on its ONNX graph
+(:func:`prepare_onnx`) before pnnx reads it.
 
 NCNN has no batch dimension: the graph takes one ``[3, H, W]`` image and the runtime loops over a batch, so
-the metadata says ``batch=None``. A raw-head graph (``--no-decode-in-graph``) is converted with a second
-input shape so every reshape follows the input size: it runs at any multiple of 32 (``dynamic_hw=True``).
-A graph that decodes bakes its anchor grid for one size and stays static.
+the metadata says ``batch=None`` whatever ``--batch`` / ``--dynamic`` say. Input size: by default the graph
+is made for one size (plain NCNN layers any NCNN release runs). With ``--dynamic-hw`` a raw-head graph
+(``--no-decode-in-graph``) is converted with a second input shape, so its reshapes follow the input size
+(NCNN shape expressions, in NCNN releases from 2025-05 on): it runs at any multiple of 32. A graph that
+decodes bakes its anchor grid for one size and cannot be dynamic.
 """
 
 from __future__ import annotations
@@ -43,7 +52,6 @@ import numpy as np
 
 from ..errors import ExportError, InputError
 from ..meta import ModelMeta, sidecar_path
-from ..utils.files import write_text_atomic
 from .base import Exporter, ExportSource, register_format
 
 log = logging.getLogger(__name__)
@@ -350,15 +358,14 @@ class NcnnExporter(Exporter):
         if o.nms:
             raise InputError("the ncnn format cannot hold NMS in its graph; NMS runs in the pipeline")
         size = tuple(o.img_size)
-        dynamic_hw = not o.decode_in_graph and source.model is not None
-        if o.dynamic_hw and not dynamic_hw:
+        dynamic_hw = o.dynamic_hw
+        if dynamic_hw and (o.decode_in_graph or source.model is None):
             why = ("an ONNX input keeps its fixed size" if source.model is None
                    else "a graph that decodes bakes its anchor grid; add --no-decode-in-graph")
             raise InputError(f"this ncnn export cannot take other input sizes ({why})")
         if o.batch != 1:
             log.info("ncnn has no batch dimension: the graph takes one image, the runtime loops over a batch")
-        meta = self.artefact_meta(source).with_(batch=None, dynamic_hw=dynamic_hw, format=self.info.name,
-                                                extra={**source.meta.extra, "ncnn_blobs": ["in0", "out0"]})
+        meta = self.artefact_meta(source).with_(batch=None, dynamic_hw=dynamic_hw, format=self.info.name)
 
         with tempfile.TemporaryDirectory(prefix="yolox_pnnx_") as tmp:
             work = Path(tmp)
@@ -374,7 +381,7 @@ class NcnnExporter(Exporter):
             _check_layers(param)
             shutil.move(str(param), dest / PARAM_NAME)
             shutil.move(str(weights), dest / BIN_NAME)
-        write_text_atomic(sidecar_for(dest), meta.to_json())
+        sidecar_for(dest).write_text(meta.to_json())  # dest is a staging folder, moved into place whole
         return meta
 
     def _trace(self, model: Any, size: tuple[int, int], path: Path) -> None:

@@ -240,11 +240,19 @@ class NcnnBackend(Backend):
             raise ArtefactError(f"{weights} holds {size} bytes but {param.name} needs at least {need}: "
                                 "the weights are truncated or belong to another model")
         self.param_path, self.bin_path = param, weights
+        uses_expressions = any(v.startswith('"') for layer in graph.layers for v in layer.params.values())
+        self._version_hint = (f" (its shape expressions need NCNN from 2025-05 on; this is {ncnn.__version__})"
+                              if uses_expressions else "")
         self.input_name = graph.input_blobs[0]
         self.output_name = "out0" if "out0" in graph.output_blobs else graph.output_blobs[0]
 
         meta_file = sidecar_path(param)
-        meta = ModelMeta.from_json(meta_file.read_text()) if meta_file.is_file() else None
+        meta = None
+        if meta_file.is_file():
+            try:
+                meta = ModelMeta.from_json(meta_file.read_text())
+            except ArtefactError as e:
+                raise ArtefactError(f"{meta_file}: {e}; re-export the model or delete the file") from None
         self.net = self._open_net(param, weights, meta)
         self.meta = meta if meta is not None else self._infer_meta(graph)
 
@@ -256,8 +264,8 @@ class NcnnBackend(Backend):
         o = net.opt
         threads = opts.get("threads")
         if threads is not None:
-            if int(threads) < 1:
-                raise InputError(f"threads must be >= 1, got {threads}")
+            if not str(threads).isdigit() or int(threads) < 1:
+                raise InputError(f"threads must be an integer >= 1, got {threads!r}")
             o.num_threads = int(threads)
         half = opts.get("half")
         storage = bool(half) if half is not None else (meta is not None and meta.precision == "fp16")
@@ -274,7 +282,7 @@ class NcnnBackend(Backend):
             net.set_vulkan_device(gpu)
             self.thread_safe = False  # extractors share the Net's GPU allocators
         if net.load_param(str(param)) != 0:
-            raise ArtefactError(f"NCNN could not load {param}; re-export it")
+            raise ArtefactError(f"NCNN could not load {param}; re-export it{self._version_hint}")
         if net.load_model(str(weights)) != 0:
             raise ArtefactError(f"NCNN could not load the weights {weights} (truncated or from another model)")
         return net
@@ -318,6 +326,9 @@ class NcnnBackend(Backend):
 
     def _infer(self, batch: Any) -> list[Any]:
         x = np.ascontiguousarray(as_numpy(batch), dtype=np.float32)
+        step = max(self.meta.strides)
+        if x.shape[2] % step or x.shape[3] % step:
+            raise InputError(f"input {x.shape[2]}x{x.shape[3]} is not a multiple of {step}")
         first = self._run_one(x[0])
         out = np.empty((x.shape[0], *first.shape), np.float32)
         out[0] = first
