@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="checkpoint (.pth) or an ONNX file to convert")
     p.add_argument("--model", help="YOLOX variant (yolox-nano ... yolox-x) if the checkpoint does not say")
-    p.add_argument("--format", required=True, choices=_format_choices(), metavar="{" + ",".join(_format_choices()) + "}")
+    # Not argparse choices: an unknown name gets the driver's one-line error, like every other bad input.
+    p.add_argument("--format", required=True, metavar="{" + ",".join(_format_choices()) + "}",
+                   help="output format (see the list below)")
     p.add_argument("--num-classes", type=int, help="class count of the checkpoint (default: read from it)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N", help="640, or height width (default: the variant's test size)")
     p.add_argument("--batch", type=int, default=1, help="batch size (the profile's optimum with --dynamic)")

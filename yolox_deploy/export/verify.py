@@ -24,7 +24,7 @@ from ..errors import ExportError
 from ..io.images import read_image
 from ..io.synthetic import synthetic_scene
 from ..meta import ModelMeta
-from ..ops.decode import cached_grid, level_shapes
+from ..ops.decode import cached_grid, decode, level_shapes
 from ..ops.letterbox import preprocess_batch
 from ..ops.match import EMPTY, Agreement, match_detections
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
@@ -74,11 +74,12 @@ def normalised_diff(out: np.ndarray, ref: np.ndarray, meta: ModelMeta) -> float:
     return float(max(xy.max(), wh.max(), scores.max()))
 
 
-def _detections(outputs: list[Any], meta: ModelMeta) -> list[RawDetections]:
+def _detections(outputs: list[Any], meta: ModelMeta, conf: float = VERIFY_CONF, iou: float = VERIFY_IOU,
+                max_det: int | None = None) -> list[RawDetections]:
     if meta.nms_in_graph:
         return split_nms_outputs(*[_np(o) for o in outputs[:4]])
     hw = None if meta.decode_in_graph else meta.input_size
-    return postprocess(_np(outputs[0]), VERIFY_CONF, VERIFY_IOU, input_hw=hw, strides=meta.strides)
+    return postprocess(_np(outputs[0]), conf, iou, max_det=max_det, input_hw=hw, strides=meta.strides)
 
 
 def _np(x: Any) -> np.ndarray:
@@ -99,7 +100,18 @@ def reference_outputs(source: ExportSource, batch: np.ndarray, meta: ModelMeta) 
     from ..runtimes.detector import open_backend
 
     with open_backend(source.onnx_path, backend="onnxruntime") as ref:
-        return _np(ref.infer(batch)[0])
+        out = _np(ref.infer(batch)[0])
+    if (meta.decode_in_graph or meta.nms_in_graph) and not source.meta.decode_in_graph:
+        out = decode(out, tuple(meta.input_size), meta.strides)  # the artefact decodes what the source did not
+    return out
+
+
+def _source_nms_detections(source: ExportSource, batch: np.ndarray) -> RawDetections:
+    """Detections of an ONNX source that has NMS in its graph (its head output is not reachable)."""
+    from ..runtimes.detector import open_backend
+
+    with open_backend(source.onnx_path, backend="onnxruntime") as ref:
+        return split_nms_outputs(*[_np(o) for o in ref.infer(batch)[:4]])[0]
 
 
 def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, meta: ModelMeta) -> VerifyReport:
@@ -113,11 +125,16 @@ def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, me
     batch, _ = preprocess_batch([image], meta.input_size, meta.preprocess, batch_size=meta.batch)
     with open_backend(path, device=options.device) as backend:
         outputs = backend.infer(batch)
-    ref = reference_outputs(source, batch, meta)
-
-    diff = None if meta.nms_in_graph else normalised_diff(_np(outputs[0])[:1], ref[:1], meta)
-    ref_meta = meta.with_(nms_in_graph=False, decode_in_graph=meta.decode_in_graph or meta.nms_in_graph)
-    ref_dets = _detections([ref], ref_meta)[0]
+    if source.model is None and source.meta.nms_in_graph:
+        diff, ref_dets = None, _source_nms_detections(source, batch)
+    else:
+        ref = reference_outputs(source, batch, meta)
+        diff = None if meta.nms_in_graph else normalised_diff(_np(outputs[0])[:1], ref[:1], meta)
+        ref_meta = meta.with_(nms_in_graph=False, decode_in_graph=meta.decode_in_graph or meta.nms_in_graph)
+        # An NMS graph is compared with the Python NMS at the graph's own thresholds and cap.
+        conf, iou = (meta.extra.get("nms_conf", VERIFY_CONF), meta.extra.get("nms_iou", VERIFY_IOU)) \
+            if meta.nms_in_graph else (VERIFY_CONF, VERIFY_IOU)
+        ref_dets = _detections([ref], ref_meta, conf, iou, meta.max_det if meta.nms_in_graph else None)[0]
     art_dets = _detections(outputs, meta)[0]
     agreement = EMPTY + match_detections(_np(ref_dets.boxes), _np(ref_dets.class_ids), _np(art_dets.boxes),
                                          _np(art_dets.class_ids))

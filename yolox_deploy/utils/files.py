@@ -21,6 +21,15 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
     return p
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()  # what open() / mkdir() would give
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; on success it replaces ``path`` in one rename.
@@ -31,6 +40,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; the result should have the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -46,6 +56,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    os.chmod(tmp, _DIR_MODE)  # mkdtemp makes 0700 folders
     try:
         yield tmp
         if dest.exists():
