@@ -1,0 +1,289 @@
+"""ONNX Runtime backend: metadata (ours, or inferred for the authors' files), sizes, devices, options, corrupt
+files, and the CUDA IO-binding path (GPU only)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from yolox_deploy import Detector  # noqa: E402
+from yolox_deploy.errors import ArtefactError, BackendUnavailable, InputError  # noqa: E402
+from yolox_deploy.export.base import ExportOptions  # noqa: E402
+from yolox_deploy.export.onnx import write_onnx  # noqa: E402
+from yolox_deploy.export.source import load_source  # noqa: E402
+from yolox_deploy.io.images import read_image  # noqa: E402
+from yolox_deploy.ops.letterbox import preprocess_batch  # noqa: E402
+from yolox_deploy.runtimes import find_backend  # noqa: E402
+from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
+from yolox_deploy.runtimes.onnxruntime import OnnxRuntimeBackend, parse_device  # noqa: E402
+
+HAVE_ORT_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+needs_gpu = pytest.mark.skipif(not (HAVE_ORT_CUDA and _torch_cuda()),
+                               reason="needs onnxruntime-gpu (CUDAExecutionProvider) and a CUDA GPU for torch")
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tiny_random_model, tmp_path_factory):
+    """A 3-class random nano exported twice: dynamic batch + size (64x96), and fixed 1x64x64 with NMS."""
+    folder = tmp_path_factory.mktemp("ort")
+    source = load_source(tiny_random_model)
+    dynamic = folder / "tiny_dynamic.onnx"
+    meta = write_onnx(source, ExportOptions(img_size=(64, 96), dynamic=True, dynamic_hw=True, simplify=False), dynamic)
+    nms = folder / "tiny_nms.onnx"
+    nms_meta = write_onnx(source, ExportOptions(img_size=(64, 64), nms=True, conf=0.0, max_det=10, simplify=False), nms)
+    return {"dynamic": (dynamic, meta), "nms": (nms, nms_meta)}
+
+
+def _without_metadata(src, dst):
+    model = onnx.load(str(src))
+    del model.metadata_props[:]
+    onnx.save(model, str(dst))
+    return dst
+
+
+# --- metadata ------------------------------------------------------------------------------------------------
+def test_registered_for_onnx_files(nano_onnx):
+    assert find_backend(nano_onnx) is OnnxRuntimeBackend
+    info = OnnxRuntimeBackend.info
+    assert info.devices == ("cpu", "cuda", "tensorrt") and info.extra == "onnx"
+
+
+def test_metadata_from_the_session(tiny_files):
+    path, meta = tiny_files["dynamic"]
+    with open_backend(path) as backend:
+        assert backend.meta == meta
+        assert backend.input_shape == (None, 3, 64, 96)
+        assert backend.providers == ["CPUExecutionProvider"] and backend.output_device == "cpu"
+
+
+def test_authors_onnx_without_metadata(nano_onnx):
+    with open_backend(nano_onnx) as backend:
+        m = backend.meta
+        assert m.input_size == (416, 416) and m.batch == 1 and m.num_classes == 80
+        assert not m.decode_in_graph and not m.nms_in_graph and not m.dynamic_hw and m.format == "onnx"
+        assert m.class_names[0] == "person" and m.preprocess.is_identity
+        with pytest.raises(InputError, match="batch 1"):
+            backend.infer(np.zeros((2, 3, 416, 416), np.float32))
+        with pytest.raises(InputError, match="416x416"):
+            backend.infer(np.zeros((1, 3, 320, 320), np.float32))
+    with open_backend(nano_onnx, legacy=True) as backend:
+        assert backend.meta.preprocess.color == "rgb" and backend.meta.preprocess.mean is not None
+
+
+def test_authors_onnx_detections_match_the_checkpoint(nano_onnx, nano_pth, dog_jpg):
+    with Detector(nano_onnx) as det:
+        [got] = det(dog_jpg)
+    with Detector(nano_pth, model="yolox-nano") as ref_det:
+        [ref] = ref_det(dog_jpg)
+    assert len(got) == len(ref) == 5 and {"dog", "bicycle"} <= set(got.names)
+    assert (got.class_ids == ref.class_ids).all()
+    np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=1e-2)
+    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4)
+
+
+def test_img_size(nano_onnx, tiny_files, tmp_path):
+    with pytest.raises(InputError, match="416x416"):
+        open_backend(nano_onnx, img_size=(320, 320))  # a fixed graph refuses another size
+    with open_backend(nano_onnx, img_size=416) as backend:  # its own size is fine
+        assert backend.meta.input_size == (416, 416)
+    path, _ = tiny_files["dynamic"]
+    with open_backend(path, img_size=(128, 64)) as backend:  # a dynamic one takes it
+        assert backend.meta.input_size == (128, 64)
+        [out] = backend.infer(np.zeros((2, 3, 128, 64), np.float32))
+        assert out.shape == (2, 16 * 8 + 8 * 4 + 4 * 2, 8)
+        [out] = backend.infer(np.zeros((1, 3, 32, 32), np.float32))  # any size per call
+        assert out.shape == (1, 16 + 4 + 1, 8)
+    bare = _without_metadata(path, tmp_path / "bare.onnx")
+    with pytest.raises(ArtefactError, match="dynamic"):
+        open_backend(bare)  # no metadata and no size: nothing says what to feed it
+    with open_backend(bare, img_size=(96, 64)) as backend:
+        assert backend.meta.input_size == (96, 64) and backend.meta.dynamic_hw and backend.meta.batch is None
+        assert backend.meta.num_classes == 3 and not backend.meta.decode_in_graph  # assumed raw without metadata
+    with pytest.raises(InputError, match="3 classes"):
+        open_backend(path, num_classes=80)
+
+
+def test_nms_graph_outputs(tiny_files):
+    path, meta = tiny_files["nms"]
+    with open_backend(path) as backend:
+        assert backend.meta.nms_in_graph and backend.meta.max_det == 10
+        num_dets, boxes, scores, labels = backend.infer(np.zeros((1, 3, 64, 64), np.float32))
+    assert num_dets.tolist() == [[10]] and boxes.shape == (1, 10, 4) and labels.dtype == np.int32
+    with Detector(path) as det:
+        [dets] = det(np.full((50, 70, 3), 114, np.uint8))
+    assert len(dets) == 10 and set(dets.names) <= {"a", "b", "c"}
+
+
+def test_tensorrt_plugin_graph_is_refused_on_the_cpu(tiny_files, tmp_path):
+    path = tmp_path / "trt.onnx"
+    write_onnx(load_source(tiny_files["dynamic"][0]), ExportOptions(img_size=(64, 96), dynamic=True, nms=True), path,
+               nms_plugin="tensorrt")
+    with pytest.raises(ArtefactError, match="trt.onnx.*TensorRT"):
+        open_backend(path)
+
+
+# --- devices and options -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,expected", [("cpu", ("cpu", 0)), ("cuda", ("cuda", 0)), ("cuda:1", ("cuda", 1)),
+                                             ("0", ("cuda", 0)), ("TensorRT:2", ("tensorrt", 2)),
+                                             ("trt", ("tensorrt", 0)), ("gpu", ("cuda", 0))])
+def test_parse_device(device, expected):
+    assert parse_device(device) == expected
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cpu:1", ""])
+def test_unknown_device(device, nano_onnx):
+    with pytest.raises(InputError, match="device"):
+        open_backend(nano_onnx, device=device)
+
+
+@pytest.mark.skipif(HAVE_ORT_CUDA, reason="checks the message when onnxruntime has no CUDA provider")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "tensorrt"])
+def test_gpu_device_without_cuda_provider(device, nano_onnx):
+    with pytest.raises(BackendUnavailable, match="onnxruntime-gpu|CUDA"):
+        open_backend(nano_onnx, device=device)
+
+
+def test_threads_and_optimisation_level(nano_onnx):
+    with open_backend(nano_onnx, threads=1, opt_level="basic") as backend:
+        options = backend.session.get_session_options()
+        assert options.intra_op_num_threads == 1
+        assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with pytest.raises(InputError, match="opt_level"):
+        open_backend(nano_onnx, opt_level="max")
+
+
+def test_concurrent_calls(tiny_files):
+    """ONNX Runtime sessions are thread-safe for run(); the backend adds no shared state per call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, _ = tiny_files["dynamic"]
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(0, 255, (1, 3, 64, 96)).astype(np.float32) for _ in range(6)]
+    with open_backend(path) as backend:
+        expected = [backend.infer(b)[0] for b in batches]
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(lambda b: backend.infer(b)[0], batches))
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(e, g)
+
+
+# --- corrupt files -------------------------------------------------------------------------------------------
+def _corruptions(nano_onnx, folder):
+    data = nano_onnx.read_bytes()
+    files = {
+        "empty": b"",
+        "truncated": data[: len(data) // 2],
+        "truncated-header": data[:100],
+        "random": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "text": b"this is not an onnx model\n" * 10,
+    }
+    out = {}
+    for name, blob in files.items():
+        path = folder / f"{name}.onnx"
+        path.write_bytes(blob)
+        out[name] = path
+    return out
+
+
+def test_corrupt_files_raise_artefact_error(nano_onnx, tmp_path):
+    for name, path in _corruptions(nano_onnx, tmp_path).items():
+        with pytest.raises(ArtefactError, match=path.name) as info:
+            Detector(path)
+        assert "\n" not in str(info.value), name
+
+
+def test_corrupt_files_in_yolox_detect(nano_onnx, dog_jpg, tmp_path, capsys):
+    from yolox_deploy.cli.detect import main
+
+    for name, path in _corruptions(nano_onnx, tmp_path).items():
+        rc = main([str(path), "--source", str(dog_jpg), "--output", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert rc == 2, name
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and path.name in lines[0], (name, err)
+        assert "Traceback" not in err
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        Detector(tmp_path / "nope.onnx")
+
+
+# --- cost per call -------------------------------------------------------------------------------------------
+def test_per_call_overhead_is_microseconds(nano_onnx):
+    """What the backend adds around ``session.run`` (shape checks, the feed dict), timed with a no-op run."""
+    batch = np.zeros((1, 3, 416, 416), np.float32)
+    with open_backend(nano_onnx) as backend:
+        result = [np.zeros((1, 3549, 85), np.float32)]
+        backend._run = lambda names, feed: result  # the session call itself is not what is measured here
+        assert backend.infer(batch) is result  # outputs are handed over as they are: no copy
+        n = 2000
+        t0 = time.perf_counter()
+        for _ in range(n):
+            backend.infer(batch)
+        per_call = (time.perf_counter() - t0) / n
+    assert per_call < 50e-6, f"{per_call * 1e6:.1f} us per call"  # vs ~10 ms for nano 416 on a CPU core
+
+
+@pytest.mark.slow
+def test_backend_adds_nothing_to_a_session_run(nano_onnx, dog_jpg):
+    """The bare backend call costs what ``session.run`` costs (nano 416, batch 1, CPU): ratio <= 1.05."""
+    batch = preprocess_batch([read_image(dog_jpg)], (416, 416))[0]
+    with open_backend(nano_onnx) as backend:
+        session, names = backend.session, [o.name for o in backend.session.get_outputs()]
+        for _ in range(5):
+            backend.infer(batch)
+        calls = [(lambda: session.run(names, {"images": batch}), []), (lambda: backend.infer(batch), [])]
+        for i in range(100):  # interleaved, alternating who goes first: other load hits both alike
+            for fn, times in calls[:: 1 if i % 2 else -1]:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+    bare, ours = calls[0][1], calls[1][1]
+    ratio = min(ours) / min(bare)
+    assert ratio <= 1.05, (min(ours), min(bare))
+
+
+# --- GPU -----------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_outputs_stay_on_the_gpu(nano_onnx, dog_jpg):
+    import torch
+
+    batch = preprocess_batch([read_image(dog_jpg)], (416, 416))[0]
+    with open_backend(nano_onnx) as cpu:
+        [expected] = cpu.infer(batch)
+    with open_backend(nano_onnx, device="cuda:0") as gpu:
+        assert gpu.output_device == "cuda:0" and gpu.providers[0] == "CUDAExecutionProvider"
+        [out] = gpu.infer(batch)
+        assert isinstance(out, torch.Tensor) and out.device == torch.device("cuda", 0)
+        [from_tensor] = gpu.infer(torch.from_numpy(batch).cuda())
+    np.testing.assert_allclose(out.cpu().numpy(), expected, atol=1e-3)
+    np.testing.assert_allclose(from_tensor.cpu().numpy(), expected, atol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_detector_matches_cpu(tiny_files, nano_onnx, dog_jpg):
+    with Detector(nano_onnx) as cpu, Detector(nano_onnx, device="cuda") as gpu:
+        [a], [b] = cpu(dog_jpg), gpu(dog_jpg)
+    assert (a.class_ids == b.class_ids).all()
+    np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-2)
+    path, _ = tiny_files["nms"]  # NMS outputs (int32 and float) bound to GPU tensors too
+    with open_backend(path, device="cuda") as gpu:
+        num_dets, boxes, scores, labels = gpu.infer(np.zeros((1, 3, 64, 64), np.float32))
+    assert num_dets.is_cuda and labels.dtype.is_floating_point is False and boxes.shape == (1, 10, 4)
+    assert int(num_dets[0, 0]) == 10
