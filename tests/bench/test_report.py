@@ -46,6 +46,8 @@ def test_json_round_trip(tmp_path):
     d = json.loads(paths["json"].read_text())
     assert d["rows"][0]["derived"]["ratio_v100"] == pytest.approx(report.rows[0].model_ms.mean / 9.8)
     assert d["rows"][1]["derived"]["ratio_v100"] is None           # batch 8 is not compared with batch-1 figures
+    report.rows[0].img_size = (416, 416)
+    assert report.rows[0].ratio_v100 is None                        # nor another input size
     assert d["demo_comparison"]["derived"]["speedup"] == pytest.approx(report.demo.speedup)
     assert "table3" in d["published"] and d["host_line"] == report.host.summary()
 

@@ -95,3 +95,23 @@ def test_demo_comparison_with_real_weights(tmp_path, nano_pth, nano_onnx):
     assert d.agreement is not None and d.agreement >= 0.9
     assert d.speedup == pytest.approx(d.ours_fps / d.demo_fps) and d.speedup > 0
     assert "FPS" in d.summary()
+
+
+def _available_cpu_backends() -> list[str]:
+    from yolox_deploy.bench.artefacts import backend_status
+
+    names = []
+    for name, cls in registered_backends().items():
+        if backend_status(name)[0] and "cpu" in cls.info.devices:
+            names.append(name)
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", _available_cpu_backends())
+def test_every_available_backend_gives_a_measured_row(tmp_path, backend):
+    cfg = BenchConfig(models=["nano"], backends=[backend], iters=2, warmup=1, max_images=2, img_size=(160, 160),
+                      device="cpu", output=tmp_path, demo=False, progress=False)
+    [row] = run_benchmark(cfg).rows
+    assert row.ok, row.status
+    assert row.model_ms.n == 2 and row.pipeline.total.n == 2

@@ -70,8 +70,13 @@ class BenchRow:
         return self.pipeline.total.fps(self.batch) if self.pipeline else None
 
     def ratio(self, reference_ms: float | None) -> float | None:
-        """Measured model-alone mean latency / a published batch-1 latency (batch-1 rows only)."""
+        """Measured model-alone mean latency / a published batch-1 latency.
+
+        Only for batch-1 rows at the published input size (``None`` otherwise).
+        """
         if self.model_ms is None or reference_ms is None or self.batch != 1:
+            return None
+        if self.published is not None and tuple(self.img_size) != (self.published.size, self.published.size):
             return None
         return self.model_ms.mean / reference_ms
 

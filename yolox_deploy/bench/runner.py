@@ -246,7 +246,7 @@ class RowRunner:
         except YoloxError as e:
             row.status = f"{FAILED}: {e}"
         except Exception as e:  # a bug in one backend must not end the whole benchmark
-            log.debug("row failed", exc_info=True)
+            log.warning("%s %s %s b%d failed", row.model, backend, precision, batch, exc_info=True)
             row.status = f"{FAILED}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         log.info("%s %s %s b%d %s: %s", row.model, backend, precision, batch, row.input,
                  f"{row.model_ms.mean:.2f} ms model, {row.pipeline.total.mean:.2f} ms full" if row.ok else row.status)
