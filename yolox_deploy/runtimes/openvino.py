@@ -1,0 +1,223 @@
+"""OpenVINO backend: an IR folder (``*_openvino/`` holding one ``.xml`` + ``.bin``) or an ``.xml`` file.
+
+Devices: ``cpu``, ``gpu`` / ``gpu.N`` (Intel GPUs), ``npu``, ``auto`` (any case; ``AUTO:GPU,CPU`` style
+priority lists pass through). Options:
+
+- ``hint``: ``"latency"`` (default) or ``"throughput"`` -> ``PERFORMANCE_HINT``
+- ``threads``: ``INFERENCE_NUM_THREADS``
+- ``inference_precision``: ``"f32"``, ``"f16"`` or ``"bf16"`` -> ``INFERENCE_PRECISION_HINT``. Default:
+  ``f32`` on the CPU (OpenVINO would otherwise compute in bf16 on CPUs that have it, which moves raw box
+  offsets by up to ~2.5 and would make an FP32 artefact disagree with its checkpoint), and for FP32/INT8
+  artefacts on other devices; FP16 artefacts keep the device's default (f16 on Intel GPUs).
+- ``cache_dir``: OpenVINO's compiled-model cache (saves GPU/NPU compile time on the next open)
+- ``img_size``: the input size of a dynamic-size IR that carries no metadata
+
+The model is compiled once. Each concurrent call gets its own infer request from a pool (requests are
+created on demand and reused), so a ``Detector`` may be called from several threads at once and results
+never mix. The input batch is shared with OpenVINO without a copy; outputs are copied out of the request
+before it goes back to the pool.
+
+Metadata comes from the IR's ``rt_info`` (``META_KEY``); an IR without it (converted from the authors' ONNX
+elsewhere) is described from its input/output shapes (:func:`~yolox_deploy.meta.infer_meta`).
+An NPU needs static shapes: a dynamic IR opened on an NPU is fixed to its metadata's size and batch 1.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import numpy as np
+
+from ..errors import ArtefactError, BackendUnavailable, InputError
+from ..meta import META_KEY, ModelMeta, infer_meta
+from ..utils.sizes import parse_img_size
+from .base import Backend, register_backend
+
+HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
+_DEVICE = re.compile(r"^(cpu|gpu(\.\d+)?|npu|auto|multi|hetero)(:.+)?$", re.IGNORECASE)
+
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def _core() -> Any:
+    """One ``ov.Core`` per process (plugins load once; the Core is thread-safe)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino as ov
+
+            _CORE = ov.Core()
+        return _CORE
+
+
+def ov_device(device: str) -> str:
+    """``cpu`` -> ``CPU``, ``gpu.1`` -> ``GPU.1``, ``auto:gpu,cpu`` -> ``AUTO:GPU,CPU``; rejects other names."""
+    d = str(device).strip()
+    if not _DEVICE.match(d):
+        raise InputError(f"OpenVINO cannot run on {device!r}; use cpu, gpu, gpu.N, npu or auto")
+    return d.upper()
+
+
+def find_ir(path: Path) -> Path:
+    """The ``.xml`` of an IR folder (exactly one) or the file itself, with its ``.bin`` present."""
+    if path.is_dir():
+        xmls = sorted(path.glob("*.xml"))
+        if not xmls:
+            raise ArtefactError(f"no OpenVINO IR (.xml) in folder {path}")
+        if len(xmls) > 1:
+            raise ArtefactError(f"{path} holds several OpenVINO models ({', '.join(p.name for p in xmls)}); "
+                                "pass the .xml file to use")
+        xml = xmls[0]
+    else:
+        if not path.is_file():
+            raise ArtefactError(f"OpenVINO model not found: {path}")
+        if path.suffix.lower() != ".xml":
+            raise ArtefactError(f"{path} is not an OpenVINO IR (.xml)")
+        xml = path
+    _check_ir_xml(xml)
+    if not xml.with_suffix(".bin").is_file():
+        raise ArtefactError(f"{xml} has no weights file {xml.with_suffix('.bin').name} next to it; "
+                            "copy the .xml and .bin together")
+    return xml
+
+
+def _check_ir_xml(xml: Path) -> None:
+    """Refuse a file that is not IR XML before OpenVINO tries every frontend on it (and logs their errors)."""
+    try:
+        for _, element in ElementTree.iterparse(xml, events=("start",)):
+            if element.tag != "net":
+                raise ArtefactError(f"{xml} is not an OpenVINO IR (its XML root is <{element.tag}>, not <net>)")
+            return
+    except ElementTree.ParseError as e:
+        raise ArtefactError(f"{xml} is not an OpenVINO IR (unreadable XML: {e})") from None
+    except OSError as e:
+        raise ArtefactError(f"cannot read {xml} ({e.strerror or e})") from None
+
+
+def _dims(partial_shape: Any) -> list[Any]:
+    if partial_shape.rank.is_dynamic:
+        return []
+    return [d.get_length() if d.is_static else None for d in partial_shape]
+
+
+def _name(port: Any, index: int) -> str:
+    names = port.get_names()
+    return sorted(names)[0] if names else f"output{index}"
+
+
+def read_ov_meta(model: Any, xml: Path, img_size: Any = None) -> ModelMeta:
+    """The metadata of a read ``ov.Model``: ours from ``rt_info``, else inferred from its shapes."""
+    if model.has_rt_info(META_KEY):
+        return ModelMeta.from_json(model.get_rt_info(META_KEY).astype(str))
+    if len(model.inputs) != 1:
+        raise ArtefactError(f"{xml.name}: expected one image input, found {len(model.inputs)}")
+    in_dims = _dims(model.inputs[0].get_partial_shape())
+    dynamic_hw = len(in_dims) == 4 and (in_dims[2] is None or in_dims[3] is None)
+    if dynamic_hw and img_size is not None:
+        in_dims = [*in_dims[:2], *parse_img_size(img_size)]
+    out_dims = _dims(model.outputs[0].get_partial_shape())
+    names = [_name(p, i) for i, p in enumerate(model.outputs)]
+    return infer_meta(in_dims, names, out_dims, xml.name, format="openvino", dynamic_hw=dynamic_hw)
+
+
+@register_backend("openvino", suffixes=(".xml",), package="openvino", extra="openvino",
+                  devices=("cpu", "gpu", "npu", "auto"), folder_pattern="*.xml")
+class OpenVINOBackend(Backend):
+    """OpenVINO Runtime on an IR (Intel CPU, GPU, NPU)."""
+
+    def _load(self) -> None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise BackendUnavailable("the openvino backend needs the 'openvino' package "
+                                     "(pip install 'yolox-deploy[openvino]')") from None
+        opts = self.options
+        self.xml = find_ir(Path(self.path))
+        self._device = ov_device(self.device)
+        core = _core()
+        self._check_device(core)
+        try:
+            model = core.read_model(str(self.xml))
+        except Exception as e:  # OpenVINO raises RuntimeError for unparsable XML, bad offsets, ...
+            raise ArtefactError(f"{self.xml} is not a readable OpenVINO IR ({_first_line(e)}); re-export it") from None
+        meta = read_ov_meta(model, self.xml, opts.get("img_size"))
+        if self._device.startswith("NPU") and model.inputs[0].get_partial_shape().is_dynamic:
+            meta = meta.with_(batch=meta.batch or 1, dynamic_hw=False)
+            model.reshape({model.inputs[0]: [meta.batch, 3, *meta.input_size]})
+        self.meta = meta
+        config = self._config(meta)
+        try:
+            self.compiled = core.compile_model(model, self._device, config)
+        except Exception as e:
+            raise ArtefactError(f"OpenVINO could not compile {self.xml} for {self._device} "
+                                f"({_first_line(e)})") from None
+        self._n_outputs = len(self.compiled.outputs)
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle.put(self.compiled.create_infer_request())
+
+    def _config(self, meta: ModelMeta) -> dict[str, Any]:
+        opts = self.options
+        hint = str(opts.get("hint", "latency")).lower()
+        if hint not in HINTS:
+            raise InputError(f"OpenVINO hint must be 'latency' or 'throughput', got {opts.get('hint')!r}")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": HINTS[hint]}
+        if opts.get("threads") is not None:
+            threads = int(opts["threads"])
+            if threads < 0:
+                raise InputError(f"threads must be >= 0 (0: OpenVINO decides), got {threads}")
+            config["INFERENCE_NUM_THREADS"] = threads
+        precision = opts.get("inference_precision")
+        if precision is None and (self._device.startswith("CPU") or meta.precision != "fp16"):
+            precision = "f32"
+        if precision is not None:
+            key = str(precision).lower()
+            if key not in PRECISIONS:
+                raise InputError(f"inference_precision must be f32, f16 or bf16, got {precision!r}")
+            config["INFERENCE_PRECISION_HINT"] = PRECISIONS[key]
+        if opts.get("cache_dir"):
+            config["CACHE_DIR"] = str(opts["cache_dir"])
+        return config
+
+    def _check_device(self, core: Any) -> None:
+        base = self._device.split(":")[0]
+        if base in ("AUTO", "MULTI", "HETERO"):
+            return
+        available = list(core.available_devices)
+        family = base.split(".")[0]
+        if base not in available and not (base == family and any(d.split(".")[0] == family for d in available)):
+            raise BackendUnavailable(f"OpenVINO device {base} is not available here "
+                                     f"(found: {', '.join(available) or 'none'})")
+
+    def _infer(self, batch: Any) -> list[Any]:
+        x = batch if isinstance(batch, np.ndarray) else batch.detach().cpu().numpy()
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            results = request.infer(x, share_inputs=True)
+            return [results[i] for i in range(self._n_outputs)]
+        finally:
+            self._idle.put(request)
+
+    def _close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                break
+        self.compiled = None
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of an OpenVINO exception (they start with source locations and checks)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check "))]
+    return ((useful or lines or [type(e).__name__])[-1])[:200]
