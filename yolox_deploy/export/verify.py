@@ -6,13 +6,15 @@ Runtime), with the same decode setting. Two figures:
 
 - max abs diff of the head output, in raw units: scores as they are, box centres divided by the anchor's
   stride and box sizes divided by ``max(size, stride)`` when the graph decodes (both are then what the raw
-  offsets would differ by); not available for NMS graphs;
+  offsets would differ by); for FP16/INT8 artefacts only over anchors scoring >= 0.01 in either output;
+  not available for NMS graphs;
 - detections agreement at conf 0.25 / NMS 0.45: same-class matches with IoU >= 0.5 over the larger count.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,13 @@ from .base import ExportOptions, ExportSource
 
 log = logging.getLogger(__name__)
 
-# Max abs diff of the raw output, and minimum detections agreement, per precision.
-TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.25}
+# Max abs diff of the raw output, and minimum detections agreement, per precision. FP32 is compared on every
+# anchor. Reduced precision only on anchors scoring >= SCORE_FLOOR in either output: background anchors' boxes
+# are unconstrained (rounding YOLOX-Nano's weights to FP16 moves them by up to 0.9 raw units, in torch too,
+# while its AP does not change), and INT8 on its detections alone (single anchors' scores move by up to ~0.6
+# while COCO AP moves by 0.002), its diff is reported, not checked.
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.25, "int8": math.inf}
+SCORE_FLOOR = 0.01
 MIN_AGREEMENT = {"fp32": 0.99, "fp16": 0.8, "int8": 0.5}
 VERIFY_CONF, VERIFY_IOU = 0.25, 0.45
 
@@ -55,23 +62,32 @@ class VerifyReport:
     def summary(self) -> str:
         diff = "n/a (NMS in graph)" if self.max_abs_diff is None else f"{self.max_abs_diff:.2e}"
         a = self.agreement
-        return (f"max abs diff {diff} (tolerance {self.tolerance:g}), detections {a.matched}/{max(a.n_a, a.n_b)} "
+        limit = "not checked" if math.isinf(self.tolerance) else f"tolerance {self.tolerance:g}"
+        return (f"max abs diff {diff} ({limit}), detections {a.matched}/{max(a.n_a, a.n_b)} "
                 f"agree (mean IoU {a.mean_iou:.3f}) on {self.image}")
 
 
-def normalised_diff(out: np.ndarray, ref: np.ndarray, meta: ModelMeta) -> float:
-    """Max abs diff of two head outputs ``[B, A, 5 + C]`` in raw units (see the module docstring)."""
+def normalised_diff(out: np.ndarray, ref: np.ndarray, meta: ModelMeta, score_floor: float = 0.0) -> float:
+    """Max abs diff of two head outputs ``[B, A, 5 + C]`` in raw units (see the module docstring).
+
+    With ``score_floor > 0`` only anchors whose score (objectness x best class) reaches it in either output
+    count; 0.0 when there are none.
+    """
     out = out.astype(np.float64)
     ref = ref.astype(np.float64)
     if not meta.decode_in_graph:
-        return float(np.abs(out - ref).max())
-    _, stride = cached_grid(level_shapes(meta.input_size, meta.strides), meta.strides, torch.device("cpu"),
-                            torch.float32)
-    s = stride.numpy().astype(np.float64)  # [A, 1]
-    xy = np.abs(out[..., 0:2] - ref[..., 0:2]) / s
-    wh = np.abs(out[..., 2:4] - ref[..., 2:4]) / np.maximum(np.abs(ref[..., 2:4]), s)
-    scores = np.abs(out[..., 4:] - ref[..., 4:])
-    return float(max(xy.max(), wh.max(), scores.max()))
+        diff = np.abs(out - ref)
+    else:
+        _, stride = cached_grid(level_shapes(meta.input_size, meta.strides), meta.strides, torch.device("cpu"),
+                                torch.float32)
+        s = stride.numpy().astype(np.float64)  # [A, 1]
+        diff = np.concatenate([np.abs(out[..., 0:2] - ref[..., 0:2]) / s,
+                               np.abs(out[..., 2:4] - ref[..., 2:4]) / np.maximum(np.abs(ref[..., 2:4]), s),
+                               np.abs(out[..., 4:] - ref[..., 4:])], axis=-1)
+    if score_floor > 0:
+        score = np.maximum(out[..., 4] * out[..., 5:].max(-1), ref[..., 4] * ref[..., 5:].max(-1))  # [B, A]
+        diff = diff[score >= score_floor]
+    return float(diff.max()) if diff.size else 0.0
 
 
 def _detections(outputs: list[Any], meta: ModelMeta, conf: float = VERIFY_CONF, iou: float = VERIFY_IOU,
@@ -129,7 +145,8 @@ def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, me
         diff, ref_dets = None, _source_nms_detections(source, batch)
     else:
         ref = reference_outputs(source, batch, meta)
-        diff = None if meta.nms_in_graph else normalised_diff(_np(outputs[0])[:1], ref[:1], meta)
+        floor = 0.0 if meta.precision == "fp32" else SCORE_FLOOR
+        diff = None if meta.nms_in_graph else normalised_diff(_np(outputs[0])[:1], ref[:1], meta, floor)
         ref_meta = meta.with_(nms_in_graph=False, decode_in_graph=meta.decode_in_graph or meta.nms_in_graph)
         # An NMS graph is compared with the Python NMS at the graph's own thresholds and cap.
         conf, iou = (meta.extra.get("nms_conf", VERIFY_CONF), meta.extra.get("nms_iou", VERIFY_IOU)) \
