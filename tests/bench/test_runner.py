@@ -115,3 +115,16 @@ def test_every_available_backend_gives_a_measured_row(tmp_path, backend):
     [row] = run_benchmark(cfg).rows
     assert row.ok, row.status
     assert row.model_ms.n == 2 and row.pipeline.total.n == 2
+
+
+@pytest.mark.slow
+def test_with_eval_measures_the_reference_ap(tmp_path, nano_pth, coco_tiny):
+    from tests.conftest import REFERENCE_AP
+
+    cfg = BenchConfig(models=["nano", "tiny"], backends=["torch"], iters=1, warmup=0, max_images=1,
+                      weights_dir=nano_pth.parent, with_eval=coco_tiny, output=tmp_path, demo=False, progress=False)
+    report = run_benchmark(cfg)
+    nano, tiny = report.rows
+    assert nano.ap == pytest.approx(REFERENCE_AP, abs=0.002)
+    assert tiny.ok and tiny.ap is None and any("random weights" in n for n in tiny.notes)
+    assert any("80 images" in n for n in report.notes)

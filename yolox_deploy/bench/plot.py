@@ -103,7 +103,9 @@ def plot_speed_accuracy(report: BenchReport, path: str | os.PathLike, *, dpi: in
             right.scatter([r.params_m], [r.ap], s=240, facecolors="none", edgecolors="#2ca02c", linewidths=1.8, zorder=2)
         if r.variant in measured_ap:
             right.scatter([r.params_m], [measured_ap[r.variant]], s=70, marker="*", color="#2ca02c", zorder=4)
-            right.annotate("measured", (r.params_m, measured_ap[r.variant]), textcoords="offset points",
+            where = Path(str(report.settings.get("with_eval") or "")).name
+            right.annotate(f"measured on {where}" if where else "measured", (r.params_m, measured_ap[r.variant]),
+                           textcoords="offset points",
                            xytext=(6, 4), fontsize=7, color="#2ca02c")
     right.set_xlabel("parameters (M)")
     right.set_ylabel("COCO AP (%)")

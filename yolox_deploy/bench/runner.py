@@ -197,6 +197,7 @@ class RowRunner:
         self._calib: Path | None = None
         self._eval_data: Any = None
         self._ap_cache: dict[tuple, tuple[float, float]] = {}
+        self.eval_images = 0
         self.weights_of: dict[int, Any] = {}  # id(row) -> weights the row ran (path or model)
 
     def calib_folder(self) -> Path:
@@ -287,6 +288,7 @@ class RowRunner:
 
             if self._eval_data is None:
                 self._eval_data = open_coco(self.cfg.with_eval, self.cfg.eval_split)
+                self.eval_images = len(self._eval_data.image_ids)
             with _open_detector(weights, row.backend, row.device, self.cfg, source, row.precision, row.img_size,
                                 row.batch, **AUTHORS_PROTOCOL) as det:
                 result = evaluate(det, self._eval_data, progress=self.cfg.progress)
@@ -401,6 +403,10 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
         if skipped:
             notes.append(skipped)
     notes += _standard_notes(rows, sources)
+    if cfg.with_eval is not None and runner.eval_images:
+        notes.append(f"AP: COCO bbox AP (pycocotools, the authors' protocol: conf 0.01, NMS 0.65) on "
+                     f"{runner.eval_images} images of {cfg.with_eval}/{cfg.eval_split}; the published AP is on the "
+                     "5000 images of COCO val2017, so a subset gives a different figure.")
     return BenchReport(settings, host, rows, demo, notes, started, time.perf_counter() - t0)
 
 
