@@ -70,3 +70,17 @@ def tiny_random_model():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def nano_onnx_dynamic(nano_pth, tmp_path_factory) -> Path:
+    """The shared nano weights as our ONNX: dynamic batch and size, decode in graph (for fast pipeline tests)."""
+    pytest.importorskip("onnx")
+    from yolox_deploy.export.base import ExportOptions
+    from yolox_deploy.export.onnx import write_onnx
+    from yolox_deploy.export.source import load_source
+
+    path = tmp_path_factory.mktemp("nano-onnx") / "yolox_nano_dynamic.onnx"
+    write_onnx(load_source(nano_pth), ExportOptions(img_size=(416, 416), dynamic=True, dynamic_hw=True,
+                                                    simplify=False), path)
+    return path

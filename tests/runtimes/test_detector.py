@@ -1,4 +1,8 @@
-"""The Detector pipeline (torch backend): overrides, batching, streams, threads and memory."""
+"""The Detector pipeline: overrides, batching, streams, threads and memory.
+
+Pipeline tests that run many images use our dynamic ONNX (ONNX Runtime) to stay fast; the torch backend
+shares every line of the pipeline they exercise.
+"""
 
 import gc
 import threading
@@ -18,8 +22,8 @@ def val_images(coco_tiny):
 
 
 @pytest.fixture(scope="module")
-def det(nano_pth):
-    return Detector(nano_pth, conf=0.3)
+def det(nano_onnx_dynamic):
+    return Detector(nano_onnx_dynamic, conf=0.3)
 
 
 def test_batch_size_does_not_change_results(nano_pth, val_images):
@@ -78,12 +82,12 @@ def test_empty_image_is_refused(det):
         det(np.zeros((0, 0, 3), np.uint8))
 
 
-def test_stream_is_in_order_and_equals_single_calls(nano_pth, coco_tiny, val_images):
-    det = Detector(nano_pth, conf=0.3, batch_size=3)
+def test_stream_is_in_order_and_equals_single_calls(nano_onnx_dynamic, coco_tiny, val_images):
+    det = Detector(nano_onnx_dynamic, conf=0.3, batch_size=3)
     results = list(det.stream(coco_tiny / "val2017"))
     names = [p.stem for p in list_images(coco_tiny / "val2017")]
     assert [r.frame.name for r in results] == names
-    single = Detector(nano_pth, conf=0.3)
+    single = Detector(nano_onnx_dynamic, conf=0.3)
     for r, img in zip(results[:10], val_images[:10]):
         [ref] = single(img)
         assert r.detections.class_ids.tolist() == ref.class_ids.tolist()
@@ -116,9 +120,10 @@ def test_stream_errors_reach_the_caller(tmp_path, det):
         next(it)
 
 
-def test_threads_never_mix_results(nano_pth, val_images):
+@pytest.mark.parametrize("weights", ["nano_onnx_dynamic", "nano_pth"])
+def test_threads_never_mix_results(weights, request, val_images):
     """4 threads x 50 images through one Detector equal the sequential results."""
-    det = Detector(nano_pth, conf=0.3)
+    det = Detector(request.getfixturevalue(weights), conf=0.3, img_size=320)
     images = (val_images * 2)[:50]
     expected = [det(img)[0] for img in images]
     got: dict[int, list] = {}
@@ -140,10 +145,10 @@ def test_threads_never_mix_results(nano_pth, val_images):
             np.testing.assert_allclose(d.xyxy, expected[i].xyxy, atol=1e-3)
 
 
-def test_memory_stays_flat(nano_pth, val_images):
+def test_memory_stays_flat(nano_onnx_dynamic, val_images):
     """2,000 images through one Detector: resident memory grows by no more than a small bound."""
     psutil = pytest.importorskip("psutil")
-    det = Detector(nano_pth, img_size=64, conf=0.3)  # the pipeline is under test, not the model: keep it cheap
+    det = Detector(nano_onnx_dynamic, img_size=64, conf=0.3)  # the pipeline is under test, not the model
     small = [cv2.resize(im, (80, 60)) for im in val_images[:40]]
     proc = psutil.Process()
     for im in small * 5:  # warm up allocator pools and caches
