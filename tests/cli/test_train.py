@@ -1,0 +1,58 @@
+"""``yolox-train``: a short run end to end, resume, and user errors as one line with exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from yolox_deploy.cli.train import build_parser, config_from_args, main
+from yolox_deploy.train import LATEST
+
+from ..train.conftest import make_synthetic_coco
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def base_args(data, out):
+    return ["--model", "nano", "--data", str(data), "--output", str(out), "--epochs", "1", "--batch", "4",
+            "--img-size", "64", "--device", "cpu", "--workers", "0", "--no-progress", "--val-split", ""]
+
+
+def test_short_run_then_resume_of_a_finished_run(tmp_path):
+    data = make_synthetic_coco(tmp_path / "d", num_images=8)
+    out = tmp_path / "run"
+    rc, stdout, err = run(base_args(data, out))
+    assert rc == 0, err
+    assert "yolox-nano: 8 images, 3 classes, 2 iterations/epoch x 1 epochs" in stdout
+    assert "done: 2 iterations" in stdout
+    assert (out / LATEST).exists() and (out / "train_log.csv").exists()
+    rc, stdout, _ = run(base_args(data, out) + ["--resume"])
+    assert rc == 0 and "done: 2 iterations" in stdout  # nothing left to do
+
+
+def test_user_errors_are_one_line(tmp_path):
+    rc, _, err = run(base_args(tmp_path / "missing", tmp_path / "run"))
+    assert rc == 2 and err.strip().startswith("error: dataset folder not found") and len(err.strip().splitlines()) == 1
+    data = make_synthetic_coco(tmp_path / "d", num_images=2)
+    rc, _, err = run(base_args(data, tmp_path / "run2"))
+    assert rc == 2 and "fewer than one batch of 4" in err
+    rc, _, err = run(base_args(data, tmp_path / "run3") + ["--resume"])
+    assert rc == 2 and "nothing to resume" in err
+    rc, _, err = run(["--model", "yolox-q", "--data", str(data)])
+    assert rc == 2 and "unknown model" in err
+
+
+def test_arguments_map_onto_the_config(tmp_path):
+    args = build_parser().parse_args(["--model", "s", "--data", "d", "--img-size", "480", "640", "--lr", "0.0002",
+                                      "--no-multiscale", "--no-ema", "--resume", "x.pth", "--sync-bn"])
+    cfg = config_from_args(args)
+    assert cfg.img_size == (480, 640) and cfg.lr_per_image == 0.0002 and not cfg.multiscale and not cfg.ema
+    assert str(cfg.resume) == "x.pth" and cfg.sync_bn and cfg.batch == 64 and cfg.epochs == 300
+    resolved = cfg.resolved()
+    assert resolved.model == "yolox-s" and resolved.mosaic_scale == (0.5, 1.5) and resolved.mixup is False
+    assert resolved.warmup_epochs == 5 and resolved.no_aug_epochs == 15

@@ -1,0 +1,118 @@
+"""COCO-format loading for training: class order, and every kind of bad annotation handled explicitly."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from yolox_deploy.errors import InputError
+from yolox_deploy.train.data import load_detection_set
+
+from .conftest import write_coco
+
+
+def _image(root, split, name, h=50, w=80):
+    (root / split).mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / split / name), np.full((h, w, 3), 100, np.uint8))
+    return {"file_name": name, "width": w, "height": h}
+
+
+def test_classes_follow_category_ids_and_boxes_are_xyxy(synthetic_coco):
+    data = load_detection_set(synthetic_coco)
+    assert data.class_names == ("red", "green", "blue") and data.category_ids == (1, 2, 5)
+    assert len(data) == 8 and data.num_classes == 3
+    rec = data.records[0]
+    ann = data.coco.coco.imgToAnns[rec.image_id][0]
+    x, y, w, h = ann["bbox"]
+    assert rec.boxes[0].tolist() == [x, y, x + w, y + h]
+    assert rec.labels[0] == {1: 0, 2: 1, 5: 2}[ann["category_id"]]
+    assert data.report.skipped() == 0 and data.report.clipped == 0
+
+
+def test_bad_boxes_are_clipped_or_skipped_and_counted(tmp_path, caplog):
+    root = tmp_path / "d"
+    images = [{"id": 1, **_image(root, "train2017", "a.jpg")}]
+    bad = [
+        {"bbox": [-10, -5, 30, 20]},          # reaches outside: clipped to [0, 0, 20, 15]
+        {"bbox": [70, 40, 30, 30]},           # clipped to [70, 40, 80, 50]
+        {"bbox": [10, 10, 0, 5]},             # zero width: skipped
+        {"bbox": [10, 10, -4, 5]},            # negative width: skipped
+        {"bbox": [90, 10, 5, 5]},             # entirely right of the image: nothing left after clipping
+        {"bbox": [1, 2, 3]},                  # malformed
+        {"bbox": [1, 2, float("nan"), 3]},    # non-finite (json writes NaN)
+        {"bbox": [5, 5, 10, 10], "category_id": 99},   # unknown category
+        {"bbox": [5, 5, 10, 10], "iscrowd": 1},        # crowd
+        {"bbox": [5, 5, 10, 10], "image_id": 42},      # image id not in the list
+        {"bbox": [20, 20, 10, 10]},           # fine
+    ]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1.0, **a} for i, a in enumerate(bad)]
+    write_coco(root, "train2017", images, anns)
+    with caplog.at_level(logging.WARNING):
+        data = load_detection_set(root)
+    rec = data.records[0]
+    assert rec.boxes.tolist() == [[0, 0, 20, 15], [70, 40, 80, 50], [20, 20, 30, 30]]
+    r = data.report
+    assert (r.clipped, r.degenerate, r.malformed, r.unknown_category, r.crowd, r.orphan) == (2, 3, 2, 1, 1, 1)
+    assert r.boxes_kept == 3
+    text = caplog.text
+    assert "2 boxes reaching outside their image were clipped" in text
+    assert "3 zero/negative-area boxes" in text and "1 iscrowd" in text
+    assert np.isfinite(rec.boxes).all() and math.isfinite(float(rec.boxes.sum()))
+
+
+def test_missing_images_are_an_error_listing_them(tmp_path):
+    root = tmp_path / "d"
+    images = [{"id": i, **_image(root, "train2017", f"{i}.jpg")} for i in range(1, 3)]
+    images += [{"id": i, "file_name": f"gone{i}.jpg", "width": 80, "height": 50} for i in range(3, 11)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 20, 20], "iscrowd": 0} for i in range(1, 11)]
+    write_coco(root, "train2017", images, anns)
+    with pytest.raises(InputError) as e:
+        load_detection_set(root)
+    msg = str(e.value)
+    assert "8 of 10 images" in msg and "gone3.jpg" in msg and "and 3 more" in msg and "--skip-missing" in msg
+    data = load_detection_set(root, skip_missing=True)
+    assert len(data) == 2 and len(data.report.missing_images) == 8 and data.report.boxes_of_missing_images == 8
+
+
+def test_empty_category_list_is_an_error(tmp_path):
+    root = tmp_path / "d"
+    write_coco(root, "train2017", [{"id": 1, **_image(root, "train2017", "a.jpg")}], [], categories=[])
+    with pytest.raises(InputError, match="no categories"):
+        load_detection_set(root)
+
+
+def test_no_usable_box_is_an_error(tmp_path):
+    root = tmp_path / "d"
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 0, 0], "iscrowd": 0}]
+    write_coco(root, "train2017", [{"id": 1, **_image(root, "train2017", "a.jpg")}], anns)
+    with pytest.raises(InputError, match="no usable box"):
+        load_detection_set(root)
+
+
+def test_image_entries_need_their_size(tmp_path):
+    root = tmp_path / "d"
+    _image(root, "train2017", "a.jpg")
+    write_coco(root, "train2017", [{"id": 1, "file_name": "a.jpg"}], [])
+    with pytest.raises(InputError, match="width/height"):
+        load_detection_set(root)
+
+
+def test_missing_folder_or_annotation_file(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_detection_set(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="instances_train2017.json"):
+        load_detection_set(tmp_path / "empty")
+
+
+def test_images_without_boxes_are_kept_as_background(tmp_path):
+    root = tmp_path / "d"
+    images = [{"id": 1, **_image(root, "train2017", "a.jpg")}, {"id": 2, **_image(root, "train2017", "b.jpg")}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 20, 20], "iscrowd": 0}]
+    write_coco(root, "train2017", images, anns)
+    data = load_detection_set(root)
+    assert [len(r.labels) for r in data.records] == [1, 0]

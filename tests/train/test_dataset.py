@@ -1,0 +1,104 @@
+"""The augmented stream: determinism per (seed, epoch, index), output contract, sampler sharding, collate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from yolox_deploy.errors import InputError
+from yolox_deploy.io.images import read_image
+from yolox_deploy.ops.letterbox import letterbox
+from yolox_deploy.train.data import load_detection_set
+from yolox_deploy.train.dataset import MIN_BOX_SIDE, AugmentConfig, TrainBatchSampler, TrainDataset, collate
+
+
+@pytest.fixture
+def data(synthetic_coco):
+    return load_detection_set(synthetic_coco)
+
+
+def test_samples_are_a_pure_function_of_seed_epoch_index(data):
+    ds = TrainDataset(data, (64, 96), AugmentConfig(mosaic_prob=1.0), seed=7)
+    a, b = ds[(3, 2, True)], ds[(3, 2, True)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    c = ds[(3, 3, True)]
+    assert not torch.equal(a[0], c[0])
+    other_seed = TrainDataset(data, (64, 96), AugmentConfig(mosaic_prob=1.0), seed=8)[(3, 2, True)]
+    assert not torch.equal(a[0], other_seed[0])
+
+
+@pytest.mark.parametrize("mosaic", [True, False])
+def test_output_contract(data, mosaic):
+    ds = TrainDataset(data, (64, 96), AugmentConfig(mosaic_scale=(0.5, 1.5), enable_mixup=True), seed=0)
+    for index in range(len(ds)):
+        image, targets, image_id = ds[(index, 0, mosaic)]
+        assert image.dtype == torch.uint8 and image.shape == (3, 64, 96)
+        assert targets.dtype == torch.float32 and targets.ndim == 2 and targets.shape[1] == 5
+        assert image_id == data.records[index].image_id
+        if len(targets):
+            cls, cx, cy, w, h = targets.T
+            assert ((cls >= 0) & (cls < 3)).all() and (cls == cls.round()).all()
+            assert (w > MIN_BOX_SIDE).all() and (h > MIN_BOX_SIDE).all()
+            assert (cx - w / 2 >= -1e-3).all() and (cx + w / 2 <= 96 + 1e-3).all()
+            assert (cy - h / 2 >= -1e-3).all() and (cy + h / 2 <= 64 + 1e-3).all()
+
+
+def test_without_augmentation_a_sample_is_the_inference_letterbox(data):
+    aug = AugmentConfig(mosaic_prob=0.0, hsv_prob=0.0, flip_prob=0.0)
+    ds = TrainDataset(data, (64, 64), aug)
+    image, targets, _ = ds[(0, 0, True)]
+    rec = data.records[0]
+    ref, r = letterbox(read_image(rec.path), (64, 64))
+    assert np.array_equal(image.numpy().transpose(1, 2, 0), ref)
+    x1, y1, x2, y2 = (rec.boxes[0] * r).tolist()
+    assert targets[0].tolist() == pytest.approx([rec.labels[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], abs=1e-4)
+
+
+def test_cache_gives_the_same_samples(data):
+    plain = TrainDataset(data, (64, 64), seed=1)
+    cached = TrainDataset(data, (64, 64), seed=1, cache=True)
+    for key in [(0, 0, True), (0, 0, True), (5, 1, False)]:
+        assert torch.equal(plain[key][0], cached[key][0])
+
+
+def test_image_size_that_disagrees_with_the_json_is_an_error(data):
+    data.records[0].width += 1
+    with pytest.raises(InputError, match="annotation file says"):
+        TrainDataset(data, (64, 64)).load(0)
+
+
+def test_collate_pads_with_class_minus_one():
+    a = (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.tensor([[1, 2, 2, 1, 1.]]), 10)
+    b = (torch.ones(3, 4, 4, dtype=torch.uint8), torch.zeros(0, 5), 11)
+    images, targets, ids = collate([a, b])
+    assert images.shape == (2, 3, 4, 4) and ids == [10, 11]
+    assert targets.shape == (2, 1, 5)
+    assert targets[0, 0].tolist() == [1, 2, 2, 1, 1] and targets[1, 0, 0] == -1
+
+
+def test_sampler_epochs_and_shards():
+    one = TrainBatchSampler(10, 4, seed=3)
+    assert one.iters_per_epoch == 2 and len(one) == 2
+    one.set_epoch(5, mosaic=False)
+    batches = list(one)
+    assert all(len(b) == 4 and all(k[1:] == (5, False) for k in b) for b in batches)
+    flat = [k[0] for b in batches for k in b]
+    assert len(set(flat)) == 8
+    # two ranks of 2 see exactly the global batches of one process of 4, split in halves
+    ranks = [TrainBatchSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(5, mosaic=False)
+    halves = [list(s) for s in ranks]
+    for it, global_batch in enumerate(batches):
+        assert halves[0][it] + halves[1][it] == global_batch
+    # the order changes with the epoch; resuming mid-epoch skips what was seen
+    one.set_epoch(6)
+    assert [k[0] for b in one for k in b] != flat
+    one.set_epoch(5, mosaic=False, start_iter=1)
+    assert list(one) == batches[1:] and len(one) == 1
+
+
+def test_sampler_rejects_a_batch_larger_than_the_data():
+    with pytest.raises(InputError, match="fewer than one batch"):
+        TrainBatchSampler(5, 8)

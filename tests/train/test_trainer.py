@@ -1,0 +1,342 @@
+"""The training loop end to end on small data: exact resume, checkpoints every tool loads, a class-count
+change that goes through Detector and ONNX export, the non-finite-loss guard, bad inputs, and (slow) the
+fine-tuning of the real nano weights and a two-process torchrun-style run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from yolox_deploy import Detector, build_model, load_model
+from yolox_deploy.errors import CheckpointError, InputError
+from yolox_deploy.eval.coco import open_coco
+from yolox_deploy.nn.checkpoint import read_checkpoint
+from yolox_deploy.train import (
+    LATEST,
+    AugmentConfig,
+    TrainConfig,
+    TrainDataset,
+    Trainer,
+    YOLOXLoss,
+    collate,
+    load_training_state,
+)
+from yolox_deploy.train.trainer import NonFiniteLossError, transfer_class_head
+
+from .conftest import make_synthetic_coco, write_coco
+
+
+def config(data, out, **kw):
+    base = dict(output=out, epochs=2, batch=2, img_size=64, device="cpu", workers=0, progress=False,
+                tensorboard=False, val_split=None, warmup_epochs=1, no_aug_epochs=1, multiscale_interval=2, seed=3)
+    base.update(kw)
+    return TrainConfig("yolox-nano", data, **base)
+
+
+def snapshot(trainer):
+    return {"model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+            "ema": {k: v.clone() for k, v in trainer.ema.model.state_dict().items()},
+            "opt": [s["momentum_buffer"].clone() for s in trainer.optimizer.state_dict()["state"].values()],
+            "iteration": trainer.iteration, "ema_updates": trainer.ema.updates}
+
+
+def assert_bitwise_equal(a, b):
+    assert a["iteration"] == b["iteration"] and a["ema_updates"] == b["ema_updates"]
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part} {k} differs"
+    assert len(a["opt"]) == len(b["opt"]) and all(torch.equal(x, y) for x, y in zip(a["opt"], b["opt"]))
+
+
+def test_resume_mid_epoch_gives_the_bitwise_same_next_step(synthetic_coco, tmp_path):
+    # 8 images, batch 2: 4 iterations per epoch; epoch 2 is the no-augmentation epoch (L1 on, Mosaic off);
+    # the input size changes every 2 iterations. Stop after iteration 6 (mid-epoch 2), resume, run step 7.
+    with Trainer(config(synthetic_coco, tmp_path / "straight")) as t:
+        t.train(max_iterations=7)
+        straight = snapshot(t)
+    with Trainer(config(synthetic_coco, tmp_path / "resumed")) as t:
+        result = t.train(max_iterations=6)
+        assert result.iterations == 6 and not result.finished
+    state = load_training_state(tmp_path / "resumed" / LATEST)
+    assert state.iteration == 6 and state.start_epoch == 1
+    with Trainer(config(synthetic_coco, tmp_path / "resumed", resume=True)) as t:
+        assert t.iteration == 6
+        t.train(max_iterations=7)
+        resumed = snapshot(t)
+    assert_bitwise_equal(straight, resumed)
+    with open(tmp_path / "resumed" / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 8))
+    assert {r["size"] for r in rows} != {"64"}  # multi-scale was on
+    assert float(rows[-1]["l1_loss"]) > 0 and float(rows[0]["l1_loss"]) == 0  # L1 only in the no-aug epoch
+
+
+def test_checkpoints_have_the_authors_layout_and_load_everywhere(synthetic_coco, tmp_path):
+    out = tmp_path / "run"
+    with Trainer(config(synthetic_coco, out, val_split="val2017", eval_interval=1)) as t:
+        result = t.train()
+    assert result.finished and result.iterations == 8 and result.best is not None
+    for name in (LATEST, "best_ckpt.pth", "last_mosaic_epoch_ckpt.pth"):
+        raw = torch.load(out / name, map_location="cpu", weights_only=True)
+        assert {"start_epoch", "model", "optimizer", "best_ap", "curr_ap", "model_name", "class_names"} <= set(raw)
+        assert raw["model_name"] == "yolox-nano" and raw["class_names"] == ["red", "green", "blue"]
+    raw = torch.load(out / LATEST, map_location="cpu", weights_only=True)
+    assert raw["start_epoch"] == 2
+    # the authors' loader: a strict load of "model" into the module tree
+    net = build_model("yolox-nano", 3)
+    net.load_state_dict(raw["model"], strict=True)
+    # "model" holds the EMA weights
+    with Trainer(config(synthetic_coco, out, resume=True)) as t:
+        assert all(torch.equal(v, raw["model"][k]) for k, v in t.ema.model.state_dict().items())
+    model = load_model(out / "best_ckpt.pth")
+    assert model.class_names == ("red", "green", "blue") and model.spec.name == "yolox-nano"
+    with open(out / "eval_log.csv") as f:
+        evals = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in evals] == [1, 2] and all(0 <= float(r["AP"]) <= 1 for r in evals)
+    assert raw["best_ap"] == pytest.approx(max(float(r["AP"]) for r in evals), abs=1e-6)
+
+
+def coco_subset(coco_tiny: Path, root: Path, names=("dog", "cat", "bus")) -> Path:
+    """A COCO folder with only ``names`` (their images and boxes) from coco-tiny, images symlinked."""
+    for split in ("train2017", "val2017"):
+        src = json.loads((coco_tiny / "annotations" / f"instances_{split}.json").read_text())
+        cats = [c for c in src["categories"] if c["name"] in names]
+        keep_cats = {c["id"] for c in cats}
+        anns = [a for a in src["annotations"] if a["category_id"] in keep_cats]
+        keep_imgs = {a["image_id"] for a in anns}
+        images = [im for im in src["images"] if im["id"] in keep_imgs]
+        write_coco(root, split, images, anns, cats)
+        for im in images:
+            os.symlink(coco_tiny / split / im["file_name"], root / split / im["file_name"])
+    return root
+
+
+def test_fine_tune_nano_to_three_classes_then_detector_and_onnx(coco_tiny, nano_pth, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from yolox_deploy.export import export
+
+    names = ("dog", "cat", "bus")  # COCO category ids 18, 17, 6: sorted by id -> bus, cat, dog
+    data = coco_subset(coco_tiny, tmp_path / "subset", names)
+    out = tmp_path / "run"
+    cfg = config(data, out, weights=nano_pth, num_classes=3, batch=2, img_size=128, epochs=2,
+                 val_split="val2017", eval_interval=1)
+    with Trainer(cfg) as t:
+        assert t.data.class_names == ("bus", "cat", "dog")
+        result = t.train()
+    assert result.finished and result.best is not None and math.isfinite(result.last_losses["total_loss"])
+    val = open_coco(data, "val2017")
+    image = val.image_path(val.image_ids[0])
+    with Detector(result.best, conf=0.3) as det:
+        assert det.meta.class_names == ("bus", "cat", "dog") and det.meta.num_classes == 3
+        [torch_dets] = det(image)
+        assert set(torch_dets.names) <= set(names)
+    onnx_path = tmp_path / "subset.onnx"
+    exported = export(result.best, "onnx", onnx_path)
+    assert exported.meta.class_names == ("bus", "cat", "dog") and onnx_path.exists()
+    with Detector(onnx_path, conf=0.3) as det:
+        assert det.meta.num_classes == 3
+        [onnx_dets] = det(image)
+    assert len(onnx_dets) == len(torch_dets)
+
+
+def test_class_head_transfer_by_name_and_afresh():
+    src = build_model("yolox-nano", 80)
+    torch.manual_seed(1)
+    for p in src.head.cls_preds.parameters():
+        p.data.normal_()
+    from yolox_deploy.nn.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(src.state_dict())  # 80 classes, no names: COCO's
+    dst = build_model("yolox-nano", 2, class_names=("dog", "person"))
+    assert "by class name" in transfer_class_head(dst, ckpt, ("dog", "person"))
+    for k in range(3):
+        w_src, w_dst = src.head.cls_preds[k].weight, dst.head.cls_preds[k].weight
+        assert torch.equal(w_dst[0], w_src[16]) and torch.equal(w_dst[1], w_src[0])  # dog is COCO class 16
+    fresh = build_model("yolox-nano", 2, class_names=("cat-ish", "other"))
+    before = fresh.head.cls_preds[0].bias.clone()
+    assert "afresh" in transfer_class_head(fresh, ckpt, ("cat-ish", "other"))
+    assert torch.equal(fresh.head.cls_preds[0].bias, before)
+
+
+def test_non_finite_loss_stops_with_iteration_and_image_ids(synthetic_coco, tmp_path):
+    with Trainer(config(synthetic_coco, tmp_path / "run")) as t:
+        order = t.sampler.epoch_order(0)[:2]
+        ids = [t.data.records[int(i)].image_id for i in order]
+        with torch.no_grad():
+            t.model.head.obj_preds[0].bias.fill_(float("nan"))
+        with pytest.raises(NonFiniteLossError) as e:
+            t.train(max_iterations=1)
+    msg = str(e.value)
+    assert "iteration 1 " in msg and str(ids) in msg and "obj_loss=nan" in msg
+
+
+def test_bad_annotations_train_with_finite_loss(tmp_path):
+    root = make_synthetic_coco(tmp_path / "d", num_images=4)
+    ann_file = root / "annotations" / "instances_train2017.json"
+    doc = json.loads(ann_file.read_text())
+    extra = [[-30, -30, 60, 60], [100, 80, 90, 90], [10, 10, 0, 30], [10, 10, 30, -2], [500, 500, 10, 10]]
+    for i, bbox in enumerate(extra):
+        doc["annotations"].append({"id": 1000 + i, "image_id": 1, "category_id": 2, "bbox": bbox, "iscrowd": 0})
+    ann_file.write_text(json.dumps(doc))
+    with Trainer(config(root, tmp_path / "run", epochs=1, warmup_epochs=0, no_aug_epochs=0)) as t:
+        assert t.data.report.clipped == 2 and t.data.report.degenerate == 3
+        result = t.train()
+    assert result.finished and all(math.isfinite(v) for v in result.last_losses.values())
+
+
+def test_run_folder_guards(synthetic_coco, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="nothing to resume"):
+        Trainer(config(synthetic_coco, out, resume=True))
+    with pytest.raises(InputError, match="--num-classes 5 but"):
+        Trainer(config(synthetic_coco, out, num_classes=5))
+    with Trainer(config(synthetic_coco, out)) as t:
+        t.train(max_iterations=1)
+    with pytest.raises(InputError, match="already holds a training run"):
+        Trainer(config(synthetic_coco, out))
+    with pytest.raises(InputError, match="different batch"):
+        Trainer(config(synthetic_coco, out, resume=True, batch=4))
+    with pytest.raises(CheckpointError, match="cannot be resumed"):
+        torch.save({"model": build_model("yolox-nano", 3).state_dict()}, tmp_path / "weights.pth")
+        Trainer(config(synthetic_coco, tmp_path / "other", resume=tmp_path / "weights.pth"))
+    with pytest.raises(InputError, match="fewer than one batch"):
+        Trainer(config(synthetic_coco, tmp_path / "big", batch=16))
+    with pytest.raises(CheckpointError, match="yolox-s"):
+        Trainer(config(synthetic_coco, tmp_path / "w", weights=_weights_of("yolox-s", tmp_path)))
+
+
+def _weights_of(name, tmp_path):
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": build_model(name, 80).state_dict()}, path)
+    return path
+
+
+def test_unreadable_image_in_a_loader_worker_is_a_one_line_error(tmp_path):
+    root = make_synthetic_coco(tmp_path / "d", num_images=4)
+    (root / "train2017" / "000002.jpg").write_bytes(b"not a jpeg")
+    with Trainer(config(root, tmp_path / "run", workers=1, batch=4, epochs=1, warmup_epochs=0,
+                        no_aug_epochs=0)) as t:
+        with pytest.raises(InputError) as e:
+            t.train(max_iterations=1)
+    msg = str(e.value)
+    assert "000002.jpg" in msg and "\n" not in msg and "Traceback" not in msg
+
+
+def test_loader_workers_give_the_same_batches(synthetic_coco, tmp_path):
+    runs = []
+    for workers in (0, 2):
+        with Trainer(config(synthetic_coco, tmp_path / f"w{workers}", workers=workers)) as t:
+            t.sampler.set_epoch(0)
+            runs.append([b for b in t._batches()])
+    for (a_img, a_t, a_ids), (b_img, b_t, b_ids) in zip(*runs):
+        assert torch.equal(a_img, b_img) and torch.equal(a_t, b_t) and a_ids == b_ids
+
+
+@pytest.mark.gpu
+def test_cuda_amp_run_and_resume(synthetic_coco, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (AMP and the CUDA data path)")
+    cfg = dict(device="cuda", amp=True, val_split="val2017", eval_interval=1)
+    with Trainer(config(synthetic_coco, tmp_path / "gpu", **cfg)) as t:
+        assert t.amp and t.scaler.is_enabled()
+        result = t.train(max_iterations=6)
+    assert all(math.isfinite(v) for v in result.last_losses.values())
+    state = load_training_state(tmp_path / "gpu" / LATEST)
+    assert state.scaler and state.iteration == 6
+    with Trainer(config(synthetic_coco, tmp_path / "gpu", resume=True, **cfg)) as t:
+        assert t.scaler.get_scale() == state.scaler["scale"]
+        assert t.train().finished
+    assert load_model(tmp_path / "gpu" / LATEST).num_classes == 3
+
+
+# --- slow ----------------------------------------------------------------------------------------------------
+def plain_loss(trainer, model) -> float:
+    """Mean total loss (no L1) of ``model`` in evaluation mode on every training image, letterboxed at the
+    training size without any augmentation, in batches of 8."""
+    ds = TrainDataset(trainer.data, trainer.cfg.img_size, AugmentConfig(mosaic_prob=0, hsv_prob=0, flip_prob=0))
+    loss_fn = YOLOXLoss(model.num_classes)
+    model.eval()
+    model.head.training = True  # raw logits from an evaluation-mode network
+    totals = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ds), 8):
+                images, targets, _ = collate([ds[i] for i in range(start, min(start + 8, len(ds)))])
+                totals.append(float(loss_fn(model(images.float()), targets, trainer.cfg.img_size).total))
+    finally:
+        model.head.training = False
+    return float(np.mean(totals))
+
+
+@pytest.mark.slow
+def test_fine_tuning_nano_lowers_the_loss_and_keeps_the_training_ap(coco_tiny, nano_pth, tmp_path):
+    """A few hundred iterations on coco-tiny/train2017 from the shared nano weights (CPU: tens of minutes)."""
+    epochs = int(os.environ.get("YOLOX_FT_EPOCHS", 30))
+    cfg = config(coco_tiny, tmp_path / "ft", weights=nano_pth, epochs=epochs, batch=8, img_size=320,
+                 warmup_epochs=None, no_aug_epochs=None, multiscale_interval=10, workers=2, cache_images=True,
+                 seed=0)
+    train_split = open_coco(coco_tiny, "train2017")
+    with Trainer(cfg) as t:
+        loss_before = plain_loss(t, t.ema.model)
+        before = t.evaluate(train_split).stats
+        start = time.perf_counter()
+        result = t.train()
+        seconds = time.perf_counter() - start
+        after = t.evaluate(train_split).stats
+        loss_after = plain_loss(t, t.ema.model)
+    with open(tmp_path / "ft" / "train_log.csv") as f:
+        losses = [float(r["total_loss"]) - float(r["l1_loss"]) for r in csv.DictReader(f)]
+    first, last = np.mean(losses[:20]), np.mean(losses[-20:])
+    report = (f"{result.iterations} iterations in {seconds:.0f} s; loss on the training images (no augmentation, "
+              f"320 px, EMA weights) {loss_before:.3f} -> {loss_after:.3f}; training-log loss without L1 {first:.3f} "
+              f"(first 20 iterations) -> {last:.3f} (last 20); AP on train2017 (416 px) {before['AP']:.4f} -> "
+              f"{after['AP']:.4f}, AP50 {before['AP50']:.4f} -> {after['AP50']:.4f}")
+    print(report)
+    Path(os.environ.get("YOLOX_FT_REPORT", tmp_path / "report.txt")).write_text(report + "\n")
+    assert result.iterations >= 200
+    assert loss_after < loss_before
+    assert after["AP"] >= before["AP"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, result_dir: str) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    with Trainer(config(data, out, batch=4, val_split="val2017", eval_interval=1)) as t:
+        result = t.train()
+        # parameters (not BatchNorm statistics, which are per process without SyncBN)
+        flat = torch.cat([p.detach().flatten().double() for p in t.model.parameters()])
+        torch.save({"iterations": result.iterations, "flat": flat}, Path(result_dir) / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run(synthetic_coco, tmp_path):
+    import torch.multiprocessing as mp
+
+    out, res = tmp_path / "ddp", tmp_path / "res"
+    res.mkdir()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(synthetic_coco), str(out), str(res)), nprocs=2, join=True)
+    r0, r1 = (torch.load(res / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert r0["iterations"] == r1["iterations"] == 4  # 8 images / global batch 4 x 2 epochs
+    assert torch.equal(r0["flat"], r1["flat"])  # DDP keeps the replicas identical
+    assert (out / LATEST).exists() and (out / "best_ckpt.pth").exists()
+    with open(out / "train_log.csv") as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]  # rank 0 only
+    read_checkpoint(out / LATEST)
+    shutil.rmtree(res)

@@ -1,0 +1,119 @@
+"""Training configuration: every knob of the recipe, with the paper's values as defaults.
+
+Values left ``None`` are filled in by :meth:`TrainConfig.resolved` from the variant (``zoo.py``): input size
+(nano/tiny 416, others 640), Mosaic scale range and probability, MixUp on/off, multi-scale range; warm-up
+and no-augmentation epochs default to the paper's 5 and 15, each capped at a quarter of ``epochs`` so short
+fine-tuning runs keep a cosine phase.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..utils.sizes import parse_img_size
+from ..zoo import get_spec
+from .dataset import AugmentConfig
+from .optim import BASE_LR_PER_IMAGE
+from .schedule import default_multiscale_range
+
+
+@dataclass
+class TrainConfig:
+    """What to train, on what, and how. Paths may be ``str``; sizes ``(height, width)``."""
+
+    model: str
+    data: Path
+    output: Path = Path("runs/train")
+    weights: Path | None = None
+    num_classes: int | None = None
+    train_split: str = "train2017"
+    val_split: str | None = "val2017"
+    epochs: int = 300
+    batch: int = 64                        # total over all processes
+    img_size: tuple[int, int] | None = None
+    device: str = "auto"
+    workers: int = 4
+    seed: int = 0
+    # optimiser and schedule
+    lr_per_image: float = BASE_LR_PER_IMAGE
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int | None = None
+    no_aug_epochs: int | None = None
+    min_lr_ratio: float = 0.05
+    ema: bool = True
+    ema_decay: float = 0.9998
+    amp: bool = True                       # CUDA only
+    sync_bn: bool = False
+    # augmentation
+    multiscale: bool = True
+    multiscale_range: tuple[int, int] | None = None
+    multiscale_interval: int = 10
+    mosaic_prob: float | None = None
+    mosaic_scale: tuple[float, float] | None = None
+    mixup: bool | None = None
+    mixup_prob: float = 1.0
+    mixup_scale: tuple[float, float] = (0.5, 1.5)
+    hsv_prob: float = 1.0
+    flip_prob: float = 0.5
+    degrees: float = 10.0
+    translate: float = 0.1
+    shear: float = 2.0
+    # bookkeeping
+    eval_interval: int = 10
+    save_history: bool = False
+    cache_images: bool = False
+    skip_missing: bool = False
+    resume: bool | Path = False
+    progress: bool = True
+    tensorboard: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` default filled in from the variant, validated."""
+        spec = get_spec(self.model)
+        c = dataclasses.replace(self, model=spec.name, data=Path(self.data), output=Path(self.output),
+                                weights=Path(self.weights) if self.weights else None)
+        c.img_size = parse_img_size(c.img_size) if c.img_size is not None else tuple(spec.test_size)
+        if c.epochs < 1:
+            raise InputError(f"epochs must be >= 1, got {c.epochs}")
+        if c.batch < 1:
+            raise InputError(f"batch must be >= 1, got {c.batch}")
+        if c.warmup_epochs is None:
+            c.warmup_epochs = min(5, c.epochs // 4)
+        if c.no_aug_epochs is None:
+            c.no_aug_epochs = min(15, c.epochs // 4)
+        if c.warmup_epochs + c.no_aug_epochs > c.epochs:
+            raise InputError(f"{c.warmup_epochs} warm-up + {c.no_aug_epochs} no-augmentation epochs do not fit in "
+                             f"{c.epochs} epochs")
+        if c.mosaic_prob is None:
+            c.mosaic_prob = spec.mosaic_prob
+        if c.mosaic_scale is None:
+            c.mosaic_scale = tuple(spec.mosaic_scale)
+        if c.mixup is None:
+            c.mixup = spec.mixup
+        if c.multiscale and c.multiscale_range is None:
+            c.multiscale_range = default_multiscale_range(spec.name, c.img_size)
+        if c.multiscale_interval < 1 or c.eval_interval < 0:
+            raise InputError("multiscale interval must be >= 1 and eval interval >= 0")
+        if c.num_classes is not None and c.num_classes < 1:
+            raise InputError(f"num_classes must be >= 1, got {c.num_classes}")
+        return c
+
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(mosaic_prob=float(self.mosaic_prob), mosaic_scale=tuple(self.mosaic_scale),
+                             mixup_prob=self.mixup_prob, mixup_scale=tuple(self.mixup_scale),
+                             enable_mixup=bool(self.mixup), hsv_prob=self.hsv_prob, flip_prob=self.flip_prob,
+                             degrees=self.degrees, translate=self.translate, shear=self.shear)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (stored in checkpoints, which are read with ``weights_only=True``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        return out

@@ -1,0 +1,183 @@
+"""Reading a COCO-format detection set for training, with every bad annotation handled explicitly.
+
+Layout (the authors' and COCO's): ``ROOT/annotations/instances_<split>.json`` and images in ``ROOT/<split>/``.
+Classes are the JSON's categories in ascending id order (the authors' convention), named by their ``name``.
+
+What happens to bad input:
+
+- no categories, no ``annotations/instances_<split>.json``, unreadable JSON, an image entry without
+  ``width``/``height``: :class:`~yolox_deploy.errors.InputError`.
+- image files that do not exist: an :class:`InputError` naming the first few and the count, unless
+  ``skip_missing=True``, which drops those images (and their boxes) with one warning.
+- a box reaching outside its image: clipped to the image (counted in the summary warning).
+- a box with zero or negative width or height after clipping, non-finite or malformed coordinates, or an
+  unknown ``category_id``: skipped (counted in one summary warning).
+- ``iscrowd`` boxes (one box around a crowd of objects): skipped, counted. The authors train on them; a box
+  around a crowd is not one object, and COCO evaluation ignores detections on crowds anyway.
+- images without any (remaining) box: kept, as background images (the authors keep them too).
+
+Nothing is silently dropped: every skip is counted in :class:`AnnotationReport`, logged once as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..eval.coco import CocoSplit, open_coco
+
+log = logging.getLogger(__name__)
+MISSING_SHOWN = 5
+
+
+@dataclass
+class ImageRecord:
+    """One training image: its file, its size from the JSON, and its boxes (``x1, y1, x2, y2`` pixels,
+    float32 ``[N, 4]``) with class indices (int64 ``[N]``, contiguous from 0)."""
+
+    image_id: int
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class AnnotationReport:
+    """What loading did to the annotations (all counts are boxes unless named otherwise)."""
+
+    boxes_kept: int = 0
+    clipped: int = 0
+    degenerate: int = 0
+    malformed: int = 0
+    unknown_category: int = 0
+    crowd: int = 0
+    orphan: int = 0
+    missing_images: list[str] = field(default_factory=list)
+    boxes_of_missing_images: int = 0
+
+    def skipped(self) -> int:
+        return self.degenerate + self.malformed + self.unknown_category + self.crowd + self.orphan
+
+    def summary(self) -> str:
+        parts = []
+        if self.clipped:
+            parts.append(f"{self.clipped} boxes reaching outside their image were clipped to it")
+        named = (("degenerate", "zero/negative-area boxes (after clipping)"),
+                 ("malformed", "boxes with malformed or non-finite coordinates"),
+                 ("unknown_category", "boxes with a category_id not in the category list"),
+                 ("crowd", "iscrowd boxes"), ("orphan", "annotations of image ids not in the image list"))
+        for attr, text in named:
+            if getattr(self, attr):
+                parts.append(f"{getattr(self, attr)} {text} were skipped")
+        if self.missing_images:
+            parts.append(f"{len(self.missing_images)} missing images were skipped "
+                         f"(with {self.boxes_of_missing_images} boxes)")
+        return "; ".join(parts)
+
+
+@dataclass
+class DetectionSet:
+    """A validated COCO-format split ready for training."""
+
+    root: Path
+    split: str
+    class_names: tuple[str, ...]
+    category_ids: tuple[int, ...]
+    records: list[ImageRecord]
+    report: AnnotationReport
+    coco: CocoSplit = field(repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _parse_box(ann: dict, width: int, height: int, report: AnnotationReport) -> tuple[float, ...] | None:
+    bbox = ann.get("bbox")
+    try:
+        x, y, w, h = (float(v) for v in bbox)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        report.malformed += 1
+        return None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        report.malformed += 1
+        return None
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+    cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+    if not (cx2 > cx1 and cy2 > cy1):
+        report.degenerate += 1
+        return None
+    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+        report.clipped += 1
+    return cx1, cy1, cx2, cy2
+
+
+def load_detection_set(root: str | os.PathLike, split: str = "train2017", *, skip_missing: bool = False,
+                       ) -> DetectionSet:
+    """Read and validate ``root/annotations/instances_<split>.json`` (see the module notes for bad input)."""
+    coco = open_coco(root, split)  # raises InputError for a missing folder/JSON, bad JSON, no categories
+    cat_index = {cid: k for k, cid in enumerate(coco.category_ids)}
+    report = AnnotationReport()
+    image_ids = set(coco.coco.imgs)
+    report.orphan = sum(len(anns) for iid, anns in coco.coco.imgToAnns.items() if iid not in image_ids)
+
+    records: list[ImageRecord] = []
+    for image_id in coco.image_ids:
+        info = coco.coco.imgs[image_id]
+        try:
+            width, height = int(info["width"]), int(info["height"])
+            file_name = info["file_name"]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{coco.ann_file}: image {image_id} has no valid file_name/width/height; COCO image "
+                             "entries need all three") from None
+        if width <= 0 or height <= 0:
+            raise InputError(f"{coco.ann_file}: image {image_id} ({file_name}) has size {width}x{height}")
+        boxes, labels = [], []
+        for ann in coco.coco.imgToAnns.get(image_id, []):
+            if ann.get("iscrowd", 0):
+                report.crowd += 1
+                continue
+            if ann.get("category_id") not in cat_index:
+                report.unknown_category += 1
+                continue
+            box = _parse_box(ann, width, height, report)
+            if box is not None:
+                boxes.append(box)
+                labels.append(cat_index[ann["category_id"]])
+        records.append(ImageRecord(image_id, coco.image_dir / file_name, width, height,
+                                   np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                                   np.asarray(labels, dtype=np.int64)))
+
+    missing = [r for r in records if not r.path.is_file()]
+    if missing:
+        names = ", ".join(r.path.name for r in missing[:MISSING_SHOWN])
+        more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+        if not skip_missing:
+            raise InputError(f"{len(missing)} of {len(records)} images listed in {coco.ann_file.name} are missing "
+                             f"from {coco.image_dir}: {names}{more}; restore them, or skip them with "
+                             "--skip-missing (skip_missing=True)")
+        report.missing_images = [str(r.path) for r in missing]
+        report.boxes_of_missing_images = sum(len(r.labels) for r in missing)
+        gone = {id(r) for r in missing}
+        records = [r for r in records if id(r) not in gone]
+    if not records:
+        raise InputError(f"{coco.ann_file} lists no usable image")
+    report.boxes_kept = sum(len(r.labels) for r in records)
+    if report.summary():
+        log.warning("%s/%s: %s", Path(root).name, split, report.summary())
+    if report.boxes_kept == 0:
+        raise InputError(f"{coco.ann_file}: no usable box left to train on ({report.summary() or 'no annotations'})")
+    return DetectionSet(Path(root), split, tuple(coco.category_names), tuple(coco.category_ids), records, report,
+                        coco)

@@ -1,0 +1,157 @@
+"""The augmented training stream: dataset, deterministic sharded batch sampler, and collate.
+
+Every sample is a pure function of ``(seed, epoch, index)``: its augmentation draws come from a generator
+seeded with those three numbers, and the sampler's order from ``(seed, epoch)``. So a run resumed from a
+checkpoint (even mid-epoch) sees exactly the batches it would have seen, whatever the number of loader
+workers, and all ranks of a distributed run agree without exchanging random state.
+
+A sampler key is ``(index, epoch, mosaic)``; ``mosaic=False`` in the last (no-augmentation) epochs turns
+off Mosaic and MixUp (HSV and flip stay, as in the authors' recipe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..io.images import read_image
+from .augment import fit_to_input, hflip, hsv_jitter, mixup, mosaic, random_affine, resize_to_fit, xyxy_to_cxcywh
+from .data import DetectionSet
+
+MIN_BOX_SIDE = 1.0  # px on the network input: smaller boxes are dropped after augmentation (authors: > 1)
+
+SampleKey = tuple[int, int, bool]  # (index, epoch, mosaic enabled)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation settings (defaults: the paper's recipe for large models)."""
+
+    mosaic_prob: float = 1.0
+    mosaic_scale: tuple[float, float] = (0.1, 2.0)
+    mixup_prob: float = 1.0
+    mixup_scale: tuple[float, float] = (0.5, 1.5)
+    enable_mixup: bool = True
+    hsv_prob: float = 1.0
+    flip_prob: float = 0.5
+    degrees: float = 10.0
+    translate: float = 0.1
+    shear: float = 2.0
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Augmented samples of a :class:`DetectionSet` at ``input_hw``.
+
+    ``dataset[(index, epoch, mosaic)]`` (or ``dataset[index]``: epoch 0, Mosaic on) returns
+    ``(image uint8 [3, H, W] BGR, targets float32 [N, 5] (class, cx, cy, w, h px), image_id)``.
+    ``cache=True`` keeps decoded images (resized to fit ``input_hw``) in memory, per worker.
+    """
+
+    def __init__(self, data: DetectionSet, input_hw: tuple[int, int], aug: AugmentConfig = AugmentConfig(),
+                 seed: int = 0, cache: bool = False) -> None:
+        self.data = data
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.aug = aug
+        self.seed = int(seed)
+        self.cache = cache
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._labelled = [i for i, r in enumerate(data.records) if len(r.labels)]
+
+    def __len__(self) -> int:
+        return len(self.data.records)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image ``index`` resized to fit ``input_hw`` (no padding), its boxes scaled alike, its labels."""
+        rec = self.data.records[index]
+        hit = self._cache.get(index)
+        if hit is None:
+            image = read_image(rec.path)
+            if image.shape[:2] != (rec.height, rec.width):
+                raise InputError(f"{rec.path} is {image.shape[1]}x{image.shape[0]} pixels but the annotation file says "
+                                 f"{rec.width}x{rec.height}; fix its width/height entry")
+            hit = resize_to_fit(image, rec.boxes, self.input_hw)
+            if self.cache:
+                self._cache[index] = hit
+        return hit[0], hit[1].copy(), rec.labels
+
+    def __getitem__(self, key: SampleKey | int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, epoch, use_mosaic = (int(key), 0, True) if isinstance(key, (int, np.integer)) else key
+        rng = np.random.default_rng((self.seed, int(epoch), int(index)))
+        aug = self.aug
+        if use_mosaic and rng.random() < aug.mosaic_prob:
+            picks = [index, *(int(i) for i in rng.integers(0, len(self), 3))]
+            canvas, boxes, labels = mosaic([self.load(i) for i in picks], rng, self.input_hw)
+            image, boxes, labels = random_affine(canvas, boxes, labels, rng, self.input_hw, aug.degrees,
+                                                 aug.translate, aug.mosaic_scale, aug.shear)
+            if aug.enable_mixup and len(labels) and self._labelled and rng.random() < aug.mixup_prob:
+                other = self._labelled[int(rng.integers(0, len(self._labelled)))]
+                image, boxes, labels = mixup(image, boxes, labels, self.load(other), rng, aug.mixup_scale)
+        else:
+            image, boxes, labels = self.load(index)
+        if rng.random() < aug.hsv_prob:
+            image = hsv_jitter(image, rng)
+        if rng.random() < aug.flip_prob:
+            image, boxes = hflip(image, boxes)
+        image, boxes = fit_to_input(image, boxes, self.input_hw)
+        boxes = xyxy_to_cxcywh(boxes.astype(np.float32))
+        keep = np.minimum(boxes[:, 2], boxes[:, 3]) > MIN_BOX_SIDE
+        if keep.any():  # when every box is that small, keep them all rather than make a background image
+            boxes, labels = boxes[keep], labels[keep]
+        targets = np.concatenate((labels.reshape(-1, 1).astype(np.float32), boxes), axis=1)
+        chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return chw, torch.from_numpy(targets), self.data.records[index].image_id
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """-> images uint8 ``[B, 3, H, W]``, targets float32 ``[B, M, 5]`` padded with class ``-1``, image ids."""
+    images = torch.stack([b[0] for b in batch])
+    most = max((b[1].shape[0] for b in batch), default=0)
+    targets = torch.zeros((len(batch), most, 5), dtype=torch.float32)
+    targets[..., 0] = -1
+    for i, (_, t, _) in enumerate(batch):
+        targets[i, :t.shape[0]] = t
+    return images, targets, [int(b[2]) for b in batch]
+
+
+class TrainBatchSampler(torch.utils.data.Sampler):
+    """Batches of :data:`SampleKey` for one epoch at a time, sharded over ranks.
+
+    Each epoch is a permutation drawn from ``(seed, epoch)``, cut into global batches of
+    ``batch_per_rank * world_size`` (incomplete last batch dropped); rank ``r`` takes slice ``r`` of each
+    global batch, so the global batches do not depend on the number of ranks. Call :meth:`set_epoch` before
+    iterating; ``start_iter`` skips the first iterations of that epoch (resume mid-epoch).
+    """
+
+    def __init__(self, size: int, batch_per_rank: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if batch_per_rank < 1:
+            raise InputError(f"batch size per process must be >= 1, got {batch_per_rank}")
+        self.size = size
+        self.batch_per_rank = batch_per_rank
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.global_batch = batch_per_rank * world_size
+        self.iters_per_epoch = size // self.global_batch
+        if self.iters_per_epoch < 1:
+            raise InputError(f"the training set has {size} images, fewer than one batch of {self.global_batch}; "
+                             "lower --batch")
+        self.epoch, self.mosaic, self.start_iter = 0, True, 0
+
+    def set_epoch(self, epoch: int, mosaic: bool = True, start_iter: int = 0) -> None:
+        self.epoch, self.mosaic, self.start_iter = int(epoch), bool(mosaic), int(start_iter)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng((self.seed, int(epoch))).permutation(self.size)
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        order = self.epoch_order(self.epoch)
+        for it in range(self.start_iter, self.iters_per_epoch):
+            start = it * self.global_batch + self.rank * self.batch_per_rank
+            yield [(int(i), self.epoch, self.mosaic) for i in order[start:start + self.batch_per_rank]]
+
+    def __len__(self) -> int:
+        return self.iters_per_epoch - self.start_iter

@@ -1,0 +1,95 @@
+"""torch.distributed plumbing for runs launched by ``torchrun``.
+
+``torchrun --nproc-per-node 4 -m yolox_deploy.cli.train ...`` (or ``torchrun ... $(which yolox-train) ...``)
+sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; :func:`init_distributed` reads them, joins the process
+group (NCCL on CUDA, Gloo on CPU) and picks ``cuda:LOCAL_RANK``. A plain ``yolox-train`` is a world of one
+and never touches torch.distributed.
+
+In a distributed run ``--batch`` is the total over all processes; each takes its slice of every global
+batch (see ``dataset.py``), DDP averages the gradients, and rank 0's BatchNorm statistics are broadcast at
+each forward (SyncBatchNorm with ``--sync-bn``). Only rank 0 writes checkpoints and logs and evaluates;
+the others wait at a barrier meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import BackendUnavailable, InputError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the run."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_dist_info() -> DistInfo:
+    """Rank, local rank and world size from the ``torchrun`` environment (a world of one when absent)."""
+    try:
+        return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                        int(os.environ.get("WORLD_SIZE", 1)))
+    except ValueError:
+        raise InputError("RANK / LOCAL_RANK / WORLD_SIZE must be integers (set by torchrun)") from None
+
+
+def resolve_train_device(device: str, info: DistInfo) -> torch.device:
+    """``auto`` -> CUDA when available; in a distributed run each process takes ``cuda:LOCAL_RANK``."""
+    d = str(device).strip().lower()
+    if d in ("auto", "gpu"):
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    if d.isdigit():
+        d = f"cuda:{d}"
+    try:
+        dev = torch.device(d)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(f"device {device!r} asked for, but this PyTorch sees no CUDA GPU")
+        if info.enabled:
+            dev = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed(device: torch.device, info: DistInfo) -> None:
+    """Join the process group of a ``torchrun`` launch (no-op for a world of one)."""
+    if info.enabled and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_model(model: nn.Module, device: torch.device, info: DistInfo, sync_bn: bool = False) -> nn.Module:
+    """DistributedDataParallel (with SyncBatchNorm if asked) in a distributed run, else ``model`` as is."""
+    if not info.enabled:
+        return model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -1,0 +1,102 @@
+"""Training logs: ``train_log.csv`` (one row per iteration), ``eval_log.csv`` (one row per evaluation) and,
+when the ``tensorboard`` package is installed (``pip install 'yolox-deploy[train]'``), TensorBoard events.
+
+Rows are appended whole (one ``write`` + flush each); on resume the rows past the resumed iteration are
+dropped (the file is rewritten atomically) so the log never holds the same iteration twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..utils.files import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+class CsvLog:
+    """An append-only CSV file with a fixed header (from the first row written)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fields: list[str] | None = None
+        if self.path.exists():
+            with self.path.open(newline="") as f:
+                header = next(csv.reader(f), None)
+            self._fields = header or None
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        if self._fields is None:
+            self._fields = list(row)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path, ",".join(self._fields) + "\n")
+        buf = io.StringIO()
+        csv.writer(buf).writerow([_fmt(row.get(k, "")) for k in self._fields])
+        with self.path.open("a", newline="") as f:
+            f.write(buf.getvalue())
+            f.flush()
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop rows whose ``iteration`` column exceeds ``iteration``."""
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or "iteration" not in rows[0]:
+            return
+        col = rows[0].index("iteration")
+        kept = [rows[0]] + [r for r in rows[1:] if len(r) > col and r[col] and int(float(r[col])) <= iteration]
+        buf = io.StringIO()
+        csv.writer(buf).writerows(kept)
+        write_text_atomic(self.path, buf.getvalue())
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+class MetricsLog:
+    """CSV logs plus optional TensorBoard, written by the main process only."""
+
+    def __init__(self, folder: Path, tensorboard: bool = True) -> None:
+        self.folder = Path(folder)
+        self.train = CsvLog(self.folder / "train_log.csv")
+        self.eval = CsvLog(self.folder / "eval_log.csv")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.info("TensorBoard logging off: install it with pip install 'yolox-deploy[train]'")
+            else:
+                self._tb = SummaryWriter(str(self.folder / "tensorboard"))
+
+    def resume_at(self, iteration: int) -> None:
+        self.train.truncate_after(iteration)
+        self.eval.truncate_after(iteration)
+
+    def log_train(self, row: Mapping[str, Any]) -> None:
+        self.train.write(row)
+        if self._tb is not None:
+            step = int(row["iteration"])
+            for k, v in row.items():
+                if k not in ("epoch", "iteration") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"train/{k}", v, step)
+
+    def log_eval(self, row: Mapping[str, Any]) -> None:
+        self.eval.write(row)
+        if self._tb is not None:
+            step = int(row["iteration"])
+            for k, v in row.items():
+                if k not in ("epoch", "iteration") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"val/{k}", v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,445 @@
+"""The training loop: the paper's recipe end to end, single process or under ``torchrun``.
+
+    from yolox_deploy.train import TrainConfig, Trainer
+    result = Trainer(TrainConfig("yolox-nano", "datasets/mine", weights="yolox_nano.pth", epochs=50,
+                                 batch=16)).train()
+
+Per iteration: learning rate from the schedule, multi-scale resize of the batch (every 10 iterations),
+forward (AMP on CUDA), SimOTA loss, a guard that stops with the iteration and image ids on a non-finite
+loss, backward, SGD step, EMA update, a log row. Per epoch: checkpoint ``latest_ckpt.pth``; COCO evaluation
+of the EMA weights every ``eval_interval`` epochs (every epoch in the no-augmentation phase and at the end)
+with ``best_ckpt.pth`` tracking the best AP; ``last_mosaic_epoch_ckpt.pth`` before the no-augmentation
+phase. Only rank 0 writes files and evaluates. Ctrl-C writes ``latest_ckpt.pth`` at the current iteration;
+``resume`` continues from it bit-exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.coco import COCO_CLASSES
+from ..errors import CheckpointError, InputError, YoloxError
+from ..eval.coco import AUTHORS_PROTOCOL, CocoSplit, EvalResult, open_coco
+from ..nn.checkpoint import CLASS_HEAD_PREFIX, Checkpoint, load_checkpoint, read_checkpoint
+from ..nn.yolox import YOLOX, build_model
+from .augment import fit_to_input
+from .batchnorm import folded_batchnorms, unfold_batchnorms
+from .checkpoint import BEST, LAST_MOSAIC, LATEST, load_training_state, save_training_checkpoint
+from .config import TrainConfig
+from .data import DetectionSet, load_detection_set
+from .dataset import TrainBatchSampler, TrainDataset, collate
+from .distributed import (
+    barrier,
+    cleanup_distributed,
+    env_dist_info,
+    init_distributed,
+    resolve_train_device,
+    wrap_model,
+)
+from .ema import ModelEMA, unwrap
+from .losses import LossOutput, YOLOXLoss, is_finite
+from .metrics_log import MetricsLog
+from .optim import build_optimizer, set_lr
+from .schedule import LRSchedule, multiscale_size
+
+log = logging.getLogger(__name__)
+
+UNFOLD_IMAGES = 32        # images for the statistics of folded BatchNorms
+UNFOLD_GRAD_BATCHES = 4   # training batches for their equilibrium weight norms
+RESUME_MUST_MATCH = ("model", "batch", "img_size", "seed")
+
+
+class NonFiniteLossError(YoloxError):
+    """The loss became NaN or infinite; the message names the iteration and the images of the batch."""
+
+
+@dataclass
+class TrainResult:
+    """Where a run ended and what it produced."""
+
+    output: Path
+    iterations: int
+    epochs_done: int
+    best_ap: float
+    last_ap: float | None
+    latest: Path | None
+    best: Path | None
+    last_losses: dict[str, float] = field(default_factory=dict)
+    finished: bool = False
+
+
+def _unwrap_loader_error(e: Exception) -> Exception:
+    """A YoloxError raised in a DataLoader worker comes back with the worker's traceback in its message; keep
+    the original one-line message so the CLI prints it as such."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        msg = last.split(": ", 1)[1] if ": " in last else last
+    return type(e)(msg)
+
+
+class Trainer:
+    """Sets up data, model, optimiser, EMA and logs from a :class:`TrainConfig`; :meth:`train` runs it."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.cfg = config.resolved()
+        self.dist = env_dist_info()
+        self.device = resolve_train_device(self.cfg.device, self.dist)
+        self.metrics: MetricsLog | None = None
+        init_distributed(self.device, self.dist)
+        try:
+            self._setup()
+        except BaseException:
+            cleanup_distributed()
+            raise
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        if cfg.batch % self.dist.world_size:
+            raise InputError(f"batch {cfg.batch} does not split evenly over {self.dist.world_size} processes")
+
+        self.resume_path = self._resume_path()
+        self.data: DetectionSet = load_detection_set(cfg.data, cfg.train_split, skip_missing=cfg.skip_missing)
+        if cfg.num_classes is not None and cfg.num_classes != self.data.num_classes:
+            raise InputError(f"--num-classes {cfg.num_classes} but {cfg.data} has {self.data.num_classes} categories "
+                             f"({', '.join(self.data.class_names[:5])}{', ...' if self.data.num_classes > 5 else ''})")
+        self.val: CocoSplit | None = self._open_val()
+
+        self.dataset = TrainDataset(self.data, cfg.img_size, cfg.augment(), seed=cfg.seed, cache=cfg.cache_images)
+        self.sampler = TrainBatchSampler(len(self.dataset), cfg.batch // self.dist.world_size, seed=cfg.seed,
+                                         rank=self.dist.rank, world_size=self.dist.world_size)
+        self.iters_per_epoch = self.sampler.iters_per_epoch
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=cfg.workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0)
+        self.schedule = LRSchedule(cfg.lr_per_image * cfg.batch, self.iters_per_epoch, cfg.epochs,
+                                   int(cfg.warmup_epochs), int(cfg.no_aug_epochs), cfg.min_lr_ratio)
+
+        self.model: YOLOX = self._build_model().to(self.device)
+        self.loss_fn = YOLOXLoss(self.model.num_classes, tuple(self.model.head.strides))
+        if cfg.weights is not None and self.resume_path is None and folded_batchnorms(self.model):
+            unfold_batchnorms(self.model, self._plain_batches(UNFOLD_IMAGES), loss_fns=self._loss_closures(),
+                              lr=self.schedule.base_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, self.schedule(0), cfg.momentum, cfg.weight_decay)
+        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.iteration = 0
+        self.best_ap = 0.0
+        self.last_ap: float | None = None
+        if self.resume_path is not None:
+            self._resume(self.resume_path)
+        self.net = wrap_model(self.model, self.device, self.dist, cfg.sync_bn)
+        self.metrics = MetricsLog(cfg.output, cfg.tensorboard) if self.dist.is_main else None
+        if self.metrics is not None and self.resume_path is not None:
+            self.metrics.resume_at(self.iteration)
+        self._last: dict[str, float] = {}
+        self.last_input_hw: tuple[int, int] = tuple(cfg.img_size)
+
+    # --- setup ---------------------------------------------------------------------------------------
+    def _resume_path(self) -> Path | None:
+        cfg = self.cfg
+        latest = cfg.output / LATEST
+        if not cfg.resume:
+            if latest.exists():
+                raise InputError(f"{cfg.output} already holds a training run ({LATEST}); continue it with --resume "
+                                 "or choose another --output")
+            return None
+        path = latest if cfg.resume is True else Path(cfg.resume)
+        if not path.is_file():
+            raise InputError(f"nothing to resume: {path} not found")
+        return path
+
+    def _open_val(self) -> CocoSplit | None:
+        cfg = self.cfg
+        if not cfg.val_split or cfg.eval_interval == 0:
+            return None
+        if not (cfg.data / "annotations" / f"instances_{cfg.val_split}.json").is_file():
+            log.warning("no %s split in %s: no periodic evaluation, best_ckpt.pth will not be written",
+                        cfg.val_split, cfg.data)
+            return None
+        val = open_coco(cfg.data, cfg.val_split)
+        unknown = set(val.category_names) - set(self.data.class_names)
+        if unknown:
+            raise InputError(f"the {cfg.val_split} split has categories the {cfg.train_split} split lacks: "
+                             f"{', '.join(sorted(unknown)[:5])}")
+        return val
+
+    def _build_model(self) -> YOLOX:
+        cfg = self.cfg
+        names = self.data.class_names
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, len(names), class_names=names)
+        if cfg.weights is not None and self.resume_path is None:
+            ckpt = read_checkpoint(cfg.weights)
+            load_checkpoint(model, ckpt, ignore_class_head=True)
+            log.info("loaded %s; %s", cfg.weights, transfer_class_head(model, ckpt, names))
+        return model
+
+    def _plain_batches(self, count: int) -> Iterator[torch.Tensor]:
+        """Up to ``count`` training images letterboxed to the input size, without augmentation."""
+        order = self.sampler.epoch_order(0)[:count]
+        bs = max(1, min(self.cfg.batch, 16))
+        for start in range(0, len(order), bs):
+            images = []
+            for i in order[start:start + bs]:
+                image, boxes, _ = self.dataset.load(int(i))
+                canvas, _ = fit_to_input(image, boxes, self.cfg.img_size)
+                images.append(canvas.transpose(2, 0, 1))
+            yield torch.from_numpy(np.stack(images)).to(self.device).float()
+
+    def _loss_closures(self) -> Iterator[Callable[[], torch.Tensor]]:
+        """Training losses of the first augmented batches of epoch 0 (for :func:`unfold_batchnorms`)."""
+        order = self.sampler.epoch_order(0)
+        bs = self.sampler.batch_per_rank
+        for start in range(0, min(len(order), UNFOLD_GRAD_BATCHES * bs) - bs + 1, bs):
+            images, targets, _ = collate([self.dataset[(int(i), 0, True)] for i in order[start:start + bs]])
+
+            def loss(images: torch.Tensor = images, targets: torch.Tensor = targets) -> torch.Tensor:
+                x = images.to(self.device).float()
+                return self.loss_fn(self.model(x), targets.to(self.device), tuple(x.shape[-2:])).total
+
+            yield loss
+
+    def _resume(self, path: Path) -> None:
+        state = load_training_state(path)
+        saved = state.config
+        for key in RESUME_MUST_MATCH:
+            now = self.cfg.to_dict()[key]
+            if key in saved and saved[key] != now:
+                raise InputError(f"cannot resume {path.name} with a different {key} ({saved[key]} -> {now}); "
+                                 "use the settings of the original run")
+        if state.class_names is not None and tuple(state.class_names) != self.data.class_names:
+            raise InputError(f"cannot resume {path.name}: it was trained on other classes than {self.cfg.data} has")
+        if "epochs" in saved and saved["epochs"] != self.cfg.epochs:
+            log.warning("resuming with %d epochs instead of %d: the learning-rate schedule changes from here",
+                        self.cfg.epochs, saved["epochs"])
+        try:
+            self.model.load_state_dict(state.model)
+            self.optimizer.load_state_dict(state.optimizer)
+            if self.ema is not None:
+                if state.ema is None:
+                    raise CheckpointError(f"{path.name} has no EMA state; resume it with --no-ema")
+                self.ema.load_state_dict(state.ema)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path.name} does not fit this run ({str(e).splitlines()[0]})") from None
+        if state.scaler and self.amp:
+            self.scaler.load_state_dict(state.scaler)
+        self.iteration = state.iteration
+        self.best_ap = state.best_ap
+        self.last_ap = state.curr_ap
+        log.info("resumed %s at iteration %d (epoch %d)", path, self.iteration,
+                 self.iteration // self.iters_per_epoch + 1)
+
+    # --- one iteration -------------------------------------------------------------------------------
+    def step(self, images: torch.Tensor, targets: torch.Tensor, image_ids: list[int]) -> LossOutput:
+        """One optimisation step on a collated batch (uint8 images, padded targets at the base size)."""
+        cfg = self.cfg
+        set_lr(self.optimizer, self.schedule(self.iteration))
+        size = multiscale_size(self.iteration, cfg.img_size, cfg.multiscale_range if cfg.multiscale else None,
+                               cfg.multiscale_interval, cfg.seed)
+        self.last_input_hw = size
+        x = images.to(self.device, non_blocking=True).float()
+        t = targets.to(self.device, non_blocking=True)
+        if tuple(x.shape[-2:]) != tuple(size):
+            sy, sx = size[0] / x.shape[-2], size[1] / x.shape[-1]
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            t = t.clone()
+            t[..., 1::2] *= sx  # cx, w
+            t[..., 2::2] *= sy  # cy, h
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            outputs = self.net(x)
+        loss = self.loss_fn(outputs, t, size)
+        if not is_finite(loss.total):
+            parts = ", ".join(f"{k}={v:.4g}" for k, v in loss.as_dict().items())
+            raise NonFiniteLossError(
+                f"the loss is not finite at iteration {self.iteration + 1} (epoch {self.iteration // self.iters_per_epoch + 1}, "
+                f"input {size[0]}x{size[1]}, {parts}) on images {image_ids}; check these images' annotations, or lower "
+                "the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.net)
+        self.iteration += 1
+        return loss
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def train(self, max_iterations: int | None = None) -> TrainResult:
+        """Run to the last epoch, or stop after ``max_iterations`` iterations in total (then ``latest_ckpt.pth``
+        is written at that iteration and the run can be resumed)."""
+        cfg = self.cfg
+        ipe = self.iters_per_epoch
+        total = cfg.epochs * ipe
+        stop = total if max_iterations is None else min(int(max_iterations), total)
+        finished = False
+        try:
+            while self.iteration < stop:
+                epoch = self.iteration // ipe
+                no_aug = epoch >= cfg.epochs - int(cfg.no_aug_epochs)
+                self.loss_fn.use_l1 = no_aug
+                self.sampler.set_epoch(epoch, mosaic=not no_aug, start_iter=self.iteration - epoch * ipe)
+                self._run_epoch(epoch, stop)
+                if self.iteration == (epoch + 1) * ipe:
+                    self._end_of_epoch(epoch)
+                else:
+                    self._save(LATEST, start_epoch=epoch)
+            finished = self.iteration >= total
+        except KeyboardInterrupt:
+            if self.dist.is_main:
+                self._save(LATEST, start_epoch=self.iteration // ipe)
+                log.warning("interrupted at iteration %d; %s written, continue with --resume", self.iteration,
+                            cfg.output / LATEST)
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+        out = cfg.output
+        return TrainResult(out, self.iteration, self.iteration // ipe, self.best_ap, self.last_ap,
+                           out / LATEST if (out / LATEST).exists() else None,
+                           out / BEST if (out / BEST).exists() else None, dict(self._last), finished)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+        it = iter(self.loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except YoloxError as e:
+                raise _unwrap_loader_error(e) from None
+            yield batch
+
+    def _run_epoch(self, epoch: int, stop: int) -> None:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        ipe = self.iters_per_epoch
+        bar = tqdm(total=ipe, initial=self.iteration - epoch * ipe, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="it", leave=False, disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True)
+        try:
+            tick = time.perf_counter()
+            for images, targets, ids in self._batches():
+                loss = self.step(images, targets, ids)
+                now = time.perf_counter()
+                row = {"epoch": epoch + 1, "iteration": self.iteration, "lr": self.optimizer.param_groups[0]["lr"],
+                       "size": self.last_input_hw[0], **loss.as_dict(), "iter_time": now - tick}
+                tick = now
+                self._last = {k: float(v) for k, v in row.items()}
+                if self.metrics is not None:
+                    self.metrics.log_train(row)
+                bar.set_postfix(loss=f"{row['total_loss']:.3f}", iou=f"{row['iou_loss']:.3f}",
+                                obj=f"{row['obj_loss']:.3f}", cls=f"{row['cls_loss']:.3f}", l1=f"{row['l1_loss']:.3f}",
+                                lr=f"{row['lr']:.2e}", size=row["size"], refresh=False)
+                bar.update(1)
+                if self.iteration >= stop:
+                    break
+        finally:
+            bar.close()
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        last = epoch + 1 == cfg.epochs
+        in_no_aug = epoch + 1 > cfg.epochs - int(cfg.no_aug_epochs)
+        due = bool(cfg.eval_interval) and ((epoch + 1) % cfg.eval_interval == 0 or in_no_aug or last)
+        improved = False
+        if due and self.val is not None:
+            if self.dist.is_main:
+                result = self.evaluate()
+                self.last_ap = result.stats["AP"]
+                improved = self.last_ap > self.best_ap or not (cfg.output / BEST).exists()
+                self.best_ap = max(self.best_ap, self.last_ap)
+                if self.metrics is not None:
+                    self.metrics.log_eval({"epoch": epoch + 1, "iteration": self.iteration, **result.stats})
+                log.info("epoch %d: AP %.4f AP50 %.4f (best %.4f)", epoch + 1, result.stats["AP"],
+                         result.stats["AP50"], self.best_ap)
+            barrier(self.dist)
+        self._save(LATEST, start_epoch=epoch + 1)
+        if improved:
+            self._save(BEST, start_epoch=epoch + 1)
+        if int(cfg.no_aug_epochs) and epoch + 1 == cfg.epochs - int(cfg.no_aug_epochs):
+            self._save(LAST_MOSAIC, start_epoch=epoch + 1)
+        if cfg.save_history:
+            self._save(f"epoch_{epoch + 1}_ckpt.pth", start_epoch=epoch + 1)
+
+    # --- evaluation and checkpoints ------------------------------------------------------------------
+    def eval_model(self) -> YOLOX:
+        """The weights that get evaluated and saved: the EMA copy, or a copy of the model without EMA."""
+        if self.ema is not None:
+            return self.ema.model
+        return copy.deepcopy(unwrap(self.net)).eval()
+
+    def evaluate(self, data: CocoSplit | None = None) -> EvalResult:
+        """COCO AP of :meth:`eval_model` on ``data`` (default: the validation split) with the authors' protocol,
+        at the variant's test size."""
+        from ..eval.coco import evaluate
+        from ..runtimes.detector import Detector
+
+        split = data if data is not None else self.val
+        if split is None:
+            raise InputError("no evaluation split")
+        model = self.eval_model()
+        spec = model.spec
+        with Detector(model, device=str(self.device), img_size=spec.test_size if spec else self.cfg.img_size,
+                      batch_size=8, **AUTHORS_PROTOCOL) as det:
+            return evaluate(det, split, progress=self.cfg.progress)
+
+    def _save(self, name: str, start_epoch: int) -> None:
+        if not self.dist.is_main:
+            return
+        weights = self.eval_model()
+        save_training_checkpoint(
+            self.cfg.output / name, weights=weights, model=unwrap(self.net), optimizer=self.optimizer,
+            ema_state=self.ema.state_dict() if self.ema is not None else None, scaler_state=self.scaler.state_dict(),
+            iteration=self.iteration, start_epoch=start_epoch, best_ap=self.best_ap,
+            curr_ap=self.last_ap if self.last_ap is not None else 0.0, config=self.cfg.to_dict())
+
+    def close(self) -> None:
+        """Close the logs and leave the process group (the trainer cannot train afterwards)."""
+        if self.metrics is not None:
+            self.metrics.close()
+        cleanup_distributed()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def transfer_class_head(model: YOLOX, ckpt: Checkpoint, class_names: tuple[str, ...]) -> str:
+    """Fill ``model``'s class head from the checkpoint's: row by row by class name when the checkpoint's
+    classes (its own names, or COCO's for an 80-class checkpoint without names) include every class of the
+    model; position by position when the counts agree but the names do not; else keep the fresh head.
+    Returns a sentence saying which."""
+    src_n = ckpt.num_classes
+    src_names = ckpt.class_names or (COCO_CLASSES if src_n == len(COCO_CLASSES) else None)
+    if src_names is not None and len(src_names) == src_n and all(n in src_names for n in class_names):
+        rows = [list(src_names).index(n) for n in class_names]
+        how = "class head taken over by class name" if rows != list(range(src_n)) else "all weights loaded"
+    elif src_n == len(class_names):
+        rows = list(range(src_n))
+        how = "all weights loaded (class head by position)"
+    else:
+        return f"class head initialised afresh ({src_n} classes in the checkpoint, {len(class_names)} in the data)"
+    index = torch.tensor(rows)
+    sd = model.state_dict()
+    with torch.no_grad():
+        for key, value in ckpt.state_dict.items():
+            if key.startswith(CLASS_HEAD_PREFIX):
+                sd[key].copy_(value.index_select(0, index))
+    return how
+
+
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "transfer_class_head"]
