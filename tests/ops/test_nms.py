@@ -62,15 +62,22 @@ def test_nms_matches_brute_force(seed, n):
     assert nms(boxes, scores, 0.5).tolist() == reference_nms(boxes.astype(np.float64), scores, 0.5)
 
 
-def test_blocks_and_long_chains(monkeypatch):
-    """Many blocks and a chain of boxes each overlapping the next (worst case for the sweep)."""
-    monkeypatch.setattr(nms_module, "BLOCK", 16)
+def test_chunks_and_long_chains(monkeypatch):
+    """Pairs tested in many small chunks, and a chain of boxes each overlapping the next (worst case)."""
+    monkeypatch.setattr(nms_module, "PAIR_CHUNK", 37)
+    monkeypatch.setattr(nms_module, "DENSE_MAX", 8)
     n = 100
     x = np.arange(n, dtype=np.float32) * 2.0
     boxes = np.stack([x, np.zeros(n), x + 10, np.full(n, 10.0)], axis=1).astype(np.float32)
     scores = np.linspace(1, 0.01, n).astype(np.float32)
     for thr in (0.5, 0.7, 0.85):
         assert nms(boxes, scores, thr).tolist() == reference_nms(boxes.astype(np.float64), scores, thr)
+    rng = np.random.default_rng(3)
+    boxes = random_boxes(rng, 400, spread=60).astype(np.float32)
+    scores = rng.permutation(400).astype(np.float32)
+    groups = rng.integers(0, 7, 400)
+    assert batched_nms(boxes, scores, groups, 0.4).tolist() == reference_nms(boxes.astype(np.float64), scores, 0.4,
+                                                                             groups)
 
 
 def test_equal_iou_is_not_suppressed():
