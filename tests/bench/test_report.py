@@ -29,7 +29,7 @@ def make_report() -> BenchReport:
                   clock="perf_counter", notes=["artefact reused from cache"])
     batch8 = BenchRow("yolox-s", "onnxruntime", "fp32", 8, (640, 640), 8_968_255, 26.93,
                       model_ms=LatencyStats.from_samples([700.0, 720.0]), pipeline=_times(760),
-                      published=published("s"), clock="perf_counter")
+                      published=published("s"), clock="perf_counter", options={"threads": 1, "opt_level": "basic"})
     missing = BenchRow("yolox-s", "tensorrt", "fp16", 1, (640, 640), 8_968_255, 26.93,
                        status="not available: TensorRT is not installed", published=published("s"))
     demo = DemoComparison("yolox-nano", (416, 416), "openvino", "fp32", "/w/yolox_nano.onnx", _times(10), _times(20),
@@ -63,6 +63,7 @@ def test_csv_round_trip(tmp_path):
     assert float(rows[1]["model_fps"]) == pytest.approx(8000 / 710)
     assert float(rows[0]["gflops"]) == 26.93 and float(rows[0]["params_m"]) == 8.968255
     assert rows[2]["status"] == "not available: TensorRT is not installed"
+    assert rows[1]["options"] == "opt_level=basic;threads=1"
     assert rows[2]["model_mean_ms"] == ""
 
 
@@ -70,6 +71,7 @@ def test_markdown_has_the_paper_table_and_the_status(tmp_path):
     report = make_report()
     text = to_markdown(report)
     assert "| YOLOX-S" in text and "26.93" in text
+    assert "onnxruntime (opt_level=basic, threads=1)" in text
     assert "not available: TensorRT is not installed" in text
     assert "authors' ONNX Runtime demo" in text and f"{report.demo.speedup:.2f}x" in text
     assert report.host.cpu_model in text

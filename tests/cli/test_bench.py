@@ -35,3 +35,18 @@ def test_user_errors_exit_2(tmp_path, capsys):
     assert "unknown model" in capsys.readouterr().err
     assert main(["--images", str(tmp_path / "nope"), "--output", str(tmp_path)]) == 2
     assert "folder not found" in capsys.readouterr().err
+
+
+def test_backend_options():
+    import pytest
+
+    from yolox_deploy.cli.bench import parse_backend_options
+    from yolox_deploy.errors import InputError
+
+    opts = parse_backend_options(["openvino:hint=throughput", "ort:threads=1", "openvino:cache=false", "x:y=0.5"])
+    assert opts == {"openvino": {"hint": "throughput", "cache": False}, "ort": {"threads": 1}, "x": {"y": 0.5}}
+    cfg = config_from_args(build_parser().parse_args(["--backend-option", "ort:threads=1"]))
+    assert cfg.backend_options == {"onnxruntime": {"threads": 1}}
+    for bad in ("openvino", "openvino:hint", ":a=b"):
+        with pytest.raises(InputError):
+            parse_backend_options([bad])

@@ -42,7 +42,7 @@ def _series(rows: list[BenchRow]) -> dict[str, list[BenchRow]]:
     out: dict[str, list[BenchRow]] = {}
     for r in rows:
         if r.ok and r.model_ms is not None and r.batch == 1:
-            out.setdefault(f"{r.backend} {r.precision} ({r.device})", []).append(r)
+            out.setdefault(f"{r.backend_label} {r.precision} ({r.device})", []).append(r)
     return out
 
 

@@ -42,7 +42,7 @@ def paper_rows(rows: Sequence[BenchRow]) -> list[list[Any]]:
     for r in rows:
         pub = r.published
         out.append([
-            _display(r.model), r.backend, r.device, r.precision, r.batch, r.input,
+            _display(r.model), r.backend_label, r.device, r.precision, r.batch, r.input,
             _r(r.ap * 100, 1) if r.ap is not None else None, _r(r.params_m, 2), _r(r.gflops, 2),
             _r(r.model_ms.mean, 2) if r.model_ms else None, _r(r.model_fps, 1),
             _r(r.pipeline.total.mean, 2) if r.pipeline else None, _r(r.full_fps, 1),
@@ -59,7 +59,7 @@ def detail_rows(rows: Sequence[BenchRow]) -> list[list[Any]]:
         if not r.ok or r.model_ms is None or r.pipeline is None:
             continue
         m, p = r.model_ms, r.pipeline
-        out.append([_display(r.model), r.backend, r.precision, r.batch, r.input,
+        out.append([_display(r.model), r.backend_label, r.precision, r.batch, r.input,
                     _r(m.mean, 2), _r(m.p50, 2), _r(m.p90, 2), _r(m.p99, 2), _r(r.model_fps, 1),
                     _r(p.total.mean, 2), _r(p.total.p50, 2), _r(p.total.p90, 2), _r(p.total.p99, 2),
                     _r(r.full_fps, 1), _r(p.pre.mean, 2), _r(p.infer.mean, 2), _r(p.post.mean, 2), m.n])

@@ -48,6 +48,7 @@ class BenchRow:
     clock: str | None = None
     input_on_device: bool | None = None
     notes: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -56,6 +57,13 @@ class BenchRow:
     @property
     def input(self) -> str:
         return f"{self.img_size[0]}x{self.img_size[1]}"
+
+    @property
+    def backend_label(self) -> str:
+        """The backend name, with the runtime options it was given: ``openvino (hint=throughput)``."""
+        if not self.options:
+            return self.backend
+        return f"{self.backend} ({', '.join(f'{k}={v}' for k, v in sorted(self.options.items()))})"
 
     @property
     def params_m(self) -> float:
@@ -98,7 +106,7 @@ class BenchRow:
             "pipeline": self.pipeline.to_dict() if self.pipeline else None,
             "ap": self.ap, "ap50": self.ap50, "published": self.published.to_dict() if self.published else None,
             "artefact": self.artefact, "clock": self.clock, "input_on_device": self.input_on_device,
-            "notes": list(self.notes),
+            "notes": list(self.notes), "options": dict(self.options),
             "derived": {"model_fps": self.model_fps, "full_fps": self.full_fps, "ratio_v100": self.ratio_v100,
                         "ratio_t4_trt": self.ratio_t4},
         }
@@ -112,6 +120,7 @@ class BenchRow:
             PipelineTimes.from_dict(d["pipeline"]) if d.get("pipeline") else None,
             d.get("ap"), d.get("ap50"), Published(**d["published"]) if d.get("published") else None,
             d.get("artefact"), d.get("clock"), d.get("input_on_device"), list(d.get("notes", [])),
+            dict(d.get("options") or {}),
         )
 
     CSV_FIELDS = (
@@ -120,7 +129,7 @@ class BenchRow:
         "full_mean_ms", "full_p50_ms", "full_p90_ms", "full_p99_ms", "full_fps",
         "pre_ms", "infer_ms", "post_ms", "iters", "ap", "ap50",
         "paper_ap", "paper_params_m", "paper_gflops", "paper_v100_ms", "ratio_v100", "t4_trt_ms", "ratio_t4_trt",
-        "clock", "artefact", "notes",
+        "clock", "options", "artefact", "notes",
     )
 
     def flat(self) -> dict[str, Any]:
@@ -142,7 +151,8 @@ class BenchRow:
             "paper_ap": pub.ap if pub else None, "paper_params_m": pub.params_m if pub else None,
             "paper_gflops": pub.gflops if pub else None, "paper_v100_ms": pub.v100_ms if pub else None,
             "ratio_v100": self.ratio_v100, "t4_trt_ms": pub.t4_trt_ms if pub else None,
-            "ratio_t4_trt": self.ratio_t4, "clock": self.clock, "artefact": self.artefact,
+            "ratio_t4_trt": self.ratio_t4, "clock": self.clock,
+            "options": ";".join(f"{k}={v}" for k, v in sorted(self.options.items())), "artefact": self.artefact,
             "notes": "; ".join(self.notes),
         }
 

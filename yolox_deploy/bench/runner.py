@@ -74,7 +74,9 @@ class BenchConfig:
     ``weights_dir``: folder with ``yolox_<v>.pth`` files (real weights; others use seeded random weights).
     ``with_eval``: a COCO folder; AP is measured for rows with real weights. ``device``: ``auto``, ``cpu``,
     ``cuda[:N]``. ``conf`` / ``nms``: the Detector's thresholds for the full-pipeline timing. ``threads``:
-    passed to the backends that take it. ``demo``: run the head-to-head with the authors' ORT demo.
+    passed to the backends that take it; ``backend_options``: runtime options per backend name (e.g.
+    ``{"openvino": {"hint": "throughput"}}``), shown next to the backend in the tables. ``demo``: run the
+    head-to-head with the authors' ORT demo.
     """
 
     models: Sequence[str] = ("yolox-nano",)
@@ -97,6 +99,7 @@ class BenchConfig:
     conf: float = 0.25
     nms: float = 0.45
     threads: int | None = None
+    backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     demo: bool = True
     demo_rounds: int = 4
     seed: int = 0
@@ -106,6 +109,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         self.models = [canonical_name(m) for m in self.models]
         self.backends = [canonical_backend(b) for b in self.backends]
+        self.backend_options = {canonical_backend(k): dict(v) for k, v in self.backend_options.items()}
         self.precisions = [p.strip().lower() for p in self.precisions]
         for p in self.precisions:
             if p not in PRECISIONS:
@@ -166,6 +170,7 @@ def _open_detector(weights: Any, backend: str, device: str, cfg: BenchConfig, so
                               "batch_size": batch, "model": source.spec.name}
     if cfg.threads is not None:
         kwargs["threads"] = cfg.threads
+    kwargs.update(cfg.backend_options.get(backend, {}))
     if not isinstance(weights, (str, Path)):  # an in-memory torch model: tell the backend what we want
         kwargs.update(img_size=size, half=precision == "fp16")
     kwargs.update(overrides)
@@ -228,7 +233,7 @@ class RowRunner:
             params: int, gflops: float) -> BenchRow:
         cfg = self.cfg
         row = BenchRow(source.spec.name, backend, precision, batch, size, params, gflops, weights=source.label,
-                       published=published(source.spec.name))
+                       published=published(source.spec.name), options=dict(cfg.backend_options.get(backend, {})))
         try:
             ok, why = backend_status(backend)
             if not ok:
@@ -355,7 +360,7 @@ def run_demo_comparison(runner: RowRunner, rows: Sequence[BenchRow], sources: di
                                              offset=k * per_round, desc=f"demo comparison {k + 1}/{rounds}",
                                              progress=cfg.progress))
     result = DemoComparison(
-        "yolox-nano", size, best.backend, best.precision, str(demo.path), PipelineTimes.from_samples(np.concatenate(ours_s)),
+        "yolox-nano", size, best.backend_label, best.precision, str(demo.path), PipelineTimes.from_samples(np.concatenate(ours_s)),
         PipelineTimes.from_samples(np.concatenate(demo_s)), len(runner.images), agreement.agreement,
         notes=[f"weights: {source.label}", f"{rounds} interleaved rounds of {per_round} calls each "
                f"(+{warm} warm-up calls per block)",

@@ -10,6 +10,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..bench.report import PAPER_HEADERS, paper_rows, write_report
 from ..bench.runner import BenchConfig, default_images, default_weights_dir, run_benchmark
@@ -27,6 +28,30 @@ def _ints(text: str) -> list[int]:
         return [int(p) for p in _csv(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_backend_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["openvino:hint=throughput", "ort:threads=1"]`` -> ``{"openvino": {"hint": "throughput"}, "ort": {...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        backend, sep, rest = item.partition(":")
+        key, eq, value = rest.partition("=")
+        if not sep or not eq or not backend.strip() or not key.strip():
+            raise InputError(f"--backend-option {item!r}: expected BACKEND:KEY=VALUE (e.g. openvino:hint=throughput)")
+        out.setdefault(backend.strip().lower(), {})[key.strip()] = _value(value.strip())
+    return out
 
 
 def _backend_help() -> str:
@@ -65,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", help="INT8 calibration folder (default: --images)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="inference threads for backends that take the option")
+    p.add_argument("--backend-option", action="append", default=[], metavar="BACKEND:KEY=VALUE",
+                   help="a runtime option for one backend, e.g. openvino:hint=throughput or onnxruntime:opt_level=basic "
+                        "(repeatable; shown next to the backend in the tables)")
     p.add_argument("--conf", type=float, default=0.25, help="Detector score threshold for the full-pipeline timing")
     p.add_argument("--nms", type=float, default=0.45, help="Detector NMS IoU threshold for the full-pipeline timing")
     p.add_argument("--no-demo", action="store_true", help="skip the head-to-head with the authors' ONNX Runtime demo")
@@ -99,7 +127,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         with_eval=Path(args.with_eval) if args.with_eval else None, eval_split=args.split,
         output=Path(args.output), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         calib_images=Path(args.calib_images) if args.calib_images else None, device=args.device,
-        conf=args.conf, nms=args.nms, threads=args.threads, demo=not args.no_demo, progress=not args.quiet,
+        conf=args.conf, nms=args.nms, threads=args.threads, backend_options=parse_backend_options(args.backend_option),
+        demo=not args.no_demo, progress=not args.quiet,
     )
 
 
