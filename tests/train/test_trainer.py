@@ -288,11 +288,11 @@ def test_fine_tuning_nano_lowers_the_loss_and_keeps_the_training_ap(coco_tiny, n
     train_split = open_coco(coco_tiny, "train2017")
     with Trainer(cfg) as t:
         loss_before = plain_loss(t, t.ema.model)
-        before = t.evaluate(train_split).stats
+        before = t.evaluate(train_split, img_size=(416, 416)).stats
         start = time.perf_counter()
         result = t.train()
         seconds = time.perf_counter() - start
-        after = t.evaluate(train_split).stats
+        after = t.evaluate(train_split, img_size=(416, 416)).stats
         loss_after = plain_loss(t, t.ema.model)
     with open(tmp_path / "ft" / "train_log.csv") as f:
         losses = [float(r["total_loss"]) - float(r["l1_loss"]) for r in csv.DictReader(f)]

@@ -21,8 +21,9 @@ Evaluated, that is exact. Trained, it is not, for two reasons:
   to ``m, v``.
 - **Weight scale.** Each output channel is rescaled (:func:`rescale_channels`: ``W *= c``, the running
   statistics and the BatchNorm weight compensate, so the evaluated output is unchanged) to the norm SGD with
-  weight decay settles at for this run's learning rate and batch, which is where a network trained with the
-  recipe sits. With momentum ``mu``, decay ``lambda``, learning rate ``eta`` and per-step gradients
+  weight decay settles at under the authors' recipe (the trainer passes the recipe's learning rate for the
+  batch, not the run's own, so a lower ``--lr`` stays a gentler fine-tune), which is where the network the
+  checkpoint came from sat. With momentum ``mu``, decay ``lambda``, learning rate ``eta`` and per-step gradients
   ``g~`` (measured on training batches at unit norm), growth by the orthogonal updates
   ``eta^2 E|g~|^2 / ((1 - mu^2) |W|^2)`` balances the decay ``2 eta lambda |W|^2 / (1 - mu)`` at
   ``|W|^4 = eta E|g~|^2 / (2 lambda (1 + mu))``. Under the linear scaling rule (lr proportional to the batch)

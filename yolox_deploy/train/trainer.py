@@ -48,13 +48,14 @@ from .distributed import (
 from .ema import ModelEMA, unwrap
 from .losses import LossOutput, YOLOXLoss, is_finite
 from .metrics_log import MetricsLog
-from .optim import build_optimizer, set_lr
+from .optim import BASE_LR_PER_IMAGE, build_optimizer, set_lr
 from .schedule import LRSchedule, multiscale_size
 
 log = logging.getLogger(__name__)
 
 UNFOLD_IMAGES = 32        # images for the statistics of folded BatchNorms
 UNFOLD_GRAD_BATCHES = 4   # training batches for their equilibrium weight norms
+RECIPE_WEIGHT_DECAY, RECIPE_MOMENTUM = 5e-4, 0.9
 RESUME_MUST_MATCH = ("model", "batch", "img_size", "seed")
 
 
@@ -128,8 +129,11 @@ class Trainer:
         self.model: YOLOX = self._build_model().to(self.device)
         self.loss_fn = YOLOXLoss(self.model.num_classes, tuple(self.model.head.strides))
         if cfg.weights is not None and self.resume_path is None and folded_batchnorms(self.model):
+            # the weight norms the authors' recipe leaves (its lr at this batch, its decay and momentum), not
+            # this run's settings: a lower --lr must stay a gentler fine-tune, as with an unfolded checkpoint
             unfold_batchnorms(self.model, self._plain_batches(UNFOLD_IMAGES), loss_fns=self._loss_closures(),
-                              lr=self.schedule.base_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+                              lr=BASE_LR_PER_IMAGE * cfg.batch, weight_decay=RECIPE_WEIGHT_DECAY,
+                              momentum=RECIPE_MOMENTUM)
         self.model.train()
         self.optimizer = build_optimizer(self.model, self.schedule(0), cfg.momentum, cfg.weight_decay)
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
@@ -380,18 +384,17 @@ class Trainer:
             return self.ema.model
         return copy.deepcopy(unwrap(self.net)).eval()
 
-    def evaluate(self, data: CocoSplit | None = None) -> EvalResult:
+    def evaluate(self, data: CocoSplit | None = None, img_size: tuple[int, int] | None = None) -> EvalResult:
         """COCO AP of :meth:`eval_model` on ``data`` (default: the validation split) with the authors' protocol,
-        at the variant's test size."""
+        at ``img_size`` (default: the training size, which is the variant's test size unless ``img_size`` was
+        set for the run)."""
         from ..eval.coco import evaluate
         from ..runtimes.detector import Detector
 
         split = data if data is not None else self.val
         if split is None:
             raise InputError("no evaluation split")
-        model = self.eval_model()
-        spec = model.spec
-        with Detector(model, device=str(self.device), img_size=spec.test_size if spec else self.cfg.img_size,
+        with Detector(self.eval_model(), device=str(self.device), img_size=img_size or self.cfg.img_size,
                       batch_size=8, **AUTHORS_PROTOCOL) as det:
             return evaluate(det, split, progress=self.cfg.progress)
 
