@@ -27,3 +27,11 @@ def test_package_versions_has_no_missing_packages():
     versions = package_versions()
     assert all(isinstance(v, str) and v for v in versions.values())
     assert "definitely-not-installed" not in versions
+
+
+def test_timing_environment_is_recorded(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    info = collect_host_info()
+    assert info.env["OMP_WAIT_POLICY"] == "PASSIVE" and "OMP_NUM_THREADS" not in info.env
+    assert "env OMP_WAIT_POLICY=PASSIVE" in info.summary()

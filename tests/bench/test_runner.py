@@ -37,7 +37,7 @@ def test_config_validation(tmp_path):
 
 def test_tiny_end_to_end_run_writes_all_four_outputs(tmp_path):
     cfg = BenchConfig(models=["nano"], backends=["torch"], iters=3, warmup=1, images=None, max_images=2,
-                      img_size=(224, 224), output=tmp_path, demo=False, progress=False)
+                      img_size=(224, 224), output=tmp_path, demo=False, progress=False, isolate=True)
     report = run_benchmark(cfg)
     [row] = report.rows
     assert row.ok, row.status
@@ -50,6 +50,26 @@ def test_tiny_end_to_end_run_writes_all_four_outputs(tmp_path):
     assert read_json(paths["json"]).rows[0].model_ms == row.model_ms
     assert read_csv(paths["csv"])[0]["status"] == "ok"
     assert any("Random weights" in n for n in report.notes)
+    assert any("fresh Python process" in n for n in report.notes)
+
+
+def test_a_dying_worker_gives_a_failed_row(tmp_path):
+    from yolox_deploy.bench.artefacts import model_source
+    from yolox_deploy.bench.runner import RowSpec, run_isolated
+
+    cfg = BenchConfig(models=["nano"], output=tmp_path, progress=False)
+    spec = RowSpec("yolox-nano", "torch", "fp32", 1, (160, 160), 1, 1.0)
+    payload = {"row": {"model": "yolox-nano"}}          # malformed: the worker raises before measuring
+    row = run_isolated("row", cfg, payload, fallback=spec.failed_row(model_source("nano", None), {}))
+    assert row.status == "failed: the worker process died (code 1)"
+    assert row.model_ms is None
+
+
+def test_demo_worker_reports_why_it_skipped(tmp_path):
+    from yolox_deploy.bench.runner import _demo_isolated
+
+    demo, skipped = _demo_isolated(BenchConfig(output=tmp_path, progress=False), [])
+    assert demo is None and skipped.startswith("demo comparison skipped: no successful CPU FP32 batch-1 row")
 
 
 def test_missing_backend_gives_a_not_available_row_and_the_run_continues(tmp_path, monkeypatch):
@@ -64,7 +84,7 @@ def test_missing_backend_gives_a_not_available_row_and_the_run_continues(tmp_pat
 
     monkeypatch.setattr(BackendInfo, "available", fake)
     cfg = BenchConfig(models=["nano"], backends=["onnxruntime", "no-such-runtime", "torch"], iters=2, warmup=0,
-                      max_images=1, img_size=(160, 160), output=tmp_path, demo=False, progress=False)
+                      max_images=1, img_size=(160, 160), output=tmp_path, demo=False, progress=False, isolate=False)
     partial = []
     rows = run_benchmark(cfg, on_row=lambda report: partial.append(len(report.rows))).rows
     assert partial == [1, 2, 3]
@@ -78,7 +98,7 @@ def test_missing_backend_gives_a_not_available_row_and_the_run_continues(tmp_pat
 
 def test_precision_a_backend_cannot_run_is_not_available(tmp_path):
     cfg = BenchConfig(models=["nano"], backends=["torch"], precisions=["int8"], iters=2, warmup=0, max_images=1,
-                      img_size=(160, 160), device="cpu", output=tmp_path, demo=False, progress=False)
+                      img_size=(160, 160), device="cpu", output=tmp_path, demo=False, progress=False, isolate=False)
     [row] = run_benchmark(cfg).rows
     assert row.status == "not available: the torch backend runs fp32, not int8, on cpu"
 
@@ -86,7 +106,8 @@ def test_precision_a_backend_cannot_run_is_not_available(tmp_path):
 def test_demo_comparison_with_real_weights(tmp_path, nano_pth, nano_onnx):
     pytest.importorskip("onnxruntime")
     cfg = BenchConfig(models=["nano"], backends=["torch"], iters=4, warmup=1, max_images=2, images=None,
-                      weights_dir=nano_pth.parent, output=tmp_path, demo=True, demo_rounds=2, progress=False)
+                      weights_dir=nano_pth.parent, output=tmp_path, demo=True, demo_rounds=2, progress=False,
+                      isolate=False)
     report = run_benchmark(cfg)
     assert demo_candidates(report.rows)[0] is report.rows[0]
     d = report.demo
@@ -111,7 +132,7 @@ def _available_cpu_backends() -> list[str]:
 @pytest.mark.parametrize("backend", _available_cpu_backends())
 def test_every_available_backend_gives_a_measured_row(tmp_path, backend):
     cfg = BenchConfig(models=["nano"], backends=[backend], iters=2, warmup=1, max_images=2, img_size=(160, 160),
-                      device="cpu", output=tmp_path, demo=False, progress=False)
+                      device="cpu", output=tmp_path, demo=False, progress=False, isolate=False)
     [row] = run_benchmark(cfg).rows
     assert row.ok, row.status
     assert row.model_ms.n == 2 and row.pipeline.total.n == 2
@@ -122,7 +143,8 @@ def test_with_eval_measures_the_reference_ap(tmp_path, nano_pth, coco_tiny):
     from tests.conftest import REFERENCE_AP
 
     cfg = BenchConfig(models=["nano", "tiny"], backends=["torch"], iters=1, warmup=0, max_images=1,
-                      weights_dir=nano_pth.parent, with_eval=coco_tiny, output=tmp_path, demo=False, progress=False)
+                      weights_dir=nano_pth.parent, with_eval=coco_tiny, output=tmp_path, demo=False, progress=False,
+                      isolate=False)
     report = run_benchmark(cfg)
     nano, tiny = report.rows
     assert nano.ap == pytest.approx(REFERENCE_AP, abs=0.002)

@@ -20,6 +20,12 @@ PACKAGES = {
 }
 
 
+# Environment variables that change CPU/GPU timings; recorded when set.
+TIMING_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "OMP_PLACES", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
+              "KMP_AFFINITY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TBB_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+              "CUDA_LAUNCH_BLOCKING", "TF32_OVERRIDE", "NVIDIA_TF32_OVERRIDE")
+
+
 @dataclass
 class GpuInfo:
     name: str
@@ -42,6 +48,7 @@ class HostInfo:
     torch_threads: int | None
     packages: dict[str, str] = field(default_factory=dict)
     gpus: list[GpuInfo] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +71,8 @@ class HostInfo:
             parts.append("GPU: " + "; ".join(_gpu_text(g) for g in self.gpus))
         else:
             parts.append("no GPU")
+        if self.env:
+            parts.append("env " + " ".join(f"{k}={v}" for k, v in self.env.items()))
         return ", ".join(p for p in parts if p)
 
 
@@ -200,4 +209,5 @@ def collect_host_info() -> HostInfo:
         cpu_model=cpu_model(), physical_cores=physical, logical_cores=logical, ram_gb=_ram_gb(),
         os=f"{platform.system()} {platform.release()}", python=platform.python_version(), torch_threads=threads,
         packages=package_versions(), gpus=gpu_info(),
+        env={k: os.environ[k] for k in TIMING_ENV if k in os.environ},
     )

@@ -76,7 +76,8 @@ class BenchConfig:
     ``cuda[:N]``. ``conf`` / ``nms``: the Detector's thresholds for the full-pipeline timing. ``threads``:
     passed to the backends that take it; ``backend_options``: runtime options per backend name (e.g.
     ``{"openvino": {"hint": "throughput"}}``), shown next to the backend in the tables. ``demo``: run the
-    head-to-head with the authors' ORT demo.
+    head-to-head with the authors' ORT demo. ``isolate``: run each row (and the head-to-head) in a fresh
+    Python process, so no runtime loaded by an earlier row (its thread pool, its OpenMP copy) disturbs it.
     """
 
     models: Sequence[str] = ("yolox-nano",)
@@ -102,6 +103,7 @@ class BenchConfig:
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     demo: bool = True
     demo_rounds: int = 4
+    isolate: bool = True
     seed: int = 0
     progress: bool = True
     extra_notes: list[str] = field(default_factory=list)
@@ -132,6 +134,16 @@ class BenchConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchConfig:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("images", "weights_dir", "with_eval", "output", "cache_dir", "calib_images"):
+            if d.get(key) is not None:
+                d[key] = Path(d[key])
+        if d.get("img_size") is not None:
+            d["img_size"] = tuple(d["img_size"])
+        return cls(**d)
 
 
 # --- images ----------------------------------------------------------------------------------------------
@@ -196,14 +208,13 @@ def _device_batches(batches: list[np.ndarray], clock: Clock, det: Any) -> tuple[
 class RowRunner:
     """Runs the rows of one benchmark; keeps what the demo comparison needs (weights of the fastest rows)."""
 
-    def __init__(self, cfg: BenchConfig, images: list[np.ndarray]) -> None:
+    def __init__(self, cfg: BenchConfig, images: list[np.ndarray],
+                 ap_cache: dict[str, tuple[float, float]] | None = None) -> None:
         self.cfg = cfg
         self.images = images
         self._calib: Path | None = None
         self._eval_data: Any = None
-        self._ap_cache: dict[tuple, tuple[float, float]] = {}
-        self.eval_images = 0
-        self.weights_of: dict[int, Any] = {}  # id(row) -> weights the row ran (path or model)
+        self.ap_cache: dict[str, tuple[float, float]] = dict(ap_cache or {})
 
     def calib_folder(self) -> Path:
         if self.cfg.calib_images is not None:
@@ -235,15 +246,14 @@ class RowRunner:
         row = BenchRow(source.spec.name, backend, precision, batch, size, params, gflops, weights=source.label,
                        published=published(source.spec.name), options=dict(cfg.backend_options.get(backend, {})))
         try:
-            ok, why = backend_status(backend)
-            if not ok:
-                raise _NotAvailable(why)
             try:
                 row.device = pick_device(backend, cfg.device)
             except BackendUnavailable as e:
                 raise _NotAvailable(str(e)) from None
+            ok, why = backend_status(backend)
+            if not ok:
+                raise _NotAvailable(why)
             weights = self.weights_for(source, backend, precision, batch, size, row.device, row)
-            self.weights_of[id(row)] = weights
             self._measure(row, weights, source)
         except _NotAvailable as e:
             row.status = f"{NOT_AVAILABLE}: {e}"
@@ -287,18 +297,27 @@ class RowRunner:
         if not source.real:
             row.notes.append("no AP: random weights (put yolox_<v>.pth in --weights-dir)")
             return
-        key = (row.model, row.backend, row.precision, row.img_size, row.device)
-        if key not in self._ap_cache:
+        key = ap_key(row)
+        if key not in self.ap_cache:
             from ..eval.coco import AUTHORS_PROTOCOL, evaluate, open_coco
 
             if self._eval_data is None:
                 self._eval_data = open_coco(self.cfg.with_eval, self.cfg.eval_split)
-                self.eval_images = len(self._eval_data.image_ids)
             with _open_detector(weights, row.backend, row.device, self.cfg, source, row.precision, row.img_size,
                                 row.batch, **AUTHORS_PROTOCOL) as det:
                 result = evaluate(det, self._eval_data, progress=self.cfg.progress)
-            self._ap_cache[key] = (result.stats["AP"], result.stats["AP50"])
-        row.ap, row.ap50 = self._ap_cache[key]
+            self.ap_cache[key] = (result.stats["AP"], result.stats["AP50"])
+        row.ap, row.ap50 = self.ap_cache[key]
+
+
+def ap_key(row: BenchRow) -> str:
+    """Rows that differ only in batch size share their AP."""
+    return f"{row.model}|{row.backend_label}|{row.precision}|{row.input}|{row.device}"
+
+
+def row_weights(row: BenchRow, source: ModelSource) -> Any:
+    """What a measured row ran: its cached artefact, or the torch model of its weights."""
+    return Path(row.artefact) if row.artefact else source.model()
 
 
 # --- the head-to-head with the authors' demo -------------------------------------------------------------
@@ -338,7 +357,7 @@ def run_demo_comparison(runner: RowRunner, rows: Sequence[BenchRow], sources: di
         demo = DemoPipeline(_demo_onnx(runner, source, size))
     except YoloxError as e:
         return None, f"demo comparison skipped: {e}"
-    weights = runner.weights_of[id(best)]
+    weights = row_weights(best, source)
     with _open_detector(weights, best.backend, best.device, cfg, source, best.precision, best.img_size, 1,
                         conf=DEMO_NMS_SCORE, nms=DEMO_NMS_IOU, class_agnostic=True, max_det=None, clip=False) as det:
         agreement = EMPTY
@@ -369,6 +388,77 @@ def run_demo_comparison(runner: RowRunner, rows: Sequence[BenchRow], sources: di
     return result, None
 
 
+# --- process isolation -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RowSpec:
+    """One row to measure (what ``run_benchmark`` loops over); serialisable for a worker process."""
+
+    model: str
+    backend: str
+    precision: str
+    batch: int
+    img_size: tuple[int, int]
+    params: int
+    gflops: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "img_size": list(self.img_size)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RowSpec:
+        return cls(d["model"], d["backend"], d["precision"], int(d["batch"]), tuple(d["img_size"]), int(d["params"]),
+                   float(d["gflops"]))
+
+    def run(self, runner: RowRunner, source: ModelSource) -> BenchRow:
+        return runner.run(source, self.backend, self.precision, self.batch, self.img_size, self.params, self.gflops)
+
+    def failed_row(self, source: ModelSource, options: dict[str, Any]) -> BenchRow:
+        return BenchRow(self.model, self.backend, self.precision, self.batch, self.img_size, self.params, self.gflops,
+                        weights=source.label, published=published(self.model), status=FAILED, options=dict(options))
+
+
+def run_isolated(command: str, cfg: BenchConfig, payload: dict[str, Any], fallback: BenchRow | None = None) -> Any:
+    """Run ``yolox_deploy.bench.worker <command>`` in a fresh interpreter and return its decoded result.
+
+    The worker shares this process's stderr (progress bars, log messages). For ``"row"``, a worker that
+    dies (a crash inside a runtime) gives ``fallback`` with a ``failed`` status.
+    """
+    import json
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    level = logging.getLogger("yolox_deploy").getEffectiveLevel()
+    with tempfile.TemporaryDirectory(prefix="yolox-bench-") as tmp:
+        spec, out = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec.write_text(json.dumps({"config": cfg.to_dict(), "log_level": level, **payload}, default=str))
+        proc = subprocess.run([sys.executable, "-m", "yolox_deploy.bench.worker", command, str(spec), str(out)],
+                              stdout=subprocess.DEVNULL)
+        if proc.returncode == 0 and out.is_file():
+            result = json.loads(out.read_text())
+            return BenchRow.from_dict(result) if command == "row" else result
+    code = proc.returncode
+    try:
+        why = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+    except ValueError:
+        why = f"code {code}"
+    reason = f"the worker process died ({why})"
+    if command == "row" and fallback is not None:
+        log.warning("%s %s %s b%d: %s", fallback.model, fallback.backend, fallback.precision, fallback.batch, reason)
+        fallback.status = f"{FAILED}: {reason}"
+        return fallback
+    raise RuntimeError(reason)
+
+
+def _demo_isolated(cfg: BenchConfig, rows: Sequence[BenchRow]) -> tuple[DemoComparison | None, str | None]:
+    result = run_isolated("demo", cfg, {"rows": [r.to_dict() for r in rows]})
+    if result.get("error"):
+        raise RuntimeError(result["error"])
+    demo = DemoComparison.from_dict(result["demo"]) if result.get("demo") else None
+    return demo, result.get("skipped")
+
+
 # --- the whole run ---------------------------------------------------------------------------------------
 def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None = None) -> BenchReport:
     """Measure every configured row (and the demo comparison when Nano is included); nothing is written.
@@ -392,8 +482,15 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
         for backend in cfg.backends:
             for precision in cfg.precisions:
                 for batch in cfg.batches:
-                    rows.append(runner.run(source, backend, precision, batch, size, complexity.params,
-                                           complexity.gflops))
+                    spec = RowSpec(name, backend, precision, batch, size, complexity.params, complexity.gflops)
+                    if cfg.isolate:
+                        row = run_isolated("row", cfg, {"row": spec.to_dict(), "ap_cache": runner.ap_cache},
+                                           fallback=spec.failed_row(source, cfg.backend_options.get(backend, {})))
+                        if row.ap is not None:
+                            runner.ap_cache[ap_key(row)] = (row.ap, row.ap50)
+                    else:
+                        row = spec.run(runner, source)
+                    rows.append(row)
                     if on_row is not None:
                         on_row(BenchReport(settings, host, list(rows), None, ["partial results: the run is not finished"],
                                            started, time.perf_counter() - t0))
@@ -401,17 +498,27 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
     demo = None
     if cfg.demo and "yolox-nano" in sources:
         try:
-            demo, skipped = run_demo_comparison(runner, rows, sources)
+            if cfg.isolate:
+                demo, skipped = _demo_isolated(cfg, rows)
+            else:
+                demo, skipped = run_demo_comparison(runner, rows, sources)
         except Exception as e:  # the comparison is an extra: report, keep the rows
             log.debug("demo comparison failed", exc_info=True)
-            demo, skipped = None, f"demo comparison failed: {type(e).__name__}: {e}"
+            what = str(e) if cfg.isolate else f"{type(e).__name__}: {e}"
+            demo, skipped = None, f"demo comparison failed: {what}"
         if skipped:
             notes.append(skipped)
     notes += _standard_notes(rows, sources)
-    if cfg.with_eval is not None and runner.eval_images:
+    if cfg.with_eval is not None and any(r.ap is not None for r in rows):
+        from ..eval.coco import open_coco
+
+        n = len(open_coco(cfg.with_eval, cfg.eval_split).image_ids)
         notes.append(f"AP: COCO bbox AP (pycocotools, the authors' protocol: conf 0.01, NMS 0.65) on "
-                     f"{runner.eval_images} images of {cfg.with_eval}/{cfg.eval_split}; the published AP is on the "
+                     f"{n} images of {cfg.with_eval}/{cfg.eval_split}; the published AP is on the "
                      "5000 images of COCO val2017, so a subset gives a different figure.")
+    if cfg.isolate:
+        notes.append("Each row (and the demo comparison) ran in a fresh Python process: no runtime loaded for "
+                     "another row shares its threads.")
     return BenchReport(settings, host, rows, demo, notes, started, time.perf_counter() - t0)
 
 
