@@ -17,10 +17,8 @@ from yolox_deploy.export import export  # noqa: E402
 from yolox_deploy.export.ncnn import (  # noqa: E402
     BIN_NAME,
     PARAM_NAME,
-    input_scale_exponent,
     prepare_onnx,
     sidecar_for,
-    trace_ready,
 )
 from yolox_deploy.export.verify import normalised_diff  # noqa: E402
 from yolox_deploy.io.images import read_image  # noqa: E402
@@ -42,30 +40,7 @@ def _dog_batch(dog_jpg, size=(416, 416)):
     return batch
 
 
-# --- the traced graph --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("half", [False, True])
-def test_trace_ready_model_is_the_same_function(tiny_random_model, half, rng):
-    """Focus as one strided conv (and, for FP16, the scaled first conv) changes nothing but the operators."""
-    from yolox_deploy.nn.blocks import Focus
-
-    model = copy.deepcopy(tiny_random_model).fuse()
-    ready = trace_ready(model, half)
-    assert not any(isinstance(m, Focus) for m in ready.modules())
-    x = torch.from_numpy(rng.uniform(0, 255, (2, 3, 96, 64)).astype(np.float32))
-    with torch.no_grad():
-        np.testing.assert_allclose(ready(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-3)
-    assert any(isinstance(m, Focus) for m in model.modules())  # the source is untouched
-
-
-def test_input_scale_exponent():
-    assert input_scale_exponent(np.array([0.5, -0.25, 1e-3])) == 0  # nothing subnormal in FP16
-    w = np.array([0.08, -1e-6, 3e-5])
-    k = input_scale_exponent(w)
-    assert 16 <= 0.08 * 2.0 ** k < 32
-    assert np.abs(w * 2.0 ** k).min() >= 2.0 ** -14 or k == 24
-    assert input_scale_exponent(np.zeros(4)) == 0
-
-
+# --- ONNX sources ------------------------------------------------------------------------------------
 def test_prepare_onnx_removes_the_focus_slices(tmp_path, nano_onnx, dog_jpg):
     import onnx
     import onnxruntime as ort

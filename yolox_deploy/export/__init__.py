@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..io.images import list_images
+from ..nn.deploy import deploy_model
 from .base import (
     OPTIONAL_FEATURES,
     Exporter,
@@ -134,6 +135,10 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     cls.require()
 
     source = load_source(weights, model=model, num_classes=num_classes, class_names=class_names, legacy=legacy)
+    if source.model is not None:
+        # exporters trace the deployment form; verification compares with the model as loaded
+        source.reference = source.model
+        source.model = deploy_model(source.model, half=opts.half)
     if source.model is None:
         if not info.accepts_onnx:
             raise InputError(f"the {info.name} format cannot be made from an ONNX file; export from the checkpoint")

@@ -102,6 +102,8 @@ class FormatInfo:
 class ExportSource:
     """What is exported: a torch model, or an existing ONNX file (then ``model`` is ``None``).
 
+    The driver sets ``model`` to the deployment form (:func:`~yolox_deploy.nn.deploy.deploy_model`) and keeps
+    the model as loaded in ``reference``.
     ``meta`` describes the source (labels, strides, preprocessing, and for ONNX its input size and whether
     it decodes). ``name`` is the stem used for default output names.
     """
@@ -111,6 +113,7 @@ class ExportSource:
     model: Any = None
     onnx_path: Path | None = None
     weights: Path | None = None
+    reference: Any = None  # the model to verify against, when ``model`` is a transformed copy of it
 
 
 @dataclass

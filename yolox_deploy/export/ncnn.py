@@ -17,7 +17,8 @@ bundled with the ``pnnx`` package (called directly, not through ``pnnx.convert``
 status and imports the Python module pnnx generates). pnnx's other outputs (``.pnnx.param``, ``.pnnx.bin``,
 ``_pnnx.py``, ``.pnnx.onnx``, ``_ncnn.py``) stay in a temporary folder.
 
-The graph is changed before conversion, never the files afterwards (:func:`trace_ready`):
+The graph is changed before conversion, never the files afterwards
+(:func:`yolox_deploy.nn.deploy.deploy_model`, which every format's export uses):
 
 - NCNN has no strided slice, so the Focus stem (space-to-depth by four step-2 slices, then a k x k conv) is
   traced as the equivalent single convolution: a 2k x 2k kernel with stride 2 on the image, whose weights
@@ -52,6 +53,7 @@ import numpy as np
 
 from ..errors import ExportError, InputError
 from ..meta import ModelMeta, sidecar_path
+from ..nn.deploy import deploy_model, input_scale_exponent, space_to_depth_conv_weight
 from .base import Exporter, ExportSource, register_format
 
 log = logging.getLogger(__name__)
@@ -60,114 +62,13 @@ PARAM_NAME = "model.ncnn.param"
 BIN_NAME = "model.ncnn.bin"
 PNNX_TIMEOUT_S = 600
 
-# Offsets (dy, dx) of the four step-2 slices in the order Focus concatenates them (yolox_deploy.nn.blocks.Focus:
-# top-left, bottom-left, top-right, bottom-right).
-FOCUS_OFFSETS = ((0, 0), (1, 0), (0, 1), (1, 1))
-
-
 def sidecar_for(folder: Path) -> Path:
     """The metadata file of an NCNN export folder."""
     return sidecar_path(folder / PARAM_NAME)
 
 
-# --- the Focus stem as one convolution ------------------------------------------------------------------
-def space_to_depth_conv_weight(weight: np.ndarray, offsets: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """Weights of the conv on the image equal to a conv on the space-to-depth map.
-
-    ``weight [O, 4C, kh, kw]`` acts on ``cat(x[..., dy::2, dx::2] for (dy, dx) in offsets)``; the result
-    ``[O, C, 2kh, 2kw]`` acts on ``x`` with stride ``2 * stride`` and padding ``2 * padding``: input channel
-    ``b*C + c`` tap ``(i, j)`` becomes channel ``c`` tap ``(2i + dy_b, 2j + dx_b)``.
-    """
-    o, c4, kh, kw = weight.shape
-    if c4 % len(offsets):
-        raise ExportError(f"a space-to-depth conv with {c4} input channels does not split into {len(offsets)} slices")
-    c = c4 // len(offsets)
-    out = np.zeros((o, c, 2 * kh, 2 * kw), dtype=weight.dtype)
-    for b, (dy, dx) in enumerate(offsets):
-        out[:, :, dy::2, dx::2] = weight[:, b * c:(b + 1) * c]
-    return out
-
-
-def input_scale_exponent(weight: np.ndarray) -> int:
-    """``k`` such that ``weight * 2**k`` keeps every weight out of FP16's subnormal range (0 when already so).
-
-    The first convolution sees pixels 0-255, so its weights are tiny (YOLOX-Nano: a sixth of them below
-    2**-14); FP16 storage flushes those to zero, which moves the raw output by several units. Computing
-    ``conv(x * 2**-k, weight * 2**k)`` is the same function (power-of-two scaling is exact) with the
-    largest weight brought to [16, 32).
-    """
-    a = np.abs(weight[weight != 0])
-    if a.size == 0 or a.min() >= 2.0 ** -14:
-        return 0
-    return int(np.clip(np.floor(np.log2(32.0 / a.max())), 0, 24))
-
-
-def trace_ready(model: Any, half: bool) -> Any:
-    """A copy of ``model`` computing the same function in operators pnnx maps to NCNN layers.
-
-    Focus stems become one strided convolution; with ``half`` the first convolution also takes its input
-    scaled by ``2**-k`` and its weights by ``2**k`` (:func:`input_scale_exponent`).
-    """
-    import torch
-    from torch import nn
-
-    from ..nn.blocks import Focus, fuse_conv_bn
-
-    class FocusAsConv(nn.Module):
-        """``act(conv(x))`` with the Focus conv's weights rearranged for the full-resolution input."""
-
-        def __init__(self, focus: Focus) -> None:
-            super().__init__()
-            conv = focus.conv.conv
-            if isinstance(focus.conv.bn, nn.BatchNorm2d):
-                conv = fuse_conv_bn(conv, focus.conv.bn)
-            if conv.groups != 1 or conv.dilation != (1, 1):
-                raise ExportError("the Focus conv is grouped or dilated; it cannot be traced for NCNN")
-            weight = space_to_depth_conv_weight(conv.weight.detach().cpu().numpy(), FOCUS_OFFSETS)
-            self.conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:],
-                                  tuple(2 * s for s in conv.stride), tuple(2 * p for p in conv.padding),
-                                  bias=conv.bias is not None)
-            with torch.no_grad():
-                self.conv.weight.copy_(torch.from_numpy(weight))
-                if conv.bias is not None:
-                    self.conv.bias.copy_(conv.bias.detach())
-            self.act = focus.conv.act
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.act(self.conv(x))
-
-    class InputScaledConv(nn.Module):
-        """``conv(x * 2**-k)`` with the conv's weights times ``2**k``: the same function, FP16-friendly weights."""
-
-        def __init__(self, conv: nn.Conv2d, k: int) -> None:
-            super().__init__()
-            self.conv = copy.deepcopy(conv)
-            with torch.no_grad():
-                self.conv.weight.mul_(2.0 ** k)
-            self.scale = 2.0 ** -k
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.conv(x * self.scale)
-
-    net = copy.deepcopy(model).cpu().float().eval()
-    for name, module in list(net.named_modules()):
-        if isinstance(module, Focus):
-            _replace(net, name, FocusAsConv(module))
-    if half:
-        name, first = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
-        k = input_scale_exponent(first.weight.detach().numpy())
-        if k:
-            _replace(net, name, InputScaledConv(first, k))
-    return net
-
-
-def _replace(root: Any, name: str, module: Any) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def prepare_onnx(src: Path, dst: Path, half: bool) -> list[str]:
-    """Copy an ONNX file for pnnx with the rewrites :func:`trace_ready` makes on a torch model.
+    """Copy an ONNX file for pnnx with the rewrites ``deploy_model`` makes on a torch model.
 
     A Focus stem (four step-2 Slices -> Concat -> Conv) becomes one strided Conv; with ``half`` the Convs
     reading the image get their input scaled (:func:`input_scale_exponent`). Returns what was changed.
@@ -387,7 +288,7 @@ class NcnnExporter(Exporter):
     def _trace(self, model: Any, size: tuple[int, int], path: Path) -> None:
         import torch
 
-        net = trace_ready(model, self.options.half)
+        net = deploy_model(model, half=self.options.half)
         net.head.decode_in_inference = self.options.decode_in_graph
         example = torch.zeros(1, 3, *size)
         with warnings.catch_warnings(), torch.no_grad():

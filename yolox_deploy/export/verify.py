@@ -105,7 +105,7 @@ def _np(x: Any) -> np.ndarray:
 def reference_outputs(source: ExportSource, batch: np.ndarray, meta: ModelMeta) -> np.ndarray:
     """The source's head output for ``batch`` (decoded iff the artefact decodes), FP32 on the CPU."""
     if source.model is not None:
-        model = source.model.cpu().float().eval()
+        model = (source.reference if source.reference is not None else source.model).cpu().float().eval()
         previous = model.head.decode_in_inference
         model.head.decode_in_inference = meta.decode_in_graph or meta.nms_in_graph
         try:

@@ -2,7 +2,8 @@
 
 Outputs the raw head (decode runs in the shared pipeline, on the same device). CPU or CUDA; FP16 on CUDA
 with ``half=True``. Options: ``model`` (variant name, else read from the checkpoint), ``img_size``,
-``num_classes``, ``class_names``, ``half``, ``legacy`` (RGB/255/ImageNet input contract), ``fuse``.
+``num_classes``, ``class_names``, ``half``, ``legacy`` (RGB/255/ImageNet input contract), ``fuse`` (default
+True: run :func:`~yolox_deploy.nn.deploy.deploy_model`, the form every export traces).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from ..errors import BackendUnavailable, InputError
 from ..meta import ModelMeta, Preprocess
 from ..nn.checkpoint import load_model
+from ..nn.deploy import deploy_model
 from ..nn.yolox import YOLOX
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend
@@ -50,11 +52,11 @@ class TorchBackend(Backend):
         else:
             model = load_model(self.path, opts.get("model"), num_classes=opts.get("num_classes"),
                                class_names=opts.get("class_names"))
-        model = model.eval()
-        if opts.get("fuse", True) and not model.is_fused:
-            model = _fused_copy(model) if isinstance(self.path, YOLOX) else model.fuse()
-        model.head.decode_in_inference = False
         self._half = bool(opts.get("half")) and self._device.type == "cuda"
+        if opts.get("fuse", True):
+            model = deploy_model(model, half=self._half)  # a copy: a caller's (e.g. training) model is untouched
+        model = model.eval()
+        model.head.decode_in_inference = False
         self.model = model.to(self._device).half() if self._half else model.to(self._device)
 
         spec = model.spec
@@ -81,10 +83,3 @@ class TorchBackend(Backend):
             raise InputError(f"input {x.shape[2]}x{x.shape[3]} is not a multiple of 32")
         out = self.model(x)
         return [out.float() if self._half else out]
-
-
-def _fused_copy(model: YOLOX) -> YOLOX:
-    """Fuse a copy so a caller's (e.g. training) model keeps its BatchNorms."""
-    import copy
-
-    return copy.deepcopy(model).fuse()
