@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from yolox_deploy.ops import nms as nms_module
-from yolox_deploy.ops.nms import batched_nms, nms
+from yolox_deploy.ops.nms import batched_nms, dense_nms_numpy, nms
 
 
 def reference_nms(boxes: np.ndarray, scores: np.ndarray, thr: float, groups: np.ndarray | None = None) -> list[int]:
@@ -60,6 +60,19 @@ def test_nms_matches_brute_force(seed, n):
     boxes = random_boxes(rng, n, spread=40).astype(np.float32)  # dense: long suppression chains
     scores = rng.permutation(n).astype(np.float32)
     assert nms(boxes, scores, 0.5).tolist() == reference_nms(boxes.astype(np.float64), scores, 0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 256), thr=st.sampled_from([0.3, 0.5, 0.65]),
+       classes=st.sampled_from([None, 1, 3]))
+def test_dense_numpy_nms_matches_brute_force(seed, n, thr, classes):
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, n, spread=60).astype(np.float32)
+    scores = rng.permutation(n).astype(np.float32)
+    groups = None if classes is None else rng.integers(0, classes, n)
+    got = dense_nms_numpy(boxes, scores, groups, thr)
+    assert got.dtype == np.int64
+    assert got.tolist() == reference_nms(boxes.astype(np.float64), scores, thr, groups)
 
 
 def test_chunks_and_long_chains(monkeypatch):

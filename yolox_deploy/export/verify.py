@@ -63,8 +63,11 @@ class VerifyReport:
         diff = "n/a (NMS in graph)" if self.max_abs_diff is None else f"{self.max_abs_diff:.2e}"
         a = self.agreement
         limit = "not checked" if math.isinf(self.tolerance) else f"tolerance {self.tolerance:g}"
-        return (f"max abs diff {diff} ({limit}), detections {a.matched}/{max(a.n_a, a.n_b)} "
-                f"agree (mean IoU {a.mean_iou:.3f}) on {self.image}")
+        if max(a.n_a, a.n_b) == 0:
+            dets = f"no detections above conf {VERIFY_CONF:g} to compare (--verify-image IMAGE checks them)"
+        else:
+            dets = f"detections {a.matched}/{max(a.n_a, a.n_b)} agree (mean IoU {a.mean_iou:.3f})"
+        return f"max abs diff {diff} ({limit}), {dets} on {self.image}"
 
 
 def normalised_diff(out: np.ndarray, ref: np.ndarray, meta: ModelMeta, score_floor: float = 0.0) -> float:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ._array import Array, like, to_tensor
@@ -51,7 +52,9 @@ def box_iou(boxes1: Array, boxes2: Array) -> Array:
 
 def clip_boxes(boxes: Array, height: int, width: int) -> Array:
     """Clamp xyxy boxes ``[N, 4]`` to the image ``[0, width] x [0, height]`` (a new array)."""
-    b = to_tensor(boxes)
+    if isinstance(boxes, np.ndarray):  # numpy natively: this runs once per image on the CPU path
+        return np.clip(boxes, 0, np.array([width, height, width, height], dtype=boxes.dtype))
+    b = boxes
     x = b[..., 0::2].clamp(0, width)
     y = b[..., 1::2].clamp(0, height)
-    return like(torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1), boxes)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)

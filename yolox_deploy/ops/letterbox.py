@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ..meta import Preprocess
-from ._array import Array, like, to_tensor
+from ._array import Array
 from .boxes import clip_boxes
 
 
@@ -82,7 +82,5 @@ def scale_boxes(boxes: Array, ratio: float, image_hw: tuple[int, int] | None = N
 
     Clipped to the image when ``image_hw`` is given; the authors' COCO protocol does not clip.
     """
-    t = to_tensor(boxes) / ratio
-    if image_hw is not None:
-        t = clip_boxes(t, image_hw[0], image_hw[1])
-    return like(t, boxes)
+    scaled = boxes / ratio
+    return scaled if image_hw is None else clip_boxes(scaled, image_hw[0], image_hw[1])

@@ -11,12 +11,18 @@ before j, *within* each group only (class-aware NMS never compares two classes, 
 make ~0.4 M pairs, not 35 M); keep the pairs with IoU above the threshold as suppression edges; the greedy
 result is the unique fixed point of ``keep[j] = not any(keep[i] for edges i -> j)``, reached by sweeping that
 equation (as many sweeps as the longest suppression chain; a sequential pass finishes pathological chains).
+
+:func:`dense_nms_numpy` is the same greedy NMS in numpy for the few hundred candidates a detector usually
+has on the CPU: one IoU matrix and a pass over the boxes that suppress anything. Each numpy call costs a
+microsecond where a torch op costs several, and right after a runtime's inference (caches cold) that is the
+difference between 0.4 and 1.2 ms of post-processing per image.
 """
 
 from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import torch
 
 from ._array import Array, like, serial, to_tensor
@@ -37,6 +43,31 @@ def _pair_iou(boxes: torch.Tensor, area: torch.Tensor, i: torch.Tensor, j: torch
     wh = (rb - lt).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
     return inter / (area[i] + area[j] - inter)
+
+
+def dense_nms_numpy(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray | None,
+                    iou_threshold: float) -> np.ndarray:
+    """:func:`batched_nms` (or :func:`nms` when ``groups`` is ``None``) in numpy with one ``[N, N]`` IoU matrix.
+
+    Meant for up to a few hundred boxes (``DENSE_MAX``); same result as the torch path.
+    """
+    order = np.argsort(-scores, kind="stable")
+    b = boxes[order]
+    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    lt = np.maximum(b[:, None, :2], b[None, :, :2])
+    wh = np.maximum(np.minimum(b[:, None, 2:], b[None, :, 2:]) - lt, 0)
+    inter = wh[..., 0] * wh[..., 1]
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 -> NaN, which never suppresses
+        hit = inter / (area[:, None] + area[None, :] - inter) > iou_threshold
+    if groups is not None:
+        g = groups[order]
+        hit &= g[:, None] == g[None, :]
+    hit = np.triu(hit, 1)
+    keep = np.ones(len(order), dtype=bool)
+    for i in np.flatnonzero(hit.any(axis=1)):
+        if keep[i]:
+            keep[hit[i]] = False
+    return order[keep].astype(np.int64)
 
 
 def _suppression_edges(boxes: torch.Tensor, groups: torch.Tensor, iou_threshold: float,

@@ -4,6 +4,8 @@ Per anchor the class is the arg-max class, the score is ``obj * p(class)``; anch
 ``conf_threshold`` are dropped; NMS runs per image and (unless ``class_agnostic``) per class. All images of a
 batch go through one NMS call. Scores do not depend on decoding, so a raw output is filtered first and only
 the surviving anchors are decoded. Works on numpy or torch (any device); results stay on the input's device.
+On the CPU the steps run in numpy (a detector's post-processing is a few dozen calls on small arrays, where
+numpy's per-call cost is a fraction of torch's); elsewhere as torch ops.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._array import Array, like, serial, to_tensor
+from ._array import Array, like, to_tensor
 from .boxes import cxcywh_to_xyxy
-from .decode import STRIDES, cached_grid, decode_with_grid, level_shapes
-from .nms import batched_nms
+from .decode import STRIDES, WH_LOGIT_MAX, XY_LOGIT_LIMIT, cached_grid, decode_with_grid, level_shapes
+from .nms import DENSE_MAX, batched_nms, dense_nms_numpy
 
 
 class RawDetections(NamedTuple):
@@ -25,31 +27,6 @@ class RawDetections(NamedTuple):
     boxes: Array
     scores: Array
     class_ids: Array
-
-
-def _candidates(t: torch.Tensor, conf_threshold: float,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Anchors whose best class scores ``obj * p(class) >= conf``: ``(image, anchor, score, class)`` indices.
-
-    Class probabilities are at most 1, so only anchors with ``obj >= conf`` can qualify: they are picked
-    first and the arg-max over classes runs on those rows alone (a few hundred of thousands). On the CPU
-    this runs in numpy, single-threaded; on other devices as the same torch ops.
-    """
-    if t.device.type == "cpu":
-        a = t.numpy()
-        img_idx, anchor_idx = np.nonzero(a[..., 4] >= conf_threshold)
-        rows = a[img_idx, anchor_idx]                                  # [K, 5 + C]
-        class_pred = rows[:, 5:].argmax(axis=1)
-        scores = rows[:, 4] * rows[np.arange(len(rows)), 5 + class_pred]
-        ok = scores >= conf_threshold
-        return (torch.from_numpy(img_idx[ok]), torch.from_numpy(anchor_idx[ok]), torch.from_numpy(scores[ok]),
-                torch.from_numpy(class_pred[ok]))
-    img_idx, anchor_idx = (t[..., 4] >= conf_threshold).nonzero(as_tuple=True)
-    rows = t[img_idx, anchor_idx]
-    class_conf, class_pred = rows[:, 5:].max(dim=1)
-    scores = rows[:, 4] * class_conf
-    ok = scores >= conf_threshold
-    return img_idx[ok], anchor_idx[ok], scores[ok], class_pred[ok]
 
 
 def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, class_agnostic: bool = False,
@@ -62,26 +39,71 @@ def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, cla
     Each result is sorted by decreasing score and holds at most ``max_det`` boxes (all when ``None``).
     """
     t = to_tensor(pred)
-    with serial(t):
-        return _postprocess(t, pred, conf_threshold, iou_threshold, class_agnostic, max_det, input_hw, strides)
-
-
-def _postprocess(t: torch.Tensor, pred: Array, conf_threshold: float, iou_threshold: float, class_agnostic: bool,
-                 max_det: int | None, input_hw: tuple[int, int] | None, strides: tuple[int, ...],
-                 ) -> list[RawDetections]:
     if t.ndim != 3 or t.shape[-1] < 6:
         raise ValueError(f"expected predictions [B, A, 5 + C], got shape {tuple(t.shape)}")
-    if t.dtype != torch.float32:
-        t = t.float()
-    num_classes = t.shape[-1] - 5
-    img_idx, anchor_idx, cand_scores, cand_cls = _candidates(t, conf_threshold)
-    cand = t[img_idx, anchor_idx, :4]                            # [K, 4]
     if input_hw is not None:
         shapes = level_shapes(input_hw, strides)
         if sum(h * w for h, w in shapes) != t.shape[1]:
             raise ValueError(f"raw output has {t.shape[1]} anchors, not those of a "
                              f"{input_hw[0]}x{input_hw[1]} input")
-        grid, stride = cached_grid(shapes, strides, t.device, t.dtype)
+    if t.dtype != torch.float32:
+        t = t.float()
+    if t.device.type == "cpu":
+        return _postprocess_numpy(t.detach().numpy(), pred, conf_threshold, iou_threshold, class_agnostic, max_det,
+                                  input_hw, strides)
+    return _postprocess_torch(t, pred, conf_threshold, iou_threshold, class_agnostic, max_det, input_hw, strides)
+
+
+def _postprocess_numpy(a: np.ndarray, pred: Array, conf_threshold: float, iou_threshold: float,
+                       class_agnostic: bool, max_det: int | None, input_hw: tuple[int, int] | None,
+                       strides: tuple[int, ...]) -> list[RawDetections]:
+    """The CPU path, in numpy: a handful of calls on the few anchors above the threshold.
+
+    Class probabilities are at most 1, so only anchors with ``obj >= conf`` can qualify: those are picked
+    first and the arg-max over classes runs on their rows alone.
+    """
+    img_idx, anchor_idx = np.nonzero(a[..., 4] >= conf_threshold)
+    rows = a[img_idx, anchor_idx]                                      # [K, 5 + C]
+    cls = rows[:, 5:].argmax(axis=1)
+    scores = rows[:, 4] * rows[np.arange(len(rows)), 5 + cls]
+    ok = scores >= conf_threshold
+    img_idx, anchor_idx, rows, cls, scores = img_idx[ok], anchor_idx[ok], rows[ok], cls[ok], scores[ok]
+    xy, wh = rows[:, 0:2], rows[:, 2:4]
+    if input_hw is not None:
+        grid, stride = cached_grid(level_shapes(input_hw, strides), strides, torch.device("cpu"), torch.float32)
+        g, s = grid.numpy()[anchor_idx], stride.numpy()[anchor_idx]
+        xy = (np.clip(xy, -XY_LOGIT_LIMIT, XY_LOGIT_LIMIT) + g) * s
+        wh = np.exp(np.minimum(wh, WH_LOGIT_MAX)) * s
+    half = wh / 2
+    boxes = np.concatenate((xy - half, xy + half), axis=1)
+    groups = img_idx if class_agnostic else img_idx * (a.shape[-1] - 5) + cls
+    if len(boxes) <= DENSE_MAX:
+        keep = dense_nms_numpy(boxes, scores, groups, iou_threshold)
+    else:
+        keep = batched_nms(boxes, scores, groups, iou_threshold)
+    out = (lambda x: x) if isinstance(pred, np.ndarray) else torch.from_numpy
+    results = []
+    for b in range(a.shape[0]):
+        sel = keep if a.shape[0] == 1 else keep[img_idx[keep] == b]
+        sel = sel[:max_det] if max_det is not None else sel
+        results.append(RawDetections(out(boxes[sel]), out(scores[sel]), out(cls[sel])))
+    return results
+
+
+def _postprocess_torch(t: torch.Tensor, pred: Array, conf_threshold: float, iou_threshold: float,
+                       class_agnostic: bool, max_det: int | None, input_hw: tuple[int, int] | None,
+                       strides: tuple[int, ...]) -> list[RawDetections]:
+    """Other devices (the GPU): the same steps as torch ops on the output tensor, results left there."""
+    num_classes = t.shape[-1] - 5
+    img_idx, anchor_idx = (t[..., 4] >= conf_threshold).nonzero(as_tuple=True)
+    rows = t[img_idx, anchor_idx]
+    class_conf, class_pred = rows[:, 5:].max(dim=1)
+    scores = rows[:, 4] * class_conf
+    ok = scores >= conf_threshold
+    img_idx, anchor_idx, cand_scores, cand_cls = img_idx[ok], anchor_idx[ok], scores[ok], class_pred[ok]
+    cand = rows[ok, :4]                                                # [K, 4]
+    if input_hw is not None:
+        grid, stride = cached_grid(level_shapes(input_hw, strides), strides, t.device, t.dtype)
         cand = decode_with_grid(cand, grid[anchor_idx], stride[anchor_idx])
     cand_boxes = cxcywh_to_xyxy(cand)
     groups = img_idx if class_agnostic else img_idx * num_classes + cand_cls
