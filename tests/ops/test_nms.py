@@ -84,7 +84,9 @@ def test_chunks_and_long_chains(monkeypatch):
     boxes = np.stack([x, np.zeros(n), x + 10, np.full(n, 10.0)], axis=1).astype(np.float32)
     scores = np.linspace(1, 0.01, n).astype(np.float32)
     for thr in (0.5, 0.7, 0.85):
-        assert nms(boxes, scores, thr).tolist() == reference_nms(boxes.astype(np.float64), scores, thr)
+        expected = reference_nms(boxes.astype(np.float64), scores, thr)
+        assert nms(boxes, scores, thr).tolist() == expected
+        assert dense_nms_numpy(boxes, scores, None, thr).tolist() == expected
     rng = np.random.default_rng(3)
     boxes = random_boxes(rng, 400, spread=60).astype(np.float32)
     scores = rng.permutation(400).astype(np.float32)

@@ -52,19 +52,26 @@ def dense_nms_numpy(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray | 
     Meant for up to a few hundred boxes (``DENSE_MAX``); same result as the torch path.
     """
     order = np.argsort(-scores, kind="stable")
-    b = boxes[order]
-    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
-    lt = np.maximum(b[:, None, :2], b[None, :, :2])
-    wh = np.maximum(np.minimum(b[:, None, 2:], b[None, :, 2:]) - lt, 0)
-    inter = wh[..., 0] * wh[..., 1]
+    x1, y1, x2, y2 = boxes[order].T
+    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    iw = np.maximum(np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1), 0)
+    ih = np.maximum(np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1), 0)
+    inter = iw * ih
     with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 -> NaN, which never suppresses
-        hit = inter / (area[:, None] + area[None, :] - inter) > iou_threshold
+        hit = inter / (area[:, None] + area - inter) > iou_threshold
     if groups is not None:
         g = groups[order]
-        hit &= g[:, None] == g[None, :]
+        hit &= g[:, None] == g
     hit = np.triu(hit, 1)
+    # the same fixed point as _resolve: keep[j] = no kept i < j suppresses j
     keep = np.ones(len(order), dtype=bool)
-    for i in np.flatnonzero(hit.any(axis=1)):
+    for _ in range(_MAX_SWEEPS):
+        new = ~hit[keep].any(axis=0)
+        if np.array_equal(new, keep):
+            return order[keep].astype(np.int64)
+        keep = new
+    keep[:] = True
+    for i in np.flatnonzero(hit.any(axis=1)):  # a long chain: the sequential definition
         if keep[i]:
             keep[hit[i]] = False
     return order[keep].astype(np.int64)
