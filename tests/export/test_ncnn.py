@@ -1,10 +1,8 @@
 """NCNN export through pnnx: the traced graph, the written folder, parity with torch / the authors' ONNX, AP."""
 
-import copy
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("pnnx", reason="the ncnn export needs pnnx (pip install 'yolox-deploy[ncnn]')")
 pytest.importorskip("ncnn", reason="running NCNN artefacts needs ncnn (pip install 'yolox-deploy[ncnn]')")
@@ -26,13 +24,6 @@ from yolox_deploy.meta import Preprocess  # noqa: E402
 from yolox_deploy.ops.letterbox import preprocess_batch  # noqa: E402
 from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
 from yolox_deploy.runtimes.ncnn import read_param  # noqa: E402
-
-
-def _torch_out(model, batch, decode):
-    m = copy.deepcopy(model).eval().fuse()
-    m.head.decode_in_inference = decode
-    with torch.no_grad():
-        return m(torch.from_numpy(batch)).numpy()
 
 
 def _dog_batch(dog_jpg, size=(416, 416)):
@@ -93,7 +84,7 @@ def test_raw_fp32_matches_torch_on_dog(raw_fp32, nano_model, dog_jpg):
     batch = _dog_batch(dog_jpg)
     with open_backend(raw_fp32.path) as backend:
         out = backend.infer(batch)[0]
-    assert np.abs(out - _torch_out(nano_model, batch, decode=False)).max() <= 1e-3
+    assert np.abs(out - nano_model.head_output(batch, decode=False)).max() <= 1e-3
 
 
 def test_detector_batch_equals_single_calls(raw_fp32, coco_tiny):
@@ -117,7 +108,7 @@ def test_dynamic_raw_graph_runs_other_input_sizes(raw_fp32, nano_model, dog_jpg)
     with open_backend(raw_fp32.path) as backend:
         out = backend.infer(batch)[0]
     assert out.shape == (1, 40 * 60 + 20 * 30 + 10 * 15, 85)
-    assert np.abs(out - _torch_out(nano_model, batch, decode=False)).max() <= 1e-3
+    assert np.abs(out - nano_model.head_output(batch, decode=False)).max() <= 1e-3
 
 
 def test_decoded_fp32_matches_torch_and_is_static(decoded_fp32, nano_model, dog_jpg):
@@ -130,7 +121,7 @@ def test_decoded_fp32_matches_torch_and_is_static(decoded_fp32, nano_model, dog_
         out = backend.infer(batch)[0]
         with pytest.raises(InputError, match="416x416"):
             backend.infer(_dog_batch(dog_jpg, (320, 320)))
-    assert normalised_diff(out, _torch_out(nano_model, batch, decode=True), meta) <= 1e-3
+    assert normalised_diff(out, nano_model.head_output(batch, decode=True), meta) <= 1e-3
 
 
 def test_decoded_fp32_reproduces_the_authors_ap(decoded_fp32, coco_tiny, tmp_path):
@@ -180,7 +171,7 @@ def test_fp16_storage(tmp_path, nano_pth, nano_model, dog_jpg, raw_fp32):
     batch = _dog_batch(dog_jpg)
     with open_backend(result.path) as backend:
         out = backend.infer(batch)[0]
-    ref = _torch_out(nano_model, batch, decode=False)
+    ref = nano_model.head_output(batch, decode=False)
     assert np.abs(out - ref).max() <= 0.3
     assert np.abs(out[..., 4:] - ref[..., 4:]).max() <= 0.05
     [a] = postprocess(ref, 0.25, 0.45, input_hw=(416, 416))

@@ -10,7 +10,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -86,15 +85,6 @@ def dog_batch(dog_jpg):
     return preprocess_batch([read_image(dog_jpg)], SIZE)[0]
 
 
-def _torch_head(model, batch, decode_in_graph):
-    previous = model.head.decode_in_inference
-    model.head.decode_in_inference = decode_in_graph
-    try:
-        with torch.inference_mode():
-            return model(torch.from_numpy(batch)).numpy()
-    finally:
-        model.head.decode_in_inference = previous
-
 
 def _ort(path, batch, **kw):
     with open_backend(path, **kw) as backend:
@@ -132,7 +122,7 @@ def test_raw_output_matches_torch_and_the_authors_onnx(raw_onnx, nano_source, na
     path, meta = raw_onnx
     assert not meta.decode_in_graph and not meta.nms_in_graph and meta.batch == 1
     [ours] = _ort(path, dog_batch)
-    ref = _torch_head(nano_source.model, dog_batch, decode_in_graph=False)
+    ref = nano_source.model.head_output(dog_batch, decode=False)
     assert ours.shape == ref.shape == (1, 3549, 85)
     assert np.abs(ours - ref).max() < 1e-3
     [authors] = _ort(nano_onnx, dog_batch)
@@ -145,7 +135,7 @@ def test_decoded_output_matches_torch(cli_export, nano_source, dog_batch):
         meta = backend.meta
         [ours] = backend.infer(dog_batch)
     assert meta.decode_in_graph and meta.input_size == SIZE
-    ref = _torch_head(nano_source.model, dog_batch, decode_in_graph=True)
+    ref = nano_source.model.head_output(dog_batch, decode=True)
     assert normalised_diff(ours, ref, meta) < 1e-3  # offsets / stride, sizes relative: the raw units
     np.testing.assert_allclose(ours[..., :4], ref[..., :4], rtol=1e-4, atol=2e-2)  # pixels
     np.testing.assert_allclose(ours[..., 4:], ref[..., 4:], atol=1e-4)
@@ -178,7 +168,7 @@ def test_dynamic_hw_follows_the_real_input_size(dynamic_onnx, nano_source, dog_j
     with open_backend(path, img_size=size) as backend:
         assert backend.meta.input_size == size
         [ours] = backend.infer(batch)
-    ref = _torch_head(nano_source.model, batch, decode_in_graph=True)
+    ref = nano_source.model.head_output(batch, decode=True)
     assert ours.shape == ref.shape
     assert normalised_diff(ours, ref, meta.with_(input_size=size)) < 1e-3
     with Detector(path, img_size=size) as det:

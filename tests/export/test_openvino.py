@@ -25,18 +25,6 @@ from yolox_deploy.ops.match import match_detections  # noqa: E402
 from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
 
 
-def _torch_out(model, batch: np.ndarray, decode: bool) -> np.ndarray:
-    import torch
-
-    previous = model.head.decode_in_inference
-    model.head.decode_in_inference = decode
-    try:
-        with torch.inference_mode():
-            return model(torch.from_numpy(batch)).numpy()
-    finally:
-        model.head.decode_in_inference = previous
-
-
 def _batch(path, size=(416, 416)) -> np.ndarray:
     return preprocess_batch([read_image(path)], size)[0]
 
@@ -105,7 +93,7 @@ def test_raw_fp32_reproduces_torch_on_dog(raw_ir, nano_model, dog_jpg):
     batch = _batch(dog_jpg)
     with open_backend(raw_ir.path) as backend:
         out = backend.infer(batch)[0]
-    ref = _torch_out(nano_model, batch, decode=False)
+    ref = nano_model.head_output(batch, decode=False)
     assert out.shape == ref.shape == (1, 3549, 85)
     diff = float(np.abs(out - ref).max())
     print(f"OpenVINO FP32 raw max abs diff vs torch on dog.jpg: {diff:.2e}")
@@ -119,7 +107,7 @@ def test_decoded_fp32_reproduces_torch(dynamic_ir, nano_model, dog_jpg):
     batch = _batch(dog_jpg)
     with open_backend(dynamic_ir.path) as backend:
         out = backend.infer(batch)[0]
-    ref = _torch_out(nano_model, batch, decode=True)
+    ref = nano_model.head_output(batch, decode=True)
     diff = normalised_diff(out, ref, meta)
     print(f"OpenVINO FP32 decoded max diff (raw units) vs torch on dog.jpg: {diff:.2e}")
     assert diff <= 1e-3
@@ -152,7 +140,7 @@ def test_dynamic_height_width(dynamic_ir, nano_model, dog_jpg):
         for size in ((320, 480), (640, 640)):
             batch = _batch(dog_jpg, size)
             out = backend.infer(np.concatenate([batch, batch[:, :, ::-1].copy()]))[0]
-            ref = _torch_out(nano_model, np.concatenate([batch, batch[:, :, ::-1].copy()]), decode=True)
+            ref = nano_model.head_output(np.concatenate([batch, batch[:, :, ::-1].copy()]), decode=True)
             assert normalised_diff(out, ref, dynamic_ir.meta.with_(input_size=size)) <= 1e-3
     with Detector(dynamic_ir.path, img_size=(320, 480)) as det:
         assert {"dog", "bicycle"} <= set(det(dog_jpg)[0].names.tolist())
@@ -186,7 +174,7 @@ def test_fp16_weights(tmp_path, raw_ir, nano_pth, nano_model, dog_jpg):
     batch = _batch(dog_jpg)
     with open_backend(result.path) as backend:
         out = backend.infer(batch)[0]
-    ref = _torch_out(nano_model, batch, decode=False)
+    ref = nano_model.head_output(batch, decode=False)
     assert np.abs(out[..., 4:] - ref[..., 4:]).max() <= 0.05
     with Detector(result.path) as det, Detector(nano_pth) as ref_det:
         [a], [b] = det(dog_jpg), ref_det(dog_jpg)

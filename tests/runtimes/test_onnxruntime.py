@@ -3,8 +3,6 @@ files, and the CUDA IO-binding path (GPU only)."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -222,39 +220,14 @@ def test_missing_file(tmp_path):
         Detector(tmp_path / "nope.onnx")
 
 
-# --- cost per call -------------------------------------------------------------------------------------------
-def test_per_call_overhead_is_microseconds(nano_onnx):
-    """What the backend adds around ``session.run`` (shape checks, the feed dict), timed with a no-op run."""
+# --- what the backend adds -----------------------------------------------------------------------------------
+def test_outputs_are_handed_over_without_a_copy(nano_onnx):
+    """The backend passes the session's output arrays on as they are (its cost is timed in benchmarks/)."""
     batch = np.zeros((1, 3, 416, 416), np.float32)
     with open_backend(nano_onnx) as backend:
         result = [np.zeros((1, 3549, 85), np.float32)]
-        backend._run = lambda names, feed: result  # the session call itself is not what is measured here
-        assert backend.infer(batch) is result  # outputs are handed over as they are: no copy
-        n = 2000
-        t0 = time.perf_counter()
-        for _ in range(n):
-            backend.infer(batch)
-        per_call = (time.perf_counter() - t0) / n
-    assert per_call < 50e-6, f"{per_call * 1e6:.1f} us per call"  # vs ~10 ms for nano 416 on a CPU core
-
-
-@pytest.mark.slow
-def test_backend_adds_nothing_to_a_session_run(nano_onnx, dog_jpg):
-    """The bare backend call costs what ``session.run`` costs (nano 416, batch 1, CPU): ratio <= 1.05."""
-    batch = preprocess_batch([read_image(dog_jpg)], (416, 416))[0]
-    with open_backend(nano_onnx) as backend:
-        session, names = backend.session, [o.name for o in backend.session.get_outputs()]
-        for _ in range(5):
-            backend.infer(batch)
-        calls = [(lambda: session.run(names, {"images": batch}), []), (lambda: backend.infer(batch), [])]
-        for i in range(100):  # interleaved, alternating who goes first: other load hits both alike
-            for fn, times in calls[:: 1 if i % 2 else -1]:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-    bare, ours = calls[0][1], calls[1][1]
-    ratio = min(ours) / min(bare)
-    assert ratio <= 1.05, (min(ours), min(bare))
+        backend._run = lambda names, feed: result  # the session call itself is not what is checked here
+        assert backend.infer(batch) is result
 
 
 # --- GPU -----------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ the format's capability row, load the source, write into a staging folder, verif
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 from ..errors import InputError
 from ..io.images import list_images
 from ..nn.deploy import deploy_model
+from ..utils.plugins import import_builtins
 from .base import (
     OPTIONAL_FEATURES,
     Exporter,
@@ -38,14 +38,7 @@ from .source import load_source
 log = logging.getLogger(__name__)
 
 BUILTIN_FORMATS = ("onnx", "openvino", "ncnn", "tensorrt")
-IMPORT_ERRORS: dict[str, str] = {}
-for _name in BUILTIN_FORMATS:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__name__}.{_name}":
-            raise
-        IMPORT_ERRORS[_name] = str(_e)
+IMPORT_ERRORS: dict[str, str] = import_builtins(__name__, BUILTIN_FORMATS)
 
 __all__ = ["ExportOptions", "ExportResult", "ExportSource", "Exporter", "FormatInfo", "export", "format_class",
            "register_format", "registered_formats"]

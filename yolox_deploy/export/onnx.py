@@ -141,18 +141,14 @@ def _from_torch(source: ExportSource, o: ExportOptions) -> tuple[Any, ModelMeta]
         if o.dynamic_hw:
             axes[INPUT_NAME].update({2: "height", 3: "width"})
             axes[OUTPUT_NAME][1] = "anchors"
-    previous = model.head.decode_in_inference
-    model.head.decode_in_inference = decode
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), model.decoding(decode):
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
             torch.onnx.export(model, (dummy,), buf, dynamo=False, opset_version=o.opset, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes=axes or None, do_constant_folding=True)
     except Exception as e:
         raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
-    finally:
-        model.head.decode_in_inference = previous
     proto = onnx.load_from_string(buf.getvalue())
 
     meta = source.meta.with_(

@@ -73,16 +73,12 @@ def convert_torch(model: Any, meta: ModelMeta) -> Any:
     model = model.cpu().float().eval()
     h, w = meta.input_size
     example = torch.zeros((meta.batch or 1, 3, h, w), dtype=torch.float32)
-    previous = model.head.decode_in_inference
-    model.head.decode_in_inference = meta.decode_in_graph
     try:
-        with torch.no_grad():
+        with torch.no_grad(), model.decoding(meta.decode_in_graph):
             traced = torch.jit.trace(model, example, check_trace=False, strict=False)
         ov_model = ov.convert_model(traced, example_input=example, input=[ov.PartialShape(input_shape(meta))])
     except Exception as e:  # the tracer and the converter raise their own exception types
         raise ExportError(f"OpenVINO could not convert the model ({type(e).__name__}: {str(e)[:300]})") from e
-    finally:
-        model.head.decode_in_inference = previous
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
     if len(ov_model.outputs) == 1:
         ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})

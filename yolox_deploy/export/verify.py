@@ -109,13 +109,7 @@ def reference_outputs(source: ExportSource, batch: np.ndarray, meta: ModelMeta) 
     """The source's head output for ``batch`` (decoded iff the artefact decodes), FP32 on the CPU."""
     if source.model is not None:
         model = (source.reference if source.reference is not None else source.model).cpu().float().eval()
-        previous = model.head.decode_in_inference
-        model.head.decode_in_inference = meta.decode_in_graph or meta.nms_in_graph
-        try:
-            with torch.inference_mode():
-                return model(torch.from_numpy(batch)).numpy()
-        finally:
-            model.head.decode_in_inference = previous
+        return model.head_output(batch, decode=meta.decode_in_graph or meta.nms_in_graph)
     from ..runtimes.detector import open_backend
 
     with open_backend(source.onnx_path, backend="onnxruntime") as ref:

@@ -10,6 +10,17 @@ from .blocks import BaseConv, CSPLayer, Focus, ResLayer, SPPBottleneck, conv_blo
 OUT_FEATURES = ("dark3", "dark4", "dark5")
 
 
+def _staged_forward(self: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Both backbones: ``stem`` then ``dark2`` ... ``dark5``; the stages named in ``out_features`` come out."""
+    outputs = {}
+    x = self.stem(x)
+    outputs["stem"] = x
+    for name in ("dark2", "dark3", "dark4", "dark5"):
+        x = getattr(self, name)(x)
+        outputs[name] = x
+    return {k: v for k, v in outputs.items() if k in self.out_features}
+
+
 class CSPDarknet(nn.Module):
     """Focus stem + four CSP stages. Returns ``{"dark3": /8, "dark4": /16, "dark5": /32}``."""
 
@@ -41,14 +52,7 @@ class CSPDarknet(nn.Module):
                      depthwise=depthwise, act=act),
         )
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = {}
-        x = self.stem(x)
-        outputs["stem"] = x
-        for name in ("dark2", "dark3", "dark4", "dark5"):
-            x = getattr(self, name)(x)
-            outputs[name] = x
-        return {k: v for k, v in outputs.items() if k in self.out_features}
+    forward = _staged_forward
 
 
 class Darknet(nn.Module):
@@ -93,11 +97,4 @@ class Darknet(nn.Module):
             BaseConv(filters_list[1], filters_list[0], 1, stride=1, act="lrelu"),
         ]
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = {}
-        x = self.stem(x)
-        outputs["stem"] = x
-        for name in ("dark2", "dark3", "dark4", "dark5"):
-            x = getattr(self, name)(x)
-            outputs[name] = x
-        return {k: v for k, v in outputs.items() if k in self.out_features}
+    forward = _staged_forward

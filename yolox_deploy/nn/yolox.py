@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +43,22 @@ class YOLOX(nn.Module):
                 m.conv = fuse_conv_bn(m.conv, m.bn)
                 m.bn = nn.Identity()
         return self
+
+    @contextlib.contextmanager
+    def decoding(self, decode: bool) -> Iterator[YOLOX]:
+        """Within the block the head outputs decoded boxes (``True``) or its raw offsets and log-sizes."""
+        previous = self.head.decode_in_inference
+        self.head.decode_in_inference = decode
+        try:
+            yield self
+        finally:
+            self.head.decode_in_inference = previous
+
+    def head_output(self, batch: np.ndarray, decode: bool) -> np.ndarray:
+        """The head output ``[B, A, 5 + C]`` for a preprocessed float32 batch, on the model's device."""
+        p = next(self.parameters())
+        with self.decoding(decode), torch.inference_mode():
+            return self(torch.from_numpy(batch).to(p.device, p.dtype)).float().cpu().numpy()
 
     @property
     def is_fused(self) -> bool:

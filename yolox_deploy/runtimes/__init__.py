@@ -4,20 +4,13 @@ Importing this package registers every built-in backend; their optional packages
 artefact is opened, so a missing runtime is reported (``BackendInfo.available``), never fatal here.
 """
 
-import importlib
 
+from ..utils.plugins import import_builtins
 from .base import Backend, BackendInfo, backend_class, find_backend, register_backend, registered_backends
 from .detector import Detector, open_backend
 
 BUILTIN_BACKENDS = ("torch", "onnxruntime", "openvino", "ncnn", "tensorrt")
-IMPORT_ERRORS: dict[str, str] = {}
-for _name in BUILTIN_BACKENDS:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__name__}.{_name}":
-            raise
-        IMPORT_ERRORS[_name] = str(_e)
+IMPORT_ERRORS: dict[str, str] = import_builtins(__name__, BUILTIN_BACKENDS)
 
 __all__ = ["Backend", "BackendInfo", "Detector", "backend_class", "find_backend", "open_backend",
            "register_backend", "registered_backends"]
