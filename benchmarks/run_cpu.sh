@@ -9,12 +9,9 @@
 # there are timed with seeded random weights (see benchmarks/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# PyTorch (used by the shared post-processing and the torch backend) and NCNN each bundle their own libgomp.
-# With OpenMP's default wait policy their idle threads spin, and on a 2-core machine two spinning pools in
-# one process starve each other: the NCNN and torch rows then measure that contention (NCNN full pipeline
-# 550 ms instead of 20 ms, torch 2.3 s instead of 57 ms in one measurement here). PASSIVE makes idle
-# OpenMP threads sleep. The value is recorded in the host line; set OMP_WAIT_POLICY yourself to override.
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# Leave OMP_WAIT_POLICY unset: NCNN's OpenMP threads synchronise between its many small layers, and with
+# PASSIVE they sleep and wake at each one (YOLOX-Nano: 26 ms per image instead of 9 ms here). The CPU
+# pipeline does its post-processing in numpy, so no second OpenMP pool competes with the runtime's.
 OUT="${1:-benchmarks/results/cpu}"
 shift || true
 WEIGHTS_ARGS=()
