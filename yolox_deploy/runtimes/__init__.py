@@ -4,7 +4,6 @@ Importing this package registers every built-in backend; their optional packages
 artefact is opened, so a missing runtime is reported (``BackendInfo.available``), never fatal here.
 """
 
-
 from ..utils.plugins import import_builtins
 from .base import Backend, BackendInfo, backend_class, find_backend, register_backend, registered_backends
 from .detector import Detector, open_backend
