@@ -81,20 +81,19 @@ class MetricsLog:
         self.eval.truncate_after(iteration)
 
     def log_train(self, row: Mapping[str, Any]) -> None:
-        self.train.write(row)
-        if self._tb is not None:
-            step = int(row["iteration"])
-            for k, v in row.items():
-                if k not in ("epoch", "iteration") and isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"train/{k}", v, step)
+        self._log(self.train, "train", row)
 
     def log_eval(self, row: Mapping[str, Any]) -> None:
-        self.eval.write(row)
+        self._log(self.eval, "val", row)
+
+    def _log(self, table: CsvLog, tag: str, row: Mapping[str, Any]) -> None:
+        """One CSV row, and its numbers as TensorBoard scalars under ``tag/`` at the row's iteration."""
+        table.write(row)
         if self._tb is not None:
             step = int(row["iteration"])
             for k, v in row.items():
                 if k not in ("epoch", "iteration") and isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"val/{k}", v, step)
+                    self._tb.add_scalar(f"{tag}/{k}", v, step)
 
     def close(self) -> None:
         if self._tb is not None:
