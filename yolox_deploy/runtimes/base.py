@@ -85,6 +85,16 @@ def _folder_artefacts(path: Path, pattern: str) -> list[Path]:
     return sorted(path.glob(pattern))
 
 
+def one_model_file(folder: Path, files: list[Path], *, missing: str, kind: str, hint: str) -> Path:
+    """The one model file ``files`` found in an artefact ``folder``: ``missing`` when there is none, and
+    for several a message naming them, ending with ``hint`` (how to pick one)."""
+    if not files:
+        raise ArtefactError(missing)
+    if len(files) > 1:
+        raise ArtefactError(f"folder {folder} holds several {kind} ({', '.join(f.name for f in files)}); {hint}")
+    return files[0]
+
+
 def find_backend(path: str | os.PathLike) -> type[Backend]:
     """The backend class that opens ``path`` (a file by suffix, a folder by its layout)."""
     p = Path(path)

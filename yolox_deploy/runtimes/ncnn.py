@@ -42,7 +42,7 @@ import numpy as np
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import ModelMeta, Preprocess, sidecar_path
 from ..utils.sizes import parse_img_size
-from .base import Backend, as_numpy, register_backend
+from .base import Backend, as_numpy, one_model_file, register_backend
 
 PARAM_MAGIC = 7767517
 _TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
@@ -192,12 +192,8 @@ def locate(path: str | Path) -> tuple[Path, Path]:
     if p.is_dir():
         params = sorted(p.glob("*.ncnn.param")) or sorted(q for q in p.glob("*.param")
                                                             if not q.name.endswith(".pnnx.param"))
-        if not params:
-            raise ArtefactError(f"no NCNN model in folder {p} (expected model.ncnn.param and model.ncnn.bin)")
-        if len(params) > 1:
-            raise ArtefactError(f"folder {p} holds several NCNN models ({', '.join(q.name for q in params)}); "
-                                "open the .param file you mean")
-        p = params[0]
+        p = one_model_file(p, params, kind="NCNN models", hint="open the .param file you mean",
+                           missing=f"no NCNN model in folder {p} (expected model.ncnn.param and model.ncnn.bin)")
     elif not p.is_file():
         raise ArtefactError(f"NCNN model not found: {p}")
     weights = p.with_suffix(".bin")

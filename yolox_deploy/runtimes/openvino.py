@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, infer_meta
 from ..utils.sizes import parse_img_size
-from .base import Backend, register_backend
+from .base import Backend, one_model_file, register_backend
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
@@ -68,13 +68,8 @@ def ov_device(device: str) -> str:
 def find_ir(path: Path) -> Path:
     """The ``.xml`` of an IR folder (exactly one) or the file itself, with its ``.bin`` present."""
     if path.is_dir():
-        xmls = sorted(path.glob("*.xml"))
-        if not xmls:
-            raise ArtefactError(f"no OpenVINO IR (.xml) in folder {path}")
-        if len(xmls) > 1:
-            raise ArtefactError(f"{path} holds several OpenVINO models ({', '.join(p.name for p in xmls)}); "
-                                "pass the .xml file to use")
-        xml = xmls[0]
+        xml = one_model_file(path, sorted(path.glob("*.xml")), kind="OpenVINO models",
+                             hint="pass the .xml file to use", missing=f"no OpenVINO IR (.xml) in folder {path}")
     else:
         if not path.is_file():
             raise ArtefactError(f"OpenVINO model not found: {path}")
