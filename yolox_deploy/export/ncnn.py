@@ -53,7 +53,7 @@ import numpy as np
 
 from ..errors import ExportError, InputError
 from ..meta import ModelMeta, sidecar_path
-from ..nn.deploy import deploy_model, input_scale_exponent, space_to_depth_conv_weight
+from ..nn.deploy import input_scale_exponent, space_to_depth_conv_weight
 from .base import Exporter, ExportSource, register_format
 
 log = logging.getLogger(__name__)
@@ -288,10 +288,9 @@ class NcnnExporter(Exporter):
     def _trace(self, model: Any, size: tuple[int, int], path: Path) -> None:
         import torch
 
-        net = deploy_model(model, half=self.options.half)
-        net.head.decode_in_inference = self.options.decode_in_graph
+        # ``model`` is already the deployment form (the export driver applies deploy_model)
         example = torch.zeros(1, 3, *size)
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), model.decoding(self.options.decode_in_graph):
             warnings.simplefilter("ignore")  # TracerWarnings about shape-derived Python values
-            traced = torch.jit.trace(net, example, check_trace=False)
+            traced = torch.jit.trace(model, example, check_trace=False)
         traced.save(str(path))
