@@ -59,6 +59,7 @@ from ..runtimes.tensorrt import (
 )
 from ..utils.files import atomic_write, write_text_atomic
 from .base import Exporter, ExportOptions, ExportSource, register_format
+from .onnx import io_signature
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +120,11 @@ def onnx_input(path: str | os.PathLike) -> tuple[str, list[int]]:
     """Name and dims (``-1`` where symbolic) of an ONNX file's single image input."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    init = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in init]
+    inputs, _ = io_signature(onnx.load(str(path), load_external_data=False))
     if len(inputs) != 1:
         raise ExportError(f"{Path(path).name}: expected one image input, found {len(inputs)}")
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
-            for d in inputs[0].type.tensor_type.shape.dim]
-    return inputs[0].name, dims
+    name, dims = inputs[0]
+    return name, [d if isinstance(d, int) and d > 0 else -1 for d in dims]
 
 
 def trtexec_command(onnx_path: str | os.PathLike, engine: str | os.PathLike, input_name: str, profile: Profile,
