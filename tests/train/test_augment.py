@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from yolox_deploy.ops.boxes import xyxy_to_cxcywh
 from yolox_deploy.ops.letterbox import letterbox
 from yolox_deploy.train.augment import (
     box_candidates,
@@ -16,7 +17,6 @@ from yolox_deploy.train.augment import (
     random_affine,
     resize_to_fit,
     warp_boxes,
-    xyxy_to_cxcywh,
 )
 
 RED = np.array([0, 0, 255], np.uint8)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from ..ops.letterbox import letterbox
+from ..ops.letterbox import letterbox, letterbox_ratio
 
 PAD_VALUE = 114
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image [H, W, 3] uint8, boxes [N, 4] xyxy, labels [N]
@@ -62,7 +62,7 @@ def fit_to_input(image: np.ndarray, boxes: np.ndarray, input_hw: tuple[int, int]
 def resize_to_fit(image: np.ndarray, boxes: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Resize (no padding) by ``min(H / h, W / w)`` so the image fits in ``input_hw``; boxes scaled alike."""
     h0, w0 = image.shape[:2]
-    r = min(input_hw[0] / h0, input_hw[1] / w0)
+    r = letterbox_ratio((h0, w0), input_hw)
     size = (max(int(w0 * r), 1), max(int(h0 * r), 1))
     if size != (w0, h0):
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
@@ -205,9 +205,3 @@ def mixup(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, other: Sampl
             np.concatenate((labels, o_labels[keep])))
 
 
-def xyxy_to_cxcywh(boxes: np.ndarray) -> np.ndarray:
-    """``[N, 4]`` corners -> centre/size (numpy)."""
-    out = np.empty_like(boxes)
-    out[:, 0:2] = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
-    out[:, 2:4] = boxes[:, 2:4] - boxes[:, 0:2]
-    return out

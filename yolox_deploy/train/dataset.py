@@ -19,7 +19,8 @@ import torch
 
 from ..errors import InputError
 from ..io.images import read_image
-from .augment import fit_to_input, hflip, hsv_jitter, mixup, mosaic, random_affine, resize_to_fit, xyxy_to_cxcywh
+from ..ops.boxes import xyxy_to_cxcywh
+from .augment import fit_to_input, hflip, hsv_jitter, mixup, mosaic, random_affine, resize_to_fit
 from .data import DetectionSet
 
 MIN_BOX_SIDE = 1.0  # px on the network input: smaller boxes are dropped after augmentation (authors: > 1)
