@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from .base import Backend, backend_class, find_backend
 from .streaming import StreamResult
 
 ImageLike = Union[str, os.PathLike, np.ndarray]
+T = TypeVar("T")
 
 
 def _load_one(item: ImageLike, index: int) -> np.ndarray:
@@ -150,9 +151,9 @@ class Detector:
 
     predict = __call__
 
-    def iter_batches(self, images: Iterable[np.ndarray]) -> Iterator[list[np.ndarray]]:
-        """Group an iterable of images into lists of ``batch_size``."""
-        chunk: list[np.ndarray] = []
+    def iter_batches(self, images: Iterable[T]) -> Iterator[list[T]]:
+        """Group an iterable (images, stream frames) into lists of ``batch_size``; the last may be shorter."""
+        chunk: list[T] = []
         for image in images:
             chunk.append(image)
             if len(chunk) == self.batch_size:

@@ -53,15 +53,9 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
 
 def _reader(detector: Detector, source: str | os.PathLike | int, q: queue.Queue, stop: threading.Event) -> None:
     try:
-        frames: list[Frame] = []
-        for frame in iter_source(source):
-            frames.append(frame)
-            if len(frames) == detector.batch_size:
-                if not _put(q, (frames, *detector.preprocess([f.image for f in frames])), stop):
-                    return
-                frames = []
-        if frames:
-            _put(q, (frames, *detector.preprocess([f.image for f in frames])), stop)
+        for frames in detector.iter_batches(iter_source(source)):
+            if not _put(q, (frames, *detector.preprocess([f.image for f in frames])), stop):
+                return
     except BaseException as e:  # noqa: BLE001 - forwarded to the caller
         _put(q, _Failure(e), stop)
     finally:
