@@ -246,18 +246,13 @@ class RowRunner:
         row = BenchRow(source.spec.name, backend, precision, batch, size, params, gflops, weights=source.label,
                        published=published(source.spec.name), options=dict(cfg.backend_options.get(backend, {})))
         try:
-            try:
-                row.device = pick_device(backend, cfg.device)
-            except BackendUnavailable as e:
-                raise _NotAvailable(str(e)) from None
+            row.device = pick_device(backend, cfg.device)
             ok, why = backend_status(backend)
             if not ok:
                 raise _NotAvailable(why)
             weights = self.weights_for(source, backend, precision, batch, size, row.device, row)
             self._measure(row, weights, source)
-        except _NotAvailable as e:
-            row.status = f"{NOT_AVAILABLE}: {e}"
-        except BackendUnavailable as e:
+        except (_NotAvailable, BackendUnavailable) as e:
             row.status = f"{NOT_AVAILABLE}: {e}"
         except YoloxError as e:
             row.status = f"{FAILED}: {e}"
