@@ -1,5 +1,7 @@
 """NMS against a brute-force reference with torchvision's semantics (suppress when IoU > threshold)."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from yolox_deploy.ops import nms as nms_module
-from yolox_deploy.ops.nms import batched_nms, dense_nms_numpy, nms
+from yolox_deploy.ops.nms import batched_nms, batched_nms_numpy, dense_nms_numpy, nms
 
 
 def reference_nms(boxes: np.ndarray, scores: np.ndarray, thr: float, groups: np.ndarray | None = None) -> list[int]:
@@ -73,6 +75,35 @@ def test_dense_numpy_nms_matches_brute_force(seed, n, thr, classes):
     got = dense_nms_numpy(boxes, scores, groups, thr)
     assert got.dtype == np.int64
     assert got.tolist() == reference_nms(boxes.astype(np.float64), scores, thr, groups)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 300), thr=st.sampled_from([0.3, 0.45, 0.65]),
+       classes=st.sampled_from([None, 1, 4]), one_call_max=st.sampled_from([2048, 16]))
+def test_opencv_nms_matches_brute_force(seed, n, thr, classes, one_call_max):
+    """The CPU pipeline's NMS (OpenCV), in one call and one call per group, with negative coordinates."""
+    rng = np.random.default_rng(seed)
+    boxes = (random_boxes(rng, n, spread=60) - 20).astype(np.float32)
+    scores = (rng.permutation(n).astype(np.float32) + 1) / (n + 1)
+    groups = None if classes is None else rng.integers(0, classes, n)
+    with mock.patch.object(nms_module, "OPENCV_ONE_CALL_MAX", one_call_max):
+        got = batched_nms_numpy(boxes, scores, groups, thr)
+    assert got.dtype == np.int64
+    assert got.tolist() == reference_nms(boxes.astype(np.float64), scores, thr, groups)
+
+
+def test_opencv_nms_ties_equal_iou_and_fallbacks():
+    boxes = np.array([[0, 0, 2, 1], [1, 0, 3, 1], [0, 0, 2, 1]], np.float32)  # iou(0,1) = 1/3, iou(0,2) = 1
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    assert batched_nms_numpy(boxes, scores, None, 1 / 3).tolist() == [0, 1]  # IoU equal to the threshold: kept
+    assert batched_nms_numpy(boxes, scores, np.array([0, 1, 1]), 0.5).tolist() == [0, 1, 2]
+    tied = np.array([[0, 0, 1, 1], [5, 5, 6, 6], [10, 10, 11, 11]], np.float32)
+    assert batched_nms_numpy(tied, np.full(3, 0.5, np.float32), None, 0.5).tolist() == [0, 1, 2]
+    empty = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 2, 2]], np.float32)  # two empty boxes never suppress
+    assert sorted(batched_nms_numpy(empty, scores, None, 0.1).tolist()) == [0, 1, 2]
+    zero = np.array([0.9, 0.0, 0.0], np.float32)  # scores of 0, which OpenCV would drop
+    assert batched_nms_numpy(tied, zero, None, 0.5).tolist() == [0, 1, 2]
+    assert batched_nms_numpy(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), None, 0.5).shape == (0,)
 
 
 def test_chunks_and_long_chains(monkeypatch):

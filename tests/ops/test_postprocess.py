@@ -51,12 +51,12 @@ def test_raw_path_equals_decoded_path(rng):
         np.testing.assert_array_equal(x.class_ids, y.class_ids)
 
 
-@pytest.mark.parametrize("dense_max", [256, 8])  # the numpy NMS, and the torch NMS past DENSE_MAX
-def test_numpy_and_torch_paths_agree(rng, monkeypatch, dense_max):
+@pytest.mark.parametrize("one_call_max", [2048, 8])  # OpenCV's NMS in one call, and one call per class
+def test_numpy_and_torch_paths_agree(rng, monkeypatch, one_call_max):
     """The CPU (numpy) path and the torch path other devices take give the same detections."""
-    import yolox_deploy.ops.postprocess as pp
+    import yolox_deploy.ops.nms as nms_module
 
-    monkeypatch.setattr(pp, "DENSE_MAX", dense_max)
+    monkeypatch.setattr(nms_module, "OPENCV_ONE_CALL_MAX", one_call_max)
     raw = make_pred(rng)
     for agnostic in (False, True):
         a = postprocess(raw, 0.1, 0.5, class_agnostic=agnostic, input_hw=(128, 128), max_det=50)

@@ -4,12 +4,13 @@ Per anchor the class is the arg-max class, the score is ``obj * p(class)``; anch
 ``conf_threshold`` are dropped; NMS runs per image and (unless ``class_agnostic``) per class. All images of a
 batch go through one NMS call. Scores do not depend on decoding, so a raw output is filtered first and only
 the surviving anchors are decoded. Works on numpy or torch (any device); results stay on the input's device.
-On the CPU the steps run in numpy (a detector's post-processing is a few dozen calls on small arrays, where
-numpy's per-call cost is a fraction of torch's); elsewhere as torch ops.
+On the CPU the steps run in numpy and NMS in OpenCV (a detector's post-processing is a dozen calls on small
+arrays, where numpy's per-call cost is a fraction of torch's); elsewhere as torch ops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -17,8 +18,8 @@ import torch
 
 from ._array import Array, like, to_tensor
 from .boxes import cxcywh_to_xyxy
-from .decode import STRIDES, WH_LOGIT_MAX, XY_LOGIT_LIMIT, cached_grid, decode_with_grid, level_shapes
-from .nms import DENSE_MAX, batched_nms, dense_nms_numpy
+from .decode import STRIDES, WH_LOGIT_MAX, XY_LOGIT_LIMIT, cached_grid, decode_with_grid, level_shapes, num_anchors
+from .nms import batched_nms, batched_nms_numpy
 
 
 class RawDetections(NamedTuple):
@@ -38,50 +39,55 @@ def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, cla
     is the raw output of an ``input_hw`` input and is decoded here (only for anchors above the threshold).
     Each result is sorted by decreasing score and holds at most ``max_det`` boxes (all when ``None``).
     """
-    t = to_tensor(pred)
-    if t.ndim != 3 or t.shape[-1] < 6:
-        raise ValueError(f"expected predictions [B, A, 5 + C], got shape {tuple(t.shape)}")
-    if input_hw is not None:
-        shapes = level_shapes(input_hw, strides)
-        if sum(h * w for h, w in shapes) != t.shape[1]:
-            raise ValueError(f"raw output has {t.shape[1]} anchors, not those of a "
-                             f"{input_hw[0]}x{input_hw[1]} input")
-    if t.dtype != torch.float32:
-        t = t.float()
+    if pred.ndim != 3 or pred.shape[-1] < 6:
+        raise ValueError(f"expected predictions [B, A, 5 + C], got shape {tuple(pred.shape)}")
+    if input_hw is not None and num_anchors(input_hw, strides) != pred.shape[1]:
+        raise ValueError(f"raw output has {pred.shape[1]} anchors, not those of a {input_hw[0]}x{input_hw[1]} input")
+    if isinstance(pred, np.ndarray):
+        return _postprocess_numpy(pred if pred.dtype == np.float32 else pred.astype(np.float32), np.asarray,
+                                  conf_threshold, iou_threshold, class_agnostic, max_det, input_hw, strides)
+    t = pred if pred.dtype == torch.float32 else pred.float()
     if t.device.type == "cpu":
-        return _postprocess_numpy(t.detach().numpy(), pred, conf_threshold, iou_threshold, class_agnostic, max_det,
-                                  input_hw, strides)
+        return _postprocess_numpy(t.detach().numpy(), torch.from_numpy, conf_threshold, iou_threshold,
+                                  class_agnostic, max_det, input_hw, strides)
     return _postprocess_torch(t, pred, conf_threshold, iou_threshold, class_agnostic, max_det, input_hw, strides)
 
 
-def _postprocess_numpy(a: np.ndarray, pred: Array, conf_threshold: float, iou_threshold: float,
-                       class_agnostic: bool, max_det: int | None, input_hw: tuple[int, int] | None,
-                       strides: tuple[int, ...]) -> list[RawDetections]:
-    """The CPU path, in numpy: a handful of calls on the few anchors above the threshold.
+def _numpy_grid(input_hw: tuple[int, int], strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    grid, stride = cached_grid(level_shapes(input_hw, strides), strides, torch.device("cpu"), torch.float32)
+    return grid.numpy(), stride.numpy()
+
+
+def _postprocess_numpy(a: np.ndarray, out: Callable[[np.ndarray], Array], conf_threshold: float,
+                       iou_threshold: float, class_agnostic: bool, max_det: int | None,
+                       input_hw: tuple[int, int] | None, strides: tuple[int, ...]) -> list[RawDetections]:
+    """The CPU path: a few numpy calls on the anchors above the threshold, then OpenCV's NMS.
 
     Class probabilities are at most 1, so only anchors with ``obj >= conf`` can qualify: those are picked
-    first and the arg-max over classes runs on their rows alone.
+    first and the arg-max over classes runs on their rows alone. ``out`` turns the result arrays into the
+    caller's kind (numpy or torch).
     """
     img_idx, anchor_idx = np.nonzero(a[..., 4] >= conf_threshold)
     rows = a[img_idx, anchor_idx]                                      # [K, 5 + C]
-    cls = rows[:, 5:].argmax(axis=1)
-    scores = rows[:, 4] * rows[np.arange(len(rows)), 5 + cls]
+    probs = rows[:, 5:]
+    cls = probs.argmax(axis=1)
+    scores = rows[:, 4] * probs.max(axis=1)
     ok = scores >= conf_threshold
-    img_idx, anchor_idx, rows, cls, scores = img_idx[ok], anchor_idx[ok], rows[ok], cls[ok], scores[ok]
+    if not ok.all():
+        img_idx, anchor_idx, rows, cls, scores = img_idx[ok], anchor_idx[ok], rows[ok], cls[ok], scores[ok]
     xy, wh = rows[:, 0:2], rows[:, 2:4]
     if input_hw is not None:
-        grid, stride = cached_grid(level_shapes(input_hw, strides), strides, torch.device("cpu"), torch.float32)
-        g, s = grid.numpy()[anchor_idx], stride.numpy()[anchor_idx]
+        grid, stride = _numpy_grid(input_hw, strides)
+        g, s = grid[anchor_idx], stride[anchor_idx]
         xy = (np.clip(xy, -XY_LOGIT_LIMIT, XY_LOGIT_LIMIT) + g) * s
         wh = np.exp(np.minimum(wh, WH_LOGIT_MAX)) * s
     half = wh / 2
     boxes = np.concatenate((xy - half, xy + half), axis=1)
-    groups = img_idx if class_agnostic else img_idx * (a.shape[-1] - 5) + cls
-    if len(boxes) <= DENSE_MAX:
-        keep = dense_nms_numpy(boxes, scores, groups, iou_threshold)
+    if not class_agnostic:
+        groups: np.ndarray | None = img_idx * (a.shape[-1] - 5) + cls
     else:
-        keep = batched_nms(boxes, scores, groups, iou_threshold)
-    out = (lambda x: x) if isinstance(pred, np.ndarray) else torch.from_numpy
+        groups = img_idx if a.shape[0] > 1 else None
+    keep = batched_nms_numpy(boxes, scores, groups, iou_threshold)
     results = []
     for b in range(a.shape[0]):
         sel = keep if a.shape[0] == 1 else keep[img_idx[keep] == b]

@@ -1,7 +1,10 @@
 """The backend protocol and the registry that maps artefacts to backends.
 
-A backend turns a preprocessed batch (``[N, 3, H, W]`` float32, letterboxed and normalised per the
-artefact's :class:`~yolox_deploy.meta.Preprocess`) into the artefact's outputs: the head output
+A backend turns a preprocessed batch into the artefact's outputs. The batch is either the pipeline's canvas
+batch (uint8 ``[N, H, W, 3]`` BGR, letterboxed: what ``Detector`` passes) or the model input itself
+(``[N, 3, H, W]`` float32, normalised per the artefact's :class:`~yolox_deploy.meta.Preprocess`: what
+verification and raw comparisons pass). Canvases become the model input where the runtime does it
+cheapest (``_infer_canvas``): in the graph, on the device, or by default in numpy. The outputs are the head output
 ``[N, A, 5 + C]`` (raw or decoded, per ``meta.decode_in_graph``) or, when ``meta.nms_in_graph``, the four
 NMS outputs ``num_dets [N, 1], boxes [N, K, 4], scores [N, K], labels [N, K]``. It never letterboxes, decodes,
 or draws: that is the pipeline's job (``detector.py``), shared by all backends.
@@ -26,6 +29,7 @@ import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import ModelMeta
+from ..ops.letterbox import is_canvas_batch, to_model_input
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,13 @@ class Backend(abc.ABC):
     def _infer(self, batch: Any) -> list[Any]:
         """Run one batch; return the outputs (numpy arrays, or torch tensors on ``output_device``)."""
 
+    def _infer_canvas(self, canvases: Any) -> list[Any]:
+        """Run a canvas batch (uint8 ``[N, H, W, 3]``). Default: the model input made in numpy, then ``_infer``.
+
+        Backends override it to do the conversion inside their runtime or on their device.
+        """
+        return self._infer(to_model_input(as_numpy(canvases), self.meta.preprocess))
+
     def _close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources (optional)."""
 
@@ -160,22 +171,26 @@ class Backend(abc.ABC):
         return "cpu"
 
     def infer(self, batch: Any) -> list[Any]:
-        """Run a preprocessed ``[N, 3, H, W]`` float32 batch through the artefact."""
+        """Run a canvas batch (uint8 ``[N, H, W, 3]``) or a model input (float ``[N, 3, H, W]``)."""
         if self._closed:
             raise RuntimeError(f"{type(self).__name__} is closed")
         shape = tuple(batch.shape)
+        canvas = is_canvas_batch(batch)
         want_n, _, want_h, want_w = self.input_shape
-        if len(shape) != 4 or shape[1] != 3:
-            raise InputError(f"expected a batch of shape [N, 3, H, W], got {list(shape)}")
-        if not self.meta.dynamic_hw and shape[2:] != (want_h, want_w):
-            raise InputError(f"this artefact was exported for {want_h}x{want_w} input, got {shape[2]}x{shape[3]}; "
+        if not canvas and (len(shape) != 4 or shape[1] != 3):
+            raise InputError(f"expected a batch of shape [N, 3, H, W] (float) or [N, H, W, 3] (uint8 canvases), "
+                             f"got {list(shape)} {batch.dtype}")
+        hw = shape[1:3] if canvas else shape[2:]
+        if not self.meta.dynamic_hw and hw != (want_h, want_w):
+            raise InputError(f"this artefact was exported for {want_h}x{want_w} input, got {hw[0]}x{hw[1]}; "
                              "re-export it for that size (or use its own size)")
         if want_n is not None and shape[0] != want_n:
             raise InputError(f"this artefact was exported for batch {want_n}, got {shape[0]}")
+        run = self._infer_canvas if canvas else self._infer
         if self.thread_safe:
-            return self._infer(batch)
+            return run(batch)
         with self._lock:
-            return self._infer(batch)
+            return run(batch)
 
     def close(self) -> None:
         if not self._closed:

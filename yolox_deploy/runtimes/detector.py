@@ -1,6 +1,6 @@
 """``Detector``: one pipeline over every backend.
 
-    images -> letterbox (batched) -> backend.infer -> decode (unless in graph) -> batched NMS (unless in
+    images -> letterbox (batched uint8 canvases) -> backend.infer -> decode (unless in graph) -> batched NMS (unless in
     graph) -> scale back to image pixels -> Detections
 
 The artefact's metadata decides input size, labels, what the graph already does and the preprocessing
@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.images import ensure_bgr, read_image
 from ..meta import ModelMeta
-from ..ops.letterbox import preprocess_batch, scale_boxes
+from ..ops.letterbox import letterbox_batch, scale_boxes
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
 from ..structures import Detections
 from ..utils.sizes import parse_img_size
@@ -111,11 +111,13 @@ class Detector:
 
     # --- the pipeline --------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Letterbox BGR images into one input batch (padded to a fixed artefact batch). ``(batch, ratios)``."""
-        return preprocess_batch(images, self.meta.input_size, self.meta.preprocess, batch_size=self.meta.batch)
+        """Letterbox BGR images into one canvas batch (uint8 ``[N, H, W, 3]``, padded to a fixed artefact
+        batch). ``(canvases, ratios)``. The backend makes the model input from it (layout, type, the
+        artefact's normalisation), inside its runtime where it can."""
+        return letterbox_batch(images, self.meta.input_size, self.meta.preprocess.pad_value, batch_size=self.meta.batch)
 
     def infer(self, batch: np.ndarray) -> list[Any]:
-        """The bare backend call on a preprocessed batch."""
+        """The bare backend call on a canvas batch (or on a float model input ``[N, 3, H, W]``)."""
         return self.backend.infer(batch)
 
     def postprocess(self, outputs: list[Any], ratios: np.ndarray,

@@ -7,7 +7,14 @@ tensors through IO binding, so decode and NMS run there too); ``tensorrt`` / ``t
 Options: ``threads`` (intra-op threads; default: ONNX Runtime's choice), ``opt_level`` (``all`` (default),
 ``extended``, ``basic``, ``disable``), ``img_size`` (dynamic-size graphs; must match a fixed one),
 ``num_classes`` (checked against the graph), ``legacy`` (RGB/255/ImageNet input, for files without our
-metadata), ``half`` and ``trt_cache`` (TensorRT provider: FP16 engines, engine cache folder).
+metadata), ``half`` and ``trt_cache`` (TensorRT provider: FP16 engines, engine cache folder),
+``canvas_in_graph`` (default True, see below), ``spin_between_runs`` (default False: on the CPU the thread
+pool stops spinning when a run returns, so the pipeline's work between runs has the cores).
+
+Canvas batches (the ``Detector``'s uint8 ``[N, H, W, 3]``): on the CPU they run through a second session
+of the same graph behind a uint8 NHWC input (:func:`canvas_input_graph`; needs ``onnx``), so ONNX Runtime
+does the layout change and float conversion instead of numpy; the session of the file as it is opens
+again only when a float batch comes. On CUDA they are uploaded as uint8 and converted on the GPU.
 
 Metadata comes from the session's custom metadata map (no ``onnx`` package needed); files without it (the
 authors' releases) get :func:`~yolox_deploy.meta.infer_meta` from the graph's input and output shapes.
@@ -16,6 +23,7 @@ authors' releases) get :func:`~yolox_deploy.meta.infer_meta` from the graph's in
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,7 @@ import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta
+from ..ops.letterbox import canvas_to_tensor
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend
 
@@ -30,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
+CANVAS_INPUT = "canvas"  # the uint8 NHWC input of the canvas session
 _TORCH_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
                  "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
@@ -56,11 +66,35 @@ class OnnxRuntimeBackend(Backend):
 
         path = Path(self.path)
         self._kind, self._device_id = parse_device(self.device)
-        providers = self._providers(ort)
+        self._providers_list = self._providers(ort)
         if not path.is_file():
             raise InputError(f"ONNX file not found: {path}")
         if path.stat().st_size == 0:
             raise ArtefactError(f"{path.name} is empty (0 bytes); re-export it")
+        self._options = self._session_options(ort)
+        self._session_lock = threading.Lock()
+        self._session = self._new_session(str(path))
+        wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}.get(self._kind)
+        if wanted and wanted not in self._session.get_providers():  # ORT falls back to the CPU when a GPU EP fails
+            raise BackendUnavailable(f"ONNX Runtime could not start {wanted} for device {self.device!r} (it fell "
+                                     "back to the CPU); check the CUDA / cuDNN / TensorRT libraries it needs")
+        self.meta = self._read_meta(path)
+        self._input_name = self._session.get_inputs()[0].name
+        outputs = self._session.get_outputs()
+        self._output_names = [o.name for o in outputs]
+        self._output_types = [o.type for o in outputs]
+        self._run = self._run_float
+        self._io_binding = self._kind != "cpu" and self._torch_cuda_available()
+        if self._io_binding:
+            import torch
+
+            self._torch = torch
+            self._torch_device = torch.device("cuda", self._device_id)
+        self._canvas_session = None if self._io_binding else self._open_canvas_session(path)
+        if self._canvas_session is not None:
+            self._session = None  # the canvas session serves the pipeline; float batches re-open this on demand
+
+    def _session_options(self, ort: Any) -> Any:
         so = ort.SessionOptions()
         so.log_severity_level = 3  # errors only; ORT's warnings about unused initializers etc. are noise here
         threads = self.options.get("threads")
@@ -70,26 +104,48 @@ class OnnxRuntimeBackend(Backend):
         if level not in OPT_LEVELS:
             raise InputError(f"opt_level must be one of {', '.join(OPT_LEVELS)}, got {level!r}")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[level])
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-        except Exception as e:  # InvalidProtobuf, InvalidGraph, Fail, NotImplemented...: never let ORT crash us
-            raise self._load_error(path, e) from None
-        wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}.get(self._kind)
-        if wanted and wanted not in self.session.get_providers():  # ORT falls back to the CPU when a GPU EP fails
-            raise BackendUnavailable(f"ONNX Runtime could not start {wanted} for device {self.device!r} (it fell "
-                                     "back to the CPU); check the CUDA / cuDNN / TensorRT libraries it needs")
-        self.meta = self._read_meta(path)
-        self._input_name = self.session.get_inputs()[0].name
-        outputs = self.session.get_outputs()
-        self._output_names = [o.name for o in outputs]
-        self._output_types = [o.type for o in outputs]
-        self._run = self.session.run
-        self._io_binding = self._kind != "cpu" and self._torch_cuda_available()
-        if self._io_binding:
-            import torch
+        if self._kind == "cpu" and not self.options.get("spin_between_runs"):
+            # the pool's threads stop spinning when a run returns: the pipeline's letterbox and NMS between
+            # two runs get the cores (ORT still spins within a run)
+            so.add_session_config_entry("session.force_spinning_stop", "1")
+        return so
 
-            self._torch = torch
-            self._torch_device = torch.device("cuda", self._device_id)
+    def _new_session(self, model: str | bytes) -> Any:
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(model, sess_options=self._options, providers=self._providers_list)
+        except Exception as e:  # InvalidProtobuf, InvalidGraph, Fail, NotImplemented...: never let ORT crash us
+            raise self._load_error(Path(self.path), e) from None
+
+    @property
+    def session(self) -> Any:
+        """The session of the artefact as it is (float input ``[N, 3, H, W]``), opened again when needed."""
+        if self._session is None:
+            with self._session_lock:
+                if self._session is None:
+                    self._session = self._new_session(str(self.path))
+        return self._session
+
+    def _run_float(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(names, feed)
+
+    def _open_canvas_session(self, path: Path) -> Any:
+        """A CPU session of the graph behind a uint8 NHWC input (see :func:`canvas_input_graph`), or None.
+
+        Only for the plain BGR 0-255 contract, a float ``[N, 3, H, W]`` input and with ``onnx`` installed.
+        """
+        if not self.meta.preprocess.is_identity or self.options.get("canvas_in_graph") is False:
+            return None
+        try:
+            import onnx
+        except ImportError:
+            return None
+        model = onnx.load(str(path))
+        adapted = canvas_input_graph(model)
+        if adapted is None:
+            return None
+        return self._new_session(adapted.SerializeToString())
 
     # --- loading -------------------------------------------------------------------------------------
     def _providers(self, ort: Any) -> list[Any]:
@@ -169,7 +225,7 @@ class OnnxRuntimeBackend(Backend):
     @property
     def providers(self) -> list[str]:
         """The execution providers the session really uses, in priority order."""
-        return self.session.get_providers()
+        return (self._canvas_session or self.session).get_providers()
 
     def _infer(self, batch: Any) -> list[Any]:
         if self._io_binding:
@@ -179,6 +235,15 @@ class OnnxRuntimeBackend(Backend):
         if batch.dtype != np.float32:
             batch = batch.astype(np.float32)
         return self._run(self._output_names, {self._input_name: batch})
+
+    def _infer_canvas(self, canvases: Any) -> list[Any]:
+        if self._io_binding:
+            return self._infer_bound(canvas_to_tensor(canvases, self.meta.preprocess, self._torch_device))
+        if self._canvas_session is None:
+            return super()._infer_canvas(canvases)
+        if not isinstance(canvases, np.ndarray):
+            canvases = canvases.detach().cpu().numpy()
+        return self._canvas_session.run(self._output_names, {CANVAS_INPUT: np.ascontiguousarray(canvases)})
 
     def _output_shapes(self, n: int, h: int, w: int) -> list[tuple[int, ...]]:
         from ..ops.decode import num_anchors
@@ -205,8 +270,37 @@ class OnnxRuntimeBackend(Backend):
         return outputs
 
     def _close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self._session = self._canvas_session = None
         self._run = None  # type: ignore[assignment]
+
+
+def canvas_input_graph(model: Any) -> Any | None:
+    """``model`` (an ``onnx.ModelProto`` with one float ``[N, 3, H, W]`` image input) behind a uint8
+    ``[N, H, W, 3]`` input named :data:`CANVAS_INPUT`: ``Transpose`` and ``Cast`` nodes in front, so the
+    runtime does the layout change and conversion (ONNX Runtime's NCHWc pass folds the transpose into its
+    input reorder). None when the graph's input is not of that form. The model is modified in place.
+    """
+    from onnx import TensorProto, helper
+
+    init = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init]
+    if len(inputs) != 1:
+        return None
+    inp = inputs[0]
+    tensor = inp.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+    if tensor.elem_type != TensorProto.FLOAT or len(dims) != 4 or dims[1] != 3:
+        return None
+    n, _, h, w = dims
+    canvas = helper.make_tensor_value_info(CANVAS_INPUT, TensorProto.UINT8, [n, h, w, 3])
+    nodes = [helper.make_node("Transpose", [CANVAS_INPUT], [CANVAS_INPUT + "_nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", [CANVAS_INPUT + "_nchw"], [inp.name], to=TensorProto.FLOAT)]
+    position = list(model.graph.input).index(inp)
+    model.graph.input.remove(inp)
+    model.graph.input.insert(position, canvas)
+    for k, node in enumerate(nodes):
+        model.graph.node.insert(k, node)
+    return model
 
 
 def _np_dtype(t: Any) -> Any:
