@@ -309,9 +309,12 @@ class NcnnBackend(Backend):
         The input is copied into NCNN-owned memory (``clone``, ~0.3 ms at 416x416): a Mat that only wraps
         the numpy buffer crashes NCNN when the first layer works in place (e.g. a scalar BinaryOp).
         """
+        return self._run_mat(self._ncnn.Mat(image).clone())
+
+    def _run_mat(self, mat: Any) -> np.ndarray:
         ex = self.net.create_extractor()
         try:
-            ex.input(self.input_name, self._ncnn.Mat(image).clone())
+            ex.input(self.input_name, mat)
             ret, out = ex.extract(self.output_name)
         finally:
             ex.clear()
@@ -320,17 +323,31 @@ class NcnnBackend(Backend):
         arr = np.asarray(out)
         return arr[0] if arr.ndim == 3 and arr.shape[0] == 1 else arr
 
+    def _run_all(self, images: np.ndarray, hw: tuple[int, int], run: Any) -> list[Any]:
+        """``run`` on each image of the batch, outputs stacked; the input size checked first."""
+        step = max(self.meta.strides)
+        if hw[0] % step or hw[1] % step:
+            raise InputError(f"input {hw[0]}x{hw[1]} is not a multiple of {step}")
+        first = run(images[0])
+        out = np.empty((images.shape[0], *first.shape), np.float32)
+        out[0] = first
+        for i in range(1, images.shape[0]):
+            out[i] = run(images[i])
+        return [out]
+
     def _infer(self, batch: Any) -> list[Any]:
         x = np.ascontiguousarray(as_numpy(batch), dtype=np.float32)
-        step = max(self.meta.strides)
-        if x.shape[2] % step or x.shape[3] % step:
-            raise InputError(f"input {x.shape[2]}x{x.shape[3]} is not a multiple of {step}")
-        first = self._run_one(x[0])
-        out = np.empty((x.shape[0], *first.shape), np.float32)
-        out[0] = first
-        for i in range(1, x.shape[0]):
-            out[i] = self._run_one(x[i])
-        return [out]
+        return self._run_all(x, x.shape[2:], self._run_one)
+
+    def _infer_canvas(self, canvases: Any) -> list[Any]:
+        """Canvases become NCNN Mats with ``Mat.from_pixels`` (NCNN's own uint8 HWC -> float CHW)."""
+        if not self.meta.preprocess.is_identity:
+            return super()._infer_canvas(canvases)
+        c = np.ascontiguousarray(as_numpy(canvases))
+        bgr = self._ncnn.Mat.PixelType.PIXEL_BGR
+        return self._run_all(c, c.shape[1:3],
+                             lambda image: self._run_mat(self._ncnn.Mat.from_pixels(image, bgr, image.shape[1],
+                                                                                     image.shape[0])))
 
     def _close(self) -> None:
         self.net.clear()

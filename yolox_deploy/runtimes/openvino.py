@@ -12,9 +12,12 @@ priority lists pass through). Options:
 - ``cache_dir``: OpenVINO's compiled-model cache (saves GPU/NPU compile time on the next open)
 - ``img_size``: the input size of a dynamic-size IR that carries no metadata
 
-The model is compiled once. Each concurrent call gets its own infer request from a pool (requests are
-created on demand and reused), so a ``Detector`` may be called from several threads at once and results
-never mix. The input batch is shared with OpenVINO without a copy; outputs are copied out of the request
+Canvas batches (the ``Detector``'s uint8 ``[N, H, W, 3]``) run through the model with OpenVINO's
+pre-processing in front (u8 NHWC -> f32 NCHW, which the CPU plugin fuses into the first layer); the IR as
+it is (float ``[N, 3, H, W]`` input) is compiled too when a float batch first comes. Option
+``canvas_in_graph=False`` turns this off. Each concurrent call gets its own infer request from a pool
+(requests are created on demand and reused), so a ``Detector`` may be called from several threads at once
+and results never mix. The input batch is shared with OpenVINO without a copy; outputs are copied out of the request
 before it goes back to the pool.
 
 Metadata comes from the IR's ``rt_info`` (``META_KEY``); an IR without it (converted from the authors' ONNX
@@ -147,15 +150,49 @@ class OpenVINOBackend(Backend):
             meta = meta.with_(batch=meta.batch or 1, dynamic_hw=False)
             model.reshape({model.inputs[0]: [meta.batch, 3, *meta.input_size]})
         self.meta = meta
-        config = self._config(meta)
+        self._model = model
+        self._config_dict = self._config(meta)
+        self._compile_lock = threading.Lock()
+        self._plain: _Compiled | None = None
+        self._canvas = self._compile(self._canvas_model(model)) if self._canvas_applies(model) else None
+        self._n_outputs = len(self.compiled.outputs)
+
+    def _compile(self, model: Any) -> _Compiled:
         try:
-            self.compiled = core.compile_model(model, self._device, config)
+            return _Compiled(_core().compile_model(model, self._device, self._config_dict))
         except Exception as e:
             raise ArtefactError(f"OpenVINO could not compile {self.xml} for {self._device} "
                                 f"({_first_line(e)})") from None
-        self._n_outputs = len(self.compiled.outputs)
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        self._idle.put(self.compiled.create_infer_request())
+
+    def _canvas_applies(self, model: Any) -> bool:
+        shape = model.inputs[0].get_partial_shape()
+        return (self.meta.preprocess.is_identity and self.options.get("canvas_in_graph") is not False
+                and shape.rank.is_static and shape.rank.get_length() == 4 and shape[1].is_static
+                and shape[1].get_length() == 3)
+
+    @staticmethod
+    def _canvas_model(model: Any) -> Any:
+        """``model`` behind a uint8 NHWC input: OpenVINO's pre-processing converts (fused into the first layer)."""
+        from openvino import Layout, Type
+        from openvino.preprocess import PrePostProcessor
+
+        ppp = PrePostProcessor(model.clone())
+        ppp.input().tensor().set_element_type(Type.u8).set_layout(Layout("NHWC"))
+        ppp.input().model().set_layout(Layout("NCHW"))
+        return ppp.build()
+
+    def _plain_model(self) -> _Compiled:
+        """The IR as it is (float ``[N, 3, H, W]`` input), compiled when first needed."""
+        if self._plain is None:
+            with self._compile_lock:
+                if self._plain is None:
+                    self._plain = self._compile(self._model)
+        return self._plain
+
+    @property
+    def compiled(self) -> Any:
+        """The compiled model that serves the pipeline (the canvas one when there is one)."""
+        return (self._canvas or self._plain_model()).compiled
 
     def _config(self, meta: ModelMeta) -> dict[str, Any]:
         opts = self.options
@@ -192,17 +229,41 @@ class OpenVINOBackend(Backend):
 
     def _infer(self, batch: Any) -> list[Any]:
         x = batch if isinstance(batch, np.ndarray) else batch.detach().cpu().numpy()
+        return self._plain_model().run(x, self._n_outputs)
+
+    def _infer_canvas(self, canvases: Any) -> list[Any]:
+        if self._canvas is None:
+            return super()._infer_canvas(canvases)
+        x = canvases if isinstance(canvases, np.ndarray) else canvases.detach().cpu().numpy()
+        return self._canvas.run(np.ascontiguousarray(x), self._n_outputs)
+
+    def _close(self) -> None:
+        for c in (self._plain, self._canvas):
+            if c is not None:
+                c.close()
+        self._plain = self._canvas = None
+
+
+class _Compiled:
+    """A compiled model and its pool of infer requests (created on demand, reused; one per concurrent call)."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle.put(compiled.create_infer_request())
+
+    def run(self, x: np.ndarray, n_outputs: int) -> list[np.ndarray]:
         try:
             request = self._idle.get_nowait()
         except queue.Empty:
             request = self.compiled.create_infer_request()
         try:
             results = request.infer(x, share_inputs=True)
-            return [results[i] for i in range(self._n_outputs)]
+            return [results[i] for i in range(n_outputs)]
         finally:
             self._idle.put(request)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         while True:
             try:
                 self._idle.get_nowait()

@@ -18,6 +18,7 @@ from ..meta import ModelMeta, Preprocess
 from ..nn.checkpoint import load_model
 from ..nn.deploy import deploy_model
 from ..nn.yolox import YOLOX
+from ..ops.letterbox import canvas_to_tensor
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend
 
@@ -73,6 +74,11 @@ class TorchBackend(Backend):
     @property
     def output_device(self) -> str:
         return str(self._device)
+
+    @torch.inference_mode()
+    def _infer_canvas(self, canvases: Any) -> list[Any]:
+        """Canvases go to the device as uint8; layout, type and normalisation happen there."""
+        return self._infer(canvas_to_tensor(canvases, self.meta.preprocess, self._device))
 
     @torch.inference_mode()
     def _infer(self, batch: Any) -> list[Any]:
