@@ -35,7 +35,7 @@ def make_report() -> BenchReport:
     demo = DemoComparison("yolox-nano", (416, 416), "openvino", "fp32", "/w/yolox_nano.onnx", _times(10), _times(20),
                           100, 0.99, notes=["weights: yolox_nano.pth"])
     return BenchReport({"iters": 4, "warmup": 1, "images_desc": "synthetic"}, collect_host_info(),
-                       [ok, batch8, missing], demo, ["a note"], "2026-01-01T00:00:00+00:00", 12.5)
+                       [ok, batch8, missing], [demo], ["a note"], "2026-01-01T00:00:00+00:00", 12.5)
 
 
 def test_json_round_trip(tmp_path):
@@ -48,7 +48,7 @@ def test_json_round_trip(tmp_path):
     assert d["rows"][1]["derived"]["ratio_v100"] is None           # batch 8 is not compared with batch-1 figures
     report.rows[0].img_size = (416, 416)
     assert report.rows[0].ratio_v100 is None                        # nor another input size
-    assert d["demo_comparison"]["derived"]["speedup"] == pytest.approx(report.demo.speedup)
+    assert d["demo_comparisons"][0]["derived"]["speedup"] == pytest.approx(report.demo.speedup)
     assert "table3" in d["published"] and d["host_line"] == report.host.summary()
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from yolox_deploy.bench.report import read_csv, read_json, write_report
-from yolox_deploy.bench.runner import BenchConfig, demo_candidates, image_groups, load_timing_images, run_benchmark
+from yolox_deploy.bench.runner import (
+    BenchConfig,
+    demo_candidates,
+    demo_contenders,
+    image_groups,
+    load_timing_images,
+    run_benchmark,
+)
 from yolox_deploy.errors import InputError
 from yolox_deploy.runtimes import registered_backends
 
@@ -68,8 +75,8 @@ def test_a_dying_worker_gives_a_failed_row(tmp_path):
 def test_demo_worker_reports_why_it_skipped(tmp_path):
     from yolox_deploy.bench.runner import _demo_isolated
 
-    demo, skipped = _demo_isolated(BenchConfig(output=tmp_path, progress=False), [])
-    assert demo is None and skipped.startswith("demo comparison skipped: no successful CPU FP32 batch-1 row")
+    demos, skipped = _demo_isolated(BenchConfig(output=tmp_path, progress=False), [])
+    assert demos == [] and skipped.startswith("demo comparison skipped: no successful CPU batch-1 row")
 
 
 def test_missing_backend_gives_a_not_available_row_and_the_run_continues(tmp_path, monkeypatch):
@@ -116,6 +123,22 @@ def test_demo_comparison_with_real_weights(tmp_path, nano_pth, nano_onnx):
     assert d.agreement is not None and d.agreement >= 0.9
     assert d.speedup == pytest.approx(d.ours_fps / d.demo_fps) and d.speedup > 0
     assert "FPS" in d.summary()
+
+
+def test_demo_contenders_fastest_then_fastest_fp32():
+    from yolox_deploy.bench.latency import PipelineTimes
+    from yolox_deploy.bench.results import BenchRow
+    from yolox_deploy.bench.stats import LatencyStats
+
+    def row(backend, precision, ms, device="cpu", batch=1):
+        return BenchRow("yolox-nano", backend, precision, batch, (416, 416), 1, 1.0, device=device,
+                        model_ms=LatencyStats.from_samples([ms]), pipeline=PipelineTimes.from_samples([[ms, 0, ms, 0]]))
+
+    int8, ov32, ort32 = row("openvino", "int8", 6.0), row("openvino", "fp32", 8.0), row("onnxruntime", "fp32", 7.5)
+    gpu, b8 = row("tensorrt", "fp16", 1.0, device="cuda:0"), row("onnxruntime", "fp32", 3.0, batch=8)
+    assert demo_contenders([ov32, int8, ort32, gpu, b8]) == [int8, ort32]
+    assert demo_contenders([ov32, ort32]) == [ort32]
+    assert demo_contenders([gpu]) == []
 
 
 def _available_cpu_backends() -> list[str]:

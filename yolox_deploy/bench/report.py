@@ -97,22 +97,24 @@ def to_markdown(report: BenchReport) -> str:
     if detail:
         lines += ["", "## Latency distribution and stage split (ms per call)", ""]
         lines.append(format_table(DETAIL_HEADERS, detail, floatfmt="g", markdown=True))
-    if report.demo is not None:
-        d = report.demo
+    if report.demos:
         lines += ["", "## Full pipeline vs the authors' ONNX Runtime demo", ""]
-        lines.append(f"**{d.summary()}**")
+        lines += [f"- **{d.summary()}**" for d in report.demos]
+        d = report.demos[0]
         lines.append("")
         lines.append(f"Same {d.images} images, same run, interleaved blocks, one image per call. The demo pipeline is a "
                      f"stage-for-stage re-implementation of the authors' `demo/ONNXRuntime/onnx_inference.py` (numpy "
                      f"letterbox, default `InferenceSession` on `{Path(d.demo_onnx).name}`, numpy grid decode, "
                      f"class-agnostic numpy NMS at 0.45 over scores > 0.1); our Detector ran with the same thresholds.")
-        if d.agreement is not None:
-            lines.append(f"Detections agreement between the two: {d.agreement:.3f}.")
-        lines.append("")
-        lines.append(format_table(["Pipeline", "FPS", "mean", "p50", "p90", "p99", "pre", "infer", "post", "n"],
-                                  demo_rows(d), floatfmt="g", markdown=True))
-        for note in d.notes:
-            lines.append(f"- {note}")
+        for d in report.demos:
+            lines += ["", f"### {d.ours_backend}, {d.ours_precision}: {d.speedup:.2f}x", ""]
+            if d.agreement is not None:
+                lines.append(f"Detections agreement with the demo: {d.agreement:.3f}.")
+                lines.append("")
+            lines.append(format_table(["Pipeline", "FPS", "mean", "p50", "p90", "p99", "pre", "infer", "post", "n"],
+                                      demo_rows(d), floatfmt="g", markdown=True))
+            for note in d.notes:
+                lines.append(f"- {note}")
     lines += ["", "## Published figures used", ""]
     models = sorted({r.model for r in report.rows})
     pub_rows = []

@@ -177,6 +177,7 @@ class DemoComparison:
     agreement: float | None = None
     target: float = 1.5
     notes: list[str] = field(default_factory=list)
+    ours_ap: float | None = None
 
     @property
     def ours_fps(self) -> float:
@@ -196,7 +197,8 @@ class DemoComparison:
 
     def summary(self) -> str:
         h, w = self.img_size
-        return (f"{self.model} {h}x{w} full pipeline, one image per call: {self.ours_backend} Detector "
+        return (f"{self.model} {h}x{w} full pipeline, one image per call: {self.ours_backend} "
+                f"{self.ours_precision.upper()} Detector "
                 f"{self.ours_fps:.1f} FPS vs the authors' ONNX Runtime demo pipeline {self.demo_fps:.1f} FPS -> "
                 f"{self.speedup:.2f}x (target >= {self.target:g}x: {'met' if self.met else 'NOT met'})")
 
@@ -205,7 +207,7 @@ class DemoComparison:
             "model": self.model, "img_size": list(self.img_size), "ours_backend": self.ours_backend,
             "ours_precision": self.ours_precision, "demo_onnx": self.demo_onnx, "ours": self.ours.to_dict(),
             "demo": self.demo.to_dict(), "images": self.images, "agreement": self.agreement, "target": self.target,
-            "notes": list(self.notes),
+            "notes": list(self.notes), "ours_ap": self.ours_ap,
             "derived": {"ours_fps": self.ours_fps, "demo_fps": self.demo_fps, "speedup": self.speedup, "met": self.met},
         }
 
@@ -213,20 +215,29 @@ class DemoComparison:
     def from_dict(cls, d: dict[str, Any]) -> DemoComparison:
         return cls(d["model"], tuple(d["img_size"]), d["ours_backend"], d["ours_precision"], d["demo_onnx"],
                    PipelineTimes.from_dict(d["ours"]), PipelineTimes.from_dict(d["demo"]), int(d["images"]),
-                   d.get("agreement"), float(d.get("target", 1.5)), list(d.get("notes", [])))
+                   d.get("agreement"), float(d.get("target", 1.5)), list(d.get("notes", [])), d.get("ours_ap"))
 
 
 @dataclass
 class BenchReport:
-    """A whole run: settings, host, rows, the demo comparison (when it ran) and notes."""
+    """A whole run: settings, host, rows, the demo comparisons (when they ran) and notes.
+
+    ``demos``: our fastest CPU Detector against the authors' demo pipeline, then, when that one is not FP32,
+    our fastest FP32 Detector against it too.
+    """
 
     settings: dict[str, Any]
     host: HostInfo
     rows: list[BenchRow]
-    demo: DemoComparison | None = None
+    demos: list[DemoComparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     started: str = ""
     seconds: float = 0.0
+
+    @property
+    def demo(self) -> DemoComparison | None:
+        """The headline comparison (our fastest CPU Detector), or None."""
+        return self.demos[0] if self.demos else None
 
     def to_dict(self) -> dict[str, Any]:
         from .tables import ALL_TABLES
@@ -234,12 +245,12 @@ class BenchReport:
         return {
             "schema": 1, "started": self.started, "seconds": self.seconds, "settings": self.settings,
             "host": self.host.to_dict(), "host_line": self.host.summary(), "rows": [r.to_dict() for r in self.rows],
-            "demo_comparison": self.demo.to_dict() if self.demo else None, "notes": list(self.notes),
+            "demo_comparisons": [d.to_dict() for d in self.demos], "notes": list(self.notes),
             "published": {k: t.to_dict() for k, t in ALL_TABLES.items()},
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BenchReport:
         return cls(dict(d["settings"]), HostInfo.from_dict(d["host"]), [BenchRow.from_dict(r) for r in d["rows"]],
-                   DemoComparison.from_dict(d["demo_comparison"]) if d.get("demo_comparison") else None,
+                   [DemoComparison.from_dict(x) for x in d.get("demo_comparisons", [])],
                    list(d.get("notes", [])), d.get("started", ""), float(d.get("seconds", 0.0)))

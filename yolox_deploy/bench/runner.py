@@ -329,29 +329,48 @@ def _demo_onnx(runner: RowRunner, source: ModelSource, size: tuple[int, int]) ->
 
 def demo_candidates(rows: Sequence[BenchRow], model: str = "yolox-nano", size: tuple[int, int] = (416, 416)
                     ) -> list[BenchRow]:
-    """Rows eligible for the demo comparison, fastest full pipeline first: CPU, FP32, batch 1, at ``size``."""
+    """Rows eligible for the demo comparison, fastest full pipeline first: CPU, batch 1, at ``size``."""
     eligible = [r for r in rows if r.ok and r.model == model and r.img_size == size and r.batch == 1
-                and r.precision == "fp32" and r.device.lower().startswith("cpu") and r.pipeline is not None]
+                and r.device.lower().startswith("cpu") and r.pipeline is not None]
     return sorted(eligible, key=lambda r: r.pipeline.total.mean)
 
 
-def run_demo_comparison(runner: RowRunner, rows: Sequence[BenchRow], sources: dict[str, ModelSource]
-                        ) -> tuple[DemoComparison | None, str | None]:
-    """Our fastest CPU Detector for Nano 416 vs the authors' ORT demo pipeline; ``(result, reason if skipped)``."""
-    from ..ops.match import EMPTY, match_detections
-    from .demo_pipeline import DEMO_NMS_IOU, DEMO_NMS_SCORE, DemoPipeline
+def demo_contenders(rows: Sequence[BenchRow], model: str = "yolox-nano", size: tuple[int, int] = (416, 416)
+                    ) -> list[BenchRow]:
+    """What races the demo: our fastest CPU row, and the fastest FP32 row when the fastest is not FP32."""
+    candidates = demo_candidates(rows, model, size)
+    picks = candidates[:1]
+    fp32 = next((r for r in candidates if r.precision == "fp32"), None)
+    if fp32 is not None and fp32 not in picks:
+        picks.append(fp32)
+    return picks
 
-    cfg = runner.cfg
+
+def run_demo_comparison(runner: RowRunner, rows: Sequence[BenchRow], sources: dict[str, ModelSource]
+                        ) -> tuple[list[DemoComparison], str | None]:
+    """Our fastest CPU Detectors for Nano 416 vs the authors' ORT demo pipeline; ``(results, reason if skipped)``."""
+    from .demo_pipeline import DemoPipeline
+
     size = get_spec("yolox-nano").test_size
-    candidates = demo_candidates(rows, "yolox-nano", size)
-    if not candidates:
-        return None, "demo comparison skipped: no successful CPU FP32 batch-1 row for yolox-nano at 416x416"
-    best = candidates[0]
+    contenders = demo_contenders(rows, "yolox-nano", size)
+    if not contenders:
+        return [], "demo comparison skipped: no successful CPU batch-1 row for yolox-nano at 416x416"
     source = sources["yolox-nano"]
     try:
         demo = DemoPipeline(_demo_onnx(runner, source, size))
     except YoloxError as e:
-        return None, f"demo comparison skipped: {e}"
+        return [], f"demo comparison skipped: {e}"
+    reference = next((r for r in rows if r.model == "yolox-nano" and r.precision == "fp32" and r.ap is not None), None)
+    return [_race(runner, demo, row, source, size, reference) for row in contenders], None
+
+
+def _race(runner: RowRunner, demo: Any, best: BenchRow, source: ModelSource, size: tuple[int, int],
+          reference: BenchRow | None) -> DemoComparison:
+    """One head-to-head: ``best``'s Detector and the demo pipeline on the same images, interleaved."""
+    from ..ops.match import EMPTY, match_detections
+    from .demo_pipeline import DEMO_NMS_IOU, DEMO_NMS_SCORE
+
+    cfg = runner.cfg
     weights = row_weights(best, source)
     with _open_detector(weights, best.backend, best.device, cfg, source, best.precision, best.img_size, 1,
                         conf=DEMO_NMS_SCORE, nms=DEMO_NMS_IOU, class_agnostic=True, max_det=None, clip=False) as det:
@@ -371,16 +390,19 @@ def run_demo_comparison(runner: RowRunner, rows: Sequence[BenchRow], sources: di
             order = ((det, ours_s), (demo, demo_s)) if k % 2 else ((demo, demo_s), (det, ours_s))
             for pipeline, store in order:
                 store.append(sample_pipeline(pipeline, groups, iters=per_round, warmup=warm, clock=clock,
-                                             offset=k * per_round, desc=f"demo comparison {k + 1}/{rounds}",
-                                             progress=cfg.progress))
-    result = DemoComparison(
-        "yolox-nano", size, best.backend_label, best.precision, str(demo.path), PipelineTimes.from_samples(np.concatenate(ours_s)),
-        PipelineTimes.from_samples(np.concatenate(demo_s)), len(runner.images), agreement.agreement,
-        notes=[f"weights: {source.label}", f"{rounds} interleaved rounds of {per_round} calls each "
-               f"(+{warm} warm-up calls per block)",
-               f"fastest CPU FP32 backend among this run's rows: {best.backend}"],
-    )
-    return result, None
+                                             offset=k * per_round, desc=f"demo vs {best.backend} {best.precision} "
+                                             f"{k + 1}/{rounds}", progress=cfg.progress))
+    notes = [f"weights: {source.label}", f"{rounds} interleaved rounds of {per_round} calls each "
+             f"(+{warm} warm-up calls per block)",
+             f"our row: the fastest CPU {'FP32 ' if best.precision == 'fp32' else ''}Detector of this run "
+             f"({best.backend_label}, {best.precision})"]
+    if best.ap is not None and reference is not None:
+        notes.append(f"AP on the evaluation set: {best.ap:.4f} ({best.precision}) vs {reference.ap:.4f} "
+                     f"(fp32, {reference.backend_label})")
+    return DemoComparison("yolox-nano", size, best.backend_label, best.precision, str(demo.path),
+                          PipelineTimes.from_samples(np.concatenate(ours_s)),
+                          PipelineTimes.from_samples(np.concatenate(demo_s)), len(runner.images),
+                          agreement.agreement, notes=notes, ours_ap=best.ap)
 
 
 # --- process isolation -----------------------------------------------------------------------------------
@@ -446,12 +468,11 @@ def run_isolated(command: str, cfg: BenchConfig, payload: dict[str, Any], fallba
     raise RuntimeError(reason)
 
 
-def _demo_isolated(cfg: BenchConfig, rows: Sequence[BenchRow]) -> tuple[DemoComparison | None, str | None]:
+def _demo_isolated(cfg: BenchConfig, rows: Sequence[BenchRow]) -> tuple[list[DemoComparison], str | None]:
     result = run_isolated("demo", cfg, {"rows": [r.to_dict() for r in rows]})
     if result.get("error"):
         raise RuntimeError(result["error"])
-    demo = DemoComparison.from_dict(result["demo"]) if result.get("demo") else None
-    return demo, result.get("skipped")
+    return [DemoComparison.from_dict(d) for d in result.get("demos", [])], result.get("skipped")
 
 
 # --- the whole run ---------------------------------------------------------------------------------------
@@ -487,20 +508,20 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
                         row = spec.run(runner, source)
                     rows.append(row)
                     if on_row is not None:
-                        on_row(BenchReport(settings, host, list(rows), None, ["partial results: the run is not finished"],
+                        on_row(BenchReport(settings, host, list(rows), [], ["partial results: the run is not finished"],
                                            started, time.perf_counter() - t0))
     notes = list(cfg.extra_notes)
-    demo = None
+    demos: list[DemoComparison] = []
     if cfg.demo and "yolox-nano" in sources:
         try:
             if cfg.isolate:
-                demo, skipped = _demo_isolated(cfg, rows)
+                demos, skipped = _demo_isolated(cfg, rows)
             else:
-                demo, skipped = run_demo_comparison(runner, rows, sources)
+                demos, skipped = run_demo_comparison(runner, rows, sources)
         except Exception as e:  # the comparison is an extra: report, keep the rows
             log.debug("demo comparison failed", exc_info=True)
             what = str(e) if cfg.isolate else f"{type(e).__name__}: {e}"
-            demo, skipped = None, f"demo comparison failed: {what}"
+            demos, skipped = [], f"demo comparison failed: {what}"
         if skipped:
             notes.append(skipped)
     notes += _standard_notes(rows, sources)
@@ -514,7 +535,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
     if cfg.isolate:
         notes.append("Each row (and the demo comparison) ran in a fresh Python process: no runtime loaded for "
                      "another row shares its threads.")
-    return BenchReport(settings, host, rows, demo, notes, started, time.perf_counter() - t0)
+    return BenchReport(settings, host, rows, demos, notes, started, time.perf_counter() - t0)
 
 
 def _standard_notes(rows: Sequence[BenchRow], sources: dict[str, ModelSource]) -> list[str]:

@@ -3,7 +3,7 @@
     python -m yolox_deploy.bench.worker row|demo SPEC.json RESULT.json
 
 SPEC holds the run's configuration and the row (or the measured rows, for ``demo``); RESULT receives the
-:class:`~yolox_deploy.bench.results.BenchRow` (or ``{"demo": ..., "skipped": ...}``) as JSON, written
+:class:`~yolox_deploy.bench.results.BenchRow` (or ``{"demos": [...], "skipped": ...}``) as JSON, written
 atomically. Progress bars and log messages go to stderr, as in the parent.
 """
 
@@ -38,8 +38,8 @@ def main(argv: list[str]) -> int:
         rows = [BenchRow.from_dict(r) for r in spec["rows"]]
         sources = {m: model_source(m, cfg.weights_dir, cfg.seed) for m in {r.model for r in rows}}
         try:
-            demo, skipped = run_demo_comparison(RowRunner(cfg, images), rows, sources)
-            result = {"demo": demo.to_dict() if demo else None, "skipped": skipped}
+            demos, skipped = run_demo_comparison(RowRunner(cfg, images), rows, sources)
+            result = {"demos": [d.to_dict() for d in demos], "skipped": skipped}
         except Exception as e:  # reported by the parent as a note; the rows stand
             logging.getLogger(__name__).debug("demo comparison failed", exc_info=True)
             result = {"error": f"{type(e).__name__}: {e}"}

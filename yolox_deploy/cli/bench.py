@@ -144,9 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = write_report(report, cfg.output, plot=not args.no_plot)
     print(f"host: {report.host.summary()}")
     print(format_table(PAPER_HEADERS, paper_rows(report.rows), floatfmt="g"))
-    if report.demo is not None:
+    if report.demos:
         print()
-        print(report.demo.summary())
+    for demo in report.demos:
+        print(demo.summary())
     for note in report.notes:
         if note.startswith("demo comparison"):
             print(note)

@@ -97,10 +97,12 @@ def convert_onnx(path: Path) -> Any:
 def quantize_int8(ov_model: Any, meta: ModelMeta, folder: Path, count: int) -> Any:
     """NNCF post-training INT8 quantisation of ``ov_model`` on up to ``count`` images of ``folder``.
 
-    ``performance`` preset (symmetric weights and activations), no model type (a CNN). YOLOX-Nano on
-    coco-tiny: AP 0.3031 (FP32 0.3052); the ``mixed`` preset (asymmetric activations, for SiLU) gave 0.3046
-    but ran ~1.7x slower on a 2-core x86 CPU (one run on a shared machine). NNCF places no quantiser after
-    the last convolutions (sigmoids, box decode, NMS stay in floating point), so no ignored scope is needed.
+    ``mixed`` preset (symmetric weights, asymmetric activations, which suit SiLU's outputs), no model type
+    (a CNN), fast bias correction. YOLOX-Nano on coco-tiny val (80 images), calibrated on the 100 unlabelled
+    images, on a 2-core Xeon with AVX-512 VNNI: AP 0.3099 (FP32 0.3052) at 5.8 ms per image, where the
+    ``performance`` preset (symmetric activations) gave AP 0.3024 at 6.1 ms and FP32 runs 7.8 ms; keeping
+    the head's prediction convolutions in FP32 (an ignored scope) gave 0.3043. NNCF places no quantiser
+    after the last convolutions (sigmoids, box decode, NMS stay in floating point).
     Batches follow the model's input: a fixed batch ``N`` gets batches of ``N`` (the last completed from
     the first images), a dynamic one single images.
     """
@@ -114,7 +116,7 @@ def quantize_int8(ov_model: Any, meta: ModelMeta, folder: Path, count: int) -> A
     data = CalibrationData(folder, meta, count=count, batch=meta.batch or 1, last="fill", progress=False)
     log.info("INT8: calibrating on up to %d images of %s (NNCF)", data.num_images, folder)
     try:
-        return nncf.quantize(ov_model, nncf.Dataset(data), preset=nncf.QuantizationPreset.PERFORMANCE,
+        return nncf.quantize(ov_model, nncf.Dataset(data), preset=nncf.QuantizationPreset.MIXED,
                              subset_size=len(data), fast_bias_correction=True)
     except nncf.errors.ValidationError as e:
         raise ExportError(f"INT8 quantisation failed: {e}") from e
