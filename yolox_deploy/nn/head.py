@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops.decode import STRIDES, decode_with_grid, make_grid
+from ..ops.decode import STRIDES, decode_level
 from .blocks import BaseConv, conv_block
 
 
@@ -55,7 +55,6 @@ class YOLOXHead(nn.Module):
 
     def forward(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
         outputs = []
-        shapes = []
         for k, x in enumerate(features):
             x = self.stems[k](x)
             cls_feat = self.cls_convs[k](x)
@@ -65,10 +64,7 @@ class YOLOXHead(nn.Module):
             obj_out = self.obj_preds[k](reg_feat)   # [B, 1, h, w]
             if not self.training:
                 obj_out, cls_out = obj_out.sigmoid(), cls_out.sigmoid()
+                if self.decode_in_inference:
+                    reg_out = decode_level(reg_out, self.strides[k])  # per level, before the big concat
             outputs.append(torch.cat([reg_out, obj_out, cls_out], 1).flatten(start_dim=2))
-            shapes.append(x.shape[-2:])
-        out = torch.cat(outputs, dim=2).permute(0, 2, 1)  # [B, A, 5 + C]
-        if self.training or not self.decode_in_inference:
-            return out
-        grid, stride = make_grid(shapes, self.strides, device=out.device, dtype=out.dtype)
-        return decode_with_grid(out, grid, stride)
+        return torch.cat(outputs, dim=2).permute(0, 2, 1)  # [B, A, 5 + C]

@@ -51,6 +51,23 @@ def make_grid(shapes: list[tuple[int, int]], strides: tuple[int, ...] = STRIDES,
     return torch.cat(grids, dim=0), torch.cat(steps, dim=0)
 
 
+def decode_level(reg: torch.Tensor, stride: int) -> torch.Tensor:
+    """One level's raw box map ``[B, 4, h, w]`` (``tx, ty, tw, th``) -> ``cx, cy, w, h`` in input pixels.
+
+    The same arithmetic as :func:`decode_with_grid`, applied before the levels are concatenated: a
+    deployed head decodes four channels per level instead of splitting and re-concatenating the whole
+    ``[B, A, 5 + C]`` output (two passes over it saved in ONNX Runtime and OpenVINO).
+    """
+    h, w = reg.shape[-2:]
+    ys = torch.arange(h, device=reg.device, dtype=reg.dtype)
+    xs = torch.arange(w, device=reg.device, dtype=reg.dtype)
+    yv, xv = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack((xv, yv), dim=0)[None]                          # [1, 2, h, w]
+    xy = (reg[:, 0:2].clamp(-XY_LOGIT_LIMIT, XY_LOGIT_LIMIT) + grid) * stride
+    wh = torch.exp(reg[:, 2:4].clamp(max=WH_LOGIT_MAX)) * stride
+    return torch.cat((xy, wh), dim=1)
+
+
 _GRID_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
