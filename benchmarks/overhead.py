@@ -4,8 +4,8 @@
 
 Default artefact: YOLOX-Nano 416 exported to ONNX from the shared checkpoint (decode in graph), run with the
 onnxruntime backend at batch 1, plus the authors' released ONNX (raw output, decoded by the pipeline).
-Rounds alternate a bare pass and a full pass over all images so drift hits both equally. A third pass times
-the stages (letterbox / infer / decode+NMS+scale) separately. Also times post-processing alone on 640x640
+Rounds alternate a bare pass and a full pass over all images so drift hits both equally; the full pass
+times its stages (letterbox / infer / decode+NMS+scale) inside each call. Also times post-processing alone on 640x640
 heads (8400 candidates x 80 classes), real and worst case. Writes ``overhead.md`` and ``overhead.json`` with the host they ran on.
 """
 
@@ -15,46 +15,43 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from yolox_deploy.bench.latency import CpuClock
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
-
-
-def timed(fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return out, (time.perf_counter() - t0) * 1e3
+CLOCK = CpuClock()
 
 
 def measure(artefact: Path, images: list[np.ndarray], rounds: int, warmup: int) -> dict:
+    """Bare backend calls and full Detector calls on the same images, alternating passes over all of them.
+
+    The full pass is :func:`~yolox_deploy.bench.latency.sample_pipeline` (letterbox, infer, decode/NMS/scale
+    back, each stage timed inside the full call); the bare pass times ``Detector.infer`` on each image's
+    canvas batch, made beforehand.
+    """
     from yolox_deploy import Detector
+    from yolox_deploy.bench.latency import PipelineTimes, sample_pipeline
     from yolox_deploy.bench.stats import LatencyStats
 
     det = Detector(artefact, backend="onnxruntime")
     batches = [det.preprocess([im])[0] for im in images]
-    for im in images[:warmup]:
-        det.run_batch([im])
+    groups = [[im] for im in images]
+    sample_pipeline(det, groups, iters=1, warmup=warmup, clock=CLOCK)
     bare, full = [], []
     for _ in range(rounds):
-        bare += [timed(det.infer, b)[1] for b in batches]
-        full += [timed(det.run_batch, [im])[1] for im in images]
-    pre, infer, post = [], [], []
-    for im in images:
-        (batch, ratios), a = timed(det.preprocess, [im])
-        outputs, b = timed(det.infer, batch)
-        _, c = timed(det.postprocess, outputs, ratios, [im.shape[:2]])
-        pre.append(a), infer.append(b), post.append(c)
-    s_bare, s_full = LatencyStats.from_samples(bare), LatencyStats.from_samples(full)
+        bare += [CLOCK.time(det.infer, b)[1] for b in batches]
+        full.append(sample_pipeline(det, groups, iters=len(groups), warmup=0, clock=CLOCK))
+    times = PipelineTimes.from_samples(np.concatenate(full))
+    s_bare = LatencyStats.from_samples(bare)
     return {
         "artefact": str(artefact), "decode_in_graph": det.meta.decode_in_graph, "images": len(images),
-        "rounds": rounds, "bare": s_bare.to_dict(), "full": s_full.to_dict(),
-        "ratio_mean": s_full.mean / s_bare.mean, "ratio_p50": s_full.p50 / s_bare.p50,
-        "stages_ms": {"letterbox": float(np.mean(pre)), "infer": float(np.mean(infer)),
-                      "decode_nms_scale": float(np.mean(post))},
+        "rounds": rounds, "bare": s_bare.to_dict(), "full": times.total.to_dict(),
+        "ratio_mean": times.total.mean / s_bare.mean, "ratio_p50": times.total.p50 / s_bare.p50,
+        "stages_ms": {"letterbox": times.pre.mean, "infer": times.infer.mean, "decode_nms_scale": times.post.mean},
     }
 
 
@@ -63,12 +60,10 @@ def nms_microbench(outputs_640: list[np.ndarray], repeats: int = 200) -> dict:
 
     ``outputs_640``: YOLOX-Nano's decoded head outputs ``[1, 8400, 85]`` on real images. Each is
     post-processed (class-aware batched NMS included) at the demo's and the evaluation's thresholds. The
-    stress rows feed batched NMS 8400 random boxes that *all* pass the threshold (no real model output
-    does that).
+    stress row feeds the CPU pipeline's batched NMS (``batched_nms_numpy``) 8400 random boxes that *all*
+    pass the threshold (no real model output does that).
     """
-    import torch
-
-    from yolox_deploy.ops.nms import batched_nms
+    from yolox_deploy.ops.nms import batched_nms_numpy
     from yolox_deploy.ops.postprocess import postprocess
 
     def per_output(conf: float, iou: float) -> dict:
@@ -76,7 +71,7 @@ def nms_microbench(outputs_640: list[np.ndarray], repeats: int = 200) -> dict:
             postprocess(out, conf, iou)
         t, kept = [], []
         for out in outputs_640:
-            res, ms = timed(postprocess, out, conf, iou)
+            res, ms = CLOCK.time(postprocess, out, conf, iou)
             t.append(ms)
             kept.append(len(res[0].scores))
         cands = [int(((o[0, :, 4:5] * o[0, :, 5:]).max(1) >= conf).sum()) for o in outputs_640]
@@ -90,15 +85,15 @@ def nms_microbench(outputs_640: list[np.ndarray], repeats: int = 200) -> dict:
     a = 8400
     xy = rng.uniform(0, 640, (a, 2))
     wh = rng.uniform(8, 200, (a, 2))
-    boxes = torch.from_numpy(np.concatenate([xy, xy + wh], 1).astype(np.float32))
-    scores = torch.from_numpy(rng.random(a).astype(np.float32))
-    classes = torch.from_numpy(rng.integers(0, 80, a))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    scores = rng.random(a).astype(np.float32)
+    classes = rng.integers(0, 80, a)
     for _ in range(3):
-        batched_nms(boxes, scores, classes, 0.65)
-    t = [timed(batched_nms, boxes, scores, classes, 0.65)[1] for _ in range(max(repeats // 10, 5))]
+        batched_nms_numpy(boxes, scores, classes, 0.65)
+    t = [CLOCK.time(batched_nms_numpy, boxes, scores, classes, 0.65)[1] for _ in range(max(repeats // 10, 5))]
     res["stress_all_8400_random_boxes_80_classes"] = {
         "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)), "max_ms": float(np.max(t)),
-        "candidates_mean": float(a), "kept_mean": float(len(batched_nms(boxes, scores, classes, 0.65))),
+        "candidates_mean": float(a), "kept_mean": float(len(batched_nms_numpy(boxes, scores, classes, 0.65))),
         "images": 0}
     return res
 
