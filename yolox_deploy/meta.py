@@ -153,7 +153,40 @@ def infer_meta(input_shape: list[Any], output_names: list[str], output_shape: li
     return ModelMeta.default(width - 5, (h, w), batch=batch, **kw)
 
 
+def meta_from_graph(input_shape: list[Any], output_names: list[str], output_shape: list[Any], artefact: str, *,
+                    img_size: tuple[int, int] | None = None, default_hw: tuple[int, int] | None = None,
+                    legacy: bool = False, **kw: Any) -> ModelMeta:
+    """:func:`infer_meta` for a graph whose height/width may be symbolic (any runtime's view of its shapes).
+
+    Symbolic height/width take ``img_size``, else ``default_hw`` (e.g. a TensorRT profile's optimum), and
+    mark the metadata ``dynamic_hw``; ``legacy`` sets the legacy input contract. ``kw`` go to ``infer_meta``.
+    """
+    shape = list(input_shape)
+    dynamic_hw = len(shape) == 4 and not (_static(shape[2]) and _static(shape[3]))
+    fill = img_size or default_hw
+    if dynamic_hw and fill is not None:
+        shape[2:4] = [d if _static(d) else s for d, s in zip(shape[2:4], fill)]
+    meta = infer_meta(shape, output_names, output_shape, artefact, **kw).with_(dynamic_hw=dynamic_hw)
+    return meta.with_(preprocess=Preprocess.legacy()) if legacy else meta
+
+
 def sidecar_path(artefact: str | Path) -> Path:
     """Where the metadata of a file-based artefact (.engine, .param) lives: ``<artefact>.json``."""
     p = Path(artefact)
     return p.with_name(p.name + ".json")
+
+
+def read_sidecar(artefact: str | Path) -> ModelMeta | None:
+    """The metadata next to a file-based artefact (``<artefact>.json``), or None when there is none.
+
+    An unreadable or malformed sidecar raises :class:`ArtefactError` naming the file.
+    """
+    path = sidecar_path(artefact)
+    if not path.is_file():
+        return None
+    try:
+        return ModelMeta.from_json(path.read_text())
+    except OSError as e:
+        raise ArtefactError(f"cannot read {path}: {e.strerror or e}") from None
+    except ArtefactError as e:
+        raise ArtefactError(f"{path}: {e}; re-export the model or delete the file") from None

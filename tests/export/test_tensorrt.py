@@ -30,8 +30,8 @@ from yolox_deploy.export.tensorrt import (
     timing_cache_path,
     trtexec_command,
 )
-from yolox_deploy.meta import ModelMeta, Preprocess, sidecar_path
-from yolox_deploy.runtimes.tensorrt import Profile, build_record, check_compatibility, read_sidecar
+from yolox_deploy.meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
+from yolox_deploy.runtimes.tensorrt import Profile, build_record, check_compatibility
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 HAVE_GPU = HAVE_TRT and torch.cuda.is_available()

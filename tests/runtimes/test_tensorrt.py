@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from yolox_deploy.errors import ArtefactError, BackendUnavailable, InputError
-from yolox_deploy.meta import ModelMeta, sidecar_path
+from yolox_deploy.meta import ModelMeta, read_sidecar, sidecar_path
 from yolox_deploy.runtimes.tensorrt import (
     Profile,
     TensorSpec,
@@ -22,7 +22,6 @@ from yolox_deploy.runtimes.tensorrt import (
     ensure_compatible,
     meta_from_shapes,
     order_outputs,
-    read_sidecar,
     resolve_cuda_device,
     torch_dtype,
     version_key,

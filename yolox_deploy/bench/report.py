@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..utils.files import write_text_atomic
 from ..utils.table import format_table
 from .results import BenchReport, BenchRow, DemoComparison
-from .tables import MODEL_ZOO, T4_TENSORRT
+from .tables import published
 
 OUTPUT_NAMES = {"markdown": "results.md", "csv": "results.csv", "json": "results.json", "plot": "results.png"}
 
@@ -31,8 +32,8 @@ def _r(v: float | None, digits: int) -> float | None:
 
 def _display(model: str) -> str:
     try:
-        return MODEL_ZOO.row(model).model
-    except KeyError:
+        return published(model).display
+    except (KeyError, InputError):
         return model
 
 
@@ -120,14 +121,10 @@ def to_markdown(report: BenchReport) -> str:
     pub_rows = []
     for m in models:
         try:
-            z = MODEL_ZOO.row(m)
-        except KeyError:
+            p = published(m)
+        except (KeyError, InputError):
             continue
-        try:
-            t4 = T4_TENSORRT.row(m).latency_ms
-        except KeyError:
-            t4 = None
-        pub_rows.append([z.model, z.size, z.ap, z.params_m, z.gflops, z.latency_ms, t4])
+        pub_rows.append([p.display, p.size, p.ap, p.params_m, p.gflops, p.v100_ms, p.t4_trt_ms])
     lines.append(format_table(["Model", "Size", "AP (%)", "Params (M)", "GFLOPs", "V100 FP16 (ms)", "T4 TRT FP16 (ms)"],
                               pub_rows, floatfmt="g", markdown=True))
     notes = list(report.notes)

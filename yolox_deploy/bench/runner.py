@@ -240,11 +240,10 @@ class RowRunner:
         row.notes.append("artefact reused from cache" if reused else "artefact exported (verified)")
         return path
 
-    def run(self, source: ModelSource, backend: str, precision: str, batch: int, size: tuple[int, int],
-            params: int, gflops: float) -> BenchRow:
+    def run(self, spec: RowSpec, source: ModelSource) -> BenchRow:
         cfg = self.cfg
-        row = BenchRow(source.spec.name, backend, precision, batch, size, params, gflops, weights=source.label,
-                       published=published(source.spec.name), options=dict(cfg.backend_options.get(backend, {})))
+        backend, precision, batch, size = spec.backend, spec.precision, spec.batch, spec.img_size
+        row = spec.new_row(source, cfg.backend_options.get(backend, {}))
         try:
             row.device = pick_device(backend, cfg.device)
             ok, why = backend_status(backend)
@@ -426,12 +425,18 @@ class RowSpec:
         return cls(d["model"], d["backend"], d["precision"], int(d["batch"]), tuple(d["img_size"]), int(d["params"]),
                    float(d["gflops"]))
 
+    def new_row(self, source: ModelSource, options: dict[str, Any]) -> BenchRow:
+        """The row this spec measures, not measured yet (status ``ok`` until something says otherwise)."""
+        return BenchRow(self.model, self.backend, self.precision, self.batch, self.img_size, self.params, self.gflops,
+                        weights=source.label, published=published(self.model), options=dict(options))
+
     def run(self, runner: RowRunner, source: ModelSource) -> BenchRow:
-        return runner.run(source, self.backend, self.precision, self.batch, self.img_size, self.params, self.gflops)
+        return runner.run(self, source)
 
     def failed_row(self, source: ModelSource, options: dict[str, Any]) -> BenchRow:
-        return BenchRow(self.model, self.backend, self.precision, self.batch, self.img_size, self.params, self.gflops,
-                        weights=source.label, published=published(self.model), status=FAILED, options=dict(options))
+        row = self.new_row(source, options)
+        row.status = FAILED
+        return row
 
 
 def run_isolated(command: str, cfg: BenchConfig, payload: dict[str, Any], fallback: BenchRow | None = None) -> Any:

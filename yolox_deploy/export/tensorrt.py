@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ..errors import ArtefactError, BackendUnavailable, ExportError
-from ..meta import ModelMeta, Preprocess, sidecar_path
+from ..meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
 from ..runtimes.tensorrt import (
     RECORD_KEY,
     Profile,
@@ -55,7 +55,6 @@ from ..runtimes.tensorrt import (
     import_cudart,
     import_tensorrt,
     make_logger,
-    read_sidecar,
 )
 from ..utils.files import atomic_write, write_text_atomic
 from .base import Exporter, ExportOptions, ExportSource, register_format

@@ -193,6 +193,8 @@ def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | 
         groups = idxs[order]
     src, dst = _suppression_edges(boxes[order].float(), groups, iou_threshold)
     kept = order[_resolve(order.shape[0], src, dst)]
+    if idxs is None:  # one group: already by decreasing score, ties by input index
+        return kept
     # all groups together, by decreasing score; ties by input index
     by_index = kept.sort().values
     return by_index[torch.sort(scores[by_index], descending=True, stable=True).indices]

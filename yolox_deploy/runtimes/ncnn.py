@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import ModelMeta, Preprocess, sidecar_path
+from ..meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
 from ..utils.sizes import parse_img_size
 from .base import Backend, as_numpy, one_model_file, register_backend
 
@@ -242,13 +242,7 @@ class NcnnBackend(Backend):
         self.input_name = graph.input_blobs[0]
         self.output_name = "out0" if "out0" in graph.output_blobs else graph.output_blobs[0]
 
-        meta_file = sidecar_path(param)
-        meta = None
-        if meta_file.is_file():
-            try:
-                meta = ModelMeta.from_json(meta_file.read_text())
-            except ArtefactError as e:
-                raise ArtefactError(f"{meta_file}: {e}; re-export the model or delete the file") from None
+        meta = read_sidecar(param)
         self.net = self._open_net(param, weights, meta)
         self.meta = meta if meta is not None else self._infer_meta(graph)
 

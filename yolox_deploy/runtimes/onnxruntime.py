@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta
+from ..meta import META_KEY, ModelMeta, meta_from_graph
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend
@@ -82,7 +82,6 @@ class OnnxRuntimeBackend(Backend):
         self._input_name = self._session.get_inputs()[0].name
         outputs = self._session.get_outputs()
         self._output_names = [o.name for o in outputs]
-        self._output_types = [o.type for o in outputs]
         self._run = self._run_float
         self._io_binding = self._kind != "cpu" and self._torch_cuda_available()
         if self._io_binding:
@@ -90,6 +89,8 @@ class OnnxRuntimeBackend(Backend):
 
             self._torch = torch
             self._torch_device = torch.device("cuda", self._device_id)
+            names = [_TORCH_DTYPES[o.type] for o in outputs]
+            self._output_dtypes = [(getattr(torch, n), np.dtype(n)) for n in names]  # (torch, numpy) per output
         self._canvas_session = None if self._io_binding else self._open_canvas_session(path)
         if self._canvas_session is not None:
             self._session = None  # the canvas session serves the pipeline; float batches re-open this on demand
@@ -198,13 +199,9 @@ class OnnxRuntimeBackend(Backend):
         if META_KEY in custom:
             meta = ModelMeta.from_json(custom[META_KEY])
         else:
-            if size is not None and len(in_shape) == 4:
-                in_shape[2:] = [d if isinstance(d, int) and d > 0 else s for d, s in zip(in_shape[2:], size, strict=True)]
             outs = self.session.get_outputs()
-            meta = infer_meta(in_shape, [o.name for o in outs], list(outs[0].shape), path.name, format="onnx")
-            meta = meta.with_(dynamic_hw=not all(isinstance(d, int) and d > 0 for d in inp[0].shape[2:4]))
-            if opts.get("legacy"):
-                meta = meta.with_(preprocess=Preprocess.legacy())
+            meta = meta_from_graph(in_shape, [o.name for o in outs], list(outs[0].shape), path.name, img_size=size,
+                                   legacy=bool(opts.get("legacy")), format="onnx")
         if size is not None and size != tuple(meta.input_size):
             if not meta.dynamic_hw:
                 raise InputError(f"{path.name} was exported for {meta.input_size[0]}x{meta.input_size[1]} input, "
@@ -259,12 +256,12 @@ class OnnxRuntimeBackend(Backend):
         torch = self._torch
         x = torch.as_tensor(batch).to(self._torch_device, torch.float32, non_blocking=True).contiguous()
         n, _, h, w = x.shape
-        outputs = [torch.empty(shape, dtype=getattr(torch, _TORCH_DTYPES[t]), device=self._torch_device)
-                   for shape, t in zip(self._output_shapes(n, h, w), self._output_types, strict=True)]
+        outputs = [torch.empty(shape, dtype=dtype, device=self._torch_device)
+                   for shape, (dtype, _) in zip(self._output_shapes(n, h, w), self._output_dtypes, strict=True)]
         binding = self.session.io_binding()
         binding.bind_input(self._input_name, "cuda", self._device_id, np.float32, tuple(x.shape), x.data_ptr())
-        for name, out in zip(self._output_names, outputs, strict=True):
-            binding.bind_output(name, "cuda", self._device_id, _np_dtype(out), tuple(out.shape), out.data_ptr())
+        for name, out, (_, np_dtype) in zip(self._output_names, outputs, self._output_dtypes, strict=True):
+            binding.bind_output(name, "cuda", self._device_id, np_dtype, tuple(out.shape), out.data_ptr())
         torch.cuda.current_stream(self._torch_device).synchronize()  # the upload ran on torch's stream
         self.session.run_with_iobinding(binding)  # returns once ORT's stream is done
         return outputs
@@ -301,8 +298,3 @@ def canvas_input_graph(model: Any) -> Any | None:
     for k, node in enumerate(nodes):
         model.graph.node.insert(k, node)
     return model
-
-
-def _np_dtype(t: Any) -> Any:
-    return np.dtype(str(t.dtype).removeprefix("torch."))
-

@@ -37,7 +37,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import META_KEY, ModelMeta, infer_meta
+from ..meta import META_KEY, ModelMeta, meta_from_graph
 from ..utils.sizes import parse_img_size
 from .base import Backend, one_model_file, register_backend
 
@@ -117,12 +117,10 @@ def read_ov_meta(model: Any, xml: Path, img_size: Any = None) -> ModelMeta:
     if len(model.inputs) != 1:
         raise ArtefactError(f"{xml.name}: expected one image input, found {len(model.inputs)}")
     in_dims = _dims(model.inputs[0].get_partial_shape())
-    dynamic_hw = len(in_dims) == 4 and (in_dims[2] is None or in_dims[3] is None)
-    if dynamic_hw and img_size is not None:
-        in_dims = [*in_dims[:2], *parse_img_size(img_size)]
     out_dims = _dims(model.outputs[0].get_partial_shape())
     names = [_name(p, i) for i, p in enumerate(model.outputs)]
-    return infer_meta(in_dims, names, out_dims, xml.name, format="openvino", dynamic_hw=dynamic_hw)
+    return meta_from_graph(in_dims, names, out_dims, xml.name, img_size=parse_img_size(img_size) if img_size else None,
+                           format="openvino")
 
 
 @register_backend("openvino", suffixes=(".xml",), package="openvino", extra="openvino",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import NMS_OUTPUTS, ModelMeta, infer_meta, sidecar_path
+from ..meta import NMS_OUTPUTS, ModelMeta, meta_from_graph, read_sidecar, sidecar_path
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend
@@ -240,17 +239,6 @@ class Profile:
 
 
 # --- sidecar ------------------------------------------------------------------------------------------------
-def read_sidecar(engine: str | os.PathLike) -> ModelMeta | None:
-    """The metadata next to an engine (``<engine>.json``), or None when there is no sidecar."""
-    path = sidecar_path(engine)
-    if not path.is_file():
-        return None
-    try:
-        return ModelMeta.from_json(path.read_text())
-    except OSError as e:
-        raise ArtefactError(f"cannot read {path}: {e}") from None
-
-
 def build_record(meta: ModelMeta) -> dict[str, Any]:
     """The TensorRT build record of a sidecar's metadata (``{}`` when it has none)."""
     record = meta.extra.get(RECORD_KEY)
@@ -335,14 +323,9 @@ def meta_from_shapes(inp: TensorSpec, outputs: Sequence[TensorSpec], profile: Pr
     Dynamic height/width take ``img_size`` when given, else the profile's optimum, and mark the metadata
     ``dynamic_hw``; a dynamic batch becomes ``batch=None``.
     """
-    shape = list(inp.shape)
-    dynamic_hw = len(shape) == 4 and (shape[2] < 0 or shape[3] < 0)
-    if dynamic_hw:
-        h, w = parse_img_size(img_size) if img_size else profile.opt[2:4]
-        shape[2], shape[3] = h, w
-    first = outputs[0]
-    meta = infer_meta(shape, [o.name for o in outputs], list(first.shape), artefact, format="tensorrt")
-    return meta.with_(dynamic_hw=True) if dynamic_hw else meta
+    return meta_from_graph(list(inp.shape), [o.name for o in outputs], list(outputs[0].shape), artefact,
+                           img_size=parse_img_size(img_size) if img_size else None,
+                           default_hw=tuple(profile.opt[2:4]), format="tensorrt")
 
 
 @register_backend("tensorrt", suffixes=(".engine", ".plan"), package="tensorrt", extra="trt", devices=("cuda",))

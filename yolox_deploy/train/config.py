@@ -104,6 +104,10 @@ class TrainConfig:
             raise InputError(f"num_classes must be >= 1, got {c.num_classes}")
         return c
 
+    def no_aug(self, epoch: int) -> bool:
+        """Whether 0-based ``epoch`` is one of the last ``no_aug_epochs`` (no Mosaic/MixUp, L1 loss on)."""
+        return epoch >= self.epochs - int(self.no_aug_epochs or 0)
+
     def augment(self) -> AugmentConfig:
         return AugmentConfig(mosaic_prob=float(self.mosaic_prob), mosaic_scale=tuple(self.mosaic_scale),
                              mixup_prob=self.mixup_prob, mixup_scale=tuple(self.mixup_scale),

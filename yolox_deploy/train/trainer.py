@@ -291,7 +291,7 @@ class Trainer:
         try:
             while self.iteration < stop:
                 epoch = self.iteration // ipe
-                no_aug = epoch >= cfg.epochs - int(cfg.no_aug_epochs)
+                no_aug = cfg.no_aug(epoch)
                 self.loss_fn.use_l1 = no_aug
                 self.sampler.set_epoch(epoch, mosaic=not no_aug, start_iter=self.iteration - epoch * ipe)
                 self._run_epoch(epoch, stop)
@@ -355,8 +355,7 @@ class Trainer:
     def _end_of_epoch(self, epoch: int) -> None:
         cfg = self.cfg
         last = epoch + 1 == cfg.epochs
-        in_no_aug = epoch + 1 > cfg.epochs - int(cfg.no_aug_epochs)
-        due = bool(cfg.eval_interval) and ((epoch + 1) % cfg.eval_interval == 0 or in_no_aug or last)
+        due = bool(cfg.eval_interval) and ((epoch + 1) % cfg.eval_interval == 0 or cfg.no_aug(epoch) or last)
         improved = False
         if due and self.val is not None:
             if self.dist.is_main:
