@@ -16,6 +16,10 @@ OUT="${1:-benchmarks/results/cpu}"
 shift || true
 WEIGHTS_ARGS=()
 if [[ -n "${WEIGHTS_DIR:-}" ]]; then WEIGHTS_ARGS=(--weights-dir "$WEIGHTS_DIR"); fi
+# AP of the rows with real weights (FP32 and INT8 side by side) on the shared coco-tiny val, when present
+EVAL_ARGS=()
+COCO="${COCO_DIR:-../shared/assets/coco-tiny}"
+if [[ -d "$COCO" ]]; then EVAL_ARGS=(--with-eval "$COCO"); fi
 
 yolox-bench \
   --models nano,tiny,s \
@@ -26,4 +30,4 @@ yolox-bench \
   --iters 200 --warmup 20 \
   --output "$OUT" \
   --cache-dir "${CACHE_DIR:-$OUT/../cache}" \
-  "${WEIGHTS_ARGS[@]}" "$@"
+  "${WEIGHTS_ARGS[@]}" "${EVAL_ARGS[@]}" "$@"

@@ -260,7 +260,7 @@ def test_int8_ap(tmp_path, nano_pth, coco_tiny, unlabelled_images):
     ap = _ap(result.path, coco_tiny)
     print(f"OpenVINO INT8 (NNCF, 100 calibration images) AP on coco-tiny: {ap:.4f} (FP32 reference {REFERENCE_AP}), "
           f"export {result.seconds:.1f} s")
-    assert abs(ap - REFERENCE_AP) <= 0.03
+    assert abs(ap - REFERENCE_AP) <= 0.01  # mixed preset: 0.3099 here (performance preset: 0.3024)
 
 
 @pytest.mark.slow

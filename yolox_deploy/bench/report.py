@@ -114,6 +114,7 @@ def to_markdown(report: BenchReport) -> str:
                 lines.append("")
             lines.append(format_table(["Pipeline", "FPS", "mean", "p50", "p90", "p99", "pre", "infer", "post", "n"],
                                       demo_rows(d), floatfmt="g", markdown=True))
+            lines.append("")
             for note in d.notes:
                 lines.append(f"- {note}")
     lines += ["", "## Published figures used", ""]

@@ -395,9 +395,10 @@ def _race(runner: RowRunner, demo: Any, best: BenchRow, source: ModelSource, siz
              f"(+{warm} warm-up calls per block)",
              f"our row: the fastest CPU {'FP32 ' if best.precision == 'fp32' else ''}Detector of this run "
              f"({best.backend_label}, {best.precision})"]
-    if best.ap is not None and reference is not None:
-        notes.append(f"AP on the evaluation set: {best.ap:.4f} ({best.precision}) vs {reference.ap:.4f} "
-                     f"(fp32, {reference.backend_label})")
+    if best.ap is not None:
+        versus = (f" vs {reference.ap:.4f} (fp32, {reference.backend_label})"
+                  if reference is not None and best.precision != "fp32" else "")
+        notes.append(f"AP on the evaluation set: {best.ap:.4f} ({best.precision}){versus}")
     return DemoComparison("yolox-nano", size, best.backend_label, best.precision, str(demo.path),
                           PipelineTimes.from_samples(np.concatenate(ours_s)),
                           PipelineTimes.from_samples(np.concatenate(demo_s)), len(runner.images),
