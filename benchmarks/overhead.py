@@ -5,8 +5,9 @@
 Default artefact: YOLOX-Nano 416 exported to ONNX from the shared checkpoint (decode in graph), run with the
 onnxruntime backend at batch 1, plus the authors' released ONNX (raw output, decoded by the pipeline).
 Rounds alternate a bare pass and a full pass over all images so drift hits both equally; the full pass
-times its stages (letterbox / infer / decode+NMS+scale) inside each call. Also times post-processing alone on 640x640
-heads (8400 candidates x 80 classes), real and worst case. Writes ``overhead.md`` and ``overhead.json`` with the host they ran on.
+times its stages (letterbox / infer / decode+NMS+scale) inside each call. Also times post-processing alone
+on 640x640 heads (8400 candidates x 80 classes), real and worst case. Writes ``overhead.md`` and
+``overhead.json`` with the host they ran on.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ A backend turns a preprocessed batch into the artefact's outputs. The batch is e
 batch (uint8 ``[N, H, W, 3]`` BGR, letterboxed: what ``Detector`` passes) or the model input itself
 (``[N, 3, H, W]`` float32, normalised per the artefact's :class:`~yolox_deploy.meta.Preprocess`: what
 verification and raw comparisons pass). Canvases become the model input where the runtime does it
-cheapest (``_infer_canvas``): in the graph, on the device, or by default in numpy. The outputs are the head output
-``[N, A, 5 + C]`` (raw or decoded, per ``meta.decode_in_graph``) or, when ``meta.nms_in_graph``, the four
-NMS outputs ``num_dets [N, 1], boxes [N, K, 4], scores [N, K], labels [N, K]``. It never letterboxes, decodes,
-or draws: that is the pipeline's job (``detector.py``), shared by all backends.
+cheapest (``_infer_canvas``): in the graph, on the device, or by default in numpy. The outputs are the
+head output ``[N, A, 5 + C]`` (raw or decoded, per ``meta.decode_in_graph``) or, when ``meta.nms_in_graph``,
+the four NMS outputs ``num_dets [N, 1], boxes [N, K, 4], scores [N, K], labels [N, K]``. It never
+letterboxes, decodes, or draws: that is the pipeline's job (``detector.py``), shared by all backends.
 
 Each backend module registers itself with :func:`register_backend`, which records its capability row (the
 suffixes or folder layout it opens, the package it needs and the pip extra providing it, its devices).

@@ -122,6 +122,8 @@ class OnnxRuntimeBackend(Backend):
     @property
     def session(self) -> Any:
         """The session of the artefact as it is (float input ``[N, 3, H, W]``), opened again when needed."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
         if self._session is None:
             with self._session_lock:
                 if self._session is None:
@@ -132,21 +134,21 @@ class OnnxRuntimeBackend(Backend):
         return self.session.run(names, feed)
 
     def _open_canvas_session(self, path: Path) -> Any:
-        """A CPU session of the graph behind a uint8 NHWC input (see :func:`canvas_input_graph`), or None.
+        """A session of the graph behind a uint8 NHWC input (see :func:`canvas_input_graph`), or None.
 
-        Only for the plain BGR 0-255 contract, a float ``[N, 3, H, W]`` input and with ``onnx`` installed.
+        Only for the plain BGR 0-255 contract, a float ``[N, 3, H, W]`` input and with ``onnx`` installed;
+        otherwise (or if ``onnx`` cannot read what ONNX Runtime could) canvases are converted in numpy.
         """
         if not self.meta.preprocess.is_identity or self.options.get("canvas_in_graph") is False:
             return None
         try:
             import onnx
-        except ImportError:
+
+            adapted = canvas_input_graph(onnx.load(str(path)))
+        except Exception as e:  # ImportError, or a file only ONNX Runtime reads: the numpy path still works
+            log.debug("no canvas session for %s: %s", path.name, e)
             return None
-        model = onnx.load(str(path))
-        adapted = canvas_input_graph(model)
-        if adapted is None:
-            return None
-        return self._new_session(adapted.SerializeToString())
+        return None if adapted is None else self._new_session(adapted.SerializeToString())
 
     # --- loading -------------------------------------------------------------------------------------
     def _providers(self, ort: Any) -> list[Any]:

@@ -17,8 +17,8 @@ pre-processing in front (u8 NHWC -> f32 NCHW, which the CPU plugin fuses into th
 it is (float ``[N, 3, H, W]`` input) is compiled too when a float batch first comes. Option
 ``canvas_in_graph=False`` turns this off. Each concurrent call gets its own infer request from a pool
 (requests are created on demand and reused), so a ``Detector`` may be called from several threads at once
-and results never mix. The input batch is shared with OpenVINO without a copy; outputs are copied out of the request
-before it goes back to the pool.
+and results never mix. The input batch is shared with OpenVINO without a copy; outputs are copied out of
+the request before it goes back to the pool.
 
 Metadata comes from the IR's ``rt_info`` (``META_KEY``); an IR without it (converted from the authors' ONNX
 elsewhere) is described from its input/output shapes (:func:`~yolox_deploy.meta.infer_meta`).
