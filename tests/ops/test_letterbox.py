@@ -72,3 +72,16 @@ def test_scale_back_clips_only_when_asked():
     box = np.array([[-10, -5, 500, 300]], np.float32)
     np.testing.assert_array_equal(scale_boxes(box, 1.0, (200, 400)), [[0, 0, 400, 200]])
     np.testing.assert_array_equal(scale_boxes(box, 1.0, None), box)
+
+
+@pytest.mark.parametrize("contract", [Preprocess(), Preprocess.legacy()])
+def test_canvas_to_tensor_equals_numpy_model_input(rng, contract):
+    """The device-side conversion of canvases (torch) gives the numpy model input, both contracts."""
+    from yolox_deploy.ops.letterbox import canvas_to_tensor, letterbox_batch, to_model_input
+
+    images = [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), rng.integers(0, 256, (90, 40, 3), dtype=np.uint8)]
+    canvases, _ = letterbox_batch(images, (64, 96))
+    want = to_model_input(canvases, contract)
+    got = canvas_to_tensor(canvases, contract, "cpu").numpy()
+    assert got.shape == want.shape == (2, 3, 64, 96)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -10,7 +10,7 @@ image by dividing by ``r``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -82,14 +82,19 @@ def to_model_input(canvases: np.ndarray, contract: Preprocess, out: np.ndarray |
         planes = cv2.split(canvases[i])
         for c, src in enumerate(order):
             out[i, c] = planes[src]
-    if not contract.is_identity:
-        if contract.scale != 1.0:
-            out *= contract.scale
-        if contract.mean is not None:
-            out -= np.asarray(contract.mean, dtype=np.float32).reshape(3, 1, 1)
-        if contract.std is not None:
-            out /= np.asarray(contract.std, dtype=np.float32).reshape(3, 1, 1)
-    return out
+    return normalise(out, contract, lambda v: np.asarray(v, dtype=np.float32).reshape(1, 3, 1, 1))
+
+
+def normalise(x: Any, contract: Preprocess, per_channel: Callable[[Any], Any]) -> Any:
+    """Apply the contract's scale, then mean and std, in place to a float ``[N, 3, H, W]`` batch (numpy or
+    torch); ``per_channel`` turns a 3-tuple into a ``[1, 3, 1, 1]`` array of ``x``'s kind. Returns ``x``."""
+    if contract.scale != 1.0:
+        x *= contract.scale
+    if contract.mean is not None:
+        x -= per_channel(contract.mean)
+    if contract.std is not None:
+        x /= per_channel(contract.std)
+    return x
 
 
 def canvas_to_tensor(canvases: Any, contract: Preprocess, device: Any, dtype: Any = None) -> Any:
@@ -104,14 +109,8 @@ def canvas_to_tensor(canvases: Any, contract: Preprocess, device: Any, dtype: An
     x = t.to(device, non_blocking=True).permute(0, 3, 1, 2)
     if contract.color == "rgb":
         x = x.flip(1)
-    x = x.to(torch.float32)
-    if not contract.is_identity:
-        if contract.scale != 1.0:
-            x = x * contract.scale
-        if contract.mean is not None:
-            x = x - torch.tensor(contract.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        if contract.std is not None:
-            x = x / torch.tensor(contract.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    x = normalise(x.to(torch.float32), contract,
+                  lambda v: torch.tensor(v, dtype=torch.float32, device=x.device).view(1, 3, 1, 1))
     return x.to(dtype or torch.float32).contiguous()
 
 
