@@ -13,6 +13,8 @@ The decode is written with ``cat`` (no in-place slice writes), so an exported gr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ._array import Array, like, serial, to_tensor
@@ -33,6 +35,18 @@ def num_anchors(input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -
     return sum(h * w for h, w in level_shapes(input_hw, strides))
 
 
+def _cell_xy(h: int, w: int, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column and row index of every cell of an ``h x w`` grid, each ``[h, w]``."""
+    yv, xv = torch.meshgrid(torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype),
+                            indexing="ij")
+    return xv, yv
+
+
+def _decode_parts(txy: Any, twh: Any, grid: Any, stride: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cx, cy)`` and ``(w, h)`` in input pixels from offsets ``txy`` and log-sizes ``twh`` (clamped)."""
+    return (txy.clamp(-XY_LOGIT_LIMIT, XY_LOGIT_LIMIT) + grid) * stride, torch.exp(twh.clamp(max=WH_LOGIT_MAX)) * stride
+
+
 def make_grid(shapes: list[tuple[int, int]], strides: tuple[int, ...] = STRIDES, *,
               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,10 +56,7 @@ def make_grid(shapes: list[tuple[int, int]], strides: tuple[int, ...] = STRIDES,
     """
     grids, steps = [], []
     for (h, w), s in zip(shapes, strides):
-        ys = torch.arange(h, device=device, dtype=dtype)
-        xs = torch.arange(w, device=device, dtype=dtype)
-        yv, xv = torch.meshgrid(ys, xs, indexing="ij")
-        grid = torch.stack((xv, yv), dim=2).reshape(-1, 2)
+        grid = torch.stack(_cell_xy(h, w, device, dtype), dim=2).reshape(-1, 2)
         grids.append(grid)
         steps.append(torch.full_like(grid[:, :1], float(s)))
     return torch.cat(grids, dim=0), torch.cat(steps, dim=0)
@@ -59,13 +70,8 @@ def decode_level(reg: torch.Tensor, stride: int) -> torch.Tensor:
     ``[B, A, 5 + C]`` output (two passes over it saved in ONNX Runtime and OpenVINO).
     """
     h, w = reg.shape[-2:]
-    ys = torch.arange(h, device=reg.device, dtype=reg.dtype)
-    xs = torch.arange(w, device=reg.device, dtype=reg.dtype)
-    yv, xv = torch.meshgrid(ys, xs, indexing="ij")
-    grid = torch.stack((xv, yv), dim=0)[None]                          # [1, 2, h, w]
-    xy = (reg[:, 0:2].clamp(-XY_LOGIT_LIMIT, XY_LOGIT_LIMIT) + grid) * stride
-    wh = torch.exp(reg[:, 2:4].clamp(max=WH_LOGIT_MAX)) * stride
-    return torch.cat((xy, wh), dim=1)
+    grid = torch.stack(_cell_xy(h, w, reg.device, reg.dtype), dim=0)[None]  # [1, 2, h, w]
+    return torch.cat(_decode_parts(reg[:, 0:2], reg[:, 2:4], grid, stride), dim=1)
 
 
 _GRID_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -84,9 +90,7 @@ def cached_grid(shapes: list[tuple[int, int]], strides: tuple[int, ...], device:
 
 def decode_with_grid(raw: torch.Tensor, grid: torch.Tensor, stride: torch.Tensor) -> torch.Tensor:
     """Decode ``raw [..., A, 5 + C]`` given ``grid [A, 2]`` and ``stride [A, 1]``; returns cxcywh + scores."""
-    xy = (raw[..., 0:2].clamp(-XY_LOGIT_LIMIT, XY_LOGIT_LIMIT) + grid) * stride
-    wh = torch.exp(raw[..., 2:4].clamp(max=WH_LOGIT_MAX)) * stride
-    return torch.cat((xy, wh, raw[..., 4:]), dim=-1)
+    return torch.cat((*_decode_parts(raw[..., 0:2], raw[..., 2:4], grid, stride), raw[..., 4:]), dim=-1)
 
 
 def decode(raw: Array, input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> Array:

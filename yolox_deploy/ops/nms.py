@@ -84,9 +84,10 @@ def dense_nms_numpy(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray | 
 def _opencv_nms(boxes: np.ndarray, wh: np.ndarray, scores: np.ndarray, groups: np.ndarray | None,
                 iou_threshold: float) -> np.ndarray:
     """Greedy NMS by ``cv2.dnn.NMSBoxes`` on float64 boxes with sizes ``wh`` > 0; kept indices by score."""
-    origin = boxes[:, :2] - boxes[:, :2].min()  # from 0 up: the group offsets below then separate groups
+    low = boxes[:, :2].min()
+    origin = boxes[:, :2] - low  # from 0 up: the group offsets below then separate groups
     if groups is not None:
-        origin += (groups * (boxes[:, 2:].max() - boxes[:, :2].min() + 1.0))[:, None]
+        origin += (groups * (boxes[:, 2:].max() - low + 1.0))[:, None]
     keep = cv2.dnn.NMSBoxes(np.concatenate((origin, wh), axis=1), scores, 0.0, iou_threshold)
     return np.asarray(keep, dtype=np.int64).reshape(-1)
 

@@ -149,6 +149,12 @@ class Backend(abc.ABC):
     def _infer(self, batch: Any) -> list[Any]:
         """Run one batch; return the outputs (numpy arrays, or torch tensors on ``output_device``)."""
 
+    @property
+    def _runtime_converts_canvases(self) -> bool:
+        """Whether ``_infer_canvas`` may hand canvases to the runtime's own conversion: only for the plain BGR
+        0-255 contract, and unless the ``canvas_in_graph=False`` option turns it off."""
+        return self.meta.preprocess.is_identity and self.options.get("canvas_in_graph") is not False
+
     def _infer_canvas(self, canvases: Any) -> list[Any]:
         """Run a canvas batch (uint8 ``[N, H, W, 3]``). Default: the model input made in numpy, then ``_infer``.
 

@@ -1,7 +1,7 @@
 """``Detector``: one pipeline over every backend.
 
-    images -> letterbox (batched uint8 canvases) -> backend.infer -> decode (unless in graph) -> batched NMS (unless in
-    graph) -> scale back to image pixels -> Detections
+    images -> letterbox (batched uint8 canvases) -> backend.infer -> decode (unless in graph)
+    -> batched NMS (unless in graph) -> scale back to image pixels -> Detections
 
 The artefact's metadata decides input size, labels, what the graph already does and the preprocessing
 contract; arguments only override what an artefact without metadata cannot know. Post-processing runs as

@@ -334,8 +334,9 @@ class NcnnBackend(Backend):
         return self._run_all(x, x.shape[2:], self._run_one)
 
     def _infer_canvas(self, canvases: Any) -> list[Any]:
-        """Canvases become NCNN Mats with ``Mat.from_pixels`` (NCNN's own uint8 HWC -> float CHW)."""
-        if not self.meta.preprocess.is_identity:
+        """Canvases become NCNN Mats with ``Mat.from_pixels`` (NCNN's own uint8 HWC -> float CHW); option
+        ``canvas_in_graph=False`` converts them in numpy instead."""
+        if not self._runtime_converts_canvases:
             return super()._infer_canvas(canvases)
         c = np.ascontiguousarray(as_numpy(canvases))
         bgr = self._ncnn.Mat.PixelType.PIXEL_BGR

@@ -139,7 +139,7 @@ class OnnxRuntimeBackend(Backend):
         Only for the plain BGR 0-255 contract, a float ``[N, 3, H, W]`` input and with ``onnx`` installed;
         otherwise (or if ``onnx`` cannot read what ONNX Runtime could) canvases are converted in numpy.
         """
-        if not self.meta.preprocess.is_identity or self.options.get("canvas_in_graph") is False:
+        if not self._runtime_converts_canvases:
             return None
         try:
             import onnx

@@ -164,9 +164,8 @@ class OpenVINOBackend(Backend):
 
     def _canvas_applies(self, model: Any) -> bool:
         shape = model.inputs[0].get_partial_shape()
-        return (self.meta.preprocess.is_identity and self.options.get("canvas_in_graph") is not False
-                and shape.rank.is_static and shape.rank.get_length() == 4 and shape[1].is_static
-                and shape[1].get_length() == 3)
+        return (self._runtime_converts_canvases and shape.rank.is_static and shape.rank.get_length() == 4
+                and shape[1].is_static and shape[1].get_length() == 3)
 
     @staticmethod
     def _canvas_model(model: Any) -> Any:
