@@ -11,6 +11,13 @@ import numpy as np
 Index = Union[int, slice, Sequence[int], np.ndarray]
 
 
+def name_table(class_names: Sequence[str]) -> np.ndarray:
+    """Class names as an object array ``[C]``, indexable by class id arrays."""
+    table = np.empty(len(class_names), dtype=object)
+    table[:] = list(class_names)
+    return table
+
+
 @dataclass(frozen=True)
 class Detections:
     """Detections of one image, in original-image pixels.
@@ -59,11 +66,15 @@ class Detections:
 
     @classmethod
     def from_arrays(cls, xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
-                    class_names: Sequence[str], image_size: tuple[int, int] | None = None) -> Detections:
-        """Build from arrays and the model's label table (ids out of range are named ``class<id>``)."""
+                    class_names: Sequence[str] | np.ndarray, image_size: tuple[int, int] | None = None) -> Detections:
+        """Build from arrays and the model's label table: a sequence of names, or (cheaper when called per
+        image) the object array :func:`name_table` makes of it. Ids out of range are named ``class<id>``."""
         ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
-        names = np.array([class_names[i] if 0 <= i < len(class_names) else f"class{i}" for i in ids],
-                         dtype=object)
+        table = class_names if isinstance(class_names, np.ndarray) else name_table(class_names)
+        if ids.size == 0 or (ids.min() >= 0 and ids.max() < len(table)):
+            names = table[ids]
+        else:
+            names = np.array([table[i] if 0 <= i < len(table) else f"class{i}" for i in ids], dtype=object)
         return cls(xyxy, scores, ids, names, image_size)
 
     def __len__(self) -> int:

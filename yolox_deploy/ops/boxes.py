@@ -52,8 +52,9 @@ def box_iou(boxes1: Array, boxes2: Array) -> Array:
 
 def clip_boxes(boxes: Array, height: int, width: int) -> Array:
     """Clamp xyxy boxes ``[N, 4]`` to the image ``[0, width] x [0, height]`` (a new array)."""
-    if isinstance(boxes, np.ndarray):  # numpy natively: this runs once per image on the CPU path
-        return np.clip(boxes, 0, np.array([width, height, width, height], dtype=boxes.dtype))
+    if isinstance(boxes, np.ndarray):  # numpy natively, two ufunc calls: this runs once per image on the CPU path
+        out = np.maximum(boxes, 0)
+        return np.minimum(out, np.array([width, height, width, height], dtype=out.dtype), out=out)
     b = boxes
     x = b[..., 0::2].clamp(0, width)
     y = b[..., 1::2].clamp(0, height)

@@ -81,15 +81,16 @@ def dense_nms_numpy(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray | 
     return order[keep].astype(np.int64)
 
 
-def _opencv_nms(boxes: np.ndarray, wh: np.ndarray, scores: np.ndarray, groups: np.ndarray | None,
-                iou_threshold: float) -> np.ndarray:
-    """Greedy NMS by ``cv2.dnn.NMSBoxes`` on float64 boxes with sizes ``wh`` > 0; kept indices by score."""
-    low = boxes[:, :2].min()
-    origin = boxes[:, :2] - low  # from 0 up: the group offsets below then separate groups
+def _opencv_nms(xywh: np.ndarray, scores: np.ndarray, groups: np.ndarray | None, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS by ``cv2.dnn.NMSBoxes`` on float64 ``(x1, y1, w, h)`` boxes with ``w, h > 0`` and scores
+    ``> 0``; kept indices by score. With ``groups``, ``xywh`` is moved in place: each group to its own
+    stretch of the plane (from 0 up, group ``g`` at ``g * span``, ``span`` beyond any box's extent), so boxes
+    of two groups never overlap."""
     if groups is not None:
-        origin += (groups * (boxes[:, 2:].max() - low + 1.0))[:, None]
-    keep = cv2.dnn.NMSBoxes(np.concatenate((origin, wh), axis=1), scores, 0.0, iou_threshold)
-    return np.asarray(keep, dtype=np.int64).reshape(-1)
+        low = xywh[:, :2].min()
+        span = 2.0 * xywh.max() - low + 1.0  # x + w <= 2 * max(x, y, w, h) since w, h > 0
+        xywh[:, :2] += (groups * span - low)[:, None]
+    return np.asarray(cv2.dnn.NMSBoxes(xywh, scores, 0.0, iou_threshold), dtype=np.int64).reshape(-1)
 
 
 def batched_nms_numpy(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray | None,
@@ -99,25 +100,25 @@ def batched_nms_numpy(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray 
     ``boxes`` ``[N, 4]`` xyxy, ``scores`` ``[N]`` float32, ``groups`` ``[N]`` int. Kept indices (int64),
     by decreasing score, ties in input order. OpenCV computes each IoU in float64 from the float32 boxes
     and compares it, rounded to float32, with the threshold: the same decisions as the float32 formula
-    except for IoUs within a rounding of the threshold. Boxes with an empty side, or scores <= 0 (which
-    OpenCV drops), go through :func:`dense_nms_numpy` (or the torch path past ``DENSE_MAX``).
+    except for IoUs within a rounding of the threshold. Boxes with an empty side (or NaN), or scores <= 0
+    (which OpenCV drops), go through :func:`dense_nms_numpy` (or the torch path past ``DENSE_MAX``).
     """
     n = boxes.shape[0]
     if n <= 1:
         return np.arange(n, dtype=np.int64)
-    b = boxes.astype(np.float64)
-    wh = b[:, 2:] - b[:, :2]
+    xywh = boxes.astype(np.float64)
+    xywh[:, 2:] -= xywh[:, :2]
     s = np.ascontiguousarray(scores, dtype=np.float32)
-    if not ((wh > 0).all() and (s > 0).all()):
+    if not (xywh[:, 2:].min() > 0 and s.min() > 0):  # NaN fails the test too
         if n <= DENSE_MAX:
             return dense_nms_numpy(boxes, scores, groups, iou_threshold)
         return batched_nms(boxes, scores, groups if groups is not None else np.zeros(n, np.int64), iou_threshold)
     if n <= OPENCV_ONE_CALL_MAX or groups is None:
-        return _opencv_nms(b, wh, s, groups, iou_threshold)
+        return _opencv_nms(xywh, s, groups, iou_threshold)
     # many boxes: OpenCV compares each box with every kept one, so split by group first
     order = np.argsort(groups, kind="stable")
     bounds = np.flatnonzero(np.diff(groups[order])) + 1
-    kept = [part[_opencv_nms(b[part], wh[part], s[part], None, iou_threshold)] for part in np.split(order, bounds)]
+    kept = [part[_opencv_nms(xywh[part], s[part], None, iou_threshold)] for part in np.split(order, bounds)]
     keep = np.sort(np.concatenate(kept))  # by input index, so the stable sort below breaks ties by it
     return keep[np.argsort(-s[keep], kind="stable")]
 

@@ -64,36 +64,42 @@ def _postprocess_numpy(a: np.ndarray, out: Callable[[np.ndarray], Array], conf_t
     """The CPU path: a few numpy calls on the anchors above the threshold, then OpenCV's NMS.
 
     Class probabilities are at most 1, so only anchors with ``obj >= conf`` can qualify: those are picked
-    first and the arg-max over classes runs on their rows alone. ``out`` turns the result arrays into the
-    caller's kind (numpy or torch).
+    first and the arg-max over classes runs on their rows alone. Right after a runtime's inference every
+    array operation runs on cold caches (several microseconds each), so a single image skips the image
+    index bookkeeping. ``out`` turns the result arrays into the caller's kind (numpy or torch).
     """
-    img_idx, anchor_idx = np.nonzero(a[..., 4] >= conf_threshold)
-    rows = a[img_idx, anchor_idx]                                      # [K, 5 + C]
+    n_images, num_classes = a.shape[0], a.shape[-1] - 5
+    if n_images == 1:
+        img_idx = None
+        anchor_idx = np.flatnonzero(a[0, :, 4] >= conf_threshold)
+        rows = a[0, anchor_idx]                                        # [K, 5 + C]
+    else:
+        img_idx, anchor_idx = np.nonzero(a[..., 4] >= conf_threshold)
+        rows = a[img_idx, anchor_idx]
     probs = rows[:, 5:]
     cls = probs.argmax(axis=1)
     scores = rows[:, 4] * probs.max(axis=1)
-    ok = scores >= conf_threshold
-    if not ok.all():
-        img_idx, anchor_idx, rows, cls, scores = img_idx[ok], anchor_idx[ok], rows[ok], cls[ok], scores[ok]
+    ok = np.flatnonzero(scores >= conf_threshold)
+    rows, cls, scores = rows[ok], cls[ok], scores[ok]
     xy, wh = rows[:, 0:2], rows[:, 2:4]
     if input_hw is not None:
         grid, stride = _numpy_grid(input_hw, strides)
-        g, s = grid[anchor_idx], stride[anchor_idx]
-        xy = (np.clip(xy, -XY_LOGIT_LIMIT, XY_LOGIT_LIMIT) + g) * s
-        wh = np.exp(np.minimum(wh, WH_LOGIT_MAX)) * s
+        cells = anchor_idx[ok]
+        xy = (np.clip(xy, -XY_LOGIT_LIMIT, XY_LOGIT_LIMIT) + grid[cells]) * stride[cells]
+        wh = np.exp(np.minimum(wh, WH_LOGIT_MAX)) * stride[cells]
     half = wh / 2
     boxes = np.concatenate((xy - half, xy + half), axis=1)
-    if not class_agnostic:
-        groups: np.ndarray | None = img_idx * (a.shape[-1] - 5) + cls
+    if img_idx is None:
+        keep = batched_nms_numpy(boxes, scores, None if class_agnostic else cls, iou_threshold)
+        per_image = [keep]
     else:
-        groups = img_idx if a.shape[0] > 1 else None
-    keep = batched_nms_numpy(boxes, scores, groups, iou_threshold)
-    results = []
-    for b in range(a.shape[0]):
-        sel = keep if a.shape[0] == 1 else keep[img_idx[keep] == b]
-        sel = sel[:max_det] if max_det is not None else sel
-        results.append(RawDetections(out(boxes[sel]), out(scores[sel]), out(cls[sel])))
-    return results
+        img_idx = img_idx[ok]
+        keep = batched_nms_numpy(boxes, scores, img_idx if class_agnostic else img_idx * num_classes + cls,
+                                 iou_threshold)
+        kept_img = img_idx[keep]
+        per_image = [keep[kept_img == b] for b in range(n_images)]
+    return [RawDetections(out(boxes[sel]), out(scores[sel]), out(cls[sel]))
+            for sel in (per_image if max_det is None else [k[:max_det] for k in per_image])]
 
 
 def _postprocess_torch(t: torch.Tensor, pred: Array, conf_threshold: float, iou_threshold: float,

@@ -22,7 +22,7 @@ from ..io.images import ensure_bgr, read_image
 from ..meta import ModelMeta
 from ..ops.letterbox import letterbox_batch, scale_boxes
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
-from ..structures import Detections
+from ..structures import Detections, name_table
 from ..utils.sizes import parse_img_size
 from .base import Backend, backend_class, find_backend
 from .streaming import StreamResult
@@ -94,6 +94,7 @@ class Detector:
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         self.batch_size = self.meta.batch or batch_size or 1
+        self._names: tuple[Sequence[str], np.ndarray] | None = None
 
     @staticmethod
     def _apply_overrides(meta: ModelMeta, size: tuple[int, int] | None,
@@ -135,8 +136,15 @@ class Detector:
 
     def _to_detections(self, raw: RawDetections, ratio: float, image_hw: tuple[int, int]) -> Detections:
         boxes = scale_boxes(raw.boxes, float(ratio), image_hw if self.clip else None)
-        return Detections.from_arrays(_np(boxes), _np(raw.scores), _np(raw.class_ids), self.meta.class_names,
-                                      image_hw)
+        return Detections.from_arrays(_np(boxes), _np(raw.scores), _np(raw.class_ids), self._name_table(), image_hw)
+
+    def _name_table(self) -> np.ndarray:
+        """The label table as an object array, made again only when the metadata's names change."""
+        names = self.meta.class_names
+        cached = self._names
+        if cached is None or cached[0] is not names:
+            cached = self._names = (names, name_table(names))
+        return cached[1]
 
     def run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detect on BGR uint8 images that fit in one batch."""
