@@ -35,7 +35,10 @@ _HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 # Pairs are generated and tested in chunks of about this many, so memory stays bounded for any input.
 PAIR_CHUNK = 1 << 21
 DENSE_MAX = 256  # up to this many boxes, all pairs at once
-OPENCV_ONE_CALL_MAX = 2048  # up to this many boxes, one OpenCV call for all groups; beyond, one per group
+# Up to this many boxes, one OpenCV call for all groups; beyond, one call per group. One call compares every
+# box with every kept box of any group; a call per group costs tens of microseconds of Python. On YOLOX-Nano
+# 640 heads at evaluation thresholds (0.01 / 0.65) 512 beats 2048 on the images with >800 candidates.
+OPENCV_ONE_CALL_MAX = 512
 _MAX_SWEEPS = 24
 
 
