@@ -4,9 +4,9 @@
 
 Default artefact: YOLOX-Nano 416 exported to ONNX from the shared checkpoint (decode in graph), run with the
 onnxruntime backend at batch 1, plus the authors' released ONNX (raw output, decoded by the pipeline).
-Rounds alternate passes over all images of the bare backend call (on the pipeline's canvas batch, and on the
-model's own float input) and of the full Detector call, in a rotating order, so the host's drift hits all
-three alike; the full call times its stages (letterbox / infer / decode+NMS+scale) inside itself. Also times post-processing alone
+Blocks of 8 images alternate between the bare backend call (on the pipeline's canvas batch, and on the model's
+own float input) and the full Detector call, in a rotating order, so the host's drift hits all three alike;
+the full call times its stages (letterbox / infer / decode+NMS+scale) inside itself. Also times post-processing alone
 on 640x640 heads (8400 candidates x 80 classes), real and worst case. Writes ``overhead.md`` and
 ``overhead.json`` with the host they ran on.
 """
@@ -28,16 +28,17 @@ ASSETS = ROOT.parent / "shared" / "assets"
 CLOCK = CpuClock()
 
 
-def measure(artefact: Path, images: list[np.ndarray], rounds: int, warmup: int) -> dict:
-    """Bare backend calls and full Detector calls on the same images, in alternating passes over all of them.
+def measure(artefact: Path, images: list[np.ndarray], rounds: int, warmup: int, block: int = 8) -> dict:
+    """Bare backend calls and full Detector calls on the same images, alternating in blocks of ``block`` images.
 
-    Three kinds of pass, in an order that rotates from round to round: the bare call on the canvas batch
-    the pipeline hands the backend (``Detector.infer``), the bare call on the artefact's own float input
-    ``[1, 3, H, W]`` (the model alone, as the paper and the authors' demo time it; the canvas-to-float
-    conversion the pipeline leaves to the runtime is then outside it), and the full call
-    (:func:`~yolox_deploy.bench.latency.sample_pipeline`: letterbox, infer, decode/NMS/scale back, each
-    stage timed inside the full call). Both bare inputs are made beforehand. A full pass is a stream of
-    Detector calls, as an application's loop makes them.
+    Each block of images goes through three kinds of call, in an order that rotates from block to block: the
+    bare call on the canvas batch the pipeline hands the backend (``Detector.infer``), the bare call on the
+    artefact's own float input ``[1, 3, H, W]`` (the model alone, as the paper and the authors' demo time
+    it; the canvas-to-float conversion the pipeline leaves to the runtime is then outside it), and the full
+    call (:func:`~yolox_deploy.bench.latency.sample_pipeline`: letterbox, infer, decode/NMS/scale back, each
+    stage timed inside the full call). Both bare inputs are made beforehand. Blocks are short enough (well
+    under a second) that the host's drift hits the three kinds alike, and long enough that full calls follow
+    each other as in an application's loop.
     """
     from yolox_deploy import Detector
     from yolox_deploy.bench.latency import PipelineTimes, sample_pipeline
@@ -51,16 +52,17 @@ def measure(artefact: Path, images: list[np.ndarray], rounds: int, warmup: int) 
     sample_pipeline(det, groups, iters=1, warmup=warmup, clock=CLOCK)
     for x in floats[:warmup]:
         det.infer(x)
-    passes = (
-        ("bare", lambda: [CLOCK.time(det.infer, c)[1] for c in canvases]),
-        ("bare_float", lambda: [CLOCK.time(det.infer, x)[1] for x in floats]),
-        ("full", lambda: list(sample_pipeline(det, groups, iters=len(groups), warmup=0, clock=CLOCK))),
+    kinds = (
+        ("bare", lambda i, j: [CLOCK.time(det.infer, c)[1] for c in canvases[i:j]]),
+        ("bare_float", lambda i, j: [CLOCK.time(det.infer, x)[1] for x in floats[i:j]]),
+        ("full", lambda i, j: list(sample_pipeline(det, groups, iters=j - i, warmup=0, clock=CLOCK, offset=i))),
     )
-    samples: dict[str, list] = {name: [] for name, _ in passes}
+    samples: dict[str, list] = {name: [] for name, _ in kinds}
     for r in range(rounds):
-        for k in range(len(passes)):
-            name, run = passes[(r + k) % len(passes)]
-            samples[name] += run()
+        for b, i in enumerate(range(0, len(images), block)):
+            for k in range(len(kinds)):
+                name, run = kinds[(r + b + k) % len(kinds)]
+                samples[name] += run(i, min(i + block, len(images)))
     times = PipelineTimes.from_samples(np.asarray(samples["full"]))
     bare, bare_float = (LatencyStats.from_samples(samples[k]) for k in ("bare", "bare_float"))
     return {
@@ -162,7 +164,7 @@ def main() -> int:
                                v["max_ms"]] for k, v in nms.items()], floatfmt=".3f", markdown=True)
     md = (f"# Pipeline overhead (onnxruntime, batch 1, {len(images)} images x {args.rounds} rounds)\n\n"
           f"Host: {host.summary()}\n\n"
-          "Alternating passes over the images: bare = `Detector.infer` on the canvas batch the pipeline hands the backend "
+          "Blocks of 8 images alternate between the calls: bare = `Detector.infer` on the canvas batch the pipeline hands the backend "
           "(uint8, converted inside the runtime); bare, float input = the model alone on its float input "
           "(as the paper times it); full = letterbox -> infer -> decode/NMS/scale back to `Detections`.\n\n"
           f"{table}\n\n"

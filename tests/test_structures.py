@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from yolox_deploy.structures import Detections
+from yolox_deploy.structures import Detections, name_table
 
 
 def make(n=4):
@@ -14,6 +14,15 @@ def test_fields_are_typed_and_parallel():
     assert d.xyxy.dtype == np.float32 and d.scores.dtype == np.float32 and d.class_ids.dtype == np.int64
     assert list(d.names) == ["cat", "dog", "cat", "dog"]
     assert len(d) == 4
+
+
+@pytest.mark.parametrize("table", [("cat", "dog"), name_table(["cat", "dog"])])
+def test_names_from_a_sequence_or_a_table_and_ids_out_of_range(table):
+    xyxy = np.zeros((4, 4), np.float32)
+    d = Detections.from_arrays(xyxy, np.ones(4), np.array([1, 0, 2, -1]), table)
+    assert list(d.names) == ["dog", "cat", "class2", "class-1"]
+    assert list(Detections.from_arrays(xyxy[:2], np.ones(2), [1, 1], table).names) == ["dog", "dog"]
+    assert Detections.from_arrays(xyxy[:0], np.ones(0), [], table).names.shape == (0,)
 
 
 def test_shape_errors_name_the_expected_shape():
