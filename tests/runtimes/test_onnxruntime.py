@@ -125,6 +125,26 @@ def test_nms_graph_outputs(tiny_files):
     assert len(dets) == 10 and set(dets.names) <= {"a", "b", "c"}
 
 
+def test_nms_graph_thresholds_can_only_be_tightened(tiny_files, caplog):
+    """The graph's NMS ran with its export settings (conf 0.0, max 10): a Detector's higher conf and lower
+    max_det cut its output; settings it cannot apply are named in one warning."""
+    path, _ = tiny_files["nms"]
+    image = np.full((50, 70, 3), 114, np.uint8)
+    with Detector(path) as det:
+        assert (det.conf, det.nms) == (0.0, 0.45)  # the graph's own
+        [full] = det(image)
+    assert len(full) == 10 and not caplog.records
+    cut = float(full.scores[3])
+    with Detector(path, conf=cut, max_det=8) as det:
+        [d] = det(image)
+    assert d == full[: min(8, int((full.scores >= cut).sum()))] and not caplog.records
+    with Detector(path, max_det=2, nms=0.6, class_agnostic=True) as det:
+        assert d.scores.tolist()[:2] == det(image)[0].scores.tolist()
+    [warning] = caplog.records
+    assert "tiny_nms.onnx runs NMS inside its graph" in warning.message
+    assert "NMS IoU 0.6 (the graph's is 0.45)" in warning.message and "class-agnostic" in warning.message
+
+
 def test_tensorrt_plugin_graph_is_refused_on_the_cpu(tiny_files, tmp_path):
     path = tmp_path / "trt.onnx"
     write_onnx(load_source(tiny_files["dynamic"][0]), ExportOptions(img_size=(64, 96), dynamic=True, nms=True), path,

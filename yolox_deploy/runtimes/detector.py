@@ -10,6 +10,7 @@ torch ops on the device the backend's outputs live on (the GPU for CUDA backends
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from ..utils.sizes import parse_img_size
 from .base import Backend, backend_class, find_backend
 from .streaming import StreamResult
 
+log = logging.getLogger(__name__)
+DEFAULT_CONF, DEFAULT_NMS = 0.25, 0.45  # score and NMS IoU thresholds, as the authors' demos
 ImageLike = Union[str, os.PathLike, np.ndarray]
 T = TypeVar("T")
 
@@ -68,7 +71,8 @@ class Detector:
 
     Arguments: ``model`` (variant, for checkpoints without one), ``backend`` (override the one the file
     implies), ``device`` (``cpu``, ``cuda[:N]``, OpenVINO ``GPU``/``NPU``/``AUTO``), ``conf`` / ``nms``
-    thresholds, ``class_agnostic`` NMS, ``max_det`` per image (``None``: no cap), ``clip`` boxes to the
+    thresholds (default 0.25 / 0.45; an artefact with NMS inside runs its own, which ``conf`` and ``max_det``
+    can only tighten), ``class_agnostic`` NMS, ``max_det`` per image (``None``: no cap), ``clip`` boxes to the
     image (the authors' COCO protocol does not), ``batch_size`` (for
     dynamic-batch artefacts; fixed-batch ones get padded batches), ``img_size`` (dynamic-size artefacts;
     must match a fixed one), ``class_names`` / ``num_classes`` for artefacts without labels, and backend
@@ -76,18 +80,23 @@ class Detector:
     """
 
     def __init__(self, weights: Any, *, model: str | None = None, backend: str | None = None,
-                 device: str = "cpu", conf: float = 0.25, nms: float = 0.45, class_agnostic: bool = False,
+                 device: str = "cpu", conf: float | None = None, nms: float | None = None, class_agnostic: bool = False,
                  max_det: int | None = 300, clip: bool = True, batch_size: int | None = None,
                  img_size: int | Sequence[int] | str | None = None, class_names: Sequence[str] | None = None,
                  num_classes: int | None = None, **options: Any) -> None:
-        if not 0.0 <= conf <= 1.0 or not 0.0 <= nms <= 1.0:
-            raise InputError(f"thresholds must lie in [0, 1]: conf={conf}, nms={nms}")
+        for name, value in (("conf", conf), ("nms", nms)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise InputError(f"thresholds must lie in [0, 1]: {name}={value}")
+        if max_det is not None and max_det < 1:
+            raise InputError(f"max_det must be >= 1 (or None for no cap), got {max_det}")
         size = parse_img_size(img_size) if img_size is not None else None
         self.backend = open_backend(weights, backend, device, model=model, img_size=size,
                                     class_names=tuple(class_names) if class_names else None,
                                     num_classes=num_classes, **options)
         self.meta = self.backend.meta = self._apply_overrides(self.backend.meta, size, class_names)
-        self.conf, self.nms = float(conf), float(nms)
+        graph = self.meta.extra if self.meta.nms_in_graph else {}  # an NMS graph's own thresholds are the defaults
+        self.conf = float(conf if conf is not None else graph.get("nms_conf", 0.0) if graph else DEFAULT_CONF)
+        self.nms = float(nms if nms is not None else graph.get("nms_iou", DEFAULT_NMS))
         self.class_agnostic = class_agnostic
         self.max_det = max_det
         self.clip = clip
@@ -95,6 +104,23 @@ class Detector:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         self.batch_size = self.meta.batch or batch_size or 1
         self._names: tuple[Sequence[str], np.ndarray] | None = None
+        if self.meta.nms_in_graph:
+            self._warn_graph_nms()
+
+    def _warn_graph_nms(self) -> None:
+        """An artefact with NMS inside runs it with the thresholds it was exported with: the Detector can
+        only raise the score threshold and lower ``max_det`` (it does); say which settings cannot apply."""
+        extra = self.meta.extra
+        cannot = []
+        if self.conf < extra.get("nms_conf", 0.0):
+            cannot.append(f"conf {self.conf:g} (the graph keeps scores >= {extra['nms_conf']:g})")
+        if "nms_iou" in extra and self.nms != extra["nms_iou"]:
+            cannot.append(f"NMS IoU {self.nms:g} (the graph's is {extra['nms_iou']:g})")
+        if self.class_agnostic:
+            cannot.append("class-agnostic NMS (the graph's is per class)")
+        if cannot:
+            log.warning("%s runs NMS inside its graph; not applied: %s. Export without --nms to choose them here.",
+                        Path(str(self.backend.path)).name, "; ".join(cannot))
 
     @staticmethod
     def _apply_overrides(meta: ModelMeta, size: tuple[int, int] | None,
@@ -125,8 +151,8 @@ class Detector:
                     image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         """Backend outputs of a batch -> one :class:`Detections` per real (non-padding) image."""
         n = len(image_sizes)
-        if self.meta.nms_in_graph:
-            per_image = split_nms_outputs(*outputs[:4])[:n]
+        if self.meta.nms_in_graph:  # sorted by score: the Detector's threshold and cap are a cut
+            per_image = [_cut(raw, self.conf, self.max_det) for raw in split_nms_outputs(*outputs[:4])[:n]]
         else:
             pred = outputs[0][:n]
             hw = None if self.meta.decode_in_graph else self.meta.input_size
@@ -197,6 +223,13 @@ class Detector:
         m = self.meta
         return (f"Detector({self.backend.info.name}, model={m.model}, input={m.input_size[0]}x{m.input_size[1]}, "
                 f"classes={m.num_classes}, conf={self.conf}, nms={self.nms})")
+
+
+def _cut(raw: RawDetections, conf: float, max_det: int | None) -> RawDetections:
+    """The leading detections of ``raw`` (sorted by decreasing score) with score >= ``conf``, at most ``max_det``."""
+    k = int((raw.scores >= conf).sum())
+    k = k if max_det is None else min(k, max_det)
+    return RawDetections(raw.boxes[:k], raw.scores[:k], raw.class_ids[:k])
 
 
 def _np(x: Any) -> np.ndarray:
