@@ -16,7 +16,7 @@ from yolox_deploy.cli.detect import main as detect_main  # noqa: E402
 from yolox_deploy.errors import ArtefactError, BackendUnavailable, InputError  # noqa: E402
 from yolox_deploy.export.openvino import attach_meta, convert_torch  # noqa: E402
 from yolox_deploy.export.source import load_source  # noqa: E402
-from yolox_deploy.meta import ModelMeta  # noqa: E402
+from yolox_deploy.meta import ModelMeta, Preprocess  # noqa: E402
 from yolox_deploy.runtimes import find_backend  # noqa: E402
 from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
 from yolox_deploy.runtimes.openvino import OpenVINOBackend, ov_device  # noqa: E402
@@ -74,6 +74,8 @@ def test_metadata_inferred_for_an_ir_without_it(authors_ir, nano_pth, dog_jpg):
         assert m.class_names[0] == "person" and m.preprocess.is_identity
         with pytest.raises(InputError, match="batch 1"):
             backend.infer(np.zeros((2, 3, 416, 416), np.float32))
+    with open_backend(authors_ir, legacy=True) as backend:  # what an IR without metadata cannot say
+        assert backend.meta.preprocess == Preprocess.legacy()
     with Detector(authors_ir) as det, Detector(nano_pth) as ref:
         [a], [b] = det(dog_jpg), ref(dog_jpg)
     assert len(a) == len(b) >= 4

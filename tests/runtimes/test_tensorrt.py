@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from yolox_deploy.errors import ArtefactError, BackendUnavailable, InputError
-from yolox_deploy.meta import ModelMeta, read_sidecar, sidecar_path
+from yolox_deploy.meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
 from yolox_deploy.runtimes.tensorrt import (
     Profile,
     TensorSpec,
@@ -147,6 +147,9 @@ def test_meta_from_static_shapes():
     meta = meta_from_shapes(inp, [_spec("output", (1, 3549, 85))], Profile.fixed(inp.shape), "nano.engine")
     assert meta.input_size == (416, 416) and meta.num_classes == 80 and meta.batch == 1
     assert not meta.decode_in_graph and not meta.dynamic_hw and meta.format == "tensorrt"
+    assert meta.preprocess.is_identity
+    legacy = meta_from_shapes(inp, [_spec("output", (1, 3549, 85))], Profile.fixed(inp.shape), "nano.engine", legacy=True)
+    assert legacy.preprocess == Preprocess.legacy()
 
 
 def test_meta_from_dynamic_shapes():

@@ -110,8 +110,9 @@ def _name(port: Any, index: int) -> str:
     return sorted(names)[0] if names else f"output{index}"
 
 
-def read_ov_meta(model: Any, xml: Path, img_size: Any = None) -> ModelMeta:
-    """The metadata of a read ``ov.Model``: ours from ``rt_info``, else inferred from its shapes."""
+def read_ov_meta(model: Any, xml: Path, img_size: Any = None, legacy: bool = False) -> ModelMeta:
+    """The metadata of a read ``ov.Model``: ours from ``rt_info``, else inferred from its shapes (``legacy``:
+    the RGB / 255 / ImageNet input contract, which an IR without our metadata cannot say)."""
     if model.has_rt_info(META_KEY):
         return ModelMeta.from_json(model.get_rt_info(META_KEY).astype(str))
     if len(model.inputs) != 1:
@@ -120,7 +121,7 @@ def read_ov_meta(model: Any, xml: Path, img_size: Any = None) -> ModelMeta:
     out_dims = _dims(model.outputs[0].get_partial_shape())
     names = [_name(p, i) for i, p in enumerate(model.outputs)]
     return meta_from_graph(in_dims, names, out_dims, xml.name, img_size=parse_img_size(img_size) if img_size else None,
-                           format="openvino")
+                           legacy=legacy, format="openvino")
 
 
 @register_backend("openvino", suffixes=(".xml",), package="openvino", extra="openvino",
@@ -143,7 +144,7 @@ class OpenVINOBackend(Backend):
             model = core.read_model(str(self.xml))
         except Exception as e:  # OpenVINO raises RuntimeError for unparsable XML, bad offsets, ...
             raise ArtefactError(f"{self.xml} is not a readable OpenVINO IR ({_first_line(e)}); re-export it") from None
-        meta = read_ov_meta(model, self.xml, opts.get("img_size"))
+        meta = read_ov_meta(model, self.xml, opts.get("img_size"), bool(opts.get("legacy")))
         if self._device.startswith("NPU") and model.inputs[0].get_partial_shape().is_dynamic:
             meta = meta.with_(batch=meta.batch or 1, dynamic_hw=False)
             model.reshape({model.inputs[0]: [meta.batch, 3, *meta.input_size]})

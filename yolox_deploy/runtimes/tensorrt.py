@@ -317,15 +317,15 @@ def order_outputs(outputs: Sequence[TensorSpec], nms_in_graph: bool) -> list[Ten
 
 
 def meta_from_shapes(inp: TensorSpec, outputs: Sequence[TensorSpec], profile: Profile, artefact: str,
-                     img_size: Any = None) -> ModelMeta:
+                     img_size: Any = None, legacy: bool = False) -> ModelMeta:
     """Metadata of an engine without a sidecar, from its I/O shapes (raw head output assumed).
 
     Dynamic height/width take ``img_size`` when given, else the profile's optimum, and mark the metadata
-    ``dynamic_hw``; a dynamic batch becomes ``batch=None``.
+    ``dynamic_hw``; a dynamic batch becomes ``batch=None``; ``legacy`` sets the RGB / 255 / ImageNet input.
     """
     return meta_from_graph(list(inp.shape), [o.name for o in outputs], list(outputs[0].shape), artefact,
                            img_size=parse_img_size(img_size) if img_size else None,
-                           default_hw=tuple(profile.opt[2:4]), format="tensorrt")
+                           default_hw=tuple(profile.opt[2:4]), legacy=legacy, format="tensorrt")
 
 
 @register_backend("tensorrt", suffixes=(".engine", ".plan"), package="tensorrt", extra="trt", devices=("cuda",))
@@ -372,7 +372,8 @@ class TensorRTBackend(Backend):
         self._input = inputs[0]
         self.profile = self._read_profile(engine, self._input)
         if meta is None:
-            meta = meta_from_shapes(self._input, outputs, self.profile, path.name, self.options.get("img_size"))
+            meta = meta_from_shapes(self._input, outputs, self.profile, path.name, self.options.get("img_size"),
+                                    bool(self.options.get("legacy")))
         self.meta = meta
         self._outputs = order_outputs(outputs, meta.nms_in_graph)
 
