@@ -44,8 +44,21 @@ def test_img_size_override_and_threshold_validation(nano_pth, dog_jpg):
         Detector(nano_pth, img_size=300)
     with pytest.raises(InputError, match="thresholds"):
         Detector(nano_pth, conf=1.5)
+    with pytest.raises(InputError, match="max_det must be >= 1"):
+        Detector(nano_pth, max_det=-1)
     with pytest.raises(InputError, match="3 class names"):
         Detector(nano_pth, class_names=["a", "b", "c"])
+
+
+def test_float_batches_of_any_memory_layout(nano_pth, nano_onnx):
+    """A float model input that is a view with negative strides (a flipped array) runs on every backend."""
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, 416, 416)).astype(np.float32)
+    flipped = x[:, ::-1]
+    assert flipped.strides[1] < 0
+    for weights in (nano_pth, nano_onnx):
+        with Detector(weights) as det:
+            np.testing.assert_allclose(np.asarray(det.infer(flipped)[0]), np.asarray(det.infer(flipped.copy())[0]),
+                                       atol=1e-4)
 
 
 def test_unknown_artefact_kinds(tmp_path):

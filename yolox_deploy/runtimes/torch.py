@@ -82,7 +82,7 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def _infer(self, batch: Any) -> list[Any]:
-        x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
+        x = torch.from_numpy(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
         x = x.to(self._device, non_blocking=True)
         x = x.half() if self._half else x.float()
         if x.shape[2] % 32 or x.shape[3] % 32:
