@@ -59,6 +59,8 @@ def test_iter_folder_and_video(tmp_path, rng):
         cv2.imwrite(str(folder / name), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     (folder / "notes.txt").write_text("x")
     assert [f.name for f in iter_source(folder)] == ["a", "b"]
+    cv2.imwrite(str(folder / "b.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    assert [f.name for f in iter_source(folder)] == ["a", "b.jpg", "b.png"]  # shared stems: full file names
 
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
@@ -75,3 +77,23 @@ def test_source_errors(tmp_path):
         list(iter_source(tmp_path / "nope"))
     with pytest.raises(InputError, match="no images"):
         list(iter_source(tmp_path))
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with an APP1 Exif segment holding only the Orientation tag (little-endian TIFF)."""
+    import struct
+
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+    tiff += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_exif_orientation_is_applied_as_cv2_imread_does(tmp_path, rng):
+    """A phone picture stored sideways with an orientation tag is read upright, as the authors' cv2.imread."""
+    img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", img)
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(_with_exif_orientation(buf.tobytes(), 6))  # 6: rotate 90 degrees clockwise to view
+    assert cv2.imread(str(path)).shape == (30, 20, 3)
+    np.testing.assert_array_equal(read_image(path), cv2.imread(str(path)))

@@ -7,6 +7,7 @@ Unreadable inputs raise :class:`InputError` with the file name and the reason.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if p.stat().st_size == 0:
         raise InputError(f"{p} is empty (0 bytes)")
     data = np.fromfile(p, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    # as cv2.imread (the authors' demo and eval): 8-bit BGR, gray expanded, alpha dropped, EXIF orientation applied
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise InputError(f"{p} is not a readable image (corrupt or unsupported format)")
     return ensure_bgr(image, name=str(p))
@@ -65,7 +67,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Frame:
-    """One item of a source: a name (file stem or ``video_000012``), the image, its index."""
+    """One item of a source: a name (file stem, or the file name when two files of a folder share their stem;
+    ``video_000012`` for frames), the image, its index."""
 
     name: str
     image: np.ndarray
@@ -112,8 +115,9 @@ def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
         files = list_images(p)
         if not files:
             raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {p}")
-        for i, f in enumerate(files):
-            yield Frame(f.stem, read_image(f), i)
+        stems = Counter(f.stem for f in files)
+        for i, f in enumerate(files):  # dog.jpg and dog.png: named by their full file names, never both "dog"
+            yield Frame(f.stem if stems[f.stem] == 1 else f.name, read_image(f), i)
     elif p.suffix.lower() in VIDEO_SUFFIXES:
         yield from _iter_video(open_video(str(p)), p.stem)
     else:
