@@ -79,6 +79,88 @@ def test_detect_bad_inputs(tmp_path, nano_pth, capsys, case):
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_detect_never_writes_over_its_sources(tmp_path, nano_pth, dog_jpg, capsys):
+    """Annotated pictures go to <name>.jpg: an output folder holding the source pictures is refused."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "dog.jpg").write_bytes(dog_jpg.read_bytes())
+    before = (src / "dog.jpg").read_bytes()
+    for source in (src, src / "dog.jpg"):
+        assert detect_main([str(nano_pth), "--source", str(source), "--output", str(src)]) == 2
+        assert "would overwrite the source dog.jpg" in capsys.readouterr().err
+    assert (src / "dog.jpg").read_bytes() == before and sorted(p.name for p in src.iterdir()) == ["dog.jpg"]
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(src), "--no-images"]) == 0  # JSON only
+    assert sorted(p.name for p in src.iterdir()) == ["dog.jpg", "dog.json"] and (src / "dog.jpg").read_bytes() == before
+
+
+def test_detect_keeps_files_sharing_a_stem_apart(tmp_path, nano_pth, dog_jpg):
+    src = tmp_path / "src"
+    src.mkdir()
+    dog = cv2.imread(str(dog_jpg))
+    cv2.imwrite(str(src / "dog.jpg"), dog)
+    cv2.imwrite(str(src / "dog.png"), dog[:, ::-1])
+    out = tmp_path / "out"
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["dog.jpg.jpg", "dog.jpg.json", "dog.png.jpg", "dog.png.json"]
+    assert json.loads((out / "dog.png.json").read_text())["source"] == "dog.png"
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_ctrl_c_ends_a_camera_but_not_a_file(tmp_path, nano_pth, dog_jpg, monkeypatch, capsys, live):
+    """Ctrl-C is how a camera stream is stopped: what was seen is written. A file run stops with nothing."""
+    import yolox_deploy.cli.detect as detect_module
+    from yolox_deploy.io.images import Frame
+
+    dog = cv2.imread(str(dog_jpg))
+
+    def frames(source):
+        for i in range(2):
+            yield Frame(f"f{i}", dog, i)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detect_module, "iter_source", frames)
+    out = tmp_path / "out"
+    source = "0" if live else str(tmp_path / "clip.mp4")
+    rc = detect_main([str(nano_pth), "--source", source, "--output", str(out), "--no-images"])
+    if live:
+        assert rc == 0 and "stopped (Ctrl-C)" in capsys.readouterr().err
+        assert len(json.loads((out / "camera0.json").read_text())["frames"]) == 2
+    else:
+        assert rc == 130 and not list(out.iterdir())
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, nano_pth, dog_jpg, coco_tiny, capsys):
+    (tmp_path / "afile").write_text("x")
+    runs = {
+        "detect into a file": (detect_main, [str(nano_pth), "--source", str(dog_jpg), "--output", str(tmp_path / "afile")],
+                               "is a file, not a folder"),
+        "detect below a file": (detect_main, [str(nano_pth), "--source", str(dog_jpg), "--output",
+                                              str(tmp_path / "afile" / "sub")], "is a file, not a folder"),
+        "eval JSON into a folder": (eval_main, [str(nano_pth), "--data", str(coco_tiny), "--json", str(tmp_path)],
+                                    "is a folder"),
+    }
+    for name, (main, argv, message) in runs.items():
+        assert main(argv) == 2, name
+        out, err = capsys.readouterr()
+        assert message in err and "Traceback" not in err and "images of" not in out, name
+
+
+def test_file_system_errors_are_one_line():
+    from yolox_deploy.cli.common import cli_entry
+
+    @cli_entry
+    def main(argv):
+        raise PermissionError(13, "Permission denied", "/somewhere/out.json")
+
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main([]) == 2
+    assert err.getvalue().strip() == "error: Permission denied: /somewhere/out.json"
+
+
 def test_eval_cli_prints_the_authors_numbers(tmp_path, nano_pth, coco_tiny, capsys):
     out = tmp_path / "metrics.json"
     rc = eval_main([str(nano_pth), "--model", "yolox-nano", "--data", str(coco_tiny), "--img-size", "416",

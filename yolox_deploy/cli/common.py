@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from ..errors import YoloxError
+from ..errors import InputError, YoloxError
 
 EXIT_USER_ERROR = 2
 
@@ -24,11 +26,48 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
         except YoloxError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR
+        except OSError as e:  # the file system refused (permissions, a full disk...): one line, not a traceback
+            where = f": {e.filename}" if e.filename else ""
+            print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+            return EXIT_USER_ERROR
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
 
     return run
+
+
+def _check_writable_below(path: Path) -> None:
+    """The nearest existing folder above ``path`` must be a writable folder (``path`` is created in it)."""
+    above = path.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise InputError(f"cannot write {path}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: {above} is not writable")
+
+
+def output_file(path: str | os.PathLike) -> Path:
+    """Check before any work that ``path`` can be written as a file later; returns it as a Path."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p} is a folder; give a file name to write to")
+    _check_writable_below(p)
+    return p
+
+
+def output_folder(path: str | os.PathLike) -> Path:
+    """Check before any work that ``path`` is, or can be created as, a writable folder; returns it as a Path."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{p} is a file, not a folder; give a folder to write into")
+    if p.is_dir():
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write into {p}: not writable")
+    else:
+        _check_writable_below(p)
+    return p
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from ..eval.compare import compare_artefacts
 from ..io.images import iter_source
 from ..utils.files import write_text_atomic
 from ..utils.table import format_table
-from .common import cli_entry, main_guard
+from .common import cli_entry, main_guard, output_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit < 1:
         raise InputError("--limit must be >= 1")
+    json_path = output_file(args.json) if args.json else None
     images = []
     for frame in iter_source(args.images):
         images.append(frame.image)
@@ -51,8 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(["artefact", "backend", "precision", "input", "max abs diff", "matched IoU", "agreement",
                         "dets", "pre ms", "infer ms", "post ms", "total ms"], table, floatfmt=".2f"))
     print(f"{len(images)} image(s), one per call; diffs against {rows[0].artefact}")
-    if args.json:
-        write_text_atomic(args.json, json.dumps({"images": len(images), "rows": [r.to_dict() for r in rows]}, indent=2))
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps({"images": len(images), "rows": [r.to_dict() for r in rows]}, indent=2))
     return 0
 
 

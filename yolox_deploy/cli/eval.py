@@ -10,7 +10,7 @@ from ..eval.coco import STAT_LABELS, STAT_NAMES, evaluate, open_coco
 from ..runtimes.detector import Detector
 from ..utils.files import write_text_atomic
 from ..utils.table import format_table
-from .common import add_model_args, cli_entry, detector_kwargs, main_guard
+from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    json_path = output_file(args.json) if args.json else None
     data = open_coco(args.data, args.split)
     with Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic, max_det=None,
                   clip=False, **detector_kwargs(args)) as det:
@@ -39,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(["class", "AP"] * 3, _columns(rows, 3)))
     print()
     print(f"AP {result.stats['AP']:.4f}  AP50 {result.stats['AP50']:.4f}  AP75 {result.stats['AP75']:.4f}")
-    if args.json:
-        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2))
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2))
     return 0
 
 
