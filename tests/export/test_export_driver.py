@@ -217,3 +217,232 @@ def test_failed_verification_leaves_nothing(tiny_pth, out, capsys, monkeypatch):
                      "--no-simplify", "--no-verify"], capsys)
     assert rc == 0 and sorted(p.name for p in out.iterdir()) == ["m.onnx"]
 
+
+
+# --- the output location -------------------------------------------------------------------------------------
+@pytest.fixture
+def throwaway_folder_format(monkeypatch):
+    """A folder format (``<stem>_testdir/model.txt``), registered for one test only."""
+    monkeypatch.setattr(base, "_FORMATS", dict(base._FORMATS))
+
+    @register_format("testdir", suffix="_testdir", is_dir=True, artefact_files=("model.txt",))
+    class _TestFolderFormat(Exporter):
+        """Writes the source name into a folder (for driver tests)."""
+
+        def export(self, source, dest):
+            (dest / "model.txt").write_text(source.name)
+            return self.artefact_meta(source)
+
+    return _TestFolderFormat
+
+
+def test_a_folder_is_never_replaced_by_a_file(tiny_pth, out, capsys, monkeypatch):
+    models = out / "models"
+    models.mkdir()
+    (models / "keep.txt").write_text("precious")
+    for output in (models, f"{models}/"):
+        rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", output, "--img-size", "64",
+                           "--force"], capsys)
+        line = _one_error(err)
+        assert rc == 2 and "is a folder and the onnx format writes a file" in line and "models/model.onnx" in line
+    assert (models / "keep.txt").read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["models"]
+    monkeypatch.chdir(models)
+    for output in (".", "..", models / ".."):
+        rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", output, "--img-size", "64",
+                           "--force"], capsys)
+        assert rc == 2 and "does not name the artefact" in _one_error(err), output
+    assert sorted(p.name for p in models.iterdir()) == ["keep.txt"] and sorted(p.name for p in out.iterdir()) == ["models"]
+
+
+def test_a_folder_format_replaces_only_its_own_folder(tiny_pth, out, capsys, throwaway_folder_format):
+    target = out / "m_testdir"
+    args = ["--weights", tiny_pth, "--format", "testdir", "--output", target, "--img-size", "64", "--no-verify",
+            "--force"]
+    target.write_text("a file")
+    rc, _, err = _run(args, capsys)
+    assert rc == 2 and "is a file and the testdir format writes a folder" in _one_error(err)
+    assert target.read_text() == "a file"
+    target.unlink()
+    target.mkdir()
+    (target / "model.txt").write_text("old")
+    (target / "notes.md").write_text("mine")
+    rc, _, err = _run(args, capsys)
+    line = _one_error(err)
+    assert rc == 2 and "holds files the testdir format does not write (notes.md)" in line
+    assert (target / "notes.md").read_text() == "mine" and (target / "model.txt").read_text() == "old"
+    (target / "notes.md").unlink()
+    rc, _, _ = _run(args, capsys)  # a previous artefact of the format is what --force replaces
+    assert rc == 0 and (target / "model.txt").read_text() == "tiny"
+    assert sorted(p.name for p in out.iterdir()) == ["m_testdir"]
+
+
+def test_an_output_that_cannot_be_written(tiny_pth, out, capsys):
+    (out / "afile").write_text("x")
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "afile" / "m.onnx",
+                       "--img-size", "64"], capsys)
+    line = _one_error(err)
+    assert rc == 2 and f"cannot write to {out / 'afile'}" in line and "is a file, not a folder" in line
+    if os.path.isdir("/proc"):  # a folder that takes no new files, even from root
+        rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", "/proc/m.onnx", "--img-size", "64"],
+                          capsys)
+        assert rc == 2 and "cannot write to /proc" in _one_error(err)
+    assert sorted(p.name for p in out.iterdir()) == ["afile"]
+
+
+def test_a_failed_export_removes_the_folders_it_made(tiny_pth, out, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracer exploded")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "new" / "sub" / "m.onnx",
+                       "--img-size", "64"], capsys)
+    assert rc == 2 and "tracer exploded" in _one_error(err)
+    _assert_empty(out)
+
+
+# --- options that do not apply -------------------------------------------------------------------------------
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Make loading the source fail loudly: a request refused before any work never gets there."""
+    import yolox_deploy.export as driver
+
+    def load_source(*args, **kwargs):
+        raise AssertionError("the source was loaded")
+
+    monkeypatch.setattr(driver, "load_source", load_source)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--nms", "--conf", "1.5"], "NMS thresholds must lie in [0, 1]"),
+    (["--nms", "--iou", "-0.1"], "NMS thresholds must lie in [0, 1]"),
+    (["--nms", "--max-det", "0"], "max detections must be >= 1"),
+    (["--max-batch", "16"], "does not support --max-batch"),
+    (["--conf", "0.3"], "--conf is for the NMS inside the graph; add --nms"),
+    (["--conf", "0.25", "--max-det", "100"], "--conf, --max-det are for the NMS inside the graph"),  # defaults, given
+    (["--iou", "0.5"], "--iou is for the NMS inside the graph"),
+    (["--nms", "--no-decode-in-graph"], "cannot be combined with --no-decode-in-graph"),
+])
+def test_nms_and_profile_options_refused_before_any_work(tiny_pth, out, capsys, no_loading, flags, message):
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "m.onnx", *flags], capsys)
+    assert rc == 2 and message in _one_error(err)
+    _assert_empty(out)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--calib-images", "."], "--calib-images is for INT8 calibration; add --int8"),
+    (["--calib-count", "100"], "--calib-count is for INT8 calibration; add --int8"),  # the default, given
+])
+def test_calibration_options_need_int8(tiny_pth, out, capsys, no_loading, throwaway_format, flags, message):
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "testfmt", "--output", out / "m.testfmt", *flags], capsys)
+    assert rc == 2 and message in _one_error(err)
+    _assert_empty(out)
+
+
+def test_max_batch_needs_a_dynamic_batch(tiny_pth, out, no_loading):
+    with pytest.raises(InputError, match="--max-batch is the top of a dynamic batch profile; it needs --dynamic"):
+        export(tiny_pth, "tensorrt", out / "m.engine", max_batch=16)
+
+
+def test_tensorrt_nms_engine_needs_an_image_to_verify_before_the_build(tiny_pth, out, capsys, monkeypatch):
+    """Its head is not readable and the synthetic scene shows nothing: refused before the (slow) build."""
+    import yolox_deploy.export.tensorrt as trt_export
+
+    def build(*args, **kwargs):
+        raise AssertionError("the export started")
+
+    monkeypatch.setattr(trt_export.TensorRTExporter, "export", build)
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "trt", "--nms", "--output", out / "m.engine"], capsys)
+    assert rc == 2 and "--verify-image IMAGE" in _one_error(err)
+    _assert_empty(out)
+
+
+def test_corrupt_verification_image_refused_before_any_work(tiny_pth, out, capsys, no_loading):
+    (out / "bad.jpg").write_bytes(b"not an image")
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "new" / "m.onnx",
+                       "--verify-image", out / "bad.jpg"], capsys)
+    assert rc == 2 and "not a readable image" in _one_error(err)
+    assert sorted(p.name for p in out.iterdir()) == ["bad.jpg"]
+
+
+# --- an ONNX file as the source ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_pth, tmp_path_factory):
+    """The tiny model as a raw, fixed-size ONNX (64x64, batch 1): like the authors' released files."""
+    path = tmp_path_factory.mktemp("onnx-source") / "tiny_raw.onnx"
+    export(tiny_pth, "onnx", path, img_size=64, decode_in_graph=False, verify=False)
+    return path
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--dynamic"], "has a fixed batch of 1, which cannot change"),
+    (["--batch", "4"], "has a fixed batch of 1, which cannot change"),
+    (["--dynamic", "--dynamic-hw"], "has a fixed batch of 1"),
+    (["--img-size", "128"], "is a 64x64 model; its input size cannot change"),
+    (["--opset", "8"], "--opset is for the ONNX made from a checkpoint"),
+    (["--simplify"], "--simplify is for the ONNX made from a checkpoint"),
+    (["--model", "yolox-s"], "is yolox-nano, not yolox-s; --model cannot change an ONNX file's graph"),
+    (["--model", "yolox-huge"], "unknown model"),
+    (["--num-classes", "20"], "has 3 classes, so --num-classes 20 cannot apply"),
+    (["--nms"], "cannot add NMS to an existing ONNX file"),
+])
+def test_onnx_source_refuses_options_its_graph_fixes(tiny_onnx, out, capsys, flags, message):
+    rc, _, err = _run(["--weights", tiny_onnx, "--format", "onnx", "--output", out / "m.onnx", *flags], capsys)
+    assert rc == 2 and message in _one_error(err)
+    _assert_empty(out)
+
+
+def test_onnx_source_options_that_agree_with_it(tiny_onnx, out, capsys):
+    rc, _, _ = _run(["--weights", tiny_onnx, "--format", "onnx", "--output", out / "m.onnx", "--batch", "1",
+                     "--num-classes", "3", "--model", "nano", "--img-size", "64", "--no-simplify", "--no-decode-in-graph"],
+                    capsys)
+    assert rc == 0
+
+
+def test_model_is_recorded_for_an_onnx_that_does_not_say(nano_onnx, tmp_path):
+    """The authors' files do not record their variant: --model names it in the artefact's metadata."""
+    from yolox_deploy.export.source import load_source
+
+    assert load_source(nano_onnx).meta.model is None
+    assert load_source(nano_onnx, model="nano").meta.model == "yolox-nano"
+
+
+def test_raw_onnx_source_is_decoded_by_default(tiny_onnx, out):
+    from yolox_deploy.export.onnx import read_metadata
+
+    decoded = export(tiny_onnx, "onnx", out / "decoded.onnx")
+    assert decoded.meta.decode_in_graph and read_metadata(decoded.path).decode_in_graph
+    assert decoded.verification.passed and decoded.verification.max_abs_diff <= 1e-3
+    raw = export(tiny_onnx, "onnx", out / "raw.onnx", decode_in_graph=False)
+    assert not raw.meta.decode_in_graph and not read_metadata(raw.path).decode_in_graph
+    # a graph that decodes cannot be made raw again
+    with pytest.raises(InputError, match="decodes the boxes in its graph, which cannot be undone"):
+        export(decoded.path, "onnx", out / "again.onnx", decode_in_graph=False)
+    assert sorted(p.name for p in out.iterdir()) == ["decoded.onnx", "raw.onnx"]
+
+
+@pytest.fixture(scope="module")
+def tiny_nms_onnx(tiny_pth, tmp_path_factory):
+    """The tiny model with NMS in its graph, at settings other than the CLI's defaults."""
+    path = tmp_path_factory.mktemp("nms-source") / "tiny_nms.onnx"
+    export(tiny_pth, "onnx", path, img_size=64, nms=True, conf=0.5, iou=0.6, max_det=10, verify=False)
+    return path
+
+
+def test_nms_source_keeps_its_own_nms_settings(tiny_nms_onnx):
+    from yolox_deploy.export import format_class
+    from yolox_deploy.export.base import ExportOptions
+    from yolox_deploy.export.source import load_source
+
+    source = load_source(tiny_nms_onnx)
+    for name in ("openvino", "tensorrt", "onnx"):
+        meta = format_class(name)(ExportOptions(img_size=(64, 64), nms=True)).artefact_meta(source)
+        assert (meta.max_det, meta.extra["nms_conf"], meta.extra["nms_iou"]) == (10, 0.5, 0.6), name
+
+
+def test_nms_source_refuses_other_nms_settings(tiny_nms_onnx, out):
+    with pytest.raises(InputError, match=r"conf 0.5, iou 0.6, max det 10\), which --conf, --max-det cannot change"):
+        export(tiny_nms_onnx, "onnx", out / "m.onnx", nms=True, conf=0.25, iou=0.6, max_det=100)
+    with pytest.raises(InputError, match="cannot be undone"):
+        export(tiny_nms_onnx, "onnx", out / "m.onnx", decode_in_graph=False)
+    result = export(tiny_nms_onnx, "onnx", out / "m.onnx", nms=True, conf=0.5, max_det=10)
+    assert result.meta.nms_in_graph and result.meta.max_det == 10 and result.meta.extra["nms_conf"] == 0.5

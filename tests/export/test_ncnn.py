@@ -148,13 +148,22 @@ def test_detect_cli_on_the_folder(decoded_fp32, dog_jpg, tmp_path):
 def test_authors_onnx_as_input(tmp_path, nano_onnx, dog_jpg):
     import onnxruntime as ort
 
-    result = export(nano_onnx, "ncnn", tmp_path / "authors_ncnn", verify_image=dog_jpg)
+    from yolox_deploy.ops.decode import decode
+
+    result = export(nano_onnx, "ncnn", tmp_path / "authors_ncnn", verify_image=dog_jpg, decode_in_graph=False)
     assert result.verification.passed and result.verification.max_abs_diff <= 1e-3
     assert result.meta.input_size == (416, 416) and not result.meta.decode_in_graph and not result.meta.dynamic_hw
     batch = _dog_batch(dog_jpg)
     ref = ort.InferenceSession(str(nano_onnx), providers=["CPUExecutionProvider"]).run(None, {"images": batch})[0]
     with open_backend(result.path) as backend:
         assert np.abs(backend.infer(batch)[0] - ref).max() <= 1e-3
+
+    # by default the raw graph gets the decode step, like a checkpoint's
+    decoded = export(nano_onnx, "ncnn", tmp_path / "decoded_ncnn", verify_image=dog_jpg)
+    assert decoded.meta.decode_in_graph and decoded.verification.max_abs_diff <= 1e-3
+    with open_backend(decoded.path) as backend:
+        out = backend.infer(batch)[0]
+    assert normalised_diff(out, np.asarray(decode(ref, (416, 416), (8, 16, 32))), decoded.meta) <= 1e-3
 
 
 def test_fp16_storage(tmp_path, nano_pth, nano_model, dog_jpg, raw_fp32):

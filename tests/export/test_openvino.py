@@ -147,10 +147,13 @@ def test_dynamic_height_width(dynamic_ir, nano_model, dog_jpg):
 
 
 # --- from the authors' ONNX -----------------------------------------------------------------------------------
-def test_authors_onnx_converts_and_detects_like_the_checkpoint(tmp_path, nano_onnx, nano_pth, dog_jpg):
-    result = export(nano_onnx, "openvino", tmp_path / "authors_openvino", verify_image=dog_jpg)
+@pytest.mark.parametrize("decode", [True, False])
+def test_authors_onnx_converts_and_detects_like_the_checkpoint(tmp_path, nano_onnx, nano_pth, dog_jpg, decode):
+    """The raw graph gets the decode step by default (like a checkpoint's), and stays raw when asked."""
+    kw = {} if decode else {"decode_in_graph": False}
+    result = export(nano_onnx, "openvino", tmp_path / "authors_openvino", verify_image=dog_jpg, **kw)
     meta = result.meta
-    assert (meta.input_size, meta.batch, meta.num_classes, meta.decode_in_graph) == ((416, 416), 1, 80, False)
+    assert (meta.input_size, meta.batch, meta.num_classes, meta.decode_in_graph) == ((416, 416), 1, 80, decode)
     assert result.verification.max_abs_diff <= 1e-3
     assert (tmp_path / "authors_openvino" / "authors.xml").is_file()
     with Detector(result.path) as det, Detector(nano_pth) as ref:
@@ -216,12 +219,24 @@ def test_nms_in_graph(tmp_path, nano_pth, dog_jpg):
                     verify_image=dog_jpg)
     meta = result.meta
     assert meta.nms_in_graph and meta.max_det == 50 and meta.extra["nms_conf"] == 0.25
+    assert result.verification.max_abs_diff <= 1e-3  # the head before the NMS tail, exposed for verification
     assert [o.get_any_name() for o in _read(result.path).outputs] == ["num_dets", "boxes", "scores", "labels"]
     with Detector(result.path) as det, Detector(nano_pth, conf=0.25, nms=0.45) as ref:
         [a], [b] = det(dog_jpg), ref(dog_jpg)
         [c, d] = det([dog_jpg, dog_jpg])
     _same_detections(a, b)
     _same_detections(c, d, box_atol=0, score_atol=0)
+
+
+def test_onnx_source_with_nms_keeps_its_settings(tmp_path, tiny_random_model):
+    """The IR of an ONNX file with NMS inside says the file's NMS settings, not the options' defaults."""
+    source = tmp_path / "nms.onnx"
+    export(tiny_random_model, "onnx", source, img_size=64, nms=True, conf=0.5, iou=0.6, max_det=10, verify=False)
+    result = export(source, "openvino", tmp_path / "nms_openvino")
+    stored = ModelMeta.from_json(_read(result.path).get_rt_info(META_KEY).astype(str))
+    for meta in (result.meta, stored):
+        assert (meta.max_det, meta.extra["nms_conf"], meta.extra["nms_iou"]) == (10, 0.5, 0.6)
+    assert result.verification.max_abs_diff <= 1e-3  # the heads before both NMS tails
 
 
 # --- the CLI ----------------------------------------------------------------------------------------------------

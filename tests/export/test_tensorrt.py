@@ -300,12 +300,22 @@ def test_cli_without_tensorrt_keeps_the_onnx_step(tmp_path, nano_pth, capsys):
 
 @pytest.mark.skipif(HAVE_GPU, reason="checks the behaviour where TensorRT or the GPU is missing")
 def test_onnx_source_without_tensorrt(tmp_path, nano_onnx, capsys):
-    out = tmp_path / "authors.engine"
-    rc = _export_cli(["--weights", str(nano_onnx), "--format", "tensorrt", "--output", str(out)])
+    """A raw ONNX source kept raw is built from as it is; by default its decoded copy is the ONNX step."""
+    from yolox_deploy.export.onnx import read_metadata
+
+    out = tmp_path / "new" / "authors.engine"
+    rc = _export_cli(["--weights", str(nano_onnx), "--format", "tensorrt", "--output", str(out),
+                      "--no-decode-in-graph"])
     [line] = _error_lines(capsys.readouterr().err)
     assert rc == 2 and f"the ONNX model to build from is {nano_onnx}" in line
     assert f"trtexec --onnx={nano_onnx} --saveEngine={out}" in line and "Shapes" not in line  # static input
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # not even the folder made for the engine
+
+    rc = _export_cli(["--weights", str(nano_onnx), "--format", "tensorrt", "--output", str(out)])
+    [line] = _error_lines(capsys.readouterr().err)
+    kept = out.with_suffix(".onnx")
+    assert rc == 2 and f"the ONNX step ran and is at {kept}" in line
+    assert read_metadata(kept).decode_in_graph and list(out.parent.iterdir()) == [kept]
 
 
 # --- the build's control flow, with a stand-in for the tensorrt module ----------------------------------------
@@ -662,7 +672,8 @@ def test_nms_engine_matches_the_python_path(engines, nano_pth, dog_jpg, unlabell
     from yolox_deploy import Detector
     from yolox_deploy.ops.match import match_detections
 
-    result = _build(nano_pth, engines, "nano_nms.engine", nms=True, conf=0.25, iou=0.45, max_det=100)
+    result = _build(nano_pth, engines, "nano_nms.engine", nms=True, conf=0.25, iou=0.45, max_det=100,
+                    verify_image=dog_jpg)  # the engine's head is not reachable: its detections are verified
     assert result.meta.nms_in_graph
     images = [dog_jpg, *sorted(unlabelled_images.iterdir())[:10]]
     with Detector(result.path, device="cuda") as det, Detector(nano_pth, model="yolox-nano", conf=0.25, nms=0.45,
@@ -698,7 +709,7 @@ def test_authors_onnx_to_engine(engines, nano_onnx, nano_pth, dog_jpg):
     from yolox_deploy.export.verify import normalised_diff
     from yolox_deploy.runtimes.detector import open_backend
 
-    result = export(nano_onnx, "tensorrt", engines / "authors.engine", device="cuda")
+    result = export(nano_onnx, "tensorrt", engines / "authors.engine", device="cuda", decode_in_graph=False)
     assert not result.meta.decode_in_graph and build_record(result.meta)["onnx"] == nano_onnx.name
     batch = _dog_batch(dog_jpg)
     with open_backend(result.path, device="cuda") as backend:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from yolox_deploy.export.verify import SCORE_FLOOR, TOLERANCE, VerifyReport, normalised_diff
 from yolox_deploy.meta import ModelMeta
@@ -36,3 +37,67 @@ def test_int8_diff_is_reported_not_checked():
     assert not VerifyReport("int8", 3.0, TOLERANCE["int8"], Agreement(5, 5, 1, 0.9), 0.5, "dog.jpg").passed
     assert not VerifyReport("fp16", 0.3, TOLERANCE["fp16"], good, 0.8, "dog.jpg").passed
     assert VerifyReport("fp32", 5e-4, TOLERANCE["fp32"], good, 0.99, "dog.jpg").summary().count("tolerance 0.001")
+
+
+# --- graphs with NMS inside ------------------------------------------------------------------------------------
+def test_nms_report_says_what_it_did_not_compare():
+    nothing = Agreement(0, 0, 0, 0.0)
+    head_only = VerifyReport("fp32", 2e-4, TOLERANCE["fp32"], nothing, 0.99, "a synthetic scene", nms_in_graph=True,
+                             conf=0.5)
+    assert head_only.checked and head_only.passed
+    summary = head_only.summary()
+    assert "of the head before NMS 2.00e-04" in summary and "NMS output not compared" in summary
+    assert "conf 0.5" in summary and "agree" not in summary
+    blind = VerifyReport("fp16", None, TOLERANCE["fp16"], nothing, 0.8, "a synthetic scene", nms_in_graph=True)
+    assert not blind.checked and not blind.passed and "not reachable" in blind.summary()
+    seen = VerifyReport("fp16", None, TOLERANCE["fp16"], Agreement(4, 4, 4, 0.98), 0.8, "dog.jpg", nms_in_graph=True)
+    assert seen.checked and seen.passed and "detections 4/4 agree" in seen.summary()
+
+
+def _nms_export(model, path, **kw):
+    from yolox_deploy.export import export
+
+    return export(model, "onnx", path, img_size=64, nms=True, **kw)
+
+
+def test_nms_graph_head_is_compared_on_a_scene_without_detections(tiny_random_model, tmp_path, monkeypatch):
+    """A random model detects nothing, so only the head before the NMS tail can show a wrong graph."""
+    pytest.importorskip("onnxruntime")
+    import copy
+
+    import torch
+
+    from yolox_deploy.errors import ExportError
+    from yolox_deploy.export import onnx as onnx_export
+
+    good = _nms_export(tiny_random_model, tmp_path / "good.onnx")
+    report = good.verification
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-3
+    assert "NMS output not compared" in report.summary()
+
+    real = onnx_export._from_torch
+
+    def perturbed(source, options):
+        wrong = copy.copy(source)
+        wrong.model = copy.deepcopy(source.model)
+        with torch.no_grad():
+            for conv in wrong.model.head.reg_preds:
+                conv.bias += 0.5
+        return real(wrong, options)
+
+    monkeypatch.setattr(onnx_export, "_from_torch", perturbed)
+    with pytest.raises(ExportError, match="verification failed, nothing written: max abs diff of the head before NMS"):
+        _nms_export(tiny_random_model, tmp_path / "wrong.onnx", simplify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx"]
+
+
+def test_nms_graph_with_nothing_to_compare_does_not_pass(tiny_random_model, tmp_path, monkeypatch):
+    """Where the head is not reachable (as in a TensorRT engine) and nothing is detected, nothing is checked."""
+    pytest.importorskip("onnxruntime")
+    from yolox_deploy.errors import ExportError
+    from yolox_deploy.export import verify
+
+    monkeypatch.setattr(verify, "head_before_nms", lambda *args: None)
+    with pytest.raises(ExportError, match="verification compared nothing, nothing written: .*--verify-image"):
+        _nms_export(tiny_random_model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
-from ..export import IMPORT_ERRORS, export, registered_formats
+from ..export import IMPORT_ERRORS, ExportOptions, export, registered_formats
 from ..utils.table import format_table
 from .common import cli_entry, main_guard
 
@@ -16,6 +17,8 @@ def _format_choices() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser. Export options default to ``None`` (not given): only the options a user gives reach
+    :func:`~yolox_deploy.export.export`, which refuses those that do not apply; its defaults fill the rest."""
     formats = registered_formats()
     lines = []
     for cls in formats.values():
@@ -33,31 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (see the list below)")
     p.add_argument("--num-classes", type=int, help="class count of the checkpoint (default: read from it)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N", help="640, or height width (default: the variant's test size)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (the profile's optimum with --dynamic)")
-    p.add_argument("--dynamic", action="store_true", help="dynamic batch")
-    p.add_argument("--dynamic-hw", action="store_true", help="dynamic height and width too")
-    p.add_argument("--max-batch", type=int, help="largest batch of a dynamic TensorRT profile (default max(8, batch))")
-    p.add_argument("--half", action="store_true", help="FP16")
-    p.add_argument("--int8", action="store_true", help="INT8 post-training quantisation (needs --calib-images)")
+    p.add_argument("--batch", type=int, help="batch size, default 1 (the profile's optimum with --dynamic)")
+    p.add_argument("--dynamic", action="store_true", default=None, help="dynamic batch")
+    p.add_argument("--dynamic-hw", action="store_true", default=None, help="dynamic height and width too")
+    p.add_argument("--max-batch", type=int,
+                   help="largest batch of a dynamic TensorRT profile (with --dynamic; default max(8, batch))")
+    p.add_argument("--half", action="store_true", default=None, help="FP16")
+    p.add_argument("--int8", action="store_true", default=None, help="INT8 post-training quantisation (needs --calib-images)")
     p.add_argument("--calib-images", help="folder of calibration images for --int8")
-    p.add_argument("--calib-count", type=int, default=100, help="at most this many calibration images (default 100)")
-    p.add_argument("--calib-method", choices=("entropy", "minmax"), default="entropy", help="TensorRT INT8 calibrator")
-    p.add_argument("--decode-in-graph", action=argparse.BooleanOptionalAction, default=True,
-                   help="decode boxes inside the graph (default on)")
-    p.add_argument("--nms", action="store_true", help="NMS inside the graph: outputs num_dets, boxes, scores, labels")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold of the in-graph NMS")
-    p.add_argument("--iou", type=float, default=0.45, help="IoU threshold of the in-graph NMS")
-    p.add_argument("--max-det", type=int, default=100, help="detections per image of the in-graph NMS")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=True, help="simplify the ONNX graph")
-    p.add_argument("--workspace", type=float, default=4.0, help="TensorRT builder workspace in GiB")
-    p.add_argument("--device", default="cpu", help="device to build and verify on (TensorRT: cuda:N)")
+    p.add_argument("--calib-count", type=int, help="at most this many calibration images for --int8 (default 100)")
+    p.add_argument("--calib-method", choices=("entropy", "minmax"),
+                   help="TensorRT INT8 calibrator for --int8 (default entropy)")
+    p.add_argument("--decode-in-graph", action=argparse.BooleanOptionalAction,
+                   help="decode boxes inside the graph (default on; also appended to a raw ONNX source)")
+    p.add_argument("--nms", action="store_true", default=None,
+                   help="NMS inside the graph: outputs num_dets, boxes, scores, labels")
+    p.add_argument("--conf", type=float, help="score threshold of the in-graph NMS (with --nms; default 0.25)")
+    p.add_argument("--iou", type=float, help="IoU threshold of the in-graph NMS (with --nms; default 0.45)")
+    p.add_argument("--max-det", type=int, help="detections per image of the in-graph NMS (with --nms; default 100)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    p.add_argument("--simplify", action=argparse.BooleanOptionalAction, help="simplify the ONNX graph (default on)")
+    p.add_argument("--workspace", type=float, help="TensorRT builder workspace in GiB (default 4)")
+    p.add_argument("--device", help="device to build and verify on (default cpu; TensorRT: cuda:N)")
     p.add_argument("--output", help="output path (default: next to the weights)")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction,
                    help="run the artefact and compare with the torch model (default on)")
     p.add_argument("--verify-image", help="image to verify on (default: a synthetic scene)")
     p.add_argument("--legacy", action="store_true", help="legacy checkpoint: RGB, /255, ImageNet mean/std input")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--force", action="store_true", default=None, help="overwrite an existing output")
     return p
 
 
@@ -70,15 +76,10 @@ def _size(path: Path) -> float:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result = export(
-        args.weights, args.format, args.output, model=args.model, num_classes=args.num_classes,
-        legacy=args.legacy, img_size=args.img_size, batch=args.batch, dynamic=args.dynamic,
-        dynamic_hw=args.dynamic_hw, max_batch=args.max_batch, half=args.half, int8=args.int8,
-        calib_images=args.calib_images, calib_count=args.calib_count, calib_method=args.calib_method,
-        decode_in_graph=args.decode_in_graph, nms=args.nms, conf=args.conf, iou=args.iou, max_det=args.max_det,
-        opset=args.opset, simplify=args.simplify, workspace=args.workspace, device=args.device,
-        verify=args.verify, verify_image=args.verify_image, force=args.force,
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(ExportOptions)
+             if f.name != "img_size" and getattr(args, f.name) is not None}
+    result = export(args.weights, args.format, args.output, model=args.model, num_classes=args.num_classes,
+                    legacy=args.legacy, img_size=args.img_size, **given)
     m = result.meta
     rows = [
         ["artefact", str(result.path)],

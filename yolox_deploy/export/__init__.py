@@ -9,18 +9,20 @@ the format's capability row, load the source, write into a staging folder, verif
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..io.images import list_images
+from ..io.images import list_images, read_image
+from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
 from ..utils.plugins import import_builtins
 from .base import (
@@ -30,6 +32,7 @@ from .base import (
     ExportResult,
     ExportSource,
     FormatInfo,
+    check_nms_options,
     register_format,
     registered_formats,
 )
@@ -54,11 +57,10 @@ def format_class(name: str) -> type[Exporter]:
     raise InputError(f"unknown export format {name!r}; choose one of: {', '.join(names)}")
 
 
-def _check_options(info: FormatInfo, options: ExportOptions) -> None:
-    unsupported = sorted(o for o in options.changed_from_default() & set(OPTIONAL_FEATURES) if o not in info.supports)
-    if unsupported:
-        flags = ", ".join("--" + o.replace("_", "-") for o in unsupported)
-        raise InputError(f"the {info.name} format does not support {flags}")
+def _check_options(info: FormatInfo, options: ExportOptions, requested: frozenset[str]) -> None:
+    """Refuse, before any work, options out of range and options that do not apply (``requested``: the names
+    the caller set; an option left at its default is never refused)."""
+    _check_applicable(info, options, requested)
     if options.batch < 1:
         raise InputError(f"batch must be >= 1, got {options.batch}")
     if options.max_batch is not None and options.max_batch < options.batch:
@@ -67,6 +69,7 @@ def _check_options(info: FormatInfo, options: ExportOptions) -> None:
         raise InputError("dynamic height/width needs a dynamic batch too (--dynamic)")
     if options.calib_method not in ("entropy", "minmax"):
         raise InputError(f"calibration method must be 'entropy' or 'minmax', got {options.calib_method!r}")
+    check_nms_options(options)
     if options.int8:
         if options.calib_images is None:
             raise InputError("INT8 needs calibration images: pass --calib-images DIR (a folder of ~100 images)")
@@ -75,10 +78,38 @@ def _check_options(info: FormatInfo, options: ExportOptions) -> None:
             raise InputError(f"calibration folder not found: {folder}")
         if not list_images(folder):
             raise InputError(f"no images in calibration folder {folder}")
-    if options.verify_image is not None and not Path(options.verify_image).is_file():
-        raise InputError(f"verification image not found: {options.verify_image}")
+    if options.verify_image is not None:
+        if not Path(options.verify_image).is_file():
+            raise InputError(f"verification image not found: {options.verify_image}")
+        read_image(options.verify_image)  # a corrupt image is refused now, not after the export
     if not 7 <= options.opset <= 21:
         raise InputError(f"ONNX opset {options.opset} is out of range (7..21)")
+
+
+def _flags_are(names: Sequence[str]) -> str:
+    """``["max_det", "iou"]`` -> ``"--max-det, --iou are"`` (the flags and their verb)."""
+    return ", ".join("--" + n.replace("_", "-") for n in names) + (" is" if len(names) == 1 else " are")
+
+
+def _check_applicable(info: FormatInfo, options: ExportOptions, requested: frozenset[str]) -> None:
+    """Refuse requested options the format does not support, or that only apply together with another one."""
+    changed = options.changed_from_default()
+    asked = {o for o in OPTIONAL_FEATURES if o in changed or (o in requested and getattr(options, o))}
+    unsupported = sorted(o for o in asked if o not in info.supports)
+    if unsupported:
+        flags = ", ".join("--" + o.replace("_", "-") for o in unsupported)
+        raise InputError(f"the {info.name} format does not support {flags}")
+    if options.max_batch is not None and not options.dynamic:
+        raise InputError("--max-batch is the top of a dynamic batch profile; it needs --dynamic")
+    calib = [o for o in ("calib_images", "calib_count", "calib_method") if o in requested]
+    if calib and not options.int8:
+        raise InputError(f"{_flags_are(calib)} for INT8 calibration; add --int8")
+    nms = [o for o in ("conf", "iou", "max_det") if o in requested]
+    if nms and not options.nms:
+        raise InputError(f"{_flags_are(nms)} for the NMS inside the graph; add --nms (without it, thresholds "
+                         "are chosen at run time, e.g. yolox-detect --conf)")
+    if options.nms and "decode_in_graph" in requested and not options.decode_in_graph:
+        raise InputError("--nms decodes the boxes in the graph; it cannot be combined with --no-decode-in-graph")
 
 
 def _writable(folder: Path) -> bool:
@@ -108,23 +139,29 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
            img_size: int | Sequence[int] | str | None = None, **options: Any) -> ExportResult:
     """Export ``weights`` (a checkpoint path, an ONNX path or a YOLOX module) to ``format``.
 
-    Keyword options are the fields of :class:`ExportOptions`. Nothing is written unless every step,
-    verification included, succeeds; an existing output is kept unless ``force=True``.
+    Keyword options are the fields of :class:`ExportOptions`; those given (not ``None``) are the request, and
+    one that does not apply (to the format, to the other options, or to an ONNX source, whose graph fixes
+    its input size, batch and NMS) is refused before any work. Nothing is written unless every step,
+    verification included, succeeds; an existing output is kept unless ``force=True``, and is replaced only
+    by an artefact of its own kind (a file by a file, a format's folder by the same format's folder).
     """
     cls = format_class(format)
     info = cls.info
+    options = {k: v for k, v in options.items() if v is not None}
     if img_size is not None:
         from ..utils.sizes import parse_img_size
 
         options["img_size"] = parse_img_size(img_size)
     for key in ("calib_images", "verify_image"):
-        if options.get(key) is not None:
+        if key in options:
             options[key] = Path(options[key])
+    requested = frozenset(options)
     try:
         opts = ExportOptions(**options)
     except TypeError as e:
         raise InputError(f"unknown export option: {e}") from None
-    _check_options(info, opts)
+    _check_options(info, opts, requested)
+    out = _check_output(Path(output), info, opts.force) if output is not None else None
     cls.require()
 
     source = load_source(weights, model=model, num_classes=num_classes, class_names=class_names, legacy=legacy)
@@ -135,21 +172,22 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     if source.model is None:
         if not info.accepts_onnx:
             raise InputError(f"the {info.name} format cannot be made from an ONNX file; export from the checkpoint")
-        opts = _options_for_onnx_source(source, opts, img_size is not None)
+        opts = _options_for_onnx_source(source, opts, requested)
     elif img_size is None:
         opts = replace(opts, img_size=tuple(source.meta.input_size))
 
-    out = Path(output) if output is not None else default_output(source, info, opts)
+    if out is None:
+        out = _check_output(default_output(source, info, opts), info, opts.force)
     if source.onnx_path is not None and out.resolve() == source.onnx_path.resolve():
         raise InputError(f"output {out} would overwrite the input model")
-    if out.exists() and not opts.force:
-        raise InputError(f"{out} already exists; pass --force to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if opts.verify:
+        from .verify import check_verifiable
+
+        check_verifiable(info.name, opts)
 
     t0 = time.perf_counter()
     exporter = cls(opts, output=out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    try:
+    with _staging(out) as staging:
         staged = staging / out.name
         if info.is_dir:
             staged.mkdir()
@@ -159,25 +197,133 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
             from .verify import verify_artefact
 
             verification = verify_artefact(staged, source, opts, meta)
-        produced = sorted(staging.iterdir())
-        final = [out.parent / p.name for p in produced]
-        for p, dest in zip(produced, final):
-            if dest.exists():
-                shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-            os.replace(p, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        final = _move_into_place(sorted(staging.iterdir()), out.parent)
     return ExportResult(out, meta, files=final, verification=verification, seconds=time.perf_counter() - t0)
 
 
-def _options_for_onnx_source(source: ExportSource, opts: ExportOptions, size_given: bool) -> ExportOptions:
-    """An existing ONNX fixes input size, batch and what its graph does; refuse requests that change them."""
-    m = source.meta
-    if size_given and tuple(opts.img_size) != tuple(m.input_size) and not m.dynamic_hw:
-        raise InputError(f"{source.onnx_path.name} is a {m.input_size[0]}x{m.input_size[1]} model; "
+# --- where the artefact goes ---------------------------------------------------------------------------------
+def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
+    """Refuse, before any work, an output that names nothing, is of the other kind (a folder where the format
+    writes a file, or the reverse), is a folder holding more than this format's files, exists without
+    ``force``, or lies below a file or an unwritable folder. Returns ``out``."""
+    if out.name in ("", ".", ".."):
+        raise InputError(f"output {str(out)!r} does not name the artefact; give its own path, "
+                         f"e.g. {out / ('model' + info.suffix)}")
+    kind = "folder" if info.is_dir else "file"
+    if out.exists():
+        if out.is_dir() != info.is_dir:
+            hint = f"; give the {kind} path, e.g. {out / ('model' + info.suffix)}" if out.is_dir() else ""
+            raise InputError(f"{out} is {'a folder' if out.is_dir() else 'a file'} and the {info.name} format "
+                             f"writes a {kind}, so it cannot replace it{hint}")
+        foreign = info.foreign_entries(out) if info.is_dir else []
+        if foreign:
+            raise InputError(f"{out} holds files the {info.name} format does not write ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}), so it is not replaced; choose another output")
+        if not force:
+            raise InputError(f"{out} already exists; pass --force to overwrite it")
+    existing = next(p for p in out.parents if p.exists())  # ends with "." or "/", which exist
+    if not existing.is_dir():
+        raise InputError(f"cannot write to {out.parent}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {out.parent}: permission denied")
+    return out
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary folder next to ``out`` to write into; removed afterwards, and when the export fails the
+    parent folders made for it too, so a failed export leaves nothing."""
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    except OSError as e:
+        _remove_empty(created)
+        raise InputError(f"cannot write to {out.parent}: {e.strerror or e}") from None
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _move_into_place(produced: Sequence[Path], folder: Path) -> list[Path]:
+    """Move the staged files and folders into ``folder`` (replacing existing ones of the same kind only)."""
+    final = [folder / p.name for p in produced]
+    for p, dest in zip(produced, final):
+        if dest.exists() and dest.is_dir() != p.is_dir():
+            raise InputError(f"{dest} is {'a folder' if dest.is_dir() else 'a file'}, where the export writes "
+                             f"{'a folder' if p.is_dir() else 'a file'}; nothing written")
+    for p, dest in zip(produced, final):
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        elif dest.exists() or dest.is_symlink():
+            dest.unlink()
+        os.replace(p, dest)
+    return final
+
+
+# --- an ONNX file as the source ------------------------------------------------------------------------------
+def _options_for_onnx_source(source: ExportSource, opts: ExportOptions, requested: frozenset[str]) -> ExportOptions:
+    """An existing ONNX fixes its input size, batch, NMS and opset: refuse requests that would change them.
+
+    Its boxes follow ``decode_in_graph`` like a checkpoint's: a raw graph gets the decode step appended (the
+    default; its input size must then be fixed), a graph that decodes cannot be made raw again.
+    """
+    m, name = source.meta, source.onnx_path.name
+    if "img_size" in requested and tuple(opts.img_size) != tuple(m.input_size) and not m.dynamic_hw:
+        raise InputError(f"{name} is a {m.input_size[0]}x{m.input_size[1]} model; "
                          "its input size cannot change; export from the checkpoint instead")
+    dynamic = m.batch is None
+    batch_words = "a dynamic batch" if dynamic else f"a fixed batch of {m.batch}"
+    if ("dynamic" in requested and opts.dynamic != dynamic
+            or "batch" in requested and not dynamic and opts.batch != m.batch):
+        raise InputError(f"{name} has {batch_words}, which cannot change; export from the checkpoint instead")
+    if "dynamic_hw" in requested and opts.dynamic_hw != m.dynamic_hw:
+        raise InputError(f"{name} has a {'dynamic' if m.dynamic_hw else 'fixed'} input size, which cannot change; "
+                         "export from the checkpoint instead")
+    rewrites = [o for o in ("opset", "simplify") if o in requested and (o == "opset" or opts.simplify)]
+    if rewrites:
+        raise InputError(f"{_flags_are(rewrites)} for the ONNX made from a checkpoint; {name} keeps its own graph")
+    _check_onnx_source_nms(name, m, opts, requested)
+    return replace(opts, img_size=tuple(opts.img_size if "img_size" in requested else m.input_size),
+                   batch=m.batch or opts.batch, dynamic=dynamic, dynamic_hw=m.dynamic_hw,
+                   decode_in_graph=_onnx_source_decodes(name, m, opts, requested), nms=m.nms_in_graph)
+
+
+def _onnx_source_decodes(name: str, m: ModelMeta, opts: ExportOptions, requested: frozenset[str]) -> bool:
+    """Whether the artefact of an ONNX source decodes: always when the source does, else per the options."""
+    if m.decode_in_graph or m.nms_in_graph:
+        if "decode_in_graph" in requested and not opts.decode_in_graph:
+            raise InputError(f"{name} decodes the boxes in its graph, which cannot be undone; export from the "
+                             "checkpoint with --no-decode-in-graph for a raw output")
+        return True
+    if opts.decode_in_graph and m.dynamic_hw:
+        raise InputError(f"{name} has a raw output and a dynamic input size, so the decode step cannot be added "
+                         "(it needs a fixed grid); pass --no-decode-in-graph to keep the raw output")
+    return opts.decode_in_graph
+
+
+def _check_onnx_source_nms(name: str, m: ModelMeta, opts: ExportOptions, requested: frozenset[str]) -> None:
+    """NMS cannot be added to an ONNX source, and the NMS settings of one that has it cannot change."""
     if opts.nms and not m.nms_in_graph:
         raise InputError("cannot add NMS to an existing ONNX file; export from the checkpoint with --nms")
-    return replace(opts, img_size=tuple(m.input_size) if not size_given else opts.img_size,
-                   batch=m.batch or opts.batch, dynamic=m.batch is None, dynamic_hw=m.dynamic_hw,
-                   decode_in_graph=m.decode_in_graph, nms=m.nms_in_graph)
+    if not m.nms_in_graph:
+        return
+    own = {"conf": m.extra.get("nms_conf"), "iou": m.extra.get("nms_iou"), "max_det": m.max_det}
+    differ = [k for k in own if k in requested and getattr(opts, k) != own[k]]
+    if differ:
+        flags = ", ".join("--" + o.replace("_", "-") for o in differ)
+        raise InputError(f"{name} has NMS in its graph (conf {own['conf']}, iou {own['iou']}, max det "
+                         f"{own['max_det']}), which {flags} cannot change; export from the checkpoint instead")

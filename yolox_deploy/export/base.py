@@ -15,12 +15,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, InputError
 from ..meta import ModelMeta
 
-# Options a format must declare in ``supports`` before a user may set them away from their defaults.
-OPTIONAL_FEATURES = ("dynamic", "dynamic_hw", "half", "int8", "nms", "decode_in_graph", "opset", "simplify",
-                     "workspace", "calib_method")
+# Options a format must declare in ``supports`` before a user may set them (see ``export._check_options``).
+OPTIONAL_FEATURES = ("dynamic", "dynamic_hw", "max_batch", "half", "int8", "nms", "decode_in_graph", "opset",
+                     "simplify", "workspace", "calib_method")
+
+# The head output ``[B, A, 5 + C]`` of the graphs we write, and the ``ModelMeta.extra`` key naming the tensor
+# an in-graph NMS tail reads: verification exposes that tensor to compare an NMS graph's model part too.
+HEAD_OUTPUT = "output"
+NMS_HEAD_KEY = "nms_head"
 
 
 @dataclass(frozen=True)
@@ -29,10 +34,12 @@ class ExportOptions:
 
     - ``batch``: fixed batch size, or the optimum of the profile when ``dynamic``
     - ``dynamic``: dynamic batch; ``dynamic_hw``: dynamic height/width too
-    - ``max_batch``: upper end of a dynamic-batch profile (TensorRT); default ``max(8, batch)``
+    - ``max_batch``: upper end of a dynamic-batch profile (TensorRT, with ``dynamic``); default ``max(8, batch)``
     - ``half`` / ``int8``: reduced precision; ``int8`` needs ``calib_images`` (a folder)
     - ``calib_count``: at most this many calibration images; ``calib_method``: ``entropy`` or ``minmax``
-    - ``decode_in_graph``: boxes decoded in the graph; ``nms``: NMS in the graph (``conf``, ``iou``, ``max_det``)
+      (both with ``int8`` only)
+    - ``decode_in_graph``: boxes decoded in the graph (also appended to a raw ONNX source); ``nms``: NMS in the
+      graph (``conf``, ``iou``, ``max_det``, which apply with ``nms`` only)
     - ``opset``: ONNX opset; ``simplify``: run onnxslim/onnxsim on the ONNX
     - ``workspace``: TensorRT builder workspace (GiB); ``device``: where to build / verify
     - ``verify``: run the artefact after writing and compare with the torch model; ``verify_image``: on
@@ -72,6 +79,16 @@ class ExportOptions:
         return {f.name for f in fields(self) if getattr(self, f.name) != f.default}
 
 
+def check_nms_options(options: ExportOptions) -> None:
+    """Refuse in-graph NMS settings out of range (``conf`` / ``iou`` in [0, 1], ``max_det`` >= 1)."""
+    if not options.nms:
+        return
+    if not 0.0 <= options.conf <= 1.0 or not 0.0 <= options.iou <= 1.0:
+        raise InputError(f"NMS thresholds must lie in [0, 1]: conf={options.conf}, iou={options.iou}")
+    if options.max_det < 1:
+        raise InputError(f"max detections must be >= 1, got {options.max_det}")
+
+
 @dataclass(frozen=True)
 class FormatInfo:
     """A format's capability row."""
@@ -85,6 +102,14 @@ class FormatInfo:
     accepts_onnx: bool = False  # can convert an existing ONNX file (e.g. the authors' released models)
     aliases: tuple[str, ...] = ()
     description: str = ""
+    # Folder formats: glob patterns of every file the folder holds. ``--force`` replaces an existing folder
+    # only when all its entries match (a previous artefact), never a folder holding anything else.
+    artefact_files: tuple[str, ...] = ()
+
+    def foreign_entries(self, folder: Path) -> list[str]:
+        """Names of the entries of an existing ``folder`` this format does not write (none: it may be replaced)."""
+        return sorted(p.name for p in folder.iterdir()
+                      if p.is_dir() or not any(p.match(pattern) for pattern in self.artefact_files))
 
     def available(self) -> tuple[bool, str]:
         if self.package is None or importlib.util.find_spec(self.package) is not None:
@@ -133,12 +158,13 @@ _FORMATS: dict[str, type[Exporter]] = {}
 
 def register_format(name: str, *, suffix: str, is_dir: bool = False, package: str | None = None,
                     extra: str | None = None, supports: tuple[str, ...] = (), accepts_onnx: bool = False,
-                    aliases: tuple[str, ...] = (), description: str = "") -> Callable[[type[Exporter]], type[Exporter]]:
+                    aliases: tuple[str, ...] = (), description: str = "",
+                    artefact_files: tuple[str, ...] = ()) -> Callable[[type[Exporter]], type[Exporter]]:
     """Class decorator adding an exporter to the registry with its capability row."""
 
     def wrap(cls: type[Exporter]) -> type[Exporter]:
         cls.info = FormatInfo(name, suffix, is_dir, package, extra, frozenset(supports), accepts_onnx, aliases,
-                              description or (cls.__doc__ or "").strip().splitlines()[0])
+                              description or (cls.__doc__ or "").strip().splitlines()[0], tuple(artefact_files))
         _FORMATS[name] = cls
         return cls
 
@@ -177,11 +203,21 @@ class Exporter(abc.ABC):
         """Write the artefact to ``dest`` and return its metadata."""
 
     def artefact_meta(self, source: ExportSource) -> ModelMeta:
-        """The metadata the artefact will carry, from the source and the options."""
+        """The metadata the artefact will carry, from the source and the options.
+
+        An ONNX source with NMS in its graph keeps its own NMS settings (``max_det``, ``nms_conf``,
+        ``nms_iou`` and the tensor the NMS reads): the graph is converted as it is, whatever the options say.
+        """
         o = self.options
+        if source.model is None and source.meta.nms_in_graph:
+            max_det, extra = source.meta.max_det, dict(source.meta.extra)
+        elif o.nms:
+            max_det = o.max_det
+            extra = {**source.meta.extra, "nms_conf": o.conf, "nms_iou": o.iou, NMS_HEAD_KEY: HEAD_OUTPUT}
+        else:
+            max_det, extra = None, dict(source.meta.extra)
         return source.meta.with_(
             input_size=tuple(o.img_size), batch=None if o.dynamic else o.batch, dynamic_hw=o.dynamic_hw,
-            decode_in_graph=o.decode_in_graph or o.nms, nms_in_graph=o.nms,
-            max_det=o.max_det if o.nms else None, precision=o.precision, format=self.info.name,
-            extra={**source.meta.extra, **({"nms_conf": o.conf, "nms_iou": o.iou} if o.nms else {})},
+            decode_in_graph=o.decode_in_graph or o.nms, nms_in_graph=o.nms, max_det=max_det,
+            precision=o.precision, format=self.info.name, extra=extra,
         )

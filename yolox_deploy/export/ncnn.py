@@ -3,7 +3,7 @@
     yolox-export --weights yolox_nano.pth --format ncnn                  # decoded boxes, 416x416
     yolox-export --weights yolox_nano.pth --format ncnn --no-decode-in-graph --dynamic --dynamic-hw
                                                                          # raw head, any input size
-    yolox-export --weights yolox_nano.onnx --format ncnn                 # the authors' released ONNX
+    yolox-export --weights yolox_nano.onnx --format ncnn                 # the authors' released ONNX, decoded
 
 The folder holds exactly what a runtime needs:
 
@@ -28,7 +28,8 @@ The graph is changed before conversion, never the files afterwards
   a sixth of YOLOX-Nano's to zero (raw output off by ~4 instead of ~0.14; :func:`input_scale_exponent`).
 
 An ONNX input (e.g. the authors' released files) gets the same two rewrites on its ONNX graph
-(:func:`prepare_onnx`) before pnnx reads it.
+(:func:`prepare_onnx`) before pnnx reads it; a raw one gets the decode step first (:func:`~.onnx.write_onnx`),
+unless ``--no-decode-in-graph``.
 
 NCNN has no batch dimension: the graph takes one ``[3, H, W]`` image and the runtime loops over a batch, so
 the metadata says ``batch=None`` whatever ``--batch`` / ``--dynamic`` say. Input size: by default the graph
@@ -250,7 +251,8 @@ def second_shape(size: tuple[int, int]) -> tuple[int, int]:
 
 @register_format("ncnn", suffix="_ncnn", is_dir=True, package="pnnx", extra="ncnn",
                  supports=("dynamic", "dynamic_hw", "half", "decode_in_graph"), accepts_onnx=True,
-                 description="NCNN param/bin folder via pnnx (CPU, Vulkan), for ARM and mobile")
+                 description="NCNN param/bin folder via pnnx (CPU, Vulkan), for ARM and mobile",
+                 artefact_files=(PARAM_NAME, BIN_NAME, f"{PARAM_NAME}.json"))
 class NcnnExporter(Exporter):
     """NCNN param/bin folder via pnnx (CPU, Vulkan), for ARM and mobile."""
 
@@ -274,8 +276,14 @@ class NcnnExporter(Exporter):
                 model_file = work / "model.pt"
                 self._trace(source.model, size, model_file)
             else:
+                from .onnx import adds_decode, write_onnx
+
+                onnx_file = Path(source.onnx_path)
+                if adds_decode(source, o):
+                    onnx_file = work / "decoded.onnx"
+                    write_onnx(source, o, onnx_file)
                 model_file = work / "model.onnx"
-                for note in prepare_onnx(source.onnx_path, model_file, o.half):
+                for note in prepare_onnx(onnx_file, model_file, o.half):
                     log.info("%s for NCNN: %s", source.onnx_path.name, note)
             param, weights = _run_pnnx(model_file, work, size, second_shape(size) if dynamic_hw else None,
                                        fp16=o.half)

@@ -33,12 +33,12 @@ import numpy as np
 from ..errors import BackendUnavailable, ExportError, InputError
 from ..meta import META_KEY, NMS_OUTPUTS, ModelMeta
 from ..utils.files import atomic_write
-from .base import Exporter, ExportOptions, ExportSource, register_format
+from .base import HEAD_OUTPUT, NMS_HEAD_KEY, Exporter, ExportOptions, ExportSource, check_nms_options, register_format
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
-OUTPUT_NAME = "output"
+OUTPUT_NAME = HEAD_OUTPUT
 MIN_OPSET, MAX_OPSET = 11, 20  # the TorchScript exporter's range that gives clean graphs
 NMS_PLUGINS = ("onnx", "tensorrt")
 TRT_NMS_OP = "EfficientNMS_TRT"
@@ -58,7 +58,8 @@ def _onnx() -> Any:
 class OnnxExporter(Exporter):
     """ONNX (opset 11-20): fixed or dynamic batch and size, decode and NMS optionally in the graph.
 
-    From an existing ONNX file (the authors' releases) it writes a copy carrying our metadata.
+    From an existing ONNX file (the authors' releases) it writes a copy carrying our metadata, with the decode
+    step appended when the file's output is raw (unless ``--no-decode-in-graph``).
     """
 
     def export(self, source: ExportSource, dest: Path) -> ModelMeta:
@@ -80,17 +81,18 @@ def write_onnx(source: ExportSource, options: ExportOptions, path: Path, *, nms_
     onnx = _onnx()
     if nms_plugin not in NMS_PLUGINS:
         raise ValueError(f"nms_plugin must be one of {NMS_PLUGINS}, got {nms_plugin!r}")
-    _check_nms_options(options)
+    check_nms_options(options)
     if source.onnx_path is not None:
         model, meta = _from_onnx_file(source, options)
     else:
         model, meta = _from_torch(source, options)
     if options.nms and not meta.nms_in_graph:  # both sources come back decoded when nms is asked for
+        head = model.graph.output[0].name
         append_nms(model, conf=options.conf, iou=options.iou, max_det=options.max_det, plugin=nms_plugin,
                    batch=meta.batch)
         meta = meta.with_(nms_in_graph=True, max_det=options.max_det,
                           extra={**meta.extra, "nms_conf": options.conf, "nms_iou": options.iou,
-                                 "nms_plugin": nms_plugin})
+                                 "nms_plugin": nms_plugin, NMS_HEAD_KEY: head})
     set_metadata(model, meta)
     if not (meta.nms_in_graph and meta.extra.get("nms_plugin") == "tensorrt"):
         onnx.checker.check_model(model)  # the plugin node has no ONNX schema; everything else must pass
@@ -99,15 +101,6 @@ def write_onnx(source: ExportSource, options: ExportOptions, path: Path, *, nms_
         onnx.save(model, str(tmp))
     log.info("wrote %s (%s, opset %d)", path.name, _describe(meta), opset_of(model))
     return meta
-
-
-def _check_nms_options(o: ExportOptions) -> None:
-    if not o.nms:
-        return
-    if not 0.0 <= o.conf <= 1.0 or not 0.0 <= o.iou <= 1.0:
-        raise InputError(f"NMS thresholds must lie in [0, 1]: conf={o.conf}, iou={o.iou}")
-    if o.max_det < 1:
-        raise InputError(f"max detections must be >= 1, got {o.max_det}")
 
 
 def _describe(meta: ModelMeta) -> str:
@@ -249,6 +242,13 @@ def _same_signature(a: tuple[list, list[str]], b: tuple[list, list[str]]) -> boo
 
 
 # --- ONNX source -------------------------------------------------------------------------------------
+def adds_decode(source: ExportSource, options: ExportOptions) -> bool:
+    """Whether an ONNX source's raw output gets the decode step (``decode_in_graph``): then formats that
+    convert the file (OpenVINO, NCNN, TensorRT) convert :func:`write_onnx`'s copy instead of the file."""
+    m = source.meta
+    return source.onnx_path is not None and options.decode_in_graph and not (m.decode_in_graph or m.nms_in_graph)
+
+
 def _from_onnx_file(source: ExportSource, o: ExportOptions) -> tuple[Any, ModelMeta]:
     onnx = _onnx()
     path = Path(source.onnx_path)

@@ -1,7 +1,8 @@
 """OpenVINO IR: ``<stem>_openvino/<stem>.xml`` + ``.bin``, for Intel CPUs, GPUs and NPUs.
 
 The torch model is converted directly (``openvino.convert_model`` on the fused module, decode in the graph
-or not), an existing ONNX file (the authors' released models, or ours) by reading it. The input shape given
+or not), an existing ONNX file (the authors' released models, or ours) by reading it; a raw one gets the
+decode step first (:func:`~.onnx.write_onnx`), unless ``--no-decode-in-graph``. The input shape given
 to the converter makes batch (and height/width) static or dynamic; the decode's grid is computed from the
 feature-map shapes in the graph, so a dynamic-size IR decodes correctly at any size.
 
@@ -129,7 +130,7 @@ def attach_meta(ov_model: Any, meta: ModelMeta) -> None:
 
 @register_format("openvino", suffix="_openvino", is_dir=True, package="openvino", extra="openvino",
                  supports=("dynamic", "dynamic_hw", "half", "int8", "nms", "decode_in_graph"), accepts_onnx=True,
-                 aliases=("ov",))
+                 aliases=("ov",), artefact_files=("*.xml", "*.bin"))
 class OpenVINOExporter(Exporter):
     """OpenVINO IR folder (.xml + .bin) for Intel CPU / GPU / NPU; FP32, FP16 or INT8 (NNCF)."""
 
@@ -151,19 +152,20 @@ class OpenVINOExporter(Exporter):
 
     def _convert(self, source: ExportSource, meta: ModelMeta, stack: contextlib.ExitStack) -> Any:
         """The source as an ``ov.Model`` (FP32); temporary files live as long as ``stack``."""
-        if source.model is not None:
-            if self.options.nms:
-                # In-graph NMS: the ONNX exporter writes standard NonMaxSuppression, which OpenVINO runs.
-                from .onnx import write_onnx
+        from .onnx import adds_decode, write_onnx
 
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yolox-ov-")))
-                path = tmp / f"{source.name}.onnx"
-                write_onnx(source, self.options, path, nms_plugin="onnx")
-                return convert_onnx(path)
+        if source.model is not None and not self.options.nms:
             ov_model = convert_torch(source.model, meta)
             found = scatter_ops(ov_model)
             if found:  # the decode is written without in-place writes; scatter ops would be a regression
                 raise ExportError(f"the converted graph has scatter ops ({', '.join(found[:3])}); "
                                   "export with --no-decode-in-graph")
             return ov_model
-        return convert_onnx(source.onnx_path)
+        if source.model is None and not adds_decode(source, self.options):
+            return convert_onnx(source.onnx_path)
+        # In-graph NMS (standard NonMaxSuppression, which OpenVINO runs) or the decode step of a raw ONNX
+        # source: the ONNX exporter writes the graph.
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yolox-ov-")))
+        path = tmp / f"{source.name}.onnx"
+        write_onnx(source, self.options, path, nms_plugin="onnx")
+        return convert_onnx(path)

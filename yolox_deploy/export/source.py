@@ -51,6 +51,25 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
                       format="onnx")
 
 
+def _onnx_model_options(name: str, meta: ModelMeta, model: str | None, num_classes: int | None) -> ModelMeta:
+    """An ONNX file's graph fixes the class count and, when its metadata records it, the variant: ``model`` /
+    ``num_classes`` must agree. A file that does not record its variant (the authors' releases) takes
+    ``model`` as what it records from now on."""
+    if num_classes is not None and num_classes != meta.num_classes:
+        raise InputError(f"{name} has {meta.num_classes} classes, so --num-classes {num_classes} cannot apply; "
+                         "export from the checkpoint instead")
+    if model is None:
+        return meta
+    from ..zoo import get_spec
+
+    variant = get_spec(model).name  # an unknown name is refused here
+    if meta.model is None:
+        return meta.with_(model=variant)
+    if variant != get_spec(meta.model).name:
+        raise InputError(f"{name} is {meta.model}, not {variant}; --model cannot change an ONNX file's graph")
+    return meta
+
+
 def load_source(weights: Any, *, model: str | None = None, num_classes: int | None = None,
                 class_names: Sequence[str] | None = None, legacy: bool = False) -> ExportSource:
     """A checkpoint path, a YOLOX module or an ONNX path -> :class:`ExportSource` (model fused, eval mode)."""
@@ -65,6 +84,7 @@ def load_source(weights: Any, *, model: str | None = None, num_classes: int | No
         name = weights_path.stem
         if weights_path.suffix.lower() == ".onnx":
             meta = read_onnx_meta(weights_path)
+            meta = _onnx_model_options(weights_path.name, meta, model, num_classes)
             if class_names:
                 if len(class_names) != meta.num_classes:
                     raise InputError(f"{len(class_names)} class names given, the model has {meta.num_classes} classes")

@@ -4,7 +4,8 @@ Steps:
 
 1. **ONNX.** The checkpoint goes through :func:`~yolox_deploy.export.onnx.write_onnx` in FP32 (TensorRT lowers
    precision itself); ``--nms`` emits TensorRT's ``EfficientNMS_TRT`` plugin node (outputs ``num_dets, boxes,
-   scores, labels``). An ONNX source (e.g. the authors' released file) is used as it is.
+   scores, labels``). An ONNX source (e.g. the authors' released file) is used as it is, unless its output is
+   raw and the engine decodes (the default): then the ONNX step appends the decode step to a copy of it.
 2. **Build.** ``OnnxParser`` into an explicit-batch network (the only kind in TensorRT 10, so the network is
    created with flags ``0``), a builder config with the workspace pool limit (``--workspace`` GiB), FP16
    (``--half``; INT8 enables it too, for the layers that stay in float), INT8 (``--int8``) with an entropy or
@@ -558,8 +559,8 @@ def write_tensorrt_onnx(source: ExportSource, options: ExportOptions, path: Path
 
 # --- the format -----------------------------------------------------------------------------------------------
 @register_format("tensorrt", suffix=".engine", package="tensorrt", extra="trt",
-                 supports=("dynamic", "dynamic_hw", "half", "int8", "nms", "decode_in_graph", "opset", "simplify",
-                           "workspace", "calib_method"),
+                 supports=("dynamic", "dynamic_hw", "max_batch", "half", "int8", "nms", "decode_in_graph", "opset",
+                           "simplify", "workspace", "calib_method"),
                  accepts_onnx=True, aliases=("trt", "engine"))
 class TensorRTExporter(Exporter):
     """TensorRT engine (.engine) for NVIDIA GPUs, with a JSON sidecar."""
@@ -568,18 +569,13 @@ class TensorRTExporter(Exporter):
     def require(cls) -> None:
         """Nothing up front: the ONNX step runs without TensorRT, which is checked (and reported) after it."""
 
-    def engine_meta(self, source: ExportSource) -> ModelMeta:
-        """What the engine does, from the source and the options; an ONNX source keeps its NMS settings."""
-        meta = self.artefact_meta(source)
-        if source.model is None and source.meta.nms_in_graph:
-            meta = meta.with_(max_det=source.meta.max_det, extra={**meta.extra, **source.meta.extra})
-        return meta
-
     def export(self, source: ExportSource, dest: Path) -> ModelMeta:
+        from .onnx import adds_decode
+
         opts = self.options
-        meta = self.engine_meta(source)
+        meta = self.artefact_meta(source)
         with tempfile.TemporaryDirectory(prefix="yolox-trt-") as tmp:
-            if source.onnx_path is not None:
+            if source.onnx_path is not None and not adds_decode(source, opts):
                 onnx_path = Path(source.onnx_path)
             else:
                 onnx_path = Path(tmp) / dest.with_suffix(".onnx").name
@@ -641,8 +637,8 @@ class TensorRTExporter(Exporter):
         if self.output is None:
             return reason
         engine = Path(self.output)
-        if source.onnx_path is not None:
-            kept, where = Path(source.onnx_path), "the ONNX model to build from is"
+        if source.onnx_path is not None and onnx_path == Path(source.onnx_path):
+            kept, where = onnx_path, "the ONNX model to build from is"
         else:
             kept, where = intermediate_onnx_path(engine), "the ONNX step ran and is at"
             if kept.exists() and not opts.force:

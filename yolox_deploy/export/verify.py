@@ -6,9 +6,15 @@ Runtime), with the same decode setting. Two figures:
 
 - max abs diff of the head output, in raw units: scores as they are, box centres divided by the anchor's
   stride and box sizes divided by ``max(size, stride)`` when the graph decodes (both are then what the raw
-  offsets would differ by); for FP16/INT8 artefacts only over anchors scoring >= 0.01 in either output;
-  not available for NMS graphs;
-- detections agreement at conf 0.25 / NMS 0.45: same-class matches with IoU >= 0.5 over the larger count.
+  offsets would differ by); for FP16/INT8 artefacts only over anchors scoring >= 0.01 in either output.
+  For an NMS graph it is the decoded head output the NMS tail reads, taken from a copy of the graph that
+  also outputs it (:func:`head_before_nms`: ONNX Runtime for ONNX, OpenVINO on the CPU for an IR); a
+  TensorRT engine keeps no such tensor;
+- detections agreement at conf 0.25 / NMS 0.45 (an NMS graph: its own thresholds and cap): same-class
+  matches with IoU >= 0.5 over the larger count. When neither has a detection on the image nothing is
+  compared, and the report says so.
+
+A report that compared nothing (an NMS engine without detections on the image) does not pass.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ExportError
+from ..errors import ExportError, InputError
 from ..io.images import read_image
 from ..io.synthetic import synthetic_scene
 from ..meta import ModelMeta
@@ -30,7 +36,7 @@ from ..ops.decode import cached_grid, decode, level_shapes
 from ..ops.letterbox import preprocess_batch
 from ..ops.match import EMPTY, Agreement, match_detections
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
-from .base import ExportOptions, ExportSource
+from .base import HEAD_OUTPUT, NMS_HEAD_KEY, ExportOptions, ExportSource
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +53,49 @@ VERIFY_CONF, VERIFY_IOU = 0.25, 0.45
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """What verification compared. ``max_abs_diff`` is ``None`` when the head output was not reachable (an
+    NMS engine); ``nms_in_graph``: the artefact's detections come from its own NMS at ``conf``."""
+
     precision: str
     max_abs_diff: float | None
     tolerance: float
     agreement: Agreement
     min_agreement: float
     image: str
+    nms_in_graph: bool = False
+    conf: float = VERIFY_CONF
+
+    @property
+    def has_detections(self) -> bool:
+        return max(self.agreement.n_a, self.agreement.n_b) > 0
+
+    @property
+    def checked(self) -> bool:
+        """Whether anything was compared: the head output, or detections."""
+        return self.max_abs_diff is not None or self.has_detections
 
     @property
     def passed(self) -> bool:
         diff_ok = self.max_abs_diff is None or self.max_abs_diff <= self.tolerance
-        return diff_ok and self.agreement.agreement >= self.min_agreement
+        return self.checked and diff_ok and self.agreement.agreement >= self.min_agreement
 
     def summary(self) -> str:
-        diff = "n/a (NMS in graph)" if self.max_abs_diff is None else f"{self.max_abs_diff:.2e}"
-        a = self.agreement
         limit = "not checked" if math.isinf(self.tolerance) else f"tolerance {self.tolerance:g}"
-        if max(a.n_a, a.n_b) == 0:
-            dets = f"no detections above conf {VERIFY_CONF:g} to compare (--verify-image IMAGE checks them)"
+        of = " of the head before NMS" if self.nms_in_graph else ""
+        if self.max_abs_diff is None:
+            diff = "head output not reachable (NMS in graph), not compared"
         else:
-            dets = f"detections {a.matched}/{max(a.n_a, a.n_b)} agree (mean IoU {a.mean_iou:.3f})"
-        return f"max abs diff {diff} ({limit}), {dets} on {self.image}"
+            diff = f"max abs diff{of} {self.max_abs_diff:.2e} ({limit})"
+        a = self.agreement
+        if self.has_detections:
+            dets = f"detections {a.matched}/{max(a.n_a, a.n_b)} agree (mean IoU {a.mean_iou:.3f}) on {self.image}"
+        elif self.nms_in_graph:
+            dets = (f"NMS output not compared: no detections above conf {self.conf:g} on {self.image} "
+                    "(a --verify-image with objects checks it)")
+        else:
+            dets = (f"no detections above conf {self.conf:g} to compare on {self.image} "
+                    "(--verify-image IMAGE checks them)")
+        return f"{diff}, {dets}"
 
 
 def normalised_diff(out: np.ndarray, ref: np.ndarray, meta: ModelMeta, score_floor: float = 0.0) -> float:
@@ -120,15 +148,87 @@ def reference_outputs(source: ExportSource, batch: np.ndarray, meta: ModelMeta) 
 
 
 def _source_nms_detections(source: ExportSource, batch: np.ndarray) -> RawDetections:
-    """Detections of an ONNX source that has NMS in its graph (its head output is not reachable)."""
+    """Detections of an ONNX source that has NMS in its graph."""
     from ..runtimes.detector import open_backend
 
     with open_backend(source.onnx_path, backend="onnxruntime") as ref:
         return split_nms_outputs(*[_np(o) for o in ref.infer(batch)[:4]])[0]
 
 
+# Formats whose NMS graphs :func:`head_before_nms` can read the head of (a TensorRT engine keeps no such tensor).
+HEAD_READABLE_FORMATS = ("onnx", "openvino")
+
+
+def check_verifiable(format_name: str, options: ExportOptions) -> None:
+    """Refuse, before the (slow) build, an export whose verification would compare nothing: an NMS graph whose
+    head cannot be read, verified on the synthetic scene (where nothing is detected)."""
+    if options.nms and options.verify_image is None and format_name not in HEAD_READABLE_FORMATS:
+        raise InputError(f"a {format_name} artefact with NMS inside is verified on its detections only: pass "
+                         "--verify-image IMAGE (a photo with objects), or --no-verify to skip verification")
+
+
+def head_before_nms(path: Path, meta: ModelMeta, batch: np.ndarray) -> np.ndarray | None:
+    """The decoded head output ``[B, A, 5 + C]`` the NMS tail of the graph at ``path`` reads, from a copy of
+    the graph that also outputs it: ONNX Runtime for an ``.onnx`` file, OpenVINO on the CPU (in f32) for an
+    IR. ``None`` where it cannot be reached: a TensorRT engine, or a graph without that tensor."""
+    name = meta.extra.get(NMS_HEAD_KEY, HEAD_OUTPUT)
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return _onnx_tensor(path, name, batch)
+    if meta.format == "openvino":
+        return _openvino_tensor(path, name, batch)
+    return None
+
+
+def _onnx_tensor(path: Path, name: str, batch: np.ndarray) -> np.ndarray | None:
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    if name not in {t for node in model.graph.node for t in node.output}:
+        return None
+    if name not in {o.name for o in model.graph.output}:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([name], {session.get_inputs()[0].name: batch})[0]
+
+
+def _openvino_tensor(path: Path, name: str, batch: np.ndarray) -> np.ndarray | None:
+    import openvino as ov
+
+    from ..runtimes.openvino import find_ir
+
+    core = ov.Core()
+    model = core.read_model(str(find_ir(path)))
+    try:
+        model.add_outputs(name)
+    except RuntimeError:  # no tensor of that name
+        return None
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return compiled(batch)[compiled.output(name)]
+
+
+def _nms_graph_references(path: Path, source: ExportSource, meta: ModelMeta, batch: np.ndarray,
+                          floor: float) -> tuple[float | None, RawDetections]:
+    """For an NMS graph: the max abs diff of the head before its NMS (``None`` when not reachable on either
+    side) and the reference detections (the Python NMS at the graph's thresholds and cap, or for an ONNX
+    source with NMS in its graph, that graph's)."""
+    head = head_before_nms(path, meta, batch)
+    if source.model is not None:
+        ref = reference_outputs(source, batch, meta)
+        conf, iou = meta.extra.get("nms_conf", VERIFY_CONF), meta.extra.get("nms_iou", VERIFY_IOU)
+        ref_meta = meta.with_(nms_in_graph=False, decode_in_graph=True)
+        ref_dets = _detections([ref], ref_meta, conf, iou, meta.max_det)[0]
+    else:
+        ref = head_before_nms(source.onnx_path, source.meta, batch) if source.meta.nms_in_graph else None
+        ref_dets = _source_nms_detections(source, batch)
+    diff = None if head is None or ref is None else normalised_diff(_np(head)[:1], _np(ref)[:1], meta, floor)
+    return diff, ref_dets
+
+
 def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, meta: ModelMeta) -> VerifyReport:
-    """Run the artefact at ``path`` and compare with the source; raises :class:`ExportError` when it differs."""
+    """Run the artefact at ``path`` and compare with the source; raises :class:`ExportError` when it differs
+    or when nothing could be compared."""
     from ..runtimes.detector import open_backend
 
     if options.verify_image is not None:
@@ -138,23 +238,24 @@ def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, me
     batch, _ = preprocess_batch([image], meta.input_size, meta.preprocess, batch_size=meta.batch)
     with open_backend(path, device=options.device) as backend:
         outputs = backend.infer(batch)
-    if source.model is None and source.meta.nms_in_graph:
-        diff, ref_dets = None, _source_nms_detections(source, batch)
+    floor = 0.0 if meta.precision == "fp32" else SCORE_FLOOR
+    if meta.nms_in_graph:
+        diff, ref_dets = _nms_graph_references(path, source, meta, batch, floor)
     else:
         ref = reference_outputs(source, batch, meta)
-        floor = 0.0 if meta.precision == "fp32" else SCORE_FLOOR
-        diff = None if meta.nms_in_graph else normalised_diff(_np(outputs[0])[:1], ref[:1], meta, floor)
-        ref_meta = meta.with_(nms_in_graph=False, decode_in_graph=meta.decode_in_graph or meta.nms_in_graph)
-        # An NMS graph is compared with the Python NMS at the graph's own thresholds and cap.
-        conf, iou = (meta.extra.get("nms_conf", VERIFY_CONF), meta.extra.get("nms_iou", VERIFY_IOU)) \
-            if meta.nms_in_graph else (VERIFY_CONF, VERIFY_IOU)
-        ref_dets = _detections([ref], ref_meta, conf, iou, meta.max_det if meta.nms_in_graph else None)[0]
+        diff = normalised_diff(_np(outputs[0])[:1], ref[:1], meta, floor)
+        ref_dets = _detections([ref], meta, VERIFY_CONF, VERIFY_IOU)[0]
     art_dets = _detections(outputs, meta)[0]
     agreement = EMPTY + match_detections(_np(ref_dets.boxes), _np(ref_dets.class_ids), _np(art_dets.boxes),
                                          _np(art_dets.class_ids))
     precision = meta.precision
-    report = VerifyReport(precision, diff, TOLERANCE[precision], agreement, MIN_AGREEMENT[precision], label)
+    conf = meta.extra.get("nms_conf", VERIFY_CONF) if meta.nms_in_graph else VERIFY_CONF
+    report = VerifyReport(precision, diff, TOLERANCE[precision], agreement, MIN_AGREEMENT[precision], label,
+                          nms_in_graph=meta.nms_in_graph, conf=conf)
     log.info("verify %s: %s", meta.format, report.summary())
+    if not report.checked:
+        raise ExportError(f"verification compared nothing, nothing written: {report.summary()}; give "
+                          "--verify-image IMAGE (a photo with objects), or use --no-verify to keep it unverified")
     if not report.passed:
         raise ExportError(f"verification failed, nothing written: {report.summary()}; "
                           "use --no-verify to keep such an artefact anyway")
