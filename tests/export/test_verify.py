@@ -60,32 +60,17 @@ def _nms_export(model, path, **kw):
     return export(model, "onnx", path, img_size=64, nms=True, **kw)
 
 
-def test_nms_graph_head_is_compared_on_a_scene_without_detections(tiny_random_model, tmp_path, monkeypatch):
+def test_nms_graph_head_is_compared_on_a_scene_without_detections(tiny_random_model, tmp_path, request):
     """A random model detects nothing, so only the head before the NMS tail can show a wrong graph."""
     pytest.importorskip("onnxruntime")
-    import copy
-
-    import torch
-
     from yolox_deploy.errors import ExportError
-    from yolox_deploy.export import onnx as onnx_export
 
     good = _nms_export(tiny_random_model, tmp_path / "good.onnx")
     report = good.verification
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-3
     assert "NMS output not compared" in report.summary()
 
-    real = onnx_export._from_torch
-
-    def perturbed(source, options):
-        wrong = copy.copy(source)
-        wrong.model = copy.deepcopy(source.model)
-        with torch.no_grad():
-            for conv in wrong.model.head.reg_preds:
-                conv.bias += 0.5
-        return real(wrong, options)
-
-    monkeypatch.setattr(onnx_export, "_from_torch", perturbed)
+    request.getfixturevalue("perturbed_onnx_export")  # from here on, exports trace a perturbed model
     with pytest.raises(ExportError, match="verification failed, nothing written: max abs diff of the head before NMS"):
         _nms_export(tiny_random_model, tmp_path / "wrong.onnx", simplify=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx"]
