@@ -1,4 +1,7 @@
 import json
+import re
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -56,3 +59,66 @@ def test_not_a_coco_folder(tmp_path):
     (tmp_path / "val2017").mkdir()
     with pytest.raises(InputError, match="not a valid COCO annotation"):
         open_coco(tmp_path)
+
+
+def _split(tmp_path, coco_tiny, edit):
+    """coco-tiny val with its annotation file changed by ``edit`` (a dict -> JSON-able object function)."""
+    ann = json.loads((coco_tiny / "annotations" / "instances_val2017.json").read_text())
+    (tmp_path / "annotations").mkdir(exist_ok=True)
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(edit(ann)))
+    if not (tmp_path / "val2017").exists():
+        (tmp_path / "val2017").symlink_to(coco_tiny / "val2017")
+    return tmp_path
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda a: [a], "not a valid COCO annotation file"),
+    (lambda a: {**a, "images": []}, "lists no images"),
+    (lambda a: {k: v for k, v in a.items() if k != "images"}, "lists no images"),
+    (lambda a: {**a, "annotations": []}, "has no annotations"),
+    (lambda a: {**a, "images": [{k: v for k, v in im.items() if k != "file_name"} for im in a["images"]]},
+     "80 image(s) have no file_name"),
+    (lambda a: {**a, "categories": [{"id": c["id"]} for c in a["categories"]]}, "80 categories have no name"),
+])
+def test_unusable_annotation_files_are_refused(tmp_path, coco_tiny, edit, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        open_coco(_split(tmp_path, coco_tiny, edit))
+
+
+def test_images_are_decoded_a_bounded_way_ahead_of_the_model(coco_tiny, monkeypatch):
+    """Evaluation decodes the next images while the model runs, never the whole split into memory."""
+    import yolox_deploy.eval.coco as coco_module
+    from yolox_deploy.structures import Detections
+
+    decoded = []
+    real = coco_module.read_image
+
+    def read_image(path):
+        decoded.append(path)
+        return real(path)
+
+    class SlowDetector:
+        meta = SimpleNamespace(class_names=tuple(f"c{i}" for i in range(80)))  # mapped by position
+        batch_size = 2
+        ahead: list[int] = []
+
+        def run_batch(self, images):
+            self.ahead.append(len(decoded))
+            time.sleep(0.01)
+            return [Detections.empty(im.shape[:2]) for im in images]
+
+    monkeypatch.setattr(coco_module, "read_image", read_image)
+    det = SlowDetector()
+    evaluate(det, coco_tiny)
+    limit = (coco_module.PREFETCH_BATCHES + 1) * det.batch_size
+    assert len(det.ahead) == 40 and all(n <= (k + 1) * det.batch_size + limit for k, n in enumerate(det.ahead))
+    assert det.ahead[0] <= limit
+
+
+def test_metrics_json_is_strict_json():
+    """A class without ground truth has AP NaN: written as null, which every JSON parser reads."""
+    from yolox_deploy.utils.files import json_text
+
+    text = json_text({"AP": 0.3, "per_class_AP": {"giraffe": float("nan"), "cat": float("inf")}})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {
+        "AP": 0.3, "per_class_AP": {"giraffe": None, "cat": None}}

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..utils.files import write_text_atomic
+from ..utils.files import json_text, write_text_atomic
 from ..utils.table import format_table
 from .results import BenchReport, BenchRow, DemoComparison
 from .tables import published
@@ -151,19 +150,8 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _finite(obj: Any) -> Any:
-    """Replace NaN / inf (not valid JSON) by ``None``, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def to_json(report: BenchReport) -> str:
-    return json.dumps(_finite(report.to_dict()), indent=2, allow_nan=False, default=str)
+    return json_text(report.to_dict())
 
 
 def read_json(path: str | os.PathLike) -> BenchReport:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 
 from ..errors import InputError
 from ..eval.compare import compare_artefacts
 from ..io.images import iter_source
-from ..utils.files import write_text_atomic
+from ..utils.files import json_text, write_text_atomic
 from ..utils.table import format_table
 from .common import cli_entry, main_guard, output_file
 
@@ -53,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "dets", "pre ms", "infer ms", "post ms", "total ms"], table, floatfmt=".2f"))
     print(f"{len(images)} image(s), one per call; diffs against {rows[0].artefact}")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps({"images": len(images), "rows": [r.to_dict() for r in rows]}, indent=2))
+        write_text_atomic(json_path, json_text({"images": len(images), "rows": [r.to_dict() for r in rows]}))
     return 0
 
 

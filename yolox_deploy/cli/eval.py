@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 
 from ..eval.coco import STAT_LABELS, STAT_NAMES, evaluate, open_coco
 from ..runtimes.detector import Detector
-from ..utils.files import write_text_atomic
+from ..utils.files import json_text, write_text_atomic
 from ..utils.table import format_table
 from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_file
 
@@ -41,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"AP {result.stats['AP']:.4f}  AP50 {result.stats['AP50']:.4f}  AP75 {result.stats['AP75']:.4f}")
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2))
+        write_text_atomic(json_path, json_text(result.to_dict()))
     return 0
 
 

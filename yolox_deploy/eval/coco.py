@@ -11,8 +11,9 @@ import contextlib
 import io
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.images import read_image
 
+PREFETCH_BATCHES = 2  # batches decoded ahead of the model during evaluation (bounded memory)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 STAT_LABELS = (
     "AP @[IoU=0.50:0.95 | area=all | maxDets=100]", "AP @[IoU=0.50 | area=all | maxDets=100]",
@@ -89,12 +91,24 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(ann))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{ann} is not a valid COCO annotation file ({e})") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AssertionError) as e:
+        # pycocotools asserts the top level is an object
+        raise InputError(f"{ann} is not a valid COCO annotation file ({e or type(e).__name__})") from None
     categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
     if not categories:
         raise InputError(f"{ann} has no categories")
-    return CocoSplit(r, split, ann, image_dir, coco, sorted(coco.getImgIds()), categories)
+    unnamed = [c["id"] for c in categories if not isinstance(c.get("name"), str) or not c["name"]]
+    if unnamed:
+        raise InputError(f"{ann}: {len(unnamed)} categories have no name (first id {unnamed[0]})")
+    image_ids = sorted(coco.getImgIds())
+    if not image_ids:
+        raise InputError(f"{ann} lists no images: nothing to evaluate")
+    if not coco.dataset.get("annotations"):
+        raise InputError(f"{ann} has no annotations (no boxes to evaluate or train on)")
+    unnamed = [i for i in image_ids if not coco.imgs[i].get("file_name")]
+    if unnamed:
+        raise InputError(f"{ann}: {len(unnamed)} image(s) have no file_name (first id {unnamed[0]})")
+    return CocoSplit(r, split, ann, image_dir, coco, image_ids, categories)
 
 
 def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | None]:
@@ -161,10 +175,16 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
         bar = tqdm(total=len(ds.image_ids), desc="eval", unit="img", leave=False)
     ids = ds.image_ids
     bs = detector.batch_size
+    chunks = [ids[i:i + bs] for i in range(0, len(ids), bs)]
     with ThreadPoolExecutor(max_workers=2) as pool:  # decode the next images while the model runs
-        chunks = [ids[i:i + bs] for i in range(0, len(ids), bs)]
-        loaded = pool.map(lambda chunk: [read_image(ds.image_path(i)) for i in chunk], chunks)
-        for chunk, images in zip(chunks, loaded):
+        def load(chunk: list[int]) -> Future:
+            return pool.submit(lambda: [read_image(ds.image_path(i)) for i in chunk])
+
+        ahead = deque(load(c) for c in chunks[:PREFETCH_BATCHES])  # at most this many batches decoded ahead
+        for k, chunk in enumerate(chunks):
+            images = ahead.popleft().result()
+            if k + PREFETCH_BATCHES < len(chunks):
+                ahead.append(load(chunks[k + PREFETCH_BATCHES]))
             for image_id, dets in zip(chunk, detector.run_batch(images)):
                 detections.extend(dets.to_coco(image_id, mapping))
             if bar is not None:
