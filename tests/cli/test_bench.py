@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from yolox_deploy.cli.bench import build_parser, config_from_args, main
 
@@ -17,13 +18,14 @@ def test_precision_flags():
     assert cfg.precisions == ["int8"] and cfg.images is None
 
 
-def test_cli_run_writes_table_csv_json_png(tmp_path, capsys):
+def test_cli_run_writes_table_csv_json_png(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # a known backend that cannot be imported: a row says so
     out = tmp_path / "bench"
-    rc = main(["--models", "nano", "--backends", "torch,not-a-runtime", "--iters", "3", "--warmup", "1",
+    rc = main(["--models", "nano", "--backends", "torch,trt", "--iters", "3", "--warmup", "1",
                "--images", "synthetic", "--max-images", "2", "--img-size", "192", "--no-demo", "--quiet", "--output", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "YOLOX-Nano" in printed and "not available: no backend named 'not-a-runtime'" in printed
+    assert "YOLOX-Nano" in printed and "not available: the tensorrt backend needs" in printed
     for name in ("results.md", "results.csv", "results.json", "results.png"):
         assert (out / name).stat().st_size > 0
     rows = json.loads((out / "results.json").read_text())["rows"]
@@ -35,6 +37,17 @@ def test_user_errors_exit_2(tmp_path, capsys):
     assert "unknown model" in capsys.readouterr().err
     assert main(["--images", str(tmp_path / "nope"), "--output", str(tmp_path)]) == 2
     assert "folder not found" in capsys.readouterr().err
+    assert main(["--backends", "torch,not-a-runtime", "--output", str(tmp_path)]) == 2
+    assert "unknown backend(s) not-a-runtime" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["--output", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_missing_matplotlib_is_said_before_any_timing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["--models", "nano", "--backends", "torch", "--output", str(tmp_path / "b")]) == 2
+    assert "--no-plot" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_backend_options():

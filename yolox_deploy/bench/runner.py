@@ -27,6 +27,7 @@ from .artefacts import (
     cached_artefact,
     canonical_backend,
     format_for_backend,
+    known_backend_names,
     model_source,
     pick_device,
     write_calibration_images,
@@ -126,6 +127,15 @@ class BenchConfig:
         for p in (self.images, self.weights_dir, self.with_eval, self.calib_images):
             if p is not None and not Path(p).is_dir():
                 raise InputError(f"folder not found: {p}")
+        if not 0.0 <= self.conf <= 1.0 or not 0.0 <= self.nms <= 1.0:
+            raise InputError(f"thresholds must lie in [0, 1]: conf={self.conf}, nms={self.nms}")
+        unknown = [b for b in self.backends if b not in known_backend_names()]
+        if unknown:
+            raise InputError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(known_backend_names())}")
+        if self.with_eval is not None:  # a dataset that cannot be scored is refused now, not after the timing
+            from ..eval.coco import open_coco
+
+            open_coco(self.with_eval, self.eval_split)
 
     @property
     def cache(self) -> Path:

@@ -7,6 +7,7 @@ after the paper's Figure 1) into --output; exported artefacts are cached in --ou
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..bench.report import PAPER_HEADERS, paper_rows, write_report
 from ..bench.runner import BenchConfig, default_images, default_weights_dir, run_benchmark
 from ..errors import InputError
 from ..utils.table import format_table
-from .common import cli_entry, main_guard
+from .common import cli_entry, main_guard, output_folder
 
 
 def _csv(text: str) -> list[str]:
@@ -139,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError(f"--max-images must be >= 1, got {args.max_images}")
     if args.quiet:
         logging.getLogger("yolox_deploy").setLevel(logging.WARNING)
+    output_folder(args.output)
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        raise InputError("results.png needs matplotlib: pip install 'yolox-deploy[bench]', or pass --no-plot")
     cfg = config_from_args(args)
     report = run_benchmark(cfg, on_row=lambda partial: write_report(partial, cfg.output, plot=False))
     paths = write_report(report, cfg.output, plot=not args.no_plot)
