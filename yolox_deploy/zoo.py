@@ -54,7 +54,7 @@ VARIANTS: dict[str, ModelSpec] = {
         ModelSpec("yolox-tiny", 0.33, 0.375, test_size=(416, 416), params=5_055_855, ap=32.8,
                   gflops=6.45, weights_file="yolox_tiny.pth", **_SMALL),
         ModelSpec("yolox-s", 0.33, 0.50, params=8_968_255, ap=40.5, gflops=26.8, v100_ms=9.8,
-                  weights_file="yolox_s.pth", mosaic_scale=(0.5, 1.5), mixup=False),
+                  weights_file="yolox_s.pth"),
         ModelSpec("yolox-m", 0.67, 0.75, params=25_326_495, ap=46.9, gflops=73.8, v100_ms=12.3,
                   weights_file="yolox_m.pth"),
         ModelSpec("yolox-l", 1.0, 1.0, params=54_208_895, ap=49.7, gflops=155.6, v100_ms=14.5,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 
+import pytest
+
 from yolox_deploy.cli.train import build_parser, config_from_args, main
+from yolox_deploy.errors import InputError
 from yolox_deploy.train import LATEST
 
 from ..train.conftest import make_synthetic_coco
@@ -54,5 +58,17 @@ def test_arguments_map_onto_the_config(tmp_path):
     assert cfg.img_size == (480, 640) and cfg.lr_per_image == 0.0002 and not cfg.multiscale and not cfg.ema
     assert str(cfg.resume) == "x.pth" and cfg.sync_bn and cfg.batch == 64 and cfg.epochs == 300
     resolved = cfg.resolved()
-    assert resolved.model == "yolox-s" and resolved.mosaic_scale == (0.5, 1.5) and resolved.mixup is False
+    # the authors' exps/default/yolox_s.py keeps yolox_base's augmentation; only nano and tiny weaken it
+    assert resolved.model == "yolox-s" and resolved.mosaic_scale == (0.1, 2.0) and resolved.mixup is True
     assert resolved.warmup_epochs == 5 and resolved.no_aug_epochs == 15
+    tiny = dataclasses.replace(cfg, model="tiny").resolved()
+    assert tiny.mosaic_scale == (0.5, 1.5) and tiny.mixup is False
+
+
+@pytest.mark.parametrize("field,value,message", [("lr_per_image", float("nan"), "learning rate"),
+                                                 ("lr_per_image", -1e-3, "learning rate"),
+                                                 ("workers", -1, "workers must be >= 0")])
+def test_bad_numbers_are_refused(field, value, message):
+    cfg = config_from_args(build_parser().parse_args(["--model", "nano", "--data", "d"]))
+    with pytest.raises(InputError, match=message):
+        dataclasses.replace(cfg, **{field: value}).resolved()

@@ -9,6 +9,7 @@ fine-tuning runs keep a cosine phase.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,10 @@ class TrainConfig:
             raise InputError("multiscale interval must be >= 1 and eval interval >= 0")
         if c.num_classes is not None and c.num_classes < 1:
             raise InputError(f"num_classes must be >= 1, got {c.num_classes}")
+        if not (math.isfinite(c.lr_per_image) and c.lr_per_image > 0):
+            raise InputError(f"learning rate per image must be a positive number, got {c.lr_per_image}")
+        if c.workers < 0:
+            raise InputError(f"workers must be >= 0, got {c.workers}")
         return c
 
     def no_aug(self, epoch: int) -> bool:
