@@ -81,6 +81,31 @@ def test_resume_mid_epoch_gives_the_bitwise_same_next_step(synthetic_coco, tmp_p
     assert float(rows[-1]["l1_loss"]) > 0 and float(rows[0]["l1_loss"]) == 0  # L1 only in the no-aug epoch
 
 
+def test_ctrl_c_inside_a_step_resumes_bit_exactly(synthetic_coco, tmp_path):
+    """Ctrl-C arriving in the middle of iteration 5's forward pass: the iteration finishes, the checkpoint is
+    written at 5, and the resumed run's iteration 7 equals an uninterrupted run's."""
+    import signal
+
+    with Trainer(config(synthetic_coco, tmp_path / "straight")) as t:
+        t.train(max_iterations=7)
+        straight = snapshot(t)
+    with Trainer(config(synthetic_coco, tmp_path / "stopped")) as t:
+        def ctrl_c_in_forward(module, inputs):
+            if t.iteration == 4:  # inside the fifth step, after BatchNorm statistics start moving
+                os.kill(os.getpid(), signal.SIGINT)
+
+        hook = t.net.backbone.register_forward_pre_hook(ctrl_c_in_forward)
+        with pytest.raises(KeyboardInterrupt):
+            t.train(max_iterations=7)
+        hook.remove()
+        assert t.iteration == 5
+    assert load_training_state(tmp_path / "stopped" / LATEST).iteration == 5
+    with Trainer(config(synthetic_coco, tmp_path / "stopped", resume=True)) as t:
+        assert t.iteration == 5
+        t.train(max_iterations=7)
+        assert_bitwise_equal(straight, snapshot(t))
+
+
 def test_checkpoints_have_the_authors_layout_and_load_everywhere(synthetic_coco, tmp_path):
     out = tmp_path / "run"
     with Trainer(config(synthetic_coco, out, val_split="val2017", eval_interval=1)) as t:

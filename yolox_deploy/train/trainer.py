@@ -9,14 +9,18 @@ forward (AMP on CUDA), SimOTA loss, a guard that stops with the iteration and im
 loss, backward, SGD step, EMA update, a log row. Per epoch: checkpoint ``latest_ckpt.pth``; COCO evaluation
 of the EMA weights every ``eval_interval`` epochs (every epoch in the no-augmentation phase and at the end)
 with ``best_ckpt.pth`` tracking the best AP; ``last_mosaic_epoch_ckpt.pth`` before the no-augmentation
-phase. Only rank 0 writes files and evaluates. Ctrl-C writes ``latest_ckpt.pth`` at the current iteration;
-``resume`` continues from it bit-exactly.
+phase. Only rank 0 writes files and evaluates. Ctrl-C lets the running iteration finish, then writes
+``latest_ckpt.pth`` at that iteration, from which ``resume`` continues bit-exactly (a second Ctrl-C stops
+at once, without that guarantee).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -288,31 +292,60 @@ class Trainer:
         total = cfg.epochs * ipe
         stop = total if max_iterations is None else min(int(max_iterations), total)
         finished = False
-        try:
-            while self.iteration < stop:
-                epoch = self.iteration // ipe
-                no_aug = cfg.no_aug(epoch)
-                self.loss_fn.use_l1 = no_aug
-                self.sampler.set_epoch(epoch, mosaic=not no_aug, start_iter=self.iteration - epoch * ipe)
-                self._run_epoch(epoch, stop)
-                if self.iteration == (epoch + 1) * ipe:
-                    self._end_of_epoch(epoch)
-                else:
-                    self._save(LATEST, start_epoch=epoch)
-            finished = self.iteration >= total
-        except KeyboardInterrupt:
-            if self.dist.is_main:
-                self._save(LATEST, start_epoch=self.iteration // ipe)
-                log.warning("interrupted at iteration %d; %s written, continue with --resume", self.iteration,
-                            cfg.output / LATEST)
-            raise
-        finally:
-            if self.metrics is not None:
-                self.metrics.close()
+        with self._interrupts_between_steps():
+            try:
+                while self.iteration < stop:
+                    self._stop_if_interrupted()
+                    epoch = self.iteration // ipe
+                    no_aug = cfg.no_aug(epoch)
+                    self.loss_fn.use_l1 = no_aug
+                    self.sampler.set_epoch(epoch, mosaic=not no_aug, start_iter=self.iteration - epoch * ipe)
+                    self._run_epoch(epoch, stop)
+                    if self.iteration == (epoch + 1) * ipe:
+                        self._end_of_epoch(epoch)
+                    else:
+                        self._save(LATEST, start_epoch=epoch)
+                finished = self.iteration >= total
+            except KeyboardInterrupt:
+                if self.dist.is_main:
+                    self._save(LATEST, start_epoch=self.iteration // ipe)
+                    log.warning("interrupted at iteration %d; %s written, continue with --resume", self.iteration,
+                                cfg.output / LATEST)
+                raise
+            finally:
+                if self.metrics is not None:
+                    self.metrics.close()
         out = cfg.output
         return TrainResult(out, self.iteration, self.iteration // ipe, self.best_ap, self.last_ap,
                            out / LATEST if (out / LATEST).exists() else None,
                            out / BEST if (out / BEST).exists() else None, dict(self._last), finished)
+
+    @contextlib.contextmanager
+    def _interrupts_between_steps(self) -> Iterator[None]:
+        """Within the block, Ctrl-C (SIGINT) only asks to stop: the loop stops at the next iteration boundary,
+        where the state is whole (an interrupt inside a step leaves BatchNorm statistics, or the weights, a
+        step ahead of the iteration a checkpoint would record). A second Ctrl-C stops at once. Outside the
+        main thread (no signal handlers there) Ctrl-C behaves as usual."""
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask_to_stop(signum: int, frame: object) -> None:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            log.warning("stopping after this iteration (Ctrl-C again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, ask_to_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop_if_interrupted(self) -> None:
+        if getattr(self, "_interrupted", False):
+            raise KeyboardInterrupt
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
         it = iter(self.loader)
@@ -321,8 +354,11 @@ class Trainer:
                 batch = next(it)
             except StopIteration:
                 return
-            except YoloxError as e:
-                raise _unwrap_loader_error(e) from None
+            except Exception as e:
+                self._stop_if_interrupted()  # Ctrl-C also ended the loader's worker processes
+                if isinstance(e, YoloxError):
+                    raise _unwrap_loader_error(e) from None
+                raise
             yield batch
 
     def _run_epoch(self, epoch: int, stop: int) -> None:
@@ -347,6 +383,7 @@ class Trainer:
                                 obj=f"{row['obj_loss']:.3f}", cls=f"{row['cls_loss']:.3f}", l1=f"{row['l1_loss']:.3f}",
                                 lr=f"{row['lr']:.2e}", size=row["size"], refresh=False)
                 bar.update(1)
+                self._stop_if_interrupted()
                 if self.iteration >= stop:
                     break
         finally:
