@@ -133,9 +133,9 @@ class BenchConfig:
         if unknown:
             raise InputError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(known_backend_names())}")
         if self.with_eval is not None:  # a dataset that cannot be scored is refused now, not after the timing
-            from ..eval.coco import open_coco
+            from ..eval.coco import open_scorable
 
-            open_coco(self.with_eval, self.eval_split)
+            open_scorable(self.with_eval, self.eval_split)
 
     @property
     def cache(self) -> Path:
@@ -303,10 +303,10 @@ class RowRunner:
             return
         key = ap_key(row)
         if key not in self.ap_cache:
-            from ..eval.coco import AUTHORS_PROTOCOL, evaluate, open_coco
+            from ..eval.coco import AUTHORS_PROTOCOL, evaluate, open_scorable
 
             if self._eval_data is None:
-                self._eval_data = open_coco(self.cfg.with_eval, self.cfg.eval_split)
+                self._eval_data = open_scorable(self.cfg.with_eval, self.cfg.eval_split)
             with _open_detector(weights, row.backend, row.device, self.cfg, source, row.precision, row.img_size,
                                 row.batch, **AUTHORS_PROTOCOL) as det:
                 result = evaluate(det, self._eval_data, progress=self.cfg.progress)

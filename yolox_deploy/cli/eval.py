@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..eval.coco import STAT_LABELS, STAT_NAMES, evaluate, open_coco
+from ..eval.coco import STAT_LABELS, STAT_NAMES, evaluate, open_scorable
 from ..runtimes.detector import Detector
 from ..utils.files import json_text, write_text_atomic
 from ..utils.table import format_table
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     json_path = output_file(args.json) if args.json else None
-    data = open_coco(args.data, args.split)
+    data = open_scorable(args.data, args.split)
     with Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic, max_det=None,
                   clip=False, **detector_kwargs(args)) as det:
         print(f"{det!r} on {len(data.image_ids)} images of {args.data}/{args.split}")

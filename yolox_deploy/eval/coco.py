@@ -103,12 +103,18 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     image_ids = sorted(coco.getImgIds())
     if not image_ids:
         raise InputError(f"{ann} lists no images: nothing to evaluate")
-    if not coco.dataset.get("annotations"):
-        raise InputError(f"{ann} has no annotations (no boxes to evaluate or train on)")
     unnamed = [i for i in image_ids if not coco.imgs[i].get("file_name")]
     if unnamed:
         raise InputError(f"{ann}: {len(unnamed)} image(s) have no file_name (first id {unnamed[0]})")
     return CocoSplit(r, split, ann, image_dir, coco, image_ids, categories)
+
+
+def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
+    """:func:`open_coco` for evaluation: a split without any annotation has no AP, so it is refused."""
+    data = open_coco(root, split)
+    if not data.coco.dataset.get("annotations"):
+        raise InputError(f"{data.ann_file} has no annotations: there is nothing to score detections against")
+    return data
 
 
 def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | None]:
@@ -165,7 +171,7 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
 
     The detector's own settings apply; ``Detector(..., **AUTHORS_PROTOCOL)`` reproduces the authors' AP. ``progress``: ``True`` for a tqdm bar, or a callable receiving the number of images done.
     """
-    ds = data if isinstance(data, CocoSplit) else open_coco(data, split)
+    ds = data if isinstance(data, CocoSplit) else open_scorable(data, split)
     mapping = category_mapping(detector.meta.class_names, ds)
     detections: list[dict[str, Any]] = []
     bar = None

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..data.coco import COCO_CLASSES
 from ..errors import CheckpointError, InputError, YoloxError
-from ..eval.coco import AUTHORS_PROTOCOL, CocoSplit, EvalResult, open_coco
+from ..eval.coco import AUTHORS_PROTOCOL, CocoSplit, EvalResult, open_scorable
 from ..nn.checkpoint import CLASS_HEAD_PREFIX, Checkpoint, load_checkpoint, read_checkpoint
 from ..nn.yolox import YOLOX, build_model
 from .augment import fit_to_input
@@ -176,7 +176,7 @@ class Trainer:
             log.warning("no %s split in %s: no periodic evaluation, best_ckpt.pth will not be written",
                         cfg.val_split, cfg.data)
             return None
-        val = open_coco(cfg.data, cfg.val_split)
+        val = open_scorable(cfg.data, cfg.val_split)
         unknown = set(val.category_names) - set(self.data.class_names)
         if unknown:
             raise InputError(f"the {cfg.val_split} split has categories the {cfg.train_split} split lacks: "
