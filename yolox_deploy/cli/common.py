@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import InputError, YoloxError
+from ..utils.files import check_creatable
 
 EXIT_USER_ERROR = 2
 
@@ -37,23 +38,12 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
     return run
 
 
-def _check_writable_below(path: Path) -> None:
-    """The nearest existing folder above ``path`` must be a writable folder (``path`` is created in it)."""
-    above = path.absolute().parent
-    while not above.exists():
-        above = above.parent
-    if not above.is_dir():
-        raise InputError(f"cannot write {path}: {above} is a file, not a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {path}: {above} is not writable")
-
-
 def output_file(path: str | os.PathLike) -> Path:
     """Check before any work that ``path`` can be written as a file later; returns it as a Path."""
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{p} is a folder; give a file name to write to")
-    _check_writable_below(p)
+    check_creatable(p)
     return p
 
 
@@ -66,7 +56,7 @@ def output_folder(path: str | os.PathLike) -> Path:
         if not os.access(p, os.W_OK | os.X_OK):
             raise InputError(f"cannot write into {p}: not writable")
     else:
-        _check_writable_below(p)
+        check_creatable(p)
     return p
 
 

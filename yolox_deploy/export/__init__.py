@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..io.images import list_images, read_image
 from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
+from ..utils.files import check_creatable
 from ..utils.plugins import import_builtins
 from .base import (
     OPTIONAL_FEATURES,
@@ -221,11 +222,7 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
                              f"{', ...' if len(foreign) > 3 else ''}), so it is not replaced; choose another output")
         if not force:
             raise InputError(f"{out} already exists; pass --force to overwrite it")
-    existing = next(p for p in out.parents if p.exists())  # ends with "." or "/", which exist
-    if not existing.is_dir():
-        raise InputError(f"cannot write to {out.parent}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to {out.parent}: permission denied")
+    check_creatable(out)
     return out
 
 

@@ -15,13 +15,15 @@ from typing import Any
 from ..errors import InputError
 
 
-def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse to overwrite an existing output unless ``force``; create the parent folder."""
+def check_creatable(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a ``path`` that cannot be created: the nearest existing folder above it must be
+    a folder we may write in (not a file, not read-only)."""
     p = Path(path)
-    if p.exists() and not force:
-        raise InputError(f"{p} already exists; pass --force (force=True) to overwrite it")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
+    above = next(a for a in p.absolute().parents if a.exists())
+    if not above.is_dir():
+        raise InputError(f"cannot write to {p.parent}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {p.parent}: permission denied")
 
 
 def _umask() -> int:
