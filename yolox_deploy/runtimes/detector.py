@@ -25,7 +25,7 @@ from ..ops.letterbox import letterbox_batch, scale_boxes
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
 from ..structures import Detections, name_table
 from ..utils.sizes import parse_img_size
-from .base import Backend, backend_class, find_backend
+from .base import Backend, as_numpy, backend_class, find_backend
 from .streaming import StreamResult
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,8 @@ class Detector:
 
     def _to_detections(self, raw: RawDetections, ratio: float, image_hw: tuple[int, int]) -> Detections:
         boxes = scale_boxes(raw.boxes, float(ratio), image_hw if self.clip else None)
-        return Detections.from_arrays(_np(boxes), _np(raw.scores), _np(raw.class_ids), self._name_table(), image_hw)
+        return Detections.from_arrays(as_numpy(boxes), as_numpy(raw.scores), as_numpy(raw.class_ids),
+                                      self._name_table(), image_hw)
 
     def _name_table(self) -> np.ndarray:
         """The label table as an object array, made again only when the metadata's names change."""
@@ -231,6 +232,3 @@ def _cut(raw: RawDetections, conf: float, max_det: int | None) -> RawDetections:
     k = k if max_det is None else min(k, max_det)
     return RawDetections(raw.boxes[:k], raw.scores[:k], raw.class_ids[:k])
 
-
-def _np(x: Any) -> np.ndarray:
-    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()

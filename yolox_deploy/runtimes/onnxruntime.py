@@ -33,7 +33,7 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.sizes import parse_img_size
-from .base import Backend, register_backend
+from .base import Backend, as_numpy, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,7 @@ class OnnxRuntimeBackend(Backend):
     def _infer(self, batch: Any) -> list[Any]:
         if self._io_binding:
             return self._infer_bound(batch)
-        if not isinstance(batch, np.ndarray):
-            batch = batch.detach().cpu().numpy()
+        batch = as_numpy(batch)
         if batch.dtype != np.float32:
             batch = batch.astype(np.float32)
         return self._run(self._output_names, {self._input_name: batch})
@@ -240,9 +239,7 @@ class OnnxRuntimeBackend(Backend):
             return self._infer_bound(canvas_to_tensor(canvases, self.meta.preprocess, self._torch_device))
         if self._canvas_session is None:
             return super()._infer_canvas(canvases)
-        if not isinstance(canvases, np.ndarray):
-            canvases = canvases.detach().cpu().numpy()
-        return self._canvas_session.run(self._output_names, {CANVAS_INPUT: np.ascontiguousarray(canvases)})
+        return self._canvas_session.run(self._output_names, {CANVAS_INPUT: np.ascontiguousarray(as_numpy(canvases))})
 
     def _output_shapes(self, n: int, h: int, w: int) -> list[tuple[int, ...]]:
         from ..ops.decode import num_anchors
