@@ -72,11 +72,10 @@ def letterbox_batch(images: Sequence[np.ndarray], input_hw: tuple[int, int], pad
     return canvases, ratios
 
 
-def to_model_input(canvases: np.ndarray, contract: Preprocess, out: np.ndarray | None = None) -> np.ndarray:
-    """Canvases (uint8 ``[N, H, W, 3]`` BGR) -> the model input ``[N, 3, H, W]`` float32 (into ``out``)."""
+def to_model_input(canvases: np.ndarray, contract: Preprocess) -> np.ndarray:
+    """Canvases (uint8 ``[N, H, W, 3]`` BGR) -> the model input ``[N, 3, H, W]`` float32."""
     n, h, w, _ = canvases.shape
-    if out is None:
-        out = np.empty((n, 3, h, w), dtype=np.float32)
+    out = np.empty((n, 3, h, w), dtype=np.float32)
     order = (2, 1, 0) if contract.color == "rgb" else (0, 1, 2)
     for i in range(n):
         planes = cv2.split(canvases[i])
