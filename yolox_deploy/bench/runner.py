@@ -129,9 +129,10 @@ class BenchConfig:
                 raise InputError(f"folder not found: {p}")
         if not 0.0 <= self.conf <= 1.0 or not 0.0 <= self.nms <= 1.0:
             raise InputError(f"thresholds must lie in [0, 1]: conf={self.conf}, nms={self.nms}")
-        unknown = [b for b in self.backends if b not in known_backend_names()]
+        known = known_backend_names()
+        unknown = [b for b in self.backends if b not in known]
         if unknown:
-            raise InputError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(known_backend_names())}")
+            raise InputError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(known)}")
         if self.with_eval is not None:  # a dataset that cannot be scored is refused now, not after the timing
             from ..eval.coco import open_scorable
 

@@ -87,9 +87,14 @@ def _check_options(info: FormatInfo, options: ExportOptions, requested: frozense
         raise InputError(f"ONNX opset {options.opset} is out of range (7..21)")
 
 
+def _flags(names: Sequence[str]) -> str:
+    """``["max_det", "iou"]`` -> ``"--max-det, --iou"`` (option names as the CLI spells them)."""
+    return ", ".join("--" + n.replace("_", "-") for n in names)
+
+
 def _flags_are(names: Sequence[str]) -> str:
     """``["max_det", "iou"]`` -> ``"--max-det, --iou are"`` (the flags and their verb)."""
-    return ", ".join("--" + n.replace("_", "-") for n in names) + (" is" if len(names) == 1 else " are")
+    return _flags(names) + (" is" if len(names) == 1 else " are")
 
 
 def _check_applicable(info: FormatInfo, options: ExportOptions, requested: frozenset[str]) -> None:
@@ -98,8 +103,7 @@ def _check_applicable(info: FormatInfo, options: ExportOptions, requested: froze
     asked = {o for o in OPTIONAL_FEATURES if o in changed or (o in requested and getattr(options, o))}
     unsupported = sorted(o for o in asked if o not in info.supports)
     if unsupported:
-        flags = ", ".join("--" + o.replace("_", "-") for o in unsupported)
-        raise InputError(f"the {info.name} format does not support {flags}")
+        raise InputError(f"the {info.name} format does not support {_flags(unsupported)}")
     if options.max_batch is not None and not options.dynamic:
         raise InputError("--max-batch is the top of a dynamic batch profile; it needs --dynamic")
     calib = [o for o in ("calib_images", "calib_count", "calib_method") if o in requested]
@@ -321,6 +325,5 @@ def _check_onnx_source_nms(name: str, m: ModelMeta, opts: ExportOptions, request
     own = {"conf": m.extra.get("nms_conf"), "iou": m.extra.get("nms_iou"), "max_det": m.max_det}
     differ = [k for k in own if k in requested and getattr(opts, k) != own[k]]
     if differ:
-        flags = ", ".join("--" + o.replace("_", "-") for o in differ)
         raise InputError(f"{name} has NMS in its graph (conf {own['conf']}, iou {own['iou']}, max det "
-                         f"{own['max_det']}), which {flags} cannot change; export from the checkpoint instead")
+                         f"{own['max_det']}), which {_flags(differ)} cannot change; export from the checkpoint instead")
