@@ -276,14 +276,10 @@ class NcnnExporter(Exporter):
                 model_file = work / "model.pt"
                 self._trace(source.model, size, model_file)
             else:
-                from .onnx import adds_decode, write_onnx
+                from .onnx import onnx_to_convert
 
-                onnx_file = Path(source.onnx_path)
-                if adds_decode(source, o):
-                    onnx_file = work / "decoded.onnx"
-                    write_onnx(source, o, onnx_file)
                 model_file = work / "model.onnx"
-                for note in prepare_onnx(onnx_file, model_file, o.half):
+                for note in prepare_onnx(onnx_to_convert(source, o, work / "decoded.onnx"), model_file, o.half):
                     log.info("%s for NCNN: %s", source.onnx_path.name, note)
             param, weights = _run_pnnx(model_file, work, size, second_shape(size) if dynamic_hw else None,
                                        fp16=o.half)

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -242,11 +243,16 @@ def _same_signature(a: tuple[list, list[str]], b: tuple[list, list[str]]) -> boo
 
 
 # --- ONNX source -------------------------------------------------------------------------------------
-def adds_decode(source: ExportSource, options: ExportOptions) -> bool:
-    """Whether an ONNX source's raw output gets the decode step (``decode_in_graph``): then formats that
-    convert the file (OpenVINO, NCNN, TensorRT) convert :func:`write_onnx`'s copy instead of the file."""
+def onnx_to_convert(source: ExportSource, options: ExportOptions, path: Path,
+                    write: Callable[[ExportSource, ExportOptions, Path], Any] | None = None) -> Path:
+    """The ONNX file a format that converts ONNX (OpenVINO, NCNN, TensorRT) reads: an ONNX source as it is,
+    unless its raw output gets the decode step (``decode_in_graph``); otherwise the graph ``write``
+    (:func:`write_onnx`) puts at ``path``."""
     m = source.meta
-    return source.onnx_path is not None and options.decode_in_graph and not (m.decode_in_graph or m.nms_in_graph)
+    if source.onnx_path is not None and not (options.decode_in_graph and not (m.decode_in_graph or m.nms_in_graph)):
+        return Path(source.onnx_path)
+    (write or write_onnx)(source, options, path)
+    return path
 
 
 def _from_onnx_file(source: ExportSource, o: ExportOptions) -> tuple[Any, ModelMeta]:

@@ -152,7 +152,7 @@ class OpenVINOExporter(Exporter):
 
     def _convert(self, source: ExportSource, meta: ModelMeta, stack: contextlib.ExitStack) -> Any:
         """The source as an ``ov.Model`` (FP32); temporary files live as long as ``stack``."""
-        from .onnx import adds_decode, write_onnx
+        from .onnx import onnx_to_convert
 
         if source.model is not None and not self.options.nms:
             ov_model = convert_torch(source.model, meta)
@@ -161,11 +161,7 @@ class OpenVINOExporter(Exporter):
                 raise ExportError(f"the converted graph has scatter ops ({', '.join(found[:3])}); "
                                   "export with --no-decode-in-graph")
             return ov_model
-        if source.model is None and not adds_decode(source, self.options):
-            return convert_onnx(source.onnx_path)
-        # In-graph NMS (standard NonMaxSuppression, which OpenVINO runs) or the decode step of a raw ONNX
-        # source: the ONNX exporter writes the graph.
+        # An ONNX source as it is, or the graph the ONNX exporter writes: in-graph NMS (standard
+        # NonMaxSuppression, which OpenVINO runs) or the decode step of a raw ONNX source.
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yolox-ov-")))
-        path = tmp / f"{source.name}.onnx"
-        write_onnx(source, self.options, path, nms_plugin="onnx")
-        return convert_onnx(path)
+        return convert_onnx(onnx_to_convert(source, self.options, tmp / f"{source.name}.onnx"))

@@ -570,16 +570,12 @@ class TensorRTExporter(Exporter):
         """Nothing up front: the ONNX step runs without TensorRT, which is checked (and reported) after it."""
 
     def export(self, source: ExportSource, dest: Path) -> ModelMeta:
-        from .onnx import adds_decode
+        from .onnx import onnx_to_convert
 
         opts = self.options
         meta = self.artefact_meta(source)
         with tempfile.TemporaryDirectory(prefix="yolox-trt-") as tmp:
-            if source.onnx_path is not None and not adds_decode(source, opts):
-                onnx_path = Path(source.onnx_path)
-            else:
-                onnx_path = Path(tmp) / dest.with_suffix(".onnx").name
-                write_tensorrt_onnx(source, opts, onnx_path)
+            onnx_path = onnx_to_convert(source, opts, Path(tmp) / dest.with_suffix(".onnx").name, write_tensorrt_onnx)
             input_name, dims = onnx_input(onnx_path)
             profile = profile_for(dims, opts)
             try:
