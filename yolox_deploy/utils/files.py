@@ -40,8 +40,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; on success it replaces ``path`` in one rename.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and ``path`` is untouched.
+    A symbolic link is followed (the file it points to is replaced, the link stays); a path that is not a
+    regular file (``/dev/stdout``, a named pipe) is yielded as it is and written directly.
     """
-    dest = Path(path)
+    dest = Path(os.path.realpath(path))
+    if dest.exists() and not dest.is_file() and not dest.is_dir():
+        yield dest
+        return
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
