@@ -78,10 +78,31 @@ def _split(tmp_path, coco_tiny, edit):
     (lambda a: {**a, "images": [{k: v for k, v in im.items() if k != "file_name"} for im in a["images"]]},
      "80 image(s) have no file_name"),
     (lambda a: {**a, "categories": [{"id": c["id"]} for c in a["categories"]]}, "80 categories have no name"),
+    (lambda a: {k: v for k, v in a.items() if k != "categories"}, "has no categories"),
+    (lambda a: {**a, "images": [*a["images"][:-1], {**a["images"][-1], "file_name": "gone.jpg"}]},
+     "1 image(s) listed in"),
 ])
 def test_unusable_annotation_files_are_refused(tmp_path, coco_tiny, edit, message):
     with pytest.raises(InputError, match=re.escape(message)):
         open_coco(_split(tmp_path, coco_tiny, edit))
+
+
+def _first_annotation(a, **change):
+    first = {k: v for k, v in a["annotations"][0].items() if k not in change or change[k] is not None}
+    first.update({k: v for k, v in change.items() if v is not None})
+    return {**a, "annotations": [first, *a["annotations"][1:]]}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"area": None}, "has no 'area'"), ({"iscrowd": None}, "has no 'iscrowd'"), ({"bbox": None}, "has no 'bbox'"),
+    ({"bbox": "x"}, "has bbox 'x', not four numbers"), ({"iscrowd": 2}, "iscrowd 2"),
+    ({"category_id": 999}, "category_id 999, which the file does not list"),
+])
+def test_annotations_the_scorer_cannot_read_are_refused_before_inference(tmp_path, coco_tiny, change, message):
+    from yolox_deploy.eval.coco import open_scorable
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        open_scorable(_split(tmp_path, coco_tiny, lambda a: _first_annotation(a, **change)))
 
 
 def test_a_split_without_annotations_cannot_be_scored(tmp_path, coco_tiny):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -94,27 +95,60 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AssertionError) as e:
         # pycocotools asserts the top level is an object
         raise InputError(f"{ann} is not a valid COCO annotation file ({e or type(e).__name__})") from None
-    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
-    if not categories:
+    if not coco.dataset.get("categories"):
         raise InputError(f"{ann} has no categories")
+    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
     unnamed = [c["id"] for c in categories if not isinstance(c.get("name"), str) or not c["name"]]
     if unnamed:
         raise InputError(f"{ann}: {len(unnamed)} categories have no name (first id {unnamed[0]})")
     image_ids = sorted(coco.getImgIds())
     if not image_ids:
         raise InputError(f"{ann} lists no images: nothing to evaluate")
-    unnamed = [i for i in image_ids if not coco.imgs[i].get("file_name")]
+    unnamed = [i for i in image_ids if not isinstance(coco.imgs[i].get("file_name"), str) or not coco.imgs[i]["file_name"]]
     if unnamed:
         raise InputError(f"{ann}: {len(unnamed)} image(s) have no file_name (first id {unnamed[0]})")
+    missing = [coco.imgs[i]["file_name"] for i in image_ids if not (image_dir / coco.imgs[i]["file_name"]).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} image(s) listed in {ann} are not in {image_dir} (first: {missing[0]})")
     return CocoSplit(r, split, ann, image_dir, coco, image_ids, categories)
 
 
 def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     """:func:`open_coco` for evaluation: a split without any annotation has no AP, so it is refused."""
     data = open_coco(root, split)
-    if not data.coco.dataset.get("annotations"):
+    annotations = data.coco.dataset.get("annotations")
+    if not annotations:
         raise InputError(f"{data.ann_file} has no annotations: there is nothing to score detections against")
+    for i, a in enumerate(annotations):
+        problem = _annotation_problem(a, data.coco)
+        if problem:
+            name = a["id"] if isinstance(a, dict) and "id" in a else f"#{i}"
+            raise InputError(f"{data.ann_file}: annotation {name} {problem}; the scorer needs bbox [x, y, w, h], "
+                             "area, iscrowd, image_id and category_id")
     return data
+
+
+def _annotation_problem(a: Any, coco: Any) -> str | None:
+    """Why a ground-truth annotation cannot be scored by COCOeval, or None."""
+    if not isinstance(a, dict):
+        return "is not an object"
+    for key in ("bbox", "area", "iscrowd", "image_id", "category_id"):
+        if key not in a:
+            return f"has no {key!r}"
+    box = a["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        return f"has bbox {box!r}, not four numbers"
+    if not _is_number(a["area"]) or a["iscrowd"] not in (0, 1):
+        return f"has area {a['area']!r} / iscrowd {a['iscrowd']!r} (a number and 0 or 1 expected)"
+    if a["image_id"] not in coco.imgs:
+        return f"names image_id {a['image_id']!r}, which the file does not list"
+    if a["category_id"] not in coco.cats:
+        return f"names category_id {a['category_id']!r}, which the file does not list"
+    return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | None]:
