@@ -9,7 +9,6 @@ into place only when everything (including verification) succeeded.
 from __future__ import annotations
 
 import abc
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, ClassVar
 
 from ..errors import BackendUnavailable, InputError
 from ..meta import ModelMeta
+from ..utils.packages import import_reason, missing_reason
 
 # Options a format must declare in ``supports`` before a user may set them (see ``export._check_options``).
 OPTIONAL_FEATURES = ("dynamic", "dynamic_hw", "max_batch", "half", "int8", "nms", "decode_in_graph", "opset",
@@ -112,14 +112,14 @@ class FormatInfo:
                       if p.is_dir() or not any(p.match(pattern) for pattern in self.artefact_files))
 
     def available(self) -> tuple[bool, str]:
-        if self.package is None or importlib.util.find_spec(self.package) is not None:
-            return True, ""
-        return False, (f"exporting to {self.name} needs the '{self.package}' package "
-                       f"(pip install 'yolox-deploy[{self.extra}]')")
+        """``(True, "")`` when the package is installed, else ``(False, reason)`` (without importing it)."""
+        reason = missing_reason(self.package, f"exporting to {self.name}", self.extra)
+        return reason is None, reason or ""
 
     def require(self) -> None:
-        ok, reason = self.available()
-        if not ok:
+        """Raise :class:`BackendUnavailable` unless the package is installed and imports."""
+        reason = import_reason(self.package, f"exporting to {self.name}", self.extra)
+        if reason is not None:
             raise BackendUnavailable(reason)
 
 

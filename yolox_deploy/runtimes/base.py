@@ -17,7 +17,6 @@ Optional packages are imported inside ``_load``, so a missing one is reported, n
 from __future__ import annotations
 
 import abc
-import importlib.util
 import os
 import threading
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import numpy as np
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import ModelMeta
 from ..ops.letterbox import is_canvas_batch, to_model_input
+from ..utils.packages import import_reason, missing_reason
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,14 @@ class BackendInfo:
     description: str = ""
 
     def available(self) -> tuple[bool, str]:
-        """``(True, "")`` when the package can be imported, else ``(False, reason)`` (without importing it)."""
-        if self.package is None or importlib.util.find_spec(self.package) is not None:
-            return True, ""
-        how = f"pip install 'yolox-deploy[{self.extra}]'" if self.extra else f"install {self.package}"
-        return False, f"the {self.name} backend needs the '{self.package}' package ({how})"
+        """``(True, "")`` when the package is installed, else ``(False, reason)`` (without importing it)."""
+        reason = missing_reason(self.package, f"the {self.name} backend", self.extra)
+        return reason is None, reason or ""
+
+    def importable(self) -> tuple[bool, str]:
+        """:meth:`available`, and the package imports (a broken install fails here, not inside a runtime)."""
+        reason = import_reason(self.package, f"the {self.name} backend", self.extra)
+        return reason is None, reason or ""
 
 
 _REGISTRY: dict[str, type[Backend]] = {}
@@ -129,7 +132,7 @@ class Backend(abc.ABC):
     thread_safe: ClassVar[bool] = True
 
     def __init__(self, path: str | os.PathLike | Any, *, device: str = "cpu", **options: Any) -> None:
-        ok, reason = self.info.available()
+        ok, reason = self.info.importable()
         if not ok:
             raise BackendUnavailable(reason)
         self.path = path
