@@ -61,6 +61,52 @@ def test_float_batches_of_any_memory_layout(nano_pth, nano_onnx):
                                        atol=1e-4)
 
 
+def test_a_fixed_batch_artefact_refuses_another_batch_size(nano_onnx, nano_onnx_dynamic):
+    with pytest.raises(InputError, match="exported for batches of 1, not 4"):
+        Detector(nano_onnx, batch_size=4)
+    assert Detector(nano_onnx, batch_size=1).batch_size == 1
+    assert Detector(nano_onnx_dynamic, batch_size=4).batch_size == 4
+
+
+def test_model_option_must_agree_with_the_artefact(nano_onnx_dynamic):
+    with pytest.raises(InputError, match="is yolox-nano, not yolox-s"):
+        Detector(nano_onnx_dynamic, model="yolox-s")
+    with pytest.raises(InputError, match="unknown model 'bogus'"):
+        Detector(nano_onnx_dynamic, model="bogus")
+    assert Detector(nano_onnx_dynamic, model="nano").meta.model == "yolox-nano"
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xla", "tpu"])
+def test_torch_backend_refuses_devices_it_does_not_run_on(nano_pth, device):
+    with pytest.raises(InputError, match="use cpu, cuda or cuda:N"):
+        Detector(nano_pth, device=device)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message when there is no GPU")
+def test_asking_for_a_gpu_is_not_answered_with_the_cpu(nano_pth):
+    from yolox_deploy.errors import BackendUnavailable
+
+    for device in ("gpu", "cuda", "cuda:1"):
+        with pytest.raises(BackendUnavailable, match="no CUDA GPU"):
+            Detector(nano_pth, device=device)
+    assert Detector(nano_pth, device="auto").backend.output_device == "cpu"
+
+
+def test_an_installed_package_that_does_not_import_is_one_message(tmp_path, monkeypatch):
+    from yolox_deploy.runtimes.base import BackendInfo
+
+    (tmp_path / "yolox_broken_runtime").mkdir()
+    (tmp_path / "yolox_broken_runtime" / "__init__.py").write_text("raise ImportError('libfoo.so: cannot open')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    info = BackendInfo("broken", package="yolox_broken_runtime", extra="broken")
+    assert info.available() == (True, "")
+    ok, reason = info.importable()
+    assert not ok and "installed but does not import (libfoo.so: cannot open)" in reason
+    assert "pip install 'yolox-deploy[broken]'" in reason
+    missing = BackendInfo("gone", package="yolox_no_such_runtime", extra="gone")
+    assert missing.importable() == missing.available() and not missing.available()[0]
+
+
 def test_unknown_artefact_kinds(tmp_path):
     (tmp_path / "model.xyz").write_text("x")
     with pytest.raises(ArtefactError, match="don't know how to run model.xyz"):

@@ -60,7 +60,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol chatter from the weights-only unpickler
             obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except (pickle.UnpicklingError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
+        # the last four: bytes that are not a pickle at all (a text file) trip the unpickler's own lookups
         if "Unsupported global" in str(e):
             raise CheckpointError(f"{p} holds Python objects, not only weights; refusing to unpickle it "
                                   "(checkpoints are loaded with weights_only=True)") from None

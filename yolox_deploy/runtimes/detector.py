@@ -25,6 +25,7 @@ from ..ops.letterbox import letterbox_batch, scale_boxes
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
 from ..structures import Detections, name_table
 from ..utils.sizes import parse_img_size
+from ..zoo import canonical_name
 from .base import Backend, as_numpy, backend_class, find_backend
 from .streaming import StreamResult
 
@@ -94,6 +95,10 @@ class Detector:
                                     class_names=tuple(class_names) if class_names else None,
                                     num_classes=num_classes, **options)
         self.meta = self.backend.meta = self._apply_overrides(self.backend.meta, size, class_names)
+        if model is not None and self.meta.model and canonical_name(model) != self.meta.model:
+            what = Path(weights).name if isinstance(weights, (str, os.PathLike)) else "the model"
+            raise InputError(f"{what} is {self.meta.model}, not {canonical_name(model)}; drop --model (the artefact "
+                             "records its variant)")
         graph = self.meta.extra if self.meta.nms_in_graph else {}  # an NMS graph's own thresholds are the defaults
         self.conf = float(conf if conf is not None else graph.get("nms_conf", 0.0) if graph else DEFAULT_CONF)
         self.nms = float(nms if nms is not None else graph.get("nms_iou", DEFAULT_NMS))
@@ -102,6 +107,9 @@ class Detector:
         self.clip = clip
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
+        if batch_size is not None and self.meta.batch and batch_size != self.meta.batch:
+            raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {batch_size}; "
+                             "re-export it with --dynamic (or --batch N), or drop the batch size")
         self.batch_size = self.meta.batch or batch_size or 1
         self._names: tuple[Sequence[str], np.ndarray] | None = None
         if self.meta.nms_in_graph:

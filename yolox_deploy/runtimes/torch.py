@@ -28,12 +28,16 @@ def resolve_device(device: str) -> torch.device:
     d = str(device).strip().lower()
     if d.isdigit():
         d = f"cuda:{d}"
-    if d in ("gpu", "auto"):
+    if d == "auto":
         d = "cuda" if torch.cuda.is_available() else "cpu"
+    elif d == "gpu" or d.startswith("gpu:"):
+        d = "cuda" + d[3:]
     try:
         dev = torch.device(d)
     except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r} for the torch backend; use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailable(f"device {device!r} asked for, but this PyTorch has no CUDA GPU available")
     return dev
