@@ -49,6 +49,7 @@ def test_detect_on_a_folder_and_a_video(tmp_path, nano_pth, dog_jpg):
 def _bad_inputs(tmp_path, nano_pth):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xffnot really a jpeg")
+    (tmp_path / "text.pth").write_text("hi\n")
     with open(tmp_path / "pickle.pth", "wb") as f:
         pickle.dump({"hello": "world"}, f)
     return {
@@ -60,13 +61,15 @@ def _bad_inputs(tmp_path, nano_pth):
                           "checkpoint is for yolox-nano, model is yolox-s"),
         "not a checkpoint": ([str(tmp_path / "pickle.pth"), "--model", "yolox-nano", "--source", str(tmp_path / "x.jpg")],
                              "not a PyTorch checkpoint"),
+        "text file": ([str(tmp_path / "text.pth"), "--model", "yolox-nano", "--source", str(tmp_path / "x.jpg")],
+                      "not a PyTorch checkpoint"),
         "bad size": ([str(nano_pth), "--img-size", "400", "--source", str(tmp_path / "x.jpg")], "multiple of 32"),
         "unknown model": ([str(nano_pth), "--model", "yolox-huge", "--source", str(tmp_path / "x.jpg")], "unknown model"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing weights", "missing image", "zero-byte image", "unreadable image",
-                                  "wrong variant", "not a checkpoint", "bad size", "unknown model"])
+                                  "wrong variant", "not a checkpoint", "text file", "bad size", "unknown model"])
 def test_detect_bad_inputs(tmp_path, nano_pth, capsys, case):
     argv, message = _bad_inputs(tmp_path, nano_pth)[case]
     out = tmp_path / "out"
@@ -76,21 +79,22 @@ def test_detect_bad_inputs(tmp_path, nano_pth, capsys, case):
     assert message in err
     assert "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
-    assert not out.exists() or not list(out.iterdir())
+    assert not out.exists()  # nothing written, not even the folder
 
 
-def test_detect_never_writes_over_its_sources(tmp_path, nano_pth, dog_jpg, capsys):
-    """Annotated pictures go to <name>.jpg: an output folder holding the source pictures is refused."""
+def test_detect_never_writes_into_the_folder_of_its_source(tmp_path, nano_pth, dog_jpg, capsys):
+    """Results go to <name>.jpg / <name>.json: in the source's own folder they could replace the source, or a
+    picture beside it (x.bmp's result x.jpg over the user's x.jpg), so that folder is refused."""
     src = tmp_path / "src"
     src.mkdir()
-    (src / "dog.jpg").write_bytes(dog_jpg.read_bytes())
-    before = (src / "dog.jpg").read_bytes()
-    for source in (src, src / "dog.jpg"):
-        assert detect_main([str(nano_pth), "--source", str(source), "--output", str(src)]) == 2
-        assert "would overwrite the source dog.jpg" in capsys.readouterr().err
-    assert (src / "dog.jpg").read_bytes() == before and sorted(p.name for p in src.iterdir()) == ["dog.jpg"]
-    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(src), "--no-images"]) == 0  # JSON only
-    assert sorted(p.name for p in src.iterdir()) == ["dog.jpg", "dog.json"] and (src / "dog.jpg").read_bytes() == before
+    (src / "x.jpg").write_bytes(dog_jpg.read_bytes())
+    cv2.imwrite(str(src / "x.bmp"), cv2.imread(str(dog_jpg)))
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    for source in (src, src / "x.jpg", src / "x.bmp"):
+        for extra in ([], ["--no-images"]):
+            assert detect_main([str(nano_pth), "--source", str(source), "--output", str(src), *extra]) == 2
+            assert "is the folder of the source" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
 
 
 def test_detect_keeps_files_sharing_a_stem_apart(tmp_path, nano_pth, dog_jpg):
@@ -123,10 +127,10 @@ def test_ctrl_c_ends_a_camera_but_not_a_file(tmp_path, nano_pth, dog_jpg, monkey
     source = "0" if live else str(tmp_path / "clip.mp4")
     rc = detect_main([str(nano_pth), "--source", source, "--output", str(out), "--no-images"])
     if live:
-        assert rc == 0 and "stopped (Ctrl-C)" in capsys.readouterr().err
+        assert rc == 0 and "stopped; writing the frames seen" in capsys.readouterr().err
         assert len(json.loads((out / "camera0.json").read_text())["frames"]) == 2
     else:
-        assert rc == 130 and not list(out.iterdir())
+        assert rc == 130 and not out.exists()  # nothing written, not even the folder
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path, nano_pth, dog_jpg, coco_tiny, capsys):
@@ -207,3 +211,101 @@ def test_detector_accepts_arrays_and_lists(nano_pth, dog_jpg):
     np.testing.assert_allclose(batch[0].xyxy, a.xyxy, atol=1e-3)
     np.testing.assert_allclose(batch[3].xyxy, a.xyxy, atol=1e-3)  # alpha dropped
     assert set(batch[2].names) & {"dog"}
+
+
+def _video(path, image, frames, fps):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (image.shape[1], image.shape[0]))
+    for _ in range(frames):
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def test_annotated_video_keeps_the_source_frame_rate(tmp_path, nano_pth, dog_jpg):
+    clip = _video(tmp_path / "clip.avi", cv2.resize(cv2.imread(str(dog_jpg)), (192, 144)), 3, 10)
+    out = tmp_path / "out"
+    assert detect_main([str(nano_pth), "--source", str(clip), "--output", str(out)]) == 0
+    written = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0) and written.get(cv2.CAP_PROP_FRAME_COUNT) == 3
+    written.release()
+
+
+def test_a_video_written_short_is_not_committed(tmp_path, nano_pth, dog_jpg, monkeypatch, capsys):
+    """OpenCV's writer reports no error (a full disk): the video is read back before it is renamed into place."""
+    import yolox_deploy.cli.detect as detect_module
+
+    clip = _video(tmp_path / "clip.avi", cv2.resize(cv2.imread(str(dog_jpg)), (192, 144)), 3, 10)
+    real_writer = cv2.VideoWriter
+
+    class DroppingWriter:
+        def __init__(self, *args):
+            self.inner, self.n = real_writer(*args), 0
+
+        def isOpened(self):
+            return self.inner.isOpened()
+
+        def write(self, frame):
+            self.n += 1
+            if self.n != 2:  # the second frame is lost
+                self.inner.write(frame)
+
+        def release(self):
+            self.inner.release()
+
+    monkeypatch.setattr(detect_module.cv2, "VideoWriter", DroppingWriter)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clip.mp4").write_bytes(b"an earlier good result")
+    assert detect_main([str(nano_pth), "--source", str(clip), "--output", str(out)]) == 2
+    assert "could not be written whole (2 of 3 frames readable" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"]
+    assert (out / "clip.mp4").read_bytes() == b"an earlier good result"
+
+
+def test_sigterm_leaves_no_partial_video(tmp_path, nano_pth, dog_jpg, monkeypatch, capsys):
+    import os
+    import signal
+
+    import yolox_deploy.cli.detect as detect_module
+    from yolox_deploy.io.images import Frame
+
+    dog = cv2.imread(str(dog_jpg))
+
+    def frames(source):
+        for i in range(3):
+            yield Frame(f"f{i}", dog, i, 10.0)
+        os.kill(os.getpid(), signal.SIGTERM)  # what `timeout` or `docker stop` sends
+        yield Frame("f3", dog, 3, 10.0)
+
+    monkeypatch.setattr(detect_module, "iter_source", frames)
+    out = tmp_path / "out"
+    assert detect_main([str(nano_pth), "--source", str(tmp_path / "clip.mp4"), "--output", str(out)]) == 143
+    assert "terminated" in capsys.readouterr().err
+    assert not out.exists() or not list(out.iterdir())
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the CLI's handler is gone again
+
+
+def test_a_video_without_frames_is_an_error(tmp_path, nano_pth, capsys):
+    empty = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 64)).release()
+    out = tmp_path / "out"
+    assert detect_main([str(nano_pth), "--source", str(empty), "--output", str(out)]) == 2
+    assert "no frame could be read from empty" in capsys.readouterr().err and not out.exists()
+
+
+def test_batch_option_batches_a_folder(tmp_path, nano_onnx, nano_onnx_dynamic, dog_jpg, monkeypatch, capsys):
+    from yolox_deploy.runtimes.detector import Detector
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"{i}.jpg").write_bytes(dog_jpg.read_bytes())
+    (src / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")  # macOS metadata: not an image of the set
+    shapes = []
+    infer = Detector.infer
+    monkeypatch.setattr(Detector, "infer", lambda self, batch: shapes.append(batch.shape[0]) or infer(self, batch))
+    out = tmp_path / "out"
+    assert detect_main([str(nano_onnx_dynamic), "--source", str(src), "--output", str(out), "--batch", "4"]) == 0
+    assert shapes == [4, 1] and len(list(out.glob("*.json"))) == 5
+    assert detect_main([str(nano_onnx), "--source", str(src), "--output", str(out), "--batch", "4"]) == 2
+    assert "exported for batches of 1, not 4" in capsys.readouterr().err

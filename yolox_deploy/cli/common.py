@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InputError, YoloxError
+from ..meta import sidecar_path
 from ..utils.files import check_creatable
 
 EXIT_USER_ERROR = 2
@@ -23,7 +27,8 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
     def run(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         try:
-            return int(main(argv) or 0)
+            with _terminate_as_interrupt():
+                return int(main(argv) or 0)
         except YoloxError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR
@@ -31,6 +36,9 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
             where = f": {e.filename}" if e.filename else ""
             print(f"error: {e.strerror or e}{where}", file=sys.stderr)
             return EXIT_USER_ERROR
+        except Terminated:
+            print("terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
@@ -38,18 +46,59 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
     return run
 
 
-def output_file(path: str | os.PathLike) -> Path:
-    """Check before any work that ``path`` can be written as a file later; returns it as a Path."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``) arrived: unwinds as Ctrl-C does, so partial outputs
+    are removed (or, where Ctrl-C keeps them, kept) on the way out."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def output_file(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Check before any work that ``path`` can be written as a file later; returns it as a Path.
+
+    An existing file that is one of ``inputs`` (files this run reads) or lies inside one of them (a folder
+    artefact, a dataset) is refused: writing the results there would destroy what was read.
+    """
     p = Path(path)
+    if not str(path):
+        raise InputError("an empty output file name was given")
     if p.is_dir():
         raise InputError(f"{p} is a folder; give a file name to write to")
+    if p.is_file():
+        target = p.resolve()
+        for item in inputs:
+            source = Path(item).resolve()
+            if target == source or source in target.parents:
+                raise InputError(f"{p} is {'an input' if target == source else f'inside the input {item}'} "
+                                 "of this run; write the results to another file")
     check_creatable(p)
     return p
+
+
+def read_by(artefacts: Sequence[str | os.PathLike]) -> list[Path]:
+    """What opening ``artefacts`` reads: each file or folder and the metadata sidecar next to a file."""
+    return [q for a in artefacts for q in (Path(a), sidecar_path(a))]
 
 
 def output_folder(path: str | os.PathLike) -> Path:
     """Check before any work that ``path`` is, or can be created as, a writable folder; returns it as a Path."""
     p = Path(path)
+    if not str(path):
+        raise InputError("an empty output folder name was given")
     if p.exists() and not p.is_dir():
         raise InputError(f"{p} is a file, not a folder; give a folder to write into")
     if p.is_dir():

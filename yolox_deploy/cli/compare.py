@@ -10,7 +10,7 @@ from ..eval.compare import compare_artefacts
 from ..io.images import iter_source
 from ..utils.files import json_text, write_text_atomic
 from ..utils.table import format_table
-from .common import cli_entry, main_guard, output_file
+from .common import cli_entry, main_guard, output_file, read_by
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit < 1:
         raise InputError("--limit must be >= 1")
-    json_path = output_file(args.json) if args.json else None
+    json_path = output_file(args.json, [*read_by(args.artefacts), args.images]) if args.json is not None else None
     images = []
     for frame in iter_source(args.images):
         images.append(frame.image)
@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         diff = "reference" if i == 0 else ("n/a" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}")
         a = r.agreement
         table.append([r.artefact, r.backend, r.precision, f"{r.input_size[0]}x{r.input_size[1]}", diff,
-                      "-" if i == 0 else f"{a.mean_iou:.4f}", "-" if i == 0 else f"{a.agreement:.1%}",
+                      "-" if i == 0 else f"{a.mean_iou:.4f}" if a.matched else "n/a",
+                      "-" if i == 0 else f"{a.agreement:.1%}",
                       a.n_b, r.pre_ms, r.infer_ms, r.post_ms, r.total_ms])
     print(format_table(["artefact", "backend", "precision", "input", "max abs diff", "matched IoU", "agreement",
                         "dets", "pre ms", "infer ms", "post ms", "total ms"], table, floatfmt=".2f"))

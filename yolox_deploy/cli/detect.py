@@ -13,11 +13,13 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..io.images import VIDEO_SUFFIXES, iter_source, list_images
+from ..io.images import VIDEO_SUFFIXES, Frame, iter_source
 from ..runtimes.detector import Detector
 from ..utils.files import atomic_write, write_text_atomic
 from ..utils.table import format_table
 from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_folder
+
+DEFAULT_FPS = 25.0  # for videos whose container does not say
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,44 +45,52 @@ def _write_image(path: Path, image: np.ndarray) -> None:
 
 
 class _VideoSink:
-    """An annotated video written to a hidden temp file, renamed into place only when complete."""
+    """An annotated video written to a hidden temp file, renamed into place only when complete: every frame
+    written and the file readable again (OpenCV's writer reports no error, e.g. on a full disk)."""
 
-    def __init__(self, path: Path, fps: float = 25.0) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.stem}.part{path.suffix}")  # the container follows the suffix
-        self.fps = fps
         self.writer: cv2.VideoWriter | None = None
+        self.frames = 0
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: Frame, annotated: np.ndarray) -> None:
         if self.writer is None:
-            h, w = frame.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            h, w = annotated.shape[:2]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps or DEFAULT_FPS,
+                                          (w, h))
             if not self.writer.isOpened():
                 raise InputError(f"cannot write video {self.path.name} (no mp4v encoder?); use --no-images")
-        self.writer.write(frame)
+        self.writer.write(annotated)
+        self.frames += 1
 
     def close(self, commit: bool) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            if commit:
-                self.tmp.replace(self.path)
-        self.tmp.unlink(missing_ok=True)
+        try:
+            if self.writer is not None:
+                self.writer.release()
+                if commit:
+                    check = cv2.VideoCapture(str(self.tmp))
+                    written = int(check.get(cv2.CAP_PROP_FRAME_COUNT)) if check.isOpened() else 0
+                    check.release()
+                    if written != self.frames:
+                        raise OSError(f"the annotated video {self.path} could not be written whole ({written} of "
+                                      f"{self.frames} frames readable; is the disk full?)")
+                    self.tmp.replace(self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
-def _refuse_writing_over_source(src: str, out: Path, is_video: bool) -> None:
-    """Annotated pictures (``<name>.jpg``) or video (``<stem>.mp4``) must never replace a source file."""
-    source = Path(src).resolve()
+def _refuse_writing_over_source(src: str, out: Path) -> None:
+    """Results (``<name>.jpg``, ``<name>.json``, ``<stem>.mp4``) are never written into the source's own
+    folder, where they could replace the source or the files beside it."""
+    source = Path(src)
     if src.isdigit() or not source.exists():
         return
-    if source.is_dir():
-        sources = [f.name for f in list_images(source)] if out.resolve() == source else []
-    else:
-        sources = [source.name] if out.resolve() == source.parent else []
-    made = f"{Path(src).stem}.mp4" if is_video else None
-    clash = next((n for n in sources if n == made or (made is None and Path(n).suffix == ".jpg")), None)
-    if clash is not None:
-        raise InputError(f"--output {out} would overwrite the source {clash} with its annotated copy; "
-                         "choose another folder or pass --no-images")
+    folder = source.resolve() if source.is_dir() else source.resolve().parent
+    if out.resolve() == folder:
+        raise InputError(f"--output {out} is the folder of the source {src}; results written there could replace "
+                         "the pictures in it: choose another folder")
 
 
 @cli_entry
@@ -91,37 +101,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     live = src.isdigit()  # a camera: it never ends by itself, Ctrl-C is how a user stops it
     is_video = live or Path(src).suffix.lower() in VIDEO_SUFFIXES
     stem = f"camera{src}" if live else Path(src).stem
-    if not args.no_images:
-        _refuse_writing_over_source(src, out, is_video)
+    _refuse_writing_over_source(src, out)
     rows = []
     frames: list[dict] = []
     with Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic,
                   max_det=args.max_det, **detector_kwargs(args)) as det:
-        out.mkdir(parents=True, exist_ok=True)
         video = _VideoSink(out / f"{stem}.mp4") if is_video and not args.no_images else None
         ok = False
         try:
             try:
-                for frame in iter_source(src):
+                for chunk in det.iter_batches(iter_source(src)):
                     t0 = time.perf_counter()
-                    [dets] = det.run_batch([frame.image])
-                    ms = (time.perf_counter() - t0) * 1e3
-                    if is_video:
-                        frames.append({"frame": frame.index, **dets.to_dict()})
-                        if video is not None:
-                            video.write(dets.draw(frame.image))
-                    else:
-                        write_text_atomic(out / f"{frame.name}.json",
-                                          json.dumps({"source": frame.name, **dets.to_dict()}, indent=1))
-                        if not args.no_images:
-                            _write_image(out / f"{frame.name}.jpg", dets.draw(frame.image))
-                    top = ", ".join(f"{n} {s:.2f}" for _, s, _, n in list(dets)[:3])
-                    rows.append([frame.name, len(dets), round(ms, 1), top])
+                    results = det.run_batch([frame.image for frame in chunk])
+                    ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
+                    for frame, dets in zip(chunk, results):
+                        if is_video:
+                            frames.append({"frame": frame.index, **dets.to_dict()})
+                            if video is not None:
+                                video.write(frame, dets.draw(frame.image))
+                        else:
+                            write_text_atomic(out / f"{frame.name}.json",
+                                              json.dumps({"source": frame.name, **dets.to_dict()}, indent=1))
+                            if not args.no_images:
+                                _write_image(out / f"{frame.name}.jpg", dets.draw(frame.image))
+                        top = ", ".join(f"{n} {s:.2f}" for _, s, _, n in list(dets)[:3])
+                        rows.append([frame.name, len(dets), round(ms, 1), top])
             except KeyboardInterrupt:
-                if not live:
+                if not (live and rows):
                     raise
                 # a camera never ends by itself: Ctrl-C is how it is stopped, and what was seen is kept
-                print("stopped (Ctrl-C); writing the frames seen so far", file=sys.stderr)
+                print("stopped; writing the frames seen so far", file=sys.stderr)
             ok = True
         finally:
             if video is not None:

@@ -7,7 +7,7 @@ compare on equal terms; artefacts of another input size or with NMS in the graph
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..ops.decode import encode
 from ..ops.match import EMPTY, Agreement, match_detections
-from ..runtimes.base import find_backend
 from ..runtimes.detector import Detector
 
 
@@ -42,7 +42,7 @@ class CompareRow:
     def to_dict(self) -> dict[str, Any]:
         return {"artefact": self.artefact, "backend": self.backend, "precision": self.precision,
                 "input_size": list(self.input_size), "max_abs_diff": self.max_abs_diff,
-                "matched_iou": self.agreement.mean_iou, "agreement": self.agreement.agreement,
+                "matched_iou": self.agreement.mean_iou if self.agreement.matched else None, "agreement": self.agreement.agreement,
                 "detections": self.agreement.n_b, "pre_ms": self.pre_ms, "infer_ms": self.infer_ms,
                 "post_ms": self.post_ms, "total_ms": self.total_ms}
 
@@ -59,53 +59,71 @@ def _raw(det: Detector, outputs: list[Any]) -> np.ndarray | None:
 
 def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *, warmup: int = 2,
                       progress: bool = False, **detector_kwargs: Any) -> list[CompareRow]:
-    """Run ``images`` (BGR uint8) through each artefact, one image per call; the first is the reference."""
-    if not detector_kwargs.get("backend"):
-        for path in artefacts:  # fail before any work when an artefact cannot be opened
-            if isinstance(path, (str, os.PathLike)):
-                find_backend(path)
-    reference: list[tuple[np.ndarray | None, Any]] = []
-    rows = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    """Run ``images`` (BGR uint8) through each artefact, one image per call; the first is the reference.
 
-        bar = tqdm(total=len(artefacts) * len(images), desc="compare", unit="img", leave=False)
-    for k, path in enumerate(artefacts):
-        with Detector(path, **detector_kwargs) as det:
-            for image in images[:warmup]:
-                det.run_batch([image])
-            diff: float | None = None if k else 0.0
-            comparable = True
-            agreement = EMPTY
-            times = np.zeros(3)
-            for i, image in enumerate(images):
-                t0 = time.perf_counter()
-                batch, ratios = det.preprocess([image])
-                t1 = time.perf_counter()
-                outputs = det.infer(batch)
-                t2 = time.perf_counter()
-                [dets] = det.postprocess(outputs, ratios, [image.shape[:2]])
-                t3 = time.perf_counter()
-                times += (t1 - t0, t2 - t1, t3 - t2)
-                raw = _raw(det, outputs)
-                if k == 0:
-                    reference.append((raw, dets))
-                    agreement = agreement + match_detections(dets.xyxy, dets.class_ids, dets.xyxy, dets.class_ids)
-                else:
-                    ref_raw, ref_dets = reference[i]
-                    if raw is None or ref_raw is None or raw.shape != ref_raw.shape:
-                        comparable = False
-                    else:
-                        d = float(np.abs(raw - ref_raw).max())
-                        diff = d if diff is None else max(diff, d)
-                    agreement = agreement + match_detections(ref_dets.xyxy, ref_dets.class_ids, dets.xyxy,
-                                                             dets.class_ids)
-                if bar is not None:
-                    bar.update(1)
-            ms = times * 1e3 / max(len(images), 1)
-            rows.append(CompareRow(str(path), det.backend.info.name, det.meta.precision, tuple(det.meta.input_size),
-                                   diff if comparable else None, agreement, *ms))
-    if bar is not None:
-        bar.close()
+    Every artefact is opened before any image runs, so one that cannot be opened (or options it refuses)
+    fail before the work; artefacts whose labels differ from the reference's are refused, since their
+    detections cannot be matched class by class.
+    """
+    if not images:
+        raise InputError("no images to compare on")
+    with contextlib.ExitStack() as stack:
+        detectors = [stack.enter_context(Detector(path, **detector_kwargs)) for path in artefacts]
+        labels = detectors[0].meta.class_names
+        for path, det in zip(artefacts[1:], detectors[1:]):
+            if det.meta.class_names != labels:
+                raise InputError(f"{path} has {det.meta.num_classes} classes ({_names(det.meta.class_names)}), "
+                                 f"the reference {artefacts[0]} {len(labels)} ({_names(labels)}): their detections "
+                                 "cannot be compared; compare artefacts of one model")
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(artefacts) * len(images), desc="compare", unit="img", leave=False)
+        reference: list[tuple[np.ndarray | None, Any]] = []
+        rows = [_run(path, det, images, warmup, reference, bar) for path, det in zip(artefacts, detectors)]
+        if bar is not None:
+            bar.close()
     return rows
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def _run(path: Any, det: Detector, images: Sequence[np.ndarray], warmup: int,
+         reference: list[tuple[np.ndarray | None, Any]], bar: Any) -> CompareRow:
+    """One artefact's row; the first call (``reference`` empty) fills ``reference`` instead of comparing."""
+    first = not reference
+    for image in images[:warmup]:
+        det.run_batch([image])
+    diff: float | None = 0.0 if first else None
+    comparable = True
+    agreement = EMPTY
+    times = np.zeros(3)
+    for i, image in enumerate(images):
+        t0 = time.perf_counter()
+        batch, ratios = det.preprocess([image])
+        t1 = time.perf_counter()
+        outputs = det.infer(batch)
+        t2 = time.perf_counter()
+        [dets] = det.postprocess(outputs, ratios, [image.shape[:2]])
+        t3 = time.perf_counter()
+        times += (t1 - t0, t2 - t1, t3 - t2)
+        raw = _raw(det, outputs)
+        if first:
+            reference.append((raw, dets))
+            agreement = agreement + match_detections(dets.xyxy, dets.class_ids, dets.xyxy, dets.class_ids)
+        else:
+            ref_raw, ref_dets = reference[i]
+            if raw is None or ref_raw is None or raw.shape != ref_raw.shape:
+                comparable = False
+            else:
+                d = float(np.abs(raw - ref_raw).max())
+                diff = d if diff is None else max(diff, d)
+            agreement = agreement + match_detections(ref_dets.xyxy, ref_dets.class_ids, dets.xyxy, dets.class_ids)
+        if bar is not None:
+            bar.update(1)
+    ms = times * 1e3 / len(images)
+    return CompareRow(str(path), det.backend.info.name, det.meta.precision, tuple(det.meta.input_size),
+                      diff if comparable else None, agreement, *ms)

@@ -68,28 +68,36 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 @dataclass(frozen=True)
 class Frame:
     """One item of a source: a name (file stem, or the file name when two files of a folder share their stem;
-    ``video_000012`` for frames), the image, its index."""
+    ``video_000012`` for frames), the image, its index, and for video frames the video's frame rate (when
+    the container or camera reports one)."""
 
     name: str
     image: np.ndarray
     index: int
+    fps: float | None = None
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+    """Image files directly in ``folder``, sorted by name; hidden files (``.name``, such as the ``._name``
+    resource files macOS leaves on shared drives) are not images of the set."""
     p = Path(folder)
-    return sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(f for f in p.iterdir()
+                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _iter_video(capture: cv2.VideoCapture, stem: str) -> Iterator[Frame]:
     try:
+        rate = capture.get(cv2.CAP_PROP_FPS)
+        fps = float(rate) if 0 < rate < 1000 else None  # 0 or NaN when unknown
         i = 0
         while True:
             ok, frame = capture.read()
             if not ok:
                 break
-            yield Frame(f"{stem}_{i:06d}", ensure_bgr(frame, f"{stem} frame {i}"), i)
+            yield Frame(f"{stem}_{i:06d}", ensure_bgr(frame, f"{stem} frame {i}"), i, fps)
             i += 1
+        if i == 0:
+            raise InputError(f"no frame could be read from {stem} (empty or unsupported video)")
     finally:
         capture.release()
 

@@ -322,7 +322,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def _interrupts_between_steps(self) -> Iterator[None]:
-        """Within the block, Ctrl-C (SIGINT) only asks to stop: the loop stops at the next iteration boundary,
+        """Within the block, Ctrl-C (SIGINT) or SIGTERM only asks to stop: the loop stops at the next iteration boundary,
         where the state is whole (an interrupt inside a step leaves BatchNorm statistics, or the weights, a
         step ahead of the iteration a checkpoint would record). A second Ctrl-C stops at once. Outside the
         main thread (no signal handlers there) Ctrl-C behaves as usual."""
@@ -337,11 +337,13 @@ class Trainer:
             self._interrupted = True
             log.warning("stopping after this iteration (Ctrl-C again to stop at once)")
 
-        previous = signal.signal(signal.SIGINT, ask_to_stop)
+        stops = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: what `kill`, `timeout` and schedulers send
+        previous = [signal.signal(sig, ask_to_stop) for sig in stops]
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in zip(stops, previous):
+                signal.signal(sig, handler)
 
     def _stop_if_interrupted(self) -> None:
         if getattr(self, "_interrupted", False):

@@ -1,0 +1,81 @@
+"""yolox-compare: the same images through several artefacts, and the failures it must catch before any work."""
+
+import json
+
+import pytest
+
+from yolox_deploy.cli.compare import main as compare_main
+
+
+def test_checkpoint_against_the_authors_onnx(tmp_path, nano_pth, nano_onnx, dog_jpg, capsys):
+    out = tmp_path / "cmp.json"
+    rc = compare_main([str(nano_pth), str(nano_onnx), "--model", "yolox-nano", "--images", str(dog_jpg),
+                       "--json", str(out)])
+    assert rc == 0
+    assert "reference" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["backend"] for r in rows] == ["torch", "onnxruntime"]
+    assert rows[1]["max_abs_diff"] < 1e-3 and rows[1]["agreement"] == 1.0 and rows[1]["matched_iou"] > 0.99
+
+
+def test_without_detections_the_iou_is_not_a_number(tmp_path, nano_pth, dog_jpg, capsys):
+    out = tmp_path / "cmp.json"
+    assert compare_main([str(nano_pth), str(nano_pth), "--images", str(dog_jpg), "--conf", "1", "--json", str(out)]) == 0
+    assert "n/a" in capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"][1]["matched_iou"] is None
+
+
+def test_results_never_replace_an_input(tmp_path, nano_onnx, dog_jpg, capsys):
+    victim = tmp_path / "victim.onnx"
+    victim.write_bytes(nano_onnx.read_bytes())
+    for target in (victim, dog_jpg):
+        assert compare_main([str(victim), "--images", str(dog_jpg), "--json", str(target)]) == 2
+        assert "is an input of this run" in capsys.readouterr().err
+    assert victim.read_bytes() == nano_onnx.read_bytes()
+
+
+def test_json_through_a_symlink_writes_its_target(tmp_path, nano_onnx, dog_jpg):
+    target = tmp_path / "results.json"
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert compare_main([str(nano_onnx), "--images", str(dog_jpg), "--json", str(link)]) == 0
+    assert link.is_symlink() and json.loads(target.read_text())["images"] == 1
+
+
+def _artefacts_with_20_classes(tmp_path, nano_model):
+    import torch
+
+    from yolox_deploy import build_model
+    from yolox_deploy.nn.checkpoint import save_checkpoint
+
+    model = build_model("yolox-nano", num_classes=20, class_names=tuple(f"c{i}" for i in range(20)))
+    sd = {k: v[:20] if "cls_preds" in k else v for k, v in nano_model.state_dict().items()}
+    model.load_state_dict(sd)
+    return save_checkpoint(model.eval(), tmp_path / "nano20.pth")
+
+
+@pytest.mark.parametrize("case", ["corrupt second artefact", "other labels", "bad threshold"])
+def test_failures_come_before_any_image_runs(tmp_path, nano_pth, nano_model, dog_jpg, capsys, monkeypatch, case):
+    import yolox_deploy.eval.compare as compare_module
+
+    ran = []
+    monkeypatch.setattr(compare_module, "_run", lambda *a: ran.append(a) or pytest.fail("ran before failing"))
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    argv = {"corrupt second artefact": [str(nano_pth), str(tmp_path / "broken.onnx")],
+            "other labels": [str(nano_pth), str(_artefacts_with_20_classes(tmp_path, nano_model))],
+            "bad threshold": [str(nano_pth), str(nano_pth), "--conf", "-1"]}[case]
+    assert compare_main([*argv, "--images", str(dog_jpg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err and not ran
+    if case == "other labels":
+        assert "has 20 classes (c0, c1, c2, ...), the reference" in err
+
+
+def test_a_video_without_frames_is_refused(tmp_path, nano_pth, capsys):
+    import cv2
+
+    empty = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 64)).release()
+    assert compare_main([str(nano_pth), "--images", str(empty)]) == 2
+    assert "no frame could be read" in capsys.readouterr().err
