@@ -81,9 +81,11 @@ def test_resume_mid_epoch_gives_the_bitwise_same_next_step(synthetic_coco, tmp_p
     assert float(rows[-1]["l1_loss"]) > 0 and float(rows[0]["l1_loss"]) == 0  # L1 only in the no-aug epoch
 
 
-def test_ctrl_c_inside_a_step_resumes_bit_exactly(synthetic_coco, tmp_path):
-    """Ctrl-C arriving in the middle of iteration 5's forward pass: the iteration finishes, the checkpoint is
-    written at 5, and the resumed run's iteration 7 equals an uninterrupted run's."""
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_inside_a_step_resumes_bit_exactly(synthetic_coco, tmp_path, signum):
+    """Ctrl-C (or SIGTERM, as a scheduler sends) arriving in the middle of iteration 5's forward pass: the
+    iteration finishes, the checkpoint is written at 5, and the resumed run's iteration 7 equals an
+    uninterrupted run's."""
     import signal
 
     with Trainer(config(synthetic_coco, tmp_path / "straight")) as t:
@@ -92,7 +94,7 @@ def test_ctrl_c_inside_a_step_resumes_bit_exactly(synthetic_coco, tmp_path):
     with Trainer(config(synthetic_coco, tmp_path / "stopped")) as t:
         def ctrl_c_in_forward(module, inputs):
             if t.iteration == 4:  # inside the fifth step, after BatchNorm statistics start moving
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), getattr(signal, signum))
 
         hook = t.net.backbone.register_forward_pre_hook(ctrl_c_in_forward)
         with pytest.raises(KeyboardInterrupt):
