@@ -223,6 +223,20 @@ def throwaway_folder_format(monkeypatch):
     return _TestFolderFormat
 
 
+def test_a_file_artefact_is_named_by_its_format_and_replaces_nothing_else(tiny_pth, out, capsys):
+    """An ONNX export to photo.jpg or to the checkpoint itself, even with --force, is refused before any work."""
+    (out / "photo.jpg").write_bytes(b"a picture")
+    own = out / "tiny.pth"
+    own.write_bytes(tiny_pth.read_bytes())
+    for target in (out / "photo.jpg", own, out / "model.txt"):
+        rc, _, err = _run(["--weights", own, "--format", "onnx", "--output", target, "--img-size", "64", "--force",
+                           "--no-verify"], capsys)
+        assert rc == 2 and f"onnx artefacts are named NAME.onnx (the runtimes recognise them by that), not {target.name}" \
+            in _one_error(err)
+    assert (out / "photo.jpg").read_bytes() == b"a picture" and own.read_bytes() == tiny_pth.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["photo.jpg", "tiny.pth"]
+
+
 def test_a_folder_is_never_replaced_by_a_file(tiny_pth, out, capsys, monkeypatch):
     models = out / "models"
     models.mkdir()

@@ -317,6 +317,13 @@ def test_onnx_source_without_tensorrt(tmp_path, nano_onnx, capsys):
     assert rc == 2 and f"the ONNX step ran and is at {kept}" in line
     assert read_metadata(kept).decode_in_graph and list(out.parent.iterdir()) == [kept]
 
+    source = tmp_path / "m.onnx"  # the ONNX step's name beside m.engine is the source itself: never replaced
+    source.write_bytes(nano_onnx.read_bytes())
+    rc = _export_cli(["--weights", str(source), "--format", "tensorrt", "--force"])
+    [line] = _error_lines(capsys.readouterr().err)
+    assert rc == 2 and f"would have replaced the source {source}, so it was not kept" in line
+    assert source.read_bytes() == nano_onnx.read_bytes()
+
 
 # --- the build's control flow, with a stand-in for the tensorrt module ----------------------------------------
 class _Severity(enum.IntEnum):

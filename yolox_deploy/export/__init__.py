@@ -209,17 +209,21 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
 # --- where the artefact goes ---------------------------------------------------------------------------------
 def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
     """Refuse, before any work, an output that names nothing, is of the other kind (a folder where the format
-    writes a file, or the reverse), is a folder holding more than this format's files, exists without
+    writes a file, or the reverse), a file named without the format's suffix, is a folder holding more than this format's files, exists without
     ``force``, or lies below a file or an unwritable folder. Returns ``out``."""
     if out.name in ("", ".", ".."):
         raise InputError(f"output {str(out)!r} does not name the artefact; give its own path, "
                          f"e.g. {out / ('model' + info.suffix)}")
     kind = "folder" if info.is_dir else "file"
+    if out.exists() and out.is_dir() != info.is_dir:
+        hint = f"; give the {kind} path, e.g. {out / ('model' + info.suffix)}" if out.is_dir() else ""
+        raise InputError(f"{out} is {'a folder' if out.is_dir() else 'a file'} and the {info.name} format "
+                         f"writes a {kind}, so it cannot replace it{hint}")
+    if not info.is_dir and info.artefact_files and not any(out.match(p) for p in info.artefact_files):
+        names = " or ".join(p.replace("*", "NAME") for p in info.artefact_files)
+        raise InputError(f"{info.name} artefacts are named {names} (the runtimes recognise them by that), "
+                         f"not {out.name}")
     if out.exists():
-        if out.is_dir() != info.is_dir:
-            hint = f"; give the {kind} path, e.g. {out / ('model' + info.suffix)}" if out.is_dir() else ""
-            raise InputError(f"{out} is {'a folder' if out.is_dir() else 'a file'} and the {info.name} format "
-                             f"writes a {kind}, so it cannot replace it{hint}")
         foreign = info.foreign_entries(out) if info.is_dir else []
         if foreign:
             raise InputError(f"{out} holds files the {info.name} format does not write ({', '.join(foreign[:3])}"

@@ -104,6 +104,7 @@ class FormatInfo:
     description: str = ""
     # Folder formats: glob patterns of every file the folder holds. ``--force`` replaces an existing folder
     # only when all its entries match (a previous artefact), never a folder holding anything else.
+    # File formats: the names the artefact may have (the suffixes the runtimes open it by).
     artefact_files: tuple[str, ...] = ()
 
     def foreign_entries(self, folder: Path) -> list[str]:

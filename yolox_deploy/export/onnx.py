@@ -55,7 +55,8 @@ def _onnx() -> Any:
 
 
 @register_format("onnx", suffix=".onnx", package="onnx", extra="onnx",
-                 supports=("dynamic", "dynamic_hw", "nms", "decode_in_graph", "opset", "simplify"), accepts_onnx=True)
+                 supports=("dynamic", "dynamic_hw", "nms", "decode_in_graph", "opset", "simplify"), accepts_onnx=True,
+                 artefact_files=("*.onnx",))
 class OnnxExporter(Exporter):
     """ONNX (opset 11-20): fixed or dynamic batch and size, decode and NMS optionally in the graph.
 
@@ -100,7 +101,7 @@ def write_onnx(source: ExportSource, options: ExportOptions, path: Path, *, nms_
     path = Path(path)
     with atomic_write(path) as tmp:
         onnx.save(model, str(tmp))
-    log.info("wrote %s (%s, opset %d)", path.name, _describe(meta), opset_of(model))
+    log.info("ONNX graph: %s, opset %d", _describe(meta), opset_of(model))
     return meta
 
 

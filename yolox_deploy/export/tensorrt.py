@@ -561,7 +561,7 @@ def write_tensorrt_onnx(source: ExportSource, options: ExportOptions, path: Path
 @register_format("tensorrt", suffix=".engine", package="tensorrt", extra="trt",
                  supports=("dynamic", "dynamic_hw", "max_batch", "half", "int8", "nms", "decode_in_graph", "opset",
                            "simplify", "workspace", "calib_method"),
-                 accepts_onnx=True, aliases=("trt", "engine"))
+                 accepts_onnx=True, aliases=("trt", "engine"), artefact_files=("*.engine", "*.plan"))
 class TensorRTExporter(Exporter):
     """TensorRT engine (.engine) for NVIDIA GPUs, with a JSON sidecar."""
 
@@ -637,6 +637,9 @@ class TensorRTExporter(Exporter):
             kept, where = onnx_path, "the ONNX model to build from is"
         else:
             kept, where = intermediate_onnx_path(engine), "the ONNX step ran and is at"
+            if source.onnx_path is not None and kept.exists() and kept.samefile(source.onnx_path):
+                return (f"{reason}; the ONNX step ran but would have replaced the source {kept}, so it was not kept "
+                        "(give --output another name to keep it beside the engine)")
             if kept.exists() and not opts.force:
                 return (f"{reason}; the ONNX step ran but {kept} already exists, so it was not replaced "
                         "(pass --force to overwrite it)")
