@@ -207,6 +207,25 @@ def test_non_finite_loss_stops_with_iteration_and_image_ids(synthetic_coco, tmp_
     assert "iteration 1 " in msg and str(ids) in msg and "obj_loss=nan" in msg
 
 
+def test_weights_that_diverge_with_a_finite_loss_are_never_saved(synthetic_coco, tmp_path, monkeypatch):
+    """The step's loss was finite but its update was not: no checkpoint is written with those weights."""
+    out = tmp_path / "run"
+    with Trainer(config(synthetic_coco, out)) as t:
+        step = t.step
+
+        def diverging_step(*args):
+            loss = step(*args)
+            with torch.no_grad():
+                t.model.head.reg_preds[0].weight.fill_(float("inf"))
+                t.ema.model.head.reg_preds[0].weight.fill_(float("inf"))
+            return loss
+
+        monkeypatch.setattr(t, "step", diverging_step)
+        with pytest.raises(NonFiniteLossError, match=r"weights are not finite after iteration 1 .*head\.reg_preds\.0"):
+            t.train(max_iterations=1)
+    assert not (out / LATEST).exists()
+
+
 def test_bad_annotations_train_with_finite_loss(tmp_path):
     root = make_synthetic_coco(tmp_path / "d", num_images=4)
     ann_file = root / "annotations" / "instances_train2017.json"

@@ -179,6 +179,8 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
     The variant comes from ``model``, else from the checkpoint's own ``model_name``, else from the shapes
     of its state dict. ``num_classes`` defaults to the checkpoint's.
     """
+    if num_classes is not None and num_classes < 1:
+        raise InputError(f"the number of classes must be >= 1, got {num_classes}")
     ckpt = read_checkpoint(path)
     name = canonical_name(model) if model else ckpt.model_name
     if name is None:
@@ -186,7 +188,7 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
         if name is None:
             raise CheckpointError(f"cannot tell which YOLOX variant {path} is for; pass the model name "
                                   "(--model yolox-s)")
-    n = num_classes or ckpt.num_classes or 80
+    n = num_classes if num_classes is not None else ckpt.num_classes or 80
     if class_names is not None and len(class_names) != n:
         raise InputError(f"{len(class_names)} class names given for a model with {n} classes")
     net = build_model(name, n, class_names=class_names)

@@ -440,6 +440,11 @@ class Trainer:
         if not self.dist.is_main:
             return
         weights = self.eval_model()
+        diverged = [k for k, v in weights.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if diverged:  # a step can leave the weights non-finite with a finite loss (too high a learning rate)
+            raise NonFiniteLossError(
+                f"the weights are not finite after iteration {self.iteration} ({len(diverged)} tensors, first "
+                f"{diverged[0]}): the training diverged, so {name} was not written; lower the learning rate")
         save_training_checkpoint(
             self.cfg.output / name, weights=weights, model=unwrap(self.net), optimizer=self.optimizer,
             ema_state=self.ema.state_dict() if self.ema is not None else None, scaler_state=self.scaler.state_dict(),

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from ..errors import InputError
 
 MAX_STRIDE = 32
+MAX_SIDE = 4096  # far above any YOLOX test size (1280 at most); beyond it a forward pass needs tens of GB
 
 
 def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
     """``640``, ``"640"``, ``[640]``, ``(640, 480)`` or ``"640x480"`` -> ``(height, width)``.
 
-    Both sides must be positive multiples of 32 (the largest stride of the network).
+    Both sides must be positive multiples of 32 (the largest stride of the network), at most 4096.
     """
     if isinstance(size, str):
         parts: list[int | str] = [p for p in size.lower().replace("x", " ").replace(",", " ").split() if p]
@@ -31,4 +32,6 @@ def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
     for v in values:
         if v <= 0 or v % MAX_STRIDE:
             raise InputError(f"image size {v} is not a positive multiple of {MAX_STRIDE}")
+        if v > MAX_SIDE:
+            raise InputError(f"image size {v} is beyond {MAX_SIDE}; tile large images instead")
     return values[0], values[1]
