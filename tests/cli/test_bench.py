@@ -63,3 +63,16 @@ def test_backend_options():
     for bad in ("openvino", "openvino:hint", ":a=b"):
         with pytest.raises(InputError):
             parse_backend_options([bad])
+
+
+def test_failed_rows_make_a_non_zero_exit(tmp_path, capsys):
+    """A row that fails (here: a weights folder holding a corrupt nano checkpoint) leaves the tables incomplete."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "yolox_nano.pth").write_bytes(b"\x80\x04not a checkpoint")
+    out = tmp_path / "bench"
+    rc = main(["--models", "nano", "--backends", "torch", "--iters", "2", "--warmup", "1", "--images", "synthetic",
+               "--max-images", "1", "--img-size", "64", "--no-demo", "--no-plot", "--quiet", "--weights-dir",
+               str(weights), "--output", str(out)])
+    assert rc == 1 and "1 of 1 row(s) failed" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["rows"][0]["status"].startswith("failed")

@@ -44,7 +44,6 @@ def test_json_through_a_symlink_writes_its_target(tmp_path, nano_onnx, dog_jpg):
 
 
 def _artefacts_with_20_classes(tmp_path, nano_model):
-    import torch
 
     from yolox_deploy import build_model
     from yolox_deploy.nn.checkpoint import save_checkpoint

@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..bench.report import PAPER_HEADERS, paper_rows, write_report
+from ..bench.results import FAILED
 from ..bench.runner import BenchConfig, default_images, default_weights_dir, run_benchmark
 from ..errors import InputError
 from ..utils.table import format_table
 from .common import cli_entry, main_guard, output_folder
+
+EXIT_ROWS_FAILED = 1  # the run finished, the tables are written, some rows have no figures
 
 
 def _csv(text: str) -> list[str]:
@@ -157,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(note)
     print()
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    failed = [r for r in report.rows if r.status.startswith(FAILED)]
+    if failed:  # the tables are incomplete: say so in the exit status, for scripts
+        print(f"{len(failed)} of {len(report.rows)} row(s) failed; their status column says why", file=sys.stderr)
+        return EXIT_ROWS_FAILED
     return 0
 
 
