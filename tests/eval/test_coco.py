@@ -79,8 +79,6 @@ def _split(tmp_path, coco_tiny, edit):
      "80 image(s) have no file_name"),
     (lambda a: {**a, "categories": [{"id": c["id"]} for c in a["categories"]]}, "80 categories have no name"),
     (lambda a: {k: v for k, v in a.items() if k != "categories"}, "has no categories"),
-    (lambda a: {**a, "images": [*a["images"][:-1], {**a["images"][-1], "file_name": "gone.jpg"}]},
-     "1 image(s) listed in"),
 ])
 def test_unusable_annotation_files_are_refused(tmp_path, coco_tiny, edit, message):
     with pytest.raises(InputError, match=re.escape(message)):
@@ -91,6 +89,15 @@ def _first_annotation(a, **change):
     first = {k: v for k, v in a["annotations"][0].items() if k not in change or change[k] is not None}
     first.update({k: v for k, v in change.items() if v is not None})
     return {**a, "annotations": [first, *a["annotations"][1:]]}
+
+
+def test_images_missing_from_the_folder_are_refused_before_inference(tmp_path, coco_tiny):
+    from yolox_deploy.eval.coco import open_scorable
+
+    root = _split(tmp_path, coco_tiny, lambda a: {**a, "images": [*a["images"][:-1],
+                                                                  {**a["images"][-1], "file_name": "gone.jpg"}]})
+    with pytest.raises(InputError, match=re.escape("1 image(s) listed in")):
+        open_scorable(root)
 
 
 @pytest.mark.parametrize("change,message", [

@@ -107,18 +107,21 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     unnamed = [i for i in image_ids if not isinstance(coco.imgs[i].get("file_name"), str) or not coco.imgs[i]["file_name"]]
     if unnamed:
         raise InputError(f"{ann}: {len(unnamed)} image(s) have no file_name (first id {unnamed[0]})")
-    missing = [coco.imgs[i]["file_name"] for i in image_ids if not (image_dir / coco.imgs[i]["file_name"]).is_file()]
-    if missing:
-        raise InputError(f"{len(missing)} image(s) listed in {ann} are not in {image_dir} (first: {missing[0]})")
     return CocoSplit(r, split, ann, image_dir, coco, image_ids, categories)
 
 
 def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
-    """:func:`open_coco` for evaluation: a split without any annotation has no AP, so it is refused."""
+    """:func:`open_coco` for evaluation, checked before any inference: a split without annotations (no AP),
+    with images missing from its folder, or with annotations the scorer cannot read is refused."""
     data = open_coco(root, split)
     annotations = data.coco.dataset.get("annotations")
     if not annotations:
         raise InputError(f"{data.ann_file} has no annotations: there is nothing to score detections against")
+    imgs = data.coco.imgs
+    missing = [imgs[i]["file_name"] for i in data.image_ids if not (data.image_dir / imgs[i]["file_name"]).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} image(s) listed in {data.ann_file} are not in {data.image_dir} "
+                         f"(first: {missing[0]})")
     for i, a in enumerate(annotations):
         problem = _annotation_problem(a, data.coco)
         if problem:
