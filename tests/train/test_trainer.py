@@ -240,6 +240,24 @@ def test_bad_annotations_train_with_finite_loss(tmp_path):
     assert result.finished and all(math.isfinite(v) for v in result.last_losses.values())
 
 
+def test_a_run_failing_before_its_first_checkpoint_leaves_nothing(synthetic_coco, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with Trainer(config(synthetic_coco, out, tensorboard=True)) as t:
+        step = t.step
+
+        def fails_at_the_second_step(*args):
+            if t.iteration == 1:
+                raise OSError("an image could not be read")
+            return step(*args)
+
+        monkeypatch.setattr(t, "step", fails_at_the_second_step)
+        with pytest.raises(OSError):
+            t.train(max_iterations=3)
+    assert not out.exists()  # the same command can run again once the cause is fixed
+    with Trainer(config(synthetic_coco, out)) as t:
+        assert t.train(max_iterations=1).iterations == 1
+
+
 def test_run_folder_guards(synthetic_coco, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(InputError, match="nothing to resume"):
@@ -248,8 +266,14 @@ def test_run_folder_guards(synthetic_coco, tmp_path):
         Trainer(config(synthetic_coco, out, num_classes=5))
     with Trainer(config(synthetic_coco, out)) as t:
         t.train(max_iterations=1)
-    with pytest.raises(InputError, match="already holds a training run"):
+    with pytest.raises(InputError, match="already holds a training run's files .*latest_ckpt.pth.*--resume"):
         Trainer(config(synthetic_coco, out))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train_log.csv").write_text("my notes\n")  # logs without a checkpoint: not appended to either
+    with pytest.raises(InputError, match=r"already holds a training run's files \(train_log.csv\); delete them"):
+        Trainer(config(synthetic_coco, mine))
+    assert (mine / "train_log.csv").read_text() == "my notes\n" and len(list(mine.iterdir())) == 1
     with pytest.raises(InputError, match="different batch"):
         Trainer(config(synthetic_coco, out, resume=True, batch=4))
     with pytest.raises(CheckpointError, match="cannot be resumed"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,17 @@ def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
+TRAIN_LOG, EVAL_LOG, TENSORBOARD_DIR = "train_log.csv", "eval_log.csv", "tensorboard"
+LOG_FILES = (TRAIN_LOG, EVAL_LOG)
+
+
 class MetricsLog:
     """CSV logs plus optional TensorBoard, written by the main process only."""
 
     def __init__(self, folder: Path, tensorboard: bool = True) -> None:
         self.folder = Path(folder)
-        self.train = CsvLog(self.folder / "train_log.csv")
-        self.eval = CsvLog(self.folder / "eval_log.csv")
+        self.train = CsvLog(self.folder / TRAIN_LOG)
+        self.eval = CsvLog(self.folder / EVAL_LOG)
         self._tb = None
         if tensorboard:
             try:
@@ -74,7 +79,7 @@ class MetricsLog:
             except ImportError:
                 log.info("TensorBoard logging off: install it with pip install 'yolox-deploy[train]'")
             else:
-                self._tb = SummaryWriter(str(self.folder / "tensorboard"))
+                self._tb = SummaryWriter(str(self.folder / TENSORBOARD_DIR))
 
     def resume_at(self, iteration: int) -> None:
         self.train.truncate_after(iteration)
@@ -99,3 +104,10 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+    def discard(self) -> None:
+        """Close and delete the logs (a run that failed before its first checkpoint leaves nothing behind)."""
+        self.close()
+        for log_file in (self.train.path, self.eval.path):
+            log_file.unlink(missing_ok=True)
+        shutil.rmtree(self.folder / TENSORBOARD_DIR, ignore_errors=True)

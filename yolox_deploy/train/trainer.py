@@ -51,7 +51,7 @@ from .distributed import (
 )
 from .ema import ModelEMA, unwrap
 from .losses import LossOutput, YOLOXLoss, is_finite
-from .metrics_log import MetricsLog
+from .metrics_log import LOG_FILES, TENSORBOARD_DIR, MetricsLog
 from .optim import BASE_LR_PER_IMAGE, build_optimizer, set_lr
 from .schedule import LRSchedule, multiscale_size
 
@@ -97,6 +97,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         self.cfg = config.resolved()
+        self._made_output = not self.cfg.output.exists()
         self.dist = env_dist_info()
         self.device = resolve_train_device(self.cfg.device, self.dist)
         self.metrics: MetricsLog | None = None
@@ -159,9 +160,11 @@ class Trainer:
         cfg = self.cfg
         latest = cfg.output / LATEST
         if not cfg.resume:
-            if latest.exists():
-                raise InputError(f"{cfg.output} already holds a training run ({LATEST}); continue it with --resume "
-                                 "or choose another --output")
+            found = run_files(cfg.output)
+            if found:
+                hint = "continue it with --resume" if latest.exists() else "delete them"
+                raise InputError(f"{cfg.output} already holds a training run's files ({', '.join(found[:4])}"
+                                 f"{', ...' if len(found) > 4 else ''}); {hint} or choose another --output")
             return None
         path = latest if cfg.resume is True else Path(cfg.resume)
         if not path.is_file():
@@ -312,6 +315,9 @@ class Trainer:
                     log.warning("interrupted at iteration %d; %s written, continue with --resume", self.iteration,
                                 cfg.output / LATEST)
                 raise
+            except BaseException:
+                self._discard_failed_start()
+                raise
             finally:
                 if self.metrics is not None:
                     self.metrics.close()
@@ -319,6 +325,16 @@ class Trainer:
         return TrainResult(out, self.iteration, self.iteration // ipe, self.best_ap, self.last_ap,
                            out / LATEST if (out / LATEST).exists() else None,
                            out / BEST if (out / BEST).exists() else None, dict(self._last), finished)
+
+    def _discard_failed_start(self) -> None:
+        """A new run that fails before writing any checkpoint removes its logs (and the output folder it made),
+        so the same command can run again once the cause is fixed."""
+        out = self.cfg.output
+        if self.metrics is None or self.resume_path is not None or any(out.glob("*_ckpt.pth")):
+            return
+        self.metrics.discard()
+        if self._made_output and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
     @contextlib.contextmanager
     def _interrupts_between_steps(self) -> Iterator[None]:
@@ -462,6 +478,15 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_files(folder: Path) -> list[str]:
+    """The names of what a training run writes (checkpoints, logs) found in ``folder``: a new run there would
+    append to those logs and mix its checkpoints with theirs."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name.endswith("_ckpt.pth") or p.name in (*LOG_FILES, TENSORBOARD_DIR))
 
 
 def transfer_class_head(model: YOLOX, ckpt: Checkpoint, class_names: tuple[str, ...]) -> str:
