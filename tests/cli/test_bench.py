@@ -42,6 +42,14 @@ def test_user_errors_exit_2(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["--output", str(tmp_path / "afile")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    for argv, message in ((["--cache-dir", str(tmp_path / "afile")], "is a file, not a folder"),
+                          (["--threads", "0"], "--threads must be >= 1"), (["--max-time", "-1"], "--max-time must be > 0"),
+                          (["--only-reduced"], "give one of them"),
+                          (["--int8", "--calib-images", str(tmp_path / "empty")], "no images to calibrate INT8 on")):
+        assert main([*argv, "--output", str(tmp_path / "out")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_matplotlib_is_said_before_any_timing(tmp_path, capsys, monkeypatch):

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, InputError, YoloxError
+from ..io.images import list_images
+from ..utils.files import check_folder_writable
 from ..zoo import canonical_name, get_spec
 from .artefacts import (
     ArtefactRequest,
@@ -129,6 +131,13 @@ class BenchConfig:
                 raise InputError(f"folder not found: {p}")
         if not 0.0 <= self.conf <= 1.0 or not 0.0 <= self.nms <= 1.0:
             raise InputError(f"thresholds must lie in [0, 1]: conf={self.conf}, nms={self.nms}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {self.threads}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise InputError(f"--max-time must be > 0 seconds, got {self.max_seconds}")
+        check_folder_writable(self.cache)
+        if "int8" in self.precisions and self.calib_images is not None and not list_images(self.calib_images):
+            raise InputError(f"no images to calibrate INT8 on in {self.calib_images}")
         known = known_backend_names()
         unknown = [b for b in self.backends if b not in known]
         if unknown:
@@ -160,7 +169,7 @@ class BenchConfig:
 # --- images ----------------------------------------------------------------------------------------------
 def load_timing_images(folder: Path | None, limit: int, seed: int = 0) -> tuple[list[np.ndarray], str]:
     """The timing images in memory (decoding is never timed) and a description of where they came from."""
-    from ..io.images import list_images, read_image
+    from ..io.images import read_image
     from ..io.synthetic import synthetic_scene
 
     if folder is not None:

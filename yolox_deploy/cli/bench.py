@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     precisions = _csv(args.precisions)
     extra = (["fp16"] if args.half else []) + (["int8"] if args.int8 else [])
+    if args.only_reduced and not extra:
+        raise InputError("--only-reduced leaves the FP32 rows out of --half / --int8 runs; give one of them")
     if extra and args.only_reduced:
         precisions = extra
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError, YoloxError
 from ..meta import sidecar_path
-from ..utils.files import check_creatable
+from ..utils.files import check_creatable, check_folder_writable
 
 EXIT_USER_ERROR = 2
 
@@ -96,17 +96,10 @@ def read_by(artefacts: Sequence[str | os.PathLike]) -> list[Path]:
 
 def output_folder(path: str | os.PathLike) -> Path:
     """Check before any work that ``path`` is, or can be created as, a writable folder; returns it as a Path."""
-    p = Path(path)
     if not str(path):
         raise InputError("an empty output folder name was given")
-    if p.exists() and not p.is_dir():
-        raise InputError(f"{p} is a file, not a folder; give a folder to write into")
-    if p.is_dir():
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise InputError(f"cannot write into {p}: not writable")
-    else:
-        check_creatable(p)
-    return p
+    check_folder_writable(path)
+    return Path(path)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

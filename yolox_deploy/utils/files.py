@@ -26,6 +26,19 @@ def check_creatable(path: str | os.PathLike) -> None:
         raise InputError(f"cannot write to {p.parent}: permission denied")
 
 
+def check_folder_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a folder that cannot be written into: a file of that name, a read-only folder,
+    or (when it does not exist yet) a place where it cannot be created."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{p} is a file, not a folder; give a folder to write into")
+    if p.is_dir():
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write into {p}: not writable")
+    else:
+        check_creatable(p)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
