@@ -399,6 +399,12 @@ def test_onnx_source_options_that_agree_with_it(tiny_onnx, out, capsys):
     assert rc == 0
 
 
+def test_an_empty_onnx_source_is_named_empty(out, capsys):
+    (out / "e.onnx").write_bytes(b"")
+    rc, _, err = _run(["--weights", out / "e.onnx", "--format", "onnx", "--output", out / "m.onnx"], capsys)
+    assert rc == 2 and "e.onnx is empty (0 bytes)" in _one_error(err)
+
+
 def test_model_is_recorded_for_an_onnx_that_does_not_say(nano_onnx, tmp_path):
     """The authors' files do not record their variant: --model names it in the artefact's metadata."""
     from yolox_deploy.export.source import load_source

@@ -83,6 +83,8 @@ def load_source(weights: Any, *, model: str | None = None, num_classes: int | No
             raise InputError(f"weights not found: {weights_path}")
         name = weights_path.stem
         if weights_path.suffix.lower() == ".onnx":
+            if weights_path.is_file() and weights_path.stat().st_size == 0:
+                raise ArtefactError(f"{weights_path} is empty (0 bytes)")
             meta = read_onnx_meta(weights_path)
             meta = _onnx_model_options(weights_path.name, meta, model, num_classes)
             if class_names:
