@@ -107,6 +107,11 @@ def test_an_installed_package_that_does_not_import_is_one_message(tmp_path, monk
     assert missing.importable() == missing.available() and not missing.available()[0]
 
 
+def test_a_backend_override_must_open_that_kind_of_file(nano_onnx):
+    with pytest.raises(InputError, match="the ncnn backend opens .param files or their folders, not yolox_nano.onnx"):
+        Detector(nano_onnx, backend="ncnn")
+
+
 def test_unknown_artefact_kinds(tmp_path):
     (tmp_path / "model.xyz").write_text("x")
     with pytest.raises(ArtefactError, match="don't know how to run model.xyz"):

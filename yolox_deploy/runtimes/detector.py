@@ -56,6 +56,11 @@ def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", 
 
     if backend:
         cls = backend_class(backend)
+        path = Path(weights) if isinstance(weights, (str, os.PathLike)) else None
+        if path is not None and path.is_file() and cls.info.suffixes and path.suffix.lower() not in cls.info.suffixes:
+            raise InputError(f"the {cls.info.name} backend opens {' / '.join(cls.info.suffixes)} files"
+                             f"{' or their folders' if cls.info.folder_pattern else ''}, not {path.name}; drop "
+                             f"--backend, or export the model to that format (yolox-export)")
     elif isinstance(weights, YOLOX):
         cls = backend_class("torch")
     else:
