@@ -197,6 +197,20 @@ def test_console_scripts_exit_2(tmp_path):
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
 
 
+def test_a_corrupt_video_is_one_line_on_stderr(tmp_path, nano_pth):
+    """FFmpeg and OpenCV print their own complaints straight to the terminal; the CLI keeps only its error."""
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "clip.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "yolox_deploy.cli.detect", str(nano_pth), "--source", str(bad),
+                           "--output", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"error: cannot open video {bad}"]
+
+
 def test_detector_accepts_arrays_and_lists(nano_pth, dog_jpg):
     from yolox_deploy import Detector
 

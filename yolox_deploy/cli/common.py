@@ -26,6 +26,7 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
     @functools.wraps(main)
     def run(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        _quiet_opencv()
         try:
             with _terminate_as_interrupt():
                 return int(main(argv) or 0)
@@ -44,6 +45,16 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
             return 130
 
     return run
+
+
+def _quiet_opencv() -> None:
+    """OpenCV's and FFmpeg's own messages (a video it cannot decode, a frame it cannot write) come ahead of
+    the one-line error that says the same to the user: the CLIs keep OpenCV's errors only and silence FFmpeg
+    (unless OPENCV_FFMPEG_LOGLEVEL is set)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own log (read when OpenCV first opens a video)
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 class Terminated(KeyboardInterrupt):

@@ -113,8 +113,9 @@ def _mismatch_message(model: YOLOX, ckpt: Checkpoint) -> str:
         rest_want = {k: v for k, v in want.items() if not k.startswith(CLASS_HEAD_PREFIX)}
         rest_have = {k: v for k, v in have.items() if not k.startswith(CLASS_HEAD_PREFIX)}
         if rest_want == rest_have:
-            return (f"checkpoint has {ckpt.num_classes} classes, model has {model.num_classes}; "
-                    "to fine-tune, load all but the class head (ignore_class_head=True / --num-classes)")
+            return (f"checkpoint has {ckpt.num_classes} classes, model has {model.num_classes}; drop --num-classes "
+                    f"to use the checkpoint's, or fine-tune it for {model.num_classes} classes with yolox-train "
+                    "(which re-initialises the class head; ignore_class_head=True in Python)")
     found = identify_variant(ckpt.state_dict)
     if found is not None and found != model_name:
         return f"checkpoint is for {found}, model is {model_name}"
