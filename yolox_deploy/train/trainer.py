@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import signal
 import threading
 import time
@@ -347,7 +348,11 @@ class Trainer:
             yield
             return
 
+        pid = os.getpid()
+
         def ask_to_stop(signum: int, frame: object) -> None:
+            if os.getpid() != pid:  # a data-loader worker forked from here: the main process stops them all
+                return
             if self._interrupted:
                 raise KeyboardInterrupt
             self._interrupted = True
