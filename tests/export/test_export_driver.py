@@ -405,12 +405,16 @@ def test_an_empty_onnx_source_is_named_empty(out, capsys):
     assert rc == 2 and "e.onnx is empty (0 bytes)" in _one_error(err)
 
 
-def test_model_is_recorded_for_an_onnx_that_does_not_say(nano_onnx, tmp_path):
-    """The authors' files do not record their variant: --model names it in the artefact's metadata."""
+def test_the_variant_of_an_onnx_that_does_not_say_is_recognised(nano_onnx):
+    """The authors' files do not record their variant: their weight count tells it (YOLOX-Nano's 0.9 M, BatchNorms
+    folded), and a --model naming another is refused instead of being written into the artefact's metadata."""
+    from yolox_deploy.errors import InputError
     from yolox_deploy.export.source import load_source
 
-    assert load_source(nano_onnx).meta.model is None
+    assert load_source(nano_onnx).meta.model == "yolox-nano"
     assert load_source(nano_onnx, model="nano").meta.model == "yolox-nano"
+    with pytest.raises(InputError, match="yolox_nano.onnx is yolox-nano, not yolox-s"):
+        load_source(nano_onnx, model="yolox-s")
 
 
 def test_raw_onnx_source_is_decoded_by_default(tiny_onnx, out):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,8 +48,21 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
     inputs = [i for i in graph.input if i.name not in init_names]
     if len(inputs) != 1:
         raise ArtefactError(f"{p.name}: expected one image input, found {len(inputs)}")
-    return infer_meta(_dims(inputs[0]), [o.name for o in graph.output], _dims(graph.output[0]), p.name,
+    meta = infer_meta(_dims(inputs[0]), [o.name for o in graph.output], _dims(graph.output[0]), p.name,
                       format="onnx")
+    return meta.with_(model=variant_by_weights(graph))
+
+
+def variant_by_weights(graph: Any, tolerance: float = 0.1) -> str | None:
+    """The YOLOX variant whose parameter count the graph's float weights match within ``tolerance`` (the
+    variants differ by 1.7x or more; folded BatchNorms and another class count move the count by a few %),
+    or None. How a file that does not record its variant (the authors' releases) is recognised."""
+    from ..zoo import VARIANTS
+
+    float_types = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+    count = sum(math.prod(t.dims) for t in graph.initializer if t.data_type in float_types)
+    best = min(VARIANTS.values(), key=lambda spec: abs(math.log(max(count, 1) / spec.params)))
+    return best.name if abs(count / best.params - 1) <= tolerance else None
 
 
 def _onnx_model_options(name: str, meta: ModelMeta, model: str | None, num_classes: int | None) -> ModelMeta:
