@@ -291,11 +291,12 @@ def test_cli_without_tensorrt_keeps_the_onnx_step(tmp_path, nano_pth, capsys):
     assert [o.name for o in model.graph.output] == ["output"]
     assert onnx_input(kept) == ("images", [-1, 3, 416, 416])
 
-    # an existing ONNX is not overwritten without --force
+    # an existing ONNX beside the engine is never overwritten: --force is for the engine
     kept.write_bytes(b"mine")
-    rc = _export_cli(["--weights", str(nano_pth), "--format", "engine", "--output", str(out)])
-    [line] = _error_lines(capsys.readouterr().err)
-    assert rc == 2 and "already exists" in line and "--force" in line and kept.read_bytes() == b"mine"
+    for force in ([], ["--force"]):
+        rc = _export_cli(["--weights", str(nano_pth), "--format", "engine", "--output", str(out), *force])
+        [line] = _error_lines(capsys.readouterr().err)
+        assert rc == 2 and f"{kept} already exists, so it was not kept there" in line and kept.read_bytes() == b"mine"
 
 
 @pytest.mark.skipif(HAVE_GPU, reason="checks the behaviour where TensorRT or the GPU is missing")
@@ -321,7 +322,7 @@ def test_onnx_source_without_tensorrt(tmp_path, nano_onnx, capsys):
     source.write_bytes(nano_onnx.read_bytes())
     rc = _export_cli(["--weights", str(source), "--format", "tensorrt", "--force"])
     [line] = _error_lines(capsys.readouterr().err)
-    assert rc == 2 and f"would have replaced the source {source}, so it was not kept" in line
+    assert rc == 2 and f"the ONNX step ran but {source} is the source, so it was not kept there" in line
     assert source.read_bytes() == nano_onnx.read_bytes()
 
 

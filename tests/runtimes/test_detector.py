@@ -5,6 +5,7 @@ shares every line of the pipeline they exercise.
 """
 
 import gc
+import re
 import threading
 
 import cv2
@@ -171,6 +172,16 @@ def test_stream_video_and_early_close(tmp_path, det, dog_jpg):
     stream.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("yolox-stream")]
     assert len(list(det.stream(video))) == 12
+
+
+@pytest.mark.parametrize("source,queue_size,message", [
+    (-1, 2, "a camera index is >= 0"), (True, 2, "not True"), (1.5, 2, "not 1.5"), (None, 2, "not None"),
+    ("0", 0, "queue_size must be an integer >= 1"),
+])
+def test_stream_refuses_sources_and_queue_sizes_it_cannot_use(det, source, queue_size, message):
+    """A negative camera index crashed the process inside OpenCV; an unbounded queue would let memory grow."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        next(det.stream(source, queue_size=queue_size))
 
 
 def test_stream_errors_reach_the_caller(tmp_path, det):

@@ -637,12 +637,11 @@ class TensorRTExporter(Exporter):
             kept, where = onnx_path, "the ONNX model to build from is"
         else:
             kept, where = intermediate_onnx_path(engine), "the ONNX step ran and is at"
-            if source.onnx_path is not None and kept.exists() and kept.samefile(source.onnx_path):
-                return (f"{reason}; the ONNX step ran but would have replaced the source {kept}, so it was not kept "
-                        "(give --output another name to keep it beside the engine)")
-            if kept.exists() and not opts.force:
-                return (f"{reason}; the ONNX step ran but {kept} already exists, so it was not replaced "
-                        "(pass --force to overwrite it)")
+            if kept.exists():  # --force is for the engine asked for, never for a file beside it
+                what = "is the source" if source.onnx_path is not None and kept.samefile(source.onnx_path) else \
+                    "already exists"
+                return (f"{reason}; the ONNX step ran but {kept} {what}, so it was not kept there (give --output "
+                        "another name to keep it beside the engine)")
             with atomic_write(kept) as tmp:
                 shutil.copyfile(onnx_path, tmp)
         if opts.int8:

@@ -104,6 +104,8 @@ def _iter_video(capture: cv2.VideoCapture, stem: str) -> Iterator[Frame]:
 
 def open_video(source: str | int) -> cv2.VideoCapture:
     """Open a video file or camera index; raises :class:`InputError` if it cannot be opened."""
+    if isinstance(source, int) and source < 0:  # OpenCV may crash the process on a negative index
+        raise InputError(f"a camera index is >= 0, got {source}")
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         what = f"camera {source}" if isinstance(source, int) else f"video {source}"
@@ -113,6 +115,8 @@ def open_video(source: str | int) -> cv2.VideoCapture:
 
 def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
     """Frames of an image file, a folder of images, a video file or a camera index (int or digit string)."""
+    if isinstance(source, bool) or not isinstance(source, (int, str, os.PathLike)):
+        raise InputError(f"a source is an image, folder or video path or a camera index, not {source!r}")
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
         yield from _iter_video(open_video(int(source)), f"camera{int(source)}")
         return

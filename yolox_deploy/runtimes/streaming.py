@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InputError
 from ..io.images import Frame, iter_source
 from ..structures import Detections
 
@@ -85,6 +86,8 @@ def _worker(detector: Detector, q_in: queue.Queue, q_out: queue.Queue, stop: thr
 
 def run_pipeline(detector: Detector, source: str | os.PathLike | int, *, queue_size: int = 2) -> Iterator[StreamResult]:
     """See ``Detector.stream``."""
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise InputError(f"queue_size must be an integer >= 1 (it bounds the frames held in memory), got {queue_size!r}")
     stop = threading.Event()
     q_pre: queue.Queue = queue.Queue(maxsize=queue_size)
     q_out: queue.Queue = queue.Queue(maxsize=queue_size)
