@@ -49,6 +49,9 @@ def test_boolean_mask_filtering_and_wrong_mask():
     assert len(kept) == 2 and (kept.scores > 0.5).all()
     with pytest.raises(IndexError, match=r"\[4\]"):
         d[np.array([True, False])]
+    for flag in (True, np.bool_(False)):  # not row 1 / 0, not a new axis
+        with pytest.raises(IndexError, match="boolean mask of length N"):
+            d[flag]
 
 
 def test_empty():
@@ -64,6 +67,13 @@ def test_to_coco_maps_categories_and_skips_unmapped():
     assert entries == [{"image_id": 7, "category_id": 18, "bbox": [0.0, 0.0, 10.0, 10.0], "score": pytest.approx(0.9)}]
 
 
+def test_to_coco_refuses_a_category_map_too_short():
+    from yolox_deploy.errors import InputError
+
+    with pytest.raises(InputError, match="category_ids maps 1 classes, but a detection has class id 1"):
+        make(2).to_coco(7, category_ids=[18])
+
+
 def test_to_dict_is_json_ready():
     import json
 
@@ -77,6 +87,17 @@ def test_draw_returns_annotated_copy():
     out = d.draw(img)
     assert out.shape == img.shape and (img == 255).all()
     assert (out != 255).any()
+
+
+def test_draw_converts_or_refuses_what_it_is_given():
+    from yolox_deploy.errors import InputError
+
+    d = make()
+    gray = np.zeros((50, 60), np.float32)
+    assert d.draw(gray).shape == (50, 60, 3) and d.draw(gray).dtype == np.uint8
+    for bad in (np.zeros((0, 0, 3), np.uint8), "dog.jpg", [[0, 0]]):
+        with pytest.raises(InputError):
+            d.draw(bad)
 
 
 def test_equality():

@@ -8,6 +8,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from .errors import InputError
+
 Index = Union[int, slice, Sequence[int], np.ndarray]
 
 
@@ -86,6 +88,8 @@ class Detections:
             yield self.xyxy[i], float(self.scores[i]), int(self.class_ids[i]), str(self.names[i])
 
     def __getitem__(self, index: Index) -> Detections:
+        if isinstance(index, (bool, np.bool_)):  # would pass as 1 / 0, or add an axis
+            raise IndexError("index Detections with an int, a slice, an array of ints or a boolean mask of length N")
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
         if isinstance(index, np.ndarray) and index.dtype == bool and index.shape != (len(self),):
@@ -109,6 +113,9 @@ class Detections:
 
         ``category_ids[class_id]`` maps classes to dataset category ids; classes mapped to ``None`` are left out.
         """
+        if category_ids is not None and len(self) and int(self.class_ids.max()) >= len(category_ids):
+            raise InputError(f"category_ids maps {len(category_ids)} classes, but a detection has class id "
+                             f"{int(self.class_ids.max())}")
         out = []
         for (x1, y1, x2, y2), score, cid, _ in self:
             cat = category_ids[cid] if category_ids is not None else cid

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from .io.images import ensure_bgr
+
 if TYPE_CHECKING:
     from .structures import Detections
 
@@ -21,8 +23,9 @@ def class_color(class_id: int) -> tuple[int, int, int]:
 
 def draw_detections(image: np.ndarray, dets: Detections, *, thickness: int | None = None,
                     show_scores: bool = True) -> np.ndarray:
-    """Return a copy of ``image`` (BGR uint8 ``[H, W, 3]``) with boxes and ``name score`` labels."""
-    out = np.ascontiguousarray(image).copy()
+    """Return a copy of ``image`` (BGR uint8 ``[H, W, 3]``, or any array :func:`ensure_bgr` converts) with
+    boxes and ``name score`` labels."""
+    out = np.array(ensure_bgr(image, "the image to draw on"), order="C", copy=True)
     h, w = out.shape[:2]
     t = thickness or max(1, round(min(h, w) / 300))
     font_scale = max(0.4, min(h, w) / 1000)

@@ -43,7 +43,7 @@ def test_img_size_override_and_threshold_validation(nano_pth, dog_jpg):
     assert "dog" in set(d.names)
     with pytest.raises(InputError, match="multiple of 32"):
         Detector(nano_pth, img_size=300)
-    with pytest.raises(InputError, match="thresholds"):
+    with pytest.raises(InputError, match="thresholds must be numbers"):
         Detector(nano_pth, conf=1.5)
     with pytest.raises(InputError, match="max_det must be >= 1"):
         Detector(nano_pth, max_det=-1)
@@ -111,6 +111,36 @@ def test_an_installed_package_that_does_not_import_is_one_message(tmp_path, monk
 def test_a_backend_override_must_open_that_kind_of_file(nano_onnx):
     with pytest.raises(InputError, match="the ncnn backend opens .param files or their folders, not yolox_nano.onnx"):
         Detector(nano_onnx, backend="ncnn")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"conff": 0.9}, "unknown option 'conff' for the onnxruntime backend; it takes"),
+    ({"conf": "0.5"}, "thresholds must be numbers in [0, 1]: conf='0.5'"),
+    ({"max_det": 2.5}, "max_det must be an integer >= 1"),
+    ({"batch_size": 2.0}, "batch size must be an integer >= 1"),
+    ({"class_names": list(range(80))}, "class names must be strings"),
+])
+def test_arguments_of_the_wrong_kind_are_one_message(nano_onnx_dynamic, kwargs, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        Detector(nano_onnx_dynamic, **kwargs)
+
+
+def test_class_names_may_be_any_sequence(nano_onnx_dynamic):
+    names = np.array([f"c{i}" for i in range(80)])
+    assert Detector(nano_onnx_dynamic, class_names=names).meta.class_names[:2] == ("c0", "c1")
+
+
+@pytest.mark.parametrize("weights,source", [(None, None), (3, None), ("ok", None), ("ok", 5), ("ok", b"dog.jpg")])
+def test_weights_and_sources_of_the_wrong_type(nano_onnx_dynamic, weights, source):
+    with pytest.raises(InputError, match="weights are a checkpoint|expected an image path"):
+        Detector(nano_onnx_dynamic if weights == "ok" else weights)(source)
+
+
+def test_a_closed_detector_says_so(nano_onnx_dynamic, dog_jpg):
+    det = Detector(nano_onnx_dynamic)
+    det.close()
+    with pytest.raises(InputError, match="this onnxruntime backend was closed"):
+        det(dog_jpg)
 
 
 def test_unknown_artefact_kinds(tmp_path):

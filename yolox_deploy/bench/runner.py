@@ -142,6 +142,19 @@ class BenchConfig:
         unknown = [b for b in self.backends if b not in known]
         if unknown:
             raise InputError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        from ..runtimes.base import COMMON_OPTIONS, registered_backends
+
+        for name, options in self.backend_options.items():
+            if name not in known:
+                raise InputError(f"--backend-option for an unknown backend {name!r}; known: {', '.join(known)}")
+            cls = registered_backends().get(name)
+            if cls is None:  # its module did not load: its rows say why
+                continue
+            takes = cls.option_names | COMMON_OPTIONS
+            wrong = sorted(set(options) - takes)
+            if wrong:
+                raise InputError(f"unknown option(s) {', '.join(wrong)} for the {name} backend; it takes "
+                                 f"{', '.join(sorted(takes))}")
         if self.with_eval is not None:  # a dataset that cannot be scored is refused now, not after the timing
             from ..eval.coco import open_scorable
 
@@ -196,11 +209,12 @@ class _NotAvailable(Exception):
 
 def _open_detector(weights: Any, backend: str, device: str, cfg: BenchConfig, source: ModelSource, precision: str,
                    size: tuple[int, int], batch: int, **overrides: Any):
+    from ..runtimes.base import backend_class
     from ..runtimes.detector import Detector
 
     kwargs: dict[str, Any] = {"backend": backend, "device": device, "conf": cfg.conf, "nms": cfg.nms,
                               "batch_size": batch, "model": source.spec.name}
-    if cfg.threads is not None:
+    if cfg.threads is not None and "threads" in backend_class(backend).option_names:
         kwargs["threads"] = cfg.threads
     kwargs.update(cfg.backend_options.get(backend, {}))
     if not isinstance(weights, (str, Path)):  # an in-memory torch model: tell the backend what we want

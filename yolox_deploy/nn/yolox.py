@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..zoo import ModelSpec, get_spec
 from .blocks import BaseConv, fuse_conv_bn
 from .head import YOLOXHead
@@ -71,8 +72,8 @@ def build_model(name: str, num_classes: int = 80, class_names: tuple[str, ...] |
     The module tree matches the authors' so their checkpoints load with ``strict=True``.
     """
     spec = get_spec(name)
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     if spec.backbone == "darknet53":
         neck: nn.Module = YOLOFPN(depth=53)
         head = YOLOXHead(num_classes, width=1.0, in_channels=(128, 256, 512), act=spec.act)
@@ -81,8 +82,8 @@ def build_model(name: str, num_classes: int = 80, class_names: tuple[str, ...] |
         head = YOLOXHead(num_classes, spec.width, act=spec.act, depthwise=spec.depthwise)
     head.initialize_biases(1e-2)
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-    return YOLOX(neck, head, spec=spec, class_names=tuple(class_names) if class_names else None)
+        raise InputError(f"{len(class_names)} class names for {num_classes} classes")
+    return YOLOX(neck, head, spec=spec, class_names=tuple(class_names) if class_names is not None else None)
 
 
 def count_parameters(model: nn.Module) -> int:

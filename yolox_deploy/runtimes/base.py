@@ -121,17 +121,29 @@ def find_backend(path: str | os.PathLike) -> type[Backend]:
     raise ArtefactError(f"don't know how to run {p.name}: expected one of {', '.join(known)} or an exported folder")
 
 
+# what the Detector hands every backend (artefacts without metadata need them), and the canvas switch
+COMMON_OPTIONS = frozenset({"model", "img_size", "class_names", "num_classes", "legacy", "canvas_in_graph"})
+
+
 class Backend(abc.ABC):
     """One loaded artefact. Use as a context manager or call :meth:`close`.
 
     Subclasses implement ``_load`` (read the artefact, set ``self.meta``) and ``_infer``; the public methods
     check state and shapes. Set ``thread_safe = False`` when concurrent ``_infer`` calls must be serialised.
+    ``option_names``: the options a backend reads besides :data:`COMMON_OPTIONS`; any other is refused (a
+    misspelt option would otherwise be ignored without a word).
     """
 
     info: ClassVar[BackendInfo]
     thread_safe: ClassVar[bool] = True
+    option_names: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, path: str | os.PathLike | Any, *, device: str = "cpu", **options: Any) -> None:
+        unknown = sorted(set(options) - COMMON_OPTIONS - self.option_names)
+        if unknown:
+            raise InputError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+                             f"the {self.info.name} backend; it takes "
+                             f"{', '.join(sorted(COMMON_OPTIONS | self.option_names))}")
         ok, reason = self.info.importable()
         if not ok:
             raise BackendUnavailable(reason)
@@ -182,7 +194,7 @@ class Backend(abc.ABC):
     def infer(self, batch: Any) -> list[Any]:
         """Run a canvas batch (uint8 ``[N, H, W, 3]``) or a model input (float ``[N, 3, H, W]``)."""
         if self._closed:
-            raise RuntimeError(f"{type(self).__name__} is closed")
+            raise InputError(f"this {self.info.name} backend was closed; open the artefact again")
         shape = tuple(batch.shape)
         canvas = is_canvas_batch(batch)
         want_n, _, want_h, want_w = self.input_shape

@@ -47,6 +47,8 @@ def load_images(source: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
     """A path, an array or a list of them -> list of BGR uint8 arrays."""
     if isinstance(source, (str, os.PathLike, np.ndarray)):
         return [_load_one(source, 0)]
+    if isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
+        raise InputError(f"expected an image path, a BGR uint8 array or a list of them, got {type(source).__name__}")
     return [_load_one(item, i) for i, item in enumerate(source)]
 
 
@@ -54,6 +56,8 @@ def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", 
     """Open ``weights`` (a path or an in-memory model) with the named backend or the one its kind implies."""
     from ..nn.yolox import YOLOX
 
+    if not isinstance(weights, (str, os.PathLike, YOLOX)):
+        raise InputError(f"weights are a checkpoint or artefact path (or a YOLOX model), not {type(weights).__name__}")
     if backend:
         cls = backend_class(backend)
         path = Path(weights) if isinstance(weights, (str, os.PathLike)) else None
@@ -91,13 +95,14 @@ class Detector:
                  img_size: int | Sequence[int] | str | None = None, class_names: Sequence[str] | None = None,
                  num_classes: int | None = None, **options: Any) -> None:
         for name, value in (("conf", conf), ("nms", nms)):
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise InputError(f"thresholds must lie in [0, 1]: {name}={value}")
-        if max_det is not None and max_det < 1:
-            raise InputError(f"max_det must be >= 1 (or None for no cap), got {max_det}")
+            if value is not None and not (_is_real(value) and 0.0 <= value <= 1.0):
+                raise InputError(f"thresholds must be numbers in [0, 1]: {name}={value!r}")
+        if max_det is not None and (not _is_int(max_det) or max_det < 1):
+            raise InputError(f"max_det must be an integer >= 1 (or None for no cap), got {max_det!r}")
         size = parse_img_size(img_size) if img_size is not None else None
+        class_names = _names(class_names)
         self.backend = open_backend(weights, backend, device, model=model, img_size=size,
-                                    class_names=tuple(class_names) if class_names else None,
+                                    class_names=class_names,
                                     num_classes=num_classes, **options)
         self.meta = self.backend.meta = self._apply_overrides(self.backend.meta, size, class_names)
         if model is not None and self.meta.model and canonical_name(model) != self.meta.model:
@@ -110,8 +115,8 @@ class Detector:
         self.class_agnostic = class_agnostic
         self.max_det = max_det
         self.clip = clip
-        if batch_size is not None and batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+            raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
         if batch_size is not None and self.meta.batch and batch_size != self.meta.batch:
             raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {batch_size}; "
                              "re-export it with --dynamic (or --batch N), or drop the batch size")
@@ -237,6 +242,24 @@ class Detector:
         m = self.meta
         return (f"Detector({self.backend.info.name}, model={m.model}, input={m.input_size[0]}x{m.input_size[1]}, "
                 f"classes={m.num_classes}, conf={self.conf}, nms={self.nms})")
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Class names as a tuple of strings (any sequence, a numpy array included)."""
+    if class_names is None:
+        return None
+    names = tuple(class_names)
+    if not all(isinstance(n, (str, np.str_)) for n in names):
+        raise InputError("class names must be strings")
+    return tuple(str(n) for n in names)
 
 
 def _cut(raw: RawDetections, conf: float, max_det: int | None) -> RawDetections:

@@ -220,6 +220,8 @@ def _device(device: str) -> int | None:
 class NcnnBackend(Backend):
     """NCNN param/bin (from yolox-export or other converters) on the CPU or a Vulkan GPU."""
 
+    option_names = frozenset({"decode_in_graph", "half", "threads"})
+
     def _load(self) -> None:
         import ncnn
 

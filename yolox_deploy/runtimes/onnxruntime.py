@@ -61,6 +61,8 @@ def parse_device(device: str) -> tuple[str, int]:
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime (CPU, CUDA, TensorRT execution providers)."""
 
+    option_names = frozenset({"half", "opt_level", "spin_between_runs", "threads", "trt_cache"})
+
     def _load(self) -> None:
         import onnxruntime as ort
 

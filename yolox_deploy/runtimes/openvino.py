@@ -129,6 +129,8 @@ def read_ov_meta(model: Any, xml: Path, img_size: Any = None, legacy: bool = Fal
 class OpenVINOBackend(Backend):
     """OpenVINO Runtime on an IR (Intel CPU, GPU, NPU)."""
 
+    option_names = frozenset({"cache_dir", "hint", "inference_precision", "threads"})
+
     def _load(self) -> None:
         try:
             import openvino  # noqa: F401

@@ -47,6 +47,8 @@ def resolve_device(device: str) -> torch.device:
 class TorchBackend(Backend):
     """PyTorch eager model from a checkpoint."""
 
+    option_names = frozenset({"fuse", "half"})
+
     model: YOLOX
 
     def _load(self) -> None:
