@@ -45,7 +45,7 @@ def test_img_size_override_and_threshold_validation(nano_pth, dog_jpg):
         Detector(nano_pth, img_size=300)
     with pytest.raises(InputError, match="thresholds must be numbers"):
         Detector(nano_pth, conf=1.5)
-    with pytest.raises(InputError, match="max_det must be >= 1"):
+    with pytest.raises(InputError, match="max_det must be an integer >= 1"):
         Detector(nano_pth, max_det=-1)
     with pytest.raises(InputError, match="3 class names"):
         Detector(nano_pth, class_names=["a", "b", "c"])
