@@ -50,6 +50,8 @@ __all__ = ["ExportOptions", "ExportResult", "ExportSource", "Exporter", "FormatI
 
 def format_class(name: str) -> type[Exporter]:
     """The exporter for a format name or alias (``trt`` -> ``tensorrt``, ``ov`` -> ``openvino``)."""
+    if not isinstance(name, str):
+        raise InputError(f"an export format is named by a string (onnx, openvino, ncnn, tensorrt), not {name!r}")
     key = name.strip().lower()
     for cls in registered_formats().values():
         if key == cls.info.name or key in cls.info.aliases:

@@ -97,6 +97,8 @@ class Detector:
         for name, value in (("conf", conf), ("nms", nms)):
             if value is not None and not (_is_real(value) and 0.0 <= value <= 1.0):
                 raise InputError(f"thresholds must be numbers in [0, 1]: {name}={value!r}")
+        if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
+            raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if max_det is not None and (not _is_int(max_det) or max_det < 1):
             raise InputError(f"max_det must be an integer >= 1 (or None for no cap), got {max_det!r}")
         size = parse_img_size(img_size) if img_size is not None else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import InputError
 
@@ -16,14 +18,14 @@ def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
     Both sides must be positive multiples of 32 (the largest stride of the network), at most 4096.
     """
     if isinstance(size, str):
-        parts: list[int | str] = [p for p in size.lower().replace("x", " ").replace(",", " ").split() if p]
-    elif isinstance(size, int):
-        parts = [size]
-    else:
+        parts: list[Any] = [p for p in size.lower().replace("x", " ").replace(",", " ").split() if p]
+    elif isinstance(size, Sequence):
         parts = list(size)
+    else:
+        parts = [size]
     try:
-        values = [int(v) for v in parts]
-    except (TypeError, ValueError):
+        values = [_integer(v) for v in parts]
+    except ValueError:
         raise InputError(f"image size must be one or two integers, got {size!r}") from None
     if len(values) == 1:
         values *= 2
@@ -35,3 +37,10 @@ def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
         if v > MAX_SIDE:
             raise InputError(f"image size {v} is beyond {MAX_SIDE}; tile large images instead")
     return values[0], values[1]
+
+
+def _integer(v: Any) -> int:
+    """An integer or its decimal spelling; 320.0, True or None are not sizes (``ValueError``)."""
+    if isinstance(v, bool) or not isinstance(v, (str, numbers.Integral)):
+        raise ValueError(v)
+    return int(v)
