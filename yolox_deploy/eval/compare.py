@@ -42,7 +42,8 @@ class CompareRow:
     def to_dict(self) -> dict[str, Any]:
         return {"artefact": self.artefact, "backend": self.backend, "precision": self.precision,
                 "input_size": list(self.input_size), "max_abs_diff": self.max_abs_diff,
-                "matched_iou": self.agreement.mean_iou if self.agreement.matched else None, "agreement": self.agreement.agreement,
+                "matched_iou": self.agreement.mean_iou if self.agreement.matched else None,
+                "agreement": self.agreement.agreement,
                 "detections": self.agreement.n_b, "pre_ms": self.pre_ms, "infer_ms": self.infer_ms,
                 "post_ms": self.post_ms, "total_ms": self.total_ms}
 

@@ -211,8 +211,8 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
 # --- where the artefact goes ---------------------------------------------------------------------------------
 def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
     """Refuse, before any work, an output that names nothing, is of the other kind (a folder where the format
-    writes a file, or the reverse), a file named without the format's suffix, is a folder holding more than this format's files, exists without
-    ``force``, or lies below a file or an unwritable folder. Returns ``out``."""
+    writes a file, or the reverse), is a file without the format's suffix, is a folder holding more than this
+    format's files, exists without ``force``, or lies below a file or an unwritable folder. Returns ``out``."""
     if out.name in ("", ".", ".."):
         raise InputError(f"output {str(out)!r} does not name the artefact; give its own path, "
                          f"e.g. {out / ('model' + info.suffix)}")
