@@ -104,7 +104,7 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     image_ids = sorted(coco.getImgIds())
     if not image_ids:
         raise InputError(f"{ann} lists no images: nothing to evaluate")
-    unnamed = [i for i in image_ids if not isinstance(coco.imgs[i].get("file_name"), str) or not coco.imgs[i]["file_name"]]
+    unnamed = [i for i in image_ids if not (isinstance(name := coco.imgs[i].get("file_name"), str) and name)]
     if unnamed:
         raise InputError(f"{ann}: {len(unnamed)} image(s) have no file_name (first id {unnamed[0]})")
     return CocoSplit(r, split, ann, image_dir, coco, image_ids, categories)
