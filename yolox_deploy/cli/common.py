@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import logging
 import os
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import InputError, YoloxError
 from ..meta import sidecar_path
 from ..utils.files import check_creatable, check_folder_writable
+from ..utils.signals import handling
 
 EXIT_USER_ERROR = 2
 
@@ -28,7 +27,7 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         _quiet_opencv()
         try:
-            with _terminate_as_interrupt():
+            with handling((signal.SIGTERM,), _terminate):
                 return int(main(argv) or 0)
         except YoloxError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -62,20 +61,8 @@ class Terminated(KeyboardInterrupt):
     are removed (or, where Ctrl-C keeps them, kept) on the way out."""
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def output_file(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:

@@ -21,7 +21,6 @@ import copy
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from ..errors import CheckpointError, InputError, YoloxError
 from ..eval.coco import AUTHORS_PROTOCOL, CocoSplit, EvalResult, open_scorable
 from ..nn.checkpoint import CLASS_HEAD_PREFIX, Checkpoint, load_checkpoint, read_checkpoint
 from ..nn.yolox import YOLOX, build_model
+from ..utils.signals import handling
 from .augment import fit_to_input
 from .batchnorm import folded_batchnorms, unfold_batchnorms
 from .checkpoint import BEST, LAST_MOSAIC, LATEST, load_training_state, save_training_checkpoint
@@ -339,15 +339,11 @@ class Trainer:
 
     @contextlib.contextmanager
     def _interrupts_between_steps(self) -> Iterator[None]:
-        """Within the block, Ctrl-C (SIGINT) or SIGTERM only asks to stop: the loop stops at the next iteration boundary,
-        where the state is whole (an interrupt inside a step leaves BatchNorm statistics, or the weights, a
-        step ahead of the iteration a checkpoint would record). A second Ctrl-C stops at once. Outside the
-        main thread (no signal handlers there) Ctrl-C behaves as usual."""
+        """Within the block, Ctrl-C (SIGINT) or SIGTERM only asks to stop: the loop stops at the next
+        iteration boundary, where the state is whole (an interrupt inside a step leaves BatchNorm statistics,
+        or the weights, a step ahead of the iteration a checkpoint would record). A second Ctrl-C stops at
+        once. Outside the main thread (no signal handlers there) Ctrl-C behaves as usual."""
         self._interrupted = False
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
         pid = os.getpid()
 
         def ask_to_stop(signum: int, frame: object) -> None:
@@ -358,13 +354,8 @@ class Trainer:
             self._interrupted = True
             log.warning("stopping after this iteration (Ctrl-C again to stop at once)")
 
-        stops = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: what `kill`, `timeout` and schedulers send
-        previous = [signal.signal(sig, ask_to_stop) for sig in stops]
-        try:
+        with handling((signal.SIGINT, signal.SIGTERM), ask_to_stop):  # SIGTERM: what `kill`, schedulers send
             yield
-        finally:
-            for sig, handler in zip(stops, previous):
-                signal.signal(sig, handler)
 
     def _stop_if_interrupted(self) -> None:
         if getattr(self, "_interrupted", False):
