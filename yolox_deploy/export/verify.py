@@ -194,11 +194,9 @@ def _onnx_tensor(path: Path, name: str, batch: np.ndarray) -> np.ndarray | None:
 
 
 def _openvino_tensor(path: Path, name: str, batch: np.ndarray) -> np.ndarray | None:
-    import openvino as ov
+    from ..runtimes.openvino import _core, find_ir
 
-    from ..runtimes.openvino import find_ir
-
-    core = ov.Core()
+    core = _core()  # the process's one Core (plugins load once)
     model = core.read_model(str(find_ir(path)))
     try:
         model.add_outputs(name)
@@ -206,6 +204,13 @@ def _openvino_tensor(path: Path, name: str, batch: np.ndarray) -> np.ndarray | N
         return None
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return compiled(batch)[compiled.output(name)]
+
+
+def _thresholds(meta: ModelMeta) -> tuple[float, float]:
+    """Score and IoU thresholds detections are compared at: an NMS graph's own, else VERIFY_CONF / VERIFY_IOU."""
+    if not meta.nms_in_graph:
+        return VERIFY_CONF, VERIFY_IOU
+    return meta.extra.get("nms_conf", VERIFY_CONF), meta.extra.get("nms_iou", VERIFY_IOU)
 
 
 def _nms_graph_references(path: Path, source: ExportSource, meta: ModelMeta, batch: np.ndarray,
@@ -216,7 +221,7 @@ def _nms_graph_references(path: Path, source: ExportSource, meta: ModelMeta, bat
     head = head_before_nms(path, meta, batch)
     if source.model is not None:
         ref = reference_outputs(source, batch, meta)
-        conf, iou = meta.extra.get("nms_conf", VERIFY_CONF), meta.extra.get("nms_iou", VERIFY_IOU)
+        conf, iou = _thresholds(meta)
         ref_meta = meta.with_(nms_in_graph=False, decode_in_graph=True)
         ref_dets = _detections([ref], ref_meta, conf, iou, meta.max_det)[0]
     else:
@@ -249,7 +254,7 @@ def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, me
     agreement = EMPTY + match_detections(_np(ref_dets.boxes), _np(ref_dets.class_ids), _np(art_dets.boxes),
                                          _np(art_dets.class_ids))
     precision = meta.precision
-    conf = meta.extra.get("nms_conf", VERIFY_CONF) if meta.nms_in_graph else VERIFY_CONF
+    conf = _thresholds(meta)[0]
     report = VerifyReport(precision, diff, TOLERANCE[precision], agreement, MIN_AGREEMENT[precision], label,
                           nms_in_graph=meta.nms_in_graph, conf=conf)
     log.info("verify %s: %s", meta.format, report.summary())
