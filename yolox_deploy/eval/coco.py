@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.images import read_image
+from ..utils.values import is_number
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model during evaluation (bounded memory)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -151,7 +152,7 @@ def _annotation_problem(a: Any, coco: Any) -> str | None:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return is_number(v) and math.isfinite(v)
 
 
 def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | None]:

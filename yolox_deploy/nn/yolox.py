@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..utils.values import is_integer
 from ..zoo import ModelSpec, get_spec
 from .blocks import BaseConv, fuse_conv_bn
 from .head import YOLOXHead
@@ -72,7 +73,7 @@ def build_model(name: str, num_classes: int = 80, class_names: tuple[str, ...] |
     The module tree matches the authors' so their checkpoints load with ``strict=True``.
     """
     spec = get_spec(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+    if not is_integer(num_classes) or num_classes < 1:
         raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     if spec.backbone == "darknet53":
         neck: nn.Module = YOLOFPN(depth=53)

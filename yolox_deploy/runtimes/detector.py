@@ -25,6 +25,7 @@ from ..ops.letterbox import letterbox_batch, scale_boxes
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
 from ..structures import Detections, name_table
 from ..utils.sizes import parse_img_size
+from ..utils.values import is_integer, is_number
 from ..zoo import canonical_name
 from .base import Backend, as_numpy, backend_class, find_backend
 from .streaming import StreamResult
@@ -95,11 +96,11 @@ class Detector:
                  img_size: int | Sequence[int] | str | None = None, class_names: Sequence[str] | None = None,
                  num_classes: int | None = None, **options: Any) -> None:
         for name, value in (("conf", conf), ("nms", nms)):
-            if value is not None and not (_is_real(value) and 0.0 <= value <= 1.0):
+            if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
                 raise InputError(f"thresholds must be numbers in [0, 1]: {name}={value!r}")
-        if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
+        if num_classes is not None and (not is_integer(num_classes) or num_classes < 1):
             raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        if max_det is not None and (not _is_int(max_det) or max_det < 1):
+        if max_det is not None and (not is_integer(max_det) or max_det < 1):
             raise InputError(f"max_det must be an integer >= 1 (or None for no cap), got {max_det!r}")
         size = parse_img_size(img_size) if img_size is not None else None
         class_names = _names(class_names)
@@ -117,7 +118,7 @@ class Detector:
         self.class_agnostic = class_agnostic
         self.max_det = max_det
         self.clip = clip
-        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+        if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
             raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
         if batch_size is not None and self.meta.batch and batch_size != self.meta.batch:
             raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {batch_size}; "
@@ -244,14 +245,6 @@ class Detector:
         m = self.meta
         return (f"Detector({self.backend.info.name}, model={m.model}, input={m.input_size[0]}x{m.input_size[1]}, "
                 f"classes={m.num_classes}, conf={self.conf}, nms={self.nms})")
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:

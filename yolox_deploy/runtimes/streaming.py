@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InputError
 from ..io.images import Frame, iter_source
 from ..structures import Detections
+from ..utils.values import is_integer
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -86,7 +87,7 @@ def _worker(detector: Detector, q_in: queue.Queue, q_out: queue.Queue, stop: thr
 
 def run_pipeline(detector: Detector, source: str | os.PathLike | int, *, queue_size: int = 2) -> Iterator[StreamResult]:
     """See ``Detector.stream``."""
-    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+    if not is_integer(queue_size) or queue_size < 1:
         raise InputError(f"queue_size must be an integer >= 1 (it bounds the frames held in memory), got {queue_size!r}")
     stop = threading.Event()
     q_pre: queue.Queue = queue.Queue(maxsize=queue_size)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InputError
+from .values import is_integer
 
 MAX_STRIDE = 32
 MAX_SIDE = 4096  # far above any YOLOX test size (1280 at most); beyond it a forward pass needs tens of GB
@@ -41,6 +41,6 @@ def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
 
 def _integer(v: Any) -> int:
     """An integer or its decimal spelling; 320.0, True or None are not sizes (``ValueError``)."""
-    if isinstance(v, bool) or not isinstance(v, (str, numbers.Integral)):
+    if not (isinstance(v, str) or is_integer(v)):
         raise ValueError(v)
     return int(v)
