@@ -357,6 +357,29 @@ def test_tensorrt_nms_engine_needs_an_image_to_verify_before_the_build(tiny_pth,
     _assert_empty(out)
 
 
+def test_a_device_the_verification_cannot_use_is_refused_before_the_export(tiny_pth, out, capsys, monkeypatch):
+    """Verification opens the artefact on --device after the build: a device this machine lacks (or that
+    the format's runtime does not know) is refused first, unless there is no verification."""
+    import onnxruntime as ort
+
+    import yolox_deploy.export.onnx as onnx_export
+
+    def build(*args, **kwargs):
+        raise AssertionError("the export started")
+
+    with monkeypatch.context() as m:
+        m.setattr(onnx_export.OnnxExporter, "export", build)
+        rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "m.onnx", "--device", "tpu"],
+                          capsys)
+        assert rc == 2 and "unknown device 'tpu' for ONNX Runtime" in _one_error(err)
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "m.onnx",
+                               "--device", "cuda"], capsys)
+            assert rc == 2 and "needs ONNX Runtime with CUDA" in _one_error(err)
+    _assert_empty(out)
+    assert export(tiny_pth, "onnx", out / "m.onnx", device="tpu", verify=False).path.is_file()
+
+
 def test_corrupt_verification_image_refused_before_any_work(tiny_pth, out, capsys, no_loading):
     (out / "bad.jpg").write_bytes(b"not an image")
     rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "new" / "m.onnx",

@@ -171,11 +171,15 @@ def test_options_and_devices(tiny):
         NcnnBackend(tiny, device="cuda")
 
 
-def test_vulkan_without_gpu_is_unavailable(tiny):
+def test_vulkan_without_gpu_is_unavailable(tiny, capfd):
     if ncnn.get_gpu_count() > 0:
         pytest.skip("this machine has a Vulkan GPU")
+    capfd.readouterr()
     with pytest.raises(BackendUnavailable, match="Vulkan"):
         NcnnBackend(tiny, device="vulkan")
+    with pytest.raises(BackendUnavailable, match="Vulkan"):
+        NcnnBackend.check_device("vulkan:1")
+    assert capfd.readouterr().err == ""  # ncnn's own lines about each driver it failed to load are not shown
 
 
 @pytest.mark.gpu

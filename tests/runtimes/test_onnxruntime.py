@@ -172,6 +172,8 @@ def test_unknown_device(device, nano_onnx):
 def test_gpu_device_without_cuda_provider(device, nano_onnx):
     with pytest.raises(BackendUnavailable, match="onnxruntime-gpu|CUDA"):
         open_backend(nano_onnx, device=device)
+    with pytest.raises(BackendUnavailable, match="onnxruntime-gpu|CUDA"):  # told without an artefact too
+        OnnxRuntimeBackend.check_device(device)
 
 
 def test_threads_and_optimisation_level(nano_onnx):

@@ -113,6 +113,8 @@ def test_missing_device_is_reported(tiny_ir):
         pytest.skip("this machine has an OpenVINO GPU")
     with pytest.raises(BackendUnavailable, match="GPU is not available"):
         open_backend(tiny_ir["folder"], device="gpu")
+    with pytest.raises(BackendUnavailable, match="GPU.1 is not available"):
+        OpenVINOBackend.check_device("gpu.1")
     with open_backend(tiny_ir["folder"], device="auto") as backend:  # AUTO falls back to the CPU
         assert backend.infer(np.zeros((1, 3, 64, 96), np.float32))[0].shape[0] == 1
 

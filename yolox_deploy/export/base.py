@@ -106,6 +106,7 @@ class FormatInfo:
     # only when all its entries match (a previous artefact), never a folder holding anything else.
     # File formats: the names the artefact may have (the suffixes the runtimes open it by).
     artefact_files: tuple[str, ...] = ()
+    backend: str = ""  # the runtimes backend that opens the artefacts (and verifies them); "" = the format's name
 
     def foreign_entries(self, folder: Path) -> list[str]:
         """Names of the entries of an existing ``folder`` this format does not write (none: it may be replaced)."""
@@ -160,12 +161,14 @@ _FORMATS: dict[str, type[Exporter]] = {}
 def register_format(name: str, *, suffix: str, is_dir: bool = False, package: str | None = None,
                     extra: str | None = None, supports: tuple[str, ...] = (), accepts_onnx: bool = False,
                     aliases: tuple[str, ...] = (), description: str = "",
-                    artefact_files: tuple[str, ...] = ()) -> Callable[[type[Exporter]], type[Exporter]]:
+                    artefact_files: tuple[str, ...] = (), backend: str | None = None,
+                    ) -> Callable[[type[Exporter]], type[Exporter]]:
     """Class decorator adding an exporter to the registry with its capability row."""
 
     def wrap(cls: type[Exporter]) -> type[Exporter]:
         cls.info = FormatInfo(name, suffix, is_dir, package, extra, frozenset(supports), accepts_onnx, aliases,
-                              description or (cls.__doc__ or "").strip().splitlines()[0], tuple(artefact_files))
+                              description or (cls.__doc__ or "").strip().splitlines()[0], tuple(artefact_files),
+                              backend or name)
         _FORMATS[name] = cls
         return cls
 

@@ -56,7 +56,7 @@ def _onnx() -> Any:
 
 @register_format("onnx", suffix=".onnx", package="onnx", extra="onnx",
                  supports=("dynamic", "dynamic_hw", "nms", "decode_in_graph", "opset", "simplify"), accepts_onnx=True,
-                 artefact_files=("*.onnx",))
+                 artefact_files=("*.onnx",), backend="onnxruntime")
 class OnnxExporter(Exporter):
     """ONNX (opset 11-20): fixed or dynamic batch and size, decode and NMS optionally in the graph.
 

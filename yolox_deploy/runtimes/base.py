@@ -12,6 +12,8 @@ letterboxes, decodes, or draws: that is the pipeline's job (``detector.py``), sh
 Each backend module registers itself with :func:`register_backend`, which records its capability row (the
 suffixes or folder layout it opens, the package it needs and the pip extra providing it, its devices).
 Optional packages are imported inside ``_load``, so a missing one is reported, never fatal at import.
+``_check_device`` refuses a device the backend does not know or this machine lacks, before any artefact is
+read (``check_device``: what the export driver asks before it builds an artefact it will verify there).
 """
 
 from __future__ import annotations
@@ -144,9 +146,7 @@ class Backend(abc.ABC):
             raise InputError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
                              f"the {self.info.name} backend; it takes "
                              f"{', '.join(sorted(COMMON_OPTIONS | self.option_names))}")
-        ok, reason = self.info.importable()
-        if not ok:
-            raise BackendUnavailable(reason)
+        self.check_device(device)
         self.path = path
         self.device = device
         self.options = options
@@ -155,7 +155,22 @@ class Backend(abc.ABC):
         self._lock = threading.Lock()
         self._load()
 
+    @classmethod
+    def check_device(cls, device: str) -> None:
+        """Raise :class:`InputError` for a device name this backend does not know and
+        :class:`BackendUnavailable` for one this machine lacks (or when the backend's package does not import),
+        without reading an artefact: opening one checks this first, and the export driver asks before it builds
+        what it will verify on ``device``."""
+        ok, reason = cls.info.importable()
+        if not ok:
+            raise BackendUnavailable(reason)
+        cls._check_device(device)
+
     # --- hooks ---------------------------------------------------------------------------------------
+    @classmethod  # noqa: B027 - optional hook
+    def _check_device(cls, device: str) -> None:
+        """Refuse ``device`` (see :meth:`check_device`); backends that only learn at load time keep this."""
+
     @abc.abstractmethod
     def _load(self) -> None:
         """Open the artefact and set ``self.meta``."""

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
+from ..utils.native import silenced_stderr
 from ..utils.sizes import parse_img_size
 from .base import Backend, as_numpy, one_model_file, register_backend
 
@@ -222,6 +223,18 @@ class NcnnBackend(Backend):
 
     option_names = frozenset({"decode_in_graph", "half", "threads"})
 
+    @classmethod
+    def _check_device(cls, device: str) -> None:
+        gpu = _device(device)
+        if gpu is not None:
+            import ncnn
+
+            with silenced_stderr():  # ncnn prints each failed attempt to load a Vulkan driver
+                count = ncnn.get_gpu_count() if hasattr(ncnn, "get_gpu_count") else 0
+            if gpu >= count:
+                raise BackendUnavailable(f"no Vulkan GPU {gpu} for NCNN ({count} found: no Vulkan driver or GPU "
+                                         "on this machine, or ncnn built without Vulkan); use device='cpu'")
+
     def _load(self) -> None:
         import ncnn
 
@@ -266,10 +279,6 @@ class NcnnBackend(Backend):
         o.use_bf16_storage = o.use_bf16_packed = False
         o.use_vulkan_compute = False
         if gpu is not None:
-            count = ncnn.get_gpu_count() if hasattr(ncnn, "get_gpu_count") else 0
-            if gpu >= count:
-                raise BackendUnavailable(f"no Vulkan GPU {gpu} for NCNN ({count} found: no Vulkan driver or GPU "
-                                         "on this machine, or ncnn built without Vulkan); use device='cpu'")
             o.use_vulkan_compute = True
             net.set_vulkan_device(gpu)
             self.thread_safe = False  # extractors share the Net's GPU allocators

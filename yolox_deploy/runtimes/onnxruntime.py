@@ -63,12 +63,25 @@ class OnnxRuntimeBackend(Backend):
 
     option_names = frozenset({"half", "opt_level", "spin_between_runs", "threads", "trt_cache"})
 
+    @classmethod
+    def _check_device(cls, device: str) -> None:
+        import onnxruntime as ort
+
+        kind, _ = parse_device(device)
+        available = set(ort.get_available_providers())
+        if kind != "cpu" and "CUDAExecutionProvider" not in available:
+            raise BackendUnavailable(f"device {device!r} needs ONNX Runtime with CUDA (pip install onnxruntime-gpu); "
+                                     "this onnxruntime only has " + ", ".join(sorted(available)))
+        if kind == "tensorrt" and "TensorrtExecutionProvider" not in available:
+            raise BackendUnavailable(f"device {device!r} needs ONNX Runtime's TensorRT provider (onnxruntime-gpu "
+                                     "built with TensorRT, and TensorRT installed); use device cuda instead")
+
     def _load(self) -> None:
         import onnxruntime as ort
 
         path = Path(self.path)
         self._kind, self._device_id = parse_device(self.device)
-        self._providers_list = self._providers(ort)
+        self._providers_list = self._providers()
         if not path.is_file():
             raise InputError(f"ONNX file not found: {path}")
         if path.stat().st_size == 0:
@@ -153,19 +166,13 @@ class OnnxRuntimeBackend(Backend):
         return None if adapted is None else self._new_session(adapted.SerializeToString())
 
     # --- loading -------------------------------------------------------------------------------------
-    def _providers(self, ort: Any) -> list[Any]:
-        available = set(ort.get_available_providers())
+    def _providers(self) -> list[Any]:
+        """The execution providers for the device (their presence was checked by :meth:`_check_device`)."""
         if self._kind == "cpu":
             return ["CPUExecutionProvider"]
         cuda = ("CUDAExecutionProvider", {"device_id": self._device_id})
-        if "CUDAExecutionProvider" not in available:
-            raise BackendUnavailable(f"device {self.device!r} needs ONNX Runtime with CUDA (pip install onnxruntime-gpu); "
-                                     "this onnxruntime only has " + ", ".join(sorted(available)))
         if self._kind == "cuda":
             return [cuda, "CPUExecutionProvider"]
-        if "TensorrtExecutionProvider" not in available:
-            raise BackendUnavailable(f"device {self.device!r} needs ONNX Runtime's TensorRT provider (onnxruntime-gpu "
-                                     "built with TensorRT, and TensorRT installed); use device cuda instead")
         cache = Path(self.options.get("trt_cache") or Path.home() / ".cache" / "yolox-deploy" / "ort-tensorrt")
         cache.mkdir(parents=True, exist_ok=True)
         trt = ("TensorrtExecutionProvider", {

@@ -132,16 +132,10 @@ class OpenVINOBackend(Backend):
     option_names = frozenset({"cache_dir", "hint", "inference_precision", "threads"})
 
     def _load(self) -> None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            raise BackendUnavailable("the openvino backend needs the 'openvino' package "
-                                     "(pip install 'yolox-deploy[openvino]')") from None
         opts = self.options
         self.xml = find_ir(Path(self.path))
         self._device = ov_device(self.device)
         core = _core()
-        self._check_device(core)
         try:
             model = core.read_model(str(self.xml))
         except Exception as e:  # OpenVINO raises RuntimeError for unparsable XML, bad offsets, ...
@@ -217,11 +211,12 @@ class OpenVINOBackend(Backend):
             config["CACHE_DIR"] = str(opts["cache_dir"])
         return config
 
-    def _check_device(self, core: Any) -> None:
-        base = self._device.split(":")[0]
+    @classmethod
+    def _check_device(cls, device: str) -> None:
+        base = ov_device(device).split(":")[0]
         if base in ("AUTO", "MULTI", "HETERO"):
             return
-        available = list(core.available_devices)
+        available = list(_core().available_devices)
         family = base.split(".")[0]
         if base not in available and not (base == family and any(d.split(".")[0] == family for d in available)):
             raise BackendUnavailable(f"OpenVINO device {base} is not available here "

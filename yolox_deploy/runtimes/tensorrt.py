@@ -334,6 +334,10 @@ class TensorRTBackend(Backend):
 
     thread_safe = False
 
+    @classmethod
+    def _check_device(cls, device: str) -> None:
+        resolve_cuda_device(device)
+
     def _load(self) -> None:
         trt = import_tensorrt()
         self._device = resolve_cuda_device(self.device)

@@ -51,6 +51,10 @@ class TorchBackend(Backend):
 
     model: YOLOX
 
+    @classmethod
+    def _check_device(cls, device: str) -> None:
+        resolve_device(device)
+
     def _load(self) -> None:
         opts = self.options
         self._device = resolve_device(self.device)
