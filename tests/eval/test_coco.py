@@ -121,6 +121,12 @@ def test_a_split_without_annotations_cannot_be_scored(tmp_path, coco_tiny):
         open_scorable(root)
 
 
+@pytest.mark.parametrize("detector,hint", [(None, "Detector(weights)"), ("m.onnx", "Detector('m.onnx')")])
+def test_evaluate_needs_a_detector(coco_tiny, detector, hint):
+    with pytest.raises(InputError, match=re.escape(f"evaluate runs a Detector, e.g. evaluate({hint}, data)")):
+        evaluate(detector, coco_tiny)
+
+
 def test_images_are_decoded_a_bounded_way_ahead_of_the_model(coco_tiny, monkeypatch):
     """Evaluation decodes the next images while the model runs, never the whole split into memory."""
     import yolox_deploy.eval.coco as coco_module

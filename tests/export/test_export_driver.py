@@ -67,6 +67,13 @@ def throwaway_format(monkeypatch):
 
 
 # --- refused before any work ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("weights", [None, 3, torch.nn.Conv2d(3, 3, 1)])
+def test_weights_of_the_wrong_type(out, weights):
+    with pytest.raises(InputError, match="weights are a checkpoint or artefact path"):
+        export(weights, "onnx", out / "m.onnx")
+    _assert_empty(out)
+
+
 def test_unknown_format(tiny_pth, out, capsys):
     rc, _, err = _run(["--weights", tiny_pth, "--format", "pickle", "--output", out / "m.x"], capsys)
     assert rc == 2

@@ -209,6 +209,9 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
 
     The detector's own settings apply; ``Detector(..., **AUTHORS_PROTOCOL)`` reproduces the authors' AP. ``progress``: ``True`` for a tqdm bar, or a callable receiving the number of images done.
     """
+    if not all(hasattr(detector, name) for name in ("meta", "batch_size", "run_batch")):
+        hint = f"Detector({str(detector)!r})" if isinstance(detector, (str, os.PathLike)) else "Detector(weights)"
+        raise InputError(f"evaluate runs a Detector, e.g. evaluate({hint}, data), not {type(detector).__name__}")
     ds = data if isinstance(data, CocoSplit) else open_scorable(data, split)
     mapping = category_mapping(detector.meta.class_names, ds)
     detections: list[dict[str, Any]] = []

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta
-from ..nn.checkpoint import load_model
+from ..nn.checkpoint import check_weights_argument, load_model
 from ..nn.yolox import YOLOX
 from .base import ExportSource
 
@@ -87,6 +87,7 @@ def _onnx_model_options(name: str, meta: ModelMeta, model: str | None, num_class
 def load_source(weights: Any, *, model: str | None = None, num_classes: int | None = None,
                 class_names: Sequence[str] | None = None, legacy: bool = False) -> ExportSource:
     """A checkpoint path, a YOLOX module or an ONNX path -> :class:`ExportSource` (model fused, eval mode)."""
+    check_weights_argument(weights)
     if isinstance(weights, YOLOX):
         net = weights
         weights_path = None

@@ -47,6 +47,12 @@ def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return sd
 
 
+def check_weights_argument(weights: Any) -> None:
+    """Refuse a ``weights`` argument that is neither a path (checkpoint or artefact) nor a YOLOX model."""
+    if not isinstance(weights, (str, os.PathLike, YOLOX)):
+        raise InputError(f"weights are a checkpoint or artefact path (or a YOLOX model), not {type(weights).__name__}")
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint file safely. Raises :class:`CheckpointError` with a one-line reason."""
     p = Path(path)

@@ -55,10 +55,10 @@ def load_images(source: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
 
 def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", **options: Any) -> Backend:
     """Open ``weights`` (a path or an in-memory model) with the named backend or the one its kind implies."""
+    from ..nn.checkpoint import check_weights_argument
     from ..nn.yolox import YOLOX
 
-    if not isinstance(weights, (str, os.PathLike, YOLOX)):
-        raise InputError(f"weights are a checkpoint or artefact path (or a YOLOX model), not {type(weights).__name__}")
+    check_weights_argument(weights)
     if backend:
         cls = backend_class(backend)
         path = Path(weights) if isinstance(weights, (str, os.PathLike)) else None
