@@ -370,6 +370,7 @@ def test_a_device_the_verification_cannot_use_is_refused_before_the_export(tiny_
     import onnxruntime as ort
 
     import yolox_deploy.export.onnx as onnx_export
+    import yolox_deploy.export.tensorrt as trt_export
 
     def build(*args, **kwargs):
         raise AssertionError("the export started")
@@ -383,6 +384,10 @@ def test_a_device_the_verification_cannot_use_is_refused_before_the_export(tiny_
             rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "m.onnx",
                                "--device", "cuda"], capsys)
             assert rc == 2 and "needs ONNX Runtime with CUDA" in _one_error(err)
+        m.setattr(trt_export.TensorRTExporter, "export", build)  # the build checks the GPU; the name is checked first
+        rc, _, err = _run(["--weights", tiny_pth, "--format", "trt", "--output", out / "m.engine", "--device", "tpu"],
+                          capsys)
+        assert rc == 2 and "TensorRT runs on a CUDA GPU" in _one_error(err)
     _assert_empty(out)
     assert export(tiny_pth, "onnx", out / "m.onnx", device="tpu", verify=False).path.is_file()
 

@@ -188,13 +188,10 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     if source.onnx_path is not None and out.resolve() == source.onnx_path.resolve():
         raise InputError(f"output {out} would overwrite the input model")
     if opts.verify:
-        from ..runtimes import registered_backends
         from .verify import check_verifiable
 
         check_verifiable(info.name, opts)
-        runner = registered_backends().get(info.backend)
-        if runner is not None:  # verification runs the artefact on the device, after the (slow) build
-            runner.check_device(opts.device)
+        cls.check_device(opts)  # verification runs the artefact there, after the (slow) build
 
     t0 = time.perf_counter()
     exporter = cls(opts, output=out)

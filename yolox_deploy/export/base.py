@@ -202,6 +202,16 @@ class Exporter(abc.ABC):
         """
         cls.info.require()
 
+    @classmethod
+    def check_device(cls, options: ExportOptions) -> None:
+        """Refuse, before any work, a device that verification could not run the artefact on (the format's
+        runtime backend judges; when that is not installed, verification reports it itself)."""
+        from ..runtimes import registered_backends
+
+        runner = registered_backends().get(cls.info.backend)
+        if runner is not None and runner.info.available()[0]:
+            runner.check_device(options.device)
+
     @abc.abstractmethod
     def export(self, source: ExportSource, dest: Path) -> ModelMeta:
         """Write the artefact to ``dest`` and return its metadata."""

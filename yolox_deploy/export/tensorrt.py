@@ -569,6 +569,12 @@ class TensorRTExporter(Exporter):
     def require(cls) -> None:
         """Nothing up front: the ONNX step runs without TensorRT, which is checked (and reported) after it."""
 
+    @classmethod
+    def check_device(cls, options: ExportOptions) -> None:
+        """Only the device's name up front: the build itself needs the GPU, and without one (as without
+        TensorRT) the ONNX step is kept with the ``trtexec`` command that builds the engine elsewhere."""
+        cuda_index(options.device)
+
     def export(self, source: ExportSource, dest: Path) -> ModelMeta:
         from .onnx import onnx_to_convert
 
