@@ -97,6 +97,23 @@ def test_detect_never_writes_into_the_folder_of_its_source(tmp_path, nano_pth, d
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
 
 
+def test_a_failed_run_leaves_nothing_and_keeps_earlier_results(tmp_path, nano_pth, dog_jpg, capsys):
+    """Results are staged and move into place only when the whole source went through: a corrupt last image
+    leaves neither the results of the images before it nor the folders made for them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(dog_jpg.read_bytes())
+    (src / "zzz.jpg").write_bytes(b"\xff\xd8\xffnot really a jpeg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.json").write_text("an earlier result")
+    for output in (out, tmp_path / "new" / "deep"):
+        assert detect_main([str(nano_pth), "--source", str(src), "--output", str(output)]) == 2
+        assert "zzz.jpg is not a readable image" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a.json"] and (out / "a.json").read_text() == "an earlier result"
+    assert not (tmp_path / "new").exists()
+
+
 def test_detect_keeps_files_sharing_a_stem_apart(tmp_path, nano_pth, dog_jpg):
     src = tmp_path / "src"
     src.mkdir()

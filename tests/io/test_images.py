@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
 from yolox_deploy.errors import InputError
-from yolox_deploy.io.images import ensure_bgr, iter_source, read_image
+from yolox_deploy.io.images import camera_index, ensure_bgr, iter_source, read_image
 
 
 def test_read_errors(tmp_path):
@@ -61,6 +63,9 @@ def test_iter_folder_and_video(tmp_path, rng):
     assert [f.name for f in iter_source(folder)] == ["a", "b"]
     cv2.imwrite(str(folder / "b.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     assert [f.name for f in iter_source(folder)] == ["a", "b.jpg", "b.png"]  # shared stems: full file names
+    cv2.imwrite(str(folder / "b.jpg.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    # its stem is b.jpg's name: every frame keeps a name of its own
+    assert [f.name for f in iter_source(folder)] == ["a", "b.jpg", "b.jpg.png", "b.png"]
 
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
@@ -77,6 +82,34 @@ def test_source_errors(tmp_path):
         list(iter_source(tmp_path / "nope"))
     with pytest.raises(InputError, match="no images"):
         list(iter_source(tmp_path))
+    with pytest.raises(InputError, match="the source is empty"):  # not the current folder
+        list(iter_source(" "))
+
+
+def test_a_folder_named_by_digits_is_a_folder_not_a_camera(tmp_path, monkeypatch, rng):
+    monkeypatch.chdir(tmp_path)
+    assert camera_index("2024") == 2024 and camera_index(0) == 0
+    Path("2024").mkdir()
+    cv2.imwrite("2024/a.jpg", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    assert camera_index("2024") is None
+    assert [f.name for f in iter_source("2024")] == ["a"]
+
+
+def _png_header_only(width, height):
+    """A PNG whose (valid) IHDR announces ``width`` x ``height`` pixels, followed by no image data."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_an_image_announcing_too_many_pixels_is_refused(tmp_path):
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(40000, 40000))
+    with pytest.raises(InputError, match="huge.png is not a readable image"):
+        read_image(huge)
 
 
 def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:

@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..io.images import VIDEO_SUFFIXES, Frame, iter_source
+from ..io.images import VIDEO_SUFFIXES, Frame, camera_index, iter_source
 from ..runtimes.detector import Detector
-from ..utils.files import atomic_write, write_text_atomic
+from ..utils.files import move_into, staging_folder
 from ..utils.table import format_table
 from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_folder
 
@@ -37,55 +37,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_image(path: Path, image: np.ndarray) -> None:
-    with atomic_write(path) as tmp:
-        ok, buf = cv2.imencode(path.suffix, image)
-        if not ok:
-            raise OSError(f"could not encode {path}")
-        tmp.write_bytes(buf.tobytes())
+    ok, buf = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OSError(f"could not encode {path.name}")
+    path.write_bytes(buf.tobytes())
 
 
 class _VideoSink:
-    """An annotated video written to a hidden temp file, renamed into place only when complete: every frame
-    written and the file readable again (OpenCV's writer reports no error, e.g. on a full disk)."""
+    """The annotated video, written into the run's staging folder; complete only when every frame was written
+    and the file reads back whole (OpenCV's writer reports no error, e.g. on a full disk)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.stem}.part{path.suffix}")  # the container follows the suffix
         self.writer: cv2.VideoWriter | None = None
         self.frames = 0
 
     def write(self, frame: Frame, annotated: np.ndarray) -> None:
         if self.writer is None:
             h, w = annotated.shape[:2]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps or DEFAULT_FPS,
-                                          (w, h))
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
+                                          frame.fps or DEFAULT_FPS, (w, h))
             if not self.writer.isOpened():
-                raise InputError(f"cannot write video {self.path.name} (no mp4v encoder?); use --no-images")
+                raise InputError(f"cannot write the annotated video {self.path.name}: OpenCV's mp4v writer refused "
+                                 f"{w}x{h} frames; use --no-images")
         self.writer.write(annotated)
         self.frames += 1
 
-    def close(self, commit: bool) -> None:
-        try:
-            if self.writer is not None:
-                self.writer.release()
-                if commit:
-                    check = cv2.VideoCapture(str(self.tmp))
-                    written = int(check.get(cv2.CAP_PROP_FRAME_COUNT)) if check.isOpened() else 0
-                    check.release()
-                    if written != self.frames:
-                        raise OSError(f"the annotated video {self.path} could not be written whole ({written} of "
-                                      f"{self.frames} frames readable; is the disk full?)")
-                    self.tmp.replace(self.path)
-        finally:
-            self.tmp.unlink(missing_ok=True)
+    def finish(self) -> None:
+        """Close the file and check that it holds every frame."""
+        if self.writer is None:
+            return
+        self.writer.release()
+        check = cv2.VideoCapture(str(self.path))
+        written = int(check.get(cv2.CAP_PROP_FRAME_COUNT)) if check.isOpened() else 0
+        check.release()
+        if written != self.frames:
+            raise OSError(f"the annotated video {self.path.name} could not be written whole ({written} of "
+                          f"{self.frames} frames readable; is the disk full?)")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
 
 
 def _refuse_writing_over_source(src: str, out: Path) -> None:
     """Results (``<name>.jpg``, ``<name>.json``, ``<stem>.mp4``) are never written into the source's own
     folder, where they could replace the source or the files beside it."""
     source = Path(src)
-    if src.isdigit() or not source.exists():
+    if camera_index(src) is not None or not source.exists():
         return
     folder = source.resolve() if source.is_dir() else source.resolve().parent
     if out.resolve() == folder:
@@ -98,19 +97,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = output_folder(args.output)
     src = str(args.source)
-    live = src.isdigit()  # a camera: it never ends by itself, Ctrl-C is how a user stops it
+    camera = camera_index(src)
+    live = camera is not None  # a camera: it never ends by itself, Ctrl-C is how a user stops it
     is_video = live or Path(src).suffix.lower() in VIDEO_SUFFIXES
-    stem = f"camera{src}" if live else Path(src).stem
+    stem = f"camera{camera}" if live else Path(src).stem
     _refuse_writing_over_source(src, out)
     rows = []
     frames: list[dict] = []
-    with Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic,
-                  max_det=args.max_det, **detector_kwargs(args)) as det:
-        video = _VideoSink(out / f"{stem}.mp4") if is_video and not args.no_images else None
-        ok = False
+    with (Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic,
+                   max_det=args.max_det, **detector_kwargs(args)) as det,
+          staging_folder(out, prefix=".detect.") as stage):  # results move into place only when the run ends well
+        video = _VideoSink(stage / f"{stem}.mp4") if is_video and not args.no_images else None
         try:
             try:
-                for chunk in det.iter_batches(iter_source(src)):
+                for chunk in det.iter_batches(iter_source(camera if live else src)):
                     t0 = time.perf_counter()
                     results = det.run_batch([frame.image for frame in chunk])
                     ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
@@ -120,10 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             if video is not None:
                                 video.write(frame, dets.draw(frame.image))
                         else:
-                            write_text_atomic(out / f"{frame.name}.json",
-                                              json.dumps({"source": frame.name, **dets.to_dict()}, indent=1))
+                            (stage / f"{frame.name}.json").write_text(
+                                json.dumps({"source": frame.name, **dets.to_dict()}, indent=1))
                             if not args.no_images:
-                                _write_image(out / f"{frame.name}.jpg", dets.draw(frame.image))
+                                _write_image(stage / f"{frame.name}.jpg", dets.draw(frame.image))
                         top = ", ".join(f"{n} {s:.2f}" for _, s, _, n in list(dets)[:3])
                         rows.append([frame.name, len(dets), round(ms, 1), top])
             except KeyboardInterrupt:
@@ -131,12 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise
                 # a camera never ends by itself: Ctrl-C is how it is stopped, and what was seen is kept
                 print("stopped; writing the frames seen so far", file=sys.stderr)
-            ok = True
+            if video is not None:
+                video.finish()
         finally:
             if video is not None:
-                video.close(commit=ok)
+                video.close()
         if is_video:
-            write_text_atomic(out / f"{stem}.json", json.dumps({"source": src, "frames": frames}, indent=1))
+            (stage / f"{stem}.json").write_text(json.dumps({"source": src, "frames": frames}, indent=1))
+        move_into(sorted(stage.iterdir()), out)
     shown = rows if len(rows) <= 20 else rows[:10] + [["...", None, None, ""]] + rows[-5:]
     print(format_table(["image", "detections", "ms", "top"], shown, floatfmt=".1f"))
     print(f"{len(rows)} image(s) -> {out}/")

@@ -9,13 +9,10 @@ the format's capability row, load the source, write into a staging folder, verif
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ from ..errors import InputError
 from ..io.images import list_images, read_image
 from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
-from ..utils.files import check_creatable
+from ..utils.files import check_creatable, move_into, staging_folder
 from ..utils.plugins import import_builtins
 from .base import (
     OPTIONAL_FEATURES,
@@ -195,7 +192,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
 
     t0 = time.perf_counter()
     exporter = cls(opts, output=out)
-    with _staging(out) as staging:
+    with staging_folder(out.parent, prefix=f".{out.name}.") as staging:
         staged = staging / out.name
         if info.is_dir:
             staged.mkdir()
@@ -205,7 +202,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
             from .verify import verify_artefact
 
             verification = verify_artefact(staged, source, opts, meta)
-        final = _move_into_place(sorted(staging.iterdir()), out.parent)
+        final = move_into(sorted(staging.iterdir()), out.parent)
     return ExportResult(out, meta, files=final, verification=verification, seconds=time.perf_counter() - t0)
 
 
@@ -235,51 +232,6 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
             raise InputError(f"{out} already exists; pass --force to overwrite it")
     check_creatable(out)
     return out
-
-
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A temporary folder next to ``out`` to write into; removed afterwards, and when the export fails the
-    parent folders made for it too, so a failed export leaves nothing."""
-    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    except OSError as e:
-        _remove_empty(created)
-        raise InputError(f"cannot write to {out.parent}: {e.strerror or e}") from None
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(created)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _remove_empty(folders: Sequence[Path]) -> None:
-    """Remove ``folders`` (deepest first) while they are empty."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-
-
-def _move_into_place(produced: Sequence[Path], folder: Path) -> list[Path]:
-    """Move the staged files and folders into ``folder`` (replacing existing ones of the same kind only)."""
-    final = [folder / p.name for p in produced]
-    for p, dest in zip(produced, final):
-        if dest.exists() and dest.is_dir() != p.is_dir():
-            raise InputError(f"{dest} is {'a folder' if dest.is_dir() else 'a file'}, where the export writes "
-                             f"{'a folder' if p.is_dir() else 'a file'}; nothing written")
-    for p, dest in zip(produced, final):
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        elif dest.exists() or dest.is_symlink():
-            dest.unlink()
-        os.replace(p, dest)
-    return final
 
 
 # --- an ONNX file as the source ------------------------------------------------------------------------------

@@ -59,7 +59,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{p} is empty (0 bytes)")
     data = np.fromfile(p, dtype=np.uint8)
     # as cv2.imread (the authors' demo and eval): 8-bit BGR, gray expanded, alpha dropped, EXIF orientation applied
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as e:  # a header OpenCV refuses, e.g. more pixels than CV_IO_MAX_IMAGE_PIXELS
+        reason = "too large to decode" if "MAX_IMAGE_PIXELS" in str(e) else "its header is invalid"
+        raise InputError(f"{p} is not a readable image ({reason})") from None
     if image is None:
         raise InputError(f"{p} is not a readable image (corrupt or unsupported format)")
     return ensure_bgr(image, name=str(p))
@@ -67,7 +71,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Frame:
-    """One item of a source: a name (file stem, or the file name when two files of a folder share their stem;
+    """One item of a source: a name (file stem, or the file name where stems clash: :func:`frame_names`;
     ``video_000012`` for frames), the image, its index, and for video frames the video's frame rate (when
     the container or camera reports one)."""
 
@@ -83,6 +87,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     p = Path(folder)
     return sorted(f for f in p.iterdir()
                   if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def frame_names(files: list[Path]) -> list[str]:
+    """One distinct name per file of a folder: its stem, or its full name when another file shares the stem
+    (dog.jpg and dog.png) or is named like it (a.jpg.png's stem is the name of a.jpg)."""
+    stems = Counter(f.stem for f in files)
+    names = {f.name for f in files}
+    return [f.stem if stems[f.stem] == 1 and f.stem not in names else f.name for f in files]
 
 
 def _iter_video(capture: cv2.VideoCapture, stem: str) -> Iterator[Frame]:
@@ -113,12 +125,24 @@ def open_video(source: str | int) -> cv2.VideoCapture:
     return capture
 
 
-def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
-    """Frames of an image file, a folder of images, a video file or a camera index (int or digit string)."""
+def camera_index(source: str | os.PathLike | int) -> int | None:
+    """The camera a source names (an int, or a digit string that is not an existing file or folder), or None."""
     if isinstance(source, bool) or not isinstance(source, (int, str, os.PathLike)):
         raise InputError(f"a source is an image, folder or video path or a camera index, not {source!r}")
-    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
-        yield from _iter_video(open_video(int(source)), f"camera{int(source)}")
+    if isinstance(source, str) and not source.strip():
+        raise InputError("the source is empty: give an image, folder or video path or a camera index")
+    if isinstance(source, int):
+        return source
+    if isinstance(source, str) and source.isdigit() and not Path(source).exists():
+        return int(source)
+    return None
+
+
+def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
+    """Frames of an image file, a folder of images, a video file or a camera (:func:`camera_index`)."""
+    camera = camera_index(source)
+    if camera is not None:
+        yield from _iter_video(open_video(camera), f"camera{camera}")
         return
     p = Path(source)
     if not p.exists():
@@ -127,9 +151,8 @@ def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
         files = list_images(p)
         if not files:
             raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {p}")
-        stems = Counter(f.stem for f in files)
-        for i, f in enumerate(files):  # dog.jpg and dog.png: named by their full file names, never both "dog"
-            yield Frame(f.stem if stems[f.stem] == 1 else f.name, read_image(f), i)
+        for i, (f, name) in enumerate(zip(files, frame_names(files))):
+            yield Frame(name, read_image(f), i)
     elif p.suffix.lower() in VIDEO_SUFFIXES:
         yield from _iter_video(open_video(str(p)), p.stem)
     else:

@@ -95,6 +95,54 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def staging_folder(folder: str | os.PathLike, prefix: str = ".staging.") -> Iterator[Path]:
+    """A temporary folder inside ``folder`` (made, with its parents, when missing) to write a run's results into
+    before :func:`move_into` puts them in place. Removed afterwards; when the block fails, the folders made for
+    it are removed too, so a failed run leaves nothing."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=folder))
+    except OSError as e:
+        _remove_empty(created)
+        raise InputError(f"cannot write to {folder}: {e.strerror or e}") from None
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def move_into(produced: list[Path], folder: Path) -> list[Path]:
+    """Move staged files and folders into ``folder``, replacing existing entries of the same kind (a file by a
+    file, a folder by a folder) only; nothing moves when one would replace the other kind. Returns the new paths."""
+    final = [folder / p.name for p in produced]
+    for p, dest in zip(produced, final):
+        if dest.exists() and dest.is_dir() != p.is_dir():
+            raise InputError(f"{dest} is {'a folder' if dest.is_dir() else 'a file'}, where "
+                             f"{'a folder' if p.is_dir() else 'a file'} was to be written; nothing written")
+    for p, dest in zip(produced, final):
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        elif dest.exists() or dest.is_symlink():
+            dest.unlink()
+        os.replace(p, dest)
+    return final
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     with atomic_write(path) as tmp:
