@@ -69,6 +69,8 @@ VARIANTS: dict[str, ModelSpec] = {
 
 def canonical_name(name: str) -> str:
     """``"s"``, ``"yolox_s"``, ``"YOLOX-S"`` -> ``"yolox-s"``; raises :class:`InputError` if unknown."""
+    if not isinstance(name, str):
+        raise InputError(f"a model is named by a string ({', '.join(VARIANTS)}), not {name!r}")
     key = name.strip().lower().replace("_", "-")
     if key in ("darknet", "darknet53", "yolov3", "yolox-darknet"):
         key = "yolox-darknet53"

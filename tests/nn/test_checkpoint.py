@@ -85,11 +85,21 @@ class _Evil:
         return (print, ("this must never run",))
 
 
+class _Shell:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("echo this must never run",)
+
+
 def test_pickled_objects_are_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"model": _Evil()}, path)
     with pytest.raises(CheckpointError, match="weights_only"):
         read_checkpoint(path)
+    torch.save({"model": build_model("yolox-nano", 2).state_dict(), "x": _Shell()}, tmp_path / "shell.pth")
+    with pytest.raises(CheckpointError, match="holds Python objects, not only weights"):
+        read_checkpoint(tmp_path / "shell.pth")
     assert "this must never run" not in capsys.readouterr().out
     with open(tmp_path / "plain.pkl", "wb") as f:
         pickle.dump({"a": 1}, f)
@@ -100,8 +110,10 @@ def test_pickled_objects_are_refused(tmp_path, capsys):
         read_checkpoint(tmp_path / "no_tensors.pth")
 
 
-def test_identity_batchnorms_stay_identities(tmp_path):
-    """Folded checkpoints store BN as weight 1, mean 0, var 1 - eps'; loading must keep them identities."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_identity_batchnorms_stay_identities(tmp_path, dtype):
+    """Folded checkpoints store BN as weight 1, mean 0, var 1 - eps'; loading must keep them identities. In a
+    half-precision copy 1 - eps' rounds to exactly 1."""
     model = build_model("yolox-nano", num_classes=2).eval()
     sd = model.state_dict()
     for k in sd:
@@ -111,12 +123,21 @@ def test_identity_batchnorms_stay_identities(tmp_path):
             sd[k] = torch.zeros_like(sd[k])
         elif k.endswith("bn.weight"):
             sd[k] = torch.ones_like(sd[k])
-    torch.save({"model": sd}, tmp_path / "folded.pth")
+    torch.save({"model": {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}},
+               tmp_path / "folded.pth")
     loaded = build_model("yolox-nano", num_classes=2).eval()
     load_checkpoint(loaded, tmp_path / "folded.pth")
     bn = loaded.backbone.backbone.stem.conv.bn
     x = torch.randn(1, bn.num_features, 4, 4)
     torch.testing.assert_close(bn(x), x + bn.bias.view(1, -1, 1, 1), atol=1e-6, rtol=0)
+    from yolox_deploy.train.batchnorm import folded_batchnorms
+
+    assert bn in folded_batchnorms(loaded)  # so fine-tuning unfolds it first
+
+
+def test_batchnorms_that_never_saw_data_keep_their_eps(tmp_path):
+    path = save_checkpoint(build_model("yolox-nano", num_classes=2), tmp_path / "fresh.pth")  # var 1, mean 0
+    assert {m.eps for m in load_model(path).modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
 
 
 def test_trained_batchnorms_keep_the_training_eps(tmp_path):
@@ -127,6 +148,25 @@ def test_trained_batchnorms_keep_the_training_eps(tmp_path):
     path = save_checkpoint(model, tmp_path / "trained.pth")
     loaded = load_model(path)
     assert all(m.eps == 1e-3 for m in loaded.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"model_name": 5}, "names its model 5"),
+    ({"class_names": "abc"}, "class names that are not a list of strings"),
+    ({"class_names": [1, 2, 3]}, "class names that are not a list of strings"),
+    ({"input_size": [100, 7]}, "records an input size that is not one"),
+])
+def test_checkpoint_fields_of_the_wrong_kind(tmp_path, nano3, extra, message):
+    model, _ = nano3
+    torch.save({"model": model.state_dict(), **extra}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path / "odd.pth")
+
+
+@pytest.mark.parametrize("name", [None, 5, ("yolox-s",)])
+def test_a_model_is_named_by_a_string(name):
+    with pytest.raises(InputError, match="a model is named by a string"):
+        build_model(name)
 
 
 def test_save_is_atomic(tmp_path, monkeypatch, nano3):

@@ -127,6 +127,8 @@ def test_checkpoints_have_the_authors_layout_and_load_everywhere(synthetic_coco,
         assert all(torch.equal(v, raw["model"][k]) for k, v in t.ema.model.state_dict().items())
     model = load_model(out / "best_ckpt.pth")
     assert model.class_names == ("red", "green", "blue") and model.spec.name == "yolox-nano"
+    assert raw["input_size"] == [64, 64] and model.input_size == (64, 64)  # it runs at its training size
+    assert Detector(out / "best_ckpt.pth").meta.input_size == (64, 64)
     with open(out / "eval_log.csv") as f:
         evals = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in evals] == [1, 2] and all(0 <= float(r["AP"]) <= 1 for r in evals)
@@ -258,6 +260,23 @@ def test_a_run_failing_before_its_first_checkpoint_leaves_nothing(synthetic_coco
         assert t.train(max_iterations=1).iterations == 1
 
 
+def test_a_run_continued_in_a_new_folder_keeps_its_own_best(synthetic_coco, tmp_path):
+    """best_ap goes with the best_ckpt.pth beside it: a run resumed into a new folder starts its own."""
+    first = tmp_path / "first"
+    with Trainer(config(synthetic_coco, first, epochs=3, val_split="val2017", eval_interval=1)) as t:
+        t.train(max_iterations=4)
+    raw = torch.load(first / LATEST, map_location="cpu", weights_only=True)
+    torch.save({**raw, "best_ap": 0.5}, first / LATEST)  # a figure this tiny run cannot reach again
+    with Trainer(config(synthetic_coco, first, epochs=3, val_split="val2017", eval_interval=1, resume=True)) as t:
+        assert t.best_ap == 0.5
+    with Trainer(config(synthetic_coco, tmp_path / "second", epochs=3, val_split="val2017", eval_interval=1,
+                        resume=first / LATEST)) as t:
+        assert t.iteration == 4 and t.best_ap == 0.0
+        result = t.train(max_iterations=8)
+    best = load_training_state(tmp_path / "second" / "best_ckpt.pth")
+    assert result.best_ap == best.best_ap == best.curr_ap < 0.5  # the one evaluation this folder saw
+
+
 def test_run_folder_guards(synthetic_coco, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(InputError, match="nothing to resume"):
@@ -276,6 +295,14 @@ def test_run_folder_guards(synthetic_coco, tmp_path):
     assert (mine / "train_log.csv").read_text() == "my notes\n" and len(list(mine.iterdir())) == 1
     with pytest.raises(InputError, match="different batch"):
         Trainer(config(synthetic_coco, out, resume=True, batch=4))
+    # a checkpoint resumed into another run's folder would replace that run's checkpoints and extend its logs
+    other = tmp_path / "other-run"
+    with Trainer(config(synthetic_coco, other)) as t:
+        t.train(max_iterations=1)
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    with pytest.raises(InputError, match=r"other-run holds another run's files .*resume latest_ckpt.pth in its own"):
+        Trainer(config(synthetic_coco, other, resume=out / LATEST))
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
     with pytest.raises(CheckpointError, match="cannot be resumed"):
         torch.save({"model": build_model("yolox-nano", 3).state_dict()}, tmp_path / "weights.pth")
         Trainer(config(synthetic_coco, tmp_path / "other", resume=tmp_path / "weights.pth"))

@@ -19,7 +19,7 @@ def model_meta(model: YOLOX, *, legacy: bool = False, class_names: Sequence[str]
     """Metadata of a torch model before export (labels, test size, preprocessing contract)."""
     spec = model.spec
     names = tuple(class_names or model.class_names or ()) or None
-    meta = ModelMeta.default(model.num_classes, spec.test_size if spec else (640, 640),
+    meta = ModelMeta.default(model.num_classes, model.default_input_size,
                              model=spec.name if spec else None, strides=tuple(model.head.strides),
                              preprocess=Preprocess.legacy() if legacy else Preprocess())
     return meta.with_(class_names=names) if names else meta

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 from ..utils.files import atomic_write
+from ..utils.sizes import parse_img_size
 from ..zoo import VARIANTS, canonical_name
 from .yolox import YOLOX, build_model
 
@@ -33,6 +34,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     model_name: str | None = None
     class_names: tuple[str, ...] | None = None
+    input_size: tuple[int, int] | None = None  # the size the model was trained at (checkpoints of yolox-train)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,7 +70,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
         # the last four: bytes that are not a pickle at all (a text file) trip the unpickler's own lookups
-        if "Unsupported global" in str(e):
+        if "unsupported global" in str(e).lower():  # "Unsupported global: ..." / "unsupported GLOBAL ... blocked"
             raise CheckpointError(f"{p} holds Python objects, not only weights; refusing to unpickle it "
                                   "(checkpoints are loaded with weights_only=True)") from None
         raise CheckpointError(f"{p} is not a PyTorch checkpoint (unreadable pickle data)") from None
@@ -91,7 +93,18 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     sd = _strip_prefix(_strip_prefix(sd, "module."), "model.")
     names = extra.pop("class_names", None)
     model_name = extra.pop("model_name", None)
-    return Checkpoint(sd, model_name=model_name, class_names=tuple(names) if names else None, extra=extra)
+    size = extra.pop("input_size", None)
+    if model_name is not None and not isinstance(model_name, str):
+        raise CheckpointError(f"{p} names its model {model_name!r}, not a variant name such as 'yolox-s'")
+    if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{p} holds class names that are not a list of strings")
+    if size is not None:
+        try:
+            size = parse_img_size(size)
+        except InputError:
+            raise CheckpointError(f"{p} records an input size that is not one ({size!r})") from None
+    return Checkpoint(sd, model_name=model_name, class_names=tuple(names) if names else None, input_size=size,
+                      extra=extra)
 
 
 def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -139,19 +152,21 @@ def _mismatch_message(model: YOLOX, ckpt: Checkpoint) -> str:
     return f"checkpoint does not fit {model_name}: " + "; ".join(parts)
 
 
-def _keep_identity_batchnorms(model: nn.Module) -> None:
+def _keep_identity_batchnorms(model: nn.Module, reduced_precision: bool = False) -> None:
     """Keep folded (identity) BatchNorms identities, whatever eps the file was written for.
 
     Checkpoints converted from deployed graphs store every BN as weight 1, mean 0, variance ``1 - eps'``.
     Under the training eps (1e-3) that would scale each layer by ``1/sqrt(1 - eps' + 1e-3)``; giving such a
-    layer ``eps = 1 - running_var`` makes it the identity it was written as.
+    layer ``eps = 1 - running_var`` makes it the identity it was written as. In a half-precision copy
+    (``reduced_precision``) ``1 - eps'`` rounds to exactly 1, so a variance of 1 qualifies too (then eps 0);
+    in full precision that is a BatchNorm that never saw data, left as it is.
     """
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
             var = m.running_var
             gap = 1.0 - var[0].item()
-            if (0.0 < gap < 0.01 and torch.all(var == var[0]) and torch.all(m.running_mean == 0)
-                    and torch.all(m.weight == 1)):
+            if ((0.0 < gap or (reduced_precision and gap == 0.0)) and gap < 0.01 and torch.all(var == var[0])
+                    and torch.all(m.running_mean == 0) and torch.all(m.weight == 1)):
                 m.eps = gap
 
 
@@ -173,9 +188,10 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
     elif _shapes(sd) != _shapes(model.state_dict()):
         raise CheckpointError(_mismatch_message(model, ckpt))
     model.load_state_dict(sd, strict=not ignore_class_head)
-    _keep_identity_batchnorms(model)
+    _keep_identity_batchnorms(model, any(v.dtype in (torch.float16, torch.bfloat16) for v in sd.values()))
     if ckpt.class_names and not ignore_class_head and len(ckpt.class_names) == model.num_classes:
         model.class_names = ckpt.class_names
+    model.input_size = ckpt.input_size
     return ckpt
 
 
@@ -204,12 +220,15 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
 
 
 def save_checkpoint(model: YOLOX, path: str | os.PathLike, **extra: Any) -> Path:
-    """Write ``{"model": state_dict, "model_name", "class_names", **extra}`` atomically (authors' format)."""
+    """Write ``{"model": state_dict, "model_name", "class_names", "input_size", **extra}`` atomically (the
+    authors' format, which reads only ``"model"``)."""
     payload: dict[str, Any] = {"model": model.state_dict()}
     if model.spec is not None:
         payload["model_name"] = model.spec.name
     if model.class_names is not None:
         payload["class_names"] = list(model.class_names)
+    if model.input_size is not None:
+        payload["input_size"] = list(model.input_size)
     payload.update(extra)
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)

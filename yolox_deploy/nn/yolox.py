@@ -20,7 +20,8 @@ from .necks import YOLOFPN, YOLOPAFPN
 class YOLOX(nn.Module):
     """``images [B, 3, H, W]`` (H, W multiples of 32) -> head output ``[B, A, 5 + C]`` (see :class:`YOLOXHead`).
 
-    ``spec`` and ``class_names`` describe the model; they are not part of the state dict.
+    ``spec``, ``class_names`` and ``input_size`` (the size it was trained at, when a checkpoint records it)
+    describe the model; they are not part of the state dict.
     """
 
     def __init__(self, backbone: nn.Module, head: YOLOXHead, spec: ModelSpec | None = None,
@@ -30,10 +31,19 @@ class YOLOX(nn.Module):
         self.head = head
         self.spec = spec
         self.class_names = class_names
+        self.input_size: tuple[int, int] | None = None
 
     @property
     def num_classes(self) -> int:
         return self.head.num_classes
+
+    @property
+    def default_input_size(self) -> tuple[int, int]:
+        """The input size to run it at unless told otherwise: its training size when recorded, else the
+        variant's test size (640 x 640 without a variant)."""
+        if self.input_size is not None:
+            return tuple(self.input_size)
+        return tuple(self.spec.test_size) if self.spec is not None else (640, 640)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

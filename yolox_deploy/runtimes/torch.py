@@ -71,7 +71,7 @@ class TorchBackend(Backend):
         self.model = model.to(self._device).half() if self._half else model.to(self._device)
 
         spec = model.spec
-        size = parse_img_size(opts["img_size"]) if opts.get("img_size") else (spec.test_size if spec else (640, 640))
+        size = parse_img_size(opts["img_size"]) if opts.get("img_size") else model.default_input_size
         names = tuple(opts.get("class_names") or model.class_names or ()) or None
         self.meta = ModelMeta.default(
             model.num_classes, size, model=spec.name if spec else None, batch=None, dynamic_hw=True,

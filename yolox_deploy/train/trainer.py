@@ -140,6 +140,7 @@ class Trainer:
             unfold_batchnorms(self.model, self._plain_batches(UNFOLD_IMAGES), loss_fns=self._loss_closures(),
                               lr=BASE_LR_PER_IMAGE * cfg.batch, weight_decay=RECIPE_WEIGHT_DECAY,
                               momentum=RECIPE_MOMENTUM)
+        self.model.input_size = tuple(cfg.img_size)  # its checkpoints run at this size unless told otherwise
         self.model.train()
         self.optimizer = build_optimizer(self.model, self.schedule(0), cfg.momentum, cfg.weight_decay)
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
@@ -170,7 +171,16 @@ class Trainer:
         path = latest if cfg.resume is True else Path(cfg.resume)
         if not path.is_file():
             raise InputError(f"nothing to resume: {path} not found")
+        found = [] if self._resumes_in_place(path) else run_files(cfg.output)
+        if found:
+            raise InputError(f"{cfg.output} holds another run's files ({', '.join(found[:4])}"
+                             f"{', ...' if len(found) > 4 else ''}); resume {path.name} in its own folder "
+                             f"({path.parent}) or in a new --output")
         return path
+
+    def _resumes_in_place(self, path: Path) -> bool:
+        """Whether the checkpoint resumed lies in this run's output folder (the run continues its own files)."""
+        return path.resolve().parent == self.cfg.output.resolve()
 
     def _open_val(self) -> CocoSplit | None:
         cfg = self.cfg
@@ -248,7 +258,8 @@ class Trainer:
         if state.scaler and self.amp:
             self.scaler.load_state_dict(state.scaler)
         self.iteration = state.iteration
-        self.best_ap = state.best_ap
+        # the best AP belongs with the best_ckpt.pth beside the checkpoint; a run continued elsewhere starts its own
+        self.best_ap = state.best_ap if self._resumes_in_place(path) else 0.0
         self.last_ap = state.curr_ap
         log.info("resumed %s at iteration %d (epoch %d)", path, self.iteration,
                  self.iteration // self.iters_per_epoch + 1)
