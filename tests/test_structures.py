@@ -72,6 +72,9 @@ def test_to_coco_refuses_a_category_map_too_short():
 
     with pytest.raises(InputError, match="category_ids maps 1 classes, but a detection has class id 1"):
         make(2).to_coco(7, category_ids=[18])
+    negative = Detections.from_arrays([[0, 0, 5, 5]], [0.9], [-1], ["person", "car"])
+    with pytest.raises(InputError, match="a detection has class id -1"):  # not the last category, as [-1] would
+        negative.to_coco(1, category_ids=[1, 3])
 
 
 def test_to_dict_is_json_ready():
@@ -98,6 +101,14 @@ def test_draw_converts_or_refuses_what_it_is_given():
     for bad in (np.zeros((0, 0, 3), np.uint8), "dog.jpg", [[0, 0]]):
         with pytest.raises(InputError):
             d.draw(bad)
+
+
+def test_boxes_that_are_not_boxes_are_not_drawn():
+    img = np.full((50, 60, 3), 255, np.uint8)
+    boxes = [[np.nan, 0, 10, 10], [0, 0, np.inf, 10], [-1e12, -1e12, 1e12, 1e12], [5, 5, 20, 20]]
+    d = Detections.from_arrays(np.array(boxes, np.float32), [0.9, 0.8, 0.7, 0.6], [0, 1, 0, 1], ["cat", "dog"])
+    out = d.draw(img)  # the huge box is drawn clipped, the NaN and infinite ones are skipped
+    assert out.shape == img.shape and (out != 255).any()
 
 
 def test_equality():

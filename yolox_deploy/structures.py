@@ -113,9 +113,11 @@ class Detections:
 
         ``category_ids[class_id]`` maps classes to dataset category ids; classes mapped to ``None`` are left out.
         """
-        if category_ids is not None and len(self) and int(self.class_ids.max()) >= len(category_ids):
-            raise InputError(f"category_ids maps {len(category_ids)} classes, but a detection has class id "
-                             f"{int(self.class_ids.max())}")
+        if category_ids is not None and len(self):
+            outside = [int(c) for c in (self.class_ids.min(), self.class_ids.max()) if not 0 <= c < len(category_ids)]
+            if outside:
+                raise InputError(f"category_ids maps {len(category_ids)} classes, but a detection has class id "
+                                 f"{outside[0]}")
         out = []
         for (x1, y1, x2, y2), score, cid, _ in self:
             cat = category_ids[cid] if category_ids is not None else cid

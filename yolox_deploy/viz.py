@@ -29,8 +29,12 @@ def draw_detections(image: np.ndarray, dets: Detections, *, thickness: int | Non
     h, w = out.shape[:2]
     t = thickness or max(1, round(min(h, w) / 300))
     font_scale = max(0.4, min(h, w) / 1000)
+    reach = 4 * max(h, w)  # a box reaching further is drawn as if it ended there (OpenCV takes 32-bit ints)
     for i in np.argsort(dets.scores, kind="stable"):  # lowest first: the best labels end on top
-        (x1, y1, x2, y2), score, cid, name = dets.xyxy[i], float(dets.scores[i]), int(dets.class_ids[i]), dets.names[i]
+        if not np.isfinite(dets.xyxy[i]).all():
+            continue  # a box with a NaN or infinite corner (an unclipped, diverged model) has nothing to draw
+        (x1, y1, x2, y2) = np.clip(dets.xyxy[i], -reach, reach)
+        score, cid, name = float(dets.scores[i]), int(dets.class_ids[i]), dets.names[i]
         color = class_color(cid)
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
         cv2.rectangle(out, p1, p2, color, t, cv2.LINE_AA)

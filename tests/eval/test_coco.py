@@ -79,6 +79,8 @@ def _split(tmp_path, coco_tiny, edit):
      "80 image(s) have no file_name"),
     (lambda a: {**a, "categories": [{"id": c["id"]} for c in a["categories"]]}, "80 categories have no name"),
     (lambda a: {k: v for k, v in a.items() if k != "categories"}, "has no categories"),
+    (lambda a: {**a, "categories": [{**c, "name": "bicycle"} if c["id"] == 3 else c for c in a["categories"]]},
+     "category names must be distinct; 'bicycle' names ids 2, 3"),
 ])
 def test_unusable_annotation_files_are_refused(tmp_path, coco_tiny, edit, message):
     with pytest.raises(InputError, match=re.escape(message)):

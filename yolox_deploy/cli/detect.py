@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.images import VIDEO_SUFFIXES, Frame, camera_index, iter_source
 from ..runtimes.detector import Detector
-from ..utils.files import move_into, staging_folder
+from ..utils.files import json_text, move_into, staging_folder
 from ..utils.table import format_table
 from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_folder
 
@@ -121,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 video.write(frame, dets.draw(frame.image))
                         else:
                             (stage / f"{frame.name}.json").write_text(
-                                json.dumps({"source": frame.name, **dets.to_dict()}, indent=1))
+                                json_text({"source": frame.name, **dets.to_dict()}, indent=1))
                             if not args.no_images:
                                 _write_image(stage / f"{frame.name}.jpg", dets.draw(frame.image))
                         top = ", ".join(f"{n} {s:.2f}" for _, s, _, n in list(dets)[:3])
@@ -137,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if video is not None:
                 video.close()
         if is_video:
-            (stage / f"{stem}.json").write_text(json.dumps({"source": src, "frames": frames}, indent=1))
+            (stage / f"{stem}.json").write_text(json_text({"source": src, "frames": frames}, indent=1))
         move_into(sorted(stage.iterdir()), out)
     shown = rows if len(rows) <= 20 else rows[:10] + [["...", None, None, ""]] + rows[-5:]
     print(format_table(["image", "detections", "ms", "top"], shown, floatfmt=".1f"))

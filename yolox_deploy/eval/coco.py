@@ -12,7 +12,7 @@ import io
 import json
 import math
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -102,6 +102,11 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     unnamed = [c["id"] for c in categories if not isinstance(c.get("name"), str) or not c["name"]]
     if unnamed:
         raise InputError(f"{ann}: {len(unnamed)} categories have no name (first id {unnamed[0]})")
+    twice = sorted(n for n, k in Counter(c["name"] for c in categories).items() if k > 1)
+    if twice:  # classes are matched by name: two categories of one name would be scored as one
+        ids = [c["id"] for c in categories if c["name"] == twice[0]]
+        raise InputError(f"{ann}: category names must be distinct; {twice[0]!r} names ids "
+                         f"{', '.join(map(str, ids))}")
     image_ids = sorted(coco.getImgIds())
     if not image_ids:
         raise InputError(f"{ann} lists no images: nothing to evaluate")
