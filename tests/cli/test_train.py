@@ -65,9 +65,13 @@ def test_arguments_map_onto_the_config(tmp_path):
     assert tiny.mosaic_scale == (0.5, 1.5) and tiny.mixup is False
 
 
-@pytest.mark.parametrize("field,value,message", [("lr_per_image", float("nan"), "learning rate"),
+@pytest.mark.parametrize("field,value,message", [("lr_per_image", float("nan"), "lr_per_image must be a finite number"),
                                                  ("lr_per_image", -1e-3, "learning rate"),
-                                                 ("workers", -1, "workers must be >= 0")])
+                                                 ("workers", -1, "workers must be >= 0"),
+                                                 ("batch", "40", "batch must be an integer, got '40'"),
+                                                 ("epochs", 1.5, "epochs must be an integer, got 1.5"),
+                                                 ("seed", True, "seed must be an integer"),
+                                                 ("flip_prob", "0.5", "flip_prob must be a finite number")])
 def test_bad_numbers_are_refused(field, value, message):
     cfg = config_from_args(build_parser().parse_args(["--model", "nano", "--data", "d"]))
     with pytest.raises(InputError, match=message):

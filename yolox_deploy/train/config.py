@@ -16,10 +16,16 @@ from typing import Any
 
 from ..errors import InputError
 from ..utils.sizes import parse_img_size
+from ..utils.values import is_integer, is_number
 from ..zoo import get_spec
 from .dataset import AugmentConfig
 from .optim import BASE_LR_PER_IMAGE
 from .schedule import default_multiscale_range
+
+INTEGER_FIELDS = ("num_classes", "epochs", "batch", "workers", "seed", "warmup_epochs", "no_aug_epochs",
+                  "multiscale_interval", "eval_interval")
+NUMBER_FIELDS = ("lr_per_image", "momentum", "weight_decay", "min_lr_ratio", "ema_decay", "mosaic_prob", "mixup_prob",
+                 "hsv_prob", "flip_prob", "degrees", "translate", "shear")
 
 
 @dataclass
@@ -76,6 +82,14 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` default filled in from the variant, validated."""
+        for name in INTEGER_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not is_integer(value):
+                raise InputError(f"{name} must be an integer, got {value!r}")
+        for name in NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not (is_number(value) and math.isfinite(value)):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
         spec = get_spec(self.model)
         c = dataclasses.replace(self, model=spec.name, data=Path(self.data), output=Path(self.output),
                                 weights=Path(self.weights) if self.weights else None)
