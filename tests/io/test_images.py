@@ -77,6 +77,22 @@ def test_iter_folder_and_video(tmp_path, rng):
     assert frames[0].image.shape == (24, 32, 3)
 
 
+def test_a_truncated_video_is_read_as_far_as_it_goes_with_a_warning(tmp_path, caplog):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(10):
+        writer.write(np.full((48, 64, 3), i * 20, np.uint8))
+    writer.release()
+    data = video.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[:len(data) * 9 // 10])
+    with caplog.at_level("WARNING"):
+        assert len(list(iter_source(video))) == 10 and not caplog.records
+        n = len(list(iter_source(cut)))
+    assert 0 < n < 10
+    assert f"cut: read {n} of the 10 frames its header announces" in caplog.text
+
+
 def test_source_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         list(iter_source(tmp_path / "nope"))

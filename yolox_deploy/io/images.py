@@ -6,6 +6,7 @@ Unreadable inputs raise :class:`InputError` with the file name and the reason.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
@@ -101,6 +104,7 @@ def _iter_video(capture: cv2.VideoCapture, stem: str) -> Iterator[Frame]:
     try:
         rate = capture.get(cv2.CAP_PROP_FPS)
         fps = float(rate) if 0 < rate < 1000 else None  # 0 or NaN when unknown
+        announced = capture.get(cv2.CAP_PROP_FRAME_COUNT)  # 0 or -1 for cameras and streams
         i = 0
         while True:
             ok, frame = capture.read()
@@ -110,6 +114,9 @@ def _iter_video(capture: cv2.VideoCapture, stem: str) -> Iterator[Frame]:
             i += 1
         if i == 0:
             raise InputError(f"no frame could be read from {stem} (empty or unsupported video)")
+        if 0 < i < announced:
+            log.warning("%s: read %d of the %d frames its header announces (a truncated or damaged file?)",
+                        stem, i, int(announced))
     finally:
         capture.release()
 
