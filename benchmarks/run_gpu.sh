@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU rows on a target with an NVIDIA GPU (T4, Jetson, H100...) and TensorRT 10 installed:
-# YOLOX-S/M/L/X at 640, FP16 (and FP32), batch 1 and 8, TensorRT beside PyTorch and ONNX Runtime (CUDA).
+# YOLOX-S/M/L/X at 640, FP16 (and FP32), batch 1 and 8, TensorRT beside PyTorch and ONNX Runtime (CUDA; FP32
+# only: its FP16 rows report "not available", the ONNX export being FP32).
 #
 #   benchmarks/run_gpu.sh [OUTPUT_DIR]        (default: benchmarks/results/gpu)
 #
-# Needs: pip install 'yolox-deploy[trt]' (tensorrt, cuda-python) and, for the ONNX Runtime rows, onnxruntime-gpu.
+# Needs: pip install -e '.[trt]' (tensorrt, cuda-python) and, for the ONNX Runtime rows, onnxruntime-gpu.
 # Backends that are missing on the target are reported as "not available: <reason>" rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -34,6 +34,18 @@ def test_results_never_replace_an_input(tmp_path, nano_onnx, dog_jpg, capsys):
     assert victim.read_bytes() == nano_onnx.read_bytes()
 
 
+def test_results_replace_only_an_earlier_json_file(tmp_path, nano_onnx, dog_jpg, capsys):
+    other_model = tmp_path / "other.onnx"  # not an input of this run, but not a result either
+    other_model.write_bytes(b"\x08\x07model bytes")
+    assert compare_main([str(nano_onnx), "--images", str(dog_jpg), "--json", str(other_model)]) == 2
+    assert "exists and is not a JSON file" in capsys.readouterr().err
+    assert other_model.read_bytes() == b"\x08\x07model bytes"
+    earlier = tmp_path / "earlier.txt"
+    earlier.write_text('{"rows": []}')
+    assert compare_main([str(nano_onnx), "--images", str(dog_jpg), "--json", str(earlier)]) == 0
+    assert json.loads(earlier.read_text())["images"] == 1
+
+
 def test_json_through_a_symlink_writes_its_target(tmp_path, nano_onnx, dog_jpg):
     target = tmp_path / "results.json"
     target.write_text("{}")

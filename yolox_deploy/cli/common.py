@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import signal
@@ -65,11 +66,13 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def output_file(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Check before any work that ``path`` can be written as a file later; returns it as a Path.
+def json_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Check before any work that ``path`` can be written as a JSON file later; returns it as a Path.
 
     An existing file that is one of ``inputs`` (files this run reads) or lies inside one of them (a folder
-    artefact, a dataset) is refused: writing the results there would destroy what was read.
+    artefact, a dataset) is refused: writing the results there would destroy what was read. Any other
+    existing file is replaced only when it holds JSON (an earlier result), never a model or a picture that a
+    mistyped name points at.
     """
     p = Path(path)
     if not str(path):
@@ -83,8 +86,22 @@ def output_file(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (
             if target == source or source in target.parents:
                 raise InputError(f"{p} is {'an input' if target == source else f'inside the input {item}'} "
                                  "of this run; write the results to another file")
+        if not _holds_json(p):
+            raise InputError(f"{p} exists and is not a JSON file; the results replace only an earlier JSON result, "
+                             "so choose another name")
     check_creatable(p)
     return p
+
+
+def _holds_json(path: Path, limit: int = 256 << 20) -> bool:
+    """Whether a file (of at most ``limit`` bytes: results are small) parses as JSON."""
+    try:
+        if path.stat().st_size > limit:
+            return False
+        json.loads(path.read_bytes())
+    except (ValueError, OSError):  # UnicodeDecodeError is a ValueError
+        return False
+    return True
 
 
 def read_by(artefacts: Sequence[str | os.PathLike]) -> list[Path]:
@@ -106,7 +123,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="YOLOX variant for checkpoints that do not say (yolox-nano ... yolox-x)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N",
                    help="input size: one number or height width (default: the artefact's / the variant's test size)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (OpenVINO: CPU, GPU, NPU, AUTO)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (ONNX Runtime also tensorrt[:N]; OpenVINO CPU, GPU, NPU, AUTO; NCNN vulkan[:N])")
     p.add_argument("--backend", help="override the runtime the artefact implies (torch, onnxruntime, openvino, ncnn, tensorrt)")
     p.add_argument("--batch", type=int, default=None, help="images per inference call (dynamic-batch artefacts)")
     p.add_argument("--legacy", action="store_true",

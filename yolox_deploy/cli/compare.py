@@ -10,7 +10,7 @@ from ..eval.compare import compare_artefacts
 from ..io.images import iter_source
 from ..utils.files import json_text, write_text_atomic
 from ..utils.table import format_table
-from .common import cli_entry, main_guard, output_file, read_by
+from .common import cli_entry, json_output, main_guard, read_by
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit < 1:
         raise InputError("--limit must be >= 1")
-    json_path = output_file(args.json, [*read_by(args.artefacts), args.images]) if args.json is not None else None
+    json_path = json_output(args.json, [*read_by(args.artefacts), args.images]) if args.json is not None else None
     images = []
     for frame in iter_source(args.images):
         images.append(frame.image)

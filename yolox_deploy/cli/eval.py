@@ -9,7 +9,7 @@ from ..eval.coco import STAT_LABELS, STAT_NAMES, evaluate, open_scorable
 from ..runtimes.detector import Detector
 from ..utils.files import json_text, write_text_atomic
 from ..utils.table import format_table
-from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_file, read_by
+from .common import add_model_args, cli_entry, detector_kwargs, json_output, main_guard, read_by
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    json_path = output_file(args.json, [*read_by([args.weights]), args.data]) if args.json is not None else None
+    json_path = json_output(args.json, [*read_by([args.weights]), args.data]) if args.json is not None else None
     data = open_scorable(args.data, args.split)
     with Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic, max_det=None,
                   clip=False, **detector_kwargs(args)) as det:

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simplify", action=argparse.BooleanOptionalAction, help="simplify the ONNX graph (default on)")
     p.add_argument("--workspace", type=float, help="TensorRT builder workspace in GiB (default 4)")
     p.add_argument("--device", help="device to build and verify on (default cpu; TensorRT: cuda:N)")
-    p.add_argument("--output", help="output path (default: next to the weights)")
+    p.add_argument("--output", help="output path (default: next to the weights, or in the current folder when theirs is read-only)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction,
                    help="run the artefact and compare with the torch model (default on)")
     p.add_argument("--verify-image", help="image to verify on (default: a synthetic scene)")

@@ -50,7 +50,7 @@ def _coco_api():
             from faster_coco_eval import COCO
             from faster_coco_eval import COCOeval_faster as COCOeval
         except ImportError:
-            raise InputError("COCO evaluation needs pycocotools: pip install 'yolox-deploy[eval]'") from None
+            raise InputError("COCO evaluation needs pycocotools: pip install pycocotools") from None
     return COCO, COCOeval
 
 

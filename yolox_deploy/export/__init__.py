@@ -229,7 +229,7 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
             raise InputError(f"{out} holds files the {info.name} format does not write ({', '.join(foreign[:3])}"
                              f"{', ...' if len(foreign) > 3 else ''}), so it is not replaced; choose another output")
         if not force:
-            raise InputError(f"{out} already exists; pass --force to overwrite it")
+            raise InputError(f"{out} already exists; pass --force (force=True) to overwrite it")
     check_creatable(out)
     return out
 

@@ -4,8 +4,8 @@
     -> batched NMS (unless in graph) -> scale back to image pixels -> Detections
 
 The artefact's metadata decides input size, labels, what the graph already does and the preprocessing
-contract; arguments only override what an artefact without metadata cannot know. Post-processing runs as
-torch ops on the device the backend's outputs live on (the GPU for CUDA backends).
+contract; arguments only override what an artefact without metadata cannot know. Post-processing runs where
+the backend's outputs live: in numpy with OpenCV's NMS on the CPU, as torch ops on the GPU for CUDA backends.
 """
 
 from __future__ import annotations
@@ -81,13 +81,13 @@ class Detector:
     >>> dets.xyxy, dets.scores, dets.names
 
     Arguments: ``model`` (variant, for checkpoints without one), ``backend`` (override the one the file
-    implies), ``device`` (``cpu``, ``cuda[:N]``, OpenVINO ``GPU``/``NPU``/``AUTO``), ``conf`` / ``nms``
-    thresholds (default 0.25 / 0.45; an artefact with NMS inside runs its own, which ``conf`` and ``max_det``
-    can only tighten), ``class_agnostic`` NMS, ``max_det`` per image (``None``: no cap), ``clip`` boxes to the
-    image (the authors' COCO protocol does not), ``batch_size`` (for
-    dynamic-batch artefacts; fixed-batch ones get padded batches), ``img_size`` (dynamic-size artefacts;
-    must match a fixed one), ``class_names`` / ``num_classes`` for artefacts without labels, and backend
-    options (``half``, ``legacy``, ``threads``...).
+    implies), ``device`` (``cpu``, ``cuda[:N]``; ONNX Runtime's TensorRT provider ``tensorrt[:N]``; OpenVINO
+    ``GPU``/``NPU``/``AUTO``; NCNN ``vulkan[:N]``), ``conf`` / ``nms`` thresholds (default 0.25 / 0.45; an
+    artefact with NMS inside runs its own, which ``conf`` and ``max_det`` can only tighten),
+    ``class_agnostic`` NMS, ``max_det`` per image (``None``: no cap), ``clip`` boxes to the image (the
+    authors' COCO protocol does not), ``batch_size`` (for dynamic-batch artefacts; fixed-batch ones get
+    padded batches), ``img_size`` (dynamic-size artefacts; must match a fixed one), ``class_names`` /
+    ``num_classes`` for artefacts without labels, and backend options (``half``, ``legacy``, ``threads``...).
     """
 
     def __init__(self, weights: Any, *, model: str | None = None, backend: str | None = None,
