@@ -8,12 +8,14 @@ and ``runtimes/`` (reads it); neither depends on the other.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .data.coco import default_class_names
 from .errors import ArtefactError
+from .utils.values import is_integer, is_number
 
 META_KEY = "yolox_deploy"  # the key under which the JSON is stored in ONNX / OpenVINO metadata
 SCHEMA_VERSION = 1
@@ -90,23 +92,32 @@ class ModelMeta:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+    def from_dict(cls, d: Any) -> ModelMeta:
+        """Metadata as an artefact stores it, every field checked (artefacts are input: a hand-edited or damaged
+        value must not reach a runtime); raises :class:`ArtefactError` naming the first bad field."""
+        if not isinstance(d, dict):
+            raise ArtefactError(f"artefact metadata is not a JSON object but {type(d).__name__}")
         d = dict(d)
-        d.pop("schema", None)
+        schema = d.pop("schema", SCHEMA_VERSION)
+        if not is_integer(schema) or schema < 1:
+            raise ArtefactError(f"artefact metadata has an invalid schema {schema!r}")
+        if schema > SCHEMA_VERSION:
+            raise ArtefactError(f"artefact metadata has schema {schema}, written by a newer yolox-deploy (this one "
+                                f"reads up to {SCHEMA_VERSION}); upgrade it")
+        missing = [k for k in ("class_names", "input_size") if k not in d]
+        if missing:
+            raise ArtefactError(f"artefact metadata lacks {' and '.join(missing)}")
         known = set(cls.__dataclass_fields__)
         unknown = {k: d.pop(k) for k in list(d) if k not in known}
         try:
             pre = d.pop("preprocess", None) or {}
+            if not isinstance(pre, dict):
+                raise ValueError("preprocess is not an object")
             pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
-            meta = cls(
-                class_names=tuple(d.pop("class_names")),
-                input_size=tuple(int(v) for v in d.pop("input_size")),
-                strides=tuple(int(v) for v in d.pop("strides", (8, 16, 32))),
-                preprocess=pre,
-                **d,
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ArtefactError(f"artefact metadata is malformed ({e})") from None
+            meta = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}, preprocess=pre)
+            _check_fields(meta)
+        except (TypeError, ValueError) as e:
+            raise ArtefactError(f"artefact metadata is malformed: {e}") from None
         if unknown:
             meta = meta.with_(extra={**meta.extra, **unknown})
         return meta
@@ -122,6 +133,52 @@ class ModelMeta:
     def default(cls, num_classes: int, input_size: tuple[int, int], **kw: Any) -> ModelMeta:
         """Metadata for an artefact that carries none (e.g. the authors' released ONNX files)."""
         return cls(class_names=default_class_names(num_classes), input_size=tuple(input_size), **kw)
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _check_fields(m: ModelMeta) -> None:
+    """Raise ValueError for the first field of ``m`` whose type or value no artefact of ours can have."""
+    def positive_ints(values: Any) -> bool:
+        return isinstance(values, tuple) and bool(values) and all(is_integer(v) and v > 0 for v in values)
+
+    if not m.class_names or not all(isinstance(n, str) for n in m.class_names) or not isinstance(m.class_names, tuple):
+        raise ValueError(f"class_names must be a list of strings, got {m.class_names!r}")
+    if not (positive_ints(m.input_size) and len(m.input_size) == 2) or any(v % 32 or v > 4096 for v in m.input_size):
+        raise ValueError(f"input_size must be [height, width], multiples of 32 up to 4096, got {m.input_size!r}")
+    if not positive_ints(m.strides) or list(m.strides) != sorted(set(m.strides)):
+        raise ValueError(f"strides must be increasing positive integers, got {m.strides!r}")
+    for name in ("decode_in_graph", "nms_in_graph", "dynamic_hw"):
+        if not isinstance(getattr(m, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(m, name)!r}")
+    for name in ("batch", "max_det"):
+        value = getattr(m, name)
+        if value is not None and not (is_integer(value) and value > 0):
+            raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+    if m.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {m.precision!r}")
+    for name in ("model", "format"):
+        if getattr(m, name) is not None and not isinstance(getattr(m, name), str):
+            raise ValueError(f"{name} must be a string or null, got {getattr(m, name)!r}")
+    if not isinstance(m.extra, dict):
+        raise ValueError(f"extra must be an object, got {m.extra!r}")
+    for name in ("nms_conf", "nms_iou"):
+        value = m.extra.get(name)
+        if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"extra.{name} must be a number in [0, 1], got {value!r}")
+    p = m.preprocess
+    if not (is_number(p.scale) and math.isfinite(p.scale) and p.scale > 0):
+        raise ValueError(f"preprocess.scale must be a positive number, got {p.scale!r}")
+    for name in ("mean", "std"):
+        value = getattr(p, name)
+        if value is not None and not (isinstance(value, tuple) and len(value) == 3
+                                      and all(is_number(v) and math.isfinite(v) for v in value)):
+            raise ValueError(f"preprocess.{name} must be three numbers or null, got {value!r}")
+    if p.std is not None and 0 in p.std:
+        raise ValueError(f"preprocess.std must not hold 0, got {p.std!r}")
+    if not (is_integer(p.pad_value) and 0 <= p.pad_value <= 255):
+        raise ValueError(f"preprocess.pad_value must be an integer in 0..255, got {p.pad_value!r}")
 
 
 NMS_OUTPUTS = ("num_dets", "boxes", "scores", "labels")
@@ -170,6 +227,36 @@ def meta_from_graph(input_shape: list[Any], output_names: list[str], output_shap
     return meta.with_(preprocess=Preprocess.legacy()) if legacy else meta
 
 
+def check_against_graph(meta: ModelMeta, input_shape: list[Any], output_names: list[str], artefact: str) -> None:
+    """Refuse metadata that contradicts the graph it travels with (any runtime's view of its shapes): a fixed
+    batch or input size other than the graph's, or NMS outputs the graph does not have (or the reverse)."""
+    problems = []
+    if len(input_shape) == 4:
+        n, h, w = (_static(input_shape[i]) for i in (0, 2, 3))
+        if n is not None and meta.batch != n:
+            problems.append(f"batch {meta.batch} (the graph's is {n})")
+        if h is not None and w is not None:
+            if (h, w) != tuple(meta.input_size):
+                problems.append(f"input size {meta.input_size[0]}x{meta.input_size[1]} (the graph's is {h}x{w})")
+            elif meta.dynamic_hw:
+                problems.append("a dynamic input size (the graph's is fixed)")
+    if (tuple(output_names[:4]) == NMS_OUTPUTS) != meta.nms_in_graph:
+        problems.append("NMS in the graph" if meta.nms_in_graph else "no NMS in the graph (the graph has it)")
+    if problems:
+        raise ArtefactError(f"{artefact}: its metadata does not describe its graph: it says {'; '.join(problems)}; "
+                            "re-export it")
+
+
+def stored_meta(text: str, input_shape: list[Any], output_names: list[str], artefact: str) -> ModelMeta:
+    """Our metadata as an artefact stores it (JSON), checked field by field and against the graph's shapes."""
+    try:
+        meta = ModelMeta.from_json(text)
+    except ArtefactError as e:
+        raise ArtefactError(f"{artefact}: {e}; re-export it") from None
+    check_against_graph(meta, input_shape, output_names, artefact)
+    return meta
+
+
 def sidecar_path(artefact: str | Path) -> Path:
     """Where the metadata of a file-based artefact (.engine, .param) lives: ``<artefact>.json``."""
     p = Path(artefact)
@@ -185,7 +272,9 @@ def read_sidecar(artefact: str | Path) -> ModelMeta | None:
     if not path.is_file():
         return None
     try:
-        return ModelMeta.from_json(path.read_text())
+        return ModelMeta.from_json(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ArtefactError(f"{path} is not a text (UTF-8 JSON) file; re-export the model or delete the file") from None
     except OSError as e:
         raise ArtefactError(f"cannot read {path}: {e.strerror or e}") from None
     except ArtefactError as e:

@@ -3,6 +3,8 @@ files, and the CUDA IO-binding path (GPU only)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -53,6 +55,45 @@ def _without_metadata(src, dst):
 
 
 # --- metadata ------------------------------------------------------------------------------------------------
+def _with_metadata(src, dst, **change):
+    """``src`` with some fields of its yolox-deploy metadata changed (as a hand edit would)."""
+    import json
+
+    from yolox_deploy.meta import META_KEY
+
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        if prop.key == META_KEY:
+            prop.value = json.dumps({**json.loads(prop.value), **change})
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("which,change,message", [
+    ("nms", {"input_size": [32, 32]}, "input size 32x32 (the graph's is 64x64)"),
+    ("nms", {"batch": 4}, "batch 4 (the graph's is 1)"),
+    ("nms", {"dynamic_hw": True}, "a dynamic input size (the graph's is fixed)"),
+    ("nms", {"nms_in_graph": False}, "no NMS in the graph (the graph has it)"),
+    ("dynamic", {"nms_in_graph": True}, "says NMS in the graph"),
+])
+def test_metadata_that_contradicts_the_graph_is_refused_at_load(tiny_files, tmp_path, which, change, message):
+    path = _with_metadata(tiny_files[which][0], tmp_path / "edited.onnx", **change)
+    with pytest.raises(ArtefactError, match="edited.onnx: its metadata does not describe its graph: .*" + re.escape(message)):
+        Detector(path)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"class_names": ["a", "b"]}, "has shape [1, 126, 8], not the [N, 126, 7]"),
+    ({"input_size": [96, 96]}, "has shape [1, 126, 8], not the [N, 189, 8]"),
+])
+def test_a_head_output_other_than_the_metadata_implies_is_refused(tiny_files, tmp_path, change, message):
+    """Sizes and labels a dynamic graph cannot contradict at load show in its output: never wrong boxes or names."""
+    path = _with_metadata(tiny_files["dynamic"][0], tmp_path / "edited.onnx", dynamic_hw=False, **change)
+    det = Detector(path, img_size=(64, 96) if "input_size" not in change else None)
+    with pytest.raises(ArtefactError, match=re.escape(message)):  # the graph's own output: 64x96, 3 classes
+        det.postprocess([np.zeros((1, 126, 8), np.float32)], np.ones(1), [(64, 96)])
+
+
 def test_registered_for_onnx_files(nano_onnx):
     assert find_backend(nano_onnx) is OnnxRuntimeBackend
     info = OnnxRuntimeBackend.info

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta
+from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta, stored_meta
 from ..nn.checkpoint import check_weights_argument, load_model
 from ..nn.yolox import YOLOX
 from .base import ExportSource
@@ -41,13 +41,13 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
     except Exception as e:  # onnx raises DecodeError / ValueError / OSError for corrupt files
         raise ArtefactError(f"{p} is not a valid ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
     props = {prop.key: prop.value for prop in model.metadata_props}
-    if META_KEY in props:
-        return ModelMeta.from_json(props[META_KEY])
     graph = model.graph
     init_names = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in init_names]
     if len(inputs) != 1:
         raise ArtefactError(f"{p.name}: expected one image input, found {len(inputs)}")
+    if META_KEY in props:
+        return stored_meta(props[META_KEY], _dims(inputs[0]), [o.name for o in graph.output], p.name)
     meta = infer_meta(_dims(inputs[0]), [o.name for o in graph.output], _dims(graph.output[0]), p.name,
                       format="onnx")
     return meta.with_(model=variant_by_weights(graph))

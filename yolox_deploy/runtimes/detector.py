@@ -18,9 +18,10 @@ from typing import Any, TypeVar, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ArtefactError, InputError
 from ..io.images import ensure_bgr, read_image
 from ..meta import ModelMeta
+from ..ops.decode import num_anchors
 from ..ops.letterbox import letterbox_batch, scale_boxes
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
 from ..structures import Detections, name_table
@@ -175,11 +176,23 @@ class Detector:
         if self.meta.nms_in_graph:  # sorted by score: the Detector's threshold and cap are a cut
             per_image = [_cut(raw, self.conf, self.max_det) for raw in split_nms_outputs(*outputs[:4])[:n]]
         else:
+            self._check_head(tuple(outputs[0].shape))
             pred = outputs[0][:n]
             hw = None if self.meta.decode_in_graph else self.meta.input_size
             per_image = postprocess(pred, self.conf, self.nms, class_agnostic=self.class_agnostic,
                                     max_det=self.max_det, input_hw=hw, strides=self.meta.strides)
         return [self._to_detections(raw, ratio, size) for raw, ratio, size in zip(per_image, ratios, image_sizes)]
+
+    def _check_head(self, shape: tuple[int, ...]) -> None:
+        """Refuse a head output ``[N, anchors, 5 + classes]`` other than the metadata's size, strides and labels
+        imply (metadata that does not describe its graph would otherwise give wrong boxes or labels)."""
+        m = self.meta
+        want = (num_anchors(m.input_size, m.strides), 5 + m.num_classes)
+        if len(shape) != 3 or shape[1:] != want:
+            raise ArtefactError(f"the artefact's output has shape {list(shape)}, not the [N, {want[0]}, {want[1]}] its "
+                                f"metadata implies ({m.input_size[0]}x{m.input_size[1]}, strides "
+                                f"{list(m.strides)}, {m.num_classes} classes): the metadata does not describe the "
+                                "graph; re-export it")
 
     def _to_detections(self, raw: RawDetections, ratio: float, image_hw: tuple[int, int]) -> Detections:
         boxes = scale_boxes(raw.boxes, float(ratio), image_hw if self.clip else None)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import META_KEY, ModelMeta, meta_from_graph
+from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.sizes import parse_img_size
 from .base import Backend, as_numpy, register_backend
@@ -207,10 +207,10 @@ class OnnxRuntimeBackend(Backend):
         if len(inp) != 1:
             raise ArtefactError(f"{path.name}: expected one image input, found {len(inp)}")
         in_shape = list(inp[0].shape)
+        outs = self.session.get_outputs()
         if META_KEY in custom:
-            meta = ModelMeta.from_json(custom[META_KEY])
+            meta = stored_meta(custom[META_KEY], in_shape, [o.name for o in outs], path.name)
         else:
-            outs = self.session.get_outputs()
             meta = meta_from_graph(in_shape, [o.name for o in outs], list(outs[0].shape), path.name, img_size=size,
                                    legacy=bool(opts.get("legacy")), format="onnx")
         if size is not None and size != tuple(meta.input_size):

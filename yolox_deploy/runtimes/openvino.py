@@ -37,7 +37,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import META_KEY, ModelMeta, meta_from_graph
+from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..utils.sizes import parse_img_size
 from .base import Backend, as_numpy, one_model_file, register_backend
 
@@ -113,13 +113,13 @@ def _name(port: Any, index: int) -> str:
 def read_ov_meta(model: Any, xml: Path, img_size: Any = None, legacy: bool = False) -> ModelMeta:
     """The metadata of a read ``ov.Model``: ours from ``rt_info``, else inferred from its shapes (``legacy``:
     the RGB / 255 / ImageNet input contract, which an IR without our metadata cannot say)."""
-    if model.has_rt_info(META_KEY):
-        return ModelMeta.from_json(model.get_rt_info(META_KEY).astype(str))
     if len(model.inputs) != 1:
         raise ArtefactError(f"{xml.name}: expected one image input, found {len(model.inputs)}")
     in_dims = _dims(model.inputs[0].get_partial_shape())
-    out_dims = _dims(model.outputs[0].get_partial_shape())
     names = [_name(p, i) for i, p in enumerate(model.outputs)]
+    if model.has_rt_info(META_KEY):
+        return stored_meta(model.get_rt_info(META_KEY).astype(str), in_dims, names, xml.name)
+    out_dims = _dims(model.outputs[0].get_partial_shape())
     return meta_from_graph(in_dims, names, out_dims, xml.name, img_size=parse_img_size(img_size) if img_size else None,
                            legacy=legacy, format="openvino")
 
