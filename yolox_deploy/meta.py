@@ -8,14 +8,13 @@ and ``runtimes/`` (reads it); neither depends on the other.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .data.coco import default_class_names
 from .errors import ArtefactError
-from .utils.values import is_integer, is_number
+from .utils.values import is_finite_number, is_integer, is_number
 
 META_KEY = "yolox_deploy"  # the key under which the JSON is stored in ONNX / OpenVINO metadata
 SCHEMA_VERSION = 1
@@ -168,12 +167,12 @@ def _check_fields(m: ModelMeta) -> None:
         if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
             raise ValueError(f"extra.{name} must be a number in [0, 1], got {value!r}")
     p = m.preprocess
-    if not (is_number(p.scale) and math.isfinite(p.scale) and p.scale > 0):
+    if not (is_finite_number(p.scale) and p.scale > 0):
         raise ValueError(f"preprocess.scale must be a positive number, got {p.scale!r}")
     for name in ("mean", "std"):
         value = getattr(p, name)
         if value is not None and not (isinstance(value, tuple) and len(value) == 3
-                                      and all(is_number(v) and math.isfinite(v) for v in value)):
+                                      and all(is_finite_number(v) for v in value)):
             raise ValueError(f"preprocess.{name} must be three numbers or null, got {value!r}")
     if p.std is not None and 0 in p.std:
         raise ValueError(f"preprocess.std must not hold 0, got {p.std!r}")

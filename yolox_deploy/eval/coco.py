@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.images import read_image
-from ..utils.values import is_number
+from ..utils.values import is_finite_number
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model during evaluation (bounded memory)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -145,19 +144,15 @@ def _annotation_problem(a: Any, coco: Any) -> str | None:
         if key not in a:
             return f"has no {key!r}"
     box = a["bbox"]
-    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+    if not (isinstance(box, list) and len(box) == 4 and all(is_finite_number(v) for v in box)):
         return f"has bbox {box!r}, not four numbers"
-    if not _is_number(a["area"]) or a["iscrowd"] not in (0, 1):
+    if not is_finite_number(a["area"]) or a["iscrowd"] not in (0, 1):
         return f"has area {a['area']!r} / iscrowd {a['iscrowd']!r} (a number and 0 or 1 expected)"
     if a["image_id"] not in coco.imgs:
         return f"names image_id {a['image_id']!r}, which the file does not list"
     if a["category_id"] not in coco.cats:
         return f"names category_id {a['category_id']!r}, which the file does not list"
     return None
-
-
-def _is_number(v: Any) -> bool:
-    return is_number(v) and math.isfinite(v)
 
 
 def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | None]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..utils.sizes import parse_img_size
-from ..utils.values import is_integer, is_number
+from ..utils.values import is_finite_number, is_integer
 from ..zoo import get_spec
 from .dataset import AugmentConfig
 from .optim import BASE_LR_PER_IMAGE
@@ -88,7 +88,7 @@ class TrainConfig:
                 raise InputError(f"{name} must be an integer, got {value!r}")
         for name in NUMBER_FIELDS:
             value = getattr(self, name)
-            if value is not None and not (is_number(value) and math.isfinite(value)):
+            if value is not None and not is_finite_number(value):
                 raise InputError(f"{name} must be a finite number, got {value!r}")
         spec = get_spec(self.model)
         c = dataclasses.replace(self, model=spec.name, data=Path(self.data), output=Path(self.output),

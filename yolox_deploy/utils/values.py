@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -14,3 +15,8 @@ def is_integer(v: Any) -> bool:
 def is_number(v: Any) -> bool:
     """An integer or a float (Python's or numpy's, NaN and infinities included); not a boolean or a string."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def is_finite_number(v: Any) -> bool:
+    """:func:`is_number`, and neither NaN nor an infinity."""
+    return is_number(v) and math.isfinite(v)
