@@ -46,6 +46,9 @@ def test_user_errors_exit_2(tmp_path, capsys):
     for argv, message in ((["--cache-dir", str(tmp_path / "afile")], "is a file, not a folder"),
                           (["--threads", "0"], "--threads must be >= 1"), (["--max-time", "-1"], "--max-time must be > 0"),
                           (["--only-reduced"], "give one of them"),
+                          (["--backend-option", "onnxruntime:thread=2"],
+                           "unknown option 'thread' for the onnxruntime backend"),
+                          (["--backend-option", "onnx:threads=2"], "--backend-option for an unknown backend 'onnx'"),
                           (["--int8", "--calib-images", str(tmp_path / "empty")], "no images to calibrate INT8 on")):
         assert main([*argv, "--output", str(tmp_path / "out")]) == 2
         assert message in capsys.readouterr().err

@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -141,11 +141,7 @@ class Backend(abc.ABC):
     option_names: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, path: str | os.PathLike | Any, *, device: str = "cpu", **options: Any) -> None:
-        unknown = sorted(set(options) - COMMON_OPTIONS - self.option_names)
-        if unknown:
-            raise InputError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
-                             f"the {self.info.name} backend; it takes "
-                             f"{', '.join(sorted(COMMON_OPTIONS | self.option_names))}")
+        self.check_options(options)
         self.check_device(device)
         self.path = path
         self.device = device
@@ -154,6 +150,14 @@ class Backend(abc.ABC):
         self._closed = False
         self._lock = threading.Lock()
         self._load()
+
+    @classmethod
+    def check_options(cls, names: Iterable[str]) -> None:
+        """Refuse option names this backend does not read (besides :data:`COMMON_OPTIONS`)."""
+        unknown = sorted(set(names) - COMMON_OPTIONS - cls.option_names)
+        if unknown:
+            raise InputError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+                             f"the {cls.info.name} backend; it takes {', '.join(sorted(COMMON_OPTIONS | cls.option_names))}")
 
     @classmethod
     def check_device(cls, device: str) -> None:
