@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         diff = "reference" if i == 0 else ("n/a" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}")
         a = r.agreement
         table.append([r.artefact, r.backend, r.precision, f"{r.input_size[0]}x{r.input_size[1]}", diff,
-                      "-" if i == 0 else f"{a.mean_iou:.4f}" if a.matched else "n/a",
+                      "-" if i == 0 else "n/a" if r.matched_iou is None else f"{r.matched_iou:.4f}",
                       "-" if i == 0 else f"{a.agreement:.1%}",
                       a.n_b, r.pre_ms, r.infer_ms, r.post_ms, r.total_ms])
     print(format_table(["artefact", "backend", "precision", "input", "max abs diff", "matched IoU", "agreement",

@@ -39,10 +39,15 @@ class CompareRow:
     def total_ms(self) -> float:
         return self.pre_ms + self.infer_ms + self.post_ms
 
+    @property
+    def matched_iou(self) -> float | None:
+        """Mean IoU of the matched detections; None when nothing matched (no figure to give)."""
+        return self.agreement.mean_iou if self.agreement.matched else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"artefact": self.artefact, "backend": self.backend, "precision": self.precision,
                 "input_size": list(self.input_size), "max_abs_diff": self.max_abs_diff,
-                "matched_iou": self.agreement.mean_iou if self.agreement.matched else None,
+                "matched_iou": self.matched_iou,
                 "agreement": self.agreement.agreement,
                 "detections": self.agreement.n_b, "pre_ms": self.pre_ms, "infer_ms": self.infer_ms,
                 "post_ms": self.post_ms, "total_ms": self.total_ms}
