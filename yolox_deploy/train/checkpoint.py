@@ -31,6 +31,7 @@ from ..nn.yolox import YOLOX
 LATEST = "latest_ckpt.pth"
 BEST = "best_ckpt.pth"
 LAST_MOSAIC = "last_mosaic_epoch_ckpt.pth"
+CHECKPOINTS = "*_ckpt.pth"  # every checkpoint a run writes (the three above, epoch_<n>_ckpt.pth)
 TRAIN_STATE_KEY = "train_state"
 FORMAT_VERSION = 1
 

@@ -38,7 +38,7 @@ from ..nn.yolox import YOLOX, build_model
 from ..utils.signals import handling
 from .augment import fit_to_input
 from .batchnorm import folded_batchnorms, unfold_batchnorms
-from .checkpoint import BEST, LAST_MOSAIC, LATEST, load_training_state, save_training_checkpoint
+from .checkpoint import BEST, CHECKPOINTS, LAST_MOSAIC, LATEST, load_training_state, save_training_checkpoint
 from .config import TrainConfig
 from .data import DetectionSet, load_detection_set
 from .dataset import TrainBatchSampler, TrainDataset, collate
@@ -342,7 +342,7 @@ class Trainer:
         """A new run that fails before writing any checkpoint removes its logs (and the output folder it made),
         so the same command can run again once the cause is fixed."""
         out = self.cfg.output
-        if self.metrics is None or self.resume_path is not None or any(out.glob("*_ckpt.pth")):
+        if self.metrics is None or self.resume_path is not None or any(out.glob(CHECKPOINTS)):
             return
         self.metrics.discard()
         if self._made_output and out.is_dir() and not any(out.iterdir()):
@@ -493,7 +493,7 @@ def run_files(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name for p in folder.iterdir()
-                  if p.name.endswith("_ckpt.pth") or p.name in (*LOG_FILES, TENSORBOARD_DIR))
+                  if p.match(CHECKPOINTS) or p.name in (*LOG_FILES, TENSORBOARD_DIR))
 
 
 def transfer_class_head(model: YOLOX, ckpt: Checkpoint, class_names: tuple[str, ...]) -> str:
