@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .data.coco import default_class_names
-from .errors import ArtefactError
+from .errors import ArtefactError, InputError
+from .utils.sizes import parse_img_size
 from .utils.values import is_finite_number, is_integer, is_number
 
 META_KEY = "yolox_deploy"  # the key under which the JSON is stored in ONNX / OpenVINO metadata
@@ -144,8 +145,12 @@ def _check_fields(m: ModelMeta) -> None:
 
     if not m.class_names or not all(isinstance(n, str) for n in m.class_names) or not isinstance(m.class_names, tuple):
         raise ValueError(f"class_names must be a list of strings, got {m.class_names!r}")
-    if not (positive_ints(m.input_size) and len(m.input_size) == 2) or any(v % 32 or v > 4096 for v in m.input_size):
-        raise ValueError(f"input_size must be [height, width], multiples of 32 up to 4096, got {m.input_size!r}")
+    if not (positive_ints(m.input_size) and len(m.input_size) == 2):
+        raise ValueError(f"input_size must be [height, width], got {m.input_size!r}")
+    try:
+        parse_img_size(m.input_size)  # the sizes any input may have: multiples of 32, at most MAX_SIDE
+    except InputError as e:
+        raise ValueError(f"input_size {list(m.input_size)}: {e}") from None
     if not positive_ints(m.strides) or list(m.strides) != sorted(set(m.strides)):
         raise ValueError(f"strides must be increasing positive integers, got {m.strides!r}")
     for name in ("decode_in_graph", "nms_in_graph", "dynamic_hw"):
