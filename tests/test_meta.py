@@ -40,6 +40,8 @@ def test_what_an_export_writes_reads_back_equal():
     ({"model": 5}, "model"),
     ({"extra": [1]}, "extra"),
     ({"extra": {"nms_conf": "0.25"}}, "extra.nms_conf"),
+    ({"extra": {"ncnn_bin_bytes": "4096"}}, "extra.ncnn_bin_bytes"),
+    ({"extra": {"ncnn_bin_bytes": 0}}, "extra.ncnn_bin_bytes"),
     ({"preprocess": [1, 2]}, "preprocess"),
     ({"preprocess": {"scale": "1"}}, "preprocess.scale"),
     ({"preprocess": {"mean": [1, 2]}}, "preprocess.mean"),

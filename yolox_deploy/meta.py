@@ -136,6 +136,7 @@ class ModelMeta:
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
+NCNN_BIN_BYTES = "ncnn_bin_bytes"  # extra: the size of the .bin an NCNN export wrote beside its .param
 
 
 def _check_fields(m: ModelMeta) -> None:
@@ -171,6 +172,9 @@ def _check_fields(m: ModelMeta) -> None:
         value = m.extra.get(name)
         if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
             raise ValueError(f"extra.{name} must be a number in [0, 1], got {value!r}")
+    value = m.extra.get(NCNN_BIN_BYTES)
+    if value is not None and not (is_integer(value) and value > 0):
+        raise ValueError(f"extra.{NCNN_BIN_BYTES} must be a positive integer, got {value!r}")
     p = m.preprocess
     if not (is_finite_number(p.scale) and p.scale > 0):
         raise ValueError(f"preprocess.scale must be a positive number, got {p.scale!r}")

@@ -20,7 +20,7 @@ from yolox_deploy.export.ncnn import (  # noqa: E402
 )
 from yolox_deploy.export.verify import normalised_diff  # noqa: E402
 from yolox_deploy.io.images import read_image  # noqa: E402
-from yolox_deploy.meta import Preprocess  # noqa: E402
+from yolox_deploy.meta import ModelMeta, Preprocess  # noqa: E402
 from yolox_deploy.ops.letterbox import preprocess_batch  # noqa: E402
 from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
 from yolox_deploy.runtimes.ncnn import read_param  # noqa: E402
@@ -69,6 +69,8 @@ def decoded_fp32(tmp_path_factory, nano_pth):
 def test_folder_holds_only_what_the_runtime_needs(raw_fp32):
     folder = raw_fp32.path
     assert sorted(p.name for p in folder.iterdir()) == sorted([PARAM_NAME, BIN_NAME, sidecar_for(folder).name])
+    meta = ModelMeta.from_json(sidecar_for(folder).read_text())
+    assert meta.extra["ncnn_bin_bytes"] == (folder / BIN_NAME).stat().st_size > 0  # the runtime checks it
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
     graph = read_param(folder / PARAM_NAME)
     assert graph.input_blobs == ["in0"] and graph.output_blobs == ["out0"]
@@ -112,8 +114,6 @@ def test_dynamic_raw_graph_runs_other_input_sizes(raw_fp32, nano_model, dog_jpg)
 
 
 def test_decoded_fp32_matches_torch_and_is_static(decoded_fp32, nano_model, dog_jpg):
-    from yolox_deploy.meta import ModelMeta
-
     meta = ModelMeta.from_json(sidecar_for(decoded_fp32).read_text())
     assert meta.decode_in_graph and not meta.dynamic_hw and meta.input_size == (416, 416)
     batch = _dog_batch(dog_jpg)

@@ -203,8 +203,13 @@ def _damage(folder, how):
         weights.unlink()
     elif how == "truncated bin":
         weights.write_bytes(weights.read_bytes()[:1000])
-    elif how == "bin short of its last bytes":  # passes the size bound; NCNN's own loader reports it
+    elif how == "bin short of its last bytes":  # passes the graph's size bound, not the sidecar's record
         weights.write_bytes(weights.read_bytes()[:-8])
+    elif how == "bin short, no metadata":  # nothing records the size: NCNN's own loader reports it
+        weights.write_bytes(weights.read_bytes()[:-8])
+        (folder / "model.ncnn.param.json").unlink()
+    elif how == "bin of another export":  # loads and runs in NCNN; the sidecar's record tells them apart
+        weights.write_bytes(weights.read_bytes() + bytes(8))
     elif how == "unknown layer":
         param.write_text(param.read_text().replace("\nSwish ", "\nTensor.slice ", 1))
     elif how == "corrupt metadata":
@@ -217,7 +222,9 @@ def _damage(folder, how):
 
 CASES = {"garbage param": "not an NCNN param file", "truncated param": "truncated or damaged",
          "missing bin": "model.ncnn.bin.*missing", "truncated bin": "truncated",
-         "bin short of its last bytes": "could not load the weights",
+         "bin short of its last bytes": "not the [0-9]+ exported with model.ncnn.param",
+         "bin short, no metadata": "could not load the weights",
+         "bin of another export": "belong to another export",
          "unknown layer": "Tensor.slice", "corrupt metadata": "model.ncnn.param.json.*not valid JSON",
          "empty folder": "no model artefact in folder"}
 

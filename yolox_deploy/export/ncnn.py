@@ -10,7 +10,8 @@ The folder holds exactly what a runtime needs:
 - ``model.ncnn.param`` / ``model.ncnn.bin``: the graph (input blob ``in0``, output blob ``out0``) and its
   weights, FP32 or, with ``--half``, FP16 storage;
 - ``model.ncnn.param.json``: the :class:`~yolox_deploy.meta.ModelMeta` sidecar
-  (:func:`~yolox_deploy.meta.sidecar_path` of the param file), read by ``runtimes/ncnn.py``.
+  (:func:`~yolox_deploy.meta.sidecar_path` of the param file), read by ``runtimes/ncnn.py``; its
+  ``extra["ncnn_bin_bytes"]`` records the ``.bin`` size, so the runtime refuses the weights of another export.
 
 How the graph is made: the fused model is traced with TorchScript and converted by the ``pnnx`` executable
 bundled with the ``pnnx`` package (called directly, not through ``pnnx.convert``, which ignores pnnx's exit
@@ -53,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError, InputError
-from ..meta import ModelMeta, sidecar_path
+from ..meta import NCNN_BIN_BYTES, ModelMeta, sidecar_path
 from ..nn.deploy import input_scale_exponent, space_to_depth_conv_weight
 from .base import Exporter, ExportSource, register_format
 
@@ -286,6 +287,8 @@ class NcnnExporter(Exporter):
             _check_layers(param)
             shutil.move(str(param), dest / PARAM_NAME)
             shutil.move(str(weights), dest / BIN_NAME)
+        # the runtime refuses a .bin of another size: another export's weights (FP16, raw head) load and run
+        meta = meta.with_(extra={**meta.extra, NCNN_BIN_BYTES: (dest / BIN_NAME).stat().st_size})
         sidecar_for(dest).write_text(meta.to_json())  # dest is a staging folder, moved into place whole
         return meta
 

@@ -10,8 +10,9 @@ NCNN has no batch dimension: each image of a batch runs through its own ``Extrac
 ``Net`` and the outputs are stacked, so any batch size is accepted.
 
 Files are checked before NCNN sees them (magic number, the layer and blob lines, operators NCNN knows, a
-``.bin`` at least as large as the weights the graph declares) so a damaged artefact is an
-:class:`~yolox_deploy.errors.ArtefactError` naming the file, not a message from inside NCNN.
+``.bin`` at least as large as the weights the graph declares, and of the size the sidecar records) so a
+damaged or mismatched artefact is an :class:`~yolox_deploy.errors.ArtefactError` naming the file, not a
+message from inside NCNN.
 
 Options:
 
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
+from ..meta import NCNN_BIN_BYTES, ModelMeta, Preprocess, read_sidecar, sidecar_path
 from ..utils.native import silenced_stderr
 from ..utils.sizes import parse_img_size
 from .base import Backend, as_numpy, one_model_file, register_backend
@@ -258,6 +259,10 @@ class NcnnBackend(Backend):
         self.output_name = "out0" if "out0" in graph.output_blobs else graph.output_blobs[0]
 
         meta = read_sidecar(param)
+        recorded = meta.extra.get(NCNN_BIN_BYTES) if meta is not None else None
+        if recorded is not None and recorded != size:
+            raise ArtefactError(f"{weights} holds {size} bytes, not the {recorded} exported with {param.name}: "
+                                "the weights belong to another export; re-export the model or copy its .bin")
         self.net = self._open_net(param, weights, meta)
         self.meta = meta if meta is not None else self._infer_meta(graph)
 
