@@ -340,3 +340,27 @@ def test_batch_option_batches_a_folder(tmp_path, nano_onnx, nano_onnx_dynamic, d
     assert shapes == [4, 1] and len(list(out.glob("*.json"))) == 5
     assert detect_main([str(nano_onnx), "--source", str(src), "--output", str(out), "--batch", "4"]) == 2
     assert "exported for batches of 1, not 4" in capsys.readouterr().err
+
+
+def test_an_artefact_it_may_not_read_is_said_so(tmp_path, nano_onnx, dog_jpg):
+    """A model file without read permission is named as such, not as a damaged model to re-export."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(nano_onnx, model)
+    model.chmod(0)
+    cmd = [sys.executable, "-m", "yolox_deploy.cli.detect", str(model), "--source", str(dog_jpg),
+           "--output", str(tmp_path / "out")]
+    if os.geteuid() == 0:  # root reads any file unless it gives up the capability to
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: mode 000 does not stop reading")
+        cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.stderr.startswith("setpriv:"):
+        pytest.skip(f"cannot drop the file-reading capability here ({proc.stderr.strip()})")
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"error: cannot read {model}: Permission denied"]
+    assert not (tmp_path / "out").exists()

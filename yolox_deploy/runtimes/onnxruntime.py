@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
+from ..utils.files import check_readable
 from ..utils.sizes import parse_img_size
 from .base import Backend, as_numpy, register_backend
 
@@ -86,6 +87,7 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(f"ONNX file not found: {path}")
         if path.stat().st_size == 0:
             raise ArtefactError(f"{path.name} is empty (0 bytes); re-export it")
+        check_readable(path)
         self._options = self._session_options(ort)
         self._session_lock = threading.Lock()
         self._session = self._new_session(str(path))

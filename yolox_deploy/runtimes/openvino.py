@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
+from ..utils.files import check_readable
 from ..utils.sizes import parse_img_size
 from .base import Backend, as_numpy, one_model_file, register_backend
 
@@ -136,6 +137,7 @@ class OpenVINOBackend(Backend):
         self.xml = find_ir(Path(self.path))
         self._device = ov_device(self.device)
         core = _core()
+        check_readable(self.xml.with_suffix(".bin"))  # the XML is read first (find_ir)
         try:
             model = core.read_model(str(self.xml))
         except Exception as e:  # OpenVINO raises RuntimeError for unparsable XML, bad offsets, ...

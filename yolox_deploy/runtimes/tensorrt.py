@@ -36,6 +36,7 @@ import torch
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import NMS_OUTPUTS, ModelMeta, meta_from_graph, read_sidecar, sidecar_path
 from ..ops.letterbox import canvas_to_tensor
+from ..utils.files import check_readable
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend
 
@@ -342,6 +343,7 @@ class TensorRTBackend(Backend):
         trt = import_tensorrt()
         self._device = resolve_cuda_device(self.device)
         path = Path(self.path)
+        check_readable(path)
         meta = read_sidecar(path)
         if meta is not None:
             record = build_record(meta)

@@ -12,7 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import ArtefactError, InputError
+
+
+def check_readable(*paths: str | os.PathLike) -> None:
+    """Refuse an artefact file this process may not read (permissions) with :class:`ArtefactError` naming it,
+    before a runtime reports it as a damaged model."""
+    for path in paths:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise ArtefactError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def check_creatable(path: str | os.PathLike) -> None:
