@@ -49,9 +49,15 @@ def test_boolean_mask_filtering_and_wrong_mask():
     assert len(kept) == 2 and (kept.scores > 0.5).all()
     with pytest.raises(IndexError, match=r"\[4\]"):
         d[np.array([True, False])]
-    for flag in (True, np.bool_(False)):  # not row 1 / 0, not a new axis
-        with pytest.raises(IndexError, match="boolean mask of length N"):
+    for flag in (True, np.bool_(False), None, (0,), 1.0, "0", [[0, 1]], np.zeros((2, 2), int)):
+        with pytest.raises(IndexError, match="boolean mask of length N"):  # not row 1 / 0, not a new axis
             d[flag]
+    assert len(d[[]]) == 0 and len(d[np.array([], dtype=np.int64)]) == 0 and len(d[np.int32(2)]) == 1
+
+
+def test_detections_are_not_hashable_and_say_so():
+    with pytest.raises(TypeError, match="Detections are not hashable"):
+        hash(make())
 
 
 def test_empty():
@@ -101,6 +107,11 @@ def test_draw_converts_or_refuses_what_it_is_given():
     for bad in (np.zeros((0, 0, 3), np.uint8), "dog.jpg", [[0, 0]]):
         with pytest.raises(InputError):
             d.draw(bad)
+    img = np.full((50, 60, 3), 255, np.uint8)
+    for thickness in (-1, 0, 2.5, "2", True):  # -1 would fill every box
+        with pytest.raises(InputError, match="thickness is a line width in pixels"):
+            d.draw(img, thickness=thickness)
+    assert (d.draw(img, thickness=3) != d.draw(img, thickness=1)).any()
 
 
 def test_boxes_that_are_not_boxes_are_not_drawn():

@@ -88,14 +88,24 @@ class Detections:
             yield self.xyxy[i], float(self.scores[i]), int(self.class_ids[i]), str(self.names[i])
 
     def __getitem__(self, index: Index) -> Detections:
-        if isinstance(index, (bool, np.bool_)):  # would pass as 1 / 0, or add an axis
-            raise IndexError("index Detections with an int, a slice, an array of ints or a boolean mask of length N")
-        if isinstance(index, (int, np.integer)):
+        if isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
             index = [int(index)]
-        if isinstance(index, np.ndarray) and index.dtype == bool and index.shape != (len(self),):
-            raise IndexError(f"boolean mask must have shape [{len(self)}], got {index.shape}")
+        if not isinstance(index, slice):
+            # a bool would pass as 1 / 0, None or a tuple would add or index an axis
+            sel = np.asarray(index) if isinstance(index, (list, np.ndarray)) else None
+            if sel is not None and sel.size == 0:
+                sel = sel.astype(np.int64)
+            if sel is None or sel.ndim != 1 or sel.dtype.kind not in "biu":
+                raise IndexError("index Detections with an int, a slice, a list or array of ints, or a boolean mask "
+                                 f"of length N, not {index!r}")
+            if sel.dtype == bool and sel.shape != (len(self),):
+                raise IndexError(f"boolean mask must have shape [{len(self)}], got {sel.shape}")
+            index = sel
         return Detections(self.xyxy[index], self.scores[index], self.class_ids[index], self.names[index],
                           self.image_size)
+
+    def __hash__(self) -> int:
+        raise TypeError("Detections are not hashable (they hold arrays); compare them with ==")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Detections):

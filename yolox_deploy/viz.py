@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from .errors import InputError
 from .io.images import ensure_bgr
+from .utils.values import is_integer
 
 if TYPE_CHECKING:
     from .structures import Detections
+
+MAX_THICKNESS = 32767  # OpenCV's bound on a line's thickness
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
@@ -25,9 +29,12 @@ def draw_detections(image: np.ndarray, dets: Detections, *, thickness: int | Non
                     show_scores: bool = True) -> np.ndarray:
     """Return a copy of ``image`` (BGR uint8 ``[H, W, 3]``, or any array :func:`ensure_bgr` converts) with
     boxes and ``name score`` labels."""
+    if thickness is not None and not (is_integer(thickness) and 1 <= thickness <= MAX_THICKNESS):
+        raise InputError(f"thickness is a line width in pixels (an integer 1..{MAX_THICKNESS}) or None for one "
+                         f"that suits the image, not {thickness!r}")
     out = np.array(ensure_bgr(image, "the image to draw on"), order="C", copy=True)
     h, w = out.shape[:2]
-    t = thickness or max(1, round(min(h, w) / 300))
+    t = int(thickness) if thickness is not None else max(1, round(min(h, w) / 300))
     font_scale = max(0.4, min(h, w) / 1000)
     reach = 4 * max(h, w)  # a box reaching further is drawn as if it ended there (OpenCV takes 32-bit ints)
     for i in np.argsort(dets.scores, kind="stable"):  # lowest first: the best labels end on top

@@ -49,6 +49,9 @@ def test_user_errors_exit_2(tmp_path, capsys):
                           (["--backend-option", "onnxruntime:thread=2"],
                            "unknown option 'thread' for the onnxruntime backend"),
                           (["--backend-option", "onnx:threads=2"], "--backend-option for an unknown backend 'onnx'"),
+                          (["--backend-option", "onnxruntime:threads=two"], "threads option is an integer >= 0"),
+                          (["--device", "cdua"], "unknown device 'cdua'; the backends run on auto, cpu, "),
+                          (["--device", "cuda:x"], "unknown device 'cuda:x'"),
                           (["--int8", "--calib-images", str(tmp_path / "empty")], "no images to calibrate INT8 on")):
         assert main([*argv, "--output", str(tmp_path / "out")]) == 2
         assert message in capsys.readouterr().err

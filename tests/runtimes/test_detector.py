@@ -119,6 +119,14 @@ def test_a_backend_override_must_open_that_kind_of_file(nano_onnx):
     ({"max_det": 2.5}, "max_det must be an integer >= 1"),
     ({"batch_size": 2.0}, "batch size must be an integer >= 1"),
     ({"class_names": list(range(80))}, "class names must be strings"),
+    ({"threads": "x"}, "the onnxruntime backend's threads option is an integer >= 0 (0: the runtime's choice), not 'x'"),
+    ({"threads": -1}, "threads option is an integer >= 0"),
+    ({"threads": 1.7}, "threads option is an integer >= 0"),
+    ({"legacy": "no"}, "the onnxruntime backend's legacy option is True or False, not 'no'"),
+    ({"spin_between_runs": 1}, "spin_between_runs option is True or False"),
+    ({"class_agnostic": "no"}, "class_agnostic is True or False, not 'no'"),
+    ({"clip": None}, "clip is True or False"),
+    ({"model": "yolox-nan0"}, "unknown model 'yolox-nan0'"),
 ])
 def test_arguments_of_the_wrong_kind_are_one_message(nano_onnx_dynamic, kwargs, message):
     with pytest.raises(InputError, match=re.escape(message)):

@@ -165,8 +165,10 @@ def test_without_metadata(copy_of, rng):
 
 
 def test_options_and_devices(tiny):
-    with pytest.raises(InputError, match="threads"):
-        NcnnBackend(tiny, threads=0)
+    with pytest.raises(InputError, match="threads option is an integer >= 0"):
+        NcnnBackend(tiny, threads="2")
+    with NcnnBackend(tiny, threads=0) as b:  # NCNN's choice
+        assert b.net.opt.num_threads > 0
     with pytest.raises(InputError, match="'cpu' or 'vulkan"):
         NcnnBackend(tiny, device="cuda")
 

@@ -120,6 +120,9 @@ def test_authors_onnx_without_metadata(nano_onnx):
             backend.infer(np.zeros((1, 3, 320, 320), np.float32))
     with open_backend(nano_onnx, legacy=True) as backend:
         assert backend.meta.preprocess.color == "rgb" and backend.meta.preprocess.mean is not None
+    assert m.model is None and Detector(nano_onnx, model="nano").meta.model == "yolox-nano"  # named by the user
+    with pytest.raises(InputError, match="unknown model 'yolox-nan0'"):
+        Detector(nano_onnx, model="yolox-nan0")
 
 
 def test_authors_onnx_detections_match_the_checkpoint(nano_onnx, nano_pth, dog_jpg):

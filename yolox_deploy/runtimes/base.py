@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +32,7 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import ModelMeta
 from ..ops.letterbox import is_canvas_batch, to_model_input
 from ..utils.packages import import_reason, missing_reason
+from ..utils.values import is_integer
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,10 @@ def find_backend(path: str | os.PathLike) -> type[Backend]:
 
 # what the Detector hands every backend (artefacts without metadata need them), and the canvas switch
 COMMON_OPTIONS = frozenset({"model", "img_size", "class_names", "num_classes", "legacy", "canvas_in_graph"})
+# options that are switches (True / False; None: not given) and thread counts (an integer >= 0, 0: the
+# runtime's choice): "no" or 1.7 would otherwise be read as True or 1 without a word
+BOOL_OPTIONS = frozenset({"legacy", "canvas_in_graph", "half", "fuse", "spin_between_runs", "decode_in_graph"})
+COUNT_OPTIONS = frozenset({"threads"})
 
 
 class Backend(abc.ABC):
@@ -152,12 +157,21 @@ class Backend(abc.ABC):
         self._load()
 
     @classmethod
-    def check_options(cls, names: Iterable[str]) -> None:
-        """Refuse option names this backend does not read (besides :data:`COMMON_OPTIONS`)."""
-        unknown = sorted(set(names) - COMMON_OPTIONS - cls.option_names)
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse option names this backend does not read (besides :data:`COMMON_OPTIONS`), and switches or
+        thread counts of the wrong kind (:data:`BOOL_OPTIONS`, :data:`COUNT_OPTIONS`)."""
+        unknown = sorted(set(options) - COMMON_OPTIONS - cls.option_names)
         if unknown:
             raise InputError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
                              f"the {cls.info.name} backend; it takes {', '.join(sorted(COMMON_OPTIONS | cls.option_names))}")
+        for name, value in options.items():
+            if value is None:
+                continue
+            if name in BOOL_OPTIONS and not isinstance(value, (bool, np.bool_)):
+                raise InputError(f"the {cls.info.name} backend's {name} option is True or False, not {value!r}")
+            if name in COUNT_OPTIONS and not (is_integer(value) and value >= 0):
+                raise InputError(f"the {cls.info.name} backend's {name} option is an integer >= 0 (0: the runtime's "
+                                 f"choice), not {value!r}")
 
     @classmethod
     def check_device(cls, device: str) -> None:

@@ -81,7 +81,7 @@ class Detector:
     >>> [dets] = det("dog.jpg")
     >>> dets.xyxy, dets.scores, dets.names
 
-    Arguments: ``model`` (variant, for checkpoints without one), ``backend`` (override the one the file
+    Arguments: ``model`` (the variant, for checkpoints and artefacts that do not record one), ``backend`` (override the one the file
     implies), ``device`` (``cpu``, ``cuda[:N]``; ONNX Runtime's TensorRT provider ``tensorrt[:N]``; OpenVINO
     ``GPU``/``NPU``/``AUTO``; NCNN ``vulkan[:N]``), ``conf`` / ``nms`` thresholds (default 0.25 / 0.45; an
     artefact with NMS inside runs its own, which ``conf`` and ``max_det`` can only tighten),
@@ -99,6 +99,9 @@ class Detector:
         for name, value in (("conf", conf), ("nms", nms)):
             if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
                 raise InputError(f"thresholds must be numbers in [0, 1]: {name}={value!r}")
+        for name, value in (("class_agnostic", class_agnostic), ("clip", clip)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise InputError(f"{name} is True or False, not {value!r}")
         if num_classes is not None and (not is_integer(num_classes) or num_classes < 1):
             raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if max_det is not None and (not is_integer(max_det) or max_det < 1):
@@ -108,17 +111,20 @@ class Detector:
         self.backend = open_backend(weights, backend, device, model=model, img_size=size,
                                     class_names=class_names,
                                     num_classes=num_classes, **options)
-        self.meta = self.backend.meta = self._apply_overrides(self.backend.meta, size, class_names)
-        if model is not None and self.meta.model and canonical_name(model) != self.meta.model:
-            what = Path(weights).name if isinstance(weights, (str, os.PathLike)) else "the model"
-            raise InputError(f"{what} is {self.meta.model}, not {canonical_name(model)}; drop --model (the artefact "
-                             "records its variant)")
+        meta = self._apply_overrides(self.backend.meta, size, class_names)
+        if model is not None:  # names the variant of an artefact that does not record it (the authors' ONNX)
+            name = canonical_name(model)
+            if meta.model and name != meta.model:
+                what = Path(weights).name if isinstance(weights, (str, os.PathLike)) else "the model"
+                raise InputError(f"{what} is {meta.model}, not {name}; drop --model (the artefact records its variant)")
+            meta = meta.with_(model=name)
+        self.meta = self.backend.meta = meta
         graph = self.meta.extra if self.meta.nms_in_graph else {}  # an NMS graph's own thresholds are the defaults
         self.conf = float(conf if conf is not None else graph.get("nms_conf", 0.0) if graph else DEFAULT_CONF)
         self.nms = float(nms if nms is not None else graph.get("nms_iou", DEFAULT_NMS))
-        self.class_agnostic = class_agnostic
+        self.class_agnostic = bool(class_agnostic)
         self.max_det = max_det
-        self.clip = clip
+        self.clip = bool(clip)
         if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
             raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
         if batch_size is not None and self.meta.batch and batch_size != self.meta.batch:

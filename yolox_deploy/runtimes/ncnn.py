@@ -272,11 +272,8 @@ class NcnnBackend(Backend):
         gpu = _device(self.device)
         net = ncnn.Net()
         o = net.opt
-        threads = opts.get("threads")
-        if threads is not None:
-            if not str(threads).isdigit() or int(threads) < 1:
-                raise InputError(f"threads must be an integer >= 1, got {threads!r}")
-            o.num_threads = int(threads)
+        if opts.get("threads"):  # an integer (Backend.check_options); 0 or None: NCNN's choice
+            o.num_threads = int(opts["threads"])
         half = opts.get("half")
         storage = bool(half) if half is not None else (meta is not None and meta.precision == "fp16")
         o.use_fp16_storage = o.use_fp16_packed = storage

@@ -196,11 +196,8 @@ class OpenVINOBackend(Backend):
         if hint not in HINTS:
             raise InputError(f"OpenVINO hint must be 'latency' or 'throughput', got {opts.get('hint')!r}")
         config: dict[str, Any] = {"PERFORMANCE_HINT": HINTS[hint]}
-        if opts.get("threads") is not None:
-            threads = int(opts["threads"])
-            if threads < 0:
-                raise InputError(f"threads must be >= 0 (0: OpenVINO decides), got {threads}")
-            config["INFERENCE_NUM_THREADS"] = threads
+        if opts.get("threads") is not None:  # an integer >= 0 (Backend.check_options); 0: OpenVINO decides
+            config["INFERENCE_NUM_THREADS"] = int(opts["threads"])
         precision = opts.get("inference_precision")
         if precision is None and (self._device.startswith("CPU") or meta.precision != "fp16"):
             precision = "f32"
