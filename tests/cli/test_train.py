@@ -49,6 +49,9 @@ def test_user_errors_are_one_line(tmp_path):
     assert rc == 2 and "nothing to resume" in err
     rc, _, err = run(["--model", "yolox-q", "--data", str(data)])
     assert rc == 2 and "unknown model" in err
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = run(base_args(tmp_path / "missing", tmp_path / "afile"))  # said before the data is looked at
+    assert rc == 2 and err.strip() == f"error: {tmp_path / 'afile'} is a file, not a folder; give a folder to write into"
 
 
 def test_arguments_map_onto_the_config(tmp_path):

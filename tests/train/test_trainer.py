@@ -108,6 +108,40 @@ def test_ctrl_c_inside_a_step_resumes_bit_exactly(synthetic_coco, tmp_path, sign
         assert_bitwise_equal(straight, snapshot(t))
 
 
+def test_ctrl_c_in_an_epochs_last_step_leaves_its_evaluation_and_checkpoints_to_the_resume(synthetic_coco, tmp_path):
+    """Stopped by Ctrl-C in iteration 4, the last of epoch 1: the checkpoint says epoch 1 is not closed, and
+    the resumed run first evaluates it and writes its checkpoints, so the run's files equal a straight run's."""
+    import signal
+
+    kw = dict(val_split="val2017", eval_interval=1)
+    with Trainer(config(synthetic_coco, tmp_path / "straight", **kw)) as t:
+        t.train()
+    with Trainer(config(synthetic_coco, tmp_path / "stopped", **kw)) as t:
+        def ctrl_c_in_forward(module, inputs):
+            if t.iteration == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        hook = t.net.backbone.register_forward_pre_hook(ctrl_c_in_forward)
+        with pytest.raises(KeyboardInterrupt):
+            t.train()
+        hook.remove()
+    state = load_training_state(tmp_path / "stopped" / LATEST)
+    assert state.iteration == 4 and state.start_epoch == 0
+    assert not (tmp_path / "stopped" / "last_mosaic_epoch_ckpt.pth").exists()
+    with Trainer(config(synthetic_coco, tmp_path / "stopped", resume=True, **kw)) as t:
+        result = t.train()
+    assert result.finished and result.iterations == 8
+
+    def epochs_evaluated(run):
+        with open(tmp_path / run / "eval_log.csv") as f:
+            return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+    assert epochs_evaluated("stopped") == epochs_evaluated("straight") == [1, 2]
+    for name in ("last_mosaic_epoch_ckpt.pth", "best_ckpt.pth", LATEST):
+        a, b = (read_checkpoint(tmp_path / run / name) for run in ("straight", "stopped"))
+        assert all(torch.equal(v, b.state_dict[k]) for k, v in a.state_dict.items()), name
+
+
 def test_checkpoints_have_the_authors_layout_and_load_everywhere(synthetic_coco, tmp_path):
     out = tmp_path / "run"
     with Trainer(config(synthetic_coco, out, val_split="val2017", eval_interval=1)) as t:

@@ -11,7 +11,8 @@ of the EMA weights every ``eval_interval`` epochs (every epoch in the no-augment
 with ``best_ckpt.pth`` tracking the best AP; ``last_mosaic_epoch_ckpt.pth`` before the no-augmentation
 phase. Only rank 0 writes files and evaluates. Ctrl-C lets the running iteration finish, then writes
 ``latest_ckpt.pth`` at that iteration, from which ``resume`` continues bit-exactly (a second Ctrl-C stops
-at once, without that guarantee).
+at once, without that guarantee); when that iteration ended an epoch, the resumed run first does the
+epoch's evaluation and checkpoints.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..errors import CheckpointError, InputError, YoloxError
 from ..eval.coco import AUTHORS_PROTOCOL, CocoSplit, EvalResult, open_scorable
 from ..nn.checkpoint import CLASS_HEAD_PREFIX, Checkpoint, load_checkpoint, read_checkpoint
 from ..nn.yolox import YOLOX, build_model
+from ..utils.files import check_folder_writable
 from ..utils.signals import handling
 from .augment import fit_to_input
 from .batchnorm import folded_batchnorms, unfold_batchnorms
@@ -114,6 +116,7 @@ class Trainer:
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         if cfg.batch % self.dist.world_size:
             raise InputError(f"batch {cfg.batch} does not split evenly over {self.dist.world_size} processes")
+        check_folder_writable(cfg.output)  # before the data is read, not when the first log file is opened
 
         self.resume_path = self._resume_path()
         self.data: DetectionSet = load_detection_set(cfg.data, cfg.train_split, skip_missing=cfg.skip_missing)
@@ -146,6 +149,7 @@ class Trainer:
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.iteration = 0
+        self.epochs_closed = 0  # epochs whose end-of-epoch work (evaluation, checkpoints) is done
         self.best_ap = 0.0
         self.last_ap: float | None = None
         if self.resume_path is not None:
@@ -258,6 +262,9 @@ class Trainer:
         if state.scaler and self.amp:
             self.scaler.load_state_dict(state.scaler)
         self.iteration = state.iteration
+        # start_epoch is the first epoch not closed: at its last iteration (a Ctrl-C after an epoch's final
+        # step) its evaluation and checkpoints are still to do, and train() does them first
+        self.epochs_closed = state.start_epoch
         # the best AP belongs with the best_ckpt.pth beside the checkpoint; a run continued elsewhere starts its own
         self.best_ap = state.best_ap if self._resumes_in_place(path) else 0.0
         self.last_ap = state.curr_ap
@@ -309,6 +316,8 @@ class Trainer:
         finished = False
         with self._interrupts_between_steps():
             try:
+                if self.epochs_closed < self.iteration // ipe:  # resumed after an epoch's last step
+                    self._end_of_epoch(self.epochs_closed)
                 while self.iteration < stop:
                     self._stop_if_interrupted()
                     epoch = self.iteration // ipe
@@ -322,8 +331,8 @@ class Trainer:
                         self._save(LATEST, start_epoch=epoch)
                 finished = self.iteration >= total
             except KeyboardInterrupt:
-                if self.dist.is_main:
-                    self._save(LATEST, start_epoch=self.iteration // ipe)
+                if self.dist.is_main:  # an epoch ended but not closed is closed on resume
+                    self._save(LATEST, start_epoch=self.epochs_closed)
                     log.warning("interrupted at iteration %d; %s written, continue with --resume", self.iteration,
                                 cfg.output / LATEST)
                 raise
@@ -437,6 +446,7 @@ class Trainer:
             self._save(LAST_MOSAIC, start_epoch=epoch + 1)
         if cfg.save_history:
             self._save(f"epoch_{epoch + 1}_ckpt.pth", start_epoch=epoch + 1)
+        self.epochs_closed = epoch + 1
 
     # --- evaluation and checkpoints ------------------------------------------------------------------
     def eval_model(self) -> YOLOX:
