@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -100,6 +102,14 @@ def test_int8_without_calibration_images(tiny_pth, out, capsys, throwaway_format
                            "--calib-images", folder], capsys)
         assert rc == 2 and message in _one_error(err)
     _assert_empty(out)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), np.full((32, 32, 3), 90, np.uint8))
+    for extra, message in ((["--half"], "the testfmt format takes --half or --int8, not both"),
+                           (["--calib-count", "0"], "calibration image count must be >= 1, got 0")):
+        rc, _, err = _run(["--weights", tiny_pth, "--format", "testfmt", "--output", out / "m.testfmt", "--int8",
+                           "--calib-images", folder, *extra], capsys)
+        assert rc == 2 and message in _one_error(err)
     # the same format works once the request is complete
     rc, _, _ = _run(["--weights", tiny_pth, "--format", "testfmt", "--output", out / "m.testfmt", "--no-verify",
                      "--img-size", "64"], capsys)
@@ -119,6 +129,9 @@ def test_other_bad_requests(tiny_pth, out, capsys, tmp_path):
     cases = [
         (["--dynamic-hw"], "needs a dynamic batch"),
         (["--opset", "30"], "opset 30"),
+        (["--opset", "21"], "ONNX opset 21 is not supported for export; use 11..20"),
+        (["--opset", "10"], "ONNX opset 10 is not supported for export; use 11..20"),
+        (["--no-verify", "--verify-image", tmp_path / "nope.jpg"], "it cannot go with --no-verify"),
         (["--batch", "0"], "batch must be >= 1"),
         (["--verify-image", tmp_path / "nope.jpg"], "verification image not found"),
     ]
@@ -414,12 +427,14 @@ def tiny_onnx(tiny_pth, tmp_path_factory):
     (["--batch", "4"], "has a fixed batch of 1, which cannot change"),
     (["--dynamic", "--dynamic-hw"], "has a fixed batch of 1"),
     (["--img-size", "128"], "is a 64x64 model; its input size cannot change"),
-    (["--opset", "8"], "--opset is for the ONNX made from a checkpoint"),
+    (["--opset", "13"], "--opset is for the ONNX made from a checkpoint"),
     (["--simplify"], "--simplify is for the ONNX made from a checkpoint"),
     (["--model", "yolox-s"], "is yolox-nano, not yolox-s; --model cannot change an ONNX file's graph"),
     (["--model", "yolox-huge"], "unknown model"),
     (["--num-classes", "20"], "has 3 classes, so --num-classes 20 cannot apply"),
     (["--nms"], "cannot add NMS to an existing ONNX file"),
+    (["--conf", "0.3"], "--conf is for the NMS inside a graph; cannot add NMS to an existing ONNX file (tiny_raw.onnx "
+                        "has none)"),
 ])
 def test_onnx_source_refuses_options_its_graph_fixes(tiny_onnx, out, capsys, flags, message):
     rc, _, err = _run(["--weights", tiny_onnx, "--format", "onnx", "--output", out / "m.onnx", *flags], capsys)
@@ -488,6 +503,8 @@ def test_nms_source_keeps_its_own_nms_settings(tiny_nms_onnx):
 def test_nms_source_refuses_other_nms_settings(tiny_nms_onnx, out):
     with pytest.raises(InputError, match=r"conf 0.5, iou 0.6, max det 10\), which --conf, --max-det cannot change"):
         export(tiny_nms_onnx, "onnx", out / "m.onnx", nms=True, conf=0.25, iou=0.6, max_det=100)
+    with pytest.raises(InputError, match=r"max det 10\), which --conf cannot change"):  # not "add --nms"
+        export(tiny_nms_onnx, "onnx", out / "m.onnx", conf=0.25)
     with pytest.raises(InputError, match="cannot be undone"):
         export(tiny_nms_onnx, "onnx", out / "m.onnx", decode_in_graph=False)
     result = export(tiny_nms_onnx, "onnx", out / "m.onnx", nms=True, conf=0.5, max_det=10)

@@ -204,3 +204,15 @@ def test_rejected_options(tmp_path, nano_pth):
     with pytest.raises(InputError, match="no-decode-in-graph"):
         export(nano_pth, "ncnn", tmp_path / "b_ncnn", dynamic=True, dynamic_hw=True)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"batch": 2}, "has a fixed batch of 2 and NCNN runs one image at a time"),
+    ({"dynamic": True, "dynamic_hw": True}, "has a dynamic input size, which NCNN cannot take from an ONNX file"),
+])
+def test_onnx_sources_pnnx_cannot_take_are_refused(tmp_path, tiny_random_model, kw, message):
+    source = export(tiny_random_model, "onnx", tmp_path / "src.onnx", img_size=64, decode_in_graph=False, verify=False,
+                    **kw).path
+    with pytest.raises(InputError, match=message):
+        export(source, "ncnn", tmp_path / "m_ncnn", decode_in_graph=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.onnx"]

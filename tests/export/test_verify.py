@@ -27,7 +27,7 @@ def test_score_floor_limits_the_diff_to_anchors_that_can_become_detections(rng):
     assert np.isclose(normalised_diff(out, ref, meta, SCORE_FLOOR), 0.05, atol=1e-6)
     out[0, 500, 4:6] = (0.5, 0.5)  # ...unless it scores in the artefact's output
     assert normalised_diff(out, ref, meta, SCORE_FLOOR) > 0.4
-    assert normalised_diff(ref, ref, meta, 2.0) == 0.0  # no anchor reaches the floor
+    assert normalised_diff(ref, ref, meta, 2.0) is None  # no anchor reaches the floor: nothing compared
 
 
 def test_int8_diff_is_reported_not_checked():
@@ -48,10 +48,22 @@ def test_nms_report_says_what_it_did_not_compare():
     summary = head_only.summary()
     assert "of the head before NMS 2.00e-04" in summary and "NMS output not compared" in summary
     assert "conf 0.5" in summary and "agree" not in summary
-    blind = VerifyReport("fp16", None, TOLERANCE["fp16"], nothing, 0.8, "a synthetic scene", nms_in_graph=True)
+    blind = VerifyReport("fp16", None, TOLERANCE["fp16"], nothing, 0.8, "a synthetic scene", nms_in_graph=True,
+                         head_reachable=False)
     assert not blind.checked and not blind.passed and "not reachable" in blind.summary()
-    seen = VerifyReport("fp16", None, TOLERANCE["fp16"], Agreement(4, 4, 4, 0.98), 0.8, "dog.jpg", nms_in_graph=True)
+    seen = VerifyReport("fp16", None, TOLERANCE["fp16"], Agreement(4, 4, 4, 0.98), 0.8, "dog.jpg", nms_in_graph=True,
+                        head_reachable=False)
     assert seen.checked and seen.passed and "detections 4/4 agree" in seen.summary()
+
+
+
+def test_a_reduced_precision_head_without_scoring_anchors_is_not_compared():
+    """No anchor reaches SCORE_FLOOR in either output (a random model in FP16): no diff is claimed, and with
+    no detections either the report compared nothing."""
+    nothing = Agreement(0, 0, 0, 0.0)
+    report = VerifyReport("fp16", None, TOLERANCE["fp16"], nothing, 0.8, "a synthetic scene")
+    assert not report.checked and not report.passed
+    assert report.summary().startswith("head output not compared (no anchor scores >= 0.01 in either output)")
 
 
 def _nms_export(model, path, **kw):

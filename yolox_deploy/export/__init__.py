@@ -23,7 +23,9 @@ from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
 from ..utils.files import check_creatable, move_into, staging_folder
 from ..utils.plugins import import_builtins
+from ..utils.values import is_integer
 from .base import (
+    INT8_WITH_HALF,
     OPTIONAL_FEATURES,
     Exporter,
     ExportOptions,
@@ -31,6 +33,7 @@ from .base import (
     ExportSource,
     FormatInfo,
     check_nms_options,
+    check_opset,
     register_format,
     registered_formats,
 )
@@ -57,10 +60,11 @@ def format_class(name: str) -> type[Exporter]:
     raise InputError(f"unknown export format {name!r}; choose one of: {', '.join(names)}")
 
 
-def _check_options(info: FormatInfo, options: ExportOptions, requested: frozenset[str]) -> None:
+def _check_options(info: FormatInfo, options: ExportOptions, requested: frozenset[str], onnx_source: bool) -> None:
     """Refuse, before any work, options out of range and options that do not apply (``requested``: the names
-    the caller set; an option left at its default is never refused)."""
-    _check_applicable(info, options, requested)
+    the caller set; an option left at its default is never refused). ``onnx_source``: the weights are an
+    ONNX file, whose own graph decides what its NMS settings may be (checked once it is read)."""
+    _check_applicable(info, options, requested, onnx_source)
     if options.batch < 1:
         raise InputError(f"batch must be >= 1, got {options.batch}")
     if options.max_batch is not None and options.max_batch < options.batch:
@@ -71,6 +75,8 @@ def _check_options(info: FormatInfo, options: ExportOptions, requested: frozense
         raise InputError(f"calibration method must be 'entropy' or 'minmax', got {options.calib_method!r}")
     check_nms_options(options)
     if options.int8:
+        if not (is_integer(options.calib_count) and options.calib_count >= 1):
+            raise InputError(f"calibration image count must be >= 1, got {options.calib_count}")
         if options.calib_images is None:
             raise InputError("INT8 needs calibration images: pass --calib-images DIR (a folder of ~100 images)")
         folder = Path(options.calib_images)
@@ -79,11 +85,12 @@ def _check_options(info: FormatInfo, options: ExportOptions, requested: frozense
         if not list_images(folder):
             raise InputError(f"no images in calibration folder {folder}")
     if options.verify_image is not None:
+        if not options.verify:
+            raise InputError("--verify-image is the image the verification runs on; it cannot go with --no-verify")
         if not Path(options.verify_image).is_file():
             raise InputError(f"verification image not found: {options.verify_image}")
         read_image(options.verify_image)  # a corrupt image is refused now, not after the export
-    if not 7 <= options.opset <= 21:
-        raise InputError(f"ONNX opset {options.opset} is out of range (7..21)")
+    check_opset(options.opset)
 
 
 def _flags(names: Sequence[str]) -> str:
@@ -96,20 +103,23 @@ def _flags_are(names: Sequence[str]) -> str:
     return _flags(names) + (" is" if len(names) == 1 else " are")
 
 
-def _check_applicable(info: FormatInfo, options: ExportOptions, requested: frozenset[str]) -> None:
+def _check_applicable(info: FormatInfo, options: ExportOptions, requested: frozenset[str], onnx_source: bool) -> None:
     """Refuse requested options the format does not support, or that only apply together with another one."""
     changed = options.changed_from_default()
     asked = {o for o in OPTIONAL_FEATURES if o in changed or (o in requested and getattr(options, o))}
     unsupported = sorted(o for o in asked if o not in info.supports)
     if unsupported:
         raise InputError(f"the {info.name} format does not support {_flags(unsupported)}")
+    if options.int8 and options.half and INT8_WITH_HALF not in info.supports:
+        raise InputError(f"the {info.name} format takes --half or --int8, not both: its INT8 artefact keeps the "
+                         "layers it does not quantise in FP32")
     if options.max_batch is not None and not options.dynamic:
         raise InputError("--max-batch is the top of a dynamic batch profile; it needs --dynamic")
     calib = [o for o in ("calib_images", "calib_count", "calib_method") if o in requested]
     if calib and not options.int8:
         raise InputError(f"{_flags_are(calib)} for INT8 calibration; add --int8")
     nms = [o for o in ("conf", "iou", "max_det") if o in requested]
-    if nms and not options.nms:
+    if nms and not options.nms and not onnx_source:  # an ONNX source's own NMS decides (_check_onnx_source_nms)
         raise InputError(f"{_flags_are(nms)} for the NMS inside the graph; add --nms (without it, thresholds "
                          "are chosen at run time, e.g. yolox-detect --conf)")
     if options.nms and "decode_in_graph" in requested and not options.decode_in_graph:
@@ -164,7 +174,8 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
         opts = ExportOptions(**options)
     except TypeError as e:
         raise InputError(f"unknown export option: {e}") from None
-    _check_options(info, opts, requested)
+    onnx_source = isinstance(weights, (str, os.PathLike)) and Path(weights).suffix.lower() == ".onnx"
+    _check_options(info, opts, requested, onnx_source)
     out = _check_output(Path(output), info, opts.force) if output is not None else None
     cls.require()
 
@@ -277,9 +288,12 @@ def _onnx_source_decodes(name: str, m: ModelMeta, opts: ExportOptions, requested
 
 def _check_onnx_source_nms(name: str, m: ModelMeta, opts: ExportOptions, requested: frozenset[str]) -> None:
     """NMS cannot be added to an ONNX source, and the NMS settings of one that has it cannot change."""
-    if opts.nms and not m.nms_in_graph:
-        raise InputError("cannot add NMS to an existing ONNX file; export from the checkpoint with --nms")
     if not m.nms_in_graph:
+        asked = [o for o in ("conf", "iou", "max_det") if o in requested]
+        if opts.nms or asked:
+            what = f"{_flags_are(asked)} for the NMS inside a graph; " if asked and not opts.nms else ""
+            raise InputError(f"{what}cannot add NMS to an existing ONNX file ({name} has none); export from the "
+                             "checkpoint with --nms")
         return
     own = {"conf": m.extra.get("nms_conf"), "iou": m.extra.get("nms_iou"), "max_det": m.max_det}
     differ = [k for k in own if k in requested and getattr(opts, k) != own[k]]

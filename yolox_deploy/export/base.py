@@ -17,10 +17,16 @@ from typing import Any, ClassVar
 from ..errors import BackendUnavailable, InputError
 from ..meta import ModelMeta
 from ..utils.packages import import_reason, missing_reason
+from ..utils.values import is_integer
 
 # Options a format must declare in ``supports`` before a user may set them (see ``export._check_options``).
 OPTIONAL_FEATURES = ("dynamic", "dynamic_hw", "max_batch", "half", "int8", "nms", "decode_in_graph", "opset",
                      "simplify", "workspace", "calib_method")
+# In ``supports``: the format takes --half beside --int8 (FP16 for the layers INT8 leaves in float: TensorRT);
+# elsewhere an INT8 artefact keeps those layers in FP32 and the two are alternatives.
+INT8_WITH_HALF = "int8_with_half"
+# The ONNX opsets the exporter writes (the TorchScript exporter's range that gives clean graphs).
+MIN_OPSET, MAX_OPSET = 11, 20
 
 # The head output ``[B, A, 5 + C]`` of the graphs we write, and the ``ModelMeta.extra`` key naming the tensor
 # an in-graph NMS tail reads: verification exposes that tensor to compare an NMS graph's model part too.
@@ -77,6 +83,12 @@ class ExportOptions:
     def changed_from_default(self) -> set[str]:
         """Names of the options set away from their default values."""
         return {f.name for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+def check_opset(opset: Any) -> None:
+    """Refuse an ONNX opset the exporter does not write (:data:`MIN_OPSET`..:data:`MAX_OPSET`)."""
+    if not (is_integer(opset) and MIN_OPSET <= opset <= MAX_OPSET):
+        raise InputError(f"ONNX opset {opset} is not supported for export; use {MIN_OPSET}..{MAX_OPSET}")
 
 
 def check_nms_options(options: ExportOptions) -> None:

@@ -250,6 +250,19 @@ def second_shape(size: tuple[int, int]) -> tuple[int, int]:
     return tuple(v // 2 // 32 * 32 if v >= 128 else v + 32 for v in size)  # type: ignore[return-value]
 
 
+def _check_onnx_source(source: ExportSource) -> None:
+    """pnnx converts an ONNX file at one input shape of one image: refuse a source with another batch or a
+    dynamic input size up front (pnnx would fail on the shape, or fix a size the metadata calls dynamic)."""
+    m, name = source.meta, source.onnx_path.name
+    if m.batch not in (None, 1):
+        raise InputError(f"{name} has a fixed batch of {m.batch} and NCNN runs one image at a time; export the "
+                         "NCNN folder from the checkpoint, or from an ONNX of batch 1 or a dynamic batch")
+    if m.dynamic_hw:
+        raise InputError(f"{name} has a dynamic input size, which NCNN cannot take from an ONNX file; export the "
+                         "NCNN folder from the checkpoint (--dynamic --dynamic-hw --no-decode-in-graph for any "
+                         "size), or from an ONNX of a fixed size")
+
+
 @register_format("ncnn", suffix="_ncnn", is_dir=True, package="pnnx", extra="ncnn",
                  supports=("dynamic", "dynamic_hw", "half", "decode_in_graph"), accepts_onnx=True,
                  description="NCNN param/bin folder via pnnx (CPU, Vulkan), for ARM and mobile",
@@ -263,10 +276,11 @@ class NcnnExporter(Exporter):
             raise InputError("the ncnn format cannot hold NMS in its graph; NMS runs in the pipeline")
         size = tuple(o.img_size)
         dynamic_hw = o.dynamic_hw
-        if dynamic_hw and (o.decode_in_graph or source.model is None):
-            why = ("an ONNX input keeps its fixed size" if source.model is None
-                   else "a graph that decodes bakes its anchor grid; add --no-decode-in-graph")
-            raise InputError(f"this ncnn export cannot take other input sizes ({why})")
+        if source.model is None:
+            _check_onnx_source(source)
+        elif dynamic_hw and o.decode_in_graph:
+            raise InputError("this ncnn export cannot take other input sizes (a graph that decodes bakes its anchor "
+                             "grid); add --no-decode-in-graph")
         if o.batch != 1:
             log.info("ncnn has no batch dimension: the graph takes one image, the runtime loops over a batch")
         meta = self.artefact_meta(source).with_(batch=None, dynamic_hw=dynamic_hw, format=self.info.name)

@@ -34,13 +34,22 @@ import numpy as np
 from ..errors import BackendUnavailable, ExportError, InputError
 from ..meta import META_KEY, NMS_OUTPUTS, ModelMeta
 from ..utils.files import atomic_write
-from .base import HEAD_OUTPUT, NMS_HEAD_KEY, Exporter, ExportOptions, ExportSource, check_nms_options, register_format
+from .base import (
+    HEAD_OUTPUT,
+    MIN_OPSET,
+    NMS_HEAD_KEY,
+    Exporter,
+    ExportOptions,
+    ExportSource,
+    check_nms_options,
+    check_opset,
+    register_format,
+)
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = HEAD_OUTPUT
-MIN_OPSET, MAX_OPSET = 11, 20  # the TorchScript exporter's range that gives clean graphs
 NMS_PLUGINS = ("onnx", "tensorrt")
 TRT_NMS_OP = "EfficientNMS_TRT"
 TRT_NMS_DOMAIN = ""  # TensorRT's parser finds plugins by op name; ONNX Runtime's TensorRT EP knows it in ""
@@ -122,8 +131,7 @@ def _from_torch(source: ExportSource, o: ExportOptions) -> tuple[Any, ModelMeta]
     import torch
 
     onnx = _onnx()
-    if not MIN_OPSET <= o.opset <= MAX_OPSET:
-        raise InputError(f"ONNX opset {o.opset} is not supported for export; use {MIN_OPSET}..{MAX_OPSET}")
+    check_opset(o.opset)
     if o.dynamic_hw and not o.dynamic:
         raise InputError("dynamic height/width needs a dynamic batch too (--dynamic)")
     decode = o.decode_in_graph or o.nms

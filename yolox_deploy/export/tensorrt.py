@@ -58,7 +58,7 @@ from ..runtimes.tensorrt import (
     make_logger,
 )
 from ..utils.files import atomic_write, write_text_atomic
-from .base import Exporter, ExportOptions, ExportSource, register_format
+from .base import INT8_WITH_HALF, Exporter, ExportOptions, ExportSource, register_format
 from .onnx import io_signature
 
 log = logging.getLogger(__name__)
@@ -559,8 +559,8 @@ def write_tensorrt_onnx(source: ExportSource, options: ExportOptions, path: Path
 
 # --- the format -----------------------------------------------------------------------------------------------
 @register_format("tensorrt", suffix=".engine", package="tensorrt", extra="trt",
-                 supports=("dynamic", "dynamic_hw", "max_batch", "half", "int8", "nms", "decode_in_graph", "opset",
-                           "simplify", "workspace", "calib_method"),
+                 supports=("dynamic", "dynamic_hw", "max_batch", "half", "int8", INT8_WITH_HALF, "nms", "decode_in_graph",
+                           "opset", "simplify", "workspace", "calib_method"),
                  accepts_onnx=True, aliases=("trt", "engine"), artefact_files=("*.engine", "*.plan"))
 class TensorRTExporter(Exporter):
     """TensorRT engine (.engine) for NVIDIA GPUs, with a JSON sidecar."""

@@ -6,7 +6,8 @@ Runtime), with the same decode setting. Two figures:
 
 - max abs diff of the head output, in raw units: scores as they are, box centres divided by the anchor's
   stride and box sizes divided by ``max(size, stride)`` when the graph decodes (both are then what the raw
-  offsets would differ by); for FP16/INT8 artefacts only over anchors scoring >= 0.01 in either output.
+  offsets would differ by); for FP16/INT8 artefacts only over anchors scoring >= 0.01 in either output
+  (none such: the head output is not compared, and the report says so).
   For an NMS graph it is the decoded head output the NMS tail reads, taken from a copy of the graph that
   also outputs it (:func:`head_before_nms`: ONNX Runtime for ONNX, OpenVINO on the CPU for an IR); a
   TensorRT engine keeps no such tensor;
@@ -54,7 +55,8 @@ VERIFY_CONF, VERIFY_IOU = 0.25, 0.45
 @dataclass(frozen=True)
 class VerifyReport:
     """What verification compared. ``max_abs_diff`` is ``None`` when the head output was not reachable (an
-    NMS engine); ``nms_in_graph``: the artefact's detections come from its own NMS at ``conf``."""
+    NMS engine) or, with ``head_reachable``, when no anchor scored ``SCORE_FLOOR`` (reduced precision);
+    ``nms_in_graph``: the artefact's detections come from its own NMS at ``conf``."""
 
     precision: str
     max_abs_diff: float | None
@@ -64,6 +66,7 @@ class VerifyReport:
     image: str
     nms_in_graph: bool = False
     conf: float = VERIFY_CONF
+    head_reachable: bool = True
 
     @property
     def has_detections(self) -> bool:
@@ -82,8 +85,10 @@ class VerifyReport:
     def summary(self) -> str:
         limit = "not checked" if math.isinf(self.tolerance) else f"tolerance {self.tolerance:g}"
         of = " of the head before NMS" if self.nms_in_graph else ""
-        if self.max_abs_diff is None:
+        if self.max_abs_diff is None and not self.head_reachable:
             diff = "head output not reachable (NMS in graph), not compared"
+        elif self.max_abs_diff is None:
+            diff = f"head output{of} not compared (no anchor scores >= {SCORE_FLOOR:g} in either output)"
         else:
             diff = f"max abs diff{of} {self.max_abs_diff:.2e} ({limit})"
         a = self.agreement
@@ -98,11 +103,11 @@ class VerifyReport:
         return f"{diff}, {dets}"
 
 
-def normalised_diff(out: np.ndarray, ref: np.ndarray, meta: ModelMeta, score_floor: float = 0.0) -> float:
+def normalised_diff(out: np.ndarray, ref: np.ndarray, meta: ModelMeta, score_floor: float = 0.0) -> float | None:
     """Max abs diff of two head outputs ``[B, A, 5 + C]`` in raw units (see the module docstring).
 
     With ``score_floor > 0`` only anchors whose score (objectness x best class) reaches it in either output
-    count; 0.0 when there are none.
+    count; ``None`` when there are none.
     """
     out = out.astype(np.float64)
     ref = ref.astype(np.float64)
@@ -118,7 +123,7 @@ def normalised_diff(out: np.ndarray, ref: np.ndarray, meta: ModelMeta, score_flo
     if score_floor > 0:
         score = np.maximum(out[..., 4] * out[..., 5:].max(-1), ref[..., 4] * ref[..., 5:].max(-1))  # [B, A]
         diff = diff[score >= score_floor]
-    return float(diff.max()) if diff.size else 0.0
+    return float(diff.max()) if diff.size else None
 
 
 def _detections(outputs: list[Any], meta: ModelMeta, conf: float = VERIFY_CONF, iou: float = VERIFY_IOU,
@@ -214,9 +219,9 @@ def _thresholds(meta: ModelMeta) -> tuple[float, float]:
 
 
 def _nms_graph_references(path: Path, source: ExportSource, meta: ModelMeta, batch: np.ndarray,
-                          floor: float) -> tuple[float | None, RawDetections]:
+                          floor: float) -> tuple[float | None, bool, RawDetections]:
     """For an NMS graph: the max abs diff of the head before its NMS (``None`` when not reachable on either
-    side) and the reference detections (the Python NMS at the graph's thresholds and cap, or for an ONNX
+    side, or no anchor reaches ``floor``), whether it was reachable, and the reference detections (the Python NMS at the graph's thresholds and cap, or for an ONNX
     source with NMS in its graph, that graph's)."""
     head = head_before_nms(path, meta, batch)
     if source.model is not None:
@@ -227,8 +232,9 @@ def _nms_graph_references(path: Path, source: ExportSource, meta: ModelMeta, bat
     else:
         ref = head_before_nms(source.onnx_path, source.meta, batch) if source.meta.nms_in_graph else None
         ref_dets = _source_nms_detections(source, batch)
-    diff = None if head is None or ref is None else normalised_diff(_np(head)[:1], _np(ref)[:1], meta, floor)
-    return diff, ref_dets
+    reachable = head is not None and ref is not None
+    diff = normalised_diff(_np(head)[:1], _np(ref)[:1], meta, floor) if reachable else None
+    return diff, reachable, ref_dets
 
 
 def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, meta: ModelMeta) -> VerifyReport:
@@ -244,8 +250,9 @@ def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, me
     with open_backend(path, device=options.device) as backend:
         outputs = backend.infer(batch)
     floor = 0.0 if meta.precision == "fp32" else SCORE_FLOOR
+    reachable = True
     if meta.nms_in_graph:
-        diff, ref_dets = _nms_graph_references(path, source, meta, batch, floor)
+        diff, reachable, ref_dets = _nms_graph_references(path, source, meta, batch, floor)
     else:
         ref = reference_outputs(source, batch, meta)
         diff = normalised_diff(_np(outputs[0])[:1], ref[:1], meta, floor)
@@ -256,7 +263,7 @@ def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, me
     precision = meta.precision
     conf = _thresholds(meta)[0]
     report = VerifyReport(precision, diff, TOLERANCE[precision], agreement, MIN_AGREEMENT[precision], label,
-                          nms_in_graph=meta.nms_in_graph, conf=conf)
+                          nms_in_graph=meta.nms_in_graph, conf=conf, head_reachable=reachable)
     log.info("verify %s: %s", meta.format, report.summary())
     if not report.checked:
         raise ExportError(f"verification compared nothing, nothing written: {report.summary()}; give "
