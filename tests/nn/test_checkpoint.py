@@ -110,6 +110,31 @@ def test_pickled_objects_are_refused(tmp_path, capsys):
         read_checkpoint(tmp_path / "no_tensors.pth")
 
 
+def test_the_authors_trainer_checkpoints_load(tmp_path):
+    """Their trainer saves COCOeval's numpy.float64 as best_ap / curr_ap: numbers are rebuilt, while a numpy
+    array (or any other object) stays refused."""
+    import numpy as np
+
+    sd = build_model("yolox-nano", 2).state_dict()
+    torch.save({"start_epoch": 300, "model": sd, "optimizer": {}, "best_ap": np.float64(25.8),
+                "curr_ap": np.float32(25.1), "epochs": np.int64(300)}, tmp_path / "best_ckpt.pth")
+    ckpt = read_checkpoint(tmp_path / "best_ckpt.pth")
+    assert ckpt.extra["best_ap"] == 25.8 and ckpt.extra["epochs"] == 300
+    assert load_model(tmp_path / "best_ckpt.pth").num_classes == 2
+    torch.save({"model": sd, "table": np.zeros(3)}, tmp_path / "array.pth")
+    with pytest.raises(CheckpointError, match="holds Python objects"):
+        read_checkpoint(tmp_path / "array.pth")
+
+
+def test_a_truncated_checkpoint_is_one_short_sentence(tmp_path):
+    save_checkpoint(build_model("yolox-nano", 2), tmp_path / "m.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "m.pth").read_bytes()[:100_000])
+    with pytest.raises(CheckpointError, match=r"not a readable PyTorch checkpoint \(.*\); the file is damaged or "
+                                              r"incomplete$") as e:
+        read_checkpoint(tmp_path / "cut.pth")
+    assert "miniz" not in str(e.value) and len(str(e.value)) < 250 + len(str(tmp_path))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_identity_batchnorms_stay_identities(tmp_path, dtype):
     """Folded checkpoints store BN as weight 1, mean 0, var 1 - eps'; loading must keep them identities. In a

@@ -7,6 +7,7 @@ fine-tuned checkpoint knows its variant and labels.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import warnings
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,6 +57,25 @@ def check_weights_argument(weights: Any) -> None:
         raise InputError(f"weights are a checkpoint or artefact path (or a YOLOX model), not {type(weights).__name__}")
 
 
+def _numpy_numbers_allowed() -> contextlib.AbstractContextManager:
+    """Let the weights-only unpickler rebuild numpy numbers: the authors' trainer saves COCOeval's
+    ``numpy.float64`` as ``best_ap`` / ``curr_ap``. A numpy scalar pickles as ``multiarray.scalar(dtype, bytes)``
+    (under numpy 2's module name or numpy 1's) with its dtype; these rebuild a number from bytes and run
+    nothing else. Arrays and other numpy objects stay refused."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5: numpy numbers stay refused
+        return contextlib.nullcontext()
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar
+    numeric = (np.bool_, np.integer, np.floating)
+    dtypes = [t for t in vars(getattr(np, "dtypes", object)).values()
+              if isinstance(t, type) and issubclass(getattr(t, "type", type(None)), numeric)]
+    return safe_globals([(scalar, "numpy._core.multiarray.scalar"), (scalar, "numpy.core.multiarray.scalar"),
+                         np.dtype, *dtypes])
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint file safely. Raises :class:`CheckpointError` with a one-line reason."""
     p = Path(path)
@@ -65,7 +86,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p} is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _numpy_numbers_allowed():
             warnings.simplefilter("ignore")  # pickle-protocol chatter from the weights-only unpickler
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
@@ -76,7 +97,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{p} is not a PyTorch checkpoint (unreadable pickle data)") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{p} is not a readable PyTorch checkpoint ({first})") from None
+        first = first.split(". ")[0].rstrip(".")  # PyTorch's first sentence, not its paragraph of advice
+        raise CheckpointError(f"{p} is not a readable PyTorch checkpoint ({first}); the file is damaged or "
+                              "incomplete") from None
 
     extra: dict[str, Any] = {}
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
