@@ -33,20 +33,65 @@ def test_category_mapping_by_name(coco_tiny):
         category_mapping(("a", "b"), data)
 
 
-def test_subset_dataset_maps_by_name(tmp_path, coco_tiny):
-    """An 80-class model on a dataset with three of its categories: classes map by name."""
+def _relabelled(tmp_path, coco_tiny, change):
+    """coco-tiny val with its annotation file passed through ``change`` (a function of the parsed JSON)."""
     ann = json.loads((coco_tiny / "annotations" / "instances_val2017.json").read_text())
-    keep = {1, 3, 18}
-    ann["categories"] = [c for c in ann["categories"] if c["id"] in keep]
-    ann["annotations"] = [a for a in ann["annotations"] if a["category_id"] in keep]
+    change(ann)
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(ann))
     (tmp_path / "val2017").symlink_to(coco_tiny / "val2017")
+    return open_coco(tmp_path)
+
+
+def test_subset_dataset_maps_by_name(tmp_path, coco_tiny):
+    """An 80-class model on a dataset with three of its categories: classes map by name."""
+    keep = {1, 3, 18}
+
+    def subset(ann):
+        ann["categories"] = [c for c in ann["categories"] if c["id"] in keep]
+        ann["annotations"] = [a for a in ann["annotations"] if a["category_id"] in keep]
+
     from yolox_deploy.data.coco import COCO_CLASSES
 
-    mapping = category_mapping(COCO_CLASSES, open_coco(tmp_path))
+    mapping = category_mapping(COCO_CLASSES, _relabelled(tmp_path, coco_tiny, subset))
     assert mapping[0] == 1 and mapping[2] == 3 and mapping[16] == 18
     assert sum(m is not None for m in mapping) == 3
+
+
+def test_a_renamed_category_pairs_by_position_among_the_rest(tmp_path, coco_tiny, caplog):
+    """Ids renumbered (reversed) and one name changed: 79 classes map by name, the odd pair is matched up and
+    named in a warning (by position in all ids, the whole mapping was reversed: AP 0)."""
+    from yolox_deploy.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
+
+    def renumber(ann):
+        for c in ann["categories"]:
+            c["name"] = "motorbike" if c["name"] == "motorcycle" else c["name"]
+            c["id"] = 1000 - c["id"]
+        for a in ann["annotations"]:
+            a["category_id"] = 1000 - a["category_id"]
+
+    with caplog.at_level("WARNING"):
+        mapping = category_mapping(COCO_CLASSES, _relabelled(tmp_path, coco_tiny, renumber))
+    assert mapping == [1000 - i for i in COCO_CATEGORY_IDS]
+    assert "motorcycle -> motorbike" in caplog.text
+
+
+def test_dataset_categories_without_a_class_are_named_and_not_scored(tmp_path, coco_tiny, caplog):
+    from yolox_deploy.data.coco import COCO_CLASSES
+    from yolox_deploy.eval.coco import coco_evaluate
+
+    data = _relabelled(tmp_path, coco_tiny, lambda ann: ann["categories"].append({"id": 200, "name": "unicorn"}))
+    with caplog.at_level("WARNING"):
+        assert category_mapping(COCO_CLASSES, data)[:2] == [1, 2]
+    assert "1 dataset categories are no class of the model and are not scored: unicorn" in caplog.text
+    caplog.clear()
+    three = ("person", "bicycle", "car")  # a 3-class model on all of COCO's categories
+    with caplog.at_level("WARNING"):
+        mapping = category_mapping(three, data)
+    assert mapping == [1, 2, 3] and "78 dataset categories" in caplog.text
+    result = coco_evaluate(data, [{"image_id": data.image_ids[0], "category_id": 1, "bbox": [0, 0, 10, 10],
+                                   "score": 0.5}], mapping)
+    assert sorted(result.per_class) == sorted(three)
 
 
 def test_not_a_coco_folder(tmp_path):

@@ -1,8 +1,8 @@
 """COCO bbox evaluation of any Detector, as the authors' ``COCOEvaluator`` (pycocotools).
 
 A COCO folder holds ``annotations/instances_<split>.json`` and ``<split>/`` images. Model classes map to
-dataset categories by name when every dataset category is among the model's labels (an 80-class COCO model
-on a COCO subset), else by position in the sorted category ids (the authors' convention).
+dataset categories by name (an 80-class COCO model on a COCO subset scores that subset), else by position in
+the sorted category ids (the authors' convention); see :func:`category_mapping`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ import numpy as np
 from ..errors import InputError
 from ..io.images import read_image
 from ..utils.values import is_finite_number
+
+log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model during evaluation (bounded memory)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -156,15 +159,44 @@ def _annotation_problem(a: Any, coco: Any) -> str | None:
 
 
 def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | None]:
-    """Dataset category id for each model class (``None`` where a class has no category)."""
+    """Dataset category id for each model class (``None`` where a class has no category).
+
+    Classes map to the categories of their name. A model whose names match none of the categories (labels of
+    another naming) maps by position in the sorted category ids, the authors' convention. When only some
+    names match, the classes and categories left over pair up in that order if they are as many (a warning
+    lists the pairs: one renamed category, e.g. motorcycle / motorbike); dataset categories without a class
+    are named in a warning and left out of the scores (:func:`coco_evaluate` with ``category_ids``). Anything
+    else is refused.
+    """
     names = list(class_names)
-    by_name = {c["name"]: c["id"] for c in data.categories}
-    if all(n in names for n in by_name):
-        return [by_name.get(n) for n in names]
-    if len(names) == len(data.categories):
-        return list(data.category_ids)
-    raise InputError(f"the model has {len(names)} classes and the dataset {len(data.categories)} categories, "
-                     "and their names do not match; pass the class names the model was trained with")
+    ids = list(data.category_ids)
+    name_of = dict(zip(ids, data.category_names))
+    by_name = {n: i for i, n in name_of.items()}
+    mapping: list[int | None] = [by_name.get(n) for n in names]
+    matched = {i for i in mapping if i is not None}
+    if not matched and len(names) == len(ids):
+        return ids
+    left_classes = [k for k, i in enumerate(mapping) if i is None]
+    left_cats = [i for i in ids if i not in matched]
+    if left_classes and len(left_classes) == len(left_cats):
+        for k, i in zip(left_classes, left_cats):
+            mapping[k] = i
+        log.warning("%d of the model's classes have no dataset category of their name; paired by position in the "
+                    "category ids: %s", len(left_classes),
+                    _listed([f"{names[k]} -> {name_of[i]}" for k, i in zip(left_classes, left_cats)]))
+    elif left_cats and left_classes:
+        raise InputError(f"the model's classes and the dataset's categories do not match by name: "
+                         f"{len(left_classes)} classes have no category ({_listed([names[k] for k in left_classes])}) "
+                         f"and {len(left_cats)} categories no class ({_listed([name_of[i] for i in left_cats])}); "
+                         "evaluate on a dataset labelled with the model's classes")
+    elif left_cats:
+        log.warning("%d dataset categories are no class of the model and are not scored: %s", len(left_cats),
+                    _listed([name_of[i] for i in left_cats]))
+    return mapping
+
+
+def _listed(items: Sequence[str], shown: int = 5) -> str:
+    return ", ".join(items[:shown]) + (f", ... ({len(items)} in all)" if len(items) > shown else "")
 
 
 @dataclass
@@ -180,16 +212,19 @@ class EvalResult:
         return {**self.stats, "per_class_AP": self.per_class, "num_images": self.num_images}
 
 
-def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]]) -> EvalResult:
-    """Score COCO-format detections against a split (pycocotools, bbox)."""
+def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]],
+                  category_ids: Sequence[int] | None = None) -> EvalResult:
+    """Score COCO-format detections against a split (pycocotools, bbox), on ``category_ids`` (default: all)."""
     _, COCOeval = _coco_api()
     stats = dict.fromkeys(STAT_NAMES, 0.0)
-    per_class = {c["name"]: 0.0 for c in data.categories}
+    scored = set(data.category_ids if category_ids is None else category_ids)
+    per_class = {c["name"]: 0.0 for c in data.categories if c["id"] in scored}
     if detections:
         with contextlib.redirect_stdout(io.StringIO()):
             dt = data.coco.loadRes(detections)
             ev = COCOeval(data.coco, dt, "bbox")
             ev.params.imgIds = data.image_ids
+            ev.params.catIds = sorted(scored)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
@@ -240,4 +275,4 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
                 progress(len(chunk))
     if bar is not None:
         bar.close()
-    return coco_evaluate(ds, detections)
+    return coco_evaluate(ds, detections, [i for i in mapping if i is not None])
