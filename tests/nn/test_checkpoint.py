@@ -53,6 +53,19 @@ def test_wrong_variant_is_named(nano3):
         load_checkpoint(build_model("yolox-tiny", num_classes=3), path)
 
 
+def test_a_checkpoint_that_contradicts_itself_says_so(nano3, tmp_path, caplog):
+    model, _ = nano3
+    torch.save({"model": model.state_dict(), "model_name": "yolox-s"}, tmp_path / "wrong_name.pth")
+    with pytest.raises(CheckpointError, match="wrong_name.pth records its model as yolox-s but holds yolox-nano "
+                                              "weights; pass --model yolox-nano"):
+        load_model(tmp_path / "wrong_name.pth")
+    assert load_model(tmp_path / "wrong_name.pth", "nano").spec.name == "yolox-nano"
+    torch.save({"model": model.state_dict(), "class_names": ["a", "b"]}, tmp_path / "two_names.pth")
+    with caplog.at_level("WARNING"):
+        assert load_model(tmp_path / "two_names.pth").class_names is None
+    assert "2 class names do not fit its 3-class head" in caplog.text
+
+
 def test_ignore_class_head_loads_everything_else(nano3):
     model, path = nano3
     target = build_model("yolox-nano", num_classes=80)

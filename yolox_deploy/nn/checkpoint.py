@@ -8,6 +8,7 @@ fine-tuned checkpoint knows its variant and labels.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import warnings
@@ -25,6 +26,8 @@ from ..utils.files import atomic_write
 from ..utils.sizes import parse_img_size
 from ..zoo import VARIANTS, canonical_name
 from .yolox import YOLOX, build_model
+
+log = logging.getLogger(__name__)
 
 CLASS_HEAD_PREFIX = "head.cls_preds."
 
@@ -155,7 +158,8 @@ def _mismatch_message(model: YOLOX, ckpt: Checkpoint) -> str:
         rest_want = {k: v for k, v in want.items() if not k.startswith(CLASS_HEAD_PREFIX)}
         rest_have = {k: v for k, v in have.items() if not k.startswith(CLASS_HEAD_PREFIX)}
         if rest_want == rest_have:
-            return (f"checkpoint has {ckpt.num_classes} classes, model has {model.num_classes}; drop --num-classes "
+            return (f"checkpoint has {ckpt.num_classes} classes, model has {model.num_classes}; drop num_classes "
+                    "(--num-classes) "
                     f"to use the checkpoint's, or fine-tune it for {model.num_classes} classes with yolox-train "
                     "(which re-initialises the class head; ignore_class_head=True in Python)")
     found = identify_variant(ckpt.state_dict)
@@ -212,8 +216,12 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
         raise CheckpointError(_mismatch_message(model, ckpt))
     model.load_state_dict(sd, strict=not ignore_class_head)
     _keep_identity_batchnorms(model, any(v.dtype in (torch.float16, torch.bfloat16) for v in sd.values()))
-    if ckpt.class_names and not ignore_class_head and len(ckpt.class_names) == model.num_classes:
-        model.class_names = ckpt.class_names
+    if ckpt.class_names and not ignore_class_head:
+        if len(ckpt.class_names) == model.num_classes:
+            model.class_names = ckpt.class_names
+        else:
+            log.warning("the checkpoint's %d class names do not fit its %d-class head; they are not used",
+                        len(ckpt.class_names), model.num_classes)
     model.input_size = ckpt.input_size
     return ckpt
 
@@ -238,7 +246,14 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
     if class_names is not None and len(class_names) != n:
         raise InputError(f"{len(class_names)} class names given for a model with {n} classes")
     net = build_model(name, n, class_names=class_names)
-    load_checkpoint(net, ckpt, ignore_class_head=ignore_class_head)
+    try:
+        load_checkpoint(net, ckpt, ignore_class_head=ignore_class_head)
+    except CheckpointError:
+        found = identify_variant(ckpt.state_dict) if model is None and ckpt.model_name else None
+        if found is not None and found != name:  # the file contradicts itself; the user named nothing
+            raise CheckpointError(f"{path} records its model as {name} but holds {found} weights; pass "
+                                  f"--model {found} (model={found!r})") from None
+        raise
     return net.eval()
 
 

@@ -116,7 +116,8 @@ class Detector:
             name = canonical_name(model)
             if meta.model and name != meta.model:
                 what = Path(weights).name if isinstance(weights, (str, os.PathLike)) else "the model"
-                raise InputError(f"{what} is {meta.model}, not {name}; drop --model (the artefact records its variant)")
+                raise InputError(f"{what} is {meta.model}, not {name}; drop model (--model): the artefact records "
+                                 "its variant")
             meta = meta.with_(model=name)
         self.meta = self.backend.meta = meta
         graph = self.meta.extra if self.meta.nms_in_graph else {}  # an NMS graph's own thresholds are the defaults
