@@ -99,3 +99,62 @@ def test_cache_exports_once_and_reuses(tmp_path):
     other = ArtefactRequest("yolox-nano", "onnx", "fp32", 2, (160, 160))
     assert other.folder_name(src.fingerprint()) != path.parent.name
     assert ArtefactRequest("yolox-nano", "openvino", "fp32", 1, (160, 160)).folder_name("x") != req.folder_name("x")
+
+
+@pytest.fixture
+def fake_export(monkeypatch):
+    """``export`` replaced by one that writes a marker file (or fails), recording its calls."""
+    import yolox_deploy.export as export_module
+
+    calls = []
+
+    def fake(model, fmt, path, **opts):
+        calls.append(opts)
+        if opts.get("img_size") == (96, 96):
+            raise InputError("refused")
+        path.write_text("artefact")
+
+    monkeypatch.setattr(export_module, "export", fake)
+    return calls
+
+
+def _calibration_folder(path, shade):
+    import cv2
+    import numpy as np
+
+    path.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(path / f"{i}.png"), np.full((32, 32, 3), shade + i, np.uint8))
+    return path
+
+
+def test_an_int8_entry_belongs_to_its_calibration_images(tmp_path, fake_export):
+    src = model_source("nano", None)
+    req = ArtefactRequest("yolox-nano", "onnx", "int8", 1, (160, 160))
+    a, b = _calibration_folder(tmp_path / "a", 10), _calibration_folder(tmp_path / "b", 200)
+    path_a, reused = cached_artefact(src, req, tmp_path / "cache", a)
+    assert not reused and cached_artefact(src, req, tmp_path / "cache", a) == (path_a, True)
+    path_b, reused = cached_artefact(src, req, tmp_path / "cache", b)
+    assert not reused and path_b != path_a and len(fake_export) == 2
+    (b / "0.png").write_bytes((a / "0.png").read_bytes())  # an image of the set changed
+    assert cached_artefact(src, req, tmp_path / "cache", b)[1] is False
+
+
+def test_a_failed_export_leaves_no_cache_entry(tmp_path, fake_export):
+    src = model_source("nano", None)
+    with pytest.raises(InputError, match="refused"):
+        cached_artefact(src, ArtefactRequest("yolox-nano", "onnx", "fp32", 1, (96, 96)), tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_calibration_pngs_of_a_longer_earlier_run_are_removed(tmp_path):
+    import numpy as np
+
+    from yolox_deploy.bench.artefacts import write_calibration_images
+
+    images = [np.full((16, 16, 3), v, np.uint8) for v in range(4)]
+    folder = write_calibration_images(images, tmp_path / "calibration")
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    write_calibration_images(images[:2], folder)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == {k: mtimes[k] for k in ("calib_000.png",
+                                                                                             "calib_001.png")}

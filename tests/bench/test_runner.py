@@ -134,6 +134,22 @@ def test_demo_comparison_with_real_weights(tmp_path, nano_pth, nano_onnx):
     assert "FPS" in d.summary()
 
 
+def test_the_demo_runs_the_released_onnx_only_beside_its_own_weights(tmp_path, nano_pth, nano_onnx):
+    """Weights changed under the released file's name: the race runs their own raw export, not the file."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from yolox_deploy.bench.artefacts import model_source
+    from yolox_deploy.bench.runner import _holds_the_weights
+
+    source = model_source("nano", nano_pth.parent)
+    assert _holds_the_weights(nano_onnx, source, (416, 416))
+    assert not _holds_the_weights(nano_onnx, source, (320, 320))
+    with torch.no_grad():
+        source.model().head.cls_preds[0].bias -= 3
+    assert not _holds_the_weights(nano_onnx, source, (416, 416))
+
+
 def test_demo_contenders_fastest_then_fastest_fp32():
     from yolox_deploy.bench.latency import PipelineTimes
     from yolox_deploy.bench.results import BenchRow

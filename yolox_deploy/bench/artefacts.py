@@ -217,32 +217,57 @@ def export_options(req: ArtefactRequest, calib_images: Path | None) -> dict[str,
     return opts
 
 
+def calibration_fingerprint(folder: Path) -> str:
+    """The names, sizes and modification times of a calibration folder's images, hashed: another set of
+    images, or one of them changed, calibrates another INT8 artefact."""
+    from ..io.images import list_images
+
+    h = hashlib.sha1()
+    for p in list_images(folder):
+        st = p.stat()
+        h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
 def cached_artefact(source: ModelSource, req: ArtefactRequest, cache_dir: Path,
                     calib_images: Path | None = None) -> tuple[Path, bool]:
     """Export ``source`` for ``req`` into ``cache_dir`` once; ``(artefact path, reused)``.
 
-    A cache entry is a folder named after the request and the weights' fingerprint, holding the artefact
-    (and its sidecars) plus ``request.json``; it is reused only when that record matches.
+    A cache entry is a folder named after the request, the weights' fingerprint and (INT8) the calibration
+    images' fingerprint, holding the artefact (and its sidecars) plus ``request.json``; it is reused only when
+    that record matches, the exporting yolox-deploy version included. A failed export leaves no entry.
     """
+    from .. import __version__
     from ..export import export, format_class
 
     info = format_class(req.format).info
-    folder = cache_dir / req.folder_name(source.fingerprint())
+    fingerprint = source.fingerprint()
+    wanted: dict[str, Any] = {"request": {**req.__dict__, "img_size": list(req.img_size)}, "weights": source.label,
+                              "fingerprint": fingerprint, "yolox_deploy": __version__}
+    if req.precision == "int8" and calib_images is not None:
+        calibration = calibration_fingerprint(calib_images)
+        wanted["calibration"] = {"folder": str(Path(calib_images).resolve()), "fingerprint": calibration}
+        fingerprint = f"{fingerprint}-c{calibration[:8]}"
+    folder = cache_dir / req.folder_name(fingerprint)
     artefact = folder / f"{req.model.replace('-', '_')}{info.suffix}"
     record = folder / "request.json"
-    wanted = {"request": {**req.__dict__, "img_size": list(req.img_size)}, "weights": source.label,
-              "fingerprint": source.fingerprint()}
     if artefact.exists() and record.is_file():
         try:
             if json.loads(record.read_text()) == wanted:
                 return artefact, True
         except (json.JSONDecodeError, OSError):
             pass
-    folder.mkdir(parents=True, exist_ok=True)
     opts = export_options(req, calib_images)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s -> %s (%s, batch %d, %dx%d)", req.model, req.format, req.precision, req.batch,
              *req.img_size)
-    export(source.model(), req.format, artefact, force=True, **opts)
+    try:
+        export(source.model(), req.format, artefact, force=True, **opts)
+    except BaseException:
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
     write_text_atomic(record, json.dumps(wanted, indent=2))
     return artefact, False
 
@@ -254,8 +279,11 @@ def write_calibration_images(images: list[Any], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):
         path = folder / f"calib_{i:03d}.png"
-        if not path.exists():
+        if not path.exists():  # the same images each run: kept, so the calibration fingerprint stays
             tmp = folder / f".calib_{i:03d}.part.png"
             cv2.imwrite(str(tmp), im)
             os.replace(tmp, path)
+    for stale in folder.glob("calib_*.png"):  # a longer earlier run's: not this run's calibration set
+        if not stale.stem[len("calib_"):].isdigit() or int(stale.stem[len("calib_"):]) >= len(images):
+            stale.unlink()
     return folder
