@@ -252,3 +252,16 @@ def test_meta_roundtrip_through_rt_info(tmp_path, tiny_ir):
     ov.save_model(model, str(tmp_path / "m" / "m.xml"), compress_to_fp16=False)
     with open_backend(tmp_path / "m") as backend:
         assert backend.meta == meta
+
+
+def test_the_precision_computed_is_said(tmp_path, tiny_random_model, authors_ir):
+    """An FP16 IR runs in FP32 on the CPU: its compute precision says so (yolox-bench times no FP16 row then)."""
+    from yolox_deploy.export import export
+
+    half = export(tiny_random_model, "openvino", tmp_path / "half_openvino", img_size=64, half=True, verify=False)
+    with open_backend(half.path) as backend:
+        assert backend.meta.precision == "fp16" and backend.compute_precision == "fp32"
+    with open_backend(half.path, inference_precision="f16") as backend:
+        assert backend.compute_precision == "fp16"
+    with open_backend(authors_ir) as backend:
+        assert backend.compute_precision == "fp32"

@@ -300,7 +300,7 @@ class RowRunner:
         cfg = self.cfg
         with _open_detector(weights, row.backend, row.device, cfg, source, row.precision, row.img_size,
                             row.batch) as det:
-            got = det.meta.precision
+            got = det.backend.compute_precision  # an FP16 artefact computed in FP32 is no FP16 row
             if got != row.precision:
                 raise _NotAvailable(f"the {row.backend} backend runs {got}, not {row.precision}, on {row.device}")
             if tuple(det.meta.input_size) != tuple(row.img_size):

@@ -220,6 +220,12 @@ class Backend(abc.ABC):
         return (self.meta.batch, 3, *self.meta.input_size)
 
     @property
+    def compute_precision(self) -> str:
+        """The precision the runtime computes in (``fp32``, ``fp16``, ``int8``): the artefact's, unless the
+        runtime computes it otherwise (OpenVINO runs FP16 IRs in FP32 on CPUs)."""
+        return self.meta.precision
+
+    @property
     def output_device(self) -> str:
         """Where outputs live: ``"cpu"`` (numpy) or a torch device string such as ``"cuda:0"``."""
         return "cpu"

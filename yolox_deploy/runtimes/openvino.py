@@ -210,6 +210,14 @@ class OpenVINOBackend(Backend):
             config["CACHE_DIR"] = str(opts["cache_dir"])
         return config
 
+    @property
+    def compute_precision(self) -> str:
+        """An INT8 IR's; else the inference precision hint's (the device's own FP16 default when none)."""
+        hint = self._config_dict.get("INFERENCE_PRECISION_HINT")
+        if self.meta.precision == "int8" or hint is None:
+            return self.meta.precision
+        return {"f32": "fp32", "f16": "fp16"}.get(str(hint), str(hint))
+
     @classmethod
     def _check_device(cls, device: str) -> None:
         base = ov_device(device).split(":")[0]
