@@ -119,6 +119,20 @@ def test_precision_a_backend_cannot_run_is_not_available(tmp_path):
     assert row.status == "not available: the torch backend runs fp32, not int8, on cpu"
 
 
+def test_threads_reach_torch_rows_and_the_notes(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    cfg = BenchConfig(models=["nano"], backends=["torch"], iters=2, warmup=0, max_images=1, img_size=(160, 160),
+                      device="cpu", output=tmp_path, demo=False, progress=False, isolate=False, threads=1)
+    try:
+        report = run_benchmark(cfg)
+        assert torch.get_num_threads() == 1 and report.rows[0].ok
+    finally:
+        torch.set_num_threads(before)
+    assert any("1 inference threads in every backend (--threads)" in n for n in report.notes)
+
+
 def test_demo_comparison_with_real_weights(tmp_path, nano_pth, nano_onnx):
     pytest.importorskip("onnxruntime")
     cfg = BenchConfig(models=["nano"], backends=["torch"], iters=4, warmup=1, max_images=2, images=None,

@@ -587,7 +587,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
             demos, skipped = [], f"demo comparison failed: {what}"
         if skipped:
             notes.append(skipped)
-    notes += _standard_notes(rows, sources)
+    notes += _standard_notes(rows, sources, cfg.threads)
     if cfg.with_eval is not None and any(r.ap is not None for r in rows):
         from ..eval.coco import open_coco
 
@@ -601,7 +601,9 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
     return BenchReport(settings, host, rows, demos, notes, started, time.perf_counter() - t0)
 
 
-def _standard_notes(rows: Sequence[BenchRow], sources: dict[str, ModelSource]) -> list[str]:
+def _standard_notes(rows: Sequence[BenchRow], sources: dict[str, ModelSource], threads: int | None) -> list[str]:
+    import torch
+
     notes = ["GFLOPs: 2 x MACs per image at the row's input size, counted over the unfused model graph with the "
              "authors' (thop) rules; the paper's tables print slightly lower figures (older thop counted BatchNorm "
              "as 2 ops per element)."]
@@ -613,5 +615,7 @@ def _standard_notes(rows: Sequence[BenchRow], sources: dict[str, ModelSource]) -
     if any(r.clock == CudaClock.name for r in rows):
         notes.append("GPU rows: CUDA events around each call with a device synchronise before the end event.")
     if any(r.ok and r.clock == "perf_counter" for r in rows):
-        notes.append("CPU rows: wall time with time.perf_counter; backends' default thread settings unless --threads.")
+        how = (f"{threads} inference threads in every backend (--threads)" if threads else
+               f"each backend's default thread count (PyTorch's: {torch.get_num_threads()})")
+        notes.append(f"CPU rows: wall time with time.perf_counter; {how}.")
     return notes

@@ -3,7 +3,8 @@
 Outputs the raw head (decode runs in the shared pipeline, on the same device). CPU or CUDA; FP16 on CUDA
 with ``half=True``. Options: ``model`` (variant name, else read from the checkpoint), ``img_size``,
 ``num_classes``, ``class_names``, ``half``, ``legacy`` (RGB/255/ImageNet input contract), ``fuse`` (default
-True: run :func:`~yolox_deploy.nn.deploy.deploy_model`, the form every export traces).
+True: run :func:`~yolox_deploy.nn.deploy.deploy_model`, the form every export traces), ``threads`` (PyTorch's
+intra-op threads, ``torch.set_num_threads``: a setting of the whole process; 0 or absent leaves it).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def resolve_device(device: str) -> torch.device:
 class TorchBackend(Backend):
     """PyTorch eager model from a checkpoint."""
 
-    option_names = frozenset({"fuse", "half"})
+    option_names = frozenset({"fuse", "half", "threads"})
 
     model: YOLOX
 
@@ -58,6 +59,8 @@ class TorchBackend(Backend):
     def _load(self) -> None:
         opts = self.options
         self._device = resolve_device(self.device)
+        if opts.get("threads"):  # an integer (Backend.check_options)
+            torch.set_num_threads(int(opts["threads"]))
         if isinstance(self.path, YOLOX):
             model = self.path
         else:
