@@ -89,3 +89,5 @@ def test_plot_is_a_png(tmp_path):
     assert set(paths) == set(OUTPUT_NAMES)
     data = paths["plot"].read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    partial = write_report(make_report(), tmp_path, plot=False)  # the next run's first rows: no stale plot
+    assert "plot" not in partial and not paths["plot"].exists()

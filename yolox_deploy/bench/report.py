@@ -159,7 +159,8 @@ def read_json(path: str | os.PathLike) -> BenchReport:
 
 
 def write_report(report: BenchReport, folder: str | os.PathLike, *, plot: bool = True) -> dict[str, Path]:
-    """Write ``results.md``, ``results.csv``, ``results.json`` and (``plot``) ``results.png`` into ``folder``."""
+    """Write ``results.md``, ``results.csv``, ``results.json`` and (``plot``) ``results.png`` into ``folder``;
+    without ``plot`` an earlier run's ``results.png`` is removed, so every file there describes this report."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -171,4 +172,6 @@ def write_report(report: BenchReport, folder: str | os.PathLike, *, plot: bool =
         from .plot import plot_speed_accuracy
 
         paths["plot"] = plot_speed_accuracy(report, out / OUTPUT_NAMES["plot"])
+    else:
+        (out / OUTPUT_NAMES["plot"]).unlink(missing_ok=True)
     return paths

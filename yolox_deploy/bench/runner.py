@@ -539,10 +539,14 @@ def _demo_isolated(cfg: BenchConfig, rows: Sequence[BenchRow]) -> tuple[list[Dem
 
 
 # --- the whole run ---------------------------------------------------------------------------------------
+PARTIAL_NOTE = "partial results: the run is not finished"
+
+
 def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None = None) -> BenchReport:
     """Measure every configured row (and the demo comparison when Nano is included); nothing is written.
 
-    ``on_row`` is called with the report so far after each row (e.g. to save partial results of a long run).
+    ``on_row`` is called with the report so far before the first row and after each row (e.g. to save partial
+    results of a long run, replacing an earlier run's from the start).
     """
     t0 = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -553,6 +557,12 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
     runner = RowRunner(cfg, images)
     rows: list[BenchRow] = []
     sources: dict[str, ModelSource] = {}
+
+    def report_so_far() -> None:
+        if on_row is not None:
+            on_row(BenchReport(settings, host, list(rows), [], [PARTIAL_NOTE], started, time.perf_counter() - t0))
+
+    report_so_far()
     for name in cfg.models:
         source = model_source(name, cfg.weights_dir, cfg.seed)
         sources[name] = source
@@ -570,9 +580,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
                     else:
                         row = spec.run(runner, source)
                     rows.append(row)
-                    if on_row is not None:
-                        on_row(BenchReport(settings, host, list(rows), [], ["partial results: the run is not finished"],
-                                           started, time.perf_counter() - t0))
+                    report_so_far()
     notes = list(cfg.extra_notes)
     demos: list[DemoComparison] = []
     if cfg.demo and "yolox-nano" in sources:
