@@ -65,6 +65,7 @@ def test_csv_round_trip(tmp_path):
     assert rows[2]["status"] == "not available: TensorRT is not installed"
     assert rows[1]["options"] == "opt_level=basic;threads=1"
     assert rows[2]["model_mean_ms"] == ""
+    assert int(rows[1]["iters"]) == 2 and int(rows[1]["full_iters"]) == report.rows[1].pipeline.total.n
 
 
 def test_markdown_has_the_paper_table_and_the_status(tmp_path):
@@ -75,6 +76,9 @@ def test_markdown_has_the_paper_table_and_the_status(tmp_path):
     assert "not available: TensorRT is not installed" in text
     assert "authors' ONNX Runtime demo" in text and f"{report.demo.speedup:.2f}x" in text
     assert report.host.cpu_model in text
+    assert "4 timed iterations after 1 warm-up" in text and "| n model | n full |" in text
+    report.settings["max_seconds"] = 0.5  # a cap: the counts come from the n columns
+    assert "up to 4 timed iterations (fewer past --max-time 0.5 s: the *n* columns count them)" in to_markdown(report)
 
 
 def test_non_finite_values_become_null(tmp_path):

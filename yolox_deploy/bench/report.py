@@ -22,7 +22,7 @@ PAPER_HEADERS = ["Model", "Backend", "Device", "Precision", "Batch", "Size", "AP
                  "Latency (ms)", "FPS", "Full (ms)", "Full FPS", "Paper AP", "V100 (ms)", "x V100", "T4 TRT (ms)",
                  "x T4", "Status"]
 DETAIL_HEADERS = ["Model", "Backend", "Precision", "Batch", "Size", "model mean", "p50", "p90", "p99", "FPS",
-                  "full mean", "p50", "p90", "p99", "FPS", "pre", "infer", "post", "n"]
+                  "full mean", "p50", "p90", "p99", "FPS", "pre", "infer", "post", "n model", "n full"]
 
 
 def _r(v: float | None, digits: int) -> float | None:
@@ -62,7 +62,7 @@ def detail_rows(rows: Sequence[BenchRow]) -> list[list[Any]]:
         out.append([_display(r.model), r.backend_label, r.precision, r.batch, r.input,
                     _r(m.mean, 2), _r(m.p50, 2), _r(m.p90, 2), _r(m.p99, 2), _r(r.model_fps, 1),
                     _r(p.total.mean, 2), _r(p.total.p50, 2), _r(p.total.p90, 2), _r(p.total.p99, 2),
-                    _r(r.full_fps, 1), _r(p.pre.mean, 2), _r(p.infer.mean, 2), _r(p.post.mean, 2), m.n])
+                    _r(r.full_fps, 1), _r(p.pre.mean, 2), _r(p.infer.mean, 2), _r(p.post.mean, 2), m.n, p.total.n])
     return out
 
 
@@ -81,7 +81,9 @@ def to_markdown(report: BenchReport) -> str:
     lines = ["# YOLOX benchmark", ""]
     lines.append(f"**Host:** {report.host.summary()}")
     lines.append("")
-    lines.append(f"**Run:** {report.started}, {report.seconds:.0f} s. {s.get('iters')} timed iterations after "
+    cap = (f"up to {s.get('iters')} timed iterations (fewer past --max-time {s['max_seconds']:g} s: the *n* columns "
+           "count them)" if s.get("max_seconds") else f"{s.get('iters')} timed iterations")
+    lines.append(f"**Run:** {report.started}, {report.seconds:.0f} s. {cap} after "
                  f"{s.get('warmup')} warm-up per measurement; images: {s.get('images_desc')}; timing: "
                  f"{', '.join(sorted({r.clock for r in report.rows if r.clock})) or '-'}.")
     lines += ["", "## Results, in the paper's format", ""]

@@ -127,7 +127,7 @@ class BenchRow:
         "model", "backend", "device", "precision", "batch", "input", "params_m", "gflops", "weights", "status",
         "model_mean_ms", "model_p50_ms", "model_p90_ms", "model_p99_ms", "model_fps",
         "full_mean_ms", "full_p50_ms", "full_p90_ms", "full_p99_ms", "full_fps",
-        "pre_ms", "infer_ms", "post_ms", "iters", "ap", "ap50",
+        "pre_ms", "infer_ms", "post_ms", "iters", "full_iters", "ap", "ap50",
         "paper_ap", "paper_params_m", "paper_gflops", "paper_v100_ms", "ratio_v100", "t4_trt_ms", "ratio_t4_trt",
         "clock", "options", "artefact", "notes",
     )
@@ -147,6 +147,7 @@ class BenchRow:
             "full_fps": self.full_fps,
             "pre_ms": p.pre.mean if p else None, "infer_ms": p.infer.mean if p else None,
             "post_ms": p.post.mean if p else None, "iters": m.n if m else None,
+            "full_iters": p.total.n if p else None,
             "ap": self.ap, "ap50": self.ap50,
             "paper_ap": pub.ap if pub else None, "paper_params_m": pub.params_m if pub else None,
             "paper_gflops": pub.gflops if pub else None, "paper_v100_ms": pub.v100_ms if pub else None,
