@@ -35,3 +35,16 @@ def test_timing_environment_is_recorded(monkeypatch):
     info = collect_host_info()
     assert info.env["OMP_WAIT_POLICY"] == "PASSIVE" and "OMP_NUM_THREADS" not in info.env
     assert "env OMP_WAIT_POLICY=PASSIVE" in info.summary()
+
+
+def test_the_cpus_this_process_may_use_are_said(monkeypatch):
+    import os
+
+    from yolox_deploy import __version__
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    info = collect_host_info()
+    assert info.usable_cpus == 1 and f"yolox-deploy {__version__}" in info.summary()
+    assert ("1 usable by this process" in info.summary()) == (info.logical_cores > 1)
+    old = {k: v for k, v in info.to_dict().items() if k != "usable_cpus"}  # a report written before the field
+    assert HostInfo.from_dict(old).usable_cpus is None

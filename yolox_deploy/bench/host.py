@@ -49,6 +49,7 @@ class HostInfo:
     packages: dict[str, str] = field(default_factory=dict)
     gpus: list[GpuInfo] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    usable_cpus: int | None = None  # the CPUs this process may run on (its affinity), when the OS says
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,11 +63,13 @@ class HostInfo:
     def summary(self) -> str:
         """One line: ``CPU (P cores / L threads), RAM, OS, Python, versions; GPU ...``."""
         cores = f"{self.physical_cores or '?'} cores / {self.logical_cores or '?'} threads"
+        if self.usable_cpus and self.logical_cores and self.usable_cpus < self.logical_cores:
+            cores += f", {self.usable_cpus} usable by this process"
         parts = [f"{self.cpu_model} ({cores})"]
         if self.ram_gb:
             parts.append(f"{self.ram_gb:.0f} GB RAM")
         parts += [self.os, f"Python {self.python}"]
-        parts.append(", ".join(f"{k} {v}" for k, v in self.packages.items() if k != "yolox-deploy"))
+        parts.append(", ".join(f"{k} {v}" for k, v in self.packages.items()))
         if self.gpus:
             parts.append("GPU: " + "; ".join(_gpu_text(g) for g in self.gpus))
         else:
@@ -210,4 +213,5 @@ def collect_host_info() -> HostInfo:
         os=f"{platform.system()} {platform.release()}", python=platform.python_version(), torch_threads=threads,
         packages=package_versions(), gpus=gpu_info(),
         env={k: os.environ[k] for k in TIMING_ENV if k in os.environ},
+        usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     )

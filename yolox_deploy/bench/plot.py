@@ -66,7 +66,7 @@ def plot_speed_accuracy(report: BenchReport, path: str | os.PathLike, *, dpi: in
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.6), gridspec_kw={"width_ratios": [1.6, 1]})
 
     zoo = [r for r in MODEL_ZOO.rows if r.latency_ms is not None and r.variant != "yolox-darknet53"]
-    _published_curve(left, zoo, "YOLOX, V100 FP16 (authors)", dict(color="#d62728", marker="o", lw=2))
+    _published_curve(left, zoo, "YOLOX, V100 FP16 (authors' model zoo)", dict(color="#d62728", marker="o", lw=2))
     v5 = [r for r in TABLE3_YOLOV5.rows if r.variant is None]
     _published_curve(left, v5, "YOLOv5, V100 FP16 (paper Table 3)", dict(color="#7f7f7f", marker="s", lw=1.5, ls="--"))
     t4 = [PublishedRow(r.model, ap=MODEL_ZOO.row(r.variant).ap, latency_ms=r.latency_ms, variant=r.variant)

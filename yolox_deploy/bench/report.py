@@ -19,7 +19,7 @@ from .tables import published
 OUTPUT_NAMES = {"markdown": "results.md", "csv": "results.csv", "json": "results.json", "plot": "results.png"}
 
 PAPER_HEADERS = ["Model", "Backend", "Device", "Precision", "Batch", "Size", "AP (%)", "Params (M)", "GFLOPs",
-                 "Latency (ms)", "FPS", "Full (ms)", "Full FPS", "Paper AP", "V100 (ms)", "x V100", "T4 TRT (ms)",
+                 "Latency (ms)", "FPS", "Full (ms)", "Full FPS", "Published AP", "V100 (ms)", "x V100", "T4 TRT (ms)",
                  "x T4", "Status"]
 DETAIL_HEADERS = ["Model", "Backend", "Precision", "Batch", "Size", "model mean", "p50", "p90", "p99", "FPS",
                   "full mean", "p50", "p90", "p99", "FPS", "pre", "infer", "post", "n model", "n full"]
@@ -90,8 +90,9 @@ def to_markdown(report: BenchReport) -> str:
     lines.append("*Latency* is the model alone (preprocessed batch -> `backend.infer`, device synchronised), as the "
                  "paper measures it (\"without post-processing\"); *Full* is the whole `Detector` on raw BGR images "
                  "(letterbox, inference, decode, NMS, scale back; images already in memory). Both are the mean per "
-                 "call of *Batch* images; FPS is images per second. *Paper AP*, *V100* and *T4 TRT* are published "
-                 "figures (V100 FP16 batch 1 from the authors; T4 TensorRT FP16 from the Ultralytics comparison pages); "
+                 "call of *Batch* images; FPS is images per second. *Published AP*, *V100* and *T4 TRT* are published "
+                 "figures (AP and V100 FP16 batch-1 latency from the authors' model zoo for their released weights, whose "
+                 "AP for S to X is above the paper's tables; T4 TensorRT FP16 from the Ultralytics comparison pages); "
                  "*x V100* / *x T4* = measured latency / published latency (batch-1 rows).")
     lines.append("")
     lines.append(format_table(PAPER_HEADERS, paper_rows(report.rows), floatfmt="g", markdown=True))
