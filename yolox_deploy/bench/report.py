@@ -43,7 +43,7 @@ def paper_rows(rows: Sequence[BenchRow]) -> list[list[Any]]:
         pub = r.published
         out.append([
             _display(r.model), r.backend_label, r.device, r.precision, r.batch, r.input,
-            _r(r.ap * 100, 1) if r.ap is not None else None, _r(r.params_m, 2), _r(r.gflops, 2),
+            f"{r.ap * 100:.1f}" if r.ap is not None else None, _r(r.params_m, 2), _r(r.gflops, 2),  # 31.0, not 31
             _r(r.model_ms.mean, 2) if r.model_ms else None, _r(r.model_fps, 1),
             _r(r.pipeline.total.mean, 2) if r.pipeline else None, _r(r.full_fps, 1),
             pub.ap if pub else None, pub.v100_ms if pub else None, _r(r.ratio_v100, 2),
