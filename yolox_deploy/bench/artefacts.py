@@ -283,7 +283,8 @@ def write_calibration_images(images: list[Any], folder: Path) -> Path:
             tmp = folder / f".calib_{i:03d}.part.png"
             cv2.imwrite(str(tmp), im)
             os.replace(tmp, path)
+    ours = {f"calib_{i:03d}.png" for i in range(len(images))}
     for stale in folder.glob("calib_*.png"):  # a longer earlier run's: not this run's calibration set
-        if not stale.stem[len("calib_"):].isdigit() or int(stale.stem[len("calib_"):]) >= len(images):
+        if stale.name not in ours:
             stale.unlink()
     return folder

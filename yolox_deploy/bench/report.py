@@ -90,9 +90,10 @@ def to_markdown(report: BenchReport) -> str:
     lines.append("*Latency* is the model alone (preprocessed batch -> `backend.infer`, device synchronised), as the "
                  "paper measures it (\"without post-processing\"); *Full* is the whole `Detector` on raw BGR images "
                  "(letterbox, inference, decode, NMS, scale back; images already in memory). Both are the mean per "
-                 "call of *Batch* images; FPS is images per second. *Published AP*, *V100* and *T4 TRT* are published "
-                 "figures (AP and V100 FP16 batch-1 latency from the authors' model zoo for their released weights, whose "
-                 "AP for S to X is above the paper's tables; T4 TensorRT FP16 from the Ultralytics comparison pages); "
+                 "call of *Batch* images; FPS is images per second. *Published AP*, *V100* and *T4 TRT* are "
+                 "published figures (AP and V100 FP16 batch-1 latency from the authors' model zoo for their released "
+                 "weights, whose AP for S to X is above the paper's tables; T4 TensorRT FP16 from the Ultralytics "
+                 "comparison pages); "
                  "*x V100* / *x T4* = measured latency / published latency (batch-1 rows).")
     lines.append("")
     lines.append(format_table(PAPER_HEADERS, paper_rows(report.rows), floatfmt="g", markdown=True))

@@ -144,7 +144,8 @@ class BenchConfig:
             raise InputError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(known)}")
         from ..runtimes.base import registered_backends
 
-        kinds = list(dict.fromkeys(["auto", *(d.lower() for cls in registered_backends().values() for d in cls.info.devices)]))
+        devices = (d.lower() for cls in registered_backends().values() for d in cls.info.devices)
+        kinds = list(dict.fromkeys(["auto", *devices]))
         kind, _, index = str(self.device).strip().lower().partition(":")
         if kind not in kinds or (index and not index.isdigit()):  # a device missing here is a row's "not available"
             raise InputError(f"unknown device {self.device!r}; the backends run on {', '.join(kinds)} (cuda:N, "

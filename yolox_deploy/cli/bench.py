@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val2017", help="COCO split for --with-eval (default val2017)")
     p.add_argument("--calib-images", help="INT8 calibration folder (default: --images)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="inference threads in every backend (default: each backend's own; the notes say which)")
+    p.add_argument("--threads", type=int,
+                   help="inference threads in every backend (default: each backend's own; the notes say which)")
     p.add_argument("--backend-option", action="append", default=[], metavar="BACKEND:KEY=VALUE",
                    help="a runtime option for one backend, e.g. openvino:hint=throughput or onnxruntime:opt_level=basic "
                         "(repeatable; shown next to the backend in the tables)")

@@ -559,8 +559,8 @@ def write_tensorrt_onnx(source: ExportSource, options: ExportOptions, path: Path
 
 # --- the format -----------------------------------------------------------------------------------------------
 @register_format("tensorrt", suffix=".engine", package="tensorrt", extra="trt",
-                 supports=("dynamic", "dynamic_hw", "max_batch", "half", "int8", INT8_WITH_HALF, "nms", "decode_in_graph",
-                           "opset", "simplify", "workspace", "calib_method"),
+                 supports=("dynamic", "dynamic_hw", "max_batch", "half", "int8", INT8_WITH_HALF, "nms",
+                           "decode_in_graph", "opset", "simplify", "workspace", "calib_method"),
                  accepts_onnx=True, aliases=("trt", "engine"), artefact_files=("*.engine", "*.plan"))
 class TensorRTExporter(Exporter):
     """TensorRT engine (.engine) for NVIDIA GPUs, with a JSON sidecar."""

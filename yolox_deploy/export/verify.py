@@ -221,8 +221,8 @@ def _thresholds(meta: ModelMeta) -> tuple[float, float]:
 def _nms_graph_references(path: Path, source: ExportSource, meta: ModelMeta, batch: np.ndarray,
                           floor: float) -> tuple[float | None, bool, RawDetections]:
     """For an NMS graph: the max abs diff of the head before its NMS (``None`` when not reachable on either
-    side, or no anchor reaches ``floor``), whether it was reachable, and the reference detections (the Python NMS at the graph's thresholds and cap, or for an ONNX
-    source with NMS in its graph, that graph's)."""
+    side, or no anchor reaches ``floor``), whether it was reachable, and the reference detections (the Python
+    NMS at the graph's thresholds and cap, or for an ONNX source with NMS in its graph, that graph's)."""
     head = head_before_nms(path, meta, batch)
     if source.model is not None:
         ref = reference_outputs(source, batch, meta)

@@ -81,11 +81,11 @@ class Detector:
     >>> [dets] = det("dog.jpg")
     >>> dets.xyxy, dets.scores, dets.names
 
-    Arguments: ``model`` (the variant, for checkpoints and artefacts that do not record one), ``backend`` (override the one the file
-    implies), ``device`` (``cpu``, ``cuda[:N]``; ONNX Runtime's TensorRT provider ``tensorrt[:N]``; OpenVINO
-    ``GPU``/``NPU``/``AUTO``; NCNN ``vulkan[:N]``), ``conf`` / ``nms`` thresholds (default 0.25 / 0.45; an
-    artefact with NMS inside runs its own, which ``conf`` and ``max_det`` can only tighten),
-    ``class_agnostic`` NMS, ``max_det`` per image (``None``: no cap), ``clip`` boxes to the image (the
+    Arguments: ``model`` (the variant, for checkpoints and artefacts that do not record one), ``backend``
+    (override the one the file implies), ``device`` (``cpu``, ``cuda[:N]``; ONNX Runtime's TensorRT provider
+    ``tensorrt[:N]``; OpenVINO ``GPU``/``NPU``/``AUTO``; NCNN ``vulkan[:N]``), ``conf`` / ``nms`` thresholds
+    (default 0.25 / 0.45; an artefact with NMS inside runs its own, which ``conf`` and ``max_det`` can only
+    tighten), ``class_agnostic`` NMS, ``max_det`` per image (``None``: no cap), ``clip`` boxes to the image (the
     authors' COCO protocol does not), ``batch_size`` (for dynamic-batch artefacts; fixed-batch ones get
     padded batches), ``img_size`` (dynamic-size artefacts; must match a fixed one), ``class_names`` /
     ``num_classes`` for artefacts without labels, and backend options (``half``, ``legacy``, ``threads``...).
