@@ -64,7 +64,24 @@ def test_cache_gives_the_same_samples(data):
 
 def test_image_size_that_disagrees_with_the_json_is_an_error(data):
     data.records[0].width += 1
-    with pytest.raises(InputError, match="annotation file says"):
+    with pytest.raises(InputError, match="annotation file says .*; fix its width/height entry"):
+        TrainDataset(data, (64, 64)).load(0)
+
+
+def test_an_image_turned_by_its_exif_orientation_is_named(data, tmp_path):
+    """JPEG orientation 6 (rotate 90): OpenCV, like the authors' cv2.imread, returns the turned pixels."""
+    import cv2
+    import numpy as np
+
+    rec = data.records[0]
+    ok, jpg = cv2.imencode(".jpg", np.full((rec.height, rec.width, 3), 80, np.uint8))
+    exif = (b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+            b"\x00\x00\x00\x00")
+    app1 = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
+    path = tmp_path / "turned.jpg"
+    path.write_bytes(jpg.tobytes()[:2] + app1 + jpg.tobytes()[2:])
+    rec.path = path
+    with pytest.raises(InputError, match="its EXIF orientation turns it on reading"):
         TrainDataset(data, (64, 64)).load(0)
 
 

@@ -72,8 +72,12 @@ class TrainDataset(torch.utils.data.Dataset):
         if hit is None:
             image = read_image(rec.path)
             if image.shape[:2] != (rec.height, rec.width):
+                turned = image.shape[:2] == (rec.width, rec.height)  # an EXIF orientation turns it as it is read
                 raise InputError(f"{rec.path} is {image.shape[1]}x{image.shape[0]} pixels but the annotation file says "
-                                 f"{rec.width}x{rec.height}; fix its width/height entry")
+                                 f"{rec.width}x{rec.height}; " + (
+                                     "its EXIF orientation turns it on reading: check which way its boxes were drawn, "
+                                     "and store the image upright (without the tag) to match them" if turned else
+                                     "fix its width/height entry"))
             hit = resize_to_fit(image, rec.boxes, self.input_hw)
             if self.cache:
                 self._cache[index] = hit
