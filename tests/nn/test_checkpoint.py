@@ -139,6 +139,13 @@ def test_the_authors_trainer_checkpoints_load(tmp_path):
         read_checkpoint(tmp_path / "array.pth")
 
 
+def test_a_torchscript_archive_is_named_as_such(tmp_path):
+    scripted = torch.jit.trace(torch.nn.Conv2d(3, 3, 1), torch.zeros(1, 3, 4, 4))
+    scripted.save(str(tmp_path / "ts.pth"))
+    with pytest.raises(CheckpointError, match=r"is a TorchScript archive \(torch.jit.save\), not a checkpoint"):
+        read_checkpoint(tmp_path / "ts.pth")
+
+
 def test_a_truncated_checkpoint_is_one_short_sentence(tmp_path):
     save_checkpoint(build_model("yolox-nano", 2), tmp_path / "m.pth")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "m.pth").read_bytes()[:100_000])

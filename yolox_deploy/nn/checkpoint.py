@@ -99,6 +99,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                                   "(checkpoints are loaded with weights_only=True)") from None
         raise CheckpointError(f"{p} is not a PyTorch checkpoint (unreadable pickle data)") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError) as e:
+        if "TorchScript" in str(e):
+            raise CheckpointError(f"{p} is a TorchScript archive (torch.jit.save), not a checkpoint of weights; save "
+                                  "the model's state_dict() with torch.save instead") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         first = first.split(". ")[0].rstrip(".")  # PyTorch's first sentence, not its paragraph of advice
         raise CheckpointError(f"{p} is not a readable PyTorch checkpoint ({first}); the file is damaged or "
