@@ -202,14 +202,16 @@ def infer_meta(input_shape: list[Any], output_names: list[str], output_shape: li
 
     ``input_shape`` is ``[N, 3, H, W]`` and ``output_shape`` that of the first output ``[N, A, 5 + C]``;
     symbolic or unknown dimensions are anything but a positive int. The output is assumed raw (undecoded),
-    as in the authors' released files. Raises :class:`ArtefactError` when the shapes do not say enough.
+    as in the authors' released files, unless ``decode_in_graph=True`` comes in ``kw``. Raises
+    :class:`ArtefactError` when the shapes are not those of a YOLOX graph or do not say enough.
     """
-    if len(input_shape) != 4:
-        raise ArtefactError(f"{artefact}: input must be [N, 3, H, W], has shape {list(input_shape)}")
+    channels = _static(input_shape[1]) if len(input_shape) == 4 else None
+    if len(input_shape) != 4 or channels not in (None, 3):  # an NHWC [N, H, W, 3] input, or no image at all
+        raise ArtefactError(f"{artefact}: input must be [N, 3, H, W] (channels first), has shape {list(input_shape)}")
     if tuple(output_names[:4]) == NMS_OUTPUTS:
         raise ArtefactError(f"{artefact}: an NMS graph without yolox-deploy metadata; re-export it with yolox-export")
     batch, h, w = _static(input_shape[0]), _static(input_shape[2]), _static(input_shape[3])
-    width = _static(output_shape[-1]) if output_shape else None
+    width = _static(output_shape[-1]) if len(output_shape) == 3 else None
     if width is None or width < 6:
         raise ArtefactError(f"{artefact}: cannot read the class count from output {output_names[0]!r} "
                             f"of shape {list(output_shape)} (expected [N, anchors, 5 + classes])")

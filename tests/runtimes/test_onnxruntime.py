@@ -326,3 +326,77 @@ def test_cuda_detector_matches_cpu(tiny_files, nano_onnx, dog_jpg):
         num_dets, boxes, scores, labels = gpu.infer(np.zeros((1, 3, 64, 64), np.float32))
     assert num_dets.is_cuda and labels.dtype.is_floating_point is False and boxes.shape == (1, 10, 4)
     assert int(num_dets[0, 0]) == 10
+
+
+# --- artefacts made by other tools -------------------------------------------------------------------------
+def test_a_decoded_output_without_metadata_is_said_by_the_option(tiny_files, tmp_path, rng):
+    """The dynamic graph decodes; without metadata it would be read as raw (boxes decoded twice) unless told."""
+    path, meta = tiny_files["dynamic"]
+    bare = _without_metadata(path, tmp_path / "decoded.onnx")
+    batch = rng.uniform(0, 255, (1, 3, 64, 96)).astype(np.float32)
+    with open_backend(path) as ours, open_backend(bare, img_size=(64, 96), decode_in_graph=True) as told:
+        assert told.meta.decode_in_graph and np.array_equal(told.infer(batch)[0], ours.infer(batch)[0])
+    with pytest.raises(InputError, match="tiny_dynamic.onnx decodes its boxes .*decode_in_graph=False describes"):
+        open_backend(path, decode_in_graph=False)
+
+
+def test_a_half_precision_graph_gets_a_half_precision_input(tiny_files, tmp_path, rng):
+    from onnx import TensorProto, helper, numpy_helper
+
+    path, _ = tiny_files["dynamic"]
+    model = onnx.load(str(path))
+    for init in model.graph.initializer:  # every float weight to float16, Casts around the graph's float32 ops
+        if init.data_type == TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    half = tmp_path / "half.onnx"
+    graph_in, graph_out = model.graph.input[0], model.graph.output[0]
+    model.graph.node.insert(0, helper.make_node("Cast", ["images_fp16"], [graph_in.name], to=TensorProto.FLOAT))
+    for init in list(model.graph.initializer):
+        model.graph.node.insert(0, helper.make_node("Cast", [init.name + "_h"], [init.name], to=TensorProto.FLOAT))
+        init.name += "_h"
+    model.graph.node.append(helper.make_node("Cast", [graph_out.name], ["output_fp16"], to=TensorProto.FLOAT16))
+    graph_in.name, graph_out.name = "images_fp16", "output_fp16"
+    graph_in.type.tensor_type.elem_type = graph_out.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.save(model, str(half))
+    batch = rng.uniform(0, 255, (1, 3, 64, 96)).astype(np.float32)
+    with open_backend(half) as backend, open_backend(path) as ref:
+        out = backend.infer(batch)[0]
+        assert out.dtype == np.float16 and np.abs(out.astype(np.float32) - ref.infer(batch)[0]).max() < 1.0
+    assert isinstance(Detector(half)(np.full((60, 90, 3), 100, np.uint8))[0].scores, np.ndarray)
+
+
+def test_external_weights_missing_beside_the_model_are_named(tiny_files, tmp_path):
+    path, _ = tiny_files["dynamic"]
+    model = onnx.load(str(path))
+    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+                    size_threshold=0)
+    assert Detector(tmp_path / "ext.onnx").meta.num_classes == 3
+    (tmp_path / "ext.onnx.data").unlink()
+    with pytest.raises(ArtefactError, match=r"ext.onnx keeps its weights in ext.onnx.data, which is not beside it"):
+        Detector(tmp_path / "ext.onnx")
+
+
+@pytest.mark.parametrize("what,message", [
+    ("nhwc", r"input must be \[N, 3, H, W\] \(channels first\), has shape \[1, 64, 96, 3\]"),
+    ("labels first", r"cannot read the class count from output 'labels' of shape \[1, 100\]"),
+])
+def test_graphs_that_are_no_yolox_head_are_refused_at_load(tmp_path, what, message):
+    from onnx import TensorProto, helper
+
+    if what == "nhwc":
+        inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 64, 96, 3])]
+        outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 84, 8])]
+        nodes = [helper.make_node("Reshape", ["images", "shape"], ["output"])]
+        inits = [helper.make_tensor("shape", TensorProto.INT64, [3], [1, 84, 8])]
+    else:
+        inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])]
+        outputs = [helper.make_tensor_value_info("labels", TensorProto.FLOAT, [1, 100])]
+        nodes = [helper.make_node("Reshape", ["crop", "shape"], ["labels"]),
+                 helper.make_node("Slice", ["images", "starts", "ends"], ["crop"])]
+        inits = [helper.make_tensor("shape", TensorProto.INT64, [2], [1, 100]),
+                 helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+                 helper.make_tensor("ends", TensorProto.INT64, [1], [1])]
+    graph = helper.make_graph(nodes, "foreign", inputs, outputs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    with pytest.raises(ArtefactError, match=message):
+        Detector(tmp_path / "m.onnx")

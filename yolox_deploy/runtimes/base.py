@@ -124,8 +124,10 @@ def find_backend(path: str | os.PathLike) -> type[Backend]:
     raise ArtefactError(f"don't know how to run {p.name}: expected one of {', '.join(known)} or an exported folder")
 
 
-# what the Detector hands every backend (artefacts without metadata need them), and the canvas switch
-COMMON_OPTIONS = frozenset({"model", "img_size", "class_names", "num_classes", "legacy", "canvas_in_graph"})
+# what the Detector hands every backend (artefacts without metadata need them: decode_in_graph says their output
+# is decoded), and the canvas switch
+COMMON_OPTIONS = frozenset({"model", "img_size", "class_names", "num_classes", "legacy", "decode_in_graph",
+                            "canvas_in_graph"})
 # options that are switches (True / False; None: not given) and thread counts (an integer >= 0, 0: the
 # runtime's choice): "no" or 1.7 would otherwise be read as True or 1 without a word
 BOOL_OPTIONS = frozenset({"legacy", "canvas_in_graph", "half", "fuse", "spin_between_runs", "decode_in_graph"})
@@ -155,6 +157,12 @@ class Backend(abc.ABC):
         self._closed = False
         self._lock = threading.Lock()
         self._load()
+        decode = options.get("decode_in_graph")
+        if decode is not None and bool(decode) != self.meta.decode_in_graph:  # an artefact that says otherwise
+            self.close()
+            has = "decodes its boxes" if self.meta.decode_in_graph else "has a raw output"
+            raise InputError(f"{Path(str(path)).name} {has} (its metadata or graph says so); decode_in_graph={decode} "
+                             "describes artefacts without metadata and cannot change that")
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:

@@ -198,8 +198,9 @@ class Detector:
         if len(shape) != 3 or shape[1:] != want:
             raise ArtefactError(f"the artefact's output has shape {list(shape)}, not the [N, {want[0]}, {want[1]}] its "
                                 f"metadata implies ({m.input_size[0]}x{m.input_size[1]}, strides "
-                                f"{list(m.strides)}, {m.num_classes} classes): the metadata does not describe the "
-                                "graph; re-export it")
+                                f"{list(m.strides)}, {m.num_classes} classes): the metadata, or the image size and "
+                                "classes given for an artefact without it, does not describe the graph; re-export "
+                                "it, or give the size and classes it was made for")
 
     def _to_detections(self, raw: RawDetections, ratio: float, image_hw: tuple[int, int]) -> Detections:
         boxes = scale_boxes(raw.boxes, float(ratio), image_hw if self.clip else None)

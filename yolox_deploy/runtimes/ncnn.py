@@ -222,7 +222,7 @@ def _device(device: str) -> int | None:
 class NcnnBackend(Backend):
     """NCNN param/bin (from yolox-export or other converters) on the CPU or a Vulkan GPU."""
 
-    option_names = frozenset({"decode_in_graph", "half", "threads"})
+    option_names = frozenset({"half", "threads"})
 
     @classmethod
     def _check_device(cls, device: str) -> None:

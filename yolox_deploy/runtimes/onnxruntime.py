@@ -97,6 +97,8 @@ class OnnxRuntimeBackend(Backend):
                                      "back to the CPU); check the CUDA / cuDNN / TensorRT libraries it needs")
         self.meta = self._read_meta(path)
         self._input_name = self._session.get_inputs()[0].name
+        # the input's element type: float32, or float16 for a graph converted to half precision by other tools
+        self._input_dtype = np.float16 if self._session.get_inputs()[0].type == "tensor(float16)" else np.float32
         outputs = self._session.get_outputs()
         self._output_names = [o.name for o in outputs]
         self._run = self._run_float
@@ -190,6 +192,11 @@ class OnnxRuntimeBackend(Backend):
                                  "runs; build an engine from it, or export with --nms for ONNX Runtime")
         if self._kind != "cpu" and any(k in text for k in ("CUDA", "cuda", "TensorRT", "libcu", "libnv")):
             return BackendUnavailable(f"ONNX Runtime could not start on {self.device!r}: {text[:200]}")
+        missing = missing_external_data(path)
+        if missing:
+            return ArtefactError(f"{path.name} keeps its weights in {', '.join(missing)}, which "
+                                 f"{'is' if len(missing) == 1 else 'are'} not beside it in {path.parent}; copy "
+                                 f"{'it' if len(missing) == 1 else 'them'} there with the model")
         return ArtefactError(f"{path.name} is not a valid ONNX model or ONNX Runtime cannot load it "
                              f"({type(e).__name__}: {text[:200]}); re-export it")
 
@@ -214,7 +221,8 @@ class OnnxRuntimeBackend(Backend):
             meta = stored_meta(custom[META_KEY], in_shape, [o.name for o in outs], path.name)
         else:
             meta = meta_from_graph(in_shape, [o.name for o in outs], list(outs[0].shape), path.name, img_size=size,
-                                   legacy=bool(opts.get("legacy")), format="onnx")
+                                   legacy=bool(opts.get("legacy")), format="onnx",
+                                   decode_in_graph=bool(opts.get("decode_in_graph")))
         if size is not None and size != tuple(meta.input_size):
             if not meta.dynamic_hw:
                 raise InputError(f"{path.name} was exported for {meta.input_size[0]}x{meta.input_size[1]} input, "
@@ -241,8 +249,8 @@ class OnnxRuntimeBackend(Backend):
         if self._io_binding:
             return self._infer_bound(batch)
         batch = as_numpy(batch)
-        if batch.dtype != np.float32:
-            batch = batch.astype(np.float32)
+        if batch.dtype != self._input_dtype:
+            batch = batch.astype(self._input_dtype)
         return self._run(self._output_names, {self._input_name: batch})
 
     def _infer_canvas(self, canvases: Any) -> list[Any]:
@@ -264,12 +272,13 @@ class OnnxRuntimeBackend(Backend):
     def _infer_bound(self, batch: Any) -> list[Any]:
         """CUDA path: input and outputs bound to torch CUDA tensors, no host round trip for the outputs."""
         torch = self._torch
-        x = torch.as_tensor(batch).to(self._torch_device, torch.float32, non_blocking=True).contiguous()
+        dtype = torch.float16 if self._input_dtype == np.float16 else torch.float32
+        x = torch.as_tensor(batch).to(self._torch_device, dtype, non_blocking=True).contiguous()
         n, _, h, w = x.shape
         outputs = [torch.empty(shape, dtype=dtype, device=self._torch_device)
                    for shape, (dtype, _) in zip(self._output_shapes(n, h, w), self._output_dtypes, strict=True)]
         binding = self.session.io_binding()
-        binding.bind_input(self._input_name, "cuda", self._device_id, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_input(self._input_name, "cuda", self._device_id, self._input_dtype, tuple(x.shape), x.data_ptr())
         for name, out, (_, np_dtype) in zip(self._output_names, outputs, self._output_dtypes, strict=True):
             binding.bind_output(name, "cuda", self._device_id, np_dtype, tuple(out.shape), out.data_ptr())
         torch.cuda.current_stream(self._torch_device).synchronize()  # the upload ran on torch's stream
@@ -279,6 +288,20 @@ class OnnxRuntimeBackend(Backend):
     def _close(self) -> None:
         self._session = self._canvas_session = None
         self._run = None  # type: ignore[assignment]
+
+
+def missing_external_data(path: Path) -> list[str]:
+    """The external data files (``onnx.save_model(..., save_as_external_data=True)``) an ONNX file names that
+    are not beside it; empty when there are none, or when ``onnx`` is not installed to tell."""
+    try:
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # no onnx, or a file onnx cannot read either: ONNX Runtime's own message stands
+        return []
+    files = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
+    return sorted(f for f in files if not (path.parent / f).is_file())
 
 
 def canvas_input_graph(model: Any) -> Any | None:

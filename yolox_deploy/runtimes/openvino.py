@@ -111,9 +111,11 @@ def _name(port: Any, index: int) -> str:
     return sorted(names)[0] if names else f"output{index}"
 
 
-def read_ov_meta(model: Any, xml: Path, img_size: Any = None, legacy: bool = False) -> ModelMeta:
+def read_ov_meta(model: Any, xml: Path, img_size: Any = None, legacy: bool = False,
+                 decode_in_graph: bool = False) -> ModelMeta:
     """The metadata of a read ``ov.Model``: ours from ``rt_info``, else inferred from its shapes (``legacy``:
-    the RGB / 255 / ImageNet input contract, which an IR without our metadata cannot say)."""
+    the RGB / 255 / ImageNet input contract, ``decode_in_graph``: a decoded output, which an IR without our
+    metadata cannot say)."""
     if len(model.inputs) != 1:
         raise ArtefactError(f"{xml.name}: expected one image input, found {len(model.inputs)}")
     in_dims = _dims(model.inputs[0].get_partial_shape())
@@ -122,7 +124,7 @@ def read_ov_meta(model: Any, xml: Path, img_size: Any = None, legacy: bool = Fal
         return stored_meta(model.get_rt_info(META_KEY).astype(str), in_dims, names, xml.name)
     out_dims = _dims(model.outputs[0].get_partial_shape())
     return meta_from_graph(in_dims, names, out_dims, xml.name, img_size=parse_img_size(img_size) if img_size else None,
-                           legacy=legacy, format="openvino")
+                           legacy=legacy, format="openvino", decode_in_graph=decode_in_graph)
 
 
 @register_backend("openvino", suffixes=(".xml",), package="openvino", extra="openvino",
@@ -142,7 +144,8 @@ class OpenVINOBackend(Backend):
             model = core.read_model(str(self.xml))
         except Exception as e:  # OpenVINO raises RuntimeError for unparsable XML, bad offsets, ...
             raise ArtefactError(f"{self.xml} is not a readable OpenVINO IR ({_first_line(e)}); re-export it") from None
-        meta = read_ov_meta(model, self.xml, opts.get("img_size"), bool(opts.get("legacy")))
+        meta = read_ov_meta(model, self.xml, opts.get("img_size"), bool(opts.get("legacy")),
+                            bool(opts.get("decode_in_graph")))
         if self._device.startswith("NPU") and model.inputs[0].get_partial_shape().is_dynamic:
             meta = meta.with_(batch=meta.batch or 1, dynamic_hw=False)
             model.reshape({model.inputs[0]: [meta.batch, 3, *meta.input_size]})

@@ -318,15 +318,17 @@ def order_outputs(outputs: Sequence[TensorSpec], nms_in_graph: bool) -> list[Ten
 
 
 def meta_from_shapes(inp: TensorSpec, outputs: Sequence[TensorSpec], profile: Profile, artefact: str,
-                     img_size: Any = None, legacy: bool = False) -> ModelMeta:
-    """Metadata of an engine without a sidecar, from its I/O shapes (raw head output assumed).
+                     img_size: Any = None, legacy: bool = False, decode_in_graph: bool = False) -> ModelMeta:
+    """Metadata of an engine without a sidecar, from its I/O shapes (raw head output assumed unless
+    ``decode_in_graph``).
 
     Dynamic height/width take ``img_size`` when given, else the profile's optimum, and mark the metadata
     ``dynamic_hw``; a dynamic batch becomes ``batch=None``; ``legacy`` sets the RGB / 255 / ImageNet input.
     """
     return meta_from_graph(list(inp.shape), [o.name for o in outputs], list(outputs[0].shape), artefact,
                            img_size=parse_img_size(img_size) if img_size else None,
-                           default_hw=tuple(profile.opt[2:4]), legacy=legacy, format="tensorrt")
+                           default_hw=tuple(profile.opt[2:4]), legacy=legacy, format="tensorrt",
+                           decode_in_graph=decode_in_graph)
 
 
 @register_backend("tensorrt", suffixes=(".engine", ".plan"), package="tensorrt", extra="trt", devices=("cuda",))
@@ -379,7 +381,7 @@ class TensorRTBackend(Backend):
         self.profile = self._read_profile(engine, self._input)
         if meta is None:
             meta = meta_from_shapes(self._input, outputs, self.profile, path.name, self.options.get("img_size"),
-                                    bool(self.options.get("legacy")))
+                                    bool(self.options.get("legacy")), bool(self.options.get("decode_in_graph")))
         self.meta = meta
         self._outputs = order_outputs(outputs, meta.nms_in_graph)
 
