@@ -364,3 +364,29 @@ def test_an_artefact_it_may_not_read_is_said_so(tmp_path, nano_onnx, dog_jpg):
         pytest.skip(f"cannot drop the file-reading capability here ({proc.stderr.strip()})")
     assert proc.returncode == 2 and proc.stderr.splitlines() == [f"error: cannot read {model}: Permission denied"]
     assert not (tmp_path / "out").exists()
+
+
+def test_labels_and_a_decoded_output_of_an_artefact_without_metadata(tmp_path, nano_onnx, nano_pth, dog_jpg, capsys):
+    import onnx
+
+    from yolox_deploy.data.coco import COCO_CLASSES
+    from yolox_deploy.export import export
+
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(n.upper() for n in COCO_CLASSES) + "\n")
+    assert detect_main([str(nano_onnx), "--source", str(dog_jpg), "--output", str(tmp_path / "a"),
+                        "--class-names", str(names)]) == 0
+    labelled = json.loads((tmp_path / "a" / "dog.json").read_text())["detections"]
+    assert {"DOG", "BICYCLE"} <= {d["name"] for d in labelled}
+    assert detect_main([str(nano_onnx), "--source", str(dog_jpg), "--output", str(tmp_path / "b"),
+                        "--class-names", "cat,dog"]) == 2
+    assert "2 class names given, the model has 80 classes" in capsys.readouterr().err
+
+    decoded = export(nano_pth, "onnx", tmp_path / "decoded.onnx", model="yolox-nano", verify=False).path
+    model = onnx.load(str(decoded))
+    del model.metadata_props[:]  # as another tool would write it
+    onnx.save(model, str(tmp_path / "foreign.onnx"))
+    assert detect_main([str(tmp_path / "foreign.onnx"), "--source", str(dog_jpg), "--output", str(tmp_path / "c"),
+                        "--decode-in-graph"]) == 0
+    boxes = [d["xyxy"] for d in json.loads((tmp_path / "c" / "dog.json").read_text())["detections"]]
+    assert boxes == [d["xyxy"] for d in labelled]  # the same boxes as the raw graph decoded by the pipeline

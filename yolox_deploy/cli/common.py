@@ -128,6 +128,26 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="images per inference call (dynamic-batch artefacts)")
     p.add_argument("--legacy", action="store_true",
                    help="legacy checkpoints (before YOLOX 0.1.1): RGB input, /255, ImageNet mean/std")
+    p.add_argument("--class-names", metavar="NAMES",
+                   help="labels of an artefact without them: comma-separated, or a text file with one name per line")
+    p.add_argument("--decode-in-graph", action="store_true",
+                   help="the output of an artefact without metadata is decoded (boxes in pixels), not raw")
+
+
+def class_names_argument(value: str) -> list[str]:
+    """``--class-names``: ``"a,b,c"`` or a text file with one name per line (blank lines skipped)."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read the class names in {path}: {e}") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        names = [n.strip() for n in value.split(",")]
+    if not names or not all(names):
+        raise InputError(f"--class-names {value!r}: give names separated by commas, or a file with one per line")
+    return names
 
 
 def detector_kwargs(args: argparse.Namespace) -> dict:
@@ -136,6 +156,10 @@ def detector_kwargs(args: argparse.Namespace) -> dict:
           "img_size": args.img_size}
     if args.legacy:
         kw["legacy"] = True
+    if args.class_names is not None:
+        kw["class_names"] = class_names_argument(args.class_names)
+    if args.decode_in_graph:
+        kw["decode_in_graph"] = True
     return kw
 
 
