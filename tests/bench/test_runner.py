@@ -164,6 +164,16 @@ def test_the_demo_runs_the_released_onnx_only_beside_its_own_weights(tmp_path, n
     assert not _holds_the_weights(nano_onnx, source, (416, 416))
 
 
+def test_the_demo_race_keeps_to_max_time(tmp_path, nano_pth):
+    pytest.importorskip("onnxruntime")
+    cfg = BenchConfig(models=["nano"], backends=["torch"], iters=40, warmup=1, max_images=2, images=None,
+                      weights_dir=nano_pth.parent, output=tmp_path, demo=True, demo_rounds=2, progress=False,
+                      isolate=False, max_seconds=0.01)
+    d = run_benchmark(cfg).demo
+    assert d.ours.total.n == d.demo.total.n == 2 * 5  # each of the 2 blocks a side stops at the minimum of 5 calls
+    assert any("up to 20 calls each (--max-time 0.01 s per side)" in n for n in d.notes)
+
+
 def test_demo_contenders_fastest_then_fastest_fp32():
     from yolox_deploy.bench.latency import PipelineTimes
     from yolox_deploy.bench.results import BenchRow

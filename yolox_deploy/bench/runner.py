@@ -441,16 +441,19 @@ def _race(runner: RowRunner, demo: Any, best: BenchRow, source: ModelSource, siz
         rounds = max(1, min(cfg.demo_rounds, cfg.iters))
         per_round = max(1, cfg.iters // rounds)
         warm = max(1, min(cfg.warmup, 5))
+        budget = cfg.max_seconds / rounds if cfg.max_seconds else None  # --max-time per side, over its rounds
         ours_s, demo_s = [], []
         clock = clock_for("cpu")
         for k in range(rounds):
             order = ((det, ours_s), (demo, demo_s)) if k % 2 else ((demo, demo_s), (det, ours_s))
             for pipeline, store in order:
                 store.append(sample_pipeline(pipeline, groups, iters=per_round, warmup=warm, clock=clock,
-                                             offset=k * per_round, desc=f"demo vs {best.backend} {best.precision} "
+                                             max_seconds=budget, offset=k * per_round,
+                                             desc=f"demo vs {best.backend} {best.precision} "
                                              f"{k + 1}/{rounds}", progress=cfg.progress))
-    notes = [f"weights: {source.label}", f"{rounds} interleaved rounds of {per_round} calls each "
-             f"(+{warm} warm-up calls per block)",
+    calls = (f"up to {per_round} calls each (--max-time {cfg.max_seconds:g} s per side)" if budget else
+             f"{per_round} calls each")
+    notes = [f"weights: {source.label}", f"{rounds} interleaved rounds of {calls} (+{warm} warm-up calls per block)",
              f"our row: the fastest CPU {'FP32 ' if best.precision == 'fp32' else ''}Detector of this run "
              f"({best.backend_label}, {best.precision})"]
     if best.ap is not None:
