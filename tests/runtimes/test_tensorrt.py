@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -53,18 +54,19 @@ def test_no_cuda_is_a_clear_error():
         resolve_cuda_device("cuda")
 
 
-@pytest.mark.parametrize("version, key", [("10.3.0.26", (10, 3)), ("10.0.1", (10, 0)), ("8.6.1.post1", (8, 6)),
-                                          ("10", (10,))])
+@pytest.mark.parametrize("version, key", [("10.3.0.26", (10, 3, 0)), ("10.0.1", (10, 0, 1)),
+                                          ("8.6.1.post1", (8, 6, 1)), ("10", (10,))])
 def test_version_key(version, key):
     assert version_key(version) == key
 
 
 def test_same_environment_is_compatible():
     assert check_compatibility(ENV, dict(ENV)) == []
-    assert check_compatibility(ENV, {**ENV, "tensorrt": "10.3.1.4", "cuda": "12.6"}) == []  # patch / CUDA: fine
+    assert check_compatibility(ENV, {**ENV, "tensorrt": "10.3.0.30", "cuda": "12.6"}) == []  # build / CUDA: fine
 
 
-def test_other_tensorrt_minor_is_refused():
+def test_other_tensorrt_release_is_refused():
+    assert check_compatibility(ENV, {**ENV, "tensorrt": "10.3.1.4"})  # a plan loads only in its own release
     problems = check_compatibility(ENV, {**ENV, "tensorrt": "10.4.0"})
     assert len(problems) == 1 and "TensorRT 10.3.0" in problems[0] and "10.4.0" in problems[0]
     assert check_compatibility(ENV, {**ENV, "tensorrt": "8.6.1"})
@@ -290,3 +292,18 @@ def test_engine_without_sidecar(fp32_engine, tmp_path):
         assert backend.meta.input_size == (416, 416) and backend.meta.num_classes == 80
         out = backend.infer(np.full((1, 3, 416, 416), 114.0, np.float32))[0]
         assert tuple(out.shape) == (1, 3549, 85)
+
+
+@pytest.mark.parametrize("version", ["11.0.0", "9.0.1"])
+def test_a_tensorrt_other_than_10_is_refused_with_the_pin(monkeypatch, version):
+    """TensorRT 11 removed the FP16 / INT8 builder flags and calibrators the builder uses."""
+    import types
+
+    from yolox_deploy.runtimes.tensorrt import import_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+    with pytest.raises(BackendUnavailable, match=rf"drives TensorRT 10.x, and TensorRT {version} is installed; "
+                                                 r"pip install 'tensorrt>=10,<11'"):
+        import_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0.26"))
+    assert import_tensorrt().__version__ == "10.3.0.26"

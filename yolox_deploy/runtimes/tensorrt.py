@@ -8,7 +8,7 @@ host-to-device on that stream; a CUDA tensor is used in place.
 What the engine is comes from its sidecar ``<engine>.json`` (:func:`~yolox_deploy.meta.sidecar_path`, written
 by ``yolox-export``): the :class:`~yolox_deploy.meta.ModelMeta` plus, under ``extra["tensorrt"]``, the
 TensorRT version, GPU and build settings it was made with. An engine is refused with one sentence before it
-is deserialised when that record names another TensorRT major.minor version or another GPU compute
+is deserialised when that record names another TensorRT release (major.minor.patch) or another GPU compute
 capability (TensorRT plans are not portable across either). Without a sidecar the metadata is read off the
 engine's I/O shapes (:func:`~yolox_deploy.meta.infer_meta`; raw head output assumed).
 
@@ -49,12 +49,19 @@ Shape = tuple[int, ...]
 
 
 # --- optional packages -----------------------------------------------------------------------------------
+SUPPORTED_TENSORRT_MAJOR = 10
+
+
 def import_tensorrt() -> Any:
     """The ``tensorrt`` module, or :class:`BackendUnavailable` with the install hint."""
     try:
         import tensorrt
     except ImportError:
         raise BackendUnavailable(TRT_MISSING) from None
+    major = version_key(getattr(tensorrt, "__version__", "0"))[:1]
+    if major != (SUPPORTED_TENSORRT_MAJOR,):  # 11 removed the FP16 / INT8 builder flags and calibrators we use
+        raise BackendUnavailable(f"this yolox-deploy drives TensorRT {SUPPORTED_TENSORRT_MAJOR}.x, and TensorRT "
+                                 f"{tensorrt.__version__} is installed; pip install 'tensorrt>=10,<11'")
     return tensorrt
 
 
@@ -162,16 +169,16 @@ def current_environment(tensorrt_version: str, index: int | None = None) -> dict
 
 
 def version_key(version: str) -> tuple[int, ...]:
-    """``"10.3.0.26"`` -> ``(10, 3)``: the part of a TensorRT version that decides plan compatibility."""
+    """``"10.3.0.26"`` -> ``(10, 3, 0)``: the part of a TensorRT version that decides plan compatibility (a plan
+    loads only in the TensorRT release it was built with, NVIDIA's "Version Compatibility" page)."""
     nums = re.findall(r"\d+", str(version))
-    return tuple(int(n) for n in nums[:2])
+    return tuple(int(n) for n in nums[:3])
 
 
 def check_compatibility(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Reasons an engine built in ``recorded`` cannot run in ``current`` (empty when it can).
 
-    Both are :func:`current_environment` dicts. A TensorRT plan only loads in the TensorRT major.minor
-    version and on the GPU compute capability it was built for; keys missing on either side are not judged.
+    Both are :func:`current_environment` dicts. A TensorRT plan only loads in the TensorRT release (major.minor.patch) and on the GPU compute capability it was built for; keys missing on either side are not judged.
     """
     problems = []
     built, here = recorded.get("tensorrt"), current.get("tensorrt")
