@@ -97,3 +97,7 @@ def test_split_nms_outputs():
     np.testing.assert_array_equal(a.class_ids, [2, 1])
     np.testing.assert_array_equal(a.boxes, boxes[0, [1, 0]])
     assert len(b.scores) == 0
+    padded = np.array([[0.5, -32768.0, 0.9], [0, 0, 0]], np.float32)  # EfficientNMS_TRT's padding, counted
+    a, _ = split_nms_outputs(np.array([[3], [0]], np.int32), boxes, padded, labels)
+    np.testing.assert_array_equal(a.scores, np.float32([0.9, 0.5]))
+    np.testing.assert_array_equal(a.class_ids, [0, 1])

@@ -136,13 +136,16 @@ def _postprocess_torch(t: torch.Tensor, pred: Array, conf_threshold: float, iou_
 
 
 def split_nms_outputs(num_dets: Array, boxes: Array, scores: Array, labels: Array) -> list[RawDetections]:
-    """The four outputs of an in-graph NMS (``[B, 1]``, ``[B, K, 4]``, ``[B, K]``, ``[B, K]``) per image."""
+    """The four outputs of an in-graph NMS (``[B, 1]``, ``[B, K, 4]``, ``[B, K]``, ``[B, K]``) per image, by
+    decreasing score. Entries with a negative score are dropped: no detection scores below 0, and TensorRT's
+    EfficientNMS_TRT below a 0.007 score threshold can count its -32768 padding in ``num_dets``."""
     n = to_tensor(num_dets).reshape(-1).long()
     b, s, c = to_tensor(boxes), to_tensor(scores), to_tensor(labels)
     out = []
     for i in range(b.shape[0]):
         k = int(n[i])
         order = torch.sort(s[i, :k].float(), descending=True, stable=True).indices
+        order = order[s[i, :k][order] >= 0]
         out.append(RawDetections(like(b[i, :k][order].float(), boxes), like(s[i, :k][order].float(), scores),
                                  like(c[i, :k][order].long(), labels)))
     return out
