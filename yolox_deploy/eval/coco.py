@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.images import read_image
+from ..utils.text import listed
 from ..utils.values import is_finite_number
 
 log = logging.getLogger(__name__)
@@ -183,20 +184,17 @@ def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | 
             mapping[k] = i
         log.warning("%d of the model's classes have no dataset category of their name; paired by position in the "
                     "category ids: %s", len(left_classes),
-                    _listed([f"{names[k]} -> {name_of[i]}" for k, i in zip(left_classes, left_cats)]))
+                    listed([f"{names[k]} -> {name_of[i]}" for k, i in zip(left_classes, left_cats)], 5))
     elif left_cats and left_classes:
+        classes, categories = listed([names[k] for k in left_classes], 5), listed([name_of[i] for i in left_cats], 5)
         raise InputError(f"the model's classes and the dataset's categories do not match by name: "
-                         f"{len(left_classes)} classes have no category ({_listed([names[k] for k in left_classes])}) "
-                         f"and {len(left_cats)} categories no class ({_listed([name_of[i] for i in left_cats])}); "
+                         f"{len(left_classes)} classes have no category ({classes}) and {len(left_cats)} categories "
+                         f"no class ({categories}); "
                          "evaluate on a dataset labelled with the model's classes")
     elif left_cats:
         log.warning("%d dataset categories are no class of the model and are not scored: %s", len(left_cats),
-                    _listed([name_of[i] for i in left_cats]))
+                    listed([name_of[i] for i in left_cats], 5))
     return mapping
-
-
-def _listed(items: Sequence[str], shown: int = 5) -> str:
-    return ", ".join(items[:shown]) + (f", ... ({len(items)} in all)" if len(items) > shown else "")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..ops.decode import encode
 from ..ops.match import EMPTY, Agreement, match_detections
 from ..runtimes.detector import Detector
+from ..utils.text import listed
 
 
 @dataclass
@@ -78,8 +79,8 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
         labels = detectors[0].meta.class_names
         for path, det in zip(artefacts[1:], detectors[1:]):
             if det.meta.class_names != labels:
-                raise InputError(f"{path} has {det.meta.num_classes} classes ({_names(det.meta.class_names)}), "
-                                 f"the reference {artefacts[0]} {len(labels)} ({_names(labels)}): their detections "
+                raise InputError(f"{path} has {det.meta.num_classes} classes ({listed(det.meta.class_names)}), "
+                                 f"the reference {artefacts[0]} {len(labels)} ({listed(labels)}): their detections "
                                  "cannot be compared; compare artefacts of one model")
         bar = None
         if progress:
@@ -91,10 +92,6 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
         if bar is not None:
             bar.close()
     return rows
-
-
-def _names(names: Sequence[str]) -> str:
-    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _run(path: Any, det: Detector, images: Sequence[np.ndarray], warmup: int,

@@ -23,6 +23,7 @@ from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
 from ..utils.files import check_creatable, move_into, staging_folder
 from ..utils.plugins import import_builtins
+from ..utils.text import listed
 from ..utils.values import is_integer
 from .base import (
     INT8_WITH_HALF,
@@ -237,8 +238,8 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
     if out.exists():
         foreign = info.foreign_entries(out) if info.is_dir else []
         if foreign:
-            raise InputError(f"{out} holds files the {info.name} format does not write ({', '.join(foreign[:3])}"
-                             f"{', ...' if len(foreign) > 3 else ''}), so it is not replaced; choose another output")
+            raise InputError(f"{out} holds files the {info.name} format does not write ({listed(foreign)}), "
+                             "so it is not replaced; choose another output")
         if not force:
             raise InputError(f"{out} already exists; pass --force (force=True) to overwrite it")
     check_creatable(out)

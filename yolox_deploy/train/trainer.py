@@ -38,6 +38,7 @@ from ..nn.checkpoint import CLASS_HEAD_PREFIX, Checkpoint, load_checkpoint, read
 from ..nn.yolox import YOLOX, build_model
 from ..utils.files import check_folder_writable
 from ..utils.signals import handling
+from ..utils.text import listed
 from .augment import fit_to_input
 from .batchnorm import folded_batchnorms, unfold_batchnorms
 from .checkpoint import BEST, CHECKPOINTS, LAST_MOSAIC, LATEST, load_training_state, save_training_checkpoint
@@ -122,7 +123,7 @@ class Trainer:
         self.data: DetectionSet = load_detection_set(cfg.data, cfg.train_split, skip_missing=cfg.skip_missing)
         if cfg.num_classes is not None and cfg.num_classes != self.data.num_classes:
             raise InputError(f"--num-classes {cfg.num_classes} but {cfg.data} has {self.data.num_classes} categories "
-                             f"({', '.join(self.data.class_names[:5])}{', ...' if self.data.num_classes > 5 else ''})")
+                             f"({listed(self.data.class_names, 5)})")
         self.val: CocoSplit | None = self._open_val()
 
         self.dataset = TrainDataset(self.data, cfg.img_size, cfg.augment(), seed=cfg.seed, cache=cfg.cache_images)
@@ -169,16 +170,16 @@ class Trainer:
             found = run_files(cfg.output)
             if found:
                 hint = "continue it with --resume" if latest.exists() else "delete them"
-                raise InputError(f"{cfg.output} already holds a training run's files ({', '.join(found[:4])}"
-                                 f"{', ...' if len(found) > 4 else ''}); {hint} or choose another --output")
+                raise InputError(f"{cfg.output} already holds a training run's files ({listed(found, 4)}); "
+                                 f"{hint} or choose another --output")
             return None
         path = latest if cfg.resume is True else Path(cfg.resume)
         if not path.is_file():
             raise InputError(f"nothing to resume: {path} not found")
         found = [] if self._resumes_in_place(path) else run_files(cfg.output)
         if found:
-            raise InputError(f"{cfg.output} holds another run's files ({', '.join(found[:4])}"
-                             f"{', ...' if len(found) > 4 else ''}); resume {path.name} in its own folder "
+            raise InputError(f"{cfg.output} holds another run's files ({listed(found, 4)}); resume "
+                             f"{path.name} in its own folder "
                              f"({path.parent}) or in a new --output")
         return path
 
