@@ -7,6 +7,7 @@ import torch
 
 from yolox_deploy.bench.artefacts import (
     ArtefactRequest,
+    ModelSource,
     backend_status,
     cached_artefact,
     canonical_backend,
@@ -83,6 +84,7 @@ def test_export_options():
     assert export_options(ArtefactRequest("yolox-nano", "onnx", "fp16", 1, (416, 416)), None)["half"]
     raw = export_options(ArtefactRequest("yolox-nano", "onnx", "fp32", 1, (416, 416), decode_in_graph=False), None)
     assert raw["decode_in_graph"] is False
+    assert export_options(ArtefactRequest("yolox-nano", "onnx", "fp32", 1, (416, 416)), None, verify=False)["verify"] is False
 
 
 def test_cache_exports_once_and_reuses(tmp_path):
@@ -138,6 +140,19 @@ def test_an_int8_entry_belongs_to_its_calibration_images(tmp_path, fake_export):
     assert not reused and path_b != path_a and len(fake_export) == 2
     (b / "0.png").write_bytes((a / "0.png").read_bytes())  # an image of the set changed
     assert cached_artefact(src, req, tmp_path / "cache", b)[1] is False
+
+
+def test_random_weights_are_verified_in_fp32_only(tmp_path, fake_export):
+    """Reduced-precision verification compares the anchors that score; random weights have none, so such an
+    export would be refused as comparing nothing: it is made unverified instead (FP32 compares the head)."""
+    src = model_source("nano", None)
+    assert src.verifiable("fp32") and not src.verifiable("fp16") and not src.verifiable("int8")
+    assert ModelSource(src.spec, tmp_path / "yolox_nano.pth").verifiable("int8")
+    calib = _calibration_folder(tmp_path / "calib", 10)
+    for precision in ("int8", "fp16", "fp32"):
+        cached_artefact(src, ArtefactRequest("yolox-nano", "openvino", precision, 1, (160, 160)), tmp_path / "cache",
+                        calib if precision == "int8" else None)
+    assert [c["verify"] for c in fake_export] == [False, False, True]
 
 
 def test_a_failed_export_leaves_no_cache_entry(tmp_path, fake_export):

@@ -7,7 +7,8 @@ so a backend or format added later is benchmarked without a change here:
   directly; any other one runs the artefact of the export format with its name, or else of the file format
   whose suffix it opens (``onnx`` -> ``.onnx`` -> ``onnxruntime``);
 - artefacts are exported once per (model, weights, format, precision, batch, size, device) into a cache
-  folder, with verification on, and reused on the next run.
+  folder, verified against the torch model where the weights allow it (see ``ModelSource.verifiable``), and
+  reused on the next run.
 
 Weights: ``<weights_dir>/yolox_<v>.pth`` when present (real weights, AP can be measured), else the variant
 built with seeded random weights (latency does not depend on weight values; post-processing time does a
@@ -136,6 +137,11 @@ class ModelSource:
     def label(self) -> str:
         return self.checkpoint.name if self.checkpoint else f"random (seed {self.seed})"
 
+    def verifiable(self, precision: str) -> bool:
+        """Whether an export in ``precision`` can be verified against the torch model. FP32 always (the head
+        outputs are compared); reduced precision compares the anchors that score, and random weights have none."""
+        return self.real or precision == "fp32"
+
     def model(self) -> Any:
         """The eval-mode torch model (loaded or built once)."""
         if self._model is None:
@@ -200,9 +206,9 @@ class ArtefactRequest:
         return f"{self.model}-{self.format}-{h}x{w}-b{self.batch}-{self.precision}-{dev}{decode}-{fingerprint}"
 
 
-def export_options(req: ArtefactRequest, calib_images: Path | None) -> dict[str, Any]:
-    """Keyword options of :func:`yolox_deploy.export.export` for a request (verification on)."""
-    opts: dict[str, Any] = {"img_size": req.img_size, "batch": req.batch, "verify": True, "device": req.device}
+def export_options(req: ArtefactRequest, calib_images: Path | None, verify: bool = True) -> dict[str, Any]:
+    """Keyword options of :func:`yolox_deploy.export.export` for a request."""
+    opts: dict[str, Any] = {"img_size": req.img_size, "batch": req.batch, "verify": verify, "device": req.device}
     if req.precision == "fp16":
         opts["half"] = True
     elif req.precision == "int8":
@@ -257,7 +263,7 @@ def cached_artefact(source: ModelSource, req: ArtefactRequest, cache_dir: Path,
                 return artefact, True
         except (json.JSONDecodeError, OSError):
             pass
-    opts = export_options(req, calib_images)
+    opts = export_options(req, calib_images, verify=source.verifiable(req.precision))
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s -> %s (%s, batch %d, %dx%d)", req.model, req.format, req.precision, req.batch,

@@ -272,7 +272,9 @@ class RowRunner:
         except (BackendUnavailable, InputError) as e:
             raise _NotAvailable(str(e)) from None
         row.artefact = str(path)
-        row.notes.append("artefact reused from cache" if reused else "artefact exported (verified)")
+        row.notes.append(("artefact reused from cache" if reused else "artefact exported")
+                         + (" (verified)" if source.verifiable(precision) else
+                            f" (not verified: random weights score no anchor to compare in {precision})"))
         return path
 
     def run(self, spec: RowSpec, source: ModelSource) -> BenchRow:
