@@ -123,31 +123,74 @@ def test_detect_keeps_files_sharing_a_stem_apart(tmp_path, nano_pth, dog_jpg):
     out = tmp_path / "out"
     assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["dog.jpg.jpg", "dog.jpg.json", "dog.png.jpg", "dog.png.json"]
-    assert json.loads((out / "dog.png.json").read_text())["source"] == "dog.png"
+    assert json.loads((out / "dog.png.json").read_text())["source"] == str(src / "dog.png")
 
 
 @pytest.mark.parametrize("live", [True, False])
 def test_ctrl_c_ends_a_camera_but_not_a_file(tmp_path, nano_pth, dog_jpg, monkeypatch, capsys, live):
-    """Ctrl-C is how a camera stream is stopped: what was seen is written. A file run stops with nothing."""
+    """Ctrl-C is how a camera stream is stopped: after the frame in hand, so the video, the JSON and the table
+    hold the same frames. A file run stops at once with nothing."""
+    import os
+    import signal
+
+    import yolox_deploy.cli.detect as detect_module
+    from yolox_deploy.io.images import Frame
+
+    dog = cv2.imread(str(dog_jpg))[:331, :501]  # odd sizes: the video is padded to even ones
+
+    def frames(source):
+        for i in range(6):
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield Frame(f"f{i}", dog, i, 10.0)
+
+    monkeypatch.setattr(detect_module, "iter_source", frames)
+    out = tmp_path / "out"
+    source = "0" if live else str(tmp_path / "clip.mp4")
+    rc = detect_main([str(nano_pth), "--source", source, "--output", str(out)])
+    if live:
+        assert rc == 0 and "stopped; writing the frames seen" in capsys.readouterr().err
+        assert [f["frame"] for f in json.loads((out / "camera0.json").read_text())["frames"]] == [0, 1, 2]
+        video = cv2.VideoCapture(str(out / "camera0.mp4"))
+        assert [video.get(p) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH,
+                                       cv2.CAP_PROP_FRAME_HEIGHT)] == [3, 502, 332]
+        video.release()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    else:
+        assert rc == 130 and not out.exists()  # nothing written, not even the folder
+
+
+def test_a_second_ctrl_c_abandons_a_camera_run(tmp_path, nano_pth, dog_jpg, monkeypatch, caplog):
+    import os
+    import signal
+
     import yolox_deploy.cli.detect as detect_module
     from yolox_deploy.io.images import Frame
 
     dog = cv2.imread(str(dog_jpg))
 
     def frames(source):
-        for i in range(2):
-            yield Frame(f"f{i}", dog, i)
-        raise KeyboardInterrupt
+        yield Frame("f0", dog, 0)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # e.g. a camera that delivers no more frames
+        yield Frame("f1", dog, 1)
 
     monkeypatch.setattr(detect_module, "iter_source", frames)
     out = tmp_path / "out"
-    source = "0" if live else str(tmp_path / "clip.mp4")
-    rc = detect_main([str(nano_pth), "--source", source, "--output", str(out), "--no-images"])
-    if live:
-        assert rc == 0 and "stopped; writing the frames seen" in capsys.readouterr().err
-        assert len(json.loads((out / "camera0.json").read_text())["frames"]) == 2
-    else:
-        assert rc == 130 and not out.exists()  # nothing written, not even the folder
+    assert detect_main([str(nano_pth), "--source", "0", "--output", str(out)]) == 130
+    assert "Ctrl-C again to abandon the run" in caplog.text and not out.exists()
+
+
+def test_a_folder_named_like_a_video_is_a_folder(tmp_path, nano_pth, dog_jpg):
+    shots = tmp_path / "shots.mp4"
+    shots.mkdir()
+    dog = cv2.imread(str(dog_jpg))
+    cv2.imwrite(str(shots / "a.jpg"), dog)
+    cv2.imwrite(str(shots / "b.jpg"), dog[:200, :300])  # another size: no video could hold both
+    out = tmp_path / "out"
+    assert detect_main([str(nano_pth), "--source", str(shots), "--output", str(out), "--no-images"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]
+    assert json.loads((out / "a.json").read_text())["source"] == str(shots / "a.jpg")
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path, nano_pth, dog_jpg, coco_tiny, capsys):
@@ -321,7 +364,7 @@ def test_a_video_without_frames_is_an_error(tmp_path, nano_pth, capsys):
     cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 64)).release()
     out = tmp_path / "out"
     assert detect_main([str(nano_pth), "--source", str(empty), "--output", str(out)]) == 2
-    assert "no frame could be read from empty" in capsys.readouterr().err and not out.exists()
+    assert f"no frame could be read from {empty} " in capsys.readouterr().err and not out.exists()
 
 
 def test_batch_option_batches_a_folder(tmp_path, nano_onnx, nano_onnx_dynamic, dog_jpg, monkeypatch, capsys):

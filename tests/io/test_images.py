@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from yolox_deploy.errors import InputError
-from yolox_deploy.io.images import camera_index, ensure_bgr, iter_source, read_image
+from yolox_deploy.io.images import camera_index, ensure_bgr, is_video, iter_source, read_image
 
 
 def test_read_errors(tmp_path):
@@ -90,7 +90,7 @@ def test_a_truncated_video_is_read_as_far_as_it_goes_with_a_warning(tmp_path, ca
         assert len(list(iter_source(video))) == 10 and not caplog.records
         n = len(list(iter_source(cut)))
     assert 0 < n < 10
-    assert f"cut: read {n} of the 10 frames its header announces" in caplog.text
+    assert f"{cut}: read {n} of the 10 frames its header announces" in caplog.text  # the path, not only its stem
 
 
 def test_source_errors(tmp_path):
@@ -146,3 +146,23 @@ def test_exif_orientation_is_applied_as_cv2_imread_does(tmp_path, rng):
     path.write_bytes(_with_exif_orientation(buf.tobytes(), 6))  # 6: rotate 90 degrees clockwise to view
     assert cv2.imread(str(path)).shape == (30, 20, 3)
     np.testing.assert_array_equal(read_image(path), cv2.imread(str(path)))
+
+
+def test_what_is_read_as_a_video(tmp_path):
+    """Cameras and files with a video suffix, MPEG-TS, FLV and 3GP among them; a folder named like a video is a
+    folder of images. An image reader given a video or a folder says what reads it."""
+    clip = tmp_path / "clip.flv"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"FLV1"), 25, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), i * 60, np.uint8))
+    writer.release()
+    assert is_video(clip) and is_video("0") and is_video(3) and is_video("a.TS") and is_video("b.3gp")
+    assert [f.index for f in iter_source(clip)] == [0, 1, 2]
+    shots = tmp_path / "shots.mp4"
+    shots.mkdir()
+    cv2.imwrite(str(shots / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    assert not is_video(shots) and [f.path for f in iter_source(shots)] == [shots / "a.png"]
+    with pytest.raises(InputError, match=r"is a video, not an image: Detector.stream\(\)"):
+        read_image(clip)
+    with pytest.raises(InputError, match=r"is a folder, not an image \(Detector.stream\(\)"):
+        read_image(shots)

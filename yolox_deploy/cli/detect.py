@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -12,9 +14,10 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..io.images import VIDEO_SUFFIXES, Frame, camera_index, iter_source
+from ..io.images import Frame, camera_index, is_video, iter_source
 from ..runtimes.detector import Detector
 from ..utils.files import json_text, move_into, staging_folder
+from ..utils.signals import StopRequest, stop_between_steps
 from ..utils.table import format_table
 from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_folder
 
@@ -44,7 +47,9 @@ def _write_image(path: Path, image: np.ndarray) -> None:
 
 class _VideoSink:
     """The annotated video, written into the run's staging folder; complete only when every frame was written
-    and the file reads back whole (OpenCV's writer reports no error, e.g. on a full disk)."""
+    and the file reads back whole (OpenCV's writer reports no error, e.g. on a full disk). OpenCV's mp4v
+    writer cuts an odd width or height down to an even one, so such frames get one black column or row at
+    the right or bottom instead: the picture keeps every pixel where the detections put it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -52,6 +57,9 @@ class _VideoSink:
         self.frames = 0
 
     def write(self, frame: Frame, annotated: np.ndarray) -> None:
+        h, w = annotated.shape[:2]
+        if h % 2 or w % 2:
+            annotated = cv2.copyMakeBorder(annotated, 0, h % 2, 0, w % 2, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         if self.writer is None:
             h, w = annotated.shape[:2]
             self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
@@ -71,8 +79,9 @@ class _VideoSink:
         written = int(check.get(cv2.CAP_PROP_FRAME_COUNT)) if check.isOpened() else 0
         check.release()
         if written != self.frames:
+            guess = "; is the disk full?" if written < self.frames else ""
             raise OSError(f"the annotated video {self.path.name} could not be written whole ({written} of "
-                          f"{self.frames} frames readable; is the disk full?)")
+                          f"{self.frames} frames readable{guess})")
 
     def close(self) -> None:
         if self.writer is not None:
@@ -98,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     src = str(args.source)
     camera = camera_index(src)
     live = camera is not None  # a camera: it never ends by itself, Ctrl-C is how a user stops it
-    is_video = live or Path(src).suffix.lower() in VIDEO_SUFFIXES
+    video_source = is_video(src)
     stem = f"camera{camera}" if live else Path(src).stem
     _refuse_writing_over_source(src, out)
     rows = []
@@ -106,36 +115,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     with (Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic,
                    max_det=args.max_det, **detector_kwargs(args)) as det,
           staging_folder(out, prefix=".detect.") as stage):  # results move into place only when the run ends well
-        video = _VideoSink(stage / f"{stem}.mp4") if is_video and not args.no_images else None
+        video = _VideoSink(stage / f"{stem}.mp4") if video_source and not args.no_images else None
+        # a camera never ends by itself: Ctrl-C is how it is stopped, between two frames (a frame's JSON entry,
+        # picture and row are written together), and what was seen is kept; a second Ctrl-C abandons the run
+        stopping = (stop_between_steps((signal.SIGINT,), "stopping after this frame (Ctrl-C again to abandon the run)")
+                    if live else contextlib.nullcontext(StopRequest()))
         try:
-            try:
+            with stopping as stop:
                 for chunk in det.iter_batches(iter_source(camera if live else src)):
                     t0 = time.perf_counter()
                     results = det.run_batch([frame.image for frame in chunk])
                     ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
                     for frame, dets in zip(chunk, results):
-                        if is_video:
+                        if video_source:
                             frames.append({"frame": frame.index, **dets.to_dict()})
                             if video is not None:
                                 video.write(frame, dets.draw(frame.image))
                         else:
+                            source = str(frame.path) if frame.path is not None else frame.name
                             (stage / f"{frame.name}.json").write_text(
-                                json_text({"source": frame.name, **dets.to_dict()}, indent=1))
+                                json_text({"source": source, **dets.to_dict()}, indent=1))
                             if not args.no_images:
                                 _write_image(stage / f"{frame.name}.jpg", dets.draw(frame.image))
                         top = ", ".join(f"{n} {s:.2f}" for _, s, _, n in list(dets)[:3])
                         rows.append([frame.name, len(dets), round(ms, 1), top])
-            except KeyboardInterrupt:
-                if not (live and rows):
-                    raise
-                # a camera never ends by itself: Ctrl-C is how it is stopped, and what was seen is kept
-                print("stopped; writing the frames seen so far", file=sys.stderr)
+                    if stop.requested:
+                        print("stopped; writing the frames seen so far", file=sys.stderr)
+                        break
             if video is not None:
                 video.finish()
         finally:
             if video is not None:
                 video.close()
-        if is_video:
+        if video_source:
             (stage / f"{stem}.json").write_text(json_text({"source": src, "frames": frames}, indent=1))
         move_into(sorted(stage.iterdir()), out)
     shown = rows if len(rows) <= 20 else rows[:10] + [["...", None, None, ""]] + rows[-5:]

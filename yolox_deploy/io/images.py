@@ -21,7 +21,8 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".ts", ".m2ts",
+                            ".mts", ".3gp", ".flv", ".ogv", ".vob", ".mxf"})
 
 
 def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -57,7 +58,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not p.exists():
         raise InputError(f"image not found: {p}")
     if p.is_dir():
-        raise InputError(f"{p} is a folder, not an image")
+        raise InputError(f"{p} is a folder, not an image (Detector.stream() and yolox-detect --source read folders)")
     if p.stat().st_size == 0:
         raise InputError(f"{p} is empty (0 bytes)")
     data = np.fromfile(p, dtype=np.uint8)
@@ -68,6 +69,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         reason = "too large to decode" if "MAX_IMAGE_PIXELS" in str(e) else "its header is invalid"
         raise InputError(f"{p} is not a readable image ({reason})") from None
     if image is None:
+        if p.suffix.lower() in VIDEO_SUFFIXES:
+            raise InputError(f"{p} is a video, not an image: Detector.stream() and yolox-detect --source read its frames")
         raise InputError(f"{p} is not a readable image (corrupt or unsupported format)")
     return ensure_bgr(image, name=str(p))
 
@@ -75,13 +78,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 @dataclass(frozen=True)
 class Frame:
     """One item of a source: a name (file stem, or the file name where stems clash: :func:`frame_names`;
-    ``video_000012`` for frames), the image, its index, and for video frames the video's frame rate (when
-    the container or camera reports one)."""
+    ``video_000012`` for frames), the image, its index, for video frames the video's frame rate (when the
+    container or camera reports one), and for image files their path."""
 
     name: str
     image: np.ndarray
     index: int
     fps: float | None = None
+    path: Path | None = None
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -100,7 +104,8 @@ def frame_names(files: list[Path]) -> list[str]:
     return [f.stem if stems[f.stem] == 1 and f.stem not in names else f.name for f in files]
 
 
-def _iter_video(capture: cv2.VideoCapture, stem: str) -> Iterator[Frame]:
+def _iter_video(capture: cv2.VideoCapture, stem: str, label: str) -> Iterator[Frame]:
+    """The frames of an opened video, named ``<stem>_<index>``; ``label`` names the video in messages."""
     try:
         rate = capture.get(cv2.CAP_PROP_FPS)
         fps = float(rate) if 0 < rate < 1000 else None  # 0 or NaN when unknown
@@ -110,13 +115,13 @@ def _iter_video(capture: cv2.VideoCapture, stem: str) -> Iterator[Frame]:
             ok, frame = capture.read()
             if not ok:
                 break
-            yield Frame(f"{stem}_{i:06d}", ensure_bgr(frame, f"{stem} frame {i}"), i, fps)
+            yield Frame(f"{stem}_{i:06d}", ensure_bgr(frame, f"{label} frame {i}"), i, fps)
             i += 1
         if i == 0:
-            raise InputError(f"no frame could be read from {stem} (empty or unsupported video)")
+            raise InputError(f"no frame could be read from {label} (empty or unsupported video)")
         if 0 < i < announced:
             log.warning("%s: read %d of the %d frames its header announces (a truncated or damaged file?)",
-                        stem, i, int(announced))
+                        label, i, int(announced))
     finally:
         capture.release()
 
@@ -145,11 +150,20 @@ def camera_index(source: str | os.PathLike | int) -> int | None:
     return None
 
 
+def is_video(source: str | os.PathLike | int) -> bool:
+    """Whether :func:`iter_source` reads ``source`` as a video: a camera, or a file with a video suffix (a
+    folder named like a video is a folder of images)."""
+    if camera_index(source) is not None:
+        return True
+    p = Path(source)
+    return not p.is_dir() and p.suffix.lower() in VIDEO_SUFFIXES
+
+
 def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
     """Frames of an image file, a folder of images, a video file or a camera (:func:`camera_index`)."""
     camera = camera_index(source)
     if camera is not None:
-        yield from _iter_video(open_video(camera), f"camera{camera}")
+        yield from _iter_video(open_video(camera), f"camera{camera}", f"camera {camera}")
         return
     p = Path(source)
     if not p.exists():
@@ -159,8 +173,8 @@ def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
         if not files:
             raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {p}")
         for i, (f, name) in enumerate(zip(files, frame_names(files))):
-            yield Frame(name, read_image(f), i)
-    elif p.suffix.lower() in VIDEO_SUFFIXES:
-        yield from _iter_video(open_video(str(p)), p.stem)
+            yield Frame(name, read_image(f), i, path=f)
+    elif is_video(p):
+        yield from _iter_video(open_video(str(p)), p.stem, str(p))
     else:
-        yield Frame(p.stem, read_image(p), 0)
+        yield Frame(p.stem, read_image(p), 0, path=p)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ from ..eval.coco import AUTHORS_PROTOCOL, CocoSplit, EvalResult, open_scorable
 from ..nn.checkpoint import CLASS_HEAD_PREFIX, Checkpoint, load_checkpoint, read_checkpoint
 from ..nn.yolox import YOLOX, build_model
 from ..utils.files import check_folder_writable
-from ..utils.signals import handling
+from ..utils.signals import stop_between_steps
 from ..utils.text import listed
 from .augment import fit_to_input
 from .batchnorm import folded_batchnorms, unfold_batchnorms
@@ -363,23 +362,16 @@ class Trainer:
         """Within the block, Ctrl-C (SIGINT) or SIGTERM only asks to stop: the loop stops at the next
         iteration boundary, where the state is whole (an interrupt inside a step leaves BatchNorm statistics,
         or the weights, a step ahead of the iteration a checkpoint would record). A second Ctrl-C stops at
-        once. Outside the main thread (no signal handlers there) Ctrl-C behaves as usual."""
-        self._interrupted = False
-        pid = os.getpid()
-
-        def ask_to_stop(signum: int, frame: object) -> None:
-            if os.getpid() != pid:  # a data-loader worker forked from here: the main process stops them all
-                return
-            if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
-            log.warning("stopping after this iteration (Ctrl-C again to stop at once)")
-
-        with handling((signal.SIGINT, signal.SIGTERM), ask_to_stop):  # SIGTERM: what `kill`, schedulers send
+        once. Data-loader workers forked from here leave it to this process; outside the main thread (no
+        signal handlers there) Ctrl-C behaves as usual."""
+        # SIGTERM: what `kill` and schedulers send
+        with stop_between_steps((signal.SIGINT, signal.SIGTERM),
+                                "stopping after this iteration (Ctrl-C again to stop at once)") as self._stop:
             yield
 
     def _stop_if_interrupted(self) -> None:
-        if getattr(self, "_interrupted", False):
+        stop = getattr(self, "_stop", None)
+        if stop is not None and stop.requested:
             raise KeyboardInterrupt
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:

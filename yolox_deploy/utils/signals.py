@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -22,3 +26,30 @@ def handling(signals: Sequence[signal.Signals], handler: Callable[[int, Any], An
     finally:
         for sig, old in zip(signals, previous):
             signal.signal(sig, old)
+
+
+class StopRequest:
+    """Set by :func:`stop_between_steps` when a stop was asked for; a loop reads ``requested`` between steps."""
+
+    requested: bool = False
+
+
+@contextlib.contextmanager
+def stop_between_steps(signals: Sequence[signal.Signals], notice: str) -> Iterator[StopRequest]:
+    """Within the block the first of ``signals`` only asks to stop: the request's ``requested`` becomes True and
+    ``notice`` is logged, for the loop to stop where its state is whole. A second one raises KeyboardInterrupt
+    at once. Processes forked inside the block ignore them (their parent stops them). Outside the main thread
+    nothing changes (Ctrl-C interrupts as usual)."""
+    request = StopRequest()
+    pid = os.getpid()
+
+    def ask_to_stop(signum: int, frame: object) -> None:
+        if os.getpid() != pid:
+            return
+        if request.requested:
+            raise KeyboardInterrupt
+        request.requested = True
+        log.warning(notice)
+
+    with handling(signals, ask_to_stop):
+        yield request
