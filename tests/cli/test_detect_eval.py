@@ -409,6 +409,14 @@ def test_an_artefact_it_may_not_read_is_said_so(tmp_path, nano_onnx, dog_jpg):
     assert not (tmp_path / "out").exists()
 
 
+def test_class_names_as_a_comma_list_longer_than_a_file_name():
+    from yolox_deploy.cli.common import class_names_argument
+    from yolox_deploy.data.coco import COCO_CLASSES
+
+    listed = ",".join(COCO_CLASSES)
+    assert len(listed) > 255 and class_names_argument(listed) == list(COCO_CLASSES)
+
+
 def test_labels_and_a_decoded_output_of_an_artefact_without_metadata(tmp_path, nano_onnx, nano_pth, dog_jpg, capsys):
     import onnx
 

@@ -39,6 +39,14 @@ def test_short_run_then_resume_of_a_finished_run(tmp_path):
     assert rc == 0 and "done: 2 iterations" in stdout  # nothing left to do
 
 
+def test_the_last_line_says_why_there_is_no_ap(tmp_path):
+    data = make_synthetic_coco(tmp_path / "d", num_images=4)
+    rc, stdout, err = run(base_args(data, tmp_path / "a"))
+    assert rc == 0 and "no evaluation split" in stdout, err
+    rc, stdout, err = run(base_args(data, tmp_path / "b") + ["--eval-interval", "0"])
+    assert rc == 0 and "evaluation off (--eval-interval 0)" in stdout, err
+
+
 def test_user_errors_are_one_line(tmp_path):
     rc, _, err = run(base_args(tmp_path / "missing", tmp_path / "run"))
     assert rc == 2 and err.strip().startswith("error: dataset folder not found") and len(err.strip().splitlines()) == 1

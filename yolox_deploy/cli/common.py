@@ -137,7 +137,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def class_names_argument(value: str) -> list[str]:
     """``--class-names``: ``"a,b,c"`` or a text file with one name per line (blank lines skipped)."""
     path = Path(value)
-    if path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # a list longer than a file name may be (ENAMETOOLONG) is not a file
+        is_file = False
+    if is_file:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:

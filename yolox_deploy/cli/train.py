@@ -89,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + (f", {trainer.dist.world_size} processes" if trainer.dist.enabled else ""))
         result = trainer.train()
     if trainer.dist.is_main:
-        ap = f"best AP {result.best_ap:.4f}" if result.best is not None else "no evaluation split"
+        if result.best is not None:
+            ap = f"best AP {result.best_ap:.4f}"
+        else:
+            ap = "evaluation off (--eval-interval 0)" if trainer.cfg.eval_interval == 0 else "no evaluation split"
         print(f"done: {result.iterations} iterations, {ap}; checkpoints in {result.output}")
     return 0
 

@@ -234,7 +234,7 @@ class NcnnBackend(Backend):
                 count = ncnn.get_gpu_count() if hasattr(ncnn, "get_gpu_count") else 0
             if gpu >= count:
                 raise BackendUnavailable(f"no Vulkan GPU {gpu} for NCNN ({count} found: no Vulkan driver or GPU "
-                                         "on this machine, or ncnn built without Vulkan); use device='cpu'")
+                                         "on this machine, or ncnn built without Vulkan); run it on the CPU (device cpu)")
 
     def _load(self) -> None:
         import ncnn
