@@ -155,6 +155,25 @@ def test_random_weights_are_verified_in_fp32_only(tmp_path, fake_export):
     assert [c["verify"] for c in fake_export] == [False, False, True]
 
 
+def test_an_export_killed_outright_leaves_no_staging_behind_the_next(tmp_path, fake_export):
+    src = model_source("nano", None)
+    req = ArtefactRequest("yolox-nano", "onnx", "fp32", 1, (160, 160))
+    entry = tmp_path / "cache" / req.folder_name(src.fingerprint())
+    (entry / ".yolox_nano.onnx.k1ll3d.part").mkdir(parents=True)
+    (entry / ".yolox_nano.onnx.data.x2.part").write_text("half")
+    path, _ = cached_artefact(src, req, tmp_path / "cache")
+    assert sorted(p.name for p in entry.iterdir()) == ["request.json", path.name]
+
+
+def test_a_photo_to_verify_on_goes_to_verified_exports_only(tmp_path, fake_export):
+    photo = tmp_path / "dog.jpg"
+    src = model_source("nano", None)
+    for precision in ("fp32", "fp16"):
+        cached_artefact(src, ArtefactRequest("yolox-nano", "openvino", precision, 1, (160, 160)), tmp_path / "c",
+                        verify_image=photo)
+    assert [c.get("verify_image") for c in fake_export] == [photo, None]
+
+
 def test_a_failed_export_leaves_no_cache_entry(tmp_path, fake_export):
     src = model_source("nano", None)
     with pytest.raises(InputError, match="refused"):

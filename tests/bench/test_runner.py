@@ -75,8 +75,8 @@ def test_a_dying_worker_gives_a_failed_row(tmp_path):
     cfg = BenchConfig(models=["nano"], output=tmp_path, progress=False)
     spec = RowSpec("yolox-nano", "torch", "fp32", 1, (160, 160), 1, 1.0)
     payload = {"row": {"model": "yolox-nano"}}          # malformed: the worker raises before measuring
-    row = run_isolated("row", cfg, payload, fallback=spec.failed_row(model_source("nano", None), {}))
-    assert row.status == "failed: the worker process died (code 1)"
+    row = run_isolated("row", cfg, payload, fallback=spec.failed_row(model_source("nano", None), {}, "cuda"))
+    assert row.status == "failed: the worker process died (code 1)" and row.device == "cuda"
     assert row.model_ms is None
 
 
@@ -117,6 +117,38 @@ def test_precision_a_backend_cannot_run_is_not_available(tmp_path):
                       img_size=(160, 160), device="cpu", output=tmp_path, demo=False, progress=False, isolate=False)
     [row] = run_benchmark(cfg).rows
     assert row.status == "not available: the torch backend runs fp32, not int8, on cpu"
+
+
+def test_a_compute_precision_chosen_by_a_backend_option_is_measured_and_said(tmp_path):
+    from yolox_deploy.bench.artefacts import backend_status
+
+    if not backend_status("openvino")[0]:
+        pytest.skip("openvino not installed")
+    cfg = BenchConfig(models=["nano"], backends=["openvino"], iters=2, warmup=0, max_images=1, img_size=(64, 64),
+                      device="cpu", output=tmp_path, demo=False, progress=False, isolate=False,
+                      backend_options={"openvino": {"inference_precision": "bf16"}})
+    [row] = run_benchmark(cfg).rows
+    assert row.ok and row.precision == "fp32", row.status
+    assert "computes in bf16, as its --backend-option asks" in row.notes
+
+
+def test_a_device_the_backend_cannot_use_stays_in_the_device_column(tmp_path):
+    cfg = BenchConfig(models=["nano"], backends=["torch"], iters=2, warmup=0, max_images=1, img_size=(160, 160),
+                      device="vulkan", output=tmp_path, demo=False, progress=False, isolate=False)
+    [row] = run_benchmark(cfg).rows
+    assert row.device == "vulkan" and row.status.startswith("not available: the torch backend runs on")
+
+
+def test_exports_of_real_weights_are_verified_on_the_first_photo(tmp_path, dog_jpg):
+    from yolox_deploy.bench.runner import RowRunner
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("b.jpg", "a.jpg"):
+        (folder / name).write_bytes(dog_jpg.read_bytes())
+    runner = lambda images: RowRunner(BenchConfig(images=images, output=tmp_path), [])  # noqa: E731
+    assert runner(folder).verification_image() == folder / "a.jpg"
+    assert runner(None).verification_image() is None  # synthetic images: the synthetic scene
 
 
 def test_threads_reach_torch_rows_and_the_notes(tmp_path):

@@ -16,6 +16,10 @@ def test_precision_flags():
     args = build_parser().parse_args(["--int8", "--only-reduced", "--images", "synthetic"])
     cfg = config_from_args(args)
     assert cfg.precisions == ["int8"] and cfg.images is None
+    for argv, want in ((["--precisions", "int8", "--half", "--only-reduced"], ["int8", "fp16"]),
+                       (["--precisions", "fp32,int8", "--half", "--only-reduced"], ["int8", "fp16"]),
+                       (["--precisions", "fp16,int8", "--only-reduced"], ["fp16", "int8"])):
+        assert config_from_args(build_parser().parse_args(argv)).precisions == want, argv
 
 
 def test_cli_run_writes_table_csv_json_png(tmp_path, capsys, monkeypatch):
@@ -45,7 +49,9 @@ def test_user_errors_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for argv, message in ((["--cache-dir", str(tmp_path / "afile")], "is a file, not a folder"),
                           (["--threads", "0"], "--threads must be >= 1"), (["--max-time", "-1"], "--max-time must be > 0"),
-                          (["--only-reduced"], "give one of them"),
+                          (["--only-reduced"], "give --half, --int8 or reduced --precisions"),
+                          (["--backend-option", "openvino:hint=fastest"],
+                           "hint option is one of latency, throughput, not 'fastest'"),
                           (["--backend-option", "onnxruntime:thread=2"],
                            "unknown option 'thread' for the onnxruntime backend"),
                           (["--backend-option", "onnx:threads=2"], "--backend-option for an unknown backend 'onnx'"),

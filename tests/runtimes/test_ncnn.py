@@ -92,13 +92,17 @@ def test_fp32_artefact_runs_in_fp32(tiny, copy_of):
     with NcnnBackend(tiny) as b:
         o = b.net.opt
         assert not (o.use_fp16_storage or o.use_fp16_packed or o.use_fp16_arithmetic or o.use_bf16_storage)
+        assert b.compute_precision == "fp32"
     side = copy_of / "model.ncnn.param.json"
     side.write_text(side.read_text().replace('"precision": "fp32"', '"precision": "fp16"'))
     with NcnnBackend(copy_of) as b:
         o = b.net.opt
         assert o.use_fp16_storage and o.use_fp16_packed and not o.use_fp16_arithmetic
+        assert b.compute_precision == "fp16"  # activations stored in FP16
     with NcnnBackend(copy_of, half=True) as b:
-        assert b.net.opt.use_fp16_arithmetic
+        assert b.net.opt.use_fp16_arithmetic and b.compute_precision == "fp16"
+    with NcnnBackend(copy_of, half=False) as b:  # an FP16 artefact forced to FP32 says so
+        assert b.meta.precision == "fp16" and b.compute_precision == "fp32"
 
 
 def test_batch_loops_over_images(tiny, rng):

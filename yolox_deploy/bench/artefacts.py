@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,9 +207,13 @@ class ArtefactRequest:
         return f"{self.model}-{self.format}-{h}x{w}-b{self.batch}-{self.precision}-{dev}{decode}-{fingerprint}"
 
 
-def export_options(req: ArtefactRequest, calib_images: Path | None, verify: bool = True) -> dict[str, Any]:
-    """Keyword options of :func:`yolox_deploy.export.export` for a request."""
+def export_options(req: ArtefactRequest, calib_images: Path | None, verify: bool = True,
+                   verify_image: Path | None = None) -> dict[str, Any]:
+    """Keyword options of :func:`yolox_deploy.export.export` for a request; ``verify_image``: a photo to
+    verify on besides the synthetic scene (when ``verify``)."""
     opts: dict[str, Any] = {"img_size": req.img_size, "batch": req.batch, "verify": verify, "device": req.device}
+    if verify and verify_image is not None:
+        opts["verify_image"] = verify_image
     if req.precision == "fp16":
         opts["half"] = True
     elif req.precision == "int8":
@@ -236,12 +241,13 @@ def calibration_fingerprint(folder: Path) -> str:
 
 
 def cached_artefact(source: ModelSource, req: ArtefactRequest, cache_dir: Path,
-                    calib_images: Path | None = None) -> tuple[Path, bool]:
+                    calib_images: Path | None = None, verify_image: Path | None = None) -> tuple[Path, bool]:
     """Export ``source`` for ``req`` into ``cache_dir`` once; ``(artefact path, reused)``.
 
     A cache entry is a folder named after the request, the weights' fingerprint and (INT8) the calibration
     images' fingerprint, holding the artefact (and its sidecars) plus ``request.json``; it is reused only when
-    that record matches, the exporting yolox-deploy version included. A failed export leaves no entry.
+    that record matches, the exporting yolox-deploy version included. A failed export leaves no entry, and
+    the staging an export killed outright left in one is removed by the next.
     """
     from .. import __version__
     from ..export import export, format_class
@@ -263,9 +269,14 @@ def cached_artefact(source: ModelSource, req: ArtefactRequest, cache_dir: Path,
                 return artefact, True
         except (json.JSONDecodeError, OSError):
             pass
-    opts = export_options(req, calib_images, verify=source.verifiable(req.precision))
+    opts = export_options(req, calib_images, verify=source.verifiable(req.precision), verify_image=verify_image)
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.part"):  # the staging of an export that was killed (SIGKILL, power loss)
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
     log.info("exporting %s -> %s (%s, batch %d, %dx%d)", req.model, req.format, req.precision, req.batch,
              *req.img_size)
     try:

@@ -219,7 +219,8 @@ def _open_detector(weights: Any, backend: str, device: str, cfg: BenchConfig, so
         kwargs["threads"] = cfg.threads
     kwargs.update(cfg.backend_options.get(backend, {}))
     if not isinstance(weights, (str, Path)):  # an in-memory torch model: tell the backend what we want
-        kwargs.update(img_size=size, half=precision == "fp16")
+        kwargs["img_size"] = size
+        kwargs.setdefault("half", precision == "fp16")  # unless --backend-option chose
     kwargs.update(overrides)
     return Detector(weights, **kwargs)
 
@@ -260,6 +261,15 @@ class RowRunner:
             self._calib = write_calibration_images(self.images, self.cfg.cache / "calibration")
         return self._calib
 
+    def verification_image(self) -> Path | None:
+        """The photo exports of real weights are verified on: the first of ``--images`` (reduced precision
+        compares the anchors that score, which the synthetic scene may not give at a small input size);
+        None when the run times synthetic images."""
+        if self.cfg.images is None:
+            return None
+        files = list_images(self.cfg.images)
+        return files[0] if files else None
+
     def weights_for(self, source: ModelSource, backend: str, precision: str, batch: int, size: tuple[int, int],
                     device: str, row: BenchRow) -> Any:
         fmt = format_for_backend(backend)
@@ -268,7 +278,8 @@ class RowRunner:
         req = ArtefactRequest(source.spec.name, fmt, precision, batch, size, device)
         try:
             calib = self.calib_folder() if precision == "int8" else None
-            path, reused = cached_artefact(source, req, self.cfg.cache, calib)
+            photo = self.verification_image() if source.real else None
+            path, reused = cached_artefact(source, req, self.cfg.cache, calib, verify_image=photo)
         except (BackendUnavailable, InputError) as e:
             raise _NotAvailable(str(e)) from None
         row.artefact = str(path)
@@ -280,7 +291,7 @@ class RowRunner:
     def run(self, spec: RowSpec, source: ModelSource) -> BenchRow:
         cfg = self.cfg
         backend, precision, batch, size = spec.backend, spec.precision, spec.batch, spec.img_size
-        row = spec.new_row(source, cfg.backend_options.get(backend, {}))
+        row = spec.new_row(source, cfg.backend_options.get(backend, {}), cfg.device)
         try:
             row.device = pick_device(backend, cfg.device)
             ok, why = backend_status(backend)
@@ -300,12 +311,16 @@ class RowRunner:
         return row
 
     def _measure(self, row: BenchRow, weights: Any, source: ModelSource) -> None:
+        from ..runtimes.base import PRECISION_OPTIONS
+
         cfg = self.cfg
         with _open_detector(weights, row.backend, row.device, cfg, source, row.precision, row.img_size,
                             row.batch) as det:
             got = det.backend.compute_precision  # an FP16 artefact computed in FP32 is no FP16 row
             if got != row.precision:
-                raise _NotAvailable(f"the {row.backend} backend runs {got}, not {row.precision}, on {row.device}")
+                if not PRECISION_OPTIONS & set(row.options):
+                    raise _NotAvailable(f"the {row.backend} backend runs {got}, not {row.precision}, on {row.device}")
+                row.notes.append(f"computes in {got}, as its --backend-option asks")
             if tuple(det.meta.input_size) != tuple(row.img_size):
                 raise _NotAvailable(f"the artefact's input is {det.meta.input_size}, not {row.img_size}")
             clock = clock_for(det.backend.output_device)
@@ -489,16 +504,17 @@ class RowSpec:
         return cls(d["model"], d["backend"], d["precision"], int(d["batch"]), tuple(d["img_size"]), int(d["params"]),
                    float(d["gflops"]))
 
-    def new_row(self, source: ModelSource, options: dict[str, Any]) -> BenchRow:
-        """The row this spec measures, not measured yet (status ``ok`` until something says otherwise)."""
+    def new_row(self, source: ModelSource, options: dict[str, Any], device: str) -> BenchRow:
+        """The row this spec measures on the requested ``device``, not measured yet (status ``ok`` until
+        something says otherwise)."""
         return BenchRow(self.model, self.backend, self.precision, self.batch, self.img_size, self.params, self.gflops,
-                        weights=source.label, published=published(self.model), options=dict(options))
+                        device=device, weights=source.label, published=published(self.model), options=dict(options))
 
     def run(self, runner: RowRunner, source: ModelSource) -> BenchRow:
         return runner.run(self, source)
 
-    def failed_row(self, source: ModelSource, options: dict[str, Any]) -> BenchRow:
-        row = self.new_row(source, options)
+    def failed_row(self, source: ModelSource, options: dict[str, Any], device: str) -> BenchRow:
+        row = self.new_row(source, options, device)
         row.status = FAILED
         return row
 
@@ -580,7 +596,8 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
                     spec = RowSpec(name, backend, precision, batch, size, complexity.params, complexity.gflops)
                     if cfg.isolate:
                         row = run_isolated("row", cfg, {"row": spec.to_dict(), "ap_cache": runner.ap_cache},
-                                           fallback=spec.failed_row(source, cfg.backend_options.get(backend, {})))
+                                           fallback=spec.failed_row(source, cfg.backend_options.get(backend, {}),
+                                                                    cfg.device))
                         if row.ap is not None:
                             runner.ap_cache[ap_key(row)] = (row.ap, row.ap50)
                     else:

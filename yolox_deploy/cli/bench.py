@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", default="fp32", help="comma-separated: fp32,fp16,int8 (default fp32)")
     p.add_argument("--half", action="store_true", help="add FP16 rows")
     p.add_argument("--int8", action="store_true", help="add INT8 rows (calibrated on --calib-images or --images)")
-    p.add_argument("--only-reduced", action="store_true", help="with --half/--int8: leave the FP32 rows out")
+    p.add_argument("--only-reduced", action="store_true", help="leave the FP32 rows out (of --half / --int8 / --precisions)")
     p.add_argument("--batch", default="1", type=_ints, help="comma-separated batch sizes (default 1)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N",
                    help="input size for every model: one number or height width (default: each variant's test size)")
@@ -110,14 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    precisions = _csv(args.precisions)
     extra = (["fp16"] if args.half else []) + (["int8"] if args.int8 else [])
-    if args.only_reduced and not extra:
-        raise InputError("--only-reduced leaves the FP32 rows out of --half / --int8 runs; give one of them")
-    if extra and args.only_reduced:
-        precisions = extra
-    else:
-        precisions = list(dict.fromkeys(precisions + extra))
+    precisions = list(dict.fromkeys(_csv(args.precisions) + extra))
+    if args.only_reduced:
+        precisions = [p for p in precisions if p != "fp32"]
+        if not precisions:
+            raise InputError("--only-reduced leaves the FP32 rows out: give --half, --int8 or reduced --precisions")
     if args.images == "synthetic":
         images = None
     else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -132,6 +132,8 @@ COMMON_OPTIONS = frozenset({"model", "img_size", "class_names", "num_classes", "
 # runtime's choice): "no" or 1.7 would otherwise be read as True or 1 without a word
 BOOL_OPTIONS = frozenset({"legacy", "canvas_in_graph", "half", "fuse", "spin_between_runs", "decode_in_graph"})
 COUNT_OPTIONS = frozenset({"threads"})
+# options that choose the precision a runtime computes in, whatever the artefact's
+PRECISION_OPTIONS = frozenset({"half", "inference_precision"})
 
 
 class Backend(abc.ABC):
@@ -140,12 +142,14 @@ class Backend(abc.ABC):
     Subclasses implement ``_load`` (read the artefact, set ``self.meta``) and ``_infer``; the public methods
     check state and shapes. Set ``thread_safe = False`` when concurrent ``_infer`` calls must be serialised.
     ``option_names``: the options a backend reads besides :data:`COMMON_OPTIONS`; any other is refused (a
-    misspelt option would otherwise be ignored without a word).
+    misspelt option would otherwise be ignored without a word). ``option_values``: the words an option of
+    ``option_names`` may take (any case), for those that take one of a few.
     """
 
     info: ClassVar[BackendInfo]
     thread_safe: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = frozenset()
+    option_values: ClassVar[Mapping[str, Collection[str]]] = {}
 
     def __init__(self, path: str | os.PathLike | Any, *, device: str = "cpu", **options: Any) -> None:
         self.check_options(options)
@@ -166,8 +170,9 @@ class Backend(abc.ABC):
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:
-        """Refuse option names this backend does not read (besides :data:`COMMON_OPTIONS`), and switches or
-        thread counts of the wrong kind (:data:`BOOL_OPTIONS`, :data:`COUNT_OPTIONS`)."""
+        """Refuse option names this backend does not read (besides :data:`COMMON_OPTIONS`), switches or
+        thread counts of the wrong kind (:data:`BOOL_OPTIONS`, :data:`COUNT_OPTIONS`), and words an option
+        does not take (``option_values``)."""
         unknown = sorted(set(options) - COMMON_OPTIONS - cls.option_names)
         if unknown:
             raise InputError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
@@ -180,6 +185,10 @@ class Backend(abc.ABC):
             if name in COUNT_OPTIONS and not (is_integer(value) and value >= 0):
                 raise InputError(f"the {cls.info.name} backend's {name} option is an integer >= 0 (0: the runtime's "
                                  f"choice), not {value!r}")
+            allowed = cls.option_values.get(name)
+            if allowed is not None and str(value).lower() not in allowed:
+                raise InputError(f"the {cls.info.name} backend's {name} option is one of {', '.join(allowed)}, "
+                                 f"not {value!r}")
 
     @classmethod
     def check_device(cls, device: str) -> None:

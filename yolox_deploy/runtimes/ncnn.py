@@ -266,6 +266,12 @@ class NcnnBackend(Backend):
         self.net = self._open_net(param, weights, meta)
         self.meta = meta if meta is not None else self._infer_meta(graph)
 
+    @property
+    def compute_precision(self) -> str:
+        """``fp16`` where NCNN keeps FP16 storage (an FP16 artefact, or ``half=True``): activations rounded to
+        FP16 between layers, the arithmetic FP16 too only with ``half=True``; else ``fp32``."""
+        return "fp16" if self.net.opt.use_fp16_storage else "fp32"
+
     def _open_net(self, param: Path, weights: Path, meta: ModelMeta | None) -> Any:
         ncnn = self._ncnn
         opts = self.options

@@ -63,6 +63,7 @@ class OnnxRuntimeBackend(Backend):
     """ONNX Runtime (CPU, CUDA, TensorRT execution providers)."""
 
     option_names = frozenset({"half", "opt_level", "spin_between_runs", "threads", "trt_cache"})
+    option_values = {"opt_level": tuple(OPT_LEVELS)}
 
     @classmethod
     def _check_device(cls, device: str) -> None:
@@ -120,9 +121,7 @@ class OnnxRuntimeBackend(Backend):
         threads = self.options.get("threads")
         if threads:
             so.intra_op_num_threads = int(threads)
-        level = str(self.options.get("opt_level") or "all").lower()
-        if level not in OPT_LEVELS:
-            raise InputError(f"opt_level must be one of {', '.join(OPT_LEVELS)}, got {level!r}")
+        level = str(self.options.get("opt_level") or "all").lower()  # words checked by Backend.check_options
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[level])
         if self._kind == "cpu" and not self.options.get("spin_between_runs"):
             # the pool's threads stop spinning when a run returns: the pipeline's letterbox and NMS between

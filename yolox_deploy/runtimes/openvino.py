@@ -133,6 +133,7 @@ class OpenVINOBackend(Backend):
     """OpenVINO Runtime on an IR (Intel CPU, GPU, NPU)."""
 
     option_names = frozenset({"cache_dir", "hint", "inference_precision", "threads"})
+    option_values = {"hint": tuple(HINTS), "inference_precision": tuple(PRECISIONS)}
 
     def _load(self) -> None:
         opts = self.options
@@ -195,9 +196,7 @@ class OpenVINOBackend(Backend):
 
     def _config(self, meta: ModelMeta) -> dict[str, Any]:
         opts = self.options
-        hint = str(opts.get("hint", "latency")).lower()
-        if hint not in HINTS:
-            raise InputError(f"OpenVINO hint must be 'latency' or 'throughput', got {opts.get('hint')!r}")
+        hint = str(opts.get("hint") or "latency").lower()  # words checked by Backend.check_options
         config: dict[str, Any] = {"PERFORMANCE_HINT": HINTS[hint]}
         if opts.get("threads") is not None:  # an integer >= 0 (Backend.check_options); 0: OpenVINO decides
             config["INFERENCE_NUM_THREADS"] = int(opts["threads"])
@@ -205,20 +204,24 @@ class OpenVINOBackend(Backend):
         if precision is None and (self._device.startswith("CPU") or meta.precision != "fp16"):
             precision = "f32"
         if precision is not None:
-            key = str(precision).lower()
-            if key not in PRECISIONS:
-                raise InputError(f"inference_precision must be f32, f16 or bf16, got {precision!r}")
-            config["INFERENCE_PRECISION_HINT"] = PRECISIONS[key]
+            config["INFERENCE_PRECISION_HINT"] = PRECISIONS[str(precision).lower()]
         if opts.get("cache_dir"):
             config["CACHE_DIR"] = str(opts["cache_dir"])
         return config
 
     @property
     def compute_precision(self) -> str:
-        """An INT8 IR's; else the inference precision hint's (the device's own FP16 default when none)."""
-        hint = self._config_dict.get("INFERENCE_PRECISION_HINT")
-        if self.meta.precision == "int8" or hint is None:
-            return self.meta.precision
+        """An INT8 IR's; else the precision the compiled model says it computes in (a CPU without FP16
+        arithmetic takes an f16 hint and runs FP32), or where a device does not say, the hint given (the
+        device's own FP16 default when none)."""
+        if self.meta.precision == "int8":
+            return "int8"
+        try:
+            hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        except (RuntimeError, AttributeError):  # a plugin (AUTO, MULTI) that does not report it
+            hint = self._config_dict.get("INFERENCE_PRECISION_HINT")
+            if hint is None:
+                return self.meta.precision
         return {"f32": "fp32", "f16": "fp16"}.get(str(hint), str(hint))
 
     @classmethod
