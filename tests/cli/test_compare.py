@@ -18,6 +18,18 @@ def test_checkpoint_against_the_authors_onnx(tmp_path, nano_pth, nano_onnx, dog_
     assert rows[1]["max_abs_diff"] < 1e-3 and rows[1]["agreement"] == 1.0 and rows[1]["matched_iou"] > 0.99
 
 
+def test_a_checkpoint_runs_at_the_size_of_an_artefact_exported_for_another(tmp_path, nano_pth, dog_jpg):
+    from yolox_deploy.export import export
+
+    other = export(nano_pth, "onnx", tmp_path / "n_320x416.onnx", model="yolox-nano", img_size=(320, 416),
+                   verify=False).path
+    out = tmp_path / "cmp.json"
+    assert compare_main([str(nano_pth), str(other), "--images", str(dog_jpg), "--json", str(out)]) == 0
+    ref, row = json.loads(out.read_text())["rows"]
+    assert ref["input_size"] == [416, 416] and row["input_size"] == [320, 416]
+    assert row["max_abs_diff"] < 1e-3 and row["agreement"] == 1.0 and row["detections"] >= 3
+
+
 def test_without_detections_the_iou_is_not_a_number(tmp_path, nano_pth, dog_jpg, capsys):
     out = tmp_path / "cmp.json"
     assert compare_main([str(nano_pth), str(nano_pth), "--images", str(dog_jpg), "--conf", "1", "--json", str(out)]) == 0

@@ -175,7 +175,7 @@ def test_nms_graph_thresholds_can_only_be_tightened(tiny_files, caplog):
     path, _ = tiny_files["nms"]
     image = np.full((50, 70, 3), 114, np.uint8)
     with Detector(path) as det:
-        assert (det.conf, det.nms) == (0.0, 0.45)  # the graph's own
+        assert (det.conf, det.nms, det.max_det) == (0.0, 0.45, 10)  # the graph's own
         [full] = det(image)
     assert len(full) == 10 and not caplog.records
     cut = float(full.scores[3])
@@ -187,6 +187,13 @@ def test_nms_graph_thresholds_can_only_be_tightened(tiny_files, caplog):
     [warning] = caplog.records
     assert "tiny_nms.onnx runs NMS inside its graph" in warning.message
     assert "NMS IoU 0.6 (the graph's is 0.45)" in warning.message and "class-agnostic" in warning.message
+    caplog.clear()
+    for asked in (50, None):  # more than the graph keeps, or no cap: it keeps 10, and says so
+        with Detector(path, max_det=asked) as det:
+            assert det.max_det == 10 and len(det(image)[0]) == 10
+        [warning] = caplog.records
+        assert f"max_det {asked} (the graph keeps at most 10)" in warning.message
+        caplog.clear()
 
 
 def test_tensorrt_plugin_graph_is_refused_on_the_cpu(tiny_files, tmp_path):

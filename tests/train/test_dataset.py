@@ -68,6 +68,16 @@ def test_image_size_that_disagrees_with_the_json_is_an_error(data):
         TrainDataset(data, (64, 64)).load(0)
 
 
+def test_swapped_width_and_height_entries_are_named(data):
+    """No EXIF tag: the annotation's width and height are the wrong way round (a common converter slip)."""
+    rec = data.records[0]
+    rec.width, rec.height = rec.height, rec.width
+    if rec.width == rec.height:
+        pytest.skip("a square image")
+    with pytest.raises(InputError, match="the entry's width and height are swapped"):
+        TrainDataset(data, (64, 64)).load(0)
+
+
 def test_an_image_turned_by_its_exif_orientation_is_named(data, tmp_path):
     """JPEG orientation 6 (rotate 90): OpenCV, like the authors' cv2.imread, returns the turned pixels."""
     import cv2

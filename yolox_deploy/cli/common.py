@@ -129,7 +129,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--legacy", action="store_true",
                    help="legacy checkpoints (before YOLOX 0.1.1): RGB input, /255, ImageNet mean/std")
     p.add_argument("--class-names", metavar="NAMES",
-                   help="labels of an artefact without them: comma-separated, or a text file with one name per line")
+                   help="labels for an artefact without them, or in place of its own: comma-separated, or a text file "
+                        "with one name per line")
     p.add_argument("--decode-in-graph", action="store_true",
                    help="the output of an artefact without metadata is decoded (boxes in pixels), not raw")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.images import Frame, camera_index, is_video, iter_source
-from ..runtimes.detector import Detector
+from ..runtimes.detector import DEFAULT_MAX_DET, Detector
 from ..utils.files import json_text, move_into, staging_folder
 from ..utils.signals import StopRequest, stop_between_steps
 from ..utils.table import format_table
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the graph's, which this can only raise)")
     p.add_argument("--nms", type=float, help="NMS IoU threshold, default 0.45 (with NMS in the graph: the graph's)")
     p.add_argument("--class-agnostic", action="store_true", help="NMS across classes")
-    p.add_argument("--max-det", type=int, default=300, help="at most this many detections per image")
+    p.add_argument("--max-det", type=int, default=DEFAULT_MAX_DET,
+                   help=f"at most this many detections per image (default {DEFAULT_MAX_DET})")
     p.add_argument("--output", default="runs/detect", help="output folder (default runs/detect)")
     p.add_argument("--no-images", action="store_true", help="write only the JSON, no annotated pictures")
     return p

@@ -112,7 +112,7 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
                          f"{', '.join(map(str, ids))}")
     image_ids = sorted(coco.getImgIds())
     if not image_ids:
-        raise InputError(f"{ann} lists no images: nothing to evaluate")
+        raise InputError(f"{ann} lists no images")
     unnamed = [i for i in image_ids if not (isinstance(name := coco.imgs[i].get("file_name"), str) and name)]
     if unnamed:
         raise InputError(f"{ann}: {len(unnamed)} image(s) have no file_name (first id {unnamed[0]})")

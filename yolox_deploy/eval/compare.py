@@ -2,7 +2,8 @@
 
 The first artefact is the reference. Raw outputs are compared in raw units (graphs that decode are encoded
 back with :func:`~yolox_deploy.ops.decode.encode`), so a ``.pth``, a decoding ONNX and a raw OpenVINO IR
-compare on equal terms; artefacts of another input size or with NMS in the graph have no raw comparison.
+compare on equal terms; a dynamic-size reference also runs at the size of an artefact exported for another
+one; artefacts with NMS in the graph, or of another size than a fixed-size reference, have no raw comparison.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
 
     Every artefact is opened before any image runs, so one that cannot be opened (or options it refuses)
     fail before the work; artefacts whose labels differ from the reference's are refused, since their
-    detections cannot be matched class by class.
+    detections cannot be matched class by class. A dynamic-size reference (a ``.pth``) also runs, untimed, at
+    the size of each artefact exported for another one, which is compared with that run.
     """
     if not images:
         raise InputError("no images to compare on")
@@ -87,46 +89,58 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
             from tqdm import tqdm
 
             bar = tqdm(total=len(artefacts) * len(images), desc="compare", unit="img", leave=False)
-        reference: list[tuple[np.ndarray | None, Any]] = []
-        rows = [_run(path, det, images, warmup, reference, bar) for path, det in zip(artefacts, detectors)]
+        ref_size = tuple(detectors[0].meta.input_size)
+        row, results = _run(artefacts[0], detectors[0], images, warmup, None, bar)
+        rows, references = [row], {ref_size: results}
+        for path, det in zip(artefacts[1:], detectors[1:]):
+            size = tuple(det.meta.input_size)
+            if size not in references and detectors[0].meta.dynamic_hw:
+                with Detector(artefacts[0], **{**detector_kwargs, "img_size": size}) as at_size:
+                    references[size] = [_result(at_size, image)[:2] for image in images]
+            rows.append(_run(path, det, images, warmup, references.get(size, references[ref_size]), bar)[0])
         if bar is not None:
             bar.close()
     return rows
 
 
+def _result(det: Detector, image: np.ndarray) -> tuple[np.ndarray | None, Any, tuple[float, float, float]]:
+    """One image through ``det``: its raw output (None for NMS graphs), its detections, and the seconds of
+    the three stages."""
+    t0 = time.perf_counter()
+    batch, ratios = det.preprocess([image])
+    t1 = time.perf_counter()
+    outputs = det.infer(batch)
+    t2 = time.perf_counter()
+    [dets] = det.postprocess(outputs, ratios, [image.shape[:2]])
+    t3 = time.perf_counter()
+    return _raw(det, outputs), dets, (t1 - t0, t2 - t1, t3 - t2)
+
+
 def _run(path: Any, det: Detector, images: Sequence[np.ndarray], warmup: int,
-         reference: list[tuple[np.ndarray | None, Any]], bar: Any) -> CompareRow:
-    """One artefact's row; the first call (``reference`` empty) fills ``reference`` instead of comparing."""
-    first = not reference
+         reference: list[tuple[np.ndarray | None, Any]] | None, bar: Any,
+         ) -> tuple[CompareRow, list[tuple[np.ndarray | None, Any]]]:
+    """One artefact's row against ``reference`` (the reference's own row when None), and its results."""
     for image in images[:warmup]:
         det.run_batch([image])
-    diff: float | None = 0.0 if first else None
+    diff: float | None = None
     comparable = True
     agreement = EMPTY
     times = np.zeros(3)
+    results = []
     for i, image in enumerate(images):
-        t0 = time.perf_counter()
-        batch, ratios = det.preprocess([image])
-        t1 = time.perf_counter()
-        outputs = det.infer(batch)
-        t2 = time.perf_counter()
-        [dets] = det.postprocess(outputs, ratios, [image.shape[:2]])
-        t3 = time.perf_counter()
-        times += (t1 - t0, t2 - t1, t3 - t2)
-        raw = _raw(det, outputs)
-        if first:
-            reference.append((raw, dets))
-            agreement = agreement + match_detections(dets.xyxy, dets.class_ids, dets.xyxy, dets.class_ids)
+        raw, dets, seconds = _result(det, image)
+        times += seconds
+        results.append((raw, dets))
+        ref_raw, ref_dets = reference[i] if reference is not None else (raw, dets)
+        if raw is None or ref_raw is None or raw.shape != ref_raw.shape:
+            comparable = False
         else:
-            ref_raw, ref_dets = reference[i]
-            if raw is None or ref_raw is None or raw.shape != ref_raw.shape:
-                comparable = False
-            else:
-                d = float(np.abs(raw - ref_raw).max())
-                diff = d if diff is None else max(diff, d)
-            agreement = agreement + match_detections(ref_dets.xyxy, ref_dets.class_ids, dets.xyxy, dets.class_ids)
+            d = float(np.abs(raw - ref_raw).max())
+            diff = d if diff is None else max(diff, d)
+        agreement = agreement + match_detections(ref_dets.xyxy, ref_dets.class_ids, dets.xyxy, dets.class_ids)
         if bar is not None:
             bar.update(1)
     ms = times * 1e3 / len(images)
-    return CompareRow(str(path), det.backend.info.name, det.meta.precision, tuple(det.meta.input_size),
-                      diff if comparable else None, agreement, *ms)
+    row = CompareRow(str(path), det.backend.info.name, det.meta.precision, tuple(det.meta.input_size),
+                     diff if comparable else None, agreement, *ms)
+    return row, results

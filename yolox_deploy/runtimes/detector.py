@@ -33,6 +33,7 @@ from .streaming import StreamResult
 
 log = logging.getLogger(__name__)
 DEFAULT_CONF, DEFAULT_NMS = 0.25, 0.45  # score and NMS IoU thresholds, as the authors' demos
+DEFAULT_MAX_DET = 300  # detections per image, as the authors' evaluation
 ImageLike = Union[str, os.PathLike, np.ndarray]
 T = TypeVar("T")
 
@@ -93,7 +94,7 @@ class Detector:
 
     def __init__(self, weights: Any, *, model: str | None = None, backend: str | None = None,
                  device: str = "cpu", conf: float | None = None, nms: float | None = None, class_agnostic: bool = False,
-                 max_det: int | None = 300, clip: bool = True, batch_size: int | None = None,
+                 max_det: int | None = DEFAULT_MAX_DET, clip: bool = True, batch_size: int | None = None,
                  img_size: int | Sequence[int] | str | None = None, class_names: Sequence[str] | None = None,
                  num_classes: int | None = None, **options: Any) -> None:
         for name, value in (("conf", conf), ("nms", nms)):
@@ -124,7 +125,9 @@ class Detector:
         self.conf = float(conf if conf is not None else graph.get("nms_conf", 0.0) if graph else DEFAULT_CONF)
         self.nms = float(nms if nms is not None else graph.get("nms_iou", DEFAULT_NMS))
         self.class_agnostic = bool(class_agnostic)
-        self.max_det = max_det
+        cap = self.meta.max_det if self.meta.nms_in_graph else None
+        self.max_det = max_det if cap is None else min(max_det or cap, cap)  # an NMS graph keeps at most its cap
+        self._asked_max_det = max_det
         self.clip = bool(clip)
         if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
             raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
@@ -138,7 +141,8 @@ class Detector:
 
     def _warn_graph_nms(self) -> None:
         """An artefact with NMS inside runs it with the thresholds it was exported with: the Detector can
-        only raise the score threshold and lower ``max_det`` (it does); say which settings cannot apply."""
+        only raise the score threshold and lower ``max_det`` (it does); say which settings cannot apply. The
+        default ``max_det`` quietly becomes the graph's cap, as ``conf`` and ``nms`` default to the graph's."""
         extra = self.meta.extra
         cannot = []
         if self.conf < extra.get("nms_conf", 0.0):
@@ -147,6 +151,9 @@ class Detector:
             cannot.append(f"NMS IoU {self.nms:g} (the graph's is {extra['nms_iou']:g})")
         if self.class_agnostic:
             cannot.append("class-agnostic NMS (the graph's is per class)")
+        asked, cap = self._asked_max_det, self.meta.max_det
+        if cap is not None and asked != DEFAULT_MAX_DET and (asked is None or asked > cap):
+            cannot.append(f"max_det {asked} (the graph keeps at most {cap})")
         if cannot:
             log.warning("%s runs NMS inside its graph; not applied: %s. Export without --nms to choose them here.",
                         Path(str(self.backend.path)).name, "; ".join(cannot))

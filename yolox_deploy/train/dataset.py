@@ -11,9 +11,11 @@ off Mosaic and MixUp (HSV and flip stay, as in the authors' recipe).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -44,6 +46,18 @@ class AugmentConfig:
     shear: float = 2.0
 
 
+def _size_mismatch_advice(path: str | os.PathLike, annotated_hw: tuple[int, int]) -> str:
+    """What to do about an image whose size is not its annotation's: an EXIF orientation that turns it as it
+    is read (the file's own pixels have the annotated size), or a wrong (perhaps swapped) width/height entry."""
+    raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if raw is not None and raw.shape[:2] == annotated_hw:
+        return ("its EXIF orientation turns it on reading: check which way its boxes were drawn, and store the image "
+                "upright (without the tag) to match them")
+    if raw is not None and raw.shape[:2] == annotated_hw[::-1]:
+        return "the entry's width and height are swapped: fix its width/height entry"
+    return "fix its width/height entry"
+
+
 class TrainDataset(torch.utils.data.Dataset):
     """Augmented samples of a :class:`DetectionSet` at ``input_hw``.
 
@@ -72,12 +86,8 @@ class TrainDataset(torch.utils.data.Dataset):
         if hit is None:
             image = read_image(rec.path)
             if image.shape[:2] != (rec.height, rec.width):
-                turned = image.shape[:2] == (rec.width, rec.height)  # an EXIF orientation turns it as it is read
                 raise InputError(f"{rec.path} is {image.shape[1]}x{image.shape[0]} pixels but the annotation file says "
-                                 f"{rec.width}x{rec.height}; " + (
-                                     "its EXIF orientation turns it on reading: check which way its boxes were drawn, "
-                                     "and store the image upright (without the tag) to match them" if turned else
-                                     "fix its width/height entry"))
+                                 f"{rec.width}x{rec.height}; " + _size_mismatch_advice(rec.path, (rec.height, rec.width)))
             hit = resize_to_fit(image, rec.boxes, self.input_hw)
             if self.cache:
                 self._cache[index] = hit

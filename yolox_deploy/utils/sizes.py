@@ -19,8 +19,8 @@ def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
     """
     if isinstance(size, str):
         parts: list[Any] = [p for p in size.lower().replace("x", " ").replace(",", " ").split() if p]
-    elif isinstance(size, Sequence):
-        parts = list(size)
+    elif isinstance(size, Sequence) or (hasattr(size, "ndim") and getattr(size, "ndim", 0) == 1):
+        parts = list(size)  # a list, a tuple, torch.Size, or a one-dimensional numpy array / tensor
     else:
         parts = [size]
     try:
