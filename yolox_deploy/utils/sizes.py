@@ -19,7 +19,7 @@ def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
     """
     if isinstance(size, str):
         parts: list[Any] = [p for p in size.lower().replace("x", " ").replace(",", " ").split() if p]
-    elif isinstance(size, Sequence) or (hasattr(size, "ndim") and getattr(size, "ndim", 0) == 1):
+    elif isinstance(size, Sequence) or getattr(size, "ndim", None) == 1:
         parts = list(size)  # a list, a tuple, torch.Size, or a one-dimensional numpy array / tensor
     else:
         parts = [size]
