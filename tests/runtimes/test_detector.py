@@ -273,3 +273,34 @@ def test_memory_stays_flat(nano_onnx_dynamic, val_images):
     gc.collect()
     growth_mb = (proc.memory_info().rss - before) / 2**20
     assert growth_mb < 25, f"RSS grew by {growth_mb:.1f} MiB over 2000 images"
+
+
+def test_close_waits_for_the_calls_in_flight(nano_pth):
+    """A runtime freed under a running call can crash the process (NCNN's does): close() lets running calls
+    finish on what they started with, and later calls are refused."""
+    import time
+
+    from yolox_deploy.runtimes.detector import open_backend
+
+    backend = open_backend(nano_pth)
+    events = []
+    run, release = backend._infer_canvas, backend._close
+
+    def slow(batch):
+        events.append("call")
+        time.sleep(0.3)
+        out = run(batch)
+        events.append("returned")
+        return out
+
+    backend._infer_canvas = slow
+    backend._close = lambda: (events.append("closed"), release())
+    canvas = np.full((1, 416, 416, 3), 114, np.uint8)
+    caller = threading.Thread(target=backend.infer, args=(canvas,))
+    caller.start()
+    time.sleep(0.1)
+    backend.close()
+    caller.join()
+    assert events == ["call", "returned", "closed"]
+    with pytest.raises(InputError, match="was closed"):
+        backend.infer(canvas)

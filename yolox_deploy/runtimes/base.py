@@ -159,7 +159,9 @@ class Backend(abc.ABC):
         self.options = options
         self.meta: ModelMeta
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # serialises the calls of a backend that is not thread-safe
+        self._calls = threading.Condition()  # guards _closed and the count of calls in flight
+        self._in_flight = 0
         self._load()
         decode = options.get("decode_in_graph")
         if decode is not None and bool(decode) != self.meta.decode_in_graph:  # an artefact that says otherwise
@@ -249,8 +251,19 @@ class Backend(abc.ABC):
 
     def infer(self, batch: Any) -> list[Any]:
         """Run a canvas batch (uint8 ``[N, H, W, 3]``) or a model input (float ``[N, 3, H, W]``)."""
-        if self._closed:
-            raise InputError(f"this {self.info.name} backend was closed; open the artefact again")
+        with self._calls:
+            if self._closed:
+                raise InputError(f"this {self.info.name} backend was closed; open the artefact again")
+            self._in_flight += 1
+        try:
+            return self._checked_infer(batch)
+        finally:
+            with self._calls:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._calls.notify_all()
+
+    def _checked_infer(self, batch: Any) -> list[Any]:
         shape = tuple(batch.shape)
         canvas = is_canvas_batch(batch)
         want_n, _, want_h, want_w = self.input_shape
@@ -270,9 +283,15 @@ class Backend(abc.ABC):
             return run(batch)
 
     def close(self) -> None:
-        if not self._closed:
+        """Release the runtime. Calls already running finish first (a runtime freed under a running call can
+        crash the process: NCNN's does); later calls raise :class:`InputError`."""
+        with self._calls:
+            if self._closed:
+                return
             self._closed = True
-            self._close()
+            while self._in_flight:
+                self._calls.wait()
+        self._close()
 
     def __enter__(self) -> Backend:
         return self
