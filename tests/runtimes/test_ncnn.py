@@ -255,3 +255,25 @@ def test_detect_cli_exits_2_on_damaged_artefacts(copy_of, how, tmp_path, capsys)
     assert main([str(copy_of), "--source", str(image), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(copy_of) in err and "Traceback" not in err
+
+
+def test_the_interpreter_exits_cleanly_with_a_stream_left_open(tiny, tmp_path):
+    """The stream's threads are stopped at exit: left inside NCNN while the interpreter shut down, they
+    aborted the process ("terminate called without an active exception")."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(frames / f"{i:02d}.png"), synthetic_scene(240, 320, seed=i))
+    script = ("from yolox_deploy import Detector\n"
+              f"det = Detector({str(tiny)!r})\n"
+              f"stream = det.stream({str(frames)!r})\n"
+              "next(stream)\n"
+              "print('left open', flush=True)\n")
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout == "left open\n", proc.stderr[-500:]

@@ -6,11 +6,13 @@
 
 The runtimes release the GIL while they compute, so the three stages run concurrently. Queues are bounded,
 so memory stays flat however long the stream. Errors in a thread travel down the queues and are raised in
-the caller; closing the generator stops both threads.
+the caller; closing the generator stops both threads, and so does the interpreter's exit for a stream left
+open (a thread still inside a runtime while the interpreter shuts down can abort the process: NCNN's does).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
@@ -27,6 +29,20 @@ if TYPE_CHECKING:
     from .detector import Detector
 
 _DONE = object()
+# the stop event and threads of every stream not closed yet, stopped at the interpreter's exit
+_LIVE: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+@atexit.register
+def _stop_live_pipelines() -> None:
+    with _LIVE_LOCK:
+        live = list(_LIVE.values())
+    for stop, _ in live:
+        stop.set()
+    for _, threads in live:
+        for t in threads:
+            t.join(timeout=5)
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,8 @@ def run_pipeline(detector: Detector, source: str | os.PathLike | int, *, queue_s
         threading.Thread(target=_reader, args=(detector, source, q_pre, stop), name="yolox-stream-read", daemon=True),
         threading.Thread(target=_worker, args=(detector, q_pre, q_out, stop), name="yolox-stream-infer", daemon=True),
     ]
+    with _LIVE_LOCK:
+        _LIVE[id(stop)] = (stop, threads)
     for t in threads:
         t.start()
     try:
@@ -113,3 +131,5 @@ def run_pipeline(detector: Detector, source: str | os.PathLike | int, *, queue_s
         stop.set()
         for t in threads:
             t.join(timeout=5)
+        with _LIVE_LOCK:
+            _LIVE.pop(id(stop), None)
