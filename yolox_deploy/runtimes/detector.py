@@ -127,7 +127,6 @@ class Detector:
         self.class_agnostic = bool(class_agnostic)
         cap = self.meta.max_det if self.meta.nms_in_graph else None
         self.max_det = max_det if cap is None else min(max_det or cap, cap)  # an NMS graph keeps at most its cap
-        self._asked_max_det = max_det
         self.clip = bool(clip)
         if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
             raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
@@ -137,12 +136,13 @@ class Detector:
         self.batch_size = self.meta.batch or batch_size or 1
         self._names: tuple[Sequence[str], np.ndarray] | None = None
         if self.meta.nms_in_graph:
-            self._warn_graph_nms()
+            self._warn_graph_nms(max_det)
 
-    def _warn_graph_nms(self) -> None:
+    def _warn_graph_nms(self, asked_max_det: int | None) -> None:
         """An artefact with NMS inside runs it with the thresholds it was exported with: the Detector can
         only raise the score threshold and lower ``max_det`` (it does); say which settings cannot apply. The
-        default ``max_det`` quietly becomes the graph's cap, as ``conf`` and ``nms`` default to the graph's."""
+        default ``max_det`` quietly becomes the graph's cap, as ``conf`` and ``nms`` default to the graph's;
+        ``asked_max_det`` is the one given."""
         extra = self.meta.extra
         cannot = []
         if self.conf < extra.get("nms_conf", 0.0):
@@ -151,9 +151,9 @@ class Detector:
             cannot.append(f"NMS IoU {self.nms:g} (the graph's is {extra['nms_iou']:g})")
         if self.class_agnostic:
             cannot.append("class-agnostic NMS (the graph's is per class)")
-        asked, cap = self._asked_max_det, self.meta.max_det
-        if cap is not None and asked != DEFAULT_MAX_DET and (asked is None or asked > cap):
-            cannot.append(f"max_det {asked} (the graph keeps at most {cap})")
+        cap = self.meta.max_det
+        if cap is not None and asked_max_det != DEFAULT_MAX_DET and (asked_max_det is None or asked_max_det > cap):
+            cannot.append(f"max_det {asked_max_det} (the graph keeps at most {cap})")
         if cannot:
             log.warning("%s runs NMS inside its graph; not applied: %s. Export without --nms to choose them here.",
                         Path(str(self.backend.path)).name, "; ".join(cannot))

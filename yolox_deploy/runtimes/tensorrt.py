@@ -178,7 +178,9 @@ def version_key(version: str) -> tuple[int, ...]:
 def check_compatibility(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Reasons an engine built in ``recorded`` cannot run in ``current`` (empty when it can).
 
-    Both are :func:`current_environment` dicts. A TensorRT plan only loads in the TensorRT release (major.minor.patch) and on the GPU compute capability it was built for; keys missing on either side are not judged.
+    Both are :func:`current_environment` dicts. A TensorRT plan only loads in the TensorRT release
+    (major.minor.patch) and on the GPU compute capability it was built for; keys missing on either side are
+    not judged.
     """
     problems = []
     built, here = recorded.get("tensorrt"), current.get("tensorrt")
