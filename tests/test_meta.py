@@ -17,6 +17,18 @@ def _stored(**change):
 def test_what_an_export_writes_reads_back_equal():
     meta = ModelMeta.default(3, (64, 96), batch=None, decode_in_graph=True).with_(extra={"nms_conf": 0.25})
     assert ModelMeta.from_json(meta.to_json()) == meta
+    meta = meta.with_(category_ids=(3, 17, 90))
+    assert ModelMeta.from_json(meta.to_json()) == meta
+
+
+def test_dataset_category_ids_recorded_else_cocos_else_unknown():
+    from yolox_deploy.data.coco import COCO_CATEGORY_IDS
+
+    assert ModelMeta.default(3, (64, 64)).with_(category_ids=(3, 17, 90)).dataset_category_ids == (3, 17, 90)
+    assert ModelMeta.default(80, (64, 64)).dataset_category_ids == COCO_CATEGORY_IDS  # the authors' weights
+    assert ModelMeta.default(3, (64, 64)).dataset_category_ids is None
+    renamed = ModelMeta.default(80, (64, 64)).with_(class_names=tuple(f"c{i}" for i in range(80)))
+    assert renamed.dataset_category_ids is None  # another label set: COCO's ids would be a guess
 
 
 @pytest.mark.parametrize("change,field", [
@@ -47,6 +59,10 @@ def test_what_an_export_writes_reads_back_equal():
     ({"preprocess": {"mean": [1, 2]}}, "preprocess.mean"),
     ({"preprocess": {"std": [1, 0, 1]}}, "preprocess.std"),
     ({"preprocess": {"pad_value": 300}}, "preprocess.pad_value"),
+    ({"category_ids": [1, 2]}, "category_ids"),
+    ({"category_ids": [1, 1, 2]}, "category_ids"),
+    ({"category_ids": ["1", 2, 3]}, "category_ids"),
+    ({"category_ids": [1, 2.5, 3]}, "category_ids"),
 ])
 def test_a_field_no_export_writes_is_refused(change, field):
     with pytest.raises(ArtefactError, match=f"malformed: {field}|malformed.*{field}"):

@@ -83,6 +83,25 @@ def test_to_coco_refuses_a_category_map_too_short():
         negative.to_coco(1, category_ids=[1, 3])
 
 
+def test_category_ids_follow_the_rows_and_are_what_to_coco_writes():
+    xyxy = np.array([[0, 0, 10, 10], [5, 5, 20, 25], [30, 30, 40, 45]], np.float32)
+    d = Detections.from_arrays(xyxy, [0.9, 0.8, 0.7], [2, 0, 2], ["a", "b", "c"], (50, 60), (3, 17, 90))
+    np.testing.assert_array_equal(d.category_ids, [90, 3, 90])
+    assert [e["category_id"] for e in d.to_coco(1)] == [90, 3, 90]
+    assert [e["category_id"] for e in d.to_coco(1, category_ids=[7, None, 8])] == [8, 7, 8]  # a mapping wins
+    np.testing.assert_array_equal(d[[1, 2]].category_ids, [3, 90])
+    np.testing.assert_array_equal(d[d.scores > 0.75].category_ids, [90, 3])
+    assert [r["category_id"] for r in d.to_dict()["detections"]] == [90, 3, 90]
+    assert d != Detections.from_arrays(xyxy, [0.9, 0.8, 0.7], [2, 0, 2], ["a", "b", "c"], (50, 60))
+    plain = make(2)  # a model that does not know its dataset ids: class ids, and no category_id in to_dict
+    assert plain.category_ids is None and [e["category_id"] for e in plain.to_coco(1)] == [0, 1]
+    assert "category_id" not in plain.to_dict()["detections"][0]
+    out_of_range = Detections.from_arrays(xyxy[:1], [0.9], [5], ["a", "b", "c"], None, (3, 17, 90))
+    assert out_of_range.category_ids is None and out_of_range.names[0] == "class5"
+    with pytest.raises(ValueError, match=r"category_ids must have shape \[3\]"):
+        Detections(xyxy, np.ones(3), np.zeros(3), np.array(["a"] * 3), category_ids=[1, 2])
+
+
 def test_to_dict_is_json_ready():
     import json
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .data.coco import default_class_names
+from .data.coco import category_ids_problem, default_class_names, known_category_ids
 from .errors import ArtefactError, InputError
 from .utils.sizes import parse_img_size
 from .utils.values import is_finite_number, is_integer, is_number
@@ -58,6 +58,7 @@ class ModelMeta:
     ``input_size`` is ``(height, width)``. ``batch`` is the fixed batch size, or ``None`` when dynamic.
     ``decode_in_graph``: the output holds decoded boxes (cx, cy, w, h in input pixels) rather than raw
     offsets. ``nms_in_graph``: the artefact emits ``num_dets, boxes, scores, labels`` (xyxy, input pixels).
+    ``category_ids``: the training dataset's category id of each class, when the model recorded them.
     """
 
     class_names: tuple[str, ...]
@@ -73,10 +74,16 @@ class ModelMeta:
     preprocess: Preprocess = field(default_factory=Preprocess)
     format: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    category_ids: tuple[int, ...] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def dataset_category_ids(self) -> tuple[int, ...] | None:
+        """The dataset category id of each class: those recorded, else COCO's for COCO's 80 classes, else None."""
+        return known_category_ids(self.class_names, self.category_ids)
 
     def with_(self, **changes: Any) -> ModelMeta:
         """A copy with some fields replaced."""
@@ -146,6 +153,8 @@ def _check_fields(m: ModelMeta) -> None:
 
     if not m.class_names or not all(isinstance(n, str) for n in m.class_names) or not isinstance(m.class_names, tuple):
         raise ValueError(f"class_names must be a list of strings, got {m.class_names!r}")
+    if m.category_ids is not None and (problem := category_ids_problem(m.category_ids, len(m.class_names))):
+        raise ValueError(problem)
     if not (positive_ints(m.input_size) and len(m.input_size) == 2):
         raise ValueError(f"input_size must be [height, width], got {m.input_size!r}")
     try:

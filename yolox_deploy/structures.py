@@ -29,6 +29,8 @@ class Detections:
     - ``class_ids``: int64 ``[N]``
     - ``names``: ``[N]`` class names (str)
     - ``image_size``: ``(height, width)`` of the image the boxes refer to
+    - ``category_ids``: int64 ``[N]`` dataset category ids (COCO's ids for the authors' COCO models, the training
+      dataset's for a model trained by yolox-train), or ``None`` when the model does not know them
 
     Rows are sorted by decreasing score when produced by a ``Detector``. Indexing with an int, slice, list
     of ints or boolean mask returns a new ``Detections``.
@@ -40,6 +42,7 @@ class Detections:
     names: np.ndarray
     image_size: tuple[int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    category_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32)
@@ -51,9 +54,11 @@ class Detections:
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
         names = np.asarray(self.names, dtype=object).reshape(-1)
-        for label, arr in (("scores", scores), ("class_ids", class_ids), ("names", names)):
-            if arr.shape[0] != n:
+        cat_ids = None if self.category_ids is None else np.asarray(self.category_ids, dtype=np.int64).reshape(-1)
+        for label, arr in (("scores", scores), ("class_ids", class_ids), ("names", names), ("category_ids", cat_ids)):
+            if arr is not None and arr.shape[0] != n:
                 raise ValueError(f"{label} must have shape [{n}] to match xyxy [N, 4] with N={n}, got {arr.shape}")
+        object.__setattr__(self, "category_ids", cat_ids)
         object.__setattr__(self, "xyxy", xyxy)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "class_ids", class_ids)
@@ -68,16 +73,22 @@ class Detections:
 
     @classmethod
     def from_arrays(cls, xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
-                    class_names: Sequence[str] | np.ndarray, image_size: tuple[int, int] | None = None) -> Detections:
+                    class_names: Sequence[str] | np.ndarray, image_size: tuple[int, int] | None = None,
+                    category_ids: Sequence[int] | np.ndarray | None = None) -> Detections:
         """Build from arrays and the model's label table: a sequence of names, or (cheaper when called per
-        image) the object array :func:`name_table` makes of it. Ids out of range are named ``class<id>``."""
+        image) the object array :func:`name_table` makes of it. Ids out of range are named ``class<id>``.
+        ``category_ids``: the dataset category id of each class (when known; none when an id is out of range)."""
         ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
         table = class_names if isinstance(class_names, np.ndarray) else name_table(class_names)
-        if ids.size == 0 or (ids.min() >= 0 and ids.max() < len(table)):
+        in_range = ids.size == 0 or (ids.min() >= 0 and ids.max() < len(table))
+        if in_range:
             names = table[ids]
         else:
             names = np.array([table[i] if 0 <= i < len(table) else f"class{i}" for i in ids], dtype=object)
-        return cls(xyxy, scores, ids, names, image_size)
+        cats = None
+        if category_ids is not None and in_range and len(category_ids) == len(table):
+            cats = np.asarray(category_ids, dtype=np.int64)[ids]
+        return cls(xyxy, scores, ids, names, image_size, category_ids=cats)
 
     def __len__(self) -> int:
         return self.xyxy.shape[0]
@@ -102,7 +113,7 @@ class Detections:
                 raise IndexError(f"boolean mask must have shape [{len(self)}], got {sel.shape}")
             index = sel
         return Detections(self.xyxy[index], self.scores[index], self.class_ids[index], self.names[index],
-                          self.image_size)
+                          self.image_size, category_ids=None if self.category_ids is None else self.category_ids[index])
 
     def __hash__(self) -> int:
         raise TypeError("Detections are not hashable (they hold arrays); compare them with ==")
@@ -112,7 +123,9 @@ class Detections:
             return NotImplemented
         return (self.image_size == other.image_size and np.array_equal(self.xyxy, other.xyxy)
                 and np.array_equal(self.scores, other.scores) and np.array_equal(self.class_ids, other.class_ids)
-                and np.array_equal(self.names, other.names))
+                and np.array_equal(self.names, other.names)
+                and (self.category_ids is None) == (other.category_ids is None)
+                and (self.category_ids is None or np.array_equal(self.category_ids, other.category_ids)))
 
     @property
     def area(self) -> np.ndarray:
@@ -122,27 +135,31 @@ class Detections:
         """COCO result entries (``bbox`` as x, y, w, h).
 
         ``category_ids[class_id]`` maps classes to dataset category ids; classes mapped to ``None`` are left out.
+        Without it, the detections' own dataset category ids are written (:attr:`category_ids`); a model that
+        does not know them writes its class ids.
         """
-        if category_ids is not None and len(self):
-            outside = [int(c) for c in (self.class_ids.min(), self.class_ids.max()) if not 0 <= c < len(category_ids)]
-            if outside:
-                raise InputError(f"category_ids maps {len(category_ids)} classes, but a detection has class id "
-                                 f"{outside[0]}")
-        out = []
-        for (x1, y1, x2, y2), score, cid, _ in self:
-            cat = category_ids[cid] if category_ids is not None else cid
-            if cat is None:
-                continue
-            out.append({"image_id": int(image_id), "category_id": int(cat),
-                        "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": score})
-        return out
+        if category_ids is not None:
+            if len(self):
+                outside = [int(c) for c in (self.class_ids.min(), self.class_ids.max())
+                           if not 0 <= c < len(category_ids)]
+                if outside:
+                    raise InputError(f"category_ids maps {len(category_ids)} classes, but a detection has class id "
+                                     f"{outside[0]}")
+            cats = [category_ids[c] for c in self.class_ids.tolist()]
+        else:
+            cats = (self.class_ids if self.category_ids is None else self.category_ids).tolist()
+        return [{"image_id": int(image_id), "category_id": int(cat),
+                 "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": score}
+                for ((x1, y1, x2, y2), score, _, _), cat in zip(self, cats) if cat is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: image size and a list of detections."""
+        """A JSON-ready dict: image size and a list of detections (with their dataset ``category_id`` when known)."""
+        cats = self.category_ids
         return {
             "image_size": list(self.image_size) if self.image_size else None,
-            "detections": [{"xyxy": [round(float(v), 2) for v in box], "score": round(score, 5),
-                            "class_id": cid, "name": name} for box, score, cid, name in self],
+            "detections": [{"xyxy": [round(float(v), 2) for v in box], "score": round(score, 5), "class_id": cid,
+                            "name": name, **({} if cats is None else {"category_id": int(cats[i])})}
+                           for i, (box, score, cid, name) in enumerate(self)],
         }
 
     def draw(self, image: np.ndarray, *, thickness: int | None = None, show_scores: bool = True) -> np.ndarray:

@@ -36,6 +36,21 @@ def test_our_checkpoint_knows_its_variant_and_labels(nano3):
     assert not model.training
 
 
+def test_category_ids_are_saved_loaded_and_dropped_when_they_do_not_fit(tmp_path, nano3, caplog):
+    model, _ = nano3
+    model.category_ids = (3, 17, 90)
+    path = save_checkpoint(model, tmp_path / "ids.pth")
+    assert torch.load(path, weights_only=True)["category_ids"] == [3, 17, 90]
+    assert load_model(path).category_ids == (3, 17, 90)
+    assert load_model(path, class_names=("x", "y", "z")).category_ids == (3, 17, 90)  # renamed, same classes
+    fresh = build_model("yolox-nano", num_classes=3)
+    load_checkpoint(fresh, path, ignore_class_head=True)  # another label set: the ids are not its own
+    assert fresh.category_ids is None
+    torch.save({"model": model.state_dict(), "category_ids": [1, 2]}, tmp_path / "short.pth")
+    assert load_model(tmp_path / "short.pth").category_ids is None
+    assert "2 category ids do not fit its 3-class head" in caplog.text
+
+
 def test_variant_is_identified_from_shapes(nano3):
     model, _ = nano3
     assert identify_variant(model.state_dict()) == "yolox-nano"
@@ -200,6 +215,8 @@ def test_trained_batchnorms_keep_the_training_eps(tmp_path):
     ({"class_names": "abc"}, "class names that are not a list of strings"),
     ({"class_names": [1, 2, 3]}, "class names that are not a list of strings"),
     ({"input_size": [100, 7]}, "records an input size that is not one"),
+    ({"category_ids": [1, 1, 2]}, "category_ids must be distinct"),
+    ({"category_ids": "123"}, "category_ids must be a list of integers"),
 ])
 def test_checkpoint_fields_of_the_wrong_kind(tmp_path, nano3, extra, message):
     model, _ = nano3

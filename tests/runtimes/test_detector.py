@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from yolox_deploy import Detector
+from yolox_deploy.data.coco import COCO_CATEGORY_IDS
 from yolox_deploy.errors import ArtefactError, InputError
 from yolox_deploy.io.images import list_images, read_image
 
@@ -41,6 +42,10 @@ def test_img_size_override_and_threshold_validation(nano_pth, dog_jpg):
     assert det.meta.input_size == (320, 320)
     [d] = det(dog_jpg)
     assert "dog" in set(d.names)
+    # the authors' COCO weights: detections carry COCO's category ids (dog 18, not its class index 16)
+    assert det.category_ids == COCO_CATEGORY_IDS
+    np.testing.assert_array_equal(d.category_ids, np.array(COCO_CATEGORY_IDS)[d.class_ids])
+    assert {r["category_id"] for r in d.to_coco(1)} >= {18}
     with pytest.raises(InputError, match="multiple of 32"):
         Detector(nano_pth, img_size=300)
     with pytest.raises(InputError, match="thresholds must be numbers"):

@@ -151,6 +151,7 @@ def test_checkpoints_have_the_authors_layout_and_load_everywhere(synthetic_coco,
         raw = torch.load(out / name, map_location="cpu", weights_only=True)
         assert {"start_epoch", "model", "optimizer", "best_ap", "curr_ap", "model_name", "class_names"} <= set(raw)
         assert raw["model_name"] == "yolox-nano" and raw["class_names"] == ["red", "green", "blue"]
+        assert raw["category_ids"] == [1, 2, 5]  # the dataset's ids of those classes
     raw = torch.load(out / LATEST, map_location="cpu", weights_only=True)
     assert raw["start_epoch"] == 2
     # the authors' loader: a strict load of "model" into the module tree
@@ -161,8 +162,10 @@ def test_checkpoints_have_the_authors_layout_and_load_everywhere(synthetic_coco,
         assert all(torch.equal(v, raw["model"][k]) for k, v in t.ema.model.state_dict().items())
     model = load_model(out / "best_ckpt.pth")
     assert model.class_names == ("red", "green", "blue") and model.spec.name == "yolox-nano"
+    assert model.category_ids == (1, 2, 5)
     assert raw["input_size"] == [64, 64] and model.input_size == (64, 64)  # it runs at its training size
-    assert Detector(out / "best_ckpt.pth").meta.input_size == (64, 64)
+    with Detector(out / "best_ckpt.pth") as det:
+        assert det.meta.input_size == (64, 64) and det.category_ids == (1, 2, 5)
     with open(out / "eval_log.csv") as f:
         evals = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in evals] == [1, 2] and all(0 <= float(r["AP"]) <= 1 for r in evals)
@@ -206,10 +209,13 @@ def test_fine_tune_nano_to_three_classes_then_detector_and_onnx(coco_tiny, nano_
     onnx_path = tmp_path / "subset.onnx"
     exported = export(result.best, "onnx", onnx_path)
     assert exported.meta.class_names == ("bus", "cat", "dog") and onnx_path.exists()
+    assert exported.meta.category_ids == (6, 17, 18)
     with Detector(onnx_path, conf=0.3) as det:
-        assert det.meta.num_classes == 3
+        assert det.meta.num_classes == 3 and det.category_ids == (6, 17, 18)
         [onnx_dets] = det(image)
     assert len(onnx_dets) == len(torch_dets)
+    assert onnx_dets.category_ids is not None  # COCO results carry the dataset's ids, not the class indices 0..2
+    assert [r["category_id"] for r in onnx_dets.to_coco(1)] == [(6, 17, 18)[c] for c in onnx_dets.class_ids]
 
 
 def test_class_head_transfer_by_name_and_afresh():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 COCO_CLASSES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
@@ -29,3 +32,23 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
     if num_classes == len(COCO_CLASSES):
         return COCO_CLASSES
     return tuple(f"class{i}" for i in range(num_classes))
+
+
+def category_ids_problem(ids: Any, num_classes: int) -> str | None:
+    """What is wrong with ``ids`` as the dataset category id of each of ``num_classes`` classes (distinct
+    integers, one per class), or None when nothing is."""
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return f"category_ids must be a list of integers, got {ids!r}"
+    if len(ids) != num_classes:
+        return f"category_ids has {len(ids)} ids for {num_classes} classes"
+    if len(set(ids)) != len(ids):
+        return f"category_ids must be distinct, got {list(ids)}"
+    return None
+
+
+def known_category_ids(class_names: Sequence[str], recorded: Sequence[int] | None) -> tuple[int, ...] | None:
+    """The dataset category id of each class: those ``recorded`` with the model (by yolox-train), else COCO's
+    for COCO's 80 classes in their order (the authors' weights), else None (unknown)."""
+    if recorded is not None:
+        return tuple(recorded)
+    return COCO_CATEGORY_IDS if tuple(class_names) == COCO_CLASSES else None

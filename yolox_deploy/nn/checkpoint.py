@@ -1,8 +1,8 @@
 """Checkpoint I/O: the authors' format (``{"model": state_dict, ...}``), bare state dicts, and ours.
 
 Checkpoints are untrusted input: they are read with ``torch.load(weights_only=True)``. Ours add
-``model_name`` and ``class_names`` next to ``"model"`` (the authors' tools ignore unknown keys), so a
-fine-tuned checkpoint knows its variant and labels.
+``model_name``, ``class_names`` and ``category_ids`` next to ``"model"`` (the authors' tools ignore unknown
+keys), so a fine-tuned checkpoint knows its variant, its labels and their dataset category ids.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.coco import category_ids_problem
 from ..errors import CheckpointError, InputError
 from ..utils.files import atomic_write
 from ..utils.sizes import parse_img_size
@@ -39,6 +40,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     model_name: str | None = None
     class_names: tuple[str, ...] | None = None
+    category_ids: tuple[int, ...] | None = None  # the training dataset's id of each class (yolox-train)
     input_size: tuple[int, int] | None = None  # the size the model was trained at (checkpoints of yolox-train)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -121,19 +123,24 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                               "or a bare state dict of tensors)")
     sd = _strip_prefix(_strip_prefix(sd, "module."), "model.")
     names = extra.pop("class_names", None)
+    cat_ids = extra.pop("category_ids", None)
     model_name = extra.pop("model_name", None)
     size = extra.pop("input_size", None)
     if model_name is not None and not isinstance(model_name, str):
         raise CheckpointError(f"{p} names its model {model_name!r}, not a variant name such as 'yolox-s'")
     if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
         raise CheckpointError(f"{p} holds class names that are not a list of strings")
+    if cat_ids is not None:
+        problem = category_ids_problem(cat_ids, len(cat_ids) if isinstance(cat_ids, (list, tuple)) else 0)
+        if problem:
+            raise CheckpointError(f"{p}: {problem}")
     if size is not None:
         try:
             size = parse_img_size(size)
         except InputError:
             raise CheckpointError(f"{p} records an input size that is not one ({size!r})") from None
-    return Checkpoint(sd, model_name=model_name, class_names=tuple(names) if names else None, input_size=size,
-                      extra=extra)
+    return Checkpoint(sd, model_name=model_name, class_names=tuple(names) if names else None,
+                      category_ids=tuple(cat_ids) if cat_ids else None, input_size=size, extra=extra)
 
 
 def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -219,12 +226,15 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
         raise CheckpointError(_mismatch_message(model, ckpt))
     model.load_state_dict(sd, strict=not ignore_class_head)
     _keep_identity_batchnorms(model, any(v.dtype in (torch.float16, torch.bfloat16) for v in sd.values()))
-    if ckpt.class_names and not ignore_class_head:
-        if len(ckpt.class_names) == model.num_classes:
-            model.class_names = ckpt.class_names
-        else:
-            log.warning("the checkpoint's %d class names do not fit its %d-class head; they are not used",
-                        len(ckpt.class_names), model.num_classes)
+    if not ignore_class_head:
+        for what, value in (("class_names", ckpt.class_names), ("category_ids", ckpt.category_ids)):
+            if not value:
+                continue
+            if len(value) == model.num_classes:
+                setattr(model, what, value)
+            else:
+                log.warning("the checkpoint's %d %s do not fit its %d-class head; they are not used",
+                            len(value), what.replace("_", " "), model.num_classes)
     model.input_size = ckpt.input_size
     return ckpt
 
@@ -261,13 +271,15 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
 
 
 def save_checkpoint(model: YOLOX, path: str | os.PathLike, **extra: Any) -> Path:
-    """Write ``{"model": state_dict, "model_name", "class_names", "input_size", **extra}`` atomically (the
-    authors' format, which reads only ``"model"``)."""
+    """Write ``{"model": state_dict, "model_name", "class_names", "category_ids", "input_size", **extra}``
+    atomically (the authors' format, which reads only ``"model"``)."""
     payload: dict[str, Any] = {"model": model.state_dict()}
     if model.spec is not None:
         payload["model_name"] = model.spec.name
     if model.class_names is not None:
         payload["class_names"] = list(model.class_names)
+    if model.category_ids is not None:
+        payload["category_ids"] = list(model.category_ids)
     if model.input_size is not None:
         payload["input_size"] = list(model.input_size)
     payload.update(extra)

@@ -20,7 +20,8 @@ from .necks import YOLOFPN, YOLOPAFPN
 class YOLOX(nn.Module):
     """``images [B, 3, H, W]`` (H, W multiples of 32) -> head output ``[B, A, 5 + C]`` (see :class:`YOLOXHead`).
 
-    ``spec``, ``class_names`` and ``input_size`` (the size it was trained at, when a checkpoint records it)
+    ``spec``, ``class_names``, ``category_ids`` (the training dataset's category id of each class, when a
+    checkpoint records them) and ``input_size`` (the size it was trained at, when a checkpoint records it)
     describe the model; they are not part of the state dict.
     """
 
@@ -31,6 +32,7 @@ class YOLOX(nn.Module):
         self.head = head
         self.spec = spec
         self.class_names = class_names
+        self.category_ids: tuple[int, ...] | None = None
         self.input_size: tuple[int, int] | None = None
 
     @property

@@ -134,7 +134,7 @@ class Detector:
             raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {batch_size}; "
                              "re-export it with --dynamic (or --batch N), or drop the batch size")
         self.batch_size = self.meta.batch or batch_size or 1
-        self._names: tuple[Sequence[str], np.ndarray] | None = None
+        self._labels: tuple[ModelMeta, np.ndarray, np.ndarray | None] | None = None
         if self.meta.nms_in_graph:
             self._warn_graph_nms(max_det)
 
@@ -211,16 +211,25 @@ class Detector:
 
     def _to_detections(self, raw: RawDetections, ratio: float, image_hw: tuple[int, int]) -> Detections:
         boxes = scale_boxes(raw.boxes, float(ratio), image_hw if self.clip else None)
+        names, category_ids = self._label_tables()
         return Detections.from_arrays(as_numpy(boxes), as_numpy(raw.scores), as_numpy(raw.class_ids),
-                                      self._name_table(), image_hw)
+                                      names, image_hw, category_ids)
 
-    def _name_table(self) -> np.ndarray:
-        """The label table as an object array, made again only when the metadata's names change."""
-        names = self.meta.class_names
-        cached = self._names
-        if cached is None or cached[0] is not names:
-            cached = self._names = (names, name_table(names))
-        return cached[1]
+    @property
+    def category_ids(self) -> tuple[int, ...] | None:
+        """The dataset category id of each class: recorded by yolox-train, COCO's for COCO's 80 classes (the
+        authors' weights), else None. Detections carry them (``Detections.category_ids``, ``to_coco``)."""
+        return self.meta.dataset_category_ids
+
+    def _label_tables(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The label table (object array) and the classes' category ids (int64 array, or None), made again
+        only when the metadata changes."""
+        cached = self._labels
+        if cached is None or cached[0] is not self.meta:
+            ids = self.category_ids
+            cached = self._labels = (self.meta, name_table(self.meta.class_names),
+                                     None if ids is None else np.asarray(ids, dtype=np.int64))
+        return cached[1], cached[2]
 
     def run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detect on BGR uint8 images that fit in one batch."""

@@ -79,7 +79,7 @@ class TorchBackend(Backend):
         self.meta = ModelMeta.default(
             model.num_classes, size, model=spec.name if spec else None, batch=None, dynamic_hw=True,
             precision="fp16" if self._half else "fp32", format="torch",
-            preprocess=Preprocess.legacy() if opts.get("legacy") else Preprocess(),
+            preprocess=Preprocess.legacy() if opts.get("legacy") else Preprocess(), category_ids=model.category_ids,
         )
         if names:
             self.meta = self.meta.with_(class_names=names)

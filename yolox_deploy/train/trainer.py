@@ -206,6 +206,7 @@ class Trainer:
         names = self.data.class_names
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, len(names), class_names=names)
+        model.category_ids = self.data.category_ids
         if cfg.weights is not None and self.resume_path is None:
             ckpt = read_checkpoint(cfg.weights)
             load_checkpoint(model, ckpt, ignore_class_head=True)
