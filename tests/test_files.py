@@ -1,7 +1,10 @@
 """Atomic outputs: whole or absent, through symbolic links, and straight into pipes and devices."""
 
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +41,18 @@ def test_a_pipe_is_written_directly_not_replaced(tmp_path):
     reader.join(timeout=10)
     assert got == ["through the pipe"]
     assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+@pytest.mark.skipif(not Path("/dev/stdout").exists(), reason="no /dev/stdout on this system")
+def test_dev_stdout_is_written_as_a_stream_into_a_pipe_or_a_file(tmp_path):
+    """``--json /dev/stdout`` piped on, or with stdout redirected to a file: the text reaches it either way."""
+    code = ("from yolox_deploy.cli.common import json_output; from yolox_deploy.utils.files import write_text_atomic; "
+            "print('table', flush=True); write_text_atomic(json_output('/dev/stdout'), '{\"ap\": 1}')")
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stdout == 'table\n{"ap": 1}', piped.stderr
+    out = tmp_path / "out.txt"
+    with out.open("w") as f:
+        redirected = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.PIPE, text=True,
+                                    timeout=120)
+    assert redirected.returncode == 0 and out.read_text() == 'table\n{"ap": 1}', redirected.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]

@@ -102,11 +102,25 @@ def test_category_ids_follow_the_rows_and_are_what_to_coco_writes():
         Detections(xyxy, np.ones(3), np.zeros(3), np.array(["a"] * 3), category_ids=[1, 2])
 
 
+def test_to_coco_takes_a_dict_and_integer_image_ids_only():
+    from yolox_deploy.errors import InputError
+
+    d = make(4)  # class ids 0, 1, 0, 1
+    assert [e["category_id"] for e in d.to_coco(1, {1: 18})] == [18, 18]  # classes absent from a dict: left out
+    assert [e["image_id"] for e in d.to_coco(np.int64(7))] == [7] * 4
+    for image_id in (3.7, "000123", None, True):
+        with pytest.raises(InputError, match="image_id must be an integer"):
+            d.to_coco(image_id)
+
+
 def test_to_dict_is_json_ready():
     import json
 
     text = json.dumps(make().to_dict())
     assert '"name": "dog"' in text
+    diverged = Detections([[0, 0, np.nan, 10]], [np.inf], [0], ["a"], (10, 10))
+    row = json.loads(json.dumps(diverged.to_dict(), allow_nan=False))["detections"][0]
+    assert row["xyxy"] == [0, 0, None, 10] and row["score"] is None
 
 
 def test_draw_returns_annotated_copy():
@@ -131,6 +145,8 @@ def test_draw_converts_or_refuses_what_it_is_given():
         with pytest.raises(InputError, match="thickness is a line width in pixels"):
             d.draw(img, thickness=thickness)
     assert (d.draw(img, thickness=3) != d.draw(img, thickness=1)).any()
+    with pytest.raises(InputError, match="of a 50x60 image, not of this 100x100 one"):  # boxes would land elsewhere
+        d.draw(np.zeros((100, 100, 3), np.uint8))
 
 
 def test_boxes_that_are_not_boxes_are_not_drawn():

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 import numpy as np
 
 from .errors import InputError
+from .utils.values import is_integer
 
 Index = Union[int, slice, Sequence[int], np.ndarray]
 
@@ -18,6 +20,12 @@ def name_table(class_names: Sequence[str]) -> np.ndarray:
     table = np.empty(len(class_names), dtype=object)
     table[:] = list(class_names)
     return table
+
+
+def _json_number(v: Any, digits: int) -> float | None:
+    """``v`` rounded to ``digits``, or None for NaN and infinities (which JSON cannot hold)."""
+    v = float(v)
+    return round(v, digits) if math.isfinite(v) else None
 
 
 @dataclass(frozen=True)
@@ -131,14 +139,20 @@ class Detections:
     def area(self) -> np.ndarray:
         return (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
 
-    def to_coco(self, image_id: int, category_ids: Sequence[int | None] | None = None) -> list[dict[str, Any]]:
-        """COCO result entries (``bbox`` as x, y, w, h).
+    def to_coco(self, image_id: int, category_ids: Sequence[int | None] | Mapping[int, int | None] | None = None,
+                ) -> list[dict[str, Any]]:
+        """COCO result entries (``bbox`` as x, y, w, h) for the image of id ``image_id`` (an integer, as COCO's).
 
-        ``category_ids[class_id]`` maps classes to dataset category ids; classes mapped to ``None`` are left out.
-        Without it, the detections' own dataset category ids are written (:attr:`category_ids`); a model that
-        does not know them writes its class ids.
+        ``category_ids`` maps class ids to dataset category ids (a sequence indexed by class id, or a dict);
+        classes mapped to ``None`` (or absent from a dict) are left out. Without it, the detections' own
+        dataset category ids are written (:attr:`category_ids`); a model that does not know them writes its
+        class ids.
         """
-        if category_ids is not None:
+        if not is_integer(image_id):
+            raise InputError(f"image_id must be an integer (COCO image ids are), got {image_id!r}")
+        if isinstance(category_ids, Mapping):
+            cats = [category_ids.get(c) for c in self.class_ids.tolist()]
+        elif category_ids is not None:
             if len(self):
                 outside = [int(c) for c in (self.class_ids.min(), self.class_ids.max())
                            if not 0 <= c < len(category_ids)]
@@ -153,12 +167,13 @@ class Detections:
                 for ((x1, y1, x2, y2), score, _, _), cat in zip(self, cats) if cat is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: image size and a list of detections (with their dataset ``category_id`` when known)."""
+        """A JSON-ready dict: image size and a list of detections (with their dataset ``category_id`` when known).
+        A coordinate or score that is not finite (a diverged model's) is written as ``null``."""
         cats = self.category_ids
         return {
             "image_size": list(self.image_size) if self.image_size else None,
-            "detections": [{"xyxy": [round(float(v), 2) for v in box], "score": round(score, 5), "class_id": cid,
-                            "name": name, **({} if cats is None else {"category_id": int(cats[i])})}
+            "detections": [{"xyxy": [_json_number(v, 2) for v in box], "score": _json_number(score, 5),
+                            "class_id": cid, "name": name, **({} if cats is None else {"category_id": int(cats[i])})}
                            for i, (box, score, cid, name) in enumerate(self)],
         }
 

@@ -34,6 +34,9 @@ def draw_detections(image: np.ndarray, dets: Detections, *, thickness: int | Non
                          f"that suits the image, not {thickness!r}")
     out = np.array(ensure_bgr(image, "the image to draw on"), order="C", copy=True)
     h, w = out.shape[:2]
+    if dets.image_size is not None and tuple(dets.image_size) != (h, w):
+        raise InputError(f"the detections are of a {dets.image_size[0]}x{dets.image_size[1]} image, not of this "
+                         f"{h}x{w} one; draw them on the image they were detected in")
     t = int(thickness) if thickness is not None else max(1, round(min(h, w) / 300))
     font_scale = max(0.4, min(h, w) / 1000)
     reach = 4 * max(h, w)  # a box reaching further is drawn as if it ended there (OpenCV takes 32-bit ints)

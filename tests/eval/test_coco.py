@@ -126,6 +126,13 @@ def _split(tmp_path, coco_tiny, edit):
     (lambda a: {k: v for k, v in a.items() if k != "categories"}, "has no categories"),
     (lambda a: {**a, "categories": [{**c, "name": "bicycle"} if c["id"] == 3 else c for c in a["categories"]]},
      "category names must be distinct; 'bicycle' names ids 2, 3"),
+    (lambda a: {**a, "categories": [{**c, "id": str(c["id"])} for c in a["categories"]]},
+     "category id '1' is not an integer"),
+    (lambda a: {**a, "images": [{**a["images"][0], "id": None}, *a["images"][1:]]}, "image id None is not an integer"),
+    (lambda a: {**a, "images": [{**a["images"][0], "id": "img1"}, *a["images"][1:]]}, "image id 'img1' is not an"),
+    (lambda a: {**a, "images": [{**a["images"][0], "id": 1.5}, *a["images"][1:]]}, "image id 1.5 is not an integer"),
+    (lambda a: {**a, "images": [*a["images"], {**a["images"][0], "file_name": a["images"][1]["file_name"]}]},
+     "2 images have the id"),  # the second entry would silently take the first one's place
 ])
 def test_unusable_annotation_files_are_refused(tmp_path, coco_tiny, edit, message):
     with pytest.raises(InputError, match=re.escape(message)):
@@ -151,6 +158,8 @@ def test_images_missing_from_the_folder_are_refused_before_inference(tmp_path, c
     ({"area": None}, "has no 'area'"), ({"iscrowd": None}, "has no 'iscrowd'"), ({"bbox": None}, "has no 'bbox'"),
     ({"bbox": "x"}, "has bbox 'x', not four numbers"), ({"iscrowd": 2}, "iscrowd 2"),
     ({"category_id": 999}, "category_id 999, which the file does not list"),
+    ({"id": 1342996}, "2 annotations have the id 1342996; ids must be unique"),  # the second one's: counted twice
+    ({"id": "a1"}, "annotation id 'a1' is not an integer"),
 ])
 def test_annotations_the_scorer_cannot_read_are_refused_before_inference(tmp_path, coco_tiny, change, message):
     from yolox_deploy.eval.coco import open_scorable

@@ -40,7 +40,16 @@ def test_conversions(tmp_path, rng):
     np.testing.assert_array_equal(ensure_bgr(bgra), bgra[..., :3])
     deep = (rng.integers(0, 65536, (5, 5, 3))).astype(np.uint16)
     np.testing.assert_array_equal(ensure_bgr(deep), (deep >> 8).astype(np.uint8))
-    assert ensure_bgr(np.full((4, 4, 3), 0.5, np.float32)).max() == 127
+    assert ensure_bgr(np.full((4, 4, 3), 0.5, np.float32)).max() == 128
+    img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for unit in (img.astype(np.float32) / 255, img / 255.0, (img / 255.0).astype(np.float16)):
+        np.testing.assert_array_equal(ensure_bgr(unit), img)  # rounded, not truncated (0.999... -> 255)
+    np.testing.assert_array_equal(ensure_bgr(img.astype(np.float32)), img)
+    overshoot = img / 255.0
+    overshoot[0, 0] = (1.07, -0.05, 0.5)  # what a cubic resize of a 0-1 image gives: still 0-1, clipped
+    np.testing.assert_array_equal(ensure_bgr(overshoot)[1:], img[1:])
+    assert ensure_bgr(overshoot)[0, 0].tolist() == [255, 0, 128]
+    np.testing.assert_array_equal(ensure_bgr(img.astype(np.uint16)), img)  # an 8-bit image cast to uint16
     cv2.imwrite(str(tmp_path / "g.png"), gray)
     cv2.imwrite(str(tmp_path / "a.png"), bgra)
     assert read_image(tmp_path / "g.png").shape == (20, 30, 3)

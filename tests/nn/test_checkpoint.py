@@ -242,3 +242,10 @@ def test_save_is_atomic(tmp_path, monkeypatch, nano3):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(model, target)
     assert list(target.parent.iterdir()) == []
+
+
+def test_a_checkpoint_prints_as_a_summary_not_its_tensors(nano3):
+    _, path = nano3
+    text = repr(read_checkpoint(path))
+    assert text.startswith("Checkpoint(model_name='yolox-nano', tensors=") and "num_classes=3" in text
+    assert len(text) < 300

@@ -143,7 +143,8 @@ def test_class_names_may_be_any_sequence(nano_onnx_dynamic):
     assert Detector(nano_onnx_dynamic, class_names=names).meta.class_names[:2] == ("c0", "c1")
 
 
-@pytest.mark.parametrize("weights,source", [(None, None), (3, None), ("ok", None), ("ok", 5), ("ok", b"dog.jpg")])
+@pytest.mark.parametrize("weights,source", [(None, None), (3, None), ("ok", None), ("ok", 5), ("ok", b"dog.jpg"),
+                                            ("ok", memoryview(np.zeros((4, 4, 3), np.uint8)))])
 def test_weights_and_sources_of_the_wrong_type(nano_onnx_dynamic, weights, source):
     with pytest.raises(InputError, match="weights are a checkpoint|expected an image path"):
         Detector(nano_onnx_dynamic if weights == "ok" else weights)(source)

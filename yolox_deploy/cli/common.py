@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError, YoloxError
 from ..meta import sidecar_path
-from ..utils.files import check_creatable, check_folder_writable
+from ..utils.files import check_creatable, check_folder_writable, is_stream
 from ..utils.signals import handling
 
 EXIT_USER_ERROR = 2
@@ -77,6 +77,8 @@ def json_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (
     p = Path(path)
     if not str(path):
         raise InputError("an empty output file name was given")
+    if is_stream(p):  # /dev/stdout, a pipe: written as they are
+        return p
     if p.is_dir():
         raise InputError(f"{p} is a folder; give a file name to write to")
     if p.is_file():

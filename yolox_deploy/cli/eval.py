@@ -33,14 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                   clip=False, **detector_kwargs(args)) as det:
         print(f"{det!r} on {len(data.image_ids)} images of {args.data}/{args.split}")
         result = evaluate(det, data, progress=True)
+    if json_path is not None:  # first: a reader of the tables that stops early (| head) must not cost the results
+        write_text_atomic(json_path, json_text(result.to_dict()))
     print(format_table(["metric", "value"], [[label, result.stats[name]] for name, label in zip(STAT_NAMES, STAT_LABELS)]))
     print()
     rows = sorted(result.per_class.items(), key=lambda kv: kv[0])
     print(format_table(["class", "AP"] * 3, _columns(rows, 3)))
     print()
     print(f"AP {result.stats['AP']:.4f}  AP50 {result.stats['AP50']:.4f}  AP75 {result.stats['AP75']:.4f}")
-    if json_path is not None:
-        write_text_atomic(json_path, json_text(result.to_dict()))
     return 0
 
 

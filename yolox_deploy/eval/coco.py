@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.images import read_image
 from ..utils.text import listed
-from ..utils.values import is_finite_number
+from ..utils.values import is_finite_number, is_integer
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,10 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
         raise InputError(f"{ann} is not a valid COCO annotation file ({e or type(e).__name__})") from None
     if not coco.dataset.get("categories"):
         raise InputError(f"{ann} has no categories")
+    for what, entries in (("category", coco.dataset["categories"]), ("image", coco.dataset.get("images") or [])):
+        problem = _ids_problem(entries, what)
+        if problem:
+            raise InputError(f"{ann}: {problem}")
     categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
     unnamed = [c["id"] for c in categories if not isinstance(c.get("name"), str) or not c["name"]]
     if unnamed:
@@ -131,6 +135,9 @@ def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     if missing:
         raise InputError(f"{len(missing)} image(s) listed in {data.ann_file} are not in {data.image_dir} "
                          f"(first: {missing[0]})")
+    problem = _ids_problem(annotations, "annotation")
+    if problem:  # the scorer looks annotations up by id: a shared id scores one box in place of the others
+        raise InputError(f"{data.ann_file}: {problem}")
     for i, a in enumerate(annotations):
         problem = _annotation_problem(a, data.coco)
         if problem:
@@ -138,6 +145,21 @@ def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
             raise InputError(f"{data.ann_file}: annotation {name} {problem}; the scorer needs bbox [x, y, w, h], "
                              "area, iscrowd, image_id and category_id")
     return data
+
+
+def _ids_problem(entries: list[Any], what: str) -> str | None:
+    """Why the ``id`` fields of ``entries`` (images, categories, annotations) cannot key them, or None: each must
+    be an integer (as COCO's, and results are written with integer ids) and no two may be equal (pycocotools
+    indexes by id, so a second entry of an id silently replaces or repeats the first)."""
+    ids = [e.get("id") if isinstance(e, dict) else None for e in entries]
+    not_integers = [i for i in ids if not is_integer(i)]
+    if not_integers:
+        return f"{what} id {not_integers[0]!r} is not an integer (COCO ids are integers)"
+    count = Counter(ids)
+    twice = next((i for i, k in count.items() if k > 1), None)
+    if twice is not None:
+        return f"{count[twice]} {what}s have the id {twice}; ids must be unique"
+    return None
 
 
 def _annotation_problem(a: Any, coco: Any) -> str | None:

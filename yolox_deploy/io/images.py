@@ -24,12 +24,17 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".ts", ".m2ts",
                             ".mts", ".3gp", ".flv", ".ogv", ".vob", ".mxf"})
 
+# Float images whose values all stay below this are taken as 0-1 (a 0-255 image that dark is black either way).
+FLOAT_UNIT_LIMIT = 1.5
+
 
 def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
     """Validate an image array and convert it to BGR uint8 ``[H, W, 3]``.
 
     Accepts ``[H, W]`` gray, ``[H, W, 1]``, ``[H, W, 3]`` BGR, ``[H, W, 4]`` BGRA; uint8, uint16 (scaled to 8
-    bits) or float in [0, 1]. Raises :class:`InputError` for empty or otherwise unusable arrays.
+    bits; one whose values all fit in 8 bits, an 8-bit image cast, is taken as it is) or float in [0, 1]
+    (values below ``FLOAT_UNIT_LIMIT``: the overshoot of a cubic or Lanczos resize stays in range) or 0-255,
+    rounded and clipped. Raises :class:`InputError` for empty or otherwise unusable arrays.
     """
     if not isinstance(image, np.ndarray):
         raise InputError(f"{name}: expected a numpy array (BGR HxWx3 uint8), got {type(image).__name__}")
@@ -38,11 +43,12 @@ def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(f"{name}: image is empty ({image.shape[0]}x{image.shape[1]} pixels)")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype in (np.float32, np.float64):
+        image = (image if image.max() <= 255 else image >> 8).astype(np.uint8)
+    elif image.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(image).all():
             raise InputError(f"{name}: float image contains NaN or inf")
-        image = np.clip(image * 255.0 if image.max() <= 1.0 else image, 0, 255).astype(np.uint8)
+        image = image.astype(np.float32)
+        image = np.rint(np.clip(image * 255.0 if image.max() < FLOAT_UNIT_LIMIT else image, 0, 255)).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise InputError(f"{name}: unsupported pixel type {image.dtype} (use uint8 BGR)")
     if image.ndim == 2 or image.shape[2] == 1:

@@ -49,6 +49,10 @@ class Checkpoint:
         w = self.state_dict.get(f"{CLASS_HEAD_PREFIX}0.weight")
         return int(w.shape[0]) if w is not None else None
 
+    def __repr__(self) -> str:  # a summary: the tensors (and an optimizer's state in extra) run to megabytes
+        return (f"Checkpoint(model_name={self.model_name!r}, tensors={len(self.state_dict)}, "
+                f"num_classes={self.num_classes}, input_size={self.input_size}, extra={sorted(self.extra)})")
+
 
 def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith(prefix) for k in sd):

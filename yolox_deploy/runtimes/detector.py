@@ -50,7 +50,7 @@ def load_images(source: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
     """A path, an array or a list of them -> list of BGR uint8 arrays."""
     if isinstance(source, (str, os.PathLike, np.ndarray)):
         return [_load_one(source, 0)]
-    if isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
+    if isinstance(source, (bytes, bytearray, memoryview)) or not isinstance(source, Iterable):
         raise InputError(f"expected an image path, a BGR uint8 array or a list of them, got {type(source).__name__}")
     return [_load_one(item, i) for i, item in enumerate(source)]
 

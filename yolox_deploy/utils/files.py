@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,20 @@ def check_readable(*paths: str | os.PathLike) -> None:
                 pass
         except OSError as e:
             raise ArtefactError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is written as a stream rather than replaced by a new file: the process's standard
+    streams (``/dev/stdout``, ``/dev/fd/N``, whatever they are connected to) or anything that exists and is no
+    regular file or folder (a named pipe, a terminal, a device)."""
+    text = os.path.abspath(path)
+    if text in ("/dev/stdout", "/dev/stderr") or text.startswith(("/dev/fd/", "/proc/self/fd/")):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def check_creatable(path: str | os.PathLike) -> None:
@@ -64,13 +79,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; on success it replaces ``path`` in one rename.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and ``path`` is untouched.
-    A symbolic link is followed (the file it points to is replaced, the link stays); a path that is not a
-    regular file (``/dev/stdout``, a named pipe) is yielded as it is and written directly.
+    A symbolic link is followed (the file it points to is replaced, the link stays); a stream (``/dev/stdout``,
+    a named pipe: :func:`is_stream`) is yielded as it is and written directly.
     """
-    dest = Path(os.path.realpath(path))
-    if dest.exists() and not dest.is_file() and not dest.is_dir():
-        yield dest
+    if is_stream(path):
+        yield Path(path)
         return
+    dest = Path(os.path.realpath(path))
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
@@ -155,9 +170,11 @@ def move_into(produced: list[Path], folder: Path) -> list[Path]:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
+    """Write a text file atomically; a stream (:func:`is_stream`) is appended to, so what the process wrote
+    there before (stdout redirected to a file) stays."""
     with atomic_write(path) as tmp:
-        tmp.write_text(text)
+        with open(tmp, "a" if is_stream(tmp) else "w") as f:
+            f.write(text)
     return Path(path)
 
 
