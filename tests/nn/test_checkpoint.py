@@ -249,3 +249,78 @@ def test_a_checkpoint_prints_as_a_summary_not_its_tensors(nano3):
     text = repr(read_checkpoint(path))
     assert text.startswith("Checkpoint(model_name='yolox-nano', tensors=") and "num_classes=3" in text
     assert len(text) < 300
+
+
+def test_a_damaged_checkpoint_of_the_old_format_is_one_sentence(tmp_path, nano3):
+    """Files of the pre-1.6 (non-zip) format fail inside torch with struct.error / AssertionError when cut."""
+    model, _ = nano3
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"model": model.state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    assert load_model(legacy).num_classes == 3
+    data = legacy.read_bytes()
+    for cut in (98, 1650, len(data) // 2):
+        (tmp_path / "cut.pth").write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="the file is damaged or incomplete"):
+            read_checkpoint(tmp_path / "cut.pth")
+
+
+def test_tensors_that_are_not_weights_and_stray_counters(tmp_path, nano3):
+    model, _ = nano3
+    sd = model.state_dict()
+    stray = {**sd, "neck.extra.bn.num_batches_tracked": torch.tensor(0)}  # a counter of no layer: no weight
+    torch.save({"model": stray}, tmp_path / "stray.pth")
+    assert load_model(tmp_path / "stray.pth").num_classes == 3
+    key = "backbone.backbone.stem.conv.conv.weight"
+    for tensor, kind in ((sd[key].to_sparse(), "is a sparse_coo tensor"),
+                         (torch.empty_like(sd[key], device="meta"), "is a tensor on the meta device")):
+        torch.save({"model": {**sd, key: tensor}}, tmp_path / "odd.pth")
+        with pytest.raises(CheckpointError, match=f"odd.pth: {key} {kind}"):
+            load_model(tmp_path / "odd.pth")
+
+
+def test_a_load_the_shapes_allow_but_torch_refuses_is_one_sentence(nano3, monkeypatch):
+    model, path = nano3
+    target = build_model("yolox-nano", num_classes=3)
+
+    def refuse(*a, **k):
+        raise RuntimeError('Error(s) in loading state_dict for YOLOX:\n\tsize mismatch for "x".')
+
+    monkeypatch.setattr(target, "load_state_dict", refuse)
+    with pytest.raises(CheckpointError, match=r'nano3.pth does not load into yolox-nano: size mismatch for "x"'):
+        load_checkpoint(target, path)
+
+
+def test_save_refuses_what_it_could_not_load_back(tmp_path, nano3):
+    from pathlib import Path
+
+    import numpy as np
+
+    from yolox_deploy.nn.deploy import deploy_model
+
+    model, _ = nano3
+    for extra, odd in (({"note": Path("x")}, "PosixPath"), ({"arr": np.zeros(3)}, "ndarray"),
+                       ({"nested": {"a": [1, (2, np.float64(3))]}}, "float64")):
+        with pytest.raises(InputError, match=f"cannot save '{next(iter(extra))}' in a checkpoint: it holds a {odd}"):
+            save_checkpoint(model, tmp_path / "x.pth", **extra)
+    with pytest.raises(InputError, match="this model is fused"):
+        save_checkpoint(deploy_model(model), tmp_path / "x.pth")
+    assert not list(tmp_path.glob("x.pth*"))
+    ok = {"start_epoch": 3, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).state_dict(),
+          "best_ap": 0.5, "note": None, "shape": torch.Size([1, 2])}
+    assert set(ok) <= set(read_checkpoint(save_checkpoint(model, tmp_path / "x.pth", **ok)).extra)
+
+
+def test_the_recorded_variant_is_read_in_any_spelling_and_an_unknown_one_is_named(tmp_path, nano3):
+    model, _ = nano3
+    for recorded in ("nano", "YOLOX_Nano"):
+        torch.save({"model": model.state_dict(), "model_name": recorded}, tmp_path / "spelt.pth")
+        assert load_model(tmp_path / "spelt.pth").spec.name == "yolox-nano"
+        with pytest.raises(CheckpointError, match="checkpoint has 3 classes, model has 20"):  # not "records ... as"
+            load_model(tmp_path / "spelt.pth", num_classes=20)
+    torch.save({"model": model.state_dict(), "model_name": "yolox-foo"}, tmp_path / "foo.pth")
+    with pytest.raises(CheckpointError, match="foo.pth records an unknown model 'yolox-foo'; pass the model name"):
+        load_model(tmp_path / "foo.pth")
+    assert load_model(tmp_path / "foo.pth", "yolox-nano").num_classes == 3
+    for n in ("3", 2.0, True, 0):
+        with pytest.raises(InputError, match="the number of classes must be an integer >= 1"):
+            load_model(tmp_path / "foo.pth", "yolox-nano", num_classes=n)

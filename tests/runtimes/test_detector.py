@@ -310,3 +310,9 @@ def test_close_waits_for_the_calls_in_flight(nano_pth):
     assert events == ["call", "returned", "closed"]
     with pytest.raises(InputError, match="was closed"):
         backend.infer(canvas)
+
+
+def test_half_on_the_cpu_says_it_runs_fp32(nano_pth, caplog):
+    with Detector(nano_pth, half=True) as det:
+        assert det.meta.precision == "fp32"
+    assert "half applies on CUDA only; the model runs in FP32 on cpu" in caplog.text

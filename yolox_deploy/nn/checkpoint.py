@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import pickle
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..data.coco import category_ids_problem
 from ..errors import CheckpointError, InputError
 from ..utils.files import atomic_write
 from ..utils.sizes import parse_img_size
+from ..utils.values import is_integer
 from ..zoo import VARIANTS, canonical_name
 from .yolox import YOLOX, build_model
 
@@ -43,6 +45,7 @@ class Checkpoint:
     category_ids: tuple[int, ...] | None = None  # the training dataset's id of each class (yolox-train)
     input_size: tuple[int, int] | None = None  # the size the model was trained at (checkpoints of yolox-train)
     extra: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None  # the file it was read from
 
     @property
     def num_classes(self) -> int | None:
@@ -104,7 +107,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"{p} holds Python objects, not only weights; refusing to unpickle it "
                                   "(checkpoints are loaded with weights_only=True)") from None
         raise CheckpointError(f"{p} is not a PyTorch checkpoint (unreadable pickle data)") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError) as e:
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, struct.error,
+            AssertionError) as e:  # the last two: a damaged file of the pre-1.6 (non-zip) format
         if "TorchScript" in str(e):
             raise CheckpointError(f"{p} is a TorchScript archive (torch.jit.save), not a checkpoint of weights; save "
                                   "the model's state_dict() with torch.save instead") from None
@@ -144,7 +148,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         except InputError:
             raise CheckpointError(f"{p} records an input size that is not one ({size!r})") from None
     return Checkpoint(sd, model_name=model_name, class_names=tuple(names) if names else None,
-                      category_ids=tuple(cat_ids) if cat_ids else None, input_size=size, extra=extra)
+                      category_ids=tuple(cat_ids) if cat_ids else None, input_size=size, extra=extra, source=p)
 
 
 def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -220,15 +224,29 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
     :class:`CheckpointError` naming what differs (variant, class count, keys).
     """
     ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
-    sd = ckpt.state_dict
+    own = model.state_dict()
+    # a counter of BatchNorm updates for a layer the model does not have carries no weight (the shape check
+    # below passes over these counters, which older checkpoints lack)
+    sd = {k: v for k, v in ckpt.state_dict.items() if k in own or not k.endswith("num_batches_tracked")}
     if ignore_class_head:
         sd = {k: v for k, v in sd.items() if not k.startswith(CLASS_HEAD_PREFIX)}
-        want = {k: v for k, v in _shapes(model.state_dict()).items() if not k.startswith(CLASS_HEAD_PREFIX)}
+        want = {k: v for k, v in _shapes(own).items() if not k.startswith(CLASS_HEAD_PREFIX)}
         if _shapes(sd) != want:
             raise CheckpointError(_mismatch_message(model, ckpt))
-    elif _shapes(sd) != _shapes(model.state_dict()):
+    elif _shapes(sd) != _shapes(own):
         raise CheckpointError(_mismatch_message(model, ckpt))
-    model.load_state_dict(sd, strict=not ignore_class_head)
+    name = ckpt.source or "the checkpoint"
+    odd = next((k for k, v in sd.items() if v.layout != torch.strided or v.device.type == "meta"), None)
+    if odd is not None:
+        kind = "a tensor on the meta device (no values)" if sd[odd].device.type == "meta" else \
+            f"a {str(sd[odd].layout).replace('torch.', '')} tensor"
+        raise CheckpointError(f"{name}: {odd} is {kind}, not dense weights; save the trained model's state_dict()")
+    try:
+        model.load_state_dict(sd, strict=not ignore_class_head)
+    except RuntimeError as e:
+        last = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{name} does not load into {model.spec.name if model.spec else 'the model'}: "
+                              f"{last}") from None
     _keep_identity_batchnorms(model, any(v.dtype in (torch.float16, torch.bfloat16) for v in sd.values()))
     if not ignore_class_head:
         for what, value in (("class_names", ckpt.class_names), ("category_ids", ckpt.category_ids)):
@@ -250,10 +268,10 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
     The variant comes from ``model``, else from the checkpoint's own ``model_name``, else from the shapes
     of its state dict. ``num_classes`` defaults to the checkpoint's.
     """
-    if num_classes is not None and num_classes < 1:
-        raise InputError(f"the number of classes must be >= 1, got {num_classes}")
+    if num_classes is not None and not (is_integer(num_classes) and num_classes >= 1):
+        raise InputError(f"the number of classes must be an integer >= 1, got {num_classes!r}")
     ckpt = read_checkpoint(path)
-    name = canonical_name(model) if model else ckpt.model_name
+    name = canonical_name(model) if model else _recorded_variant(ckpt)
     if name is None:
         name = identify_variant(ckpt.state_dict)
         if name is None:
@@ -274,9 +292,32 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
     return net.eval()
 
 
+def _recorded_variant(ckpt: Checkpoint) -> str | None:
+    """The variant a checkpoint records, in its canonical spelling (None when it records none); a name no
+    variant has is refused, naming the file."""
+    if ckpt.model_name is None:
+        return None
+    try:
+        return canonical_name(ckpt.model_name)
+    except InputError:
+        raise CheckpointError(f"{ckpt.source} records an unknown model {ckpt.model_name!r}; pass the model name "
+                              "(--model yolox-s)") from None
+
+
 def save_checkpoint(model: YOLOX, path: str | os.PathLike, **extra: Any) -> Path:
     """Write ``{"model": state_dict, "model_name", "class_names", "category_ids", "input_size", **extra}``
-    atomically (the authors' format, which reads only ``"model"``)."""
+    atomically (the authors' format, which reads only ``"model"``). ``extra`` holds what ``torch.load(...,
+    weights_only=True)`` reads back (tensors, numbers, strings, None, and lists, tuples and dicts of them);
+    anything else, or a fused model (its BatchNorms folded away: no module tree of the authors fits it), is
+    refused before anything is written."""
+    if model.is_fused:
+        raise InputError("this model is fused (BatchNorms folded into convolutions, as fuse() and deploy_model() "
+                         "make it for inference); save the model before fusing it")
+    for key, value in extra.items():
+        odd = _not_weights_only(value)
+        if odd is not None:
+            raise InputError(f"cannot save {key!r} in a checkpoint: it holds a {odd}, which loading with "
+                             "weights_only=True refuses; store tensors, numbers, strings or lists / dicts of them")
     payload: dict[str, Any] = {"model": model.state_dict()}
     if model.spec is not None:
         payload["model_name"] = model.spec.name
@@ -290,3 +331,17 @@ def save_checkpoint(model: YOLOX, path: str | os.PathLike, **extra: Any) -> Path
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def _not_weights_only(value: Any) -> str | None:
+    """The type name of the first thing in ``value`` that the weights-only unpickler refuses, or None."""
+    if isinstance(value, np.generic):  # numpy numbers pass for Python's (np.float64 is a float) but pickle apart
+        return type(value).__name__
+    if value is None or isinstance(value, (torch.Tensor, str, bytes, int, float, complex, bool, torch.Size,
+                                           torch.dtype, torch.device)):
+        return None
+    if isinstance(value, (list, tuple, set)):
+        return next((odd for v in value if (odd := _not_weights_only(v)) is not None), None)
+    if isinstance(value, dict):
+        return next((odd for kv in value.items() for v in kv if (odd := _not_weights_only(v)) is not None), None)
+    return type(value).__name__

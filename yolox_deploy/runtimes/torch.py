@@ -9,6 +9,7 @@ intra-op threads, ``torch.set_num_threads``: a setting of the whole process; 0 o
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from ..nn.yolox import YOLOX
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -67,6 +70,8 @@ class TorchBackend(Backend):
             model = load_model(self.path, opts.get("model"), num_classes=opts.get("num_classes"),
                                class_names=opts.get("class_names"))
         self._half = bool(opts.get("half")) and self._device.type == "cuda"
+        if opts.get("half") and not self._half:
+            log.warning("half applies on CUDA only; the model runs in FP32 on %s", self._device)
         if opts.get("fuse", True):
             model = deploy_model(model, half=self._half)  # a copy: a caller's (e.g. training) model is untouched
         model = model.eval()
