@@ -121,7 +121,8 @@ def output_folder(path: str | os.PathLike) -> Path:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Arguments that choose and open an artefact."""
-    p.add_argument("weights", help="checkpoint (.pth) or exported artefact (.onnx, .engine, *_openvino/, *_ncnn/)")
+    p.add_argument("weights", help="checkpoint (.pth) or exported artefact (.onnx, .engine, *_openvino/, *_ncnn/); "
+                                   "a variant name (yolox-s) takes the authors' COCO checkpoint, fetched once")
     p.add_argument("--model", help="YOLOX variant for checkpoints that do not say (yolox-nano ... yolox-x)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N",
                    help="input size: one number or height width (default: the artefact's / the variant's test size)")

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="yolox-export", description=__doc__,
                                 epilog="formats:\n" + "\n".join(lines),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="checkpoint (.pth) or an ONNX file to convert")
+    p.add_argument("--weights", required=True, help="checkpoint (.pth) or an ONNX file to convert; a variant name "
+                                                    "(yolox-s) takes the authors' COCO checkpoint, fetched once")
     p.add_argument("--model", help="YOLOX variant (yolox-nano ... yolox-x) if the checkpoint does not say")
     # Not argparse choices: an unknown name gets the driver's one-line error, like every other bad input.
     p.add_argument("--format", required=True, metavar="{" + ",".join(_format_choices()) + "}",

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=f"variant: {', '.join(VARIANTS)}")
     p.add_argument("--data", required=True, help="COCO-format folder: annotations/instances_<split>.json + <split>/")
-    p.add_argument("--weights", help="start from these weights (e.g. the authors' COCO checkpoint); the class head "
+    p.add_argument("--weights", help="start from these weights (e.g. the authors' COCO checkpoint, or its variant "
+                                     "name, yolox-s, to fetch it); the class head "
                                      "is taken over by class name when the checkpoint has every class of the data, "
                                      "by position when the class counts agree, else initialised afresh")
     p.add_argument("--num-classes", type=int, help="expected number of classes (checked against the dataset)")

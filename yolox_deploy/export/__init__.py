@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..hub import weights_folder
 from ..io.images import list_images, read_image
 from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
@@ -138,10 +139,11 @@ def _writable(folder: Path) -> bool:
 def default_output(source: ExportSource, info: FormatInfo, options: ExportOptions) -> Path:
     """``<dir of weights>/<stem><suffix>``, e.g. ``yolox_s.onnx``, ``yolox_s_openvino/``, ``yolox_s.engine``.
 
-    In the current folder instead when the weights' folder is not writable (a shared, read-only model store).
+    In the current folder instead when the weights' folder is not writable (a shared, read-only model store)
+    or is the cache that released checkpoints are fetched into.
     """
     folder = source.weights.parent if source.weights is not None else Path.cwd()
-    if not _writable(folder):
+    if not _writable(folder) or folder.resolve() == weights_folder().resolve():
         folder = Path.cwd()
     stem = source.name
     if options.precision != "fp32" and info.name != "onnx":

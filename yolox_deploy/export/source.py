@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
+from ..hub import resolve_weights
 from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta, stored_meta
 from ..nn.checkpoint import check_weights_argument, load_model
 from ..nn.yolox import YOLOX
@@ -94,7 +95,7 @@ def load_source(weights: Any, *, model: str | None = None, num_classes: int | No
         weights_path = None
         name = (net.spec.name if net.spec else "yolox").replace("-", "_")
     else:
-        weights_path = Path(weights)
+        weights_path = Path(resolve_weights(weights))
         if not weights_path.exists():
             raise InputError(f"weights not found: {weights_path}")
         name = weights_path.stem

@@ -57,7 +57,7 @@ from ..runtimes.tensorrt import (
     import_tensorrt,
     make_logger,
 )
-from ..utils.files import atomic_write, write_text_atomic
+from ..utils.files import atomic_write, cache_dir, write_text_atomic
 from .base import INT8_WITH_HALF, Exporter, ExportOptions, ExportSource, register_format
 from .onnx import io_signature
 
@@ -145,14 +145,6 @@ def intermediate_onnx_path(output: str | os.PathLike) -> Path:
 
 
 # --- caches -------------------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """``$YOLOX_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/yolox-deploy``, else ``~/.cache/yolox-deploy``."""
-    if os.environ.get("YOLOX_DEPLOY_CACHE"):
-        return Path(os.environ["YOLOX_DEPLOY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "yolox-deploy"
-
-
 def timing_cache_path(env: Mapping[str, Any], root: str | os.PathLike | None = None) -> Path:
     """The timing cache of one TensorRT version on one GPU model (tactic timings depend on both, not on the
     model), e.g. ``~/.cache/yolox-deploy/tensorrt/timing-trt10.3.0-sm86-nvidia-geforce-rtx-3090.cache``."""

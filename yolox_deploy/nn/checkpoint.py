@@ -24,6 +24,7 @@ from torch import nn
 
 from ..data.coco import category_ids_problem
 from ..errors import CheckpointError, InputError
+from ..hub import resolve_weights
 from ..utils.files import atomic_write
 from ..utils.sizes import parse_img_size
 from ..utils.values import is_integer
@@ -89,8 +90,10 @@ def _numpy_numbers_allowed() -> contextlib.AbstractContextManager:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint file safely. Raises :class:`CheckpointError` with a one-line reason."""
-    p = Path(path)
+    """Read a checkpoint file safely. Raises :class:`CheckpointError` with a one-line reason. A bare released
+    name (``"yolox-s"``, ``"yolox_s.pth"`` with no such file here) reads the authors' checkpoint, fetched into
+    the cache on first use (:mod:`yolox_deploy.hub`)."""
+    p = Path(resolve_weights(path))
     if not p.exists():
         raise InputError(f"checkpoint not found: {p}")
     if p.is_dir():

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, Union
 import numpy as np
 
 from ..errors import ArtefactError, InputError
+from ..hub import resolve_weights
 from ..io.images import ensure_bgr, read_image
 from ..meta import ModelMeta
 from ..ops.decode import num_anchors
@@ -61,6 +62,7 @@ def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", 
     from ..nn.yolox import YOLOX
 
     check_weights_argument(weights)
+    weights = weights if isinstance(weights, YOLOX) else resolve_weights(weights)
     if backend:
         cls = backend_class(backend)
         path = Path(weights) if isinstance(weights, (str, os.PathLike)) else None

@@ -16,6 +16,15 @@ from typing import Any
 from ..errors import ArtefactError, InputError
 
 
+def cache_dir() -> Path:
+    """Where downloaded weights and build caches live: ``$YOLOX_DEPLOY_CACHE``, else
+    ``$XDG_CACHE_HOME/yolox-deploy``, else ``~/.cache/yolox-deploy``."""
+    if os.environ.get("YOLOX_DEPLOY_CACHE"):
+        return Path(os.environ["YOLOX_DEPLOY_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "yolox-deploy"
+
+
 def check_readable(*paths: str | os.PathLike) -> None:
     """Refuse an artefact file this process may not read (permissions) with :class:`ArtefactError` naming it,
     before a runtime reports it as a damaged model."""

@@ -1,0 +1,151 @@
+"""Fetching the authors' released checkpoints, against a local server standing in for the release host."""
+
+import http.server
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from yolox_deploy import Detector, build_model
+from yolox_deploy.errors import CheckpointError, InputError
+from yolox_deploy.hub import MIRROR_ENV, fetch_weights, released_variant, resolve_weights
+from yolox_deploy.nn.checkpoint import read_checkpoint
+
+
+class Release:
+    """An HTTP server on 127.0.0.1 serving ``files`` (name -> bytes); ``short`` names files whose body stops
+    halfway through the length announced; ``requests`` counts what was asked for."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.short: set[str] = set()
+        self.requests: list[str] = []
+        release = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                release.requests.append(name)
+                body = release.files.get(name)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:len(body) // 2] if name in release.short else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/releases/download/0.1.1rc0"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def checkpoint_bytes(tmp_path, name="yolox-nano", num_classes=80) -> bytes:
+    torch.manual_seed(0)
+    path = tmp_path / f"{name}-{num_classes}.pth"
+    torch.save({"model": build_model(name, num_classes).state_dict(), "start_epoch": 300}, path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def release(tmp_path, monkeypatch):
+    server = Release()
+    monkeypatch.setenv(MIRROR_ENV, server.url)
+    monkeypatch.setenv("YOLOX_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    yield server
+    server.close()
+
+
+def cached(tmp_path) -> list[str]:
+    folder = tmp_path / "cache" / "weights"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_which_names_are_released_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, variant in (("yolox-s", "yolox-s"), ("yolox_s", "yolox-s"), ("YOLOX-Nano", "yolox-nano"),
+                          ("yolox_darknet.pth", "yolox-darknet53"), ("nano", "yolox-nano")):
+        assert released_variant(name) == variant
+    for name in ("models/yolox_s.pth", "yolox_s.onnx", "yolox-q", "my_model.pth", "", 5, None):
+        assert released_variant(name) is None
+    (tmp_path / "yolox_s.pth").write_bytes(b"mine")  # a file of that name here is the user's, never replaced
+    assert released_variant("yolox_s.pth") is None and resolve_weights("yolox_s.pth") == "yolox_s.pth"
+
+
+def test_fetched_once_checked_and_kept_in_the_cache(release, tmp_path):
+    release.files["yolox_nano.pth"] = data = checkpoint_bytes(tmp_path)
+    path = fetch_weights("yolox-nano", progress=False)
+    assert path == tmp_path / "cache" / "weights" / "yolox_nano.pth" and path.read_bytes() == data
+    assert resolve_weights("yolox_nano.pth") == path and release.requests == ["yolox_nano.pth"]  # not fetched again
+    assert read_checkpoint("yolox-nano").source == path
+    with Detector("yolox-nano", conf=0.0) as det:  # the same call as with a file at hand
+        assert det.backend.info.name == "torch" and det.meta.model == "yolox-nano"
+        [dets] = det(np.full((64, 80, 3), 114, np.uint8))
+        assert dets.image_size == (64, 80)
+    assert release.requests == ["yolox_nano.pth"] and cached(tmp_path) == ["yolox_nano.pth"]
+
+
+def test_export_takes_a_released_name_and_writes_here(release, tmp_path):
+    pytest.importorskip("onnx")
+    from yolox_deploy.export import export
+
+    release.files["yolox_nano.pth"] = checkpoint_bytes(tmp_path)
+    result = export("yolox-nano", "onnx", img_size=64, verify=False)
+    # written where the user is (the current folder), not into the weights cache
+    assert result.meta.model == "yolox-nano" and result.path == tmp_path / "yolox_nano.onnx" and result.path.is_file()
+    assert cached(tmp_path) == ["yolox_nano.pth"]
+
+
+@pytest.mark.parametrize("case,error,message", [
+    ("missing", InputError, "HTTP 404"),
+    ("short", InputError, "stopped after|IncompleteRead"),
+    ("not a checkpoint", CheckpointError, "did not give a checkpoint"),
+    ("another variant", CheckpointError, "gave yolox-tiny weights with 80 classes, not the 80-class yolox-nano"),
+    ("another class count", CheckpointError, "gave yolox-nano weights with 3 classes"),
+])
+def test_a_download_that_is_not_the_checkpoint_leaves_nothing(release, tmp_path, case, error, message):
+    if case == "short":
+        release.files["yolox_nano.pth"] = checkpoint_bytes(tmp_path)
+        release.short.add("yolox_nano.pth")
+    elif case == "not a checkpoint":
+        release.files["yolox_nano.pth"] = b"<html>rate limited</html>"
+    elif case == "another variant":
+        release.files["yolox_nano.pth"] = checkpoint_bytes(tmp_path, "yolox-tiny")
+    elif case == "another class count":
+        release.files["yolox_nano.pth"] = checkpoint_bytes(tmp_path, num_classes=3)
+    with pytest.raises(error, match=message):
+        fetch_weights("yolox-nano", progress=False)
+    assert cached(tmp_path) == []  # no partial or wrong file under the final name, no temporary
+
+
+def test_an_unreachable_host_is_one_sentence_with_what_to_do(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(MIRROR_ENV, f"http://127.0.0.1:{port}")
+    with pytest.raises(InputError, match=f"cannot fetch http://127.0.0.1:{port}/yolox_s.pth .*set \\${MIRROR_ENV}"):
+        fetch_weights("yolox-s", root=tmp_path / "w", progress=False)
+    assert list((tmp_path / "w").iterdir()) == []
+
+
+def test_a_slow_host_times_out(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # accepts the connection, never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        with pytest.raises(InputError, match="cannot fetch .*timed out"):
+            fetch_weights("yolox-s", root=tmp_path / "w", url=url, timeout=0.5, progress=False)
+    assert list((tmp_path / "w").iterdir()) == []

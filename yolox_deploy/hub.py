@@ -1,0 +1,137 @@
+"""The authors' released COCO checkpoints, fetched on first use into the cache and checked before they are kept.
+
+``Detector("yolox-s")``, ``export("yolox_s.pth", ...)`` or ``yolox-export --weights yolox-s`` with no such file
+at hand take the checkpoint from the authors' release (:data:`~yolox_deploy.zoo.RELEASE_URL`, or the mirror
+in ``$YOLOX_DEPLOY_WEIGHTS_URL``) into ``<cache>/weights/`` (:func:`~yolox_deploy.utils.files.cache_dir`).
+A download is written beside its final name and renamed into place only once it is complete (its length is
+the one the server announced) and it is the checkpoint of that variant (read with ``weights_only=True``, its
+state dict fits the variant's 80-class module tree): an interrupted or wrong download leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import CheckpointError, InputError
+from .utils.files import atomic_write, cache_dir
+from .zoo import RELEASE_URL, VARIANTS, canonical_name
+
+log = logging.getLogger(__name__)
+
+MIRROR_ENV = "YOLOX_DEPLOY_WEIGHTS_URL"
+CHUNK = 1 << 20
+
+
+def release_url() -> str:
+    """Where the checkpoints are fetched from: ``$YOLOX_DEPLOY_WEIGHTS_URL`` (a mirror), else the authors' release."""
+    return (os.environ.get(MIRROR_ENV) or RELEASE_URL).rstrip("/")
+
+
+def weights_folder() -> Path:
+    """Where fetched checkpoints are kept: ``<cache>/weights``."""
+    return cache_dir() / "weights"
+
+
+def released_variant(weights: object) -> str | None:
+    """The variant that ``weights`` names when it is a bare released name rather than a file: ``"yolox-s"``,
+    ``"yolox_s"``, ``"yolox_s.pth"`` (no folder part, and no file or folder of that name here); else None."""
+    if not isinstance(weights, (str, os.PathLike)):
+        return None
+    text = os.fspath(weights)
+    if not text or Path(text).exists() or os.sep in text or (os.altsep and os.altsep in text):
+        return None
+    by_file = {spec.weights_file: name for name, spec in VARIANTS.items()}
+    if text in by_file:
+        return by_file[text]
+    if Path(text).suffix:
+        return None
+    try:
+        return canonical_name(text)
+    except InputError:
+        return None
+
+
+def resolve_weights(weights: object, *, progress: bool = True) -> object:
+    """``weights`` as given, or, for a bare released name (:func:`released_variant`), the path of that
+    checkpoint in the cache (fetched first when it is not there yet)."""
+    name = released_variant(weights)
+    return weights if name is None else fetch_weights(name, progress=progress)
+
+
+def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str | None = None,
+                  timeout: float = 30.0, progress: bool = True) -> Path:
+    """The authors' checkpoint of ``model`` in ``root`` (default :func:`weights_folder`), downloaded from ``url``
+    (default :func:`release_url`) when it is not there yet. Raises :class:`InputError` when it cannot be
+    fetched and :class:`CheckpointError` when what arrived is not that checkpoint; nothing is left behind."""
+    name = canonical_name(model)
+    spec = VARIANTS[name]
+    folder = Path(root) if root is not None else weights_folder()
+    dest = folder / spec.weights_file
+    if dest.is_file():
+        return dest
+    source = f"{(url or release_url()).rstrip('/')}/{spec.weights_file}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the weights cache {folder}: {e.strerror or e}") from None
+    log.info("fetching %s from %s into %s", spec.weights_file, source, folder)
+    with atomic_write(dest) as tmp:
+        _download(source, tmp, timeout, progress)
+        _check_checkpoint(tmp, name, source)
+    return dest
+
+
+def _download(url: str, target: Path, timeout: float, progress: bool) -> None:
+    """Stream ``url`` into ``target``; raise :class:`InputError` when it cannot be reached or arrives short."""
+    hint = (f"download it by hand into {target.parent} (or give its path), or set ${MIRROR_ENV} to a mirror "
+            "that holds the authors' files")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            received = _copy(response, out, total, Path(url).name if progress else None)
+    except urllib.error.HTTPError as e:
+        raise InputError(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {hint}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", None) or e
+        raise InputError(f"cannot fetch {url} ({type(e).__name__ if not str(reason) else reason}); {hint}") from None
+    if total is not None and received != total:
+        raise InputError(f"the download of {url} stopped after {received} of {total} bytes; try again, or {hint}")
+
+
+def _copy(response: object, out: object, total: int | None, label: str | None) -> int:
+    """Copy the response into ``out`` in chunks, with a progress bar when ``label`` is given; returns the bytes."""
+    if label is None:
+        shutil.copyfileobj(response, out, CHUNK)
+        return out.tell()
+    from tqdm import tqdm
+
+    received = 0
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False) as bar:
+        while chunk := response.read(CHUNK):
+            out.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+    return received
+
+
+def _check_checkpoint(path: Path, name: str, url: str) -> None:
+    """Refuse a download that is not the 80-class checkpoint of ``name`` (a mirror's error page, another file)."""
+    from .nn.checkpoint import identify_variant, read_checkpoint
+
+    try:
+        ckpt = read_checkpoint(path)
+    except (CheckpointError, InputError) as e:
+        raise CheckpointError(f"{url} did not give a checkpoint ({str(e).replace(str(path), 'the download')}); "
+                              "nothing was kept") from None
+    found = identify_variant(ckpt.state_dict)
+    if found != name or ckpt.num_classes != 80:
+        what = f"{found} weights" if found else "weights of no YOLOX variant"
+        raise CheckpointError(f"{url} gave {what} with {ckpt.num_classes} classes, not the 80-class {name} "
+                              "checkpoint; nothing was kept")
