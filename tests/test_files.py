@@ -47,12 +47,42 @@ def test_a_pipe_is_written_directly_not_replaced(tmp_path):
 def test_dev_stdout_is_written_as_a_stream_into_a_pipe_or_a_file(tmp_path):
     """``--json /dev/stdout`` piped on, or with stdout redirected to a file: the text reaches it either way."""
     code = ("from yolox_deploy.cli.common import json_output; from yolox_deploy.utils.files import write_text_atomic; "
-            "print('table', flush=True); write_text_atomic(json_output('/dev/stdout'), '{\"ap\": 1}')")
+            "print('before'); write_text_atomic(json_output('/dev/stdout'), '{\"ap\": 1}'); print('after')")
+    expected = 'before\n{"ap": 1}after\n'  # in order: a second handle on a redirected stdout wrote over the rest
     piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert piped.returncode == 0 and piped.stdout == 'table\n{"ap": 1}', piped.stderr
+    assert piped.returncode == 0 and piped.stdout == expected, piped.stderr
     out = tmp_path / "out.txt"
     with out.open("w") as f:
         redirected = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.PIPE, text=True,
                                     timeout=120)
-    assert redirected.returncode == 0 and out.read_text() == 'table\n{"ap": 1}', redirected.stderr
+    assert redirected.returncode == 0 and out.read_text() == expected, redirected.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_replacement_interrupted_between_its_renames_puts_the_old_entry_back(tmp_path, monkeypatch):
+    from yolox_deploy.utils.files import move_into
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model_openvino").mkdir()
+    (out / "model_openvino" / "old.xml").write_text("the old model")
+    staged = tmp_path / "staging" / "model_openvino"
+    staged.mkdir(parents=True)
+    (staged / "new.xml").write_text("the new model")
+    real_replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == 2:  # the old one has stepped aside, the new one is not in yet
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        move_into([staged], out)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert sorted(p.name for p in out.iterdir()) == ["model_openvino"]
+    assert (out / "model_openvino" / "old.xml").read_text() == "the old model"
+    assert move_into([staged], out) == [out / "model_openvino"]
+    assert sorted(p.name for p in out.iterdir()) == ["model_openvino"]
+    assert (out / "model_openvino" / "new.xml").read_text() == "the new model"

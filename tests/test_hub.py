@@ -73,9 +73,10 @@ def cached(tmp_path) -> list[str]:
 def test_which_names_are_released_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name, variant in (("yolox-s", "yolox-s"), ("yolox_s", "yolox-s"), ("YOLOX-Nano", "yolox-nano"),
-                          ("yolox_darknet.pth", "yolox-darknet53"), ("nano", "yolox-nano")):
+                          ("yolox_darknet.pth", "yolox-darknet53"), ("yolox-darknet", "yolox-darknet53")):
         assert released_variant(name) == variant
-    for name in ("models/yolox_s.pth", "yolox_s.onnx", "yolox-q", "my_model.pth", "", 5, None):
+    for name in ("models/yolox_s.pth", "yolox_s.onnx", "yolox-q", "my_model.pth", "", 5, None,
+                 "s", "x", "tiny", "nano", "darknet", " yolox-s"):  # short names may be a missing file's
         assert released_variant(name) is None
     (tmp_path / "yolox_s.pth").write_bytes(b"mine")  # a file of that name here is the user's, never replaced
     assert released_variant("yolox_s.pth") is None and resolve_weights("yolox_s.pth") == "yolox_s.pth"
@@ -125,6 +126,20 @@ def test_a_download_that_is_not_the_checkpoint_leaves_nothing(release, tmp_path,
     with pytest.raises(error, match=message):
         fetch_weights("yolox-nano", progress=False)
     assert cached(tmp_path) == []  # no partial or wrong file under the final name, no temporary
+
+
+def test_a_folder_or_a_file_url_serves_as_the_mirror(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "yolox_nano.pth").write_bytes(checkpoint_bytes(tmp_path))
+    for base in (str(mirror), mirror.as_uri()):
+        monkeypatch.setenv(MIRROR_ENV, base)
+        root = tmp_path / f"cache{len(base)}"
+        assert fetch_weights("yolox-nano", root=root, progress=False).read_bytes() == (mirror / "yolox_nano.pth").read_bytes()
+    monkeypatch.setenv(MIRROR_ENV, "://nowhere")
+    with pytest.raises(InputError, match="not an address urllib reads"):
+        fetch_weights("yolox-nano", root=tmp_path / "w", progress=False)
+    assert list((tmp_path / "w").iterdir()) == []
 
 
 def test_an_unreachable_host_is_one_sentence_with_what_to_do(tmp_path, monkeypatch):

@@ -94,7 +94,8 @@ def test_category_ids_follow_the_rows_and_are_what_to_coco_writes():
     assert [r["category_id"] for r in d.to_dict()["detections"]] == [90, 3, 90]
     assert d != Detections.from_arrays(xyxy, [0.9, 0.8, 0.7], [2, 0, 2], ["a", "b", "c"], (50, 60))
     plain = make(2)  # a model that does not know its dataset ids: class ids, and no category_id in to_dict
-    assert plain.category_ids is None and [e["category_id"] for e in plain.to_coco(1)] == [0, 1]
+    with pytest.warns(UserWarning, match="no dataset category ids .* pass category_ids= to map them"):
+        assert plain.category_ids is None and [e["category_id"] for e in plain.to_coco(1)] == [0, 1]
     assert "category_id" not in plain.to_dict()["detections"][0]
     out_of_range = Detections.from_arrays(xyxy[:1], [0.9], [5], ["a", "b", "c"], None, (3, 17, 90))
     assert out_of_range.category_ids is None and out_of_range.names[0] == "class5"

@@ -2,7 +2,8 @@
 
 ``Detector("yolox-s")``, ``export("yolox_s.pth", ...)`` or ``yolox-export --weights yolox-s`` with no such file
 at hand take the checkpoint from the authors' release (:data:`~yolox_deploy.zoo.RELEASE_URL`, or the mirror
-in ``$YOLOX_DEPLOY_WEIGHTS_URL``) into ``<cache>/weights/`` (:func:`~yolox_deploy.utils.files.cache_dir`).
+in ``$YOLOX_DEPLOY_WEIGHTS_URL``: an address or a folder) into ``<cache>/weights/``
+(:func:`~yolox_deploy.utils.files.cache_dir`).
 A download is written beside its final name and renamed into place only once it is complete (its length is
 the one the server announced) and it is the checkpoint of that variant (read with ``weights_only=True``, its
 state dict fits the variant's 80-class module tree): an interrupted or wrong download leaves nothing behind.
@@ -40,7 +41,8 @@ def weights_folder() -> Path:
 
 def released_variant(weights: object) -> str | None:
     """The variant that ``weights`` names when it is a bare released name rather than a file: ``"yolox-s"``,
-    ``"yolox_s"``, ``"yolox_s.pth"`` (no folder part, and no file or folder of that name here); else None."""
+    ``"yolox_s"``, ``"YOLOX-S"``, ``"yolox_s.pth"`` (no folder part, and no file or folder of that name here);
+    else None. A short name (``"s"``, ``"tiny"``) is never taken for one: it may be a missing file's."""
     if not isinstance(weights, (str, os.PathLike)):
         return None
     text = os.fspath(weights)
@@ -49,7 +51,7 @@ def released_variant(weights: object) -> str | None:
     by_file = {spec.weights_file: name for name, spec in VARIANTS.items()}
     if text in by_file:
         return by_file[text]
-    if Path(text).suffix:
+    if Path(text).suffix or not text.lower().startswith(("yolox-", "yolox_")):
         return None
     try:
         return canonical_name(text)
@@ -75,7 +77,10 @@ def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str
     dest = folder / spec.weights_file
     if dest.is_file():
         return dest
-    source = f"{(url or release_url()).rstrip('/')}/{spec.weights_file}"
+    base = url or release_url()
+    if "://" not in base:  # a folder (a mounted share, a copy of the release)
+        base = Path(base).expanduser().resolve().as_uri()
+    source = f"{base.rstrip('/')}/{spec.weights_file}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -98,6 +103,9 @@ def _download(url: str, target: Path, timeout: float, progress: bool) -> None:
             received = _copy(response, out, total, Path(url).name if progress else None)
     except urllib.error.HTTPError as e:
         raise InputError(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {hint}") from None
+    except ValueError:  # urllib's "unknown url type"
+        raise InputError(f"cannot fetch {url}: not an address urllib reads (http://, https://, file://, or a "
+                         f"folder); check ${MIRROR_ENV}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
         raise InputError(f"cannot fetch {url} ({type(e).__name__ if not str(reason) else reason}); {hint}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -160,8 +161,14 @@ class Detections:
                     raise InputError(f"category_ids maps {len(category_ids)} classes, but a detection has class id "
                                      f"{outside[0]}")
             cats = [category_ids[c] for c in self.class_ids.tolist()]
+        elif self.category_ids is not None:
+            cats = self.category_ids.tolist()
         else:
-            cats = (self.class_ids if self.category_ids is None else self.category_ids).tolist()
+            if len(self):
+                warnings.warn("these detections carry no dataset category ids (the model recorded none, and its "
+                              "classes are not COCO's 80 by name), so to_coco writes class indices; pass "
+                              "category_ids= to map them", stacklevel=2)
+            cats = self.class_ids.tolist()
         return [{"image_id": int(image_id), "category_id": int(cat),
                  "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": score}
                 for ((x1, y1, x2, y2), score, _, _), cat in zip(self, cats) if cat is not None]

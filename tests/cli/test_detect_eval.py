@@ -385,15 +385,16 @@ def test_batch_option_batches_a_folder(tmp_path, nano_onnx, nano_onnx_dynamic, d
     assert "exported for batches of 1, not 4" in capsys.readouterr().err
 
 
-def test_an_artefact_it_may_not_read_is_said_so(tmp_path, nano_onnx, dog_jpg):
+@pytest.mark.parametrize("name", ["m.onnx", "m.pth"])
+def test_an_artefact_it_may_not_read_is_said_so(tmp_path, nano_onnx, nano_pth, dog_jpg, name):
     """A model file without read permission is named as such, not as a damaged model to re-export."""
     import os
     import shutil
     import subprocess
     import sys
 
-    model = tmp_path / "m.onnx"
-    shutil.copy(nano_onnx, model)
+    model = tmp_path / name
+    shutil.copy(nano_onnx if name.endswith(".onnx") else nano_pth, model)
     model.chmod(0)
     cmd = [sys.executable, "-m", "yolox_deploy.cli.detect", str(model), "--source", str(dog_jpg),
            "--output", str(tmp_path / "out")]

@@ -76,6 +76,17 @@ def test_weights_of_the_wrong_type(out, weights):
     _assert_empty(out)
 
 
+@pytest.mark.parametrize("option,value,kind", [("dynamic", "no", "true or false"), ("batch", "2", "an integer"),
+                                               ("batch", 2.5, "an integer"), ("iou", "0.5", "a number"),
+                                               ("opset", "13", "an integer"), ("max_det", 2.5, "an integer"),
+                                               ("verify", 1, "true or false")])
+def test_options_of_the_wrong_type(tiny_pth, out, option, value, kind):
+    """The Python API takes any value: a string where a switch goes would be truthy, a float batch crash."""
+    with pytest.raises(InputError, match=f"export option {option} must be {kind}, not {value!r}"):
+        export(tiny_pth, "onnx", out / "m.onnx", **{option: value})
+    _assert_empty(out)
+
+
 def test_unknown_format(tiny_pth, out, capsys):
     rc, _, err = _run(["--weights", tiny_pth, "--format", "pickle", "--output", out / "m.x"], capsys)
     assert rc == 2
@@ -175,8 +186,11 @@ def test_existing_output_is_kept_without_force(tiny_pth, out, capsys):
 def test_output_never_replaces_the_input_onnx(nano_onnx, tmp_path):
     src = tmp_path / "authors.onnx"
     src.write_bytes(nano_onnx.read_bytes())
-    with pytest.raises(InputError, match="overwrite the input"):
-        export(src, "onnx", src, force=True)
+    for force in (True, False):  # the reason, not "pass --force"
+        with pytest.raises(InputError, match="would overwrite the input model; give another output"):
+            export(src, "onnx", src, force=force)
+    result = export(src, "onnx", verify=False)  # the default output is beside it, under another name
+    assert result.path == tmp_path / "authors_deploy.onnx" and src.read_bytes() == nano_onnx.read_bytes()
 
 
 def test_default_output_next_to_the_weights_or_in_the_current_folder(tiny_pth, tmp_path, monkeypatch):

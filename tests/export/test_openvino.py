@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import cv2
 import numpy as np
 import pytest
 
@@ -267,6 +268,22 @@ def test_fp32_fp16_ap(raw_ir, tmp_path, nano_pth, coco_tiny):
     assert abs(ap16 - REFERENCE_AP) <= 0.005
 
 
+def test_int8_is_verified_on_a_calibration_image_with_objects(tmp_path, nano_pth, unlabelled_images):
+    """INT8 is checked on detections: without --verify-image, the first calibration image the model detects
+    something on; a calibration set where it detects nothing is refused before the build."""
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(black / f"{i}.png"), np.zeros((200, 300, 3), np.uint8))
+    with pytest.raises(InputError, match="detects nothing at conf 0.25 on the first 3 readable calibration images"):
+        export(nano_pth, "openvino", tmp_path / "black_openvino", int8=True, calib_images=black)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["black"]
+    (black / "dog.jpg").symlink_to(next(unlabelled_images.glob("*.jpg")))  # after the black ones, by name
+    result = export(nano_pth, "openvino", tmp_path / "int8_openvino", int8=True, calib_images=black, calib_count=4)
+    assert result.verification.passed and result.verification.image == "dog.jpg"
+    assert result.verification.has_detections
+
+
 @pytest.mark.slow
 def test_int8_ap(tmp_path, nano_pth, coco_tiny, unlabelled_images):
     result = export(nano_pth, "openvino", tmp_path / "int8_openvino", int8=True, calib_images=unlabelled_images,
@@ -302,3 +319,37 @@ def test_cli_export_detect_eval(tmp_path, nano_pth, dog_jpg, coco_tiny, unlabell
         capsys.readouterr()
         assert eval_main([str(folder), "--data", str(coco_tiny)]) == 0
         assert ap in capsys.readouterr().out, name
+
+
+def test_force_replaces_only_this_exports_own_ir(tmp_path, tiny_random_model):
+    """A folder holding other IRs (a model store) is not this export's to replace, even with --force."""
+    store = tmp_path / "models"
+    store.mkdir()
+    for name in ("face-detection-0200.xml", "face-detection-0200.bin"):
+        (store / name).write_text("another model")
+    with pytest.raises(InputError, match=r"holds files the openvino format does not write \(face-detection-0200"):
+        export(tiny_random_model, "openvino", store, img_size=64, force=True, verify=False)
+    assert sorted(p.name for p in store.iterdir()) == ["face-detection-0200.bin", "face-detection-0200.xml"]
+    first = export(tiny_random_model, "openvino", tmp_path / "tiny_openvino", img_size=64, verify=False)
+    again = export(tiny_random_model, "openvino", tmp_path / "tiny_openvino", img_size=64, force=True, verify=False)
+    assert first.path == again.path and sorted(p.name for p in again.path.iterdir()) == ["tiny.bin", "tiny.xml"]
+
+
+def test_int8_without_nncf_is_refused_before_any_work(tmp_path, tiny_random_model, unlabelled_images, monkeypatch):
+    import yolox_deploy.export.openvino as ov_export
+    from yolox_deploy.errors import BackendUnavailable
+
+    monkeypatch.setattr(ov_export, "import_reason", lambda package, *a: f"{package} is missing here")
+    monkeypatch.setattr(ov_export, "convert_torch", lambda *a: pytest.fail("converted before refusing"))
+    with pytest.raises(BackendUnavailable, match="nncf is missing here"):
+        export(tiny_random_model, "openvino", tmp_path / "q_openvino", img_size=64, int8=True,
+               calib_images=unlabelled_images, verify=False)
+
+
+def test_exports_send_no_usage_data(tmp_path, tiny_random_model):
+    """OpenVINO's converter and NNCF post usage events from child processes unless told not to."""
+    telemetry = pytest.importorskip("openvino_telemetry")
+    export(tiny_random_model, "openvino", tmp_path / "t_openvino", img_size=64, verify=False)
+    t = telemetry.Telemetry(app_name="OVC", app_version="0", tid="G-0", backend="ga4", enable_opt_in_dialog=False)
+    t.init(app_name="OVC", app_version="0", tid="G-0", backend="ga4", enable_opt_in_dialog=False)
+    assert t.consent is False

@@ -326,6 +326,17 @@ def test_onnx_source_without_tensorrt(tmp_path, nano_onnx, capsys):
     assert source.read_bytes() == nano_onnx.read_bytes()
 
 
+@pytest.mark.skipif(HAVE_GPU, reason="checks the behaviour where TensorRT or the GPU is missing")
+def test_int8_without_tensorrt_keeps_nothing(tmp_path, nano_onnx, unlabelled_images, capsys):
+    """trtexec cannot calibrate from the user's images: an ONNX step kept for it would be of no use."""
+    out = tmp_path / "new" / "authors_int8.engine"
+    rc = _export_cli(["--weights", str(nano_onnx), "--format", "tensorrt", "--output", str(out), "--int8",
+                      "--calib-images", str(unlabelled_images), "--no-verify"])
+    [line] = _error_lines(capsys.readouterr().err)
+    assert rc == 2 and "INT8 calibration runs inside TensorRT" in line and "ONNX step" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- the build's control flow, with a stand-in for the tensorrt module ----------------------------------------
 class _Severity(enum.IntEnum):
     INTERNAL_ERROR = 0

@@ -37,6 +37,9 @@ def test_int8_diff_is_reported_not_checked():
     assert not VerifyReport("int8", 3.0, TOLERANCE["int8"], Agreement(5, 5, 1, 0.9), 0.5, "dog.jpg").passed
     assert not VerifyReport("fp16", 0.3, TOLERANCE["fp16"], good, 0.8, "dog.jpg").passed
     assert VerifyReport("fp32", 5e-4, TOLERANCE["fp32"], good, 0.99, "dog.jpg").summary().count("tolerance 0.001")
+    # a diff that is not checked, and no detections: nothing was compared, so it does not pass
+    blind = VerifyReport("int8", 4.3, TOLERANCE["int8"], Agreement(0, 0, 0, 0.0), 0.5, "a synthetic scene")
+    assert not blind.checked and not blind.passed
 
 
 # --- graphs with NMS inside ------------------------------------------------------------------------------------

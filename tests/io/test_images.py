@@ -175,3 +175,16 @@ def test_what_is_read_as_a_video(tmp_path):
         read_image(clip)
     with pytest.raises(InputError, match=r"is a folder, not an image \(Detector.stream\(\)"):
         read_image(shots)
+
+
+def test_an_image_it_may_not_read_is_an_input_error(tmp_path, monkeypatch):
+    """Permissions fail as one InputError, which calibration and folder readers skip like a corrupt file."""
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(b"\xff\xd8 not really")
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np, "fromfile", denied)
+    with pytest.raises(InputError, match=f"cannot read {path}: Permission denied"):
+        read_image(path)

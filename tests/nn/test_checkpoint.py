@@ -291,6 +291,7 @@ def test_a_load_the_shapes_allow_but_torch_refuses_is_one_sentence(nano3, monkey
 
 
 def test_save_refuses_what_it_could_not_load_back(tmp_path, nano3):
+    import collections
     from pathlib import Path
 
     import numpy as np
@@ -299,14 +300,16 @@ def test_save_refuses_what_it_could_not_load_back(tmp_path, nano3):
 
     model, _ = nano3
     for extra, odd in (({"note": Path("x")}, "PosixPath"), ({"arr": np.zeros(3)}, "ndarray"),
-                       ({"nested": {"a": [1, (2, np.float64(3))]}}, "float64")):
+                       ({"nested": {"a": [1, (2, np.float64(3))]}}, "float64"),
+                       ({"pair": collections.namedtuple("P", "a b")(1, 2)}, "P"),
+                       ({"counts": collections.defaultdict(int, a=1)}, "defaultdict")):
         with pytest.raises(InputError, match=f"cannot save '{next(iter(extra))}' in a checkpoint: it holds a {odd}"):
             save_checkpoint(model, tmp_path / "x.pth", **extra)
     with pytest.raises(InputError, match="this model is fused"):
         save_checkpoint(deploy_model(model), tmp_path / "x.pth")
     assert not list(tmp_path.glob("x.pth*"))
     ok = {"start_epoch": 3, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).state_dict(),
-          "best_ap": 0.5, "note": None, "shape": torch.Size([1, 2])}
+          "best_ap": 0.5, "note": None, "shape": torch.Size([1, 2]), "ordered": collections.OrderedDict(a=1)}
     assert set(ok) <= set(read_checkpoint(save_checkpoint(model, tmp_path / "x.pth", **ok)).extra)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from ..eval.coco import STAT_LABELS, STAT_NAMES, evaluate, open_scorable
 from ..runtimes.detector import Detector
-from ..utils.files import json_text, write_text_atomic
+from ..utils.files import json_text, standard_stream, write_text_atomic
 from ..utils.table import format_table
 from .common import add_model_args, cli_entry, detector_kwargs, json_output, main_guard, read_by
 
@@ -31,16 +32,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = open_scorable(args.data, args.split)
     with Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic, max_det=None,
                   clip=False, **detector_kwargs(args)) as det:
-        print(f"{det!r} on {len(data.image_ids)} images of {args.data}/{args.split}")
+        # the JSON on stdout (--json /dev/stdout, for a pipe) is all stdout holds; the tables go to stderr
+        out = sys.stderr if json_path is not None and standard_stream(json_path) is sys.stdout else sys.stdout
+        print(f"{det!r} on {len(data.image_ids)} images of {args.data}/{args.split}", file=out)
         result = evaluate(det, data, progress=True)
     if json_path is not None:  # first: a reader of the tables that stops early (| head) must not cost the results
         write_text_atomic(json_path, json_text(result.to_dict()))
-    print(format_table(["metric", "value"], [[label, result.stats[name]] for name, label in zip(STAT_NAMES, STAT_LABELS)]))
-    print()
+    stats = [[label, result.stats[name]] for name, label in zip(STAT_NAMES, STAT_LABELS)]
     rows = sorted(result.per_class.items(), key=lambda kv: kv[0])
-    print(format_table(["class", "AP"] * 3, _columns(rows, 3)))
-    print()
-    print(f"AP {result.stats['AP']:.4f}  AP50 {result.stats['AP50']:.4f}  AP75 {result.stats['AP75']:.4f}")
+    print(format_table(["metric", "value"], stats), format_table(["class", "AP"] * 3, _columns(rows, 3)),
+          f"AP {result.stats['AP']:.4f}  AP50 {result.stats['AP50']:.4f}  AP75 {result.stats['AP75']:.4f}",
+          sep="\n\n", file=out)
     return 0
 
 

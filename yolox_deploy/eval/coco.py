@@ -102,10 +102,10 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     if not coco.dataset.get("categories"):
         raise InputError(f"{ann} has no categories")
     for what, entries in (("category", coco.dataset["categories"]), ("image", coco.dataset.get("images") or [])):
-        problem = _ids_problem(entries, what)
+        problem = _ids_problem(entries, what, integers=False)
         if problem:
             raise InputError(f"{ann}: {problem}")
-    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: _id_order(c["id"]))
     unnamed = [c["id"] for c in categories if not isinstance(c.get("name"), str) or not c["name"]]
     if unnamed:
         raise InputError(f"{ann}: {len(unnamed)} categories have no name (first id {unnamed[0]})")
@@ -114,7 +114,7 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
         ids = [c["id"] for c in categories if c["name"] == twice[0]]
         raise InputError(f"{ann}: category names must be distinct; {twice[0]!r} names ids "
                          f"{', '.join(map(str, ids))}")
-    image_ids = sorted(coco.getImgIds())
+    image_ids = sorted(coco.getImgIds(), key=_id_order)
     if not image_ids:
         raise InputError(f"{ann} lists no images")
     unnamed = [i for i in image_ids if not (isinstance(name := coco.imgs[i].get("file_name"), str) and name)]
@@ -135,9 +135,11 @@ def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     if missing:
         raise InputError(f"{len(missing)} image(s) listed in {data.ann_file} are not in {data.image_dir} "
                          f"(first: {missing[0]})")
-    problem = _ids_problem(annotations, "annotation")
-    if problem:  # the scorer looks annotations up by id: a shared id scores one box in place of the others
-        raise InputError(f"{data.ann_file}: {problem}")
+    for what, entries in (("category", data.categories), ("image", list(data.coco.imgs.values())),
+                          ("annotation", annotations)):
+        problem = _ids_problem(entries, what, integers=True)
+        if problem:  # the scorer looks annotations up by id (a shared id scores one box in place of the
+            raise InputError(f"{data.ann_file}: {problem}")  # others) and results carry integer ids
     for i, a in enumerate(annotations):
         problem = _annotation_problem(a, data.coco)
         if problem:
@@ -147,14 +149,21 @@ def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     return data
 
 
-def _ids_problem(entries: list[Any], what: str) -> str | None:
-    """Why the ``id`` fields of ``entries`` (images, categories, annotations) cannot key them, or None: each must
-    be an integer (as COCO's, and results are written with integer ids) and no two may be equal (pycocotools
-    indexes by id, so a second entry of an id silently replaces or repeats the first)."""
+def _id_order(i: int | str) -> tuple[bool, int | str]:
+    """Sort key of ids that are integers or names (integers first)."""
+    return isinstance(i, str), i
+
+
+def _ids_problem(entries: list[Any], what: str, *, integers: bool) -> str | None:
+    """Why the ``id`` fields of ``entries`` (images, categories, annotations) cannot key them, or None: no two
+    may be equal (pycocotools indexes by id, so a second entry of an id silently replaces or repeats the
+    first), and each must be an integer (as COCO's: scoring writes results with integer ids) or, unless
+    ``integers``, a name (training only uses ids as keys)."""
     ids = [e.get("id") if isinstance(e, dict) else None for e in entries]
-    not_integers = [i for i in ids if not is_integer(i)]
-    if not_integers:
-        return f"{what} id {not_integers[0]!r} is not an integer (COCO ids are integers)"
+    kinds = "an integer (COCO ids are integers)" if integers else "an integer or a name"
+    bad = [i for i in ids if not (is_integer(i) or (not integers and isinstance(i, str) and i))]
+    if bad:
+        return f"{what} id {bad[0]!r} is not {kinds}"
     count = Counter(ids)
     twice = next((i for i, k in count.items() if k > 1), None)
     if twice is not None:

@@ -137,7 +137,8 @@ def _writable(folder: Path) -> bool:
 
 
 def default_output(source: ExportSource, info: FormatInfo, options: ExportOptions) -> Path:
-    """``<dir of weights>/<stem><suffix>``, e.g. ``yolox_s.onnx``, ``yolox_s_openvino/``, ``yolox_s.engine``.
+    """``<dir of weights>/<stem><suffix>``, e.g. ``yolox_s.onnx``, ``yolox_s_openvino/``, ``yolox_s.engine``
+    (``<stem>_deploy.onnx`` for an ONNX made from the ONNX file of that name).
 
     In the current folder instead when the weights' folder is not writable (a shared, read-only model store)
     or is the cache that released checkpoints are fetched into.
@@ -148,7 +149,10 @@ def default_output(source: ExportSource, info: FormatInfo, options: ExportOption
     stem = source.name
     if options.precision != "fp32" and info.name != "onnx":
         stem = f"{stem}_{options.precision}"
-    return folder / f"{stem}{info.suffix}"
+    out = folder / f"{stem}{info.suffix}"
+    if source.onnx_path is not None and out.resolve() == source.onnx_path.resolve():
+        out = folder / f"{stem}_deploy{info.suffix}"  # an ONNX source made into ONNX: never the source itself
+    return out
 
 
 def export(weights: Any, format: str, output: str | os.PathLike | None = None, *, model: str | None = None,
@@ -177,10 +181,14 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
         opts = ExportOptions(**options)
     except TypeError as e:
         raise InputError(f"unknown export option: {e}") from None
+    opts.check_types()
     onnx_source = isinstance(weights, (str, os.PathLike)) and Path(weights).suffix.lower() == ".onnx"
     _check_options(info, opts, requested, onnx_source)
+    if onnx_source and output is not None and Path(output).resolve() == Path(weights).resolve():
+        raise InputError(f"output {output} would overwrite the input model; give another output")
     out = _check_output(Path(output), info, opts.force) if output is not None else None
     cls.require()
+    cls.require_for(opts)
 
     source = load_source(weights, model=model, num_classes=num_classes, class_names=class_names, legacy=legacy)
     if source.model is not None:
@@ -196,12 +204,12 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
 
     if out is None:
         out = _check_output(default_output(source, info, opts), info, opts.force)
-    if source.onnx_path is not None and out.resolve() == source.onnx_path.resolve():
-        raise InputError(f"output {out} would overwrite the input model")
     if opts.verify:
-        from .verify import check_verifiable
+        from .verify import calibration_verification_image, check_verifiable
 
         check_verifiable(info.name, opts)
+        if opts.int8 and opts.verify_image is None:
+            opts = replace(opts, verify_image=calibration_verification_image(source, opts))
         cls.check_device(opts)  # verification runs the artefact there, after the (slow) build
 
     t0 = time.perf_counter()

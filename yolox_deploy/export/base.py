@@ -14,10 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ..errors import BackendUnavailable, InputError
 from ..meta import ModelMeta
 from ..utils.packages import import_reason, missing_reason
-from ..utils.values import is_integer
+from ..utils.values import is_finite_number, is_integer
 
 # Options a format must declare in ``supports`` before a user may set them (see ``export._check_options``).
 OPTIONAL_FEATURES = ("dynamic", "dynamic_hw", "max_batch", "half", "int8", "nms", "decode_in_graph", "opset",
@@ -80,6 +82,17 @@ class ExportOptions:
     def precision(self) -> str:
         return "int8" if self.int8 else "fp16" if self.half else "fp32"
 
+    def check_types(self) -> None:
+        """Refuse an option of the wrong type (the Python API takes any value: ``dynamic="no"`` is truthy)."""
+        kinds = {"bool": ("true or false", lambda v: isinstance(v, (bool, np.bool_))),
+                 "int": ("an integer", is_integer), "int | None": ("an integer", lambda v: v is None or is_integer(v)),
+                 "float": ("a number", is_finite_number), "str": ("a string", lambda v: isinstance(v, str))}
+        for f in fields(self):
+            kind = kinds.get(str(f.type))
+            value = getattr(self, f.name)
+            if kind is not None and not kind[1](value):
+                raise InputError(f"export option {f.name} must be {kind[0]}, not {value!r}")
+
     def changed_from_default(self) -> set[str]:
         """Names of the options set away from their default values."""
         return {f.name for f in fields(self) if getattr(self, f.name) != f.default}
@@ -99,6 +112,13 @@ def check_nms_options(options: ExportOptions) -> None:
         raise InputError(f"NMS thresholds must lie in [0, 1]: conf={options.conf}, iou={options.iou}")
     if options.max_det < 1:
         raise InputError(f"max detections must be >= 1, got {options.max_det}")
+
+
+def folder_stem(folder: Path, format_name: str) -> str:
+    """``yolox_s_openvino`` -> ``yolox_s``: the name of the files a folder format writes in ``folder`` (the
+    folder's name without ``_<format>``)."""
+    name, suffix = folder.name, f"_{format_name}"
+    return name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
 
 
 @dataclass(frozen=True)
@@ -121,9 +141,10 @@ class FormatInfo:
     backend: str = ""  # the runtimes backend that opens the artefacts (and verifies them); "" = the format's name
 
     def foreign_entries(self, folder: Path) -> list[str]:
-        """Names of the entries of an existing ``folder`` this format does not write (none: it may be replaced)."""
-        return sorted(p.name for p in folder.iterdir()
-                      if p.is_dir() or not any(p.match(pattern) for pattern in self.artefact_files))
+        """Names of the entries of an existing ``folder`` this format does not write (none: it may be replaced).
+        ``{stem}`` in a pattern of :attr:`artefact_files` stands for :func:`folder_stem` of the folder."""
+        patterns = [pattern.format(stem=folder_stem(folder, self.name)) for pattern in self.artefact_files]
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() or not any(p.match(q) for q in patterns))
 
     def available(self) -> tuple[bool, str]:
         """``(True, "")`` when the package is installed, else ``(False, reason)`` (without importing it)."""
@@ -215,13 +236,24 @@ class Exporter(abc.ABC):
         cls.info.require()
 
     @classmethod
+    def require_for(cls, options: ExportOptions) -> None:
+        """Raise :class:`BackendUnavailable` before any work when ``options`` need a package not installed
+        here beyond the format's own (e.g. the INT8 quantiser). Default: nothing more."""
+        return None
+
+    @classmethod
     def check_device(cls, options: ExportOptions) -> None:
-        """Refuse, before any work, a device that verification could not run the artefact on (the format's
-        runtime backend judges; when that is not installed, verification reports it itself)."""
+        """Refuse, before any work, a verification that could not run: the format's runtime backend is not
+        installed (while the format's own package is), or the device is one it cannot use."""
         from ..runtimes import registered_backends
 
         runner = registered_backends().get(cls.info.backend)
-        if runner is not None and runner.info.available()[0]:
+        if runner is None:
+            return
+        usable, reason = runner.info.importable()
+        if not usable and cls.info.available()[0]:
+            raise BackendUnavailable(f"{reason}: verification runs the artefact with it; or export with --no-verify")
+        if usable:
             runner.check_device(options.device)
 
     @abc.abstractmethod

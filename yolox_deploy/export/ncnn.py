@@ -299,8 +299,12 @@ class NcnnExporter(Exporter):
             param, weights = _run_pnnx(model_file, work, size, second_shape(size) if dynamic_hw else None,
                                        fp16=o.half)
             _check_layers(param)
-            shutil.move(str(param), dest / PARAM_NAME)
-            shutil.move(str(weights), dest / BIN_NAME)
+            try:
+                shutil.move(str(param), dest / PARAM_NAME)
+                shutil.move(str(weights), dest / BIN_NAME)
+            except OSError as e:  # e.g. a full disk; the error names the source in the temporary folder
+                raise ExportError(f"could not write the NCNN model into {(self.output or dest).parent}: "
+                                  f"{e.strerror or e}") from None
         # the runtime refuses a .bin of another size: another export's weights (FP16, raw head) load and run
         meta = meta.with_(extra={**meta.extra, NCNN_BIN_BYTES: (dest / BIN_NAME).stat().st_size})
         sidecar_for(dest).write_text(meta.to_json())  # dest is a staging folder, moved into place whole

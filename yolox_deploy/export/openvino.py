@@ -27,7 +27,8 @@ from typing import Any
 
 from ..errors import BackendUnavailable, ExportError
 from ..meta import META_KEY, ModelMeta
-from .base import Exporter, ExportSource, register_format
+from ..utils.packages import import_reason
+from .base import Exporter, ExportOptions, ExportSource, folder_stem, register_format
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,28 @@ def _openvino() -> Any:
     except ImportError:
         raise BackendUnavailable("exporting to OpenVINO needs the 'openvino' package "
                                  "(pip install 'yolox-deploy[openvino]')") from None
+    _telemetry_off()
     return ov
+
+
+def _telemetry_off() -> None:
+    """Keep OpenVINO's converter and NNCF from sending usage data (the package's default unless a user opted
+    out by hand): each event is posted from a child process, which on a device without network waits for a
+    timeout, and which a Ctrl-C during an export turned into a traceback per process. Their consent check
+    answers "declined" for the rest of this process."""
+    try:
+        from openvino_telemetry import Telemetry
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # no telemetry package: nothing is sent
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+    if getattr(Telemetry, "_SingletonMetaClass__single_instance", None) is not None:
+        Telemetry().consent = False  # an instance made before this keeps its answer otherwise
 
 
 def ir_stem(dest: Path) -> str:
     """``yolox_s_openvino`` -> ``yolox_s``: the file stem of the IR inside its folder."""
-    name = dest.name
-    return name[: -len("_openvino")] if name.endswith("_openvino") and len(name) > len("_openvino") else name
+    return folder_stem(dest, "openvino")
 
 
 def input_shape(meta: ModelMeta) -> list[int]:
@@ -130,9 +146,15 @@ def attach_meta(ov_model: Any, meta: ModelMeta) -> None:
 
 @register_format("openvino", suffix="_openvino", is_dir=True, package="openvino", extra="openvino",
                  supports=("dynamic", "dynamic_hw", "half", "int8", "nms", "decode_in_graph"), accepts_onnx=True,
-                 aliases=("ov",), artefact_files=("*.xml", "*.bin"))
+                 aliases=("ov",), artefact_files=("{stem}.xml", "{stem}.bin"))
 class OpenVINOExporter(Exporter):
     """OpenVINO IR folder (.xml + .bin) for Intel CPU / GPU / NPU; FP32, FP16 or INT8 (NNCF)."""
+
+    @classmethod
+    def require_for(cls, options: ExportOptions) -> None:
+        reason = import_reason("nncf", "INT8 export to OpenVINO", "openvino") if options.int8 else None
+        if reason is not None:
+            raise BackendUnavailable(reason)
 
     def export(self, source: ExportSource, dest: Path) -> ModelMeta:
         ov = _openvino()
@@ -146,8 +168,9 @@ class OpenVINOExporter(Exporter):
             xml = dest / f"{ir_stem(dest)}.xml"
             try:
                 ov.save_model(ov_model, str(xml), compress_to_fp16=o.half)
-            except Exception as e:
-                raise ExportError(f"could not write the OpenVINO IR to {xml} ({type(e).__name__}: {e})") from e
+            except Exception as e:  # OpenVINO's writer says "iostream error" for a full disk
+                raise ExportError(f"could not write the OpenVINO IR into {(self.output or dest).parent} "
+                                  f"({type(e).__name__}: {e}); is the disk full?") from e
         return meta
 
     def _convert(self, source: ExportSource, meta: ModelMeta, stack: contextlib.ExitStack) -> Any:

@@ -630,6 +630,8 @@ class TensorRTExporter(Exporter):
         opts = self.options
         if self.output is None:
             return reason
+        if opts.int8:  # trtexec cannot calibrate from our images: an ONNX step kept for it would be of no use
+            return f"{reason}; INT8 calibration runs inside TensorRT, so run this export where TensorRT and the GPU work"
         engine = Path(self.output)
         if source.onnx_path is not None and onnx_path == Path(source.onnx_path):
             kept, where = onnx_path, "the ONNX model to build from is"
@@ -642,9 +644,5 @@ class TensorRTExporter(Exporter):
                         "another name to keep it beside the engine)")
             with atomic_write(kept) as tmp:
                 shutil.copyfile(onnx_path, tmp)
-        if opts.int8:
-            how = "INT8 calibration runs inside TensorRT, so rerun this export where TensorRT and the GPU work"
-        else:
-            cmd = trtexec_command(kept, engine, input_name, profile, shapes=any(d < 0 for d in dims), half=opts.half)
-            how = f"build the engine from it with: {cmd}"
-        return f"{reason}; {where} {kept} ({how})"
+        cmd = trtexec_command(kept, engine, input_name, profile, shapes=any(d < 0 for d in dims), half=opts.half)
+        return f"{reason}; {where} {kept} (build the engine from it with: {cmd})"

@@ -74,8 +74,8 @@ class VerifyReport:
 
     @property
     def checked(self) -> bool:
-        """Whether anything was compared: the head output, or detections."""
-        return self.max_abs_diff is not None or self.has_detections
+        """Whether anything was compared: the head output (when it has a tolerance), or detections."""
+        return (self.max_abs_diff is not None and math.isfinite(self.tolerance)) or self.has_detections
 
     @property
     def passed(self) -> bool:
@@ -235,6 +235,48 @@ def _nms_graph_references(path: Path, source: ExportSource, meta: ModelMeta, bat
     reachable = head is not None and ref is not None
     diff = normalised_diff(_np(head)[:1], _np(ref)[:1], meta, floor) if reachable else None
     return diff, reachable, ref_dets
+
+
+# Calibration images tried, in order, for one to verify an INT8 artefact on (see calibration_verification_image).
+VERIFY_PICK = 8
+
+
+def _reference_detections(source: ExportSource, meta: ModelMeta, batch: np.ndarray) -> RawDetections:
+    """The source's own detections on ``batch`` at the verification thresholds (its graph's, for an ONNX source
+    with NMS inside)."""
+    if source.model is None and source.meta.nms_in_graph:
+        return _source_nms_detections(source, batch)
+    ref_meta = meta.with_(decode_in_graph=True, nms_in_graph=False)
+    return _detections([reference_outputs(source, batch, ref_meta)], ref_meta)[0]
+
+
+def calibration_verification_image(source: ExportSource, options: ExportOptions) -> Path:
+    """The image an INT8 export without ``--verify-image`` is verified on: the first of the first
+    ``VERIFY_PICK`` calibration images on which the source detects something. INT8 is checked on its
+    detections alone, and the synthetic scene shows nothing a real model detects. Raises :class:`InputError`
+    (before the build) when none of them does."""
+    from .calibration import CalibrationData
+
+    meta = source.meta.with_(input_size=tuple(options.img_size))
+    candidates = CalibrationData(options.calib_images, meta).candidates  # refuses a missing or empty folder
+    fixed = source.meta.batch if source.model is None else None
+    tried = 0
+    for path in candidates:
+        try:
+            image = read_image(path)
+        except InputError:
+            continue  # calibration skips it too
+        batch, _ = preprocess_batch([image], meta.input_size, meta.preprocess, batch_size=fixed)
+        if len(_reference_detections(source, meta, batch).scores):
+            log.info("verifying on the calibration image %s (INT8 is checked on its detections)", path.name)
+            return path
+        tried += 1
+        if tried == VERIFY_PICK:
+            break
+    raise InputError(f"the model detects nothing at conf {VERIFY_CONF:g} on the first {tried} readable "
+                     f"calibration images of {options.calib_images}, and INT8 is verified on detections: pass "
+                     "--verify-image IMAGE (a photo with objects), or --no-verify; images without objects "
+                     "also calibrate poorly")
 
 
 def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, meta: ModelMeta) -> VerifyReport:

@@ -67,7 +67,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{p} is a folder, not an image (Detector.stream() and yolox-detect --source read folders)")
     if p.stat().st_size == 0:
         raise InputError(f"{p} is empty (0 bytes)")
-    data = np.fromfile(p, dtype=np.uint8)
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except OSError as e:  # permissions, an unreadable medium
+        raise InputError(f"cannot read {p}: {e.strerror or e}") from None
     # as cv2.imread (the authors' demo and eval): 8-bit BGR, gray expanded, alpha dropped, EXIF orientation applied
     try:
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)

@@ -7,6 +7,7 @@ keys), so a fine-tuned checkpoint knows its variant, its labels and their datase
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -25,7 +26,7 @@ from torch import nn
 from ..data.coco import category_ids_problem
 from ..errors import CheckpointError, InputError
 from ..hub import resolve_weights
-from ..utils.files import atomic_write
+from ..utils.files import atomic_write, check_readable
 from ..utils.sizes import parse_img_size
 from ..utils.values import is_integer
 from ..zoo import VARIANTS, canonical_name
@@ -100,6 +101,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{p} is a folder, not a checkpoint file")
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p} is empty (0 bytes)")
+    check_readable(p)  # permissions: not "damaged", as torch's own error would have it
     try:
         with warnings.catch_warnings(), _numpy_numbers_allowed():
             warnings.simplefilter("ignore")  # pickle-protocol chatter from the weights-only unpickler
@@ -343,8 +345,8 @@ def _not_weights_only(value: Any) -> str | None:
     if value is None or isinstance(value, (torch.Tensor, str, bytes, int, float, complex, bool, torch.Size,
                                            torch.dtype, torch.device)):
         return None
-    if isinstance(value, (list, tuple, set)):
+    if type(value) in (list, tuple, set):  # not subclasses: a namedtuple or a defaultdict pickles as its class
         return next((odd for v in value if (odd := _not_weights_only(v)) is not None), None)
-    if isinstance(value, dict):
+    if type(value) in (dict, collections.OrderedDict):
         return next((odd for kv in value.items() for v in kv if (odd := _not_weights_only(v)) is not None), None)
     return type(value).__name__

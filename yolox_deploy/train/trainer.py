@@ -38,6 +38,7 @@ from ..nn.yolox import YOLOX, build_model
 from ..utils.files import check_folder_writable
 from ..utils.signals import stop_between_steps
 from ..utils.text import listed
+from ..utils.values import is_integer
 from .augment import fit_to_input
 from .batchnorm import folded_batchnorms, unfold_batchnorms
 from .checkpoint import BEST, CHECKPOINTS, LAST_MOSAIC, LATEST, load_training_state, save_training_checkpoint
@@ -206,7 +207,8 @@ class Trainer:
         names = self.data.class_names
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, len(names), class_names=names)
-        model.category_ids = self.data.category_ids
+        ids = self.data.category_ids
+        model.category_ids = ids if all(is_integer(i) for i in ids) else None  # COCO's kind: results carry them
         if cfg.weights is not None and self.resume_path is None:
             ckpt = read_checkpoint(cfg.weights)
             load_checkpoint(model, ckpt, ignore_class_head=True)

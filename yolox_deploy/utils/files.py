@@ -8,10 +8,11 @@ import math
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..errors import ArtefactError, InputError
 
@@ -48,6 +49,23 @@ def is_stream(path: str | os.PathLike) -> bool:
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def standard_stream(path: str | os.PathLike) -> TextIO | None:
+    """``sys.stdout`` (or ``sys.stderr``) when ``path`` is where it writes (``/dev/stdout``, ``/dev/fd/1``, the
+    file or pipe it was redirected to), else None. Text for it goes through it: a second handle on the same
+    file would write at its own position, over or under what the stream writes."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return None
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if os.path.samestat(target, os.fstat(stream.fileno())):
+                return stream
+        except (AttributeError, OSError, ValueError):  # replaced by an object without a file (a test's capture)
+            continue
+    return None
 
 
 def check_creatable(path: str | os.PathLike) -> None:
@@ -117,14 +135,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, _DIR_MODE)  # mkdtemp makes 0700 folders
     try:
         yield tmp
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        replace_entry(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -170,20 +181,47 @@ def move_into(produced: list[Path], folder: Path) -> list[Path]:
             raise InputError(f"{dest} is {'a folder' if dest.is_dir() else 'a file'}, where "
                              f"{'a folder' if p.is_dir() else 'a file'} was to be written; nothing written")
     for p, dest in zip(produced, final):
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        elif dest.exists() or dest.is_symlink():
-            dest.unlink()
-        os.replace(p, dest)
+        replace_entry(p, dest)
     return final
 
 
+def replace_entry(src: Path, dest: Path) -> None:
+    """Rename ``src`` (a file or folder) to ``dest`` in the same folder, replacing what is there. The old entry
+    steps aside (one rename) until the new one is in place, so an interruption between the two renames loses
+    neither: the old one is put back, or is still beside it as ``.NAME.old``."""
+    if not (dest.exists() or dest.is_symlink()):
+        os.replace(src, dest)
+        return
+    aside = dest.with_name(f".{dest.name}.old")
+    _remove(aside)
+    os.replace(dest, aside)
+    try:
+        os.replace(src, dest)
+    except BaseException:
+        os.replace(aside, dest)
+        raise
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a link or a folder tree at ``path``, if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically; a stream (:func:`is_stream`) is appended to, so what the process wrote
-    there before (stdout redirected to a file) stays."""
+    """Write a text file atomically; a stream (:func:`is_stream`) is written through (the process's own
+    stdout or stderr when it is one of them: :func:`standard_stream`)."""
     with atomic_write(path) as tmp:
-        with open(tmp, "a" if is_stream(tmp) else "w") as f:
-            f.write(text)
+        stream = standard_stream(tmp) if is_stream(tmp) else None
+        if stream is not None:
+            stream.write(text)
+            stream.flush()
+        else:
+            with open(tmp, "a" if is_stream(tmp) else "w") as f:
+                f.write(text)
     return Path(path)
 
 
