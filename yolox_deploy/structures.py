@@ -146,8 +146,8 @@ class Detections:
 
         ``category_ids`` maps class ids to dataset category ids (a sequence indexed by class id, or a dict);
         classes mapped to ``None`` (or absent from a dict) are left out. Without it, the detections' own
-        dataset category ids are written (:attr:`category_ids`); a model that does not know them writes its
-        class ids.
+        dataset category ids are written (:attr:`category_ids`); detections of a model that does not know them
+        write their class ids, with a warning.
         """
         if not is_integer(image_id):
             raise InputError(f"image_id must be an integer (COCO image ids are), got {image_id!r}")
