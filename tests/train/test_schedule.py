@@ -46,3 +46,21 @@ def test_multiscale_sizes():
     h, w = multiscale_size(40, (480, 640), (10, 20), seed=0)
     assert h % 32 == 0 and w % 32 == 0 and w == 32 * int(h * 640 / 480 / 32)
     assert multiscale_size(40, (640, 640), None) == (640, 640)
+
+
+def test_small_inputs_never_go_below_64_pixels():
+    """At 32 px the stride-32 map is one cell: BatchNorm cannot train on it for a batch of one image."""
+    from pathlib import Path
+
+    from yolox_deploy.train.config import TrainConfig
+
+    assert default_multiscale_range("yolox-nano", (128, 128)) == (2, 9)
+    sizes = {multiscale_size(i * 10, (128, 512), (2, 9), seed=s) for i in range(1, 60) for s in range(3)}
+    assert min(min(hw) for hw in sizes) == 64
+    base = {"model": "yolox-nano", "data": Path("data"), "output": Path("out")}
+    for bad, message in (({"img_size": 32}, "sides of at least 64"), ({"img_size": (32, 128)}, "sides of at least 64"),
+                         ({"multiscale_range": (1, 5)}, r"must be increasing and start at 2"),
+                         ({"multiscale_range": (6, 5)}, "must be increasing"), ({"seed": -1}, "seed must be >= 0")):
+        with pytest.raises(InputError, match=message):
+            TrainConfig(**base, **bad).resolved()
+    assert TrainConfig(**base, img_size=64).resolved().multiscale_range == (2, 7)

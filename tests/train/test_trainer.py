@@ -309,6 +309,11 @@ def test_a_run_continued_in_a_new_folder_keeps_its_own_best(synthetic_coco, tmp_
     torch.save({**raw, "best_ap": 0.5}, first / LATEST)  # a figure this tiny run cannot reach again
     with Trainer(config(synthetic_coco, first, epochs=3, val_split="val2017", eval_interval=1, resume=True)) as t:
         assert t.best_ap == 0.5
+    # resumed in place from an earlier checkpoint: the best_ckpt.pth on disk is only replaced by a better one
+    best = torch.load(first / "best_ckpt.pth", map_location="cpu", weights_only=True)
+    torch.save({**best, "best_ap": 0.75}, first / "best_ckpt.pth")
+    with Trainer(config(synthetic_coco, first, epochs=3, val_split="val2017", eval_interval=1, resume=True)) as t:
+        assert t.best_ap == 0.75
     with Trainer(config(synthetic_coco, tmp_path / "second", epochs=3, val_split="val2017", eval_interval=1,
                         resume=first / LATEST)) as t:
         assert t.iteration == 4 and t.best_ap == 0.0

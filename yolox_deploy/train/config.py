@@ -22,7 +22,7 @@ from ..utils.values import is_finite_number, is_integer
 from ..zoo import get_spec
 from .dataset import AugmentConfig
 from .optim import BASE_LR_PER_IMAGE
-from .schedule import default_multiscale_range
+from .schedule import MIN_SIDE, default_multiscale_range
 
 INTEGER_FIELDS = ("num_classes", "epochs", "batch", "workers", "seed", "warmup_epochs", "no_aug_epochs",
                   "multiscale_interval", "eval_interval")
@@ -96,6 +96,11 @@ class TrainConfig:
         c = dataclasses.replace(self, model=spec.name, data=Path(self.data), output=Path(self.output),
                                 weights=Path(self.weights) if self.weights else None)
         c.img_size = parse_img_size(c.img_size) if c.img_size is not None else tuple(spec.test_size)
+        if min(c.img_size) < MIN_SIDE:
+            raise InputError(f"training inputs need sides of at least {MIN_SIDE} (at {min(c.img_size)} the stride-32 "
+                             f"feature map is one cell), got {c.img_size[0]}x{c.img_size[1]}")
+        if c.seed < 0:
+            raise InputError(f"seed must be >= 0, got {c.seed}")
         if c.epochs < 1:
             raise InputError(f"epochs must be >= 1, got {c.epochs}")
         if c.batch < 1:
@@ -115,6 +120,9 @@ class TrainConfig:
             c.mixup = spec.mixup
         if c.multiscale and c.multiscale_range is None:
             c.multiscale_range = default_multiscale_range(spec.name, c.img_size)
+        if c.multiscale_range is not None and not (MIN_SIDE // 32 <= c.multiscale_range[0] <= c.multiscale_range[1]):
+            raise InputError(f"multi-scale range {tuple(c.multiscale_range)} (sides 32 k) must be increasing and "
+                             f"start at {MIN_SIDE // 32} or more")
         if c.multiscale_interval < 1 or c.eval_interval < 0:
             raise InputError("multiscale interval must be >= 1 and eval interval >= 0")
         if c.num_classes is not None and c.num_classes < 1:

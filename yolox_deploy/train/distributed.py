@@ -13,6 +13,7 @@ the others wait at a barrier meanwhile.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import BackendUnavailable, InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,14 @@ def barrier(info: DistInfo) -> None:
 
 
 def wrap_model(model: nn.Module, device: torch.device, info: DistInfo, sync_bn: bool = False) -> nn.Module:
-    """DistributedDataParallel (with SyncBatchNorm if asked) in a distributed run, else ``model`` as is."""
+    """DistributedDataParallel (with SyncBatchNorm if asked: GPUs only) in a distributed run, else ``model`` as
+    is (``sync_bn`` then has nothing to synchronise, and says so)."""
+    if sync_bn and device.type != "cuda":
+        raise InputError(f"--sync-bn synchronises BatchNorm across GPUs (SyncBatchNorm runs on CUDA only), not on "
+                         f"{device.type}; drop it")
     if not info.enabled:
+        if sync_bn:
+            log.warning("--sync-bn applies to runs of several processes (torchrun); this one has a single process")
         return model
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

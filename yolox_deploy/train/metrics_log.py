@@ -35,11 +35,10 @@ class CsvLog:
         if self._fields is None:
             self._fields = list(row)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.path, ",".join(self._fields) + "\n")
-        buf = io.StringIO()
-        csv.writer(buf).writerow([_fmt(row.get(k, "")) for k in self._fields])
+            write_text_atomic(self.path, _csv_text([self._fields]))
+        buf = _csv_text([[_fmt(row.get(k, "")) for k in self._fields]])
         with self.path.open("a", newline="") as f:
-            f.write(buf.getvalue())
+            f.write(buf)
             f.flush()
 
     def truncate_after(self, iteration: int) -> None:
@@ -52,9 +51,14 @@ class CsvLog:
             return
         col = rows[0].index("iteration")
         kept = [rows[0]] + [r for r in rows[1:] if len(r) > col and r[col] and int(float(r[col])) <= iteration]
-        buf = io.StringIO()
-        csv.writer(buf).writerows(kept)
-        write_text_atomic(self.path, buf.getvalue())
+        write_text_atomic(self.path, _csv_text(kept))
+
+
+def _csv_text(rows: list[list[Any]]) -> str:
+    """CSV lines ending in ``\n`` (the csv module's default is ``\r\n``)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 def _fmt(v: Any) -> Any:
@@ -82,8 +86,15 @@ class MetricsLog:
                 self._tb = SummaryWriter(str(self.folder / TENSORBOARD_DIR))
 
     def resume_at(self, iteration: int) -> None:
+        """Continue after ``iteration``: rows logged beyond it (by the run that went on past the checkpoint
+        resumed) are dropped from the CSV files, and TensorBoard hides its events beyond it."""
         self.train.truncate_after(iteration)
         self.eval.truncate_after(iteration)
+        if self._tb is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb.close()
+            self._tb = SummaryWriter(str(self.folder / TENSORBOARD_DIR), purge_step=iteration + 1)
 
     def log_train(self, row: Mapping[str, Any]) -> None:
         self._log(self.train, "train", row)

@@ -68,13 +68,18 @@ class LRSchedule:
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * (i - self.warmup_iters) / span))
 
 
+# The smallest side a training input may have: at 32 the stride-32 map is one cell, on which BatchNorm in
+# training mode cannot run for a batch of one image (and learns nothing of use for any batch).
+MIN_SIDE = 64
+
+
 def default_multiscale_range(model: str, input_hw: tuple[int, int]) -> tuple[int, int]:
-    """The authors' range of ``k`` (side = 32 k): ``base / 32 +- 5`` (640 -> 448..832); nano and tiny at their
-    416 base use ``(10, 20)`` (320..640) as in their experiment files."""
+    """The authors' range of ``k`` (side = 32 k): ``base / 32 +- 5`` (640 -> 448..832), never below
+    ``MIN_SIDE``; nano and tiny at their 416 base use ``(10, 20)`` (320..640) as in their experiment files."""
     if model in ("yolox-nano", "yolox-tiny") and tuple(input_hw) == (416, 416):
         return 10, 20
     k = input_hw[0] // 32
-    return max(k - 5, 1), k + 5
+    return max(k - 5, MIN_SIDE // 32), k + 5
 
 
 def multiscale_size(iteration: int, base_hw: tuple[int, int], size_range: tuple[int, int] | None,
@@ -87,5 +92,5 @@ def multiscale_size(iteration: int, base_hw: tuple[int, int], size_range: tuple[
         return tuple(base_hw)  # type: ignore[return-value]
     k = int(np.random.default_rng((seed, 0x5CA1E, block)).integers(size_range[0], size_range[1] + 1))
     h = 32 * k
-    w = 32 * max(int(h * base_hw[1] / base_hw[0] / 32), 1)
+    w = 32 * max(int(h * base_hw[1] / base_hw[0] / 32), MIN_SIDE // 32)
     return h, w

@@ -38,7 +38,7 @@ from ..nn.yolox import YOLOX, build_model
 from ..utils.files import check_folder_writable
 from ..utils.signals import stop_between_steps
 from ..utils.text import listed
-from ..utils.values import is_integer
+from ..utils.values import is_finite_number, is_integer
 from .augment import fit_to_input
 from .batchnorm import folded_batchnorms, unfold_batchnorms
 from .checkpoint import BEST, CHECKPOINTS, LAST_MOSAIC, LATEST, load_training_state, save_training_checkpoint
@@ -183,6 +183,15 @@ class Trainer:
                              f"({path.parent}) or in a new --output")
         return path
 
+    def _best_ap_on_disk(self) -> float:
+        """The AP of the ``best_ckpt.pth`` in the output folder (0 without one): a run resumed from an earlier
+        checkpoint of its own replaces it only by a better one."""
+        best = self.cfg.output / BEST
+        if not best.is_file():
+            return 0.0
+        value = read_checkpoint(best).extra.get("best_ap", 0.0)
+        return float(value) if is_finite_number(value) else 0.0
+
     def _resumes_in_place(self, path: Path) -> bool:
         """Whether the checkpoint resumed lies in this run's output folder (the run continues its own files)."""
         return path.resolve().parent == self.cfg.output.resolve()
@@ -269,7 +278,7 @@ class Trainer:
         # step) its evaluation and checkpoints are still to do, and train() does them first
         self.epochs_closed = state.start_epoch
         # the best AP belongs with the best_ckpt.pth beside the checkpoint; a run continued elsewhere starts its own
-        self.best_ap = state.best_ap if self._resumes_in_place(path) else 0.0
+        self.best_ap = max(state.best_ap, self._best_ap_on_disk()) if self._resumes_in_place(path) else 0.0
         self.last_ap = state.curr_ap
         log.info("resumed %s at iteration %d (epoch %d)", path, self.iteration,
                  self.iteration // self.iters_per_epoch + 1)
