@@ -244,3 +244,17 @@ def test_metrics_json_is_strict_json():
     text = json_text({"AP": 0.3, "per_class_AP": {"giraffe": float("nan"), "cat": float("inf")}})
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {
         "AP": 0.3, "per_class_AP": {"giraffe": None, "cat": None}}
+
+
+def test_an_image_read_at_another_size_than_its_entry_is_refused(tmp_path, coco_tiny, nano_onnx):
+    """Its boxes would not fit it: every one would be scored as missed (an EXIF orientation the boxes were not
+    drawn for reads turned, as a swapped entry does)."""
+    def swapped(a):
+        first = a["images"][0]
+        return {**a, "images": [{**first, "width": first["height"], "height": first["width"]}, *a["images"][1:]]}
+
+    root = _split(tmp_path, coco_tiny, swapped)
+    first = json.loads((root / "annotations" / "instances_val2017.json").read_text())["images"][0]
+    with pytest.raises(InputError, match=re.escape(f"{first['file_name']} is {first['height']}x{first['width']} "
+                                                   "pixels but the annotation file says") + ".*swapped"):
+        evaluate(Detector(nano_onnx), root)

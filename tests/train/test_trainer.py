@@ -340,6 +340,16 @@ def test_run_folder_guards(synthetic_coco, tmp_path):
     assert (mine / "train_log.csv").read_text() == "my notes\n" and len(list(mine.iterdir())) == 1
     with pytest.raises(InputError, match="different batch"):
         Trainer(config(synthetic_coco, out, resume=True, batch=4))
+    smaller = tmp_path / "smaller"  # the same data less two images: the epochs would shift
+    shutil.copytree(synthetic_coco, smaller)
+    ann = smaller / "annotations" / "instances_train2017.json"
+    doc = json.loads(ann.read_text())
+    gone = {im["id"] for im in doc["images"][:2]}
+    doc["images"] = doc["images"][2:]
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] not in gone]
+    ann.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"the training set changed \(4 iterations per epoch then, 3 now\)"):
+        Trainer(config(smaller, out, resume=True))
     # a checkpoint resumed into another run's folder would replace that run's checkpoints and extend its logs
     other = tmp_path / "other-run"
     with Trainer(config(synthetic_coco, other)) as t:

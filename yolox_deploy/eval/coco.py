@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io.images import read_image
+from ..io.images import check_annotated_size, read_image
 from ..utils.text import listed
 from ..utils.values import is_finite_number, is_integer
 
@@ -267,6 +267,17 @@ def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]],
     return EvalResult(stats, per_class, len(data.image_ids), detections)
 
 
+def _read_annotated(data: CocoSplit, image_id: int) -> np.ndarray:
+    """An image of the split, refused when it reads at another size than its entry gives (an EXIF orientation
+    the boxes were not drawn for would score every box as missed)."""
+    path = data.image_path(image_id)
+    image = read_image(path)
+    entry = data.coco.imgs[image_id]
+    if is_integer(entry.get("height")) and is_integer(entry.get("width")):
+        check_annotated_size(image, path, (entry["height"], entry["width"]))
+    return image
+
+
 def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str = "val2017",
              progress: Callable[[int], Any] | bool = False) -> EvalResult:
     """Run ``detector`` over every image of a COCO split and score it.
@@ -289,7 +300,7 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
     chunks = [ids[i:i + bs] for i in range(0, len(ids), bs)]
     with ThreadPoolExecutor(max_workers=2) as pool:  # decode the next images while the model runs
         def load(chunk: list[int]) -> Future:
-            return pool.submit(lambda: [read_image(ds.image_path(i)) for i in chunk])
+            return pool.submit(lambda: [_read_annotated(ds, i) for i in chunk])
 
         ahead = deque(load(c) for c in chunks[:PREFETCH_BATCHES])  # at most this many batches decoded ahead
         for k, chunk in enumerate(chunks):

@@ -84,6 +84,24 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return ensure_bgr(image, name=str(p))
 
 
+def check_annotated_size(image: np.ndarray, path: str | os.PathLike, annotated_hw: tuple[int, int]) -> None:
+    """Refuse an image read at another size than its annotation gives (its boxes would not fit it), saying why:
+    an EXIF orientation that turns it as it is read (the file's own pixels have the annotated size), or a
+    wrong (perhaps swapped) width/height entry."""
+    if image.shape[:2] == tuple(annotated_hw):
+        return
+    raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if raw is not None and raw.shape[:2] == tuple(annotated_hw):
+        advice = ("its EXIF orientation turns it on reading: check which way its boxes were drawn, and store the "
+                  "image upright (without the tag) to match them")
+    elif raw is not None and raw.shape[:2] == tuple(annotated_hw)[::-1]:
+        advice = "the entry's width and height are swapped: fix its width/height entry"
+    else:
+        advice = "fix its width/height entry"
+    raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]} pixels but the annotation file says "
+                     f"{annotated_hw[1]}x{annotated_hw[0]}; {advice}")
+
+
 @dataclass(frozen=True)
 class Frame:
     """One item of a source: a name (file stem, or the file name where stems clash: :func:`frame_names`;

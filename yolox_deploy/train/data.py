@@ -12,7 +12,7 @@ What happens to bad input:
 - a box reaching outside its image: clipped to the image (counted in the summary warning).
 - a box with zero or negative width or height after clipping, non-finite or malformed coordinates, or an
   unknown ``category_id``: skipped (counted in one summary warning).
-- ``iscrowd`` boxes (one box around a crowd of objects): skipped, counted. The authors train on them; a box
+- ``iscrowd`` boxes (one box around a crowd of objects): skipped, counted, as the authors' dataset does; a box
   around a crowd is not one object, and COCO evaluation ignores detections on crowds anyway.
 - images without any (remaining) box: kept, as background images (the authors keep them too).
 

@@ -11,16 +11,14 @@ off Mosaic and MixUp (HSV and flip stay, as in the authors' recipe).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io.images import read_image
+from ..io.images import check_annotated_size, read_image
 from ..ops.boxes import xyxy_to_cxcywh
 from .augment import fit_to_input, hflip, hsv_jitter, mixup, mosaic, random_affine, resize_to_fit
 from .data import DetectionSet
@@ -44,18 +42,6 @@ class AugmentConfig:
     degrees: float = 10.0
     translate: float = 0.1
     shear: float = 2.0
-
-
-def _size_mismatch_advice(path: str | os.PathLike, annotated_hw: tuple[int, int]) -> str:
-    """What to do about an image whose size is not its annotation's: an EXIF orientation that turns it as it
-    is read (the file's own pixels have the annotated size), or a wrong (perhaps swapped) width/height entry."""
-    raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if raw is not None and raw.shape[:2] == annotated_hw:
-        return ("its EXIF orientation turns it on reading: check which way its boxes were drawn, and store the image "
-                "upright (without the tag) to match them")
-    if raw is not None and raw.shape[:2] == annotated_hw[::-1]:
-        return "the entry's width and height are swapped: fix its width/height entry"
-    return "fix its width/height entry"
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -85,9 +71,7 @@ class TrainDataset(torch.utils.data.Dataset):
         hit = self._cache.get(index)
         if hit is None:
             image = read_image(rec.path)
-            if image.shape[:2] != (rec.height, rec.width):
-                raise InputError(f"{rec.path} is {image.shape[1]}x{image.shape[0]} pixels but the annotation file says "
-                                 f"{rec.width}x{rec.height}; " + _size_mismatch_advice(rec.path, (rec.height, rec.width)))
+            check_annotated_size(image, rec.path, (rec.height, rec.width))
             hit = resize_to_fit(image, rec.boxes, self.input_hw)
             if self.cache:
                 self._cache[index] = hit

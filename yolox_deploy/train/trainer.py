@@ -65,6 +65,7 @@ UNFOLD_IMAGES = 32        # images for the statistics of folded BatchNorms
 UNFOLD_GRAD_BATCHES = 4   # training batches for their equilibrium weight norms
 RECIPE_WEIGHT_DECAY, RECIPE_MOMENTUM = 5e-4, 0.9
 RESUME_MUST_MATCH = ("model", "batch", "img_size", "seed")
+ITERS_PER_EPOCH = "iterations_per_epoch"  # saved beside the config: a resume needs the same training set size
 
 
 class NonFiniteLossError(YoloxError):
@@ -204,7 +205,11 @@ class Trainer:
             log.warning("no %s split in %s: no periodic evaluation, best_ckpt.pth will not be written",
                         cfg.val_split, cfg.data)
             return None
-        val = open_scorable(cfg.data, cfg.val_split)
+        try:
+            val = open_scorable(cfg.data, cfg.val_split)
+        except InputError as e:  # --skip-missing is for the training split; say what else gets the run going
+            raise InputError(f"the evaluation split {cfg.val_split}: {e}; fix it, evaluate on another split "
+                             "(--val-split), or train without evaluation (--eval-interval 0)") from None
         unknown = set(val.category_names) - set(self.data.class_names)
         if unknown:
             raise InputError(f"the {cfg.val_split} split has categories the {cfg.train_split} split lacks: "
@@ -257,6 +262,10 @@ class Trainer:
             if key in saved and saved[key] != now:
                 raise InputError(f"cannot resume {path.name} with a different {key} ({saved[key]} -> {now}); "
                                  "use the settings of the original run")
+        if saved.get(ITERS_PER_EPOCH, self.iters_per_epoch) != self.iters_per_epoch:
+            raise InputError(f"cannot resume {path.name}: the training set changed ({saved[ITERS_PER_EPOCH]} "
+                             f"iterations per epoch then, {self.iters_per_epoch} now), which would shift its epochs "
+                             f"and schedule; start a new run from its weights (--weights {path})")
         if state.class_names is not None and tuple(state.class_names) != self.data.class_names:
             raise InputError(f"cannot resume {path.name}: it was trained on other classes than {self.cfg.data} has")
         if "epochs" in saved and saved["epochs"] != self.cfg.epochs:
@@ -487,7 +496,8 @@ class Trainer:
             self.cfg.output / name, weights=weights, model=unwrap(self.net), optimizer=self.optimizer,
             ema_state=self.ema.state_dict() if self.ema is not None else None, scaler_state=self.scaler.state_dict(),
             iteration=self.iteration, start_epoch=start_epoch, best_ap=self.best_ap,
-            curr_ap=self.last_ap if self.last_ap is not None else 0.0, config=self.cfg.to_dict())
+            curr_ap=self.last_ap if self.last_ap is not None else 0.0,
+            config={**self.cfg.to_dict(), ITERS_PER_EPOCH: self.iters_per_epoch})
 
     def close(self) -> None:
         """Close the logs and leave the process group (the trainer cannot train afterwards)."""
