@@ -108,7 +108,7 @@ def test_to_coco_takes_a_dict_and_integer_image_ids_only():
 
     d = make(4)  # class ids 0, 1, 0, 1
     assert [e["category_id"] for e in d.to_coco(1, {1: 18})] == [18, 18]  # classes absent from a dict: left out
-    assert [e["image_id"] for e in d.to_coco(np.int64(7))] == [7] * 4
+    assert [e["image_id"] for e in d.to_coco(np.int64(7), {0: 1, 1: 2})] == [7] * 4
     for image_id in (3.7, "000123", None, True):
         with pytest.raises(InputError, match="image_id must be an integer"):
             d.to_coco(image_id)
