@@ -78,7 +78,8 @@ def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", 
 
 
 class Detector:
-    """Detect objects with any YOLOX artefact: ``.pth``, ``.onnx``, ``.engine``, ``*_openvino/``, ``*_ncnn/``.
+    """Detect objects with any YOLOX artefact: ``.pth``, ``.onnx``, ``.engine``, ``*_openvino/``, ``*_ncnn/``, or
+    the name of a released variant (``"yolox-s"``: the authors' COCO checkpoint, fetched once into the cache).
 
     >>> det = Detector("yolox_nano.onnx")
     >>> [dets] = det("dog.jpg")

@@ -55,7 +55,7 @@ class CsvLog:
 
 
 def _csv_text(rows: list[list[Any]]) -> str:
-    """CSV lines ending in ``\n`` (the csv module's default is ``\r\n``)."""
+    """CSV lines ending in LF (the csv module's default is CRLF)."""
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()
