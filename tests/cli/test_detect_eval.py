@@ -410,6 +410,19 @@ def test_an_artefact_it_may_not_read_is_said_so(tmp_path, nano_onnx, nano_pth, d
     assert not (tmp_path / "out").exists()
 
 
+def test_class_names_files_with_a_byte_order_mark_or_missing(tmp_path):
+    from yolox_deploy.cli.common import class_names_argument
+    from yolox_deploy.errors import InputError
+
+    bom = tmp_path / "names.txt"
+    bom.write_text("person\nbicycle\n", encoding="utf-8-sig")  # as Windows editors save "UTF-8"
+    assert class_names_argument(str(bom)) == ["person", "bicycle"]
+    for missing, what in ((tmp_path / "nmaes.txt", "not found"), (tmp_path, "a folder")):
+        with pytest.raises(InputError, match=f"class names file {missing}: {what}"):
+            class_names_argument(str(missing))
+    assert class_names_argument("cat") == ["cat"]  # one name is still a list of one
+
+
 def test_class_names_as_a_comma_list_longer_than_a_file_name():
     from yolox_deploy.cli.common import class_names_argument
     from yolox_deploy.data.coco import COCO_CLASSES

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from yolox_deploy import Detector
+from yolox_deploy.errors import InputError
 from yolox_deploy.meta import Preprocess
 from yolox_deploy.ops.letterbox import letterbox_batch, to_model_input
 from yolox_deploy.runtimes.detector import open_backend
@@ -77,6 +78,11 @@ def test_legacy_contract_converts_in_numpy(artefacts, tiny_random_model, tmp_pat
         got = backend.infer(canvases)[0]
         want = backend.infer(to_model_input(canvases, Preprocess.legacy()))[0]
     np.testing.assert_array_equal(got, want)
+    with open_backend(path, legacy=True) as backend:  # says what the artefact records: accepted
+        assert backend.meta.preprocess == Preprocess.legacy()
+    # an artefact that records the current contract is not made legacy by a flag (it was ignored before)
+    with pytest.raises(InputError, match="records its input contract .* legacy \\(--legacy\\) describes"):
+        open_backend(artefacts["onnx"], legacy=True)
 
 
 @pytest.mark.parametrize("kind", ["onnx", "openvino", "ncnn"])

@@ -150,6 +150,15 @@ def test_weights_and_sources_of_the_wrong_type(nano_onnx_dynamic, weights, sourc
         Detector(nano_onnx_dynamic if weights == "ok" else weights)(source)
 
 
+def test_an_empty_batch_is_no_detections_or_one_message(nano_onnx_dynamic):
+    """Dynamic-batch runtimes failed inside on zero images (ONNX Runtime's Reshape)."""
+    with Detector(nano_onnx_dynamic) as det:
+        assert det.run_batch([]) == [] and det([]) == []
+        for empty in (np.zeros((0, 416, 416, 3), np.uint8), np.zeros((0, 3, 416, 416), np.float32)):
+            with pytest.raises(InputError, match="an empty batch"):
+                det.infer(empty)
+
+
 def test_a_closed_detector_says_so(nano_onnx_dynamic, dog_jpg):
     det = Detector(nano_onnx_dynamic)
     det.close()

@@ -168,6 +168,23 @@ def test_without_metadata(copy_of, rng):
         assert det.meta.class_names == ("x", "y", "z")
 
 
+def test_without_metadata_a_decoding_graph_is_taken_as_one(tmp_path, tiny_random_model, rng):
+    """The .param and .bin copied without their .json: the decode's exp says the boxes are in pixels already
+    (decoding them again gave boxes of thousands of pixels)."""
+    with_meta = export(tiny_random_model, "ncnn", tmp_path / "dec_ncnn", img_size=SIZE, verify=False).path
+    bare = tmp_path / "bare_ncnn"
+    bare.mkdir()
+    for name in ("model.ncnn.param", "model.ncnn.bin"):
+        shutil.copy(with_meta / name, bare / name)
+    image = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    with Detector(with_meta, conf=0.0) as a, Detector(bare, img_size=SIZE, conf=0.0) as b:
+        assert b.meta.decode_in_graph
+        [da], [db] = a(image), b(image)
+        np.testing.assert_allclose(db.xyxy, da.xyxy, atol=1e-3)
+    with NcnnBackend(bare, img_size=SIZE, decode_in_graph=False) as c:  # said otherwise: as it is told
+        assert not c.meta.decode_in_graph
+
+
 def test_options_and_devices(tiny):
     with pytest.raises(InputError, match="threads option is an integer >= 0"):
         NcnnBackend(tiny, threads="2")

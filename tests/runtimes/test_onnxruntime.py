@@ -407,3 +407,14 @@ def test_graphs_that_are_no_yolox_head_are_refused_at_load(tmp_path, what, messa
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     with pytest.raises(ArtefactError, match=message):
         Detector(tmp_path / "m.onnx")
+
+
+def test_options_that_cannot_apply_say_so(nano_onnx, tmp_path, caplog):
+    from yolox_deploy.runtimes.onnxruntime import OnnxRuntimeBackend
+
+    with OnnxRuntimeBackend(nano_onnx, half=True) as backend:  # accepted, and said to do nothing on the CPU
+        assert backend.meta.precision == "fp32"
+    assert "half applies with the TensorRT execution provider (device tensorrt) only" in caplog.text
+    (tmp_path / "m_openvino").mkdir()
+    with pytest.raises(InputError, match="m_openvino is a folder; the onnxruntime backend opens .onnx files"):
+        OnnxRuntimeBackend(tmp_path / "m_openvino")

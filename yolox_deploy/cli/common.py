@@ -147,10 +147,14 @@ def class_names_argument(value: str) -> list[str]:
         is_file = False
     if is_file:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark would stick to the first name
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"cannot read the class names in {path}: {e}") from None
         names = [line.strip() for line in text.splitlines() if line.strip()]
+    elif "," not in value and (path.suffix.lower() in (".txt", ".names", ".csv", ".json") or os.sep in value):
+        what = "a folder" if path.is_dir() else "not found"
+        raise InputError(f"class names file {value}: {what}; give a text file with one name per line, or names "
+                         "separated by commas")
     else:
         names = [n.strip() for n in value.split(",")]
     if not names or not all(names):

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import ModelMeta
+from ..meta import ModelMeta, Preprocess
 from ..ops.letterbox import is_canvas_batch, to_model_input
 from ..utils.packages import import_reason, missing_reason
 from ..utils.values import is_integer
@@ -169,6 +169,11 @@ class Backend(abc.ABC):
             has = "decodes its boxes" if self.meta.decode_in_graph else "has a raw output"
             raise InputError(f"{Path(str(path)).name} {has} (its metadata or graph says so); decode_in_graph={decode} "
                              "describes artefacts without metadata and cannot change that")
+        if options.get("legacy") and self.meta.preprocess != Preprocess.legacy():
+            self.close()
+            raise InputError(f"{Path(str(path)).name} records its input contract (BGR 0-255, as YOLOX 0.1.1 and "
+                             "later); legacy (--legacy) describes checkpoints and artefacts without metadata, and "
+                             "was applied when it was exported if it was given then")
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:
@@ -270,6 +275,8 @@ class Backend(abc.ABC):
         if not canvas and (len(shape) != 4 or shape[1] != 3):
             raise InputError(f"expected a batch of shape [N, 3, H, W] (float) or [N, H, W, 3] (uint8 canvases), "
                              f"got {list(shape)} {batch.dtype}")
+        if shape[0] == 0:  # the runtimes fail inside on an empty batch (ONNX Runtime's Reshape, NCNN's index)
+            raise InputError("an empty batch (0 images): give at least one image")
         hw = shape[1:3] if canvas else shape[2:]
         if not self.meta.dynamic_hw and hw != (want_h, want_w):
             raise InputError(f"this artefact was exported for {want_h}x{want_w} input, got {hw[0]}x{hw[1]}; "

@@ -235,7 +235,9 @@ class Detector:
         return cached[1], cached[2]
 
     def run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detect on BGR uint8 images that fit in one batch."""
+        """Detect on BGR uint8 images that fit in one batch (none: no detections)."""
+        if not len(images):
+            return []
         batch, ratios = self.preprocess(images)
         return self.postprocess(self.infer(batch), ratios, [im.shape[:2] for im in images])
 

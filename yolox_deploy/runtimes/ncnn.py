@@ -4,7 +4,9 @@ The ``.bin`` is the file next to the ``.param`` with the same stem. Metadata com
 ``<param>.json`` that ``yolox-export`` writes (:func:`~yolox_deploy.meta.sidecar_path`). Without it (a model
 converted by other tools) the backend infers what it can: input size from ``img_size`` or the graph's
 ``Input`` layer, classes from ``num_classes`` / ``class_names`` or the output width of one run on a blank
-image; the output is assumed raw (``decode_in_graph=True`` says otherwise) and the input size fixed.
+image; the output is taken as decoded when the graph holds the decode's ``exp`` (as every yolox-export NCNN
+graph that decodes does; a raw head has none), else as raw (``decode_in_graph`` overrides), and the input
+size as fixed.
 
 NCNN has no batch dimension: each image of a batch runs through its own ``Extractor`` on the one shared
 ``Net`` and the outputs are stacked, so any batch size is accepted.
@@ -100,6 +102,11 @@ class NcnnGraph:
                 w, h = layer.int_param(0), layer.int_param(1)
                 return (h, w) if h > 0 and w > 0 else None
         return None
+
+    def decodes(self) -> bool:
+        """Whether the graph decodes its boxes: the decode's ``exp`` of the sizes (a ``UnaryOp`` of type 7).
+        A raw YOLOX head has none (its activations are sigmoids and SiLU / Swish)."""
+        return any(layer.type == "UnaryOp" and layer.int_param(0) == 7 for layer in self.layers)
 
     def min_weight_bytes(self) -> int:
         """A lower bound of the ``.bin`` size the layers imply (weights at one byte, tags, FP32 biases)."""
@@ -311,8 +318,9 @@ class NcnnBackend(Backend):
                 raise ArtefactError(f"{where} and its output {list(out.shape)} is not [anchors, 5 + classes]; "
                                     "pass num_classes")
             num_classes = out.shape[1] - 5
+        decodes = bool(opts["decode_in_graph"]) if opts.get("decode_in_graph") is not None else graph.decodes()
         meta = ModelMeta.default(int(num_classes), hw, batch=None, dynamic_hw=False, format="ncnn",
-                                 decode_in_graph=bool(opts.get("decode_in_graph", False)),
+                                 decode_in_graph=decodes,
                                  preprocess=Preprocess.legacy() if opts.get("legacy") else Preprocess())
         return meta.with_(class_names=tuple(names)) if names else meta
 

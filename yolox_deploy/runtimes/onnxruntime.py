@@ -84,8 +84,14 @@ class OnnxRuntimeBackend(Backend):
         path = Path(self.path)
         self._kind, self._device_id = parse_device(self.device)
         self._providers_list = self._providers()
+        if path.is_dir():
+            raise InputError(f"{path} is a folder; the onnxruntime backend opens .onnx files (drop --backend for the "
+                             "runtime its contents imply)")
         if not path.is_file():
             raise InputError(f"ONNX file not found: {path}")
+        if self.options.get("half") and self._kind != "tensorrt":
+            log.warning("half applies with the TensorRT execution provider (device tensorrt) only; ONNX Runtime "
+                        "runs this graph in the precision it was exported in")
         if path.stat().st_size == 0:
             raise ArtefactError(f"{path.name} is empty (0 bytes); re-export it")
         check_readable(path)
