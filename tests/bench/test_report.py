@@ -95,3 +95,17 @@ def test_plot_is_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     partial = write_report(make_report(), tmp_path, plot=False)  # the next run's first rows: no stale plot
     assert "plot" not in partial and not paths["plot"].exists()
+
+
+def test_the_plot_marks_the_fp32_ap_of_a_model():
+    """INT8's AP measured after FP32's took the model's star in the plot, labelled as the model's AP."""
+    from yolox_deploy.bench.plot import measured_ap
+
+    def row(precision, ap, backend="openvino"):
+        return BenchRow("yolox-nano", backend, precision, 1, (416, 416), 912_159, 1.11, ap=ap,
+                        model_ms=LatencyStats.from_samples([5.0]))
+
+    assert measured_ap([row("fp32", 0.3052), row("int8", 0.2980)]) == {"yolox-nano": (pytest.approx(30.52), "fp32")}
+    assert measured_ap([row("int8", 0.2980), row("fp32", 0.3052)]) == {"yolox-nano": (pytest.approx(30.52), "fp32")}
+    assert measured_ap([row("int8", 0.2980), row("fp16", 0.3053)]) == {"yolox-nano": (pytest.approx(29.80), "int8")}
+    assert measured_ap([row("fp32", None)]) == {}

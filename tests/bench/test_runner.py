@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +255,28 @@ def test_with_eval_measures_the_reference_ap(tmp_path, nano_pth, coco_tiny):
     assert nano.ap == pytest.approx(REFERENCE_AP, abs=0.002)
     assert tiny.ok and tiny.ap is None and any("random weights" in n for n in tiny.notes)
     assert any("80 images" in n for n in report.notes)
+
+
+def test_a_damaged_cache_entry_names_the_folder_to_delete(tmp_path):
+    """Each run reuses a cached export; one damaged outside the run fails every run until it is removed."""
+    pytest.importorskip("onnxruntime")
+    cfg = BenchConfig(models=["nano"], backends=["onnxruntime"], iters=2, warmup=0, images=None, max_images=1,
+                      img_size=(64, 64), output=tmp_path, demo=False, progress=False, isolate=False)
+    [row] = run_benchmark(cfg).rows
+    assert row.ok, row.status
+    artefact = Path(row.artefact)
+    with open(artefact, "r+b") as f:
+        f.truncate(1000)
+    [again] = run_benchmark(cfg).rows
+    assert again.status.startswith("failed:") and "artefact reused from cache" in again.notes[0]
+    assert again.status.endswith(f"(delete the cache entry {artefact.parent} to export it again)")
+
+
+def test_int8_of_real_weights_on_synthetic_images_names_the_bench_options(tmp_path, nano_pth):
+    pytest.importorskip("nncf")
+    cfg = BenchConfig(models=["nano"], backends=["openvino"], precisions=["int8"], iters=2, warmup=0, images=None,
+                      max_images=2, img_size=(416, 416), output=tmp_path, demo=False, progress=False, isolate=False,
+                      weights_dir=nano_pth.parent)
+    [row] = [r for r in run_benchmark(cfg).rows if r.precision == "int8"]
+    assert row.status.startswith("not available: INT8 of real weights is verified on a calibration image")
+    assert "give --calib-images DIR or --images DIR" in row.status and "--verify-image" not in row.status

@@ -70,6 +70,11 @@ def test_missing_matplotlib_is_said_before_any_timing(tmp_path, capsys, monkeypa
     assert "--no-plot" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
+def test_an_option_for_a_backend_not_measured_is_said(caplog):
+    config_from_args(build_parser().parse_args(["--backends", "onnxruntime", "--backend-option", "openvino:threads=1"]))
+    assert "--backend-option for openvino, which this run does not measure (--backends onnxruntime)" in caplog.text
+
+
 def test_backend_options():
     import pytest
 
@@ -78,7 +83,7 @@ def test_backend_options():
 
     opts = parse_backend_options(["openvino:hint=throughput", "ort:threads=1", "openvino:cache=false", "x:y=0.5"])
     assert opts == {"openvino": {"hint": "throughput", "cache": False}, "ort": {"threads": 1}, "x": {"y": 0.5}}
-    cfg = config_from_args(build_parser().parse_args(["--backend-option", "ort:threads=1"]))
+    cfg = config_from_args(build_parser().parse_args(["--backends", "onnxruntime", "--backend-option", "ort:threads=1"]))
     assert cfg.backend_options == {"onnxruntime": {"threads": 1}}
     for bad in ("openvino", "openvino:hint", ":a=b"):
         with pytest.raises(InputError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..utils.files import atomic_write
@@ -55,6 +56,16 @@ def _series(rows: list[BenchRow]) -> dict[str, list[BenchRow]]:
     return out
 
 
+def measured_ap(rows: Sequence[BenchRow]) -> dict[str, tuple[float, str]]:
+    """Per model, the AP (%) measured in a run and the precision it was measured in: an FP32 row's where the
+    model has one (the paper's AP is FP32's), else the first reduced-precision row's."""
+    measured: dict[str, tuple[float, str]] = {}
+    for r in rows:
+        if r.ok and r.ap is not None and (r.model not in measured or r.precision == "fp32"):
+            measured[r.model] = (r.ap * 100, r.precision)
+    return measured
+
+
 def plot_speed_accuracy(report: BenchReport, path: str | os.PathLike, *, dpi: int = 130) -> Path:
     """Draw the figure into ``path`` (PNG, written atomically)."""
     import matplotlib
@@ -84,8 +95,8 @@ def plot_speed_accuracy(report: BenchReport, path: str | os.PathLike, *, dpi: in
         marker = MARKERS[k % len(MARKERS)]
         left.plot([p[0] for p in keep], [p[1] for p in keep], color=color, lw=1, alpha=0.6)
         for x, y, r in keep:
-            measured_ap = r.ap is not None
-            left.scatter([x], [y], s=55, marker=marker, color=color if measured_ap else "white", edgecolors=color,
+            has_ap = r.ap is not None
+            left.scatter([x], [y], s=55, marker=marker, color=color if has_ap else "white", edgecolors=color,
                          linewidths=1.6, zorder=3)
             left.annotate(SHORT.get(r.model, r.model), (x, y), textcoords="offset points", xytext=(5, 4 + 7 * (k % 4)),
                           fontsize=7, color=color)
@@ -105,7 +116,7 @@ def plot_speed_accuracy(report: BenchReport, path: str | os.PathLike, *, dpi: in
               transform=left.transAxes, fontsize=7, va="top", color="#444444")
 
     benchmarked = {r.model for r in report.rows if r.ok}
-    measured_ap = {r.model: r.ap * 100 for r in report.rows if r.ok and r.ap is not None}
+    measured = measured_ap(report.rows)
     for r in TABLE4_LIGHT.rows:
         if r.params_m is None or r.ap is None:
             continue
@@ -115,10 +126,13 @@ def plot_speed_accuracy(report: BenchReport, path: str | os.PathLike, *, dpi: in
         right.annotate(r.model, (r.params_m, r.ap), textcoords="offset points", xytext=(6, -3), fontsize=8)
         if r.variant in benchmarked:
             right.scatter([r.params_m], [r.ap], s=240, facecolors="none", edgecolors="#2ca02c", linewidths=1.8, zorder=2)
-        if r.variant in measured_ap:
-            right.scatter([r.params_m], [measured_ap[r.variant]], s=70, marker="*", color="#2ca02c", zorder=4)
+        if r.variant in measured:
+            ap, precision = measured[r.variant]
+            right.scatter([r.params_m], [ap], s=70, marker="*", color="#2ca02c", zorder=4)
             where = Path(str(report.settings.get("with_eval") or "")).name
-            right.annotate(f"measured on {where}" if where else "measured", (r.params_m, measured_ap[r.variant]),
+            label = (f"measured on {where}" if where else "measured") + ("" if precision == "fp32" else
+                                                                          f" ({precision.upper()})")
+            right.annotate(label, (r.params_m, ap),
                            textcoords="offset points",
                            xytext=(6, 4), fontsize=7, color="#2ca02c")
     right.set_xlabel("parameters (M)")

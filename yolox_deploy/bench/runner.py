@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, InputError, YoloxError
+from ..errors import ArtefactError, BackendUnavailable, InputError, YoloxError
 from ..io.images import list_images
 from ..utils.files import check_folder_writable
 from ..zoo import canonical_name, get_spec
@@ -275,11 +275,18 @@ class RowRunner:
         fmt = format_for_backend(backend)
         if fmt is None:
             return source.model()
+        from ..export.verify import NoVerificationImage
+
         req = ArtefactRequest(source.spec.name, fmt, precision, batch, size, device)
+        calib = None
         try:
             calib = self.calib_folder() if precision == "int8" else None
             photo = self.verification_image() if source.real else None
             path, reused = cached_artefact(source, req, self.cfg.cache, calib, verify_image=photo)
+        except NoVerificationImage:
+            raise _NotAvailable(f"INT8 of real weights is verified on a calibration image the model detects something "
+                                f"on, and none of {calib} shows anything (synthetic images): give --calib-images "
+                                "DIR or --images DIR (photos with objects)") from None
         except (BackendUnavailable, InputError) as e:
             raise _NotAvailable(str(e)) from None
         row.artefact = str(path)
@@ -303,12 +310,19 @@ class RowRunner:
             row.status = f"{NOT_AVAILABLE}: {e}"
         except YoloxError as e:
             row.status = f"{FAILED}: {e}"
+            if isinstance(e, ArtefactError) and row.artefact and self._from_cache(row):
+                row.status += f" (delete the cache entry {Path(row.artefact).parent} to export it again)"
         except Exception as e:  # a bug in one backend must not end the whole benchmark
             log.warning("%s %s %s b%d failed", row.model, backend, precision, batch, exc_info=True)
             row.status = f"{FAILED}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         log.info("%s %s %s b%d %s: %s", row.model, backend, precision, batch, row.input,
                  f"{row.model_ms.mean:.2f} ms model, {row.pipeline.total.mean:.2f} ms full" if row.ok else row.status)
         return row
+
+    def _from_cache(self, row: BenchRow) -> bool:
+        """Whether the row's artefact is an export of this run's cache (rather than a user's file)."""
+        cache = Path(self.cfg.cache).resolve()
+        return cache in Path(row.artefact).resolve().parents
 
     def _measure(self, row: BenchRow, weights: Any, source: ModelSource) -> None:
         from ..runtimes.base import PRECISION_OPTIONS
@@ -535,8 +549,10 @@ def run_isolated(command: str, cfg: BenchConfig, payload: dict[str, Any], fallba
     with tempfile.TemporaryDirectory(prefix="yolox-bench-") as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"config": cfg.to_dict(), "log_level": level, **payload}, default=str))
+        # its own session: a Ctrl-C at the terminal reaches this process alone, which stops the worker (run()
+        # kills it) and says "interrupted"; in the worker it could land in its imports and print a traceback
         proc = subprocess.run([sys.executable, "-m", "yolox_deploy.bench.worker", command, str(spec), str(out)],
-                              stdout=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, start_new_session=True)
         if proc.returncode == 0 and out.is_file():
             result = json.loads(out.read_text())
             return BenchRow.from_dict(result) if command == "row" else result

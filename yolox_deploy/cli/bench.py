@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..utils.table import format_table
 from .common import cli_entry, main_guard, output_folder
 
+log = logging.getLogger(__name__)
 EXIT_ROWS_FAILED = 1  # the run finished, the tables are written, some rows have no figures
 
 
@@ -126,7 +127,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         from ..utils.sizes import parse_img_size
 
         img_size = parse_img_size(args.img_size)
-    return BenchConfig(
+    cfg = BenchConfig(
         models=_csv(args.models), backends=_csv(args.backends), precisions=precisions, batches=args.batch,
         img_size=img_size, iters=args.iters, warmup=args.warmup, max_seconds=args.max_time, images=images,
         max_images=args.max_images, weights_dir=weights_dir,
@@ -136,6 +137,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         conf=args.conf, nms=args.nms, threads=args.threads, backend_options=parse_backend_options(args.backend_option),
         demo=not args.no_demo, progress=not args.quiet,
     )
+    unused = [name for name in cfg.backend_options if name not in cfg.backends]
+    if unused:  # most likely a backend left out of --backends by mistake
+        log.warning("--backend-option for %s, which this run does not measure (--backends %s)", ", ".join(unused),
+                    ",".join(cfg.backends))
+    return cfg
 
 
 @cli_entry

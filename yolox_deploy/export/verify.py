@@ -241,6 +241,11 @@ def _nms_graph_references(path: Path, source: ExportSource, meta: ModelMeta, bat
 VERIFY_PICK = 8
 
 
+class NoVerificationImage(InputError):
+    """None of the calibration images shows anything the model detects: an INT8 export has nothing to be
+    verified on (yolox-bench words the way out in its own options)."""
+
+
 def _reference_detections(source: ExportSource, meta: ModelMeta, batch: np.ndarray) -> RawDetections:
     """The source's own detections on ``batch`` at the verification thresholds (its graph's, for an ONNX source
     with NMS inside)."""
@@ -273,7 +278,7 @@ def calibration_verification_image(source: ExportSource, options: ExportOptions)
         tried += 1
         if tried == VERIFY_PICK:
             break
-    raise InputError(f"the model detects nothing at conf {VERIFY_CONF:g} on the first {tried} readable "
+    raise NoVerificationImage(f"the model detects nothing at conf {VERIFY_CONF:g} on the first {tried} readable "
                      f"calibration images of {options.calib_images}, and INT8 is verified on detections: pass "
                      "--verify-image IMAGE (a photo with objects), or --no-verify; images without objects "
                      "also calibrate poorly")
