@@ -7,15 +7,38 @@ Public API::
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from .errors import ArtefactError, BackendUnavailable, CheckpointError, ExportError, InputError, YoloxError
-from .meta import ModelMeta, Preprocess
-from .nn.checkpoint import load_checkpoint, load_model, save_checkpoint
-from .nn.yolox import YOLOX, build_model
-from .runtimes import Detector
-from .structures import Detections
 from .zoo import VARIANTS
+
+# Imported on first use (PEP 562): ``import yolox_deploy`` stays light (no torch, numpy or OpenCV), so a command
+# line tool has its Ctrl-C handling in place before those load.
+_LAZY = {"ModelMeta": ".meta", "Preprocess": ".meta", "load_checkpoint": ".nn.checkpoint",
+         "load_model": ".nn.checkpoint", "save_checkpoint": ".nn.checkpoint", "YOLOX": ".nn.yolox",
+         "build_model": ".nn.yolox", "Detector": ".runtimes", "Detections": ".structures"}
+
+if TYPE_CHECKING:
+    from .meta import ModelMeta, Preprocess
+    from .nn.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from .nn.yolox import YOLOX, build_model
+    from .runtimes import Detector
+    from .structures import Detections
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "ArtefactError", "BackendUnavailable", "CheckpointError", "Detections", "Detector", "ExportError",
