@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import InputError
+from .utils.files import json_ready
 from .utils.values import is_integer
 
 Index = Union[int, slice, Sequence[int], np.ndarray]
@@ -21,12 +21,6 @@ def name_table(class_names: Sequence[str]) -> np.ndarray:
     table = np.empty(len(class_names), dtype=object)
     table[:] = list(class_names)
     return table
-
-
-def _json_number(v: Any, digits: int) -> float | None:
-    """``v`` rounded to ``digits``, or None for NaN and infinities (which JSON cannot hold)."""
-    v = float(v)
-    return round(v, digits) if math.isfinite(v) else None
 
 
 @dataclass(frozen=True)
@@ -177,12 +171,12 @@ class Detections:
         """A JSON-ready dict: image size and a list of detections (with their dataset ``category_id`` when known).
         A coordinate or score that is not finite (a diverged model's) is written as ``null``."""
         cats = self.category_ids
-        return {
+        return json_ready({
             "image_size": list(self.image_size) if self.image_size else None,
-            "detections": [{"xyxy": [_json_number(v, 2) for v in box], "score": _json_number(score, 5),
-                            "class_id": cid, "name": name, **({} if cats is None else {"category_id": int(cats[i])})}
+            "detections": [{"xyxy": [round(float(v), 2) for v in box], "score": round(score, 5), "class_id": cid,
+                            "name": name, **({} if cats is None else {"category_id": int(cats[i])})}
                            for i, (box, score, cid, name) in enumerate(self)],
-        }
+        })
 
     def draw(self, image: np.ndarray, *, thickness: int | None = None, show_scores: bool = True) -> np.ndarray:
         """A copy of ``image`` (BGR uint8) with the boxes and labels drawn."""

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import BackendUnavailable, InputError
-from ..utils.files import write_text_atomic
+from ..utils.files import remove_entry, write_text_atomic
 from ..zoo import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -273,10 +272,7 @@ def cached_artefact(source: ModelSource, req: ArtefactRequest, cache_dir: Path,
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".*.part"):  # the staging of an export that was killed (SIGKILL, power loss)
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink()
+        remove_entry(stale)
     log.info("exporting %s -> %s (%s, batch %d, %dx%d)", req.model, req.format, req.precision, req.batch,
              *req.img_size)
     try:

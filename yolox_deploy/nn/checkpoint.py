@@ -311,10 +311,10 @@ def _recorded_variant(ckpt: Checkpoint) -> str | None:
 
 def save_checkpoint(model: YOLOX, path: str | os.PathLike, **extra: Any) -> Path:
     """Write ``{"model": state_dict, "model_name", "class_names", "category_ids", "input_size", **extra}``
-    atomically (the authors' format, which reads only ``"model"``). ``extra`` holds what ``torch.load(...,
-    weights_only=True)`` reads back (tensors, numbers, strings, None, and lists, tuples and dicts of them);
-    anything else, or a fused model (its BatchNorms folded away: no module tree of the authors fits it), is
-    refused before anything is written."""
+    atomically (the authors' format, which reads only ``"model"``). ``extra`` holds what the weights-only
+    unpickler (``torch.load(path, weights_only=True)``) reads back (tensors, numbers, strings, None, and lists,
+    tuples and dicts of them); anything else, or a fused model (its BatchNorms folded away: no module tree of
+    the authors fits it), is refused before anything is written."""
     if model.is_fused:
         raise InputError("this model is fused (BatchNorms folded into convolutions, as fuse() and deploy_model() "
                          "make it for inference); save the model before fusing it")

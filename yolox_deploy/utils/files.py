@@ -193,17 +193,17 @@ def replace_entry(src: Path, dest: Path) -> None:
         os.replace(src, dest)
         return
     aside = dest.with_name(f".{dest.name}.old")
-    _remove(aside)
+    remove_entry(aside)
     os.replace(dest, aside)
     try:
         os.replace(src, dest)
     except BaseException:
         os.replace(aside, dest)
         raise
-    _remove(aside)
+    remove_entry(aside)
 
 
-def _remove(path: Path) -> None:
+def remove_entry(path: Path) -> None:
     """Delete a file, a link or a folder tree at ``path``, if there is one."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -215,27 +215,28 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically; a stream (:func:`is_stream`) is written through (the process's own
     stdout or stderr when it is one of them: :func:`standard_stream`)."""
     with atomic_write(path) as tmp:
-        stream = standard_stream(tmp) if is_stream(tmp) else None
+        streaming = is_stream(tmp)
+        stream = standard_stream(tmp) if streaming else None
         if stream is not None:
             stream.write(text)
             stream.flush()
         else:
-            with open(tmp, "a" if is_stream(tmp) else "w") as f:
+            with open(tmp, "a" if streaming else "w") as f:
                 f.write(text)
     return Path(path)
 
 
-def _finite(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
     """Replace NaN / inf (not valid JSON) by ``None``, recursively."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_ready(v) for v in obj]
     return obj
 
 
 def json_text(obj: Any, indent: int | None = 2) -> str:
     """Strict JSON: NaN and infinities (a class without ground truth has no AP) become ``null``."""
-    return json.dumps(_finite(obj), indent=indent, allow_nan=False, default=str)
+    return json.dumps(json_ready(obj), indent=indent, allow_nan=False, default=str)
