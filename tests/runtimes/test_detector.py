@@ -143,6 +143,19 @@ def test_class_names_may_be_any_sequence(nano_onnx_dynamic):
     assert Detector(nano_onnx_dynamic, class_names=names).meta.class_names[:2] == ("c0", "c1")
 
 
+def test_lookups_follow_a_change_of_metadata(nano_onnx_dynamic, dog_jpg):
+    """The label table, category ids and expected head shape are made once per metadata, not once per call."""
+    det = Detector(nano_onnx_dynamic)
+    [before] = det(dog_jpg)
+    assert "dog" in set(before.names) and 18 in before.category_ids.tolist()
+    det.meta = det.meta.with_(class_names=tuple(f"c{i}" for i in range(80)))
+    [after] = det(dog_jpg)
+    assert after.names.tolist() == [f"c{i}" for i in before.class_ids] and after.category_ids is None
+    det.meta = det.meta.with_(class_names=("a", "b"))
+    with pytest.raises(ArtefactError, match=re.escape("not the [N, 3549, 7]")):
+        det(dog_jpg)
+
+
 @pytest.mark.parametrize("weights,source", [(None, None), (3, None), ("ok", None), ("ok", 5), ("ok", b"dog.jpg"),
                                             ("ok", memoryview(np.zeros((4, 4, 3), np.uint8)))])
 def test_weights_and_sources_of_the_wrong_type(nano_onnx_dynamic, weights, source):

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, NamedTuple, TypeVar, Union
 
 import numpy as np
 
@@ -137,7 +137,7 @@ class Detector:
             raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {batch_size}; "
                              "re-export it with --dynamic (or --batch N), or drop the batch size")
         self.batch_size = self.meta.batch or batch_size or 1
-        self._labels: tuple[ModelMeta, np.ndarray, np.ndarray | None] | None = None
+        self._cache: _Tables | None = None
         if self.meta.nms_in_graph:
             self._warn_graph_nms(max_det)
 
@@ -203,9 +203,9 @@ class Detector:
     def _check_head(self, shape: tuple[int, ...]) -> None:
         """Refuse a head output ``[N, anchors, 5 + classes]`` other than the metadata's size, strides and labels
         imply (metadata that does not describe its graph would otherwise give wrong boxes or labels)."""
-        m = self.meta
-        want = (num_anchors(m.input_size, m.strides), 5 + m.num_classes)
+        want = self._tables().head
         if len(shape) != 3 or shape[1:] != want:
+            m = self.meta
             raise ArtefactError(f"the artefact's output has shape {list(shape)}, not the [N, {want[0]}, {want[1]}] its "
                                 f"metadata implies ({m.input_size[0]}x{m.input_size[1]}, strides "
                                 f"{list(m.strides)}, {m.num_classes} classes): the metadata, or the image size and "
@@ -214,9 +214,9 @@ class Detector:
 
     def _to_detections(self, raw: RawDetections, ratio: float, image_hw: tuple[int, int]) -> Detections:
         boxes = scale_boxes(raw.boxes, float(ratio), image_hw if self.clip else None)
-        names, category_ids = self._label_tables()
+        tables = self._tables()
         return Detections.from_arrays(as_numpy(boxes), as_numpy(raw.scores), as_numpy(raw.class_ids),
-                                      names, image_hw, category_ids)
+                                      tables.names, image_hw, tables.category_ids)
 
     @property
     def category_ids(self) -> tuple[int, ...] | None:
@@ -224,15 +224,15 @@ class Detector:
         authors' weights), else None. Detections carry them (``Detections.category_ids``, ``to_coco``)."""
         return self.meta.dataset_category_ids
 
-    def _label_tables(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The label table (object array) and the classes' category ids (int64 array, or None), made again
-        only when the metadata changes."""
-        cached = self._labels
-        if cached is None or cached[0] is not self.meta:
-            ids = self.category_ids
-            cached = self._labels = (self.meta, name_table(self.meta.class_names),
-                                     None if ids is None else np.asarray(ids, dtype=np.int64))
-        return cached[1], cached[2]
+    def _tables(self) -> _Tables:
+        """What each call reads from the metadata, made again only when the metadata changes."""
+        cached = self._cache
+        if cached is None or cached.meta is not self.meta:
+            m, ids = self.meta, self.category_ids
+            cached = self._cache = _Tables(m, name_table(m.class_names),
+                                           None if ids is None else np.asarray(ids, dtype=np.int64),
+                                           (num_anchors(m.input_size, m.strides), 5 + m.num_classes))
+        return cached
 
     def run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detect on BGR uint8 images that fit in one batch (none: no detections)."""
@@ -287,6 +287,16 @@ class Detector:
         m = self.meta
         return (f"Detector({self.backend.info.name}, model={m.model}, input={m.input_size[0]}x{m.input_size[1]}, "
                 f"classes={m.num_classes}, conf={self.conf}, nms={self.nms})")
+
+
+class _Tables(NamedTuple):
+    """A Detector's per-metadata lookups: the label table (object array), the classes' category ids (int64
+    array, or None) and the head output shape ``(anchors, 5 + classes)`` the metadata implies."""
+
+    meta: ModelMeta
+    names: np.ndarray
+    category_ids: np.ndarray | None
+    head: tuple[int, int]
 
 
 def _names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:
