@@ -227,6 +227,25 @@ def test_failure_during_export_leaves_nothing(tiny_pth, out, capsys, monkeypatch
     _assert_empty(out)
 
 
+def test_a_full_disk_names_the_artefact_and_leaves_nothing(tiny_pth, out, capsys, monkeypatch):
+    """A write that fails for lack of space names no file (OSError without filename): the message names the
+    artefact, not a temporary file, and nothing is left."""
+    import errno
+    import os
+
+    import onnx
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(onnx, "save", full)
+    code, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "m.onnx", "--img-size", "64"],
+                        capsys)
+    assert code == 2 and "Traceback" not in err
+    assert _one_error(err) == f"error: could not write {out / 'm.onnx'}: No space left on device; nothing was written"
+    _assert_empty(out)
+
+
 def test_failed_verification_leaves_nothing(tiny_pth, out, capsys, perturbed_onnx_export):
     """An artefact that really differs from its source (perturbed weights) is refused and not written."""
     rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "m.onnx", "--img-size", "64",
