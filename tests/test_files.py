@@ -1,5 +1,6 @@
 """Atomic outputs: whole or absent, through symbolic links, and straight into pipes and devices."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from yolox_deploy.utils.files import atomic_write, write_text_atomic
+from yolox_deploy.errors import WriteError
+from yolox_deploy.utils.files import atomic_write, staging_folder, write_text_atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -19,6 +21,40 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("disk full")
     assert dest.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def _disk_full():
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a failed write names no file
+
+
+def test_a_full_disk_names_the_file_the_user_asked_for(tmp_path):
+    dest = tmp_path / "out.txt"
+    dest.write_text("old")
+    with pytest.raises(WriteError, match=f"could not write {dest}: No space left on device; nothing was written"):
+        with atomic_write(dest):
+            raise _disk_full()
+    with pytest.raises(WriteError, match=f"could not write {dest}: Permission denied"):
+        with atomic_write(dest) as tmp:  # an error on the temporary file is named after the destination too
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp))
+    assert dest.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    with pytest.raises(FileNotFoundError):  # an error about another file is left as it is
+        with atomic_write(dest):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(tmp_path / "input.jpg"))
+    with pytest.raises(TimeoutError):  # as is an OSError that is no refused write (a network timeout)
+        with atomic_write(dest):
+            raise TimeoutError("timed out")
+
+
+def test_a_full_disk_in_a_staging_folder_names_the_target_and_leaves_nothing(tmp_path):
+    out = tmp_path / "runs" / "detect"
+    with pytest.raises(WriteError, match=f"could not write {out}: No space left"):
+        with staging_folder(out) as stage:
+            (stage / "a.json").write_text("{}")
+            raise _disk_full()
+    with pytest.raises(WriteError, match="could not write model.onnx: No space left"):
+        with staging_folder(out, target="model.onnx"):
+            raise _disk_full()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_symlink_is_followed_and_kept(tmp_path):

@@ -30,3 +30,11 @@ class BackendUnavailable(YoloxError):
 
 class ExportError(YoloxError):
     """An export failed or its verification did not pass."""
+
+
+class WriteError(YoloxError):
+    """The file system refused to write ``target`` (a full disk, a quota) for ``reason``; nothing of it was kept."""
+
+    def __init__(self, target: object, reason: str) -> None:
+        super().__init__(f"could not write {target}: {reason}; nothing was written")
+        self.target, self.reason = target, reason

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from yolox_deploy import build_model, load_checkpoint, load_model, save_checkpoint
-from yolox_deploy.errors import CheckpointError, InputError
+from yolox_deploy.errors import CheckpointError, InputError, WriteError
 from yolox_deploy.nn.checkpoint import identify_variant, read_checkpoint
 
 
@@ -242,6 +242,22 @@ def test_save_is_atomic(tmp_path, monkeypatch, nano3):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(model, target)
     assert list(target.parent.iterdir()) == []
+
+
+def test_a_failed_write_is_one_message_naming_the_file(tmp_path, monkeypatch, nano3):
+    """torch.save reports a full disk as an internal RuntimeError ("[enforce fail at inline_container.cc]")."""
+    model, _ = nano3
+    target = tmp_path / "store" / "out.pth"
+    target.parent.mkdir()
+    target.write_bytes(b"previous")
+
+    def full(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 300544 vs 300440")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(WriteError, match=f"could not write {target}: the disk may be full .*nothing was written"):
+        save_checkpoint(model, target)
+    assert target.read_bytes() == b"previous" and [p.name for p in target.parent.iterdir()] == ["out.pth"]
 
 
 def test_a_checkpoint_prints_as_a_summary_not_its_tensors(nano3):

@@ -9,7 +9,6 @@ the format's capability row, load the source, write into a staging folder, verif
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError, InputError
+from ..errors import InputError
 from ..hub import weights_folder
 from ..io.images import list_images, read_image
 from ..meta import ModelMeta
@@ -215,36 +214,18 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
 
     t0 = time.perf_counter()
     exporter = cls(opts, output=out)
-    prefix = f".{out.name}."
-    try:
-        with staging_folder(out.parent, prefix=prefix) as staging:
-            staged = staging / out.name
-            if info.is_dir:
-                staged.mkdir()
-            meta = exporter.export(source, staged)
-            verification = None
-            if opts.verify:
-                from .verify import verify_artefact
+    with staging_folder(out.parent, prefix=f".{out.name}.", target=out) as staging:
+        staged = staging / out.name
+        if info.is_dir:
+            staged.mkdir()
+        meta = exporter.export(source, staged)
+        verification = None
+        if opts.verify:
+            from .verify import verify_artefact
 
-                verification = verify_artefact(staged, source, opts, meta)
-            final = move_into(sorted(staging.iterdir()), out.parent)
-    except OSError as e:
-        if not _while_writing(e, out.parent / prefix):
-            raise
-        raise ExportError(f"could not write {out}: {e.strerror or e}; nothing was written") from None
+            verification = verify_artefact(staged, source, opts, meta)
+        final = move_into(sorted(staging.iterdir()), out.parent)
     return ExportResult(out, meta, files=final, verification=verification, seconds=time.perf_counter() - t0)
-
-
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
-def _while_writing(e: OSError, staging_prefix: Path) -> bool:
-    """Whether ``e`` is the file system refusing the artefact being written: a full disk or quota (a write
-    names no file), or any error on a path in the staging folder (whose temporary name means nothing to the
-    user)."""
-    if e.filename is None:
-        return e.errno in _FULL
-    return str(e.filename).startswith(str(staging_prefix))
 
 
 # --- where the artefact goes ---------------------------------------------------------------------------------

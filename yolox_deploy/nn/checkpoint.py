@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..data.coco import category_ids_problem
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, WriteError
 from ..hub import resolve_weights
 from ..utils.files import atomic_write, check_readable
 from ..utils.sizes import parse_img_size
@@ -334,7 +334,10 @@ def save_checkpoint(model: YOLOX, path: str | os.PathLike, **extra: Any) -> Path
         payload["input_size"] = list(model.input_size)
     payload.update(extra)
     with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:  # what is saved was checked above: torch reports a failed write (a full disk) so
+            raise WriteError(path, f"the disk may be full (torch.save: {str(e).splitlines()[0]})") from None
     return Path(path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import ArtefactError, InputError
+from ..errors import ArtefactError, InputError, WriteError
 
 
 def cache_dir() -> Path:
@@ -121,8 +122,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        reason = refusal(e, tmp_path)
+        if reason is not None:
+            raise WriteError(dest, reason) from None
         raise
 
 
@@ -142,10 +146,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staging_folder(folder: str | os.PathLike, prefix: str = ".staging.") -> Iterator[Path]:
+def staging_folder(folder: str | os.PathLike, prefix: str = ".staging.",
+                   target: str | os.PathLike | None = None) -> Iterator[Path]:
     """A temporary folder inside ``folder`` (made, with its parents, when missing) to write a run's results into
     before :func:`move_into` puts them in place. Removed afterwards; when the block fails, the folders made for
-    it are removed too, so a failed run leaves nothing."""
+    it are removed too, so a failed run leaves nothing. When it fails because the file system refused a write
+    (:func:`refusal`: a full disk, or an error on a temporary path the user never named), the error is
+    a :class:`~yolox_deploy.errors.WriteError` naming ``target`` (what the block writes; default ``folder``)."""
     folder = Path(folder)
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
@@ -156,11 +163,34 @@ def staging_folder(folder: str | os.PathLike, prefix: str = ".staging.") -> Iter
         raise InputError(f"cannot write to {folder}: {e.strerror or e}") from None
     try:
         yield staging
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created)
+        reason = refusal(e, staging)
+        if reason is not None:
+            raise WriteError(target or folder, reason) from None
         raise
     shutil.rmtree(staging, ignore_errors=True)
+
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def refusal(e: BaseException, inside: Path) -> str | None:
+    """Why the file system refused a write to ``inside`` (a temporary file or folder the user never named), or
+    None when ``e`` is no such refusal. Refusals: a full disk or quota (a failed write names no file), any
+    OSError on that path or in it, and a :class:`WriteError` for a path in it (a write nested in this one)."""
+    if isinstance(e, WriteError):
+        return e.reason if _is_in(e.target, inside) else None
+    if not isinstance(e, OSError):
+        return None
+    if e.filename is None:
+        return e.strerror if e.errno in _DISK_FULL else None
+    return (e.strerror or str(e)) if _is_in(e.filename, inside) else None
+
+
+def _is_in(name: object, folder: Path) -> bool:
+    return isinstance(name, (str, bytes, os.PathLike)) and Path(os.fsdecode(name)).is_relative_to(folder)
 
 
 def _remove_empty(folders: list[Path]) -> None:
