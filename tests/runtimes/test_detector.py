@@ -143,6 +143,41 @@ def test_class_names_may_be_any_sequence(nano_onnx_dynamic):
     assert Detector(nano_onnx_dynamic, class_names=names).meta.class_names[:2] == ("c0", "c1")
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_an_in_memory_model_is_left_as_the_caller_had_it(fuse):
+    """Fused or not, the runtime works on a copy: a training model keeps its mode and its decoding, and the
+    metadata is the one exports record (the head's strides included)."""
+    from yolox_deploy import build_model
+
+    model = build_model("yolox-nano", num_classes=3).train()
+    with Detector(model, fuse=fuse, img_size=64) as det:
+        assert det.meta.strides == tuple(model.head.strides) and det.meta.num_classes == 3
+        det(np.zeros((64, 64, 3), np.uint8))
+    assert model.training and model.head.decode_in_inference
+
+
+def test_arguments_refused_after_opening_close_the_runtime(nano_onnx_dynamic, monkeypatch):
+    import yolox_deploy.runtimes.detector as detector_module
+
+    opened, real = [], detector_module.open_backend
+
+    def recording(*args, **kwargs):
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(detector_module, "open_backend", recording)
+    with pytest.raises(InputError, match="batch size must be an integer"):  # refused before anything is opened
+        Detector(nano_onnx_dynamic, batch_size=0)
+    assert opened == []
+    for kwargs, message in (({"num_classes": 3}, "the model has 80 classes, not 3"),
+                            ({"model": "yolox-s"}, "is yolox-nano, not yolox-s"),
+                            ({"class_names": ["a"]}, "1 class names given")):
+        with pytest.raises(InputError, match=message):
+            Detector(nano_onnx_dynamic, **kwargs)
+        assert opened[-1]._closed
+    assert len(opened) == 3
+
+
 def test_lookups_follow_a_change_of_metadata(nano_onnx_dynamic, dog_jpg):
     """The label table, category ids and expected head shape are made once per metadata, not once per call."""
     det = Detector(nano_onnx_dynamic)

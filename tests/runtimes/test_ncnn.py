@@ -88,6 +88,17 @@ def test_opens_folder_and_param_file(tiny):
         assert b.meta.class_names == ("a", "b", "c") and b.meta.batch is None and b.meta.dynamic_hw
 
 
+def test_a_folder_of_another_converters_naming_is_found(tiny, tmp_path):
+    """``model.param`` / ``model.bin`` (ncnn's own tools) mark a folder as NCNN, as ``*.ncnn.param`` do."""
+    folder = tmp_path / "other_ncnn"
+    folder.mkdir()
+    for name in ("param", "bin"):
+        shutil.copy(tiny / f"model.ncnn.{name}", folder / f"yolox_nano.{name}")
+    assert find_backend(folder) is NcnnBackend
+    with Detector(folder, num_classes=3, img_size=64) as det:
+        assert det.meta.num_classes == 3 and len(det(np.zeros((64, 64, 3), np.uint8))) == 1
+
+
 def test_fp32_artefact_runs_in_fp32(tiny, copy_of):
     with NcnnBackend(tiny) as b:
         o = b.net.opt

@@ -154,8 +154,8 @@ def test_img_size(nano_onnx, tiny_files, tmp_path):
     with open_backend(bare, img_size=(96, 64)) as backend:
         assert backend.meta.input_size == (96, 64) and backend.meta.dynamic_hw and backend.meta.batch is None
         assert backend.meta.num_classes == 3 and not backend.meta.decode_in_graph  # assumed raw without metadata
-    with pytest.raises(InputError, match="3 classes"):
-        open_backend(path, num_classes=80)
+    with pytest.raises(InputError, match="the model has 3 classes, not 80"):
+        Detector(path, num_classes=80)
 
 
 def test_nms_graph_outputs(tiny_files):

@@ -12,19 +12,9 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..hub import resolve_weights
 from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta, stored_meta
 from ..nn.checkpoint import check_weights_argument, load_model
+from ..nn.deploy import model_meta
 from ..nn.yolox import YOLOX
 from .base import ExportSource
-
-
-def model_meta(model: YOLOX, *, legacy: bool = False, class_names: Sequence[str] | None = None) -> ModelMeta:
-    """Metadata of a torch model before export (labels and their dataset ids, test size, preprocessing contract)."""
-    spec = model.spec
-    names = tuple(class_names or model.class_names or ()) or None
-    meta = ModelMeta.default(model.num_classes, model.default_input_size,
-                             model=spec.name if spec else None, strides=tuple(model.head.strides),
-                             preprocess=Preprocess.legacy() if legacy else Preprocess(),
-                             category_ids=model.category_ids)
-    return meta.with_(class_names=names) if names else meta
 
 
 def _dims(value_info: Any) -> list[Any]:

@@ -12,17 +12,20 @@
   flushes a sixth of YOLOX-Nano's to zero (raw output off by ~4 instead of ~0.14). Power-of-two scaling
   is exact, so FP32 computes the same function.
 
-Exporters trace this model; verification compares it with the untouched one.
+Exporters trace this model; verification compares it with the untouched one. :func:`model_meta` is the
+metadata a model is deployed with (exports record it, the torch runtime runs by it).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..meta import ModelMeta, Preprocess
 from .blocks import Focus
 from .yolox import YOLOX
 
@@ -118,3 +121,14 @@ def deploy_model(model: YOLOX, *, half: bool = False) -> YOLOX:
             if k:
                 _replace(net, name, InputScaledConv(first, k))
     return net
+
+
+def model_meta(model: YOLOX, *, legacy: bool = False, class_names: Sequence[str] | None = None) -> ModelMeta:
+    """Metadata of a torch model before export (labels and their dataset ids, test size, preprocessing contract)."""
+    spec = model.spec
+    names = tuple(class_names or model.class_names or ()) or None
+    meta = ModelMeta.default(model.num_classes, model.default_input_size,
+                             model=spec.name if spec else None, strides=tuple(model.head.strides),
+                             preprocess=Preprocess.legacy() if legacy else Preprocess(),
+                             category_ids=model.category_ids)
+    return meta.with_(class_names=names) if names else meta

@@ -110,36 +110,40 @@ class Detector:
             raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if max_det is not None and (not is_integer(max_det) or max_det < 1):
             raise InputError(f"max_det must be an integer >= 1 (or None for no cap), got {max_det!r}")
+        if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
+            raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
         size = parse_img_size(img_size) if img_size is not None else None
         class_names = _names(class_names)
         self.backend = open_backend(weights, backend, device, model=model, img_size=size,
                                     class_names=class_names,
                                     num_classes=num_classes, **options)
-        meta = self._apply_overrides(self.backend.meta, size, class_names)
-        if model is not None:  # names the variant of an artefact that does not record it (the authors' ONNX)
-            name = canonical_name(model)
-            if meta.model and name != meta.model:
-                what = Path(weights).name if isinstance(weights, (str, os.PathLike)) else "the model"
-                raise InputError(f"{what} is {meta.model}, not {name}; drop model (--model): the artefact records "
-                                 "its variant")
-            meta = meta.with_(model=name)
-        self.meta = self.backend.meta = meta
-        graph = self.meta.extra if self.meta.nms_in_graph else {}  # an NMS graph's own thresholds are the defaults
-        self.conf = float(conf if conf is not None else graph.get("nms_conf", 0.0) if graph else DEFAULT_CONF)
-        self.nms = float(nms if nms is not None else graph.get("nms_iou", DEFAULT_NMS))
-        self.class_agnostic = bool(class_agnostic)
-        cap = self.meta.max_det if self.meta.nms_in_graph else None
-        self.max_det = max_det if cap is None else min(max_det or cap, cap)  # an NMS graph keeps at most its cap
-        self.clip = bool(clip)
-        if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
-            raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
-        if batch_size is not None and self.meta.batch and batch_size != self.meta.batch:
-            raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {batch_size}; "
-                             "re-export it with --dynamic (or --batch N), or drop the batch size")
-        self.batch_size = self.meta.batch or batch_size or 1
-        self._cache: _Tables | None = None
-        if self.meta.nms_in_graph:
-            self._warn_graph_nms(max_det)
+        try:
+            meta = self._apply_overrides(self.backend.meta, size, class_names, num_classes)
+            if model is not None:  # names the variant of an artefact that does not record it (the authors' ONNX)
+                name = canonical_name(model)
+                if meta.model and name != meta.model:
+                    what = Path(weights).name if isinstance(weights, (str, os.PathLike)) else "the model"
+                    raise InputError(f"{what} is {meta.model}, not {name}; drop model (--model): the artefact records "
+                                     "its variant")
+                meta = meta.with_(model=name)
+            self.meta = self.backend.meta = meta
+            graph = self.meta.extra if self.meta.nms_in_graph else {}  # an NMS graph's own thresholds are the defaults
+            self.conf = float(conf if conf is not None else graph.get("nms_conf", 0.0) if graph else DEFAULT_CONF)
+            self.nms = float(nms if nms is not None else graph.get("nms_iou", DEFAULT_NMS))
+            self.class_agnostic = bool(class_agnostic)
+            cap = self.meta.max_det if self.meta.nms_in_graph else None
+            self.max_det = max_det if cap is None else min(max_det or cap, cap)  # an NMS graph keeps at most its cap
+            self.clip = bool(clip)
+            if batch_size is not None and self.meta.batch and batch_size != self.meta.batch:
+                raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {batch_size}; "
+                                 "re-export it with --dynamic (or --batch N), or drop the batch size")
+            self.batch_size = self.meta.batch or batch_size or 1
+            self._cache: _Tables | None = None
+            if self.meta.nms_in_graph:
+                self._warn_graph_nms(max_det)
+        except BaseException:  # an argument refused only now: the opened runtime is not left behind
+            self.backend.close()
+            raise
 
     def _warn_graph_nms(self, asked_max_det: int | None) -> None:
         """An artefact with NMS inside runs it with the thresholds it was exported with: the Detector can
@@ -162,13 +166,17 @@ class Detector:
                         Path(str(self.backend.path)).name, "; ".join(cannot))
 
     @staticmethod
-    def _apply_overrides(meta: ModelMeta, size: tuple[int, int] | None,
-                         class_names: Sequence[str] | None) -> ModelMeta:
+    def _apply_overrides(meta: ModelMeta, size: tuple[int, int] | None, class_names: Sequence[str] | None,
+                         num_classes: int | None) -> ModelMeta:
+        """The artefact's metadata with the caller's size and labels, each checked against what it was made for."""
         if size is not None and size != tuple(meta.input_size):
             if not meta.dynamic_hw:
                 raise InputError(f"this artefact was exported for {meta.input_size[0]}x{meta.input_size[1]} input, "
                                  f"not {size[0]}x{size[1]}; re-export it for that size or drop --img-size")
             meta = meta.with_(input_size=size)
+        if num_classes is not None and num_classes != meta.num_classes:
+            raise InputError(f"the model has {meta.num_classes} classes, not {num_classes}; drop num_classes "
+                             "(--num-classes)")
         if class_names is not None:
             if len(class_names) != meta.num_classes:
                 raise InputError(f"{len(class_names)} class names given, the model has {meta.num_classes} classes")

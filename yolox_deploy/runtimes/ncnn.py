@@ -225,7 +225,7 @@ def _device(device: str) -> int | None:
 
 
 @register_backend("ncnn", suffixes=(".param",), package="ncnn", extra="ncnn", devices=("cpu", "vulkan"),
-                  folder_pattern="*.ncnn.param")
+                  folder_pattern="*.param")
 class NcnnBackend(Backend):
     """NCNN param/bin (from yolox-export or other converters) on the CPU or a Vulkan GPU."""
 

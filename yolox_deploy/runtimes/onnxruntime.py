@@ -233,8 +233,6 @@ class OnnxRuntimeBackend(Backend):
                 raise InputError(f"{path.name} was exported for {meta.input_size[0]}x{meta.input_size[1]} input, "
                                  f"not {size[0]}x{size[1]}; re-export it for that size or drop the image size")
             meta = meta.with_(input_size=size)
-        if opts.get("num_classes") and int(opts["num_classes"]) != meta.num_classes:
-            raise InputError(f"{path.name} has {meta.num_classes} classes, not {opts['num_classes']}")
         if meta.nms_in_graph and meta.extra.get("nms_plugin") == "tensorrt" and self._kind != "tensorrt":
             raise ArtefactError(f"{path.name} holds the TensorRT NMS plugin, which only TensorRT runs; "
                                 "use device 'tensorrt' or build an engine from it")

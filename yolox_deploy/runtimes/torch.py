@@ -9,6 +9,7 @@ intra-op threads, ``torch.set_num_threads``: a setting of the whole process; 0 o
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -16,9 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable, InputError
-from ..meta import ModelMeta, Preprocess
 from ..nn.checkpoint import load_model
-from ..nn.deploy import deploy_model
+from ..nn.deploy import deploy_model, model_meta
 from ..nn.yolox import YOLOX
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.sizes import parse_img_size
@@ -74,20 +74,15 @@ class TorchBackend(Backend):
             log.warning("half applies on CUDA only; the model runs in FP32 on %s", self._device)
         if opts.get("fuse", True):
             model = deploy_model(model, half=self._half)  # a copy: a caller's (e.g. training) model is untouched
+        elif isinstance(self.path, YOLOX):
+            model = copy.deepcopy(model)  # the settings below must not reach a caller's model either
         model = model.eval()
         model.head.decode_in_inference = False
         self.model = model.to(self._device).half() if self._half else model.to(self._device)
 
-        spec = model.spec
         size = parse_img_size(opts["img_size"]) if opts.get("img_size") else model.default_input_size
-        names = tuple(opts.get("class_names") or model.class_names or ()) or None
-        self.meta = ModelMeta.default(
-            model.num_classes, size, model=spec.name if spec else None, batch=None, dynamic_hw=True,
-            precision="fp16" if self._half else "fp32", format="torch",
-            preprocess=Preprocess.legacy() if opts.get("legacy") else Preprocess(), category_ids=model.category_ids,
-        )
-        if names:
-            self.meta = self.meta.with_(class_names=names)
+        self.meta = model_meta(model, legacy=bool(opts.get("legacy")), class_names=opts.get("class_names")).with_(
+            input_size=size, batch=None, dynamic_hw=True, precision="fp16" if self._half else "fp32", format="torch")
 
     @property
     def output_device(self) -> str:
