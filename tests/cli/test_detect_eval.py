@@ -7,8 +7,19 @@ import cv2
 import numpy as np
 import pytest
 
+from yolox_deploy.cli.detect import RECORD
 from yolox_deploy.cli.detect import main as detect_main
 from yolox_deploy.cli.eval import main as eval_main
+
+
+def _results(folder):
+    """The names in an output folder but yolox-detect's record of what it wrote there."""
+    return sorted(p.name for p in folder.iterdir() if p.name != RECORD)
+
+
+def _recorded(folder, *names):
+    """Files in ``folder`` that an earlier run wrote (its record says so)."""
+    (folder / RECORD).write_text(json.dumps({"results": list(names)}))
 
 
 def test_detect_writes_picture_and_json(tmp_path, nano_pth, dog_jpg, capsys):
@@ -31,7 +42,7 @@ def test_detect_on_a_folder_and_a_video(tmp_path, nano_pth, dog_jpg):
     cv2.imwrite(str(src / "two.png"), cv2.cvtColor(dog, cv2.COLOR_BGR2GRAY))  # grayscale is converted
     out = tmp_path / "out"
     assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["one.jpg", "one.json", "two.jpg", "two.json"]
+    assert _results(out) == ["one.jpg", "one.json", "two.jpg", "two.json"]
 
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (384, 288))
@@ -43,7 +54,7 @@ def test_detect_on_a_folder_and_a_video(tmp_path, nano_pth, dog_jpg):
     frames = json.loads((vout / "clip.json").read_text())["frames"]
     assert len(frames) == 3 and all(f["detections"] for f in frames)
     assert (vout / "clip.mp4").stat().st_size > 0
-    assert not [p for p in vout.iterdir() if p.name.startswith(".")]
+    assert not [p for p in vout.iterdir() if p.name.startswith(".") and p.name != RECORD]
 
 
 def _bad_inputs(tmp_path, nano_pth):
@@ -107,11 +118,56 @@ def test_a_failed_run_leaves_nothing_and_keeps_earlier_results(tmp_path, nano_pt
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.json").write_text("an earlier result")
+    _recorded(out, "a.json")
     for output in (out, tmp_path / "new" / "deep"):
         assert detect_main([str(nano_pth), "--source", str(src), "--output", str(output)]) == 2
         assert "zzz.jpg is not a readable image" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["a.json"] and (out / "a.json").read_text() == "an earlier result"
+    assert _results(out) == ["a.json"] and (out / "a.json").read_text() == "an earlier result"
     assert not (tmp_path / "new").exists()
+
+
+def test_detect_replaces_its_own_earlier_results_and_nothing_else(tmp_path, nano_pth, dog_jpg, capsys, monkeypatch):
+    """A file of a result's name that yolox-detect did not write (the user's own picture, notes, a video) is
+    never replaced: refused before any work. Its own earlier results are (a second run into the folder)."""
+    import yolox_deploy.cli.detect as detect_module
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pic.jpg").write_bytes(dog_jpg.read_bytes())
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "pic.json").write_text('{"my": "notes"}')
+    (out / ".pic.json.old").mkdir()  # a hidden entry of the name a replacement once stepped aside to
+    (out / ".pic.json.old" / "data.txt").write_text("precious")
+    monkeypatch.setattr(detect_module, "Detector", None)  # refused before a model is opened
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 2
+    assert "already holds pic.json, which yolox-detect did not write there" in capsys.readouterr().err
+    assert (out / "pic.json").read_text() == '{"my": "notes"}'
+    monkeypatch.undo()
+    (out / "pic.json").unlink()
+    for _ in range(2):  # the second run replaces the first one's results
+        assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 0
+    assert _results(out) == [".pic.json.old", "pic.jpg", "pic.json"]
+    assert (out / ".pic.json.old" / "data.txt").read_text() == "precious"
+    (out / "pic.json").unlink()
+    (out / "pic.json").mkdir()  # a folder where a result goes: refused before any work too
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 2
+    assert "already holds pic.json" in capsys.readouterr().err
+
+
+def test_detect_refuses_the_folder_its_source_links_into_and_overlong_names(tmp_path, nano_pth, dog_jpg, capsys):
+    photos, selection = tmp_path / "photos", tmp_path / "selection"
+    photos.mkdir()
+    selection.mkdir()
+    (photos / "dog.jpg").write_bytes(dog_jpg.read_bytes())
+    (selection / "dog.jpg").symlink_to(photos / "dog.jpg")
+    assert detect_main([str(nano_pth), "--source", str(selection), "--output", str(photos)]) == 2
+    assert "is the folder of the source" in capsys.readouterr().err
+    assert [p.name for p in photos.iterdir()] == ["dog.jpg"] and (photos / "dog.jpg").read_bytes() == dog_jpg.read_bytes()
+    long = tmp_path / ("x" * 251 + ".jpg")  # a name of 255 bytes: its result x...x.json would be 256
+    long.write_bytes(dog_jpg.read_bytes())
+    assert detect_main([str(nano_pth), "--source", str(long), "--output", str(tmp_path / "out")]) == 2
+    assert "longer than 255 bytes" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_detect_keeps_files_sharing_a_stem_apart(tmp_path, nano_pth, dog_jpg):
@@ -122,7 +178,7 @@ def test_detect_keeps_files_sharing_a_stem_apart(tmp_path, nano_pth, dog_jpg):
     cv2.imwrite(str(src / "dog.png"), dog[:, ::-1])
     out = tmp_path / "out"
     assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["dog.jpg.jpg", "dog.jpg.json", "dog.png.jpg", "dog.png.json"]
+    assert _results(out) == ["dog.jpg.jpg", "dog.jpg.json", "dog.png.jpg", "dog.png.json"]
     assert json.loads((out / "dog.png.json").read_text())["source"] == str(src / "dog.png")
 
 
@@ -189,7 +245,7 @@ def test_a_folder_named_like_a_video_is_a_folder(tmp_path, nano_pth, dog_jpg):
     cv2.imwrite(str(shots / "b.jpg"), dog[:200, :300])  # another size: no video could hold both
     out = tmp_path / "out"
     assert detect_main([str(nano_pth), "--source", str(shots), "--output", str(out), "--no-images"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]
+    assert _results(out) == ["a.json", "b.json"]
     assert json.loads((out / "a.json").read_text())["source"] == str(shots / "a.jpg")
 
 
@@ -351,9 +407,10 @@ def test_a_video_written_short_is_not_committed(tmp_path, nano_pth, dog_jpg, mon
     out = tmp_path / "out"
     out.mkdir()
     (out / "clip.mp4").write_bytes(b"an earlier good result")
+    _recorded(out, "clip.mp4")
     assert detect_main([str(nano_pth), "--source", str(clip), "--output", str(out)]) == 2
     assert "could not be written whole (2 of 3 frames readable" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"]
+    assert _results(out) == ["clip.mp4"]
     assert (out / "clip.mp4").read_bytes() == b"an earlier good result"
 
 

@@ -188,3 +188,12 @@ def test_an_image_it_may_not_read_is_an_input_error(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "fromfile", denied)
     with pytest.raises(InputError, match=f"cannot read {path}: Permission denied"):
         read_image(path)
+
+
+def test_a_folder_that_cannot_be_listed_is_one_message(tmp_path):
+    from yolox_deploy.io.images import list_images
+
+    not_a_folder = tmp_path / "file.jpg"
+    not_a_folder.write_bytes(b"x")
+    with pytest.raises(InputError, match=f"cannot read folder {not_a_folder}: Not a directory"):
+        list_images(not_a_folder)

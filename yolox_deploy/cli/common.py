@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -26,6 +27,8 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
     @functools.wraps(main)
     def run(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        with contextlib.suppress(AttributeError, ValueError):  # a file name that is no text (undecodable bytes)
+            sys.stdout.reconfigure(errors="backslashreplace")  # prints escaped, as on stderr, instead of failing
         _quiet_opencv()
         try:
             with handling((signal.SIGTERM,), _terminate):

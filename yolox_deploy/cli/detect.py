@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import signal
 import sys
 import time
@@ -14,11 +16,12 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..io.images import Frame, camera_index, is_video, iter_source
+from ..io.images import Frame, camera_index, frame_names, is_video, iter_source, list_images
 from ..runtimes.detector import DEFAULT_MAX_DET, Detector
-from ..utils.files import json_text, move_into, staging_folder
+from ..utils.files import json_text, move_into, staging_folder, write_text_atomic
 from ..utils.signals import StopRequest, stop_between_steps
 from ..utils.table import format_table
+from ..utils.text import listed
 from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_folder
 
 DEFAULT_FPS = 25.0  # for videos whose container does not say
@@ -34,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-agnostic", action="store_true", help="NMS across classes")
     p.add_argument("--max-det", type=int, default=DEFAULT_MAX_DET,
                    help=f"at most this many detections per image (default {DEFAULT_MAX_DET})")
-    p.add_argument("--output", default="runs/detect", help="output folder (default runs/detect)")
+    p.add_argument("--output", default="runs/detect",
+                   help="output folder (default runs/detect): <name>.jpg + <name>.json per image, <stem>.mp4 + "
+                   "<stem>.json for a video; replaces only its own earlier results")
     p.add_argument("--no-images", action="store_true", help="write only the JSON, no annotated pictures")
     return p
 
@@ -89,16 +94,57 @@ class _VideoSink:
             self.writer.release()
 
 
+RECORD = ".yolox-detect-results"  # in an output folder: the names of the results yolox-detect wrote there (JSON;
+# not named *.json, which a glob over the results would take for one)
+NAME_MAX = 255  # bytes in a file name on the usual file systems
+
+
 def _refuse_writing_over_source(src: str, out: Path) -> None:
     """Results (``<name>.jpg``, ``<name>.json``, ``<stem>.mp4``) are never written into the source's own
-    folder, where they could replace the source or the files beside it."""
+    folder, nor into the folder an image of a source folder links to: there they could replace the pictures."""
     source = Path(src)
     if camera_index(src) is not None or not source.exists():
         return
     folder = source.resolve() if source.is_dir() else source.resolve().parent
-    if out.resolve() == folder:
-        raise InputError(f"--output {out} is the folder of the source {src}; results written there could replace "
-                         "the pictures in it: choose another folder")
+    linked = {f.resolve().parent for f in list_images(source)} if source.is_dir() else set()
+    if out.resolve() == folder or out.resolve() in linked:
+        raise InputError(f"--output {out} is the folder of the source {src}{' (through its links)' if linked else ''}"
+                         "; results written there could replace the pictures in it: choose another folder")
+
+
+def _result_names(src: str, camera: int | None, no_images: bool) -> list[str]:
+    """The files a run on ``src`` writes into the output folder."""
+    if camera is not None or is_video(src):
+        stem = f"camera{camera}" if camera is not None else Path(src).stem
+        return [f"{stem}.json"] + ([] if no_images else [f"{stem}.mp4"])
+    p = Path(src)
+    stems = frame_names(list_images(p)) if p.is_dir() else [p.stem]
+    return [f"{n}.{ext}" for n in stems for ext in ("json", *(() if no_images else ("jpg",)))]
+
+
+def _earlier_results(out: Path) -> set[str]:
+    """The names yolox-detect recorded as its results in ``out`` (none when it holds no readable record)."""
+    try:
+        names = json.loads((out / RECORD).read_text(encoding="utf-8"))["results"]
+        return {n for n in names if isinstance(n, str)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _check_outputs(out: Path, names: list[str]) -> set[str]:
+    """Refuse, before any work, results that could not be written or would replace what the user has: a name
+    too long for a file, a folder of that name, or a file yolox-detect did not write. Returns the earlier
+    results (which a run replaces)."""
+    long = [n for n in names if len(n.encode("utf-8", "surrogateescape")) > NAME_MAX]
+    if long:
+        raise InputError(f"the result {long[0]!r} would be a file name longer than {NAME_MAX} bytes; rename the "
+                         "source file")
+    earlier = _earlier_results(out)
+    taken = [n for n in names if os.path.lexists(out / n) and ((out / n).is_dir() or n not in earlier)]
+    if taken:
+        raise InputError(f"--output {out} already holds {listed(taken)}, which yolox-detect did not write there; it "
+                         "replaces only its own earlier results: choose another folder, or move them")
+    return earlier
 
 
 @cli_entry
@@ -111,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     video_source = is_video(src)
     stem = f"camera{camera}" if live else Path(src).stem
     _refuse_writing_over_source(src, out)
+    earlier = _check_outputs(out, _result_names(src, camera, args.no_images))
     rows = []
     frames: list[dict] = []
     with (Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic,
@@ -150,10 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 video.close()
         if video_source:
             (stage / f"{stem}.json").write_text(json_text({"source": src, "frames": frames}, indent=1))
-        move_into(sorted(stage.iterdir()), out)
+        written = move_into(sorted(stage.iterdir()), out)
+        write_text_atomic(out / RECORD, json.dumps({"results": sorted(earlier | {p.name for p in written})}))
     shown = rows if len(rows) <= 20 else rows[:10] + [["...", None, None, ""]] + rows[-5:]
     print(format_table(["image", "detections", "ms", "top"], shown, floatfmt=".1f"))
-    print(f"{len(rows)} image(s) -> {out}/")
+    print(f"{len(rows)} {'frame' if video_source else 'image'}(s) -> {out}/")
     return 0
 
 

@@ -117,10 +117,14 @@ class Frame:
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly in ``folder``, sorted by name; hidden files (``.name``, such as the ``._name``
-    resource files macOS leaves on shared drives) are not images of the set."""
+    resource files macOS leaves on shared drives) are not images of the set. An unreadable folder (no
+    permission, not a folder) is an :class:`InputError`."""
     p = Path(folder)
-    return sorted(f for f in p.iterdir()
-                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        return sorted(f for f in p.iterdir()
+                      if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        raise InputError(f"cannot read folder {p}: {e.strerror or e}") from None
 
 
 def frame_names(files: list[Path]) -> list[str]:

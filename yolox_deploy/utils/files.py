@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import secrets
 import shutil
 import stat
 import sys
@@ -218,12 +219,14 @@ def move_into(produced: list[Path], folder: Path) -> list[Path]:
 def replace_entry(src: Path, dest: Path) -> None:
     """Rename ``src`` (a file or folder) to ``dest`` in the same folder, replacing what is there. The old entry
     steps aside (one rename) until the new one is in place, so an interruption between the two renames loses
-    neither: the old one is put back, or is still beside it as ``.NAME.old``."""
+    neither: the old one is put back, or is still beside it as ``.NAME.<random>.old`` (a name of its own, so
+    that nothing else in the folder is touched)."""
     if not (dest.exists() or dest.is_symlink()):
         os.replace(src, dest)
         return
-    aside = dest.with_name(f".{dest.name}.old")
-    remove_entry(aside)
+    aside = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
+    while aside.exists() or aside.is_symlink():
+        aside = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
     os.replace(dest, aside)
     try:
         os.replace(src, dest)
