@@ -133,6 +133,27 @@ def test_a_compute_precision_chosen_by_a_backend_option_is_measured_and_said(tmp
     assert "computes in bf16, as its --backend-option asks" in row.notes
 
 
+def test_a_precision_option_the_runtime_does_not_honour_is_not_available(tmp_path, monkeypatch):
+    """OpenVINO takes an f16 hint on a CPU without FP16 arithmetic and computes in FP32: that row is neither
+    what the artefact is nor what the option asked for."""
+    from yolox_deploy.bench.artefacts import backend_status
+    from yolox_deploy.runtimes.base import asked_precision
+
+    assert [asked_precision(o) for o in ({}, {"half": True}, {"half": False}, {"inference_precision": "F16"},
+                                         {"inference_precision": "bf16"})] == [None, "fp16", "fp32", "fp16", "bf16"]
+    if not backend_status("openvino")[0]:
+        pytest.skip("openvino not installed")
+    from yolox_deploy.runtimes.openvino import OpenVINOBackend
+
+    monkeypatch.setattr(OpenVINOBackend, "compute_precision", property(lambda self: "fp32"))
+    cfg = BenchConfig(models=["nano"], backends=["openvino"], precisions=["fp16"], iters=2, warmup=0, max_images=1,
+                      img_size=(64, 64), device="cpu", output=tmp_path, demo=False, progress=False, isolate=False,
+                      backend_options={"openvino": {"inference_precision": "f16"}})
+    [row] = run_benchmark(cfg).rows
+    assert row.status == ("not available: the openvino backend runs fp32, not fp16, on cpu (its --backend-option "
+                          "asked for fp16)")
+
+
 def test_a_device_the_backend_cannot_use_stays_in_the_device_column(tmp_path):
     cfg = BenchConfig(models=["nano"], backends=["torch"], iters=2, warmup=0, max_images=1, img_size=(160, 160),
                       device="vulkan", output=tmp_path, demo=False, progress=False, isolate=False)

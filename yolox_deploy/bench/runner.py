@@ -325,15 +325,18 @@ class RowRunner:
         return cache in Path(row.artefact).resolve().parents
 
     def _measure(self, row: BenchRow, weights: Any, source: ModelSource) -> None:
-        from ..runtimes.base import PRECISION_OPTIONS
+        from ..runtimes.base import asked_precision
 
         cfg = self.cfg
         with _open_detector(weights, row.backend, row.device, cfg, source, row.precision, row.img_size,
                             row.batch) as det:
             got = det.backend.compute_precision  # an FP16 artefact computed in FP32 is no FP16 row
             if got != row.precision:
-                if not PRECISION_OPTIONS & set(row.options):
-                    raise _NotAvailable(f"the {row.backend} backend runs {got}, not {row.precision}, on {row.device}")
+                asked = asked_precision(row.options)
+                if got != asked:  # not what the artefact is, nor what an option asked for
+                    also = f" (its --backend-option asked for {asked})" if asked else ""
+                    raise _NotAvailable(f"the {row.backend} backend runs {got}, not {row.precision}, on "
+                                        f"{row.device}{also}")
                 row.notes.append(f"computes in {got}, as its --backend-option asks")
             if tuple(det.meta.input_size) != tuple(row.img_size):
                 raise _NotAvailable(f"the artefact's input is {det.meta.input_size}, not {row.img_size}")

@@ -132,8 +132,17 @@ COMMON_OPTIONS = frozenset({"model", "img_size", "class_names", "num_classes", "
 # runtime's choice): "no" or 1.7 would otherwise be read as True or 1 without a word
 BOOL_OPTIONS = frozenset({"legacy", "canvas_in_graph", "half", "fuse", "spin_between_runs", "decode_in_graph"})
 COUNT_OPTIONS = frozenset({"threads"})
-# options that choose the precision a runtime computes in, whatever the artefact's
-PRECISION_OPTIONS = frozenset({"half", "inference_precision"})
+
+
+def asked_precision(options: Mapping[str, Any]) -> str | None:
+    """The precision backend options ask a runtime to compute in, whatever the artefact's (``half``, OpenVINO's
+    ``inference_precision``), as ``fp32`` / ``fp16`` / ``bf16``; None when they ask for none."""
+    value = options.get("inference_precision")
+    if value is not None:
+        word = str(value).lower()
+        return {"f32": "fp32", "f16": "fp16"}.get(word, word)
+    half = options.get("half")
+    return None if half is None else "fp16" if half else "fp32"
 
 
 class Backend(abc.ABC):
