@@ -327,8 +327,12 @@ def test_onnx_source_without_tensorrt(tmp_path, nano_onnx, capsys):
 
 
 @pytest.mark.skipif(HAVE_GPU, reason="checks the behaviour where TensorRT or the GPU is missing")
-def test_int8_without_tensorrt_keeps_nothing(tmp_path, nano_onnx, unlabelled_images, capsys):
-    """trtexec cannot calibrate from the user's images: an ONNX step kept for it would be of no use."""
+def test_int8_without_tensorrt_keeps_nothing(tmp_path, nano_onnx, unlabelled_images, capsys, monkeypatch):
+    """trtexec cannot calibrate from the user's images: an ONNX step kept for it would be of no use, so the
+    export is refused before any work (the ONNX step is never made)."""
+    import yolox_deploy.export.onnx as onnx_module
+
+    monkeypatch.setattr(onnx_module, "onnx_to_convert", None)
     out = tmp_path / "new" / "authors_int8.engine"
     rc = _export_cli(["--weights", str(nano_onnx), "--format", "tensorrt", "--output", str(out), "--int8",
                       "--calib-images", str(unlabelled_images), "--no-verify"])

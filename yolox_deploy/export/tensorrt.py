@@ -61,6 +61,8 @@ from ..utils.files import atomic_write, cache_dir, write_text_atomic
 from .base import INT8_WITH_HALF, Exporter, ExportOptions, ExportSource, register_format
 from .onnx import io_signature
 
+INT8_NEEDS_TENSORRT = "INT8 calibration runs inside TensorRT, so run this export where TensorRT and the GPU work"
+
 log = logging.getLogger(__name__)
 
 MIN_SIDE, MAX_SIDE = 320, 1280  # dynamic height/width range (see profile_for)
@@ -562,6 +564,19 @@ class TensorRTExporter(Exporter):
         """Nothing up front: the ONNX step runs without TensorRT, which is checked (and reported) after it."""
 
     @classmethod
+    def require_for(cls, options: ExportOptions) -> None:
+        """INT8 calibrates inside TensorRT on the GPU (trtexec cannot calibrate from the user's images, so an ONNX
+        step kept for it would be of no use): without TensorRT or the GPU it is refused before any work."""
+        if not options.int8:
+            return
+        try:
+            trt = import_tensorrt()
+            current_environment(trt.__version__, cuda_index(options.device) or 0)
+            DeviceBuffer.available_kind()
+        except BackendUnavailable as e:
+            raise BackendUnavailable(f"{e}; {INT8_NEEDS_TENSORRT}") from None
+
+    @classmethod
     def check_device(cls, options: ExportOptions) -> None:
         """Only the device's name up front: the build itself needs the GPU, and without one (as without
         TensorRT) the ONNX step is kept with the ``trtexec`` command that builds the engine elsewhere."""
@@ -630,8 +645,8 @@ class TensorRTExporter(Exporter):
         opts = self.options
         if self.output is None:
             return reason
-        if opts.int8:  # trtexec cannot calibrate from our images: an ONNX step kept for it would be of no use
-            return f"{reason}; INT8 calibration runs inside TensorRT, so run this export where TensorRT and the GPU work"
+        if opts.int8:  # (require_for refuses this up front; a GPU lost since then lands here)
+            return f"{reason}; {INT8_NEEDS_TENSORRT}"
         engine = Path(self.output)
         if source.onnx_path is not None and onnx_path == Path(source.onnx_path):
             kept, where = onnx_path, "the ONNX model to build from is"
