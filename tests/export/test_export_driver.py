@@ -152,6 +152,10 @@ def test_other_bad_requests(tiny_pth, out, capsys, tmp_path):
     rc, _, err = _run(["--weights", tmp_path / "nope.pth", "--format", "onnx", "--output", out / "m.onnx"], capsys)
     assert rc == 2 and "weights not found" in _one_error(err)
     _assert_empty(out)
+    (tmp_path / "taken.onnx").write_bytes(b"x")  # the missing weights are said first, not the output's --force
+    rc, _, err = _run(["--weights", tmp_path / "nope.pth", "--format", "onnx", "--output", tmp_path / "taken.onnx"],
+                      capsys)
+    assert rc == 2 and "weights not found" in _one_error(err)
 
 
 def test_missing_package(tiny_pth, out, capsys, monkeypatch):

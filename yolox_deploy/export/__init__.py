@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..hub import weights_folder
+from ..hub import released_variant, weights_folder
 from ..io.images import list_images, read_image
 from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
@@ -182,6 +182,8 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     except TypeError as e:
         raise InputError(f"unknown export option: {e}") from None
     opts.check_types()
+    if isinstance(weights, (str, os.PathLike)) and released_variant(weights) is None and not Path(weights).exists():
+        raise InputError(f"weights not found: {weights}")  # before anything is said about the output
     onnx_source = isinstance(weights, (str, os.PathLike)) and Path(weights).suffix.lower() == ".onnx"
     _check_options(info, opts, requested, onnx_source)
     if onnx_source and output is not None and Path(output).resolve() == Path(weights).resolve():
