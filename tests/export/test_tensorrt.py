@@ -6,7 +6,11 @@ from __future__ import annotations
 import enum
 import importlib.util
 import json
+import os
+import signal
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -302,7 +306,7 @@ def test_cli_without_tensorrt_keeps_the_onnx_step(tmp_path, nano_pth, capsys):
 @pytest.mark.skipif(HAVE_GPU, reason="checks the behaviour where TensorRT or the GPU is missing")
 def test_onnx_source_without_tensorrt(tmp_path, nano_onnx, capsys):
     """A raw ONNX source kept raw is built from as it is; by default its decoded copy is the ONNX step."""
-    from yolox_deploy.export.onnx import read_metadata
+    from yolox_deploy.export.source import read_onnx_meta
 
     out = tmp_path / "new" / "authors.engine"
     rc = _export_cli(["--weights", str(nano_onnx), "--format", "tensorrt", "--output", str(out),
@@ -316,7 +320,7 @@ def test_onnx_source_without_tensorrt(tmp_path, nano_onnx, capsys):
     [line] = _error_lines(capsys.readouterr().err)
     kept = out.with_suffix(".onnx")
     assert rc == 2 and f"the ONNX step ran and is at {kept}" in line
-    assert read_metadata(kept).decode_in_graph and list(out.parent.iterdir()) == [kept]
+    assert read_onnx_meta(kept).decode_in_graph and list(out.parent.iterdir()) == [kept]
 
     source = tmp_path / "m.onnx"  # the ONNX step's name beside m.engine is the source itself: never replaced
     source.write_bytes(nano_onnx.read_bytes())
@@ -431,9 +435,11 @@ def _fake_tensorrt(calls: dict, *, parse_ok: bool = True, fast_fp16: bool = True
 
         def add_optimization_profile(self, p):
             self.profiles.append(p.shape)
+            return len(self.profiles) - 1
 
         def set_calibration_profile(self, p):
             self.calibration_profile = p.shape
+            return True
 
         def create_timing_cache(self, data):
             return TimingCache(data)
@@ -464,6 +470,14 @@ def _fake_tensorrt(calls: dict, *, parse_ok: bool = True, fast_fp16: bool = True
 
         def build_serialized_network(self, network, config):
             calls["config"] = config
+            calls["build_thread"] = threading.current_thread().name
+            if calls.get("interrupt"):  # Ctrl-C while TensorRT works: it asks its monitor after each step
+                os.kill(os.getpid(), signal.SIGINT)
+                calls["steps"] = 0
+                while calls["steps"] < 1000 and config.progress_monitor.step_complete("build", calls["steps"]):
+                    calls["steps"] += 1
+                    time.sleep(0.01)
+                return None  # a cancelled build
             cal = config.int8_calibrator
             if cal is not None:  # as TensorRT: a cache, or batches until None, then the new cache
                 calls["cache_read"] = cal.read_calibration_cache()
@@ -474,7 +488,11 @@ def _fake_tensorrt(calls: dict, *, parse_ok: bool = True, fast_fp16: bool = True
                     cal.write_calibration_cache(memoryview(b"TRT-1003-EntropyCalibration2\n"))
             return memoryview(b"PLAN" + bytes(range(16)))
 
-    trt.ILogger = ILogger
+    class IProgressMonitor:
+        def __init__(self):
+            pass
+
+    trt.ILogger, trt.IProgressMonitor = ILogger, IProgressMonitor
     trt.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (Calibrator,), {})
     trt.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (Calibrator,), {})
     trt.Builder, trt.OnnxParser = Builder, OnnxParser
@@ -537,6 +555,19 @@ def test_build_flow(tmp_path, tiny_random_model, fake_trt):
     export(tiny_random_model, "trt", out, img_size=128, simplify=False, verify=False, force=True)
     assert fake_trt["config"].cache.data == b"timing:"  # ...and loaded by it
     assert fake_trt["config"].profiles == [] and fake_trt["config"].flags == set()  # static: no profile
+
+
+@needs_write_onnx
+def test_ctrl_c_during_a_build_cancels_it_and_leaves_nothing(tmp_path, tiny_random_model, fake_trt):
+    """The build runs in a thread of its own: Ctrl-C reaches the main thread at once (inside TensorRT's
+    callbacks it was swallowed), the progress monitor cancels the build at its next step, nothing is written."""
+    from yolox_deploy.export import export
+
+    fake_trt["interrupt"] = True
+    with pytest.raises(KeyboardInterrupt):
+        export(tiny_random_model, "trt", tmp_path / "m.engine", img_size=64, simplify=False, verify=False)
+    assert fake_trt["build_thread"] == "tensorrt-build" and fake_trt["steps"] < 100
+    assert list(tmp_path.iterdir()) == []
 
 
 @needs_write_onnx

@@ -36,6 +36,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -253,7 +254,8 @@ class DeviceBuffer:
     """``nbytes`` of GPU memory that calibration batches are copied into (``ptr`` is the device address).
 
     Uses cuda-python when importable, else pycuda (on the device's primary context, the one TensorRT and
-    PyTorch use), else a PyTorch CUDA tensor.
+    PyTorch use), else a PyTorch CUDA tensor. TensorRT asks for batches from its build thread, not the one
+    that made the buffer: each call makes the device (or context) current in the thread it runs in.
     """
 
     @staticmethod
@@ -286,12 +288,21 @@ class DeviceBuffer:
             drv.init()
             self._drv = drv
             self._ctx = drv.Device(device_index).retain_primary_context()
-            self._ctx.push()
-            self._mem = drv.mem_alloc(self.nbytes)
+            with self._current():
+                self._mem = drv.mem_alloc(self.nbytes)
             self.ptr = int(self._mem)
         else:
             self._tensor = torch.empty(self.nbytes, dtype=torch.uint8, device=torch.device("cuda", device_index))
             self.ptr = int(self._tensor.data_ptr())
+
+    @contextlib.contextmanager
+    def _current(self) -> Iterator[None]:
+        """pycuda: the primary context current in this thread for the block (a context stack is per thread)."""
+        self._ctx.push()
+        try:
+            yield
+        finally:
+            self._ctx.pop()
 
     def upload(self, host: np.ndarray) -> None:
         """Copy a C-contiguous host array of at most ``nbytes`` to the buffer (synchronously)."""
@@ -299,20 +310,23 @@ class DeviceBuffer:
         if host.nbytes > self.nbytes:
             raise ValueError(f"{host.nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
         if self.kind == "cuda-python":
+            cudart_call(self._rt.cudaSetDevice(self.index))
             kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
             cudart_call(self._rt.cudaMemcpy(self.ptr, host, host.nbytes, kind))
         elif self.kind == "pycuda":
-            self._drv.memcpy_htod(self.ptr, host)
+            with self._current():
+                self._drv.memcpy_htod(self.ptr, host)
         else:
             self._tensor[:host.nbytes].copy_(torch.from_numpy(host.reshape(-1).view(np.uint8)))
             torch.cuda.synchronize(self._tensor.device)
 
     def free(self) -> None:
         if self.kind == "cuda-python" and self.ptr:
+            cudart_call(self._rt.cudaSetDevice(self.index))
             cudart_call(self._rt.cudaFree(self.ptr))
         elif self.kind == "pycuda" and self.ptr:
-            self._mem.free()
-            self._ctx.pop()
+            with self._current():
+                self._mem.free()
         elif self.kind == "torch" and self.ptr:
             del self._tensor
         self.ptr = 0
@@ -366,8 +380,9 @@ def make_calibrator(trt: Any, feeder: CalibrationFeeder, method: str, device_ind
 
 # --- TensorRT builder glue ------------------------------------------------------------------------------------
 def make_progress_monitor(trt: Any) -> Any | None:
-    """A ``trt.IProgressMonitor`` drawing top-level build phases as tqdm bars; Ctrl-C cancels the build
-    (``.interrupted`` is then set). None when this TensorRT has no progress monitors."""
+    """A ``trt.IProgressMonitor`` drawing top-level build phases as tqdm bars, which cancels the build once
+    ``.cancel`` is set (its next step returns False). TensorRT may call it from several of its threads, so its
+    state is guarded by a lock. None when this TensorRT has no progress monitors."""
     if not hasattr(trt, "IProgressMonitor"):
         return None
     from tqdm import tqdm
@@ -376,38 +391,66 @@ def make_progress_monitor(trt: Any) -> Any | None:
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.bars: dict[str, Any] = {}
-            self.interrupted = False
+            self.cancel = threading.Event()
+            self._lock = threading.Lock()
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            try:
-                if parent_phase is None:
+            if parent_phase is None:
+                with self._lock:
                     self.bars[phase_name] = tqdm(total=num_steps, desc=f"TensorRT {phase_name}", leave=False)
-            except KeyboardInterrupt:
-                self.interrupted = True
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            try:
+            with self._lock:
                 bar = self.bars.get(phase_name)
                 if bar is not None and step > bar.n:
                     bar.update(step - bar.n)
-            except KeyboardInterrupt:
-                self.interrupted = True
-            return not self.interrupted
+            return not self.cancel.is_set()
 
         def phase_finish(self, phase_name: str) -> None:
-            try:
+            with self._lock:
                 bar = self.bars.pop(phase_name, None)
-                if bar is not None:
-                    bar.close()
-            except KeyboardInterrupt:
-                self.interrupted = True
+            if bar is not None:
+                bar.close()
 
         def close(self) -> None:
-            for bar in self.bars.values():
-                bar.close()
-            self.bars.clear()
+            with self._lock:
+                for bar in self.bars.values():
+                    bar.close()
+                self.bars.clear()
 
     return _Monitor()
+
+
+def build_interruptibly(builder: Any, network: Any, config: Any, monitor: Any | None, device_index: int) -> Any:
+    """``builder.build_serialized_network(network, config)`` in a thread of its own, so that Ctrl-C reaches this
+    (main) thread at once instead of a TensorRT callback, which swallows it: the monitor then cancels the build
+    at its next step, and KeyboardInterrupt is raised once the builder has returned."""
+    done: dict[str, Any] = {}
+
+    def build() -> None:
+        try:
+            with on_device(device_index):  # the current CUDA device is the thread's own
+                done["plan"] = builder.build_serialized_network(network, config)
+        except BaseException as e:  # noqa: B036 - handed to the caller's thread
+            done["error"] = e
+
+    worker = threading.Thread(target=build, name="tensorrt-build", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        if monitor is not None:
+            monitor.cancel.set()
+            log.warning("interrupted: cancelling the TensorRT build")
+        else:
+            log.warning("interrupted: this TensorRT has no progress monitor to cancel its build with; stopping "
+                        "when the build returns")
+        worker.join()
+        raise
+    if "error" in done:
+        raise done["error"]
+    return done.get("plan")
 
 
 @contextlib.contextmanager
@@ -479,7 +522,9 @@ def build_engine(trt: Any, onnx_path: Path, dest: Path, options: ExportOptions, 
         if dynamic:
             p = builder.create_optimization_profile()
             p.set_shape(inp.name, profile.min, profile.opt, profile.max)
-            config.add_optimization_profile(p)
+            if config.add_optimization_profile(p) < 0:  # -1: TensorRT found the profile invalid
+                raise ExportError(f"TensorRT refused the input profile {profile.min}..{profile.max} of {inp.name}: "
+                                  f"{logger.last_errors()}")
         if options.half or options.int8:
             if not getattr(builder, "platform_has_fast_fp16", True):
                 log.warning("this GPU has no fast FP16: an FP16 engine will be about as fast as FP32")
@@ -496,7 +541,9 @@ def build_engine(trt: Any, onnx_path: Path, dest: Path, options: ExportOptions, 
             if dynamic:
                 cp = builder.create_optimization_profile()
                 cp.set_shape(inp.name, feeder.shape, feeder.shape, feeder.shape)
-                config.set_calibration_profile(cp)
+                if not config.set_calibration_profile(cp):
+                    raise ExportError(f"TensorRT refused the calibration shape {feeder.shape} of {inp.name}: "
+                                      f"{logger.last_errors()}")
         _load_timing_cache(config, timing_cache)
         monitor = make_progress_monitor(trt)
         if monitor is not None:
@@ -505,14 +552,12 @@ def build_engine(trt: Any, onnx_path: Path, dest: Path, options: ExportOptions, 
         log.info("building the TensorRT engine (%s, input %s %s..%s), this takes a while", options.precision,
                  inp.name, list(profile.min), list(profile.max))
         try:
-            plan = builder.build_serialized_network(network, config)
+            plan = build_interruptibly(builder, network, config, monitor, device_index)
         finally:
             if calibrator is not None:
                 calibrator.close()
             if monitor is not None:
                 monitor.close()
-        if monitor is not None and monitor.interrupted:
-            raise KeyboardInterrupt
         if calibrator is not None and calibrator.error is not None:
             raise calibrator.error
         if plan is None:

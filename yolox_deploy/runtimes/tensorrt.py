@@ -396,9 +396,18 @@ class TensorRTBackend(Backend):
 
     @staticmethod
     def _spec(trt: Any, engine: Any, name: str) -> TensorSpec:
+        layout = engine.get_tensor_format(name)
+        if layout != trt.TensorFormat.LINEAR:  # e.g. trtexec --inputIOFormats=fp16:hwc8: other bytes than NCHW
+            raise ArtefactError(f"the engine's tensor {name} has the {getattr(layout, 'name', layout)} layout; this "
+                                "backend feeds and reads linear (NCHW) tensors: build the engine without "
+                                "--inputIOFormats / --outputIOFormats")
         return TensorSpec(name, tuple(int(d) for d in engine.get_tensor_shape(name)),
                           torch_dtype(engine.get_tensor_dtype(name)),
                           engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT)
+
+    def _bind(self, name: str, tensor: torch.Tensor) -> None:
+        if not self._context.set_tensor_address(name, tensor.data_ptr()):
+            raise ArtefactError(f"TensorRT refused the buffer of {name}: {self._logger.last_errors()}")
 
     @staticmethod
     def _read_profile(engine: Any, inp: TensorSpec) -> Profile:
@@ -436,7 +445,7 @@ class TensorRTBackend(Backend):
                     x.record_stream(self._stream)
                 if not ctx.set_input_shape(inp.name, shape):
                     raise InputError(f"TensorRT rejected input shape {list(shape)}: {self._logger.last_errors()}")
-                ctx.set_tensor_address(inp.name, x.data_ptr())
+                self._bind(inp.name, x)
                 outs = []
                 for spec in self._outputs:
                     out_shape = tuple(int(d) for d in ctx.get_tensor_shape(spec.name))
@@ -444,7 +453,7 @@ class TensorRTBackend(Backend):
                         raise ArtefactError(f"output {spec.name} has a data-dependent shape {list(out_shape)}, "
                                             "which this backend does not support")
                     t = torch.empty(out_shape, dtype=spec.dtype, device=self._device)
-                    ctx.set_tensor_address(spec.name, t.data_ptr())
+                    self._bind(spec.name, t)
                     outs.append(t)
                 if not ctx.execute_async_v3(self._stream.cuda_stream):
                     raise ArtefactError(f"TensorRT failed to run {Path(self.path).name}: {self._logger.last_errors()}")
