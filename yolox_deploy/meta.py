@@ -1,8 +1,9 @@
 """What an artefact must say about itself so a runtime needs no other flag.
 
 A :class:`ModelMeta` travels with every artefact: as ONNX ``metadata_props``, OpenVINO ``rt_info`` or a
-sidecar JSON (NCNN, TensorRT), and inside our checkpoints. It is the contract between ``export/`` (writes it)
-and ``runtimes/`` (reads it); neither depends on the other.
+sidecar JSON (NCNN, TensorRT); checkpoints record the parts of it a model knows (variant, labels and their
+category ids, training size). It is the contract between ``export/`` (writes it) and ``runtimes/`` (reads
+it): a runtime never needs the exporter; an exporter runs what it wrote through the runtime to verify it.
 """
 
 from __future__ import annotations

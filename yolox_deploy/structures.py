@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
@@ -27,7 +27,8 @@ def name_table(class_names: Sequence[str]) -> np.ndarray:
 class Detections:
     """Detections of one image, in original-image pixels.
 
-    - ``xyxy``: float32 ``[N, 4]`` corners (x1, y1, x2, y2), clipped to the image
+    - ``xyxy``: float32 ``[N, 4]`` corners (x1, y1, x2, y2), clipped to the image unless the Detector was made
+      with ``clip=False`` (as yolox-eval makes it: the authors' COCO protocol does not clip)
     - ``scores``: float32 ``[N]`` (objectness x class probability)
     - ``class_ids``: int64 ``[N]``
     - ``names``: ``[N]`` class names (str)
@@ -44,7 +45,6 @@ class Detections:
     class_ids: np.ndarray
     names: np.ndarray
     image_size: tuple[int, int] | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
     category_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:

@@ -505,13 +505,13 @@ def test_the_variant_of_an_onnx_that_does_not_say_is_recognised(nano_onnx):
 
 
 def test_raw_onnx_source_is_decoded_by_default(tiny_onnx, out):
-    from yolox_deploy.export.onnx import read_metadata
+    from yolox_deploy.export.source import read_onnx_meta
 
     decoded = export(tiny_onnx, "onnx", out / "decoded.onnx")
-    assert decoded.meta.decode_in_graph and read_metadata(decoded.path).decode_in_graph
+    assert decoded.meta.decode_in_graph and read_onnx_meta(decoded.path).decode_in_graph
     assert decoded.verification.passed and decoded.verification.max_abs_diff <= 1e-3
     raw = export(tiny_onnx, "onnx", out / "raw.onnx", decode_in_graph=False)
-    assert not raw.meta.decode_in_graph and not read_metadata(raw.path).decode_in_graph
+    assert not raw.meta.decode_in_graph and not read_onnx_meta(raw.path).decode_in_graph
     # a graph that decodes cannot be made raw again
     with pytest.raises(InputError, match="decodes the boxes in its graph, which cannot be undone"):
         export(decoded.path, "onnx", out / "again.onnx", decode_in_graph=False)

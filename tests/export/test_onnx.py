@@ -19,7 +19,7 @@ from yolox_deploy.eval.coco import AUTHORS_PROTOCOL, evaluate, open_coco  # noqa
 from yolox_deploy.export import onnx as onnx_export  # noqa: E402
 from yolox_deploy.export.base import ExportOptions  # noqa: E402
 from yolox_deploy.export.onnx import append_nms, simplify, write_onnx  # noqa: E402
-from yolox_deploy.export.source import load_source  # noqa: E402
+from yolox_deploy.export.source import load_source, read_onnx_meta  # noqa: E402
 from yolox_deploy.export.verify import normalised_diff  # noqa: E402
 from yolox_deploy.io.images import list_images, read_image  # noqa: E402
 from yolox_deploy.meta import META_KEY, NMS_OUTPUTS, ModelMeta  # noqa: E402
@@ -333,7 +333,7 @@ def test_metadata_round_trip(cli_export, nano_pth):
     assert json.loads(props["imgsz"]) == [416, 416] and props["stride"] == "32"
     assert props["decode_in_graph"] == "true" and props["nms_in_graph"] == "false"
     assert props["color"] == "bgr" and props["pad_value"] == "114" and props["producer"].startswith("yolox-deploy")
-    assert onnx_export.read_metadata(path) == meta
+    assert read_onnx_meta(path) == meta
     with open_backend(path) as backend:  # the runtime reads the same thing through ONNX Runtime alone
         assert backend.meta == meta
 
@@ -458,7 +458,7 @@ def test_onnx_source_gets_our_metadata(nano_onnx, dog_batch, tmp_path):
     path = tmp_path / "authors.onnx"
     meta = write_onnx(source, ExportOptions(img_size=SIZE, decode_in_graph=False), path)
     assert not meta.decode_in_graph and meta.batch == 1 and meta.format == "onnx" and meta.num_classes == 80
-    assert onnx_export.read_metadata(path) == meta
+    assert read_onnx_meta(path) == meta
     original, copy = onnx.load(str(nano_onnx)), onnx.load(str(path))
     assert [n.op_type for n in copy.graph.node] == [n.op_type for n in original.graph.node]
     assert [o.name for o in copy.graph.output] == ["output"]

@@ -33,7 +33,6 @@ from ..zoo import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUFFIXES = frozenset({".pth", ".pt", ".ckpt"})
 # Spellings users type for backends whose registered names differ.
 BACKEND_ALIASES = {"trt": "tensorrt", "ort": "onnxruntime", "ov": "openvino", "pytorch": "torch"}
 RANDOM_SEED = 0
@@ -66,31 +65,22 @@ def known_backend_names() -> list[str]:
     return names + [n for n in BUILTIN_BACKENDS if n not in names]
 
 
-def opens_checkpoints(backend: str) -> bool:
-    from ..runtimes import registered_backends
-
-    cls = registered_backends().get(backend)
-    return cls is not None and bool(CHECKPOINT_SUFFIXES & set(cls.info.suffixes))
-
-
 def format_for_backend(backend: str) -> str | None:
-    """The export format whose artefacts ``backend`` runs; ``None`` when it runs checkpoints directly.
+    """The export format whose artefacts ``backend`` runs (its registered ``FormatInfo.backend``); ``None``
+    when no format feeds it and it runs checkpoints directly (the torch backend).
 
-    Raises :class:`BackendUnavailable` when no registered format feeds it.
+    Raises :class:`BackendUnavailable` when neither.
     """
     from ..export import registered_formats
+    from ..nn.checkpoint import CHECKPOINT_SUFFIXES
     from ..runtimes import registered_backends
 
-    if opens_checkpoints(backend):
-        return None
-    formats = registered_formats()
-    if backend in formats:
-        return backend
-    cls = registered_backends().get(backend)
-    suffixes = set(cls.info.suffixes) if cls is not None else set()
-    for name, fmt in formats.items():
-        if not fmt.info.is_dir and fmt.info.suffix.lower() in suffixes:
+    for name, fmt in registered_formats().items():
+        if fmt.info.backend == backend:
             return name
+    cls = registered_backends().get(backend)
+    if cls is not None and set(CHECKPOINT_SUFFIXES) & set(cls.info.suffixes):
+        return None
     raise BackendUnavailable(f"no registered export format produces artefacts for the {backend} backend")
 
 

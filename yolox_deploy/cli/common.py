@@ -124,13 +124,16 @@ def output_folder(path: str | os.PathLike) -> Path:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Arguments that choose and open an artefact."""
+    from ..runtimes import registered_backends
+
     p.add_argument("weights", help="checkpoint (.pth) or exported artefact (.onnx, .engine, *_openvino/, *_ncnn/); "
                                    "a variant name (yolox-s) takes the authors' COCO checkpoint, fetched once")
     p.add_argument("--model", help="YOLOX variant for checkpoints that do not say (yolox-nano ... yolox-x)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N",
                    help="input size: one number or height width (default: the artefact's / the variant's test size)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (ONNX Runtime also tensorrt[:N]; OpenVINO CPU, GPU, NPU, AUTO; NCNN vulkan[:N])")
-    p.add_argument("--backend", help="override the runtime the artefact implies (torch, onnxruntime, openvino, ncnn, tensorrt)")
+    p.add_argument("--backend", help="override the runtime the artefact implies "
+                                     f"({', '.join(registered_backends())})")
     p.add_argument("--batch", type=int, default=None, help="images per inference call (dynamic-batch artefacts)")
     p.add_argument("--legacy", action="store_true",
                    help="legacy checkpoints (before YOLOX 0.1.1): RGB input, /255, ImageNet mean/std")

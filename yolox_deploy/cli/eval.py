@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..eval.coco import STAT_LABELS, STAT_NAMES, evaluate, open_scorable
+from ..eval.coco import AUTHORS_PROTOCOL, STAT_LABELS, STAT_NAMES, evaluate, open_scorable
 from ..runtimes.detector import Detector
 from ..utils.files import json_text, standard_stream, write_text_atomic
 from ..utils.table import format_table
@@ -18,8 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--data", required=True, help="COCO folder: annotations/instances_<split>.json + <split>/")
     p.add_argument("--split", default="val2017", help="split name (default val2017)")
-    p.add_argument("--conf", type=float, default=0.01, help="score threshold (default 0.01, as the authors)")
-    p.add_argument("--nms", type=float, default=0.65, help="NMS IoU threshold (default 0.65, as the authors)")
+    conf, nms = AUTHORS_PROTOCOL["conf"], AUTHORS_PROTOCOL["nms"]
+    p.add_argument("--conf", type=float, default=conf, help=f"score threshold (default {conf}, as the authors)")
+    p.add_argument("--nms", type=float, default=nms, help=f"NMS IoU threshold (default {nms}, as the authors)")
     p.add_argument("--class-agnostic", action="store_true", help="class-agnostic NMS")
     p.add_argument("--json", help="write the metrics as JSON to this file")
     return p
@@ -30,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     json_path = json_output(args.json, [*read_by([args.weights]), args.data]) if args.json is not None else None
     data = open_scorable(args.data, args.split)
-    with Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic, max_det=None,
-                  clip=False, **detector_kwargs(args)) as det:
+    protocol = {**AUTHORS_PROTOCOL, "conf": args.conf, "nms": args.nms}  # all detections, boxes not clipped
+    with Detector(args.weights, class_agnostic=args.class_agnostic, **protocol, **detector_kwargs(args)) as det:
         # the JSON on stdout (--json /dev/stdout, for a pipe) is all stdout holds; the tables go to stderr
         out = sys.stderr if json_path is not None and standard_stream(json_path) is sys.stdout else sys.stdout
         print(f"{det!r} on {len(data.image_ids)} images of {args.data}/{args.split}", file=out)

@@ -94,8 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["verification", result.verification.summary() if result.verification else "skipped"],
         ["time (s)", f"{result.seconds:.1f}"],
     ]
-    for note in result.notes:
-        rows.append(["note", note])
     print(format_table(["", "value"], rows))
     return 0
 

@@ -185,7 +185,6 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)
     verification: Any = None
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 _FORMATS: dict[str, type[Exporter]] = {}
@@ -216,8 +215,9 @@ class Exporter(abc.ABC):
     """Writes one artefact kind.
 
     ``export`` receives the source, the options and a *temporary* destination (a file path, or an existing
-    empty folder for ``is_dir`` formats) and returns the artefact's :class:`ModelMeta`. It may write extra
-    files next to a file artefact only through ``sidecars`` (paths it returns in ``ExportResult.files``).
+    empty folder for ``is_dir`` formats) in a staging folder of its own, and returns the artefact's
+    :class:`ModelMeta`. Files it writes beside a file artefact in that folder (TensorRT's sidecar and
+    calibration cache) move into place with it and are listed in ``ExportResult.files``.
     """
 
     info: ClassVar[FormatInfo]

@@ -15,8 +15,9 @@ Contract:
 
 - the images are the folder's image files (not recursive) in sorted name order; the first ``count``
   readable ones are used, so two runs over the same folder see the same images in the same order;
-- each image is letterboxed to ``meta.input_size`` and converted with ``meta.preprocess``, by the same
-  :func:`~yolox_deploy.ops.letterbox.preprocess_batch` the runtimes use;
+- each image is letterboxed to ``meta.input_size`` and converted with ``meta.preprocess`` by
+  :func:`~yolox_deploy.ops.letterbox.preprocess_batch` (the runtimes' letterbox, and the numbers their
+  in-graph conversions compute);
 - an unreadable file is skipped with one warning (the next image takes its place); when none can be read
   :class:`InputError` is raised, as for a missing or empty folder;
 - the last batch may be smaller than ``batch`` (``last="keep"``), dropped (``"drop"``) or completed with

@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import BackendUnavailable, ExportError, InputError
 from ..meta import META_KEY, NMS_OUTPUTS, ModelMeta
 from ..utils.files import atomic_write
+from ..utils.onnxgraph import graph_inputs, tensor_dims
 from .base import (
     HEAD_OUTPUT,
     MIN_OPSET,
@@ -185,15 +186,9 @@ def _set_shape(value_info: Any, dims: list[int | str]) -> None:
             dim.dim_value = int(d)
 
 
-def _dims(value_info: Any) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in value_info.type.tensor_type.shape.dim]
-
-
 def io_signature(model: Any) -> tuple[list[tuple[str, list[int | str]]], list[str]]:
     """``([(input name, dims)], [output names])`` of the graph's real inputs (initializers excluded)."""
-    init = {i.name for i in model.graph.initializer}
-    inputs = [(i.name, _dims(i)) for i in model.graph.input if i.name not in init]
+    inputs = [(i.name, tensor_dims(i, unknown="?")) for i in graph_inputs(model.graph)]
     return inputs, [o.name for o in model.graph.output]
 
 
@@ -336,11 +331,11 @@ def append_decode(model: Any, input_hw: tuple[int, int], strides: tuple[int, ...
     Same arithmetic as :func:`yolox_deploy.ops.decode.decode_with_grid`, clamps included. The graph output
     keeps its name and shape.
     """
-    from ..ops.decode import WH_LOGIT_MAX, XY_LOGIT_LIMIT, make_grid, num_anchors
+    from ..ops.decode import WH_LOGIT_MAX, XY_LOGIT_LIMIT, level_shapes, make_grid, num_anchors
 
     g = _Graph(model, "decode")
     out = model.graph.output[0]
-    grid, stride = make_grid([(-(-input_hw[0] // s), -(-input_hw[1] // s)) for s in strides], tuple(strides))
+    grid, stride = make_grid(level_shapes(input_hw, tuple(strides)), tuple(strides))
     raw = g.name("raw")
     _rename_tensor(model, out.name, raw)
     xy = g.op("Clip", [g.slice(raw, 0, 2, 2), g.const(-XY_LOGIT_LIMIT, np.float32), g.const(XY_LOGIT_LIMIT, np.float32)])
@@ -349,7 +344,7 @@ def append_decode(model: Any, input_hw: tuple[int, int], strides: tuple[int, ...
     wh = g.op("Clip", [g.slice(raw, 2, 4, 2), "", g.const(WH_LOGIT_MAX, np.float32)])
     wh = g.op("Mul", [g.op("Exp", [wh]), g.const(stride.numpy()[None], np.float32, "stride")])
     g.op("Concat", [xy, wh, g.slice(raw, 4, np.iinfo(np.int64).max, 2)], outputs=[out.name], axis=2)
-    dims = _dims(out)
+    dims = tensor_dims(out, unknown="?")
     if len(dims) == 3 and isinstance(dims[1], int) and dims[1] != num_anchors(input_hw, strides):
         raise InputError(f"output {out.name!r} has {dims[1]} anchors, not those of a {input_hw[0]}x{input_hw[1]} input")
 
@@ -377,7 +372,7 @@ def append_nms(model: Any, *, conf: float, iou: float, max_det: int, plugin: str
     if g.opset < MIN_OPSET:
         raise InputError(f"the NMS tail needs ONNX opset >= {MIN_OPSET}; this graph has opset {g.opset}")
     head = model.graph.output[0]
-    dims = _dims(head)
+    dims = tensor_dims(head, unknown="?")
     num_classes = dims[2] - 5 if len(dims) == 3 and isinstance(dims[2], int) else None
     if num_classes is None or num_classes < 1:
         raise ExportError(f"cannot add NMS: output {head.name!r} has shape {dims}, expected [B, A, 5 + C]")
@@ -503,13 +498,3 @@ def set_metadata(model: Any, meta: ModelMeta) -> None:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.doc_string = f"YOLOX detector ({meta.model or 'custom'}), {_describe(meta)}; see metadata '{META_KEY}'"
-
-
-def read_metadata(path: str | Path) -> ModelMeta | None:
-    """Our :class:`ModelMeta` from an ONNX file's ``metadata_props`` (``None`` when it has none)."""
-    onnx = _onnx()
-    model = onnx.load(str(path), load_external_data=False)
-    for p in model.metadata_props:
-        if p.key == META_KEY:
-            return ModelMeta.from_json(p.value)
-    return None

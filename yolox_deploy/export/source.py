@@ -14,11 +14,8 @@ from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta, stored_meta
 from ..nn.checkpoint import check_weights_argument, load_model
 from ..nn.deploy import model_meta
 from ..nn.yolox import YOLOX
+from ..utils.onnxgraph import graph_inputs, tensor_dims
 from .base import ExportSource
-
-
-def _dims(value_info: Any) -> list[Any]:
-    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
 
 
 def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
@@ -34,13 +31,12 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
         raise ArtefactError(f"{p} is not a valid ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
     props = {prop.key: prop.value for prop in model.metadata_props}
     graph = model.graph
-    init_names = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in init_names]
+    inputs = graph_inputs(graph)
     if len(inputs) != 1:
         raise ArtefactError(f"{p.name}: expected one image input, found {len(inputs)}")
     if META_KEY in props:
-        return stored_meta(props[META_KEY], _dims(inputs[0]), [o.name for o in graph.output], p.name)
-    meta = infer_meta(_dims(inputs[0]), [o.name for o in graph.output], _dims(graph.output[0]), p.name,
+        return stored_meta(props[META_KEY], tensor_dims(inputs[0]), [o.name for o in graph.output], p.name)
+    meta = infer_meta(tensor_dims(inputs[0]), [o.name for o in graph.output], tensor_dims(graph.output[0]), p.name,
                       format="onnx")
     return meta.with_(model=variant_by_weights(graph))
 

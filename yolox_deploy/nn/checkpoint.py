@@ -34,6 +34,7 @@ from .yolox import YOLOX, build_model
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")  # what torch.save files are named (the torch backend opens them)
 CLASS_HEAD_PREFIX = "head.cls_preds."
 
 

@@ -24,12 +24,6 @@ def xyxy_to_cxcywh(boxes: Array) -> Array:
     return like(torch.cat(((b[..., 0:2] + b[..., 2:4]) / 2, b[..., 2:4] - b[..., 0:2]), dim=-1), boxes)
 
 
-def xyxy_to_xywh(boxes: Array) -> Array:
-    """``[..., 4]`` corners -> COCO (x, y, w, h)."""
-    b = to_tensor(boxes)
-    return like(torch.cat((b[..., 0:2], b[..., 2:4] - b[..., 0:2]), dim=-1), boxes)
-
-
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
     """``[N, 4]`` xyxy -> ``[N]`` areas (negative extents count as zero)."""
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)

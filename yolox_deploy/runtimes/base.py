@@ -45,7 +45,6 @@ class BackendInfo:
     extra: str | None = None
     devices: tuple[str, ...] = ("cpu",)
     folder_pattern: str | None = None
-    description: str = ""
 
     def available(self) -> tuple[bool, str]:
         """``(True, "")`` when the package is installed, else ``(False, reason)`` (without importing it)."""
@@ -63,7 +62,7 @@ _REGISTRY: dict[str, type[Backend]] = {}
 
 def register_backend(name: str, *, suffixes: tuple[str, ...] = (), package: str | None = None,
                      extra: str | None = None, devices: tuple[str, ...] = ("cpu",),
-                     folder_pattern: str | None = None, description: str = "") -> Callable[[type[Backend]], type[Backend]]:
+                     folder_pattern: str | None = None) -> Callable[[type[Backend]], type[Backend]]:
     """Class decorator adding a backend to the registry under ``name``.
 
     ``suffixes``: file suffixes it opens (``.onnx``); ``folder_pattern``: a glob that marks a folder as its
@@ -71,8 +70,7 @@ def register_backend(name: str, *, suffixes: tuple[str, ...] = (), package: str 
     """
 
     def wrap(cls: type[Backend]) -> type[Backend]:
-        cls.info = BackendInfo(name, tuple(s.lower() for s in suffixes), package, extra, devices,
-                               folder_pattern, description or (cls.__doc__ or "").strip().splitlines()[0])
+        cls.info = BackendInfo(name, tuple(s.lower() for s in suffixes), package, extra, devices, folder_pattern)
         _REGISTRY[name] = cls
         return cls
 

@@ -33,6 +33,7 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.files import check_readable
+from ..utils.onnxgraph import graph_inputs, tensor_dims
 from ..utils.sizes import parse_img_size
 from .base import Backend, as_numpy, register_backend
 
@@ -108,7 +109,6 @@ class OnnxRuntimeBackend(Backend):
         self._input_dtype = np.float16 if self._session.get_inputs()[0].type == "tensor(float16)" else np.float32
         outputs = self._session.get_outputs()
         self._output_names = [o.name for o in outputs]
-        self._run = self._run_float
         self._io_binding = self._kind != "cpu" and self._torch_cuda_available()
         if self._io_binding:
             import torch
@@ -153,9 +153,6 @@ class OnnxRuntimeBackend(Backend):
                 if self._session is None:
                     self._session = self._new_session(str(self.path))
         return self._session
-
-    def _run_float(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(names, feed)
 
     def _open_canvas_session(self, path: Path) -> Any:
         """A session of the graph behind a uint8 NHWC input (see :func:`canvas_input_graph`), or None.
@@ -254,7 +251,7 @@ class OnnxRuntimeBackend(Backend):
         batch = as_numpy(batch)
         if batch.dtype != self._input_dtype:
             batch = batch.astype(self._input_dtype)
-        return self._run(self._output_names, {self._input_name: batch})
+        return self.session.run(self._output_names, {self._input_name: batch})
 
     def _infer_canvas(self, canvases: Any) -> list[Any]:
         if self._io_binding:
@@ -290,7 +287,6 @@ class OnnxRuntimeBackend(Backend):
 
     def _close(self) -> None:
         self._session = self._canvas_session = None
-        self._run = None  # type: ignore[assignment]
 
 
 def missing_external_data(path: Path) -> list[str]:
@@ -315,13 +311,12 @@ def canvas_input_graph(model: Any) -> Any | None:
     """
     from onnx import TensorProto, helper
 
-    init = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in init]
+    inputs = graph_inputs(model.graph)
     if len(inputs) != 1:
         return None
     inp = inputs[0]
     tensor = inp.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+    dims = tensor_dims(inp)
     if tensor.elem_type != TensorProto.FLOAT or len(dims) != 4 or dims[1] != 3:
         return None
     n, _, h, w = dims

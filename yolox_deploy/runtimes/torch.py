@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable, InputError
-from ..nn.checkpoint import load_model
+from ..nn.checkpoint import CHECKPOINT_SUFFIXES, load_model
 from ..nn.deploy import deploy_model, model_meta
 from ..nn.yolox import YOLOX
 from ..ops.letterbox import canvas_to_tensor
@@ -47,7 +47,7 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-@register_backend("torch", suffixes=(".pth", ".pt", ".ckpt"), devices=("cpu", "cuda"))
+@register_backend("torch", suffixes=CHECKPOINT_SUFFIXES, devices=("cpu", "cuda"))
 class TorchBackend(Backend):
     """PyTorch eager model from a checkpoint."""
 

@@ -132,21 +132,6 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; on success it becomes ``path`` (replacing an old one)."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
-    os.chmod(tmp, _DIR_MODE)  # mkdtemp makes 0700 folders
-    try:
-        yield tmp
-        replace_entry(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
 def staging_folder(folder: str | os.PathLike, prefix: str = ".staging.",
                    target: str | os.PathLike | None = None) -> Iterator[Path]:
     """A temporary folder inside ``folder`` (made, with its parents, when missing) to write a run's results into

@@ -1,0 +1,18 @@
+"""Reading an ONNX graph's interface (works on the loaded protobuf; needs no ``onnx`` import)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def graph_inputs(graph: Any) -> list[Any]:
+    """The graph's real inputs: its declared inputs but the initializers that older exporters list among them."""
+    init = {i.name for i in graph.initializer}
+    return [i for i in graph.input if i.name not in init]
+
+
+def tensor_dims(value_info: Any, unknown: Any = None) -> list[Any]:
+    """A tensor's dims: ints where fixed, the dimension's name where symbolic, ``unknown`` where it has neither
+    (keep it ``None`` for shapes written back into a graph: equal names mean equal sizes to ONNX Runtime)."""
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or unknown)
+            for d in value_info.type.tensor_type.shape.dim]
