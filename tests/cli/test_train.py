@@ -57,6 +57,10 @@ def test_user_errors_are_one_line(tmp_path):
     assert rc == 2 and "nothing to resume" in err
     rc, _, err = run(["--model", "yolox-q", "--data", str(data)])
     assert rc == 2 and "unknown model" in err
+    rc, _, err = run(base_args(data, tmp_path / "run4") + ["--val-split", "vall2017"])  # a split named must exist
+    assert rc == 2 and "--val-split vall2017: " in err and "(its splits: train2017)" in err
+    rc, _, err = run(base_args(data, tmp_path / "run5") + ["--train-split", "train"])
+    assert rc == 2 and "missing annotations/instances_train.json (it has the split train2017)" in err
     (tmp_path / "afile").write_text("x")
     rc, _, err = run(base_args(tmp_path / "missing", tmp_path / "afile"))  # said before the data is looked at
     assert rc == 2 and err.strip() == f"error: {tmp_path / 'afile'} is a file, not a folder; give a folder to write into"

@@ -76,6 +76,48 @@ def test_a_renamed_category_pairs_by_position_among_the_rest(tmp_path, coco_tiny
     assert "motorcycle -> motorbike" in caplog.text
 
 
+def test_names_differing_in_case_match_and_a_positional_pairing_is_said(tmp_path, coco_tiny, caplog):
+    """"Person" is the class person (all names capitalised paired silently by position: any order was taken).
+    Names that match nothing pair by position with a warning listing the pairs, placeholders without one."""
+    from yolox_deploy.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES, placeholder_names
+
+    def capitalised_and_reversed(ann):
+        for c in ann["categories"]:
+            c["name"] = c["name"].capitalize() + " "
+            c["id"] = 1000 - c["id"]
+        for a in ann["annotations"]:
+            a["category_id"] = 1000 - a["category_id"]
+
+    data = _relabelled(tmp_path, coco_tiny, capitalised_and_reversed)
+    with caplog.at_level("WARNING"):
+        assert category_mapping(COCO_CLASSES, data) == [1000 - i for i in COCO_CATEGORY_IDS]
+    assert not caplog.text
+    with caplog.at_level("WARNING"):
+        assert category_mapping([f"thing{i}" for i in range(80)], data) == sorted(data.category_ids)
+    assert "none of the model's class names is a dataset category" in caplog.text
+    assert f"thing0 -> {dict(zip(data.category_ids, data.category_names))[min(data.category_ids)]}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        category_mapping(placeholder_names(80), data)
+    assert not caplog.text
+
+
+def test_a_ground_truth_of_id_0_scores_like_any_other(tmp_path, coco_tiny):
+    """COCOeval records matches by ground-truth id, and id 0 reads as unmatched: the ground truth itself as
+    detections scored 0.9966, not 1, with annotation ids 0, 1, 2..."""
+    from yolox_deploy.eval.coco import coco_evaluate, open_scorable
+
+    def from_zero(ann):
+        for k, a in enumerate(ann["annotations"]):
+            a["id"] = k
+
+    _relabelled(tmp_path, coco_tiny, from_zero)
+    data = open_scorable(tmp_path)
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in data.coco.dataset["annotations"] if not a["iscrowd"]]
+    assert coco_evaluate(data, perfect, data.category_ids).stats["AP"] == pytest.approx(1.0)
+
+
 def test_dataset_categories_without_a_class_are_named_and_not_scored(tmp_path, coco_tiny, caplog):
     from yolox_deploy.data.coco import COCO_CLASSES
     from yolox_deploy.eval.coco import coco_evaluate

@@ -102,6 +102,8 @@ def test_collate_pads_with_class_minus_one():
     assert images.shape == (2, 3, 4, 4) and ids == [10, 11]
     assert targets.shape == (2, 1, 5)
     assert targets[0, 0].tolist() == [1, 2, 2, 1, 1] and targets[1, 0, 0] == -1
+    named = collate([(*a[:2], "img163840"), (*b[:2], "img7")])[2]  # image ids that are names train too
+    assert named == ["img163840", "img7"]
 
 
 def test_sampler_epochs_and_shards():

@@ -16,7 +16,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..train.config import TrainConfig
+from ..errors import InputError
+from ..train.config import DEFAULT_VAL_SPLIT, TrainConfig
 from ..zoo import VARIANTS
 from .common import cli_entry, main_guard
 
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --output (or from CKPT) at the iteration it stopped")
     g = p.add_argument_group("recipe")
     g.add_argument("--train-split", default="train2017", help="training split (default train2017)")
-    g.add_argument("--val-split", default="val2017", help="evaluation split (default val2017; skipped when absent)")
+    g.add_argument("--val-split", help=f"evaluation split (default {DEFAULT_VAL_SPLIT}, skipped when absent; a split "
+                   "named here must exist)")
     g.add_argument("--eval-interval", type=int, default=10, help="evaluate every N epochs (default 10; 0: never)")
     g.add_argument("--warmup-epochs", type=int, help="warm-up epochs (default 5, at most a quarter of --epochs)")
     g.add_argument("--no-aug-epochs", type=int,
@@ -68,7 +70,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=args.model, data=Path(args.data), output=Path(args.output),
         weights=Path(args.weights) if args.weights else None, num_classes=args.num_classes,
-        train_split=args.train_split, val_split=args.val_split or None, epochs=args.epochs, batch=args.batch,
+        train_split=args.train_split, val_split=DEFAULT_VAL_SPLIT if args.val_split is None else args.val_split or None, epochs=args.epochs, batch=args.batch,
         img_size=tuple(args.img_size) if args.img_size else None, device=args.device, workers=args.workers,
         seed=args.seed, warmup_epochs=args.warmup_epochs, no_aug_epochs=args.no_aug_epochs,
         ema=not args.no_ema, amp=not args.no_amp, sync_bn=args.sync_bn, multiscale=not args.no_multiscale,
@@ -80,6 +82,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.val_split and args.eval_interval != 0 and Path(args.data).is_dir():  # named by the user: a typo must
+        # not cost the evaluation
+        from ..eval.coco import coco_splits
+
+        if args.val_split not in (found := coco_splits(args.data)):
+            raise InputError(f"--val-split {args.val_split}: {args.data} has no annotations/instances_{args.val_split}"
+                             f".json (its splits: {', '.join(found) or 'none'})")
     from ..train.trainer import Trainer
 
     with Trainer(config_from_args(args)) as trainer:

@@ -31,6 +31,11 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
     """COCO names for an 80-class model, ``class0, class1, ...`` otherwise."""
     if num_classes == len(COCO_CLASSES):
         return COCO_CLASSES
+    return placeholder_names(num_classes)
+
+
+def placeholder_names(num_classes: int) -> tuple[str, ...]:
+    """``class0, class1, ...``: the names of classes nothing names."""
     return tuple(f"class{i}" for i in range(num_classes))
 
 

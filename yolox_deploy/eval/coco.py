@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.coco import placeholder_names
 from ..errors import InputError
 from ..io.images import check_annotated_size, read_image
 from ..utils.text import listed
@@ -81,6 +82,15 @@ class CocoSplit:
         return self.image_dir / self.coco.imgs[image_id]["file_name"]
 
 
+def coco_splits(root: str | os.PathLike) -> list[str]:
+    """The splits a COCO-format folder has annotations for (``annotations/instances_<split>.json``)."""
+    folder = Path(root) / "annotations"
+    try:
+        return sorted(p.name[len("instances_"):-len(".json")] for p in folder.glob("instances_*.json") if p.is_file())
+    except OSError:
+        return []
+
+
 def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     """Open ``root/annotations/instances_<split>.json`` with images in ``root/<split>/``."""
     r = Path(root)
@@ -88,7 +98,9 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
         raise InputError(f"dataset folder not found: {r}")
     ann = r / "annotations" / f"instances_{split}.json"
     if not ann.is_file():
-        raise InputError(f"{r} is not a COCO folder: missing annotations/instances_{split}.json")
+        found = coco_splits(r)
+        has = f" (it has the split{'s' if len(found) > 1 else ''} {', '.join(found)})" if found else ""
+        raise InputError(f"{r} is not a COCO folder of split {split}: missing annotations/instances_{split}.json{has}")
     image_dir = r / split
     if not image_dir.is_dir():
         raise InputError(f"{r} is not a COCO folder: missing image folder {split}/")
@@ -146,6 +158,11 @@ def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
             name = a["id"] if isinstance(a, dict) and "id" in a else f"#{i}"
             raise InputError(f"{data.ann_file}: annotation {name} {problem}; the scorer needs bbox [x, y, w, h], "
                              "area, iscrowd, image_id and category_id")
+    if any(a["id"] == 0 for a in annotations):  # COCOeval records a match by the ground truth's id: id 0 reads
+        for k, a in enumerate(annotations, 1):  # as "unmatched" and its detection as a false positive
+            a["id"] = k
+        with contextlib.redirect_stdout(io.StringIO()):
+            data.coco.createIndex()
     return data
 
 
@@ -193,9 +210,10 @@ def _annotation_problem(a: Any, coco: Any) -> str | None:
 def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | None]:
     """Dataset category id for each model class (``None`` where a class has no category).
 
-    Classes map to the categories of their name. A model whose names match none of the categories (labels of
-    another naming) maps by position in the sorted category ids, the authors' convention. When only some
-    names match, the classes and categories left over pair up in that order if they are as many (a warning
+    Classes map to the categories of their name (else of their name up to case and surrounding spaces, when
+    that is unambiguous). A model whose names match none of the categories (labels of another naming) maps by
+    position in the sorted category ids, the authors' convention (a warning lists the pairs, unless the names
+    are the placeholders of a model without labels). When only some names match, the classes and categories left over pair up in that order if they are as many (a warning
     lists the pairs: one renamed category, e.g. motorcycle / motorbike); dataset categories without a class
     are named in a warning and left out of the scores (:func:`coco_evaluate` with ``category_ids``). Anything
     else is refused.
@@ -205,8 +223,15 @@ def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | 
     name_of = dict(zip(ids, data.category_names))
     by_name = {n: i for i, n in name_of.items()}
     mapping: list[int | None] = [by_name.get(n) for n in names]
+    folded = Counter(_fold(n) for n in name_of.values())  # "Person" / "person ": one name, when unambiguous
+    by_folded = {_fold(n): i for i, n in name_of.items() if folded[_fold(n)] == 1 and i not in mapping}
+    mapping = [i if i is not None else by_folded.get(_fold(n)) for n, i in zip(names, mapping)]
     matched = {i for i in mapping if i is not None}
     if not matched and len(names) == len(ids):
+        if tuple(names) != placeholder_names(len(names)):  # names that were meant to match, and match nothing
+            log.warning("none of the model's class names is a dataset category; paired by position in the "
+                        "category ids (the authors' convention): %s",
+                        listed([f"{n} -> {name_of[i]}" for n, i in zip(names, ids)], 5))
         return ids
     left_classes = [k for k, i in enumerate(mapping) if i is None]
     left_cats = [i for i in ids if i not in matched]
@@ -226,6 +251,10 @@ def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | 
         log.warning("%d dataset categories are no class of the model and are not scored: %s", len(left_cats),
                     listed([name_of[i] for i in left_cats], 5))
     return mapping
+
+
+def _fold(name: str) -> str:
+    return name.strip().casefold()
 
 
 @dataclass

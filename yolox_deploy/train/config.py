@@ -30,6 +30,9 @@ NUMBER_FIELDS = ("lr_per_image", "momentum", "weight_decay", "min_lr_ratio", "em
                  "hsv_prob", "flip_prob", "degrees", "translate", "shear")
 
 
+DEFAULT_VAL_SPLIT = "val2017"  # evaluated when the dataset has it
+
+
 @dataclass
 class TrainConfig:
     """What to train, on what, and how. Paths may be ``str``; sizes ``(height, width)``."""
@@ -40,7 +43,7 @@ class TrainConfig:
     weights: Path | None = None
     num_classes: int | None = None
     train_split: str = "train2017"
-    val_split: str | None = "val2017"
+    val_split: str | None = DEFAULT_VAL_SPLIT
     epochs: int = 300
     batch: int = 64                        # total over all processes
     img_size: tuple[int, int] | None = None

@@ -41,7 +41,7 @@ class ImageRecord:
     """One training image: its file, its size from the JSON, and its boxes (``x1, y1, x2, y2`` pixels,
     float32 ``[N, 4]``) with class indices (int64 ``[N]``, contiguous from 0)."""
 
-    image_id: int
+    image_id: int | str
     path: Path
     width: int
     height: int

@@ -105,15 +105,17 @@ class TrainDataset(torch.utils.data.Dataset):
         return chw, torch.from_numpy(targets), self.data.records[index].image_id
 
 
-def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """-> images uint8 ``[B, 3, H, W]``, targets float32 ``[B, M, 5]`` padded with class ``-1``, image ids."""
+def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int | str]],
+            ) -> tuple[torch.Tensor, torch.Tensor, list[int | str]]:
+    """-> images uint8 ``[B, 3, H, W]``, targets float32 ``[B, M, 5]`` padded with class ``-1``, image ids (as the
+    annotation file gives them: integers, or names, which training takes too)."""
     images = torch.stack([b[0] for b in batch])
     most = max((b[1].shape[0] for b in batch), default=0)
     targets = torch.zeros((len(batch), most, 5), dtype=torch.float32)
     targets[..., 0] = -1
     for i, (_, t, _) in enumerate(batch):
         targets[i, :t.shape[0]] = t
-    return images, targets, [int(b[2]) for b in batch]
+    return images, targets, [b[2] for b in batch]
 
 
 class TrainBatchSampler(torch.utils.data.Sampler):

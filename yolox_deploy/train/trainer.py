@@ -213,7 +213,7 @@ class Trainer:
         unknown = set(val.category_names) - set(self.data.class_names)
         if unknown:
             raise InputError(f"the {cfg.val_split} split has categories the {cfg.train_split} split lacks: "
-                             f"{', '.join(sorted(unknown)[:5])}")
+                             f"{listed([repr(n) for n in sorted(unknown)], 5)}")
         return val
 
     def _build_model(self) -> YOLOX:
@@ -293,7 +293,7 @@ class Trainer:
                  self.iteration // self.iters_per_epoch + 1)
 
     # --- one iteration -------------------------------------------------------------------------------
-    def step(self, images: torch.Tensor, targets: torch.Tensor, image_ids: list[int]) -> LossOutput:
+    def step(self, images: torch.Tensor, targets: torch.Tensor, image_ids: list[int | str]) -> LossOutput:
         """One optimisation step on a collated batch (uint8 images, padded targets at the base size)."""
         cfg = self.cfg
         set_lr(self.optimizer, self.schedule(self.iteration))
