@@ -122,3 +122,29 @@ def test_a_replacement_interrupted_between_its_renames_puts_the_old_entry_back(t
     assert move_into([staged], out) == [out / "model_openvino"]
     assert sorted(p.name for p in out.iterdir()) == ["model_openvino"]
     assert (out / "model_openvino" / "new.xml").read_text() == "the new model"
+
+
+def test_ctrl_c_while_results_move_into_place_waits_until_all_have(tmp_path, monkeypatch):
+    import signal
+
+    from yolox_deploy.utils.files import move_into
+
+    staged = tmp_path / "staging"
+    staged.mkdir()
+    for name in ("a.json", "b.json", "c.json"):
+        (staged / name).write_text(name)
+    out = tmp_path / "out"
+    out.mkdir()
+    real_replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        move_into(sorted(staged.iterdir()), out)
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json", "c.json"]  # whole, then interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import ArtefactError, InputError, WriteError
+from .signals import deferred
 
 
 def cache_dir() -> Path:
@@ -190,14 +191,16 @@ def _remove_empty(folders: list[Path]) -> None:
 
 def move_into(produced: list[Path], folder: Path) -> list[Path]:
     """Move staged files and folders into ``folder``, replacing existing entries of the same kind (a file by a
-    file, a folder by a folder) only; nothing moves when one would replace the other kind. Returns the new paths."""
+    file, a folder by a folder) only; nothing moves when one would replace the other kind. Ctrl-C or SIGTERM
+    waits until all have moved (a run's results are in place whole or not at all). Returns the new paths."""
     final = [folder / p.name for p in produced]
     for p, dest in zip(produced, final):
         if dest.exists() and dest.is_dir() != p.is_dir():
             raise InputError(f"{dest} is {'a folder' if dest.is_dir() else 'a file'}, where "
                              f"{'a folder' if p.is_dir() else 'a file'} was to be written; nothing written")
-    for p, dest in zip(produced, final):
-        replace_entry(p, dest)
+    with deferred():
+        for p, dest in zip(produced, final):
+            replace_entry(p, dest)
     return final
 
 

@@ -28,6 +28,17 @@ def handling(signals: Sequence[signal.Signals], handler: Callable[[int, Any], An
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def deferred(signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Within the block ``signals`` wait: one that arrives is delivered again, to the handler before the block,
+    when it ends. For short steps that must not stop halfway (moving a run's results into place)."""
+    received: list[int] = []
+    with handling(signals, lambda sig, frame: received.append(sig)):
+        yield
+    for sig in dict.fromkeys(received):
+        signal.raise_signal(sig)
+
+
 class StopRequest:
     """Set by :func:`stop_between_steps` when a stop was asked for; a loop reads ``requested`` between steps."""
 
