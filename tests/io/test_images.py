@@ -197,3 +197,17 @@ def test_a_folder_that_cannot_be_listed_is_one_message(tmp_path):
     not_a_folder.write_bytes(b"x")
     with pytest.raises(InputError, match=f"cannot read folder {not_a_folder}: Not a directory"):
         list_images(not_a_folder)
+
+
+def test_a_video_without_a_video_suffix_is_said_to_be_one(tmp_path):
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (64, 48))
+    for _ in range(2):
+        writer.write(np.full((48, 64, 3), 90, np.uint8))
+    writer.release()
+    bare = clip.rename(tmp_path / "clip")
+    with pytest.raises(InputError, match="no image but reads as a video: give it a video suffix"):
+        list(iter_source(bare))
+    (tmp_path / "notes").write_text("not an image")  # neither: the image message
+    with pytest.raises(InputError, match="not a readable image"):
+        list(iter_source(tmp_path / "notes"))

@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-option", action="append", default=[], metavar="BACKEND:KEY=VALUE",
                    help="a runtime option for one backend, e.g. openvino:hint=throughput or onnxruntime:opt_level=basic "
                         "(repeatable; shown next to the backend in the tables)")
-    p.add_argument("--conf", type=float, default=0.25, help="Detector score threshold for the full-pipeline timing (default 0.25)")
-    p.add_argument("--nms", type=float, default=0.45, help="Detector NMS IoU threshold for the full-pipeline timing (default 0.45)")
+    p.add_argument("--conf", type=float, default=0.25,
+                   help="Detector score threshold for the full-pipeline timing (default 0.25)")
+    p.add_argument("--nms", type=float, default=0.45,
+                   help="Detector NMS IoU threshold for the full-pipeline timing (default 0.45)")
     p.add_argument("--no-demo", action="store_true", help="skip the head-to-head with the authors' ONNX Runtime demo")
     p.add_argument("--output", default="runs/bench", help="output folder (default ./runs/bench)")
     p.add_argument("--cache-dir", help="artefact cache (default OUTPUT/cache)")

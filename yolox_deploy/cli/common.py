@@ -51,13 +51,14 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
 
 
 def _quiet_opencv() -> None:
-    """OpenCV's and FFmpeg's own messages (a video it cannot decode, a frame it cannot write) come ahead of
-    the one-line error that says the same to the user: the CLIs keep OpenCV's errors only and silence FFmpeg
-    (unless OPENCV_FFMPEG_LOGLEVEL is set)."""
+    """OpenCV's and FFmpeg's own messages (a video it cannot decode, a frame size its writer refuses) come
+    ahead of the one-line error that says the same to the user: the CLIs silence both (every failure they
+    meet reaches the user as that line; OPENCV_LOG_LEVEL / OPENCV_FFMPEG_LOGLEVEL set by the user win)."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own log (read when OpenCV first opens a video)
     import cv2
 
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 class Terminated(KeyboardInterrupt):

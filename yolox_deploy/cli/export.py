@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, metavar="{" + ",".join(_format_choices()) + "}",
                    help="output format (see the list below)")
     p.add_argument("--num-classes", type=int, help="class count of the checkpoint (default: read from it)")
-    p.add_argument("--img-size", nargs="+", type=int, metavar="N", help="640, or height width (default: the size a yolox-train checkpoint records, else the variant's "
+    p.add_argument("--img-size", nargs="+", type=int, metavar="N",
+                   help="640, or height width (default: the size a yolox-train checkpoint records, else the variant's "
                    "test size)")
     p.add_argument("--batch", type=int, help="batch size, default 1 (the profile's optimum with --dynamic)")
     p.add_argument("--dynamic", action="store_true", default=None, help="dynamic batch")
@@ -60,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simplify", action=argparse.BooleanOptionalAction, help="simplify the ONNX graph (default on)")
     p.add_argument("--workspace", type=float, help="TensorRT builder workspace in GiB (default 4)")
     p.add_argument("--device", help="device to build and verify on (default cpu; TensorRT: cuda:N)")
-    p.add_argument("--output", help="output path (default: next to the weights, or in the current folder when theirs is read-only "
-                   "or the weights were fetched by name)")
+    p.add_argument("--output", help="output path (default: next to the weights, or in the current folder when theirs "
+                                    "is read-only or the weights were fetched by name)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction,
                    help="run the artefact and compare with the torch model (default on)")
     p.add_argument("--verify-image", help="image to verify on (default: a synthetic scene)")

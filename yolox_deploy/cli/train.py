@@ -70,7 +70,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=args.model, data=Path(args.data), output=Path(args.output),
         weights=Path(args.weights) if args.weights else None, num_classes=args.num_classes,
-        train_split=args.train_split, val_split=DEFAULT_VAL_SPLIT if args.val_split is None else args.val_split or None, epochs=args.epochs, batch=args.batch,
+        train_split=args.train_split, epochs=args.epochs, batch=args.batch,
+        val_split=DEFAULT_VAL_SPLIT if args.val_split is None else args.val_split or None,  # "": no evaluation
         img_size=tuple(args.img_size) if args.img_size else None, device=args.device, workers=args.workers,
         seed=args.seed, warmup_epochs=args.warmup_epochs, no_aug_epochs=args.no_aug_epochs,
         ema=not args.no_ema, amp=not args.no_amp, sync_bn=args.sync_bn, multiscale=not args.no_multiscale,
@@ -82,9 +83,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.val_split and args.eval_interval != 0 and Path(args.data).is_dir():  # named by the user: a typo must
-        # not cost the evaluation
-        from ..eval.coco import coco_splits
+    if args.val_split and args.eval_interval != 0 and Path(args.data).is_dir():
+        from ..eval.coco import coco_splits  # a split the user named: a typo must not cost the evaluation
 
         if args.val_split not in (found := coco_splits(args.data)):
             raise InputError(f"--val-split {args.val_split}: {args.data} has no annotations/instances_{args.val_split}"

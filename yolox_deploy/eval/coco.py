@@ -213,10 +213,10 @@ def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | 
     Classes map to the categories of their name (else of their name up to case and surrounding spaces, when
     that is unambiguous). A model whose names match none of the categories (labels of another naming) maps by
     position in the sorted category ids, the authors' convention (a warning lists the pairs, unless the names
-    are the placeholders of a model without labels). When only some names match, the classes and categories left over pair up in that order if they are as many (a warning
-    lists the pairs: one renamed category, e.g. motorcycle / motorbike); dataset categories without a class
-    are named in a warning and left out of the scores (:func:`coco_evaluate` with ``category_ids``). Anything
-    else is refused.
+    are the placeholders of a model without labels). When only some names match, the classes and categories
+    left over pair up in that order if they are as many (a warning lists the pairs: one renamed category, e.g.
+    motorcycle / motorbike); dataset categories without a class are named in a warning and left out of the
+    scores (:func:`coco_evaluate` with ``category_ids``). Anything else is refused.
     """
     names = list(class_names)
     ids = list(data.category_ids)

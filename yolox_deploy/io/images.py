@@ -208,4 +208,20 @@ def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
     elif is_video(p):
         yield from _iter_video(open_video(str(p)), p.stem, str(p))
     else:
-        yield Frame(p.stem, read_image(p), 0, path=p)
+        try:
+            image = read_image(p)
+        except InputError:
+            if p.suffix.lower() not in IMAGE_SUFFIXES and _reads_as_video(p):
+                raise InputError(f"{p} is no image but reads as a video: give it a video suffix (.mp4, .avi, ...) "
+                                 "to have its frames read") from None
+            raise
+        yield Frame(p.stem, image, 0, path=p)
+
+
+def _reads_as_video(path: Path) -> bool:
+    """Whether OpenCV opens ``path`` as a video and reads a frame of it."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return bool(capture.isOpened() and capture.read()[0])
+    finally:
+        capture.release()
