@@ -178,6 +178,20 @@ def test_arguments_refused_after_opening_close_the_runtime(nano_onnx_dynamic, mo
     assert len(opened) == 3
 
 
+def test_a_stream_yields_the_frames_read_before_a_corrupt_one(nano_onnx_dynamic, dog_jpg, tmp_path):
+    """With batches of 3, a corrupt second file lost the first frame's result too."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for name in ("a.jpg", "c.jpg", "d.jpg"):
+        (folder / name).write_bytes(dog_jpg.read_bytes())
+    (folder / "b.jpg").write_bytes(b"\xff\xd8\xffnot a jpeg")
+    got = []
+    with Detector(nano_onnx_dynamic, batch_size=3) as det, pytest.raises(InputError, match="b.jpg"):
+        for result in det.stream(folder):
+            got.append(result.frame.name)
+    assert got == ["a"]
+
+
 def test_lookups_follow_a_change_of_metadata(nano_onnx_dynamic, dog_jpg):
     """The label table, category ids and expected head shape are made once per metadata, not once per call."""
     det = Detector(nano_onnx_dynamic)

@@ -260,10 +260,20 @@ class Detector:
     predict = __call__
 
     def iter_batches(self, images: Iterable[T]) -> Iterator[list[T]]:
-        """Group an iterable (images, stream frames) into lists of ``batch_size``; the last may be shorter."""
+        """Group an iterable (images, stream frames) into lists of ``batch_size``; the last may be shorter. When
+        the iterable fails (a corrupt file in a folder), the items read before it come as a batch first."""
+        items = iter(images)
         chunk: list[T] = []
-        for image in images:
-            chunk.append(image)
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                break
+            except Exception:
+                if chunk:
+                    yield chunk
+                raise
+            chunk.append(item)
             if len(chunk) == self.batch_size:
                 yield chunk
                 chunk = []
