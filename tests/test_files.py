@@ -148,3 +148,15 @@ def test_ctrl_c_while_results_move_into_place_waits_until_all_have(tmp_path, mon
         move_into(sorted(staged.iterdir()), out)
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json", "c.json"]  # whole, then interrupted
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_held_back_is_delivered_however_the_block_ends():
+    import signal
+
+    from yolox_deploy.utils.signals import deferred
+
+    with pytest.raises(KeyboardInterrupt):
+        with deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise OSError("a failed rename")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

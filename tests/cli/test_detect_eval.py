@@ -155,6 +155,38 @@ def test_detect_replaces_its_own_earlier_results_and_nothing_else(tmp_path, nano
     assert "already holds pic.json" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_results_move_lets_them_finish_and_be_recorded(tmp_path, nano_pth, dog_jpg, monkeypatch):
+    import os
+    import signal
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(dog_jpg.read_bytes())
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def interrupting(a, b):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", interrupting)
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 130
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert _results(out) == ["a.jpg", "a.json"]
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 0  # its own results
+
+
+def test_results_written_before_the_record_existed_are_its_own(tmp_path, nano_pth, dog_jpg):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(dog_jpg.read_bytes())
+    out = tmp_path / "out"
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 0
+    (out / RECORD).unlink()  # a folder of results from before the record
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(out)]) == 0
+    assert json.loads((out / RECORD).read_text())["results"] == ["a.jpg", "a.json"]
+
+
 def test_detect_refuses_the_folder_its_source_links_into_and_overlong_names(tmp_path, nano_pth, dog_jpg, capsys):
     photos, selection = tmp_path / "photos", tmp_path / "selection"
     photos.mkdir()
@@ -167,7 +199,7 @@ def test_detect_refuses_the_folder_its_source_links_into_and_overlong_names(tmp_
     long = tmp_path / ("x" * 251 + ".jpg")  # a name of 255 bytes: its result x...x.json would be 256
     long.write_bytes(dog_jpg.read_bytes())
     assert detect_main([str(nano_pth), "--source", str(long), "--output", str(tmp_path / "out")]) == 2
-    assert "longer than 255 bytes" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert "longer than 241 bytes" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_detect_keeps_files_sharing_a_stem_apart(tmp_path, nano_pth, dog_jpg):

@@ -92,6 +92,11 @@ def test_names_differing_in_case_match_and_a_positional_pairing_is_said(tmp_path
     with caplog.at_level("WARNING"):
         assert category_mapping(COCO_CLASSES, data) == [1000 - i for i in COCO_CATEGORY_IDS]
     assert not caplog.text
+    two = ["Person", "person "] + list(COCO_CLASSES[2:])  # two classes folding to one name: neither takes it
+    with caplog.at_level("WARNING"):
+        mapping = category_mapping(two, data)
+    assert sorted(mapping[:2]) == [998, 999] and "paired by position" in caplog.text  # never one category twice
+    caplog.clear()
     with caplog.at_level("WARNING"):
         assert category_mapping([f"thing{i}" for i in range(80)], data) == sorted(data.category_ids)
     assert "none of the model's class names is a dataset category" in caplog.text

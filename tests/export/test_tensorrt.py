@@ -471,6 +471,12 @@ def _fake_tensorrt(calls: dict, *, parse_ok: bool = True, fast_fp16: bool = True
         def build_serialized_network(self, network, config):
             calls["config"] = config
             calls["build_thread"] = threading.current_thread().name
+            if calls.get("interrupt") == "twice":  # a second Ctrl-C while a build winds down
+                for _ in range(2):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.3)
+                calls["finished"] = True
+                return None
             if calls.get("interrupt"):  # Ctrl-C while TensorRT works: it asks its monitor after each step
                 os.kill(os.getpid(), signal.SIGINT)
                 calls["steps"] = 0
@@ -568,6 +574,10 @@ def test_ctrl_c_during_a_build_cancels_it_and_leaves_nothing(tmp_path, tiny_rand
         export(tiny_random_model, "trt", tmp_path / "m.engine", img_size=64, simplify=False, verify=False)
     assert fake_trt["build_thread"] == "tensorrt-build" and fake_trt["steps"] < 100
     assert list(tmp_path.iterdir()) == []
+    fake_trt["interrupt"] = "twice"  # the second one waits for the build too (it still reads the buffers)
+    with pytest.raises(KeyboardInterrupt):
+        export(tiny_random_model, "trt", tmp_path / "m.engine", img_size=64, simplify=False, verify=False)
+    assert fake_trt["finished"] and list(tmp_path.iterdir()) == []
 
 
 @needs_write_onnx

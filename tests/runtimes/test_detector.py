@@ -197,6 +197,7 @@ def test_lookups_follow_a_change_of_metadata(nano_onnx_dynamic, dog_jpg):
     det = Detector(nano_onnx_dynamic)
     [before] = det(dog_jpg)
     assert "dog" in set(before.names) and 18 in before.category_ids.tolist()
+    assert det._tables() is det._tables()  # the same lookups while the metadata stays
     det.meta = det.meta.with_(class_names=tuple(f"c{i}" for i in range(80)))
     [after] = det(dog_jpg)
     assert after.names.tolist() == [f"c{i}" for i in before.class_ids] and after.category_ids is None

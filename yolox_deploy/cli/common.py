@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InputError, YoloxError
@@ -27,11 +27,9 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
     @functools.wraps(main)
     def run(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-        with contextlib.suppress(AttributeError, ValueError):  # a file name that is no text (undecodable bytes)
-            sys.stdout.reconfigure(errors="backslashreplace")  # prints escaped, as on stderr, instead of failing
         _quiet_opencv()
         try:
-            with handling((signal.SIGTERM,), _terminate):
+            with handling((signal.SIGTERM,), _terminate), _escaping_stdout():
                 return int(main(argv) or 0)
         except YoloxError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -48,6 +46,24 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
             return 130
 
     return run
+
+
+@contextlib.contextmanager
+def _escaping_stdout() -> Iterator[None]:
+    """A file name that is no text (undecodable bytes) prints escaped, as on stderr, instead of failing the
+    command after its work; stdout's own setting comes back afterwards."""
+    stream, errors = sys.stdout, getattr(sys.stdout, "errors", None)
+    try:
+        stream.reconfigure(errors="backslashreplace")
+        changed = True
+    except (AttributeError, ValueError):  # replaced by an object without it (a test's capture)
+        changed = False
+    try:
+        yield
+    finally:
+        if changed:
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(errors=errors)
 
 
 def _quiet_opencv() -> None:

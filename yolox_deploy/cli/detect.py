@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..io.images import Frame, camera_index, frame_names, is_video, iter_source, list_images
 from ..runtimes.detector import DEFAULT_MAX_DET, Detector
 from ..utils.files import json_text, move_into, staging_folder, write_text_atomic
-from ..utils.signals import StopRequest, stop_between_steps
+from ..utils.signals import StopRequest, deferred, stop_between_steps
 from ..utils.table import format_table
 from ..utils.text import listed
 from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_folder
@@ -96,7 +96,9 @@ class _VideoSink:
 
 RECORD = ".yolox-detect-results"  # in an output folder: the names of the results yolox-detect wrote there (JSON;
 # not named *.json, which a glob over the results would take for one)
-NAME_MAX = 255  # bytes in a file name on the usual file systems
+# bytes in a result's name: the usual file systems' 255, less what replacing it adds while the old one steps
+# aside (utils.files.replace_entry's ".NAME.<8 hex>.old")
+NAME_MAX = 255 - len("..12345678.old")
 
 
 def _refuse_writing_over_source(src: str, out: Path) -> None:
@@ -113,23 +115,38 @@ def _refuse_writing_over_source(src: str, out: Path) -> None:
                          "; results written there could replace the pictures in it: choose another folder")
 
 
-def _result_names(src: str, camera: int | None, no_images: bool) -> list[str]:
-    """The files a run on ``src`` writes into the output folder."""
-    if camera is not None or is_video(src):
-        stem = f"camera{camera}" if camera is not None else Path(src).stem
+def _result_names(src: str, stem: str, no_images: bool) -> list[str]:
+    """The files a run on ``src`` writes into the output folder (``stem``: a video's or camera's results)."""
+    if is_video(src):
         return [f"{stem}.json"] + ([] if no_images else [f"{stem}.mp4"])
     p = Path(src)
     stems = frame_names(list_images(p)) if p.is_dir() else [p.stem]
     return [f"{n}.{ext}" for n in stems for ext in ("json", *(() if no_images else ("jpg",)))]
 
 
-def _earlier_results(out: Path) -> set[str]:
-    """The names yolox-detect recorded as its results in ``out`` (none when it holds no readable record)."""
+def _earlier_results(out: Path, names: list[str]) -> set[str]:
+    """The results of earlier runs in ``out``: the names yolox-detect recorded there that still exist, and
+    among ``names`` a ``<name>.json`` that reads as one of its results (a folder written before it kept a
+    record) with the picture or video of that name."""
     try:
-        names = json.loads((out / RECORD).read_text(encoding="utf-8"))["results"]
-        return {n for n in names if isinstance(n, str)}
+        recorded = json.loads((out / RECORD).read_text(encoding="utf-8"))["results"]
+        found = {n for n in recorded if isinstance(n, str) and os.path.lexists(out / n)}
     except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        found = set()
+    for name in names:
+        if name.endswith(".json") and name not in found and _reads_as_result(out / name):
+            stem = name[:-len(".json")]
+            found |= {n for n in names if n.rsplit(".", 1)[0] == stem}
+    return found
+
+
+def _reads_as_result(path: Path) -> bool:
+    """Whether ``path`` holds the JSON yolox-detect writes for an image or a video."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "source" in data and ("detections" in data or "frames" in data)
 
 
 def _check_outputs(out: Path, names: list[str]) -> set[str]:
@@ -140,7 +157,7 @@ def _check_outputs(out: Path, names: list[str]) -> set[str]:
     if long:
         raise InputError(f"the result {long[0]!r} would be a file name longer than {NAME_MAX} bytes; rename the "
                          "source file")
-    earlier = _earlier_results(out)
+    earlier = _earlier_results(out, names)
     taken = [n for n in names if os.path.lexists(out / n) and ((out / n).is_dir() or n not in earlier)]
     if taken:
         raise InputError(f"--output {out} already holds {listed(taken)}, which yolox-detect did not write there; it "
@@ -158,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     video_source = is_video(src)
     stem = f"camera{camera}" if live else Path(src).stem
     _refuse_writing_over_source(src, out)
-    earlier = _check_outputs(out, _result_names(src, camera, args.no_images))
+    earlier = _check_outputs(out, _result_names(src, stem, args.no_images))
     rows = []
     frames: list[dict] = []
     with (Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic,
@@ -198,8 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 video.close()
         if video_source:
             (stage / f"{stem}.json").write_text(json_text({"source": src, "frames": frames}, indent=1))
-        written = move_into(sorted(stage.iterdir()), out)
-        write_text_atomic(out / RECORD, json.dumps({"results": sorted(earlier | {p.name for p in written})}))
+        with deferred():  # a Ctrl-C now lets the results finish moving and be recorded as this run's
+            written = move_into(sorted(stage.iterdir()), out)
+            write_text_atomic(out / RECORD, json.dumps({"results": sorted(earlier | {p.name for p in written})}))
     shown = rows if len(rows) <= 20 else rows[:10] + [["...", None, None, ""]] + rows[-5:]
     print(format_table(["image", "detections", "ms", "top"], shown, floatfmt=".1f"))
     print(f"{len(rows)} {'frame' if video_source else 'image'}(s) -> {out}/")

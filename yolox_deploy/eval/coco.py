@@ -223,8 +223,10 @@ def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | 
     name_of = dict(zip(ids, data.category_names))
     by_name = {n: i for i, n in name_of.items()}
     mapping: list[int | None] = [by_name.get(n) for n in names]
-    folded = Counter(_fold(n) for n in name_of.values())  # "Person" / "person ": one name, when unambiguous
-    by_folded = {_fold(n): i for i, n in name_of.items() if folded[_fold(n)] == 1 and i not in mapping}
+    # "Person" / "person ": one name, where exactly one unmatched category and one unmatched class fold to it
+    cats = Counter(_fold(n) for i, n in name_of.items() if i not in mapping)
+    classes = Counter(_fold(n) for n, i in zip(names, mapping) if i is None)
+    by_folded = {_fold(n): i for i, n in name_of.items() if i not in mapping and cats[_fold(n)] == classes[_fold(n)] == 1}
     mapping = [i if i is not None else by_folded.get(_fold(n)) for n, i in zip(names, mapping)]
     matched = {i for i in mapping if i is not None}
     if not matched and len(names) == len(ids):

@@ -426,6 +426,7 @@ def build_interruptibly(builder: Any, network: Any, config: Any, monitor: Any | 
     (main) thread at once instead of a TensorRT callback, which swallows it: the monitor then cancels the build
     at its next step, and KeyboardInterrupt is raised once the builder has returned."""
     done: dict[str, Any] = {}
+    ended = threading.Event()  # (not Thread.is_alive: a join that Ctrl-C interrupts can leave it saying False)
 
     def build() -> None:
         try:
@@ -433,12 +434,14 @@ def build_interruptibly(builder: Any, network: Any, config: Any, monitor: Any | 
                 done["plan"] = builder.build_serialized_network(network, config)
         except BaseException as e:  # noqa: B036 - handed to the caller's thread
             done["error"] = e
+        finally:
+            ended.set()
 
     worker = threading.Thread(target=build, name="tensorrt-build", daemon=True)
-    worker.start()
     try:
-        while worker.is_alive():
-            worker.join(0.2)
+        worker.start()  # (a Ctrl-C may land while it waits for the thread to start)
+        while not ended.wait(0.2):
+            pass
     except KeyboardInterrupt:
         if monitor is not None:
             monitor.cancel.set()
@@ -446,7 +449,11 @@ def build_interruptibly(builder: Any, network: Any, config: Any, monitor: Any | 
         else:
             log.warning("interrupted: this TensorRT has no progress monitor to cancel its build with; stopping "
                         "when the build returns")
-        worker.join()
+        while (worker.is_alive() or worker.ident is not None) and not ended.is_set():  # the build reads the
+            try:  # calibration buffers: they are freed only after it
+                ended.wait(0.2)
+            except KeyboardInterrupt:
+                log.warning("still cancelling the TensorRT build")
         raise
     if "error" in done:
         raise done["error"]

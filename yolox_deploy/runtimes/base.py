@@ -137,10 +137,16 @@ def asked_precision(options: Mapping[str, Any]) -> str | None:
     ``inference_precision``), as ``fp32`` / ``fp16`` / ``bf16``; None when they ask for none."""
     value = options.get("inference_precision")
     if value is not None:
-        word = str(value).lower()
-        return {"f32": "fp32", "f16": "fp16"}.get(word, word)
+        return precision_name(value)
     half = options.get("half")
     return None if half is None else "fp16" if half else "fp32"
+
+
+def precision_name(word: Any) -> str:
+    """A precision as OpenVINO or a user spells it (``f32``, ``F16``, ``bf16``) in our words (``fp32``, ``fp16``,
+    ``bf16``)."""
+    w = str(word).lower()
+    return {"f32": "fp32", "f16": "fp16"}.get(w, w)
 
 
 class Backend(abc.ABC):

@@ -40,7 +40,7 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..utils.files import check_readable
 from ..utils.sizes import parse_img_size
-from .base import Backend, as_numpy, one_model_file, register_backend
+from .base import Backend, as_numpy, one_model_file, precision_name, register_backend
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
@@ -222,7 +222,7 @@ class OpenVINOBackend(Backend):
             hint = self._config_dict.get("INFERENCE_PRECISION_HINT")
             if hint is None:
                 return self.meta.precision
-        return {"f32": "fp32", "f16": "fp16"}.get(str(hint), str(hint))
+        return precision_name(hint)
 
     @classmethod
     def _check_device(cls, device: str) -> None:

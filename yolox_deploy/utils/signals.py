@@ -31,12 +31,15 @@ def handling(signals: Sequence[signal.Signals], handler: Callable[[int, Any], An
 @contextlib.contextmanager
 def deferred(signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
     """Within the block ``signals`` wait: one that arrives is delivered again, to the handler before the block,
-    when it ends. For short steps that must not stop halfway (moving a run's results into place)."""
-    received: list[int] = []
-    with handling(signals, lambda sig, frame: received.append(sig)):
-        yield
-    for sig in dict.fromkeys(received):
-        signal.raise_signal(sig)
+    when it ends (however it ends; SIGTERM ahead of SIGINT when both came). For short steps that must not stop
+    halfway (moving a run's results into place and recording them)."""
+    received: set[int] = set()
+    try:
+        with handling(signals, lambda sig, frame: received.add(sig)):
+            yield
+    finally:
+        for sig in sorted(received, key=lambda s: s != signal.SIGTERM):
+            signal.raise_signal(sig)
 
 
 class StopRequest:
