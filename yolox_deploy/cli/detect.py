@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.images import Frame, camera_index, frame_names, is_video, iter_source, list_images
 from ..runtimes.detector import DEFAULT_MAX_DET, Detector
-from ..utils.files import json_text, move_into, staging_folder, write_text_atomic
+from ..utils.files import REPLACEABLE_NAME_MAX, json_text, move_into, staging_folder, write_text_atomic
 from ..utils.signals import StopRequest, deferred, stop_between_steps
 from ..utils.table import format_table
 from ..utils.text import listed
@@ -96,9 +96,6 @@ class _VideoSink:
 
 RECORD = ".yolox-detect-results"  # in an output folder: the names of the results yolox-detect wrote there (JSON;
 # not named *.json, which a glob over the results would take for one)
-# bytes in a result's name: the usual file systems' 255, less what replacing it adds while the old one steps
-# aside (utils.files.replace_entry's ".NAME.<8 hex>.old")
-NAME_MAX = 255 - len("..12345678.old")
 
 
 def _refuse_writing_over_source(src: str, out: Path) -> None:
@@ -153,9 +150,9 @@ def _check_outputs(out: Path, names: list[str]) -> set[str]:
     """Refuse, before any work, results that could not be written or would replace what the user has: a name
     too long for a file, a folder of that name, or a file yolox-detect did not write. Returns the earlier
     results (which a run replaces)."""
-    long = [n for n in names if len(n.encode("utf-8", "surrogateescape")) > NAME_MAX]
+    long = [n for n in names if len(n.encode("utf-8", "surrogateescape")) > REPLACEABLE_NAME_MAX]
     if long:
-        raise InputError(f"the result {long[0]!r} would be a file name longer than {NAME_MAX} bytes; rename the "
+        raise InputError(f"the result {long[0]!r} would be a file name longer than {REPLACEABLE_NAME_MAX} bytes; rename the "
                          "source file")
     earlier = _earlier_results(out, names)
     taken = [n for n in names if os.path.lexists(out / n) and ((out / n).is_dir() or n not in earlier)]

@@ -226,7 +226,11 @@ def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | 
     # "Person" / "person ": one name, where exactly one unmatched category and one unmatched class fold to it
     cats = Counter(_fold(n) for i, n in name_of.items() if i not in mapping)
     classes = Counter(_fold(n) for n, i in zip(names, mapping) if i is None)
-    by_folded = {_fold(n): i for i, n in name_of.items() if i not in mapping and cats[_fold(n)] == classes[_fold(n)] == 1}
+    by_folded: dict[str, int] = {}
+    for i, n in name_of.items():
+        key = _fold(n)
+        if i not in mapping and cats[key] == classes[key] == 1:
+            by_folded[key] = i
     mapping = [i if i is not None else by_folded.get(_fold(n)) for n, i in zip(names, mapping)]
     matched = {i for i in mapping if i is not None}
     if not matched and len(names) == len(ids):

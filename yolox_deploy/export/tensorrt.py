@@ -449,8 +449,8 @@ def build_interruptibly(builder: Any, network: Any, config: Any, monitor: Any | 
         else:
             log.warning("interrupted: this TensorRT has no progress monitor to cancel its build with; stopping "
                         "when the build returns")
-        while (worker.is_alive() or worker.ident is not None) and not ended.is_set():  # the build reads the
-            try:  # calibration buffers: they are freed only after it
+        while worker.ident is not None and not ended.is_set():  # (started) the build reads the calibration
+            try:  # buffers: they are freed only after it
                 ended.wait(0.2)
             except KeyboardInterrupt:
                 log.warning("still cancelling the TensorRT build")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..data.coco import COCO_CLASSES
 from ..errors import CheckpointError, InputError, YoloxError
-from ..eval.coco import AUTHORS_PROTOCOL, CocoSplit, EvalResult, open_scorable
+from ..eval.coco import AUTHORS_PROTOCOL, CocoSplit, EvalResult, coco_splits, open_scorable
 from ..nn.checkpoint import CLASS_HEAD_PREFIX, Checkpoint, load_checkpoint, read_checkpoint
 from ..nn.yolox import YOLOX, build_model
 from ..utils.files import check_folder_writable
@@ -201,7 +201,7 @@ class Trainer:
         cfg = self.cfg
         if not cfg.val_split or cfg.eval_interval == 0:
             return None
-        if not (cfg.data / "annotations" / f"instances_{cfg.val_split}.json").is_file():
+        if cfg.val_split not in coco_splits(cfg.data):
             log.warning("no %s split in %s: no periodic evaluation, best_ckpt.pth will not be written",
                         cfg.val_split, cfg.data)
             return None

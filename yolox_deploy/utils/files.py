@@ -204,6 +204,20 @@ def move_into(produced: list[Path], folder: Path) -> list[Path]:
     return final
 
 
+ASIDE = ".{name}.{tag}.old"  # where an entry being replaced steps aside to; tag: 4 random bytes in hex
+ASIDE_TAG_BYTES = 4
+# bytes in the name of an entry replace_entry can replace: the usual file systems' 255, less what the aside adds
+REPLACEABLE_NAME_MAX = 255 - len(ASIDE.format(name="", tag="00" * ASIDE_TAG_BYTES))
+
+
+def _aside_name(dest: Path) -> Path:
+    """:data:`ASIDE` beside ``dest``, a name nothing else in the folder has."""
+    while True:
+        aside = dest.with_name(ASIDE.format(name=dest.name, tag=secrets.token_hex(ASIDE_TAG_BYTES)))
+        if not (aside.exists() or aside.is_symlink()):
+            return aside
+
+
 def replace_entry(src: Path, dest: Path) -> None:
     """Rename ``src`` (a file or folder) to ``dest`` in the same folder, replacing what is there. The old entry
     steps aside (one rename) until the new one is in place, so an interruption between the two renames loses
@@ -212,9 +226,7 @@ def replace_entry(src: Path, dest: Path) -> None:
     if not (dest.exists() or dest.is_symlink()):
         os.replace(src, dest)
         return
-    aside = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
-    while aside.exists() or aside.is_symlink():
-        aside = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
+    aside = _aside_name(dest)
     os.replace(dest, aside)
     try:
         os.replace(src, dest)
