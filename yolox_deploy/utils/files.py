@@ -204,7 +204,7 @@ def move_into(produced: list[Path], folder: Path) -> list[Path]:
     return final
 
 
-ASIDE = ".{name}.{tag}.old"  # where an entry being replaced steps aside to; tag: 4 random bytes in hex
+ASIDE = ".{name}.{tag}.old"  # where an entry being replaced steps aside to; tag: ASIDE_TAG_BYTES random bytes, hex
 ASIDE_TAG_BYTES = 4
 # bytes in the name of an entry replace_entry can replace: the usual file systems' 255, less what the aside adds
 REPLACEABLE_NAME_MAX = 255 - len(ASIDE.format(name="", tag="00" * ASIDE_TAG_BYTES))
