@@ -89,3 +89,13 @@ def test_a_sidecar_that_is_not_text(tmp_path):
     sidecar_path(artefact).write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ArtefactError, match="not a text"):
         read_sidecar(artefact)
+
+
+def test_a_variant_is_recognised_by_its_parameter_count_within_ten_percent():
+    from yolox_deploy.zoo import VARIANTS, variant_by_params
+
+    for name, spec in VARIANTS.items():
+        assert variant_by_params(spec.params) == name
+        assert variant_by_params(int(spec.params * 0.97)) == name  # folded BatchNorms, another class count
+    assert variant_by_params(int(VARIANTS["yolox-nano"].params * 1.3)) is None  # between nano and tiny
+    assert variant_by_params(1000) is None and variant_by_params(0) is None

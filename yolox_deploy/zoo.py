@@ -6,6 +6,7 @@ release page): COCO val2017 AP, parameters (M), GFLOPs at the test size, V100 FP
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import InputError
@@ -84,3 +85,12 @@ def canonical_name(name: str) -> str:
 def get_spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` of a variant, by any spelling accepted by :func:`canonical_name`."""
     return VARIANTS[canonical_name(name)]
+
+
+def variant_by_params(count: int, tolerance: float = 0.1) -> str | None:
+    """The variant whose parameter count is nearest ``count`` (by ratio), if within ``tolerance`` of it, else
+    None. Neighbouring variants differ by 17 % (yolox-l and yolox-darknet53) or more; folded BatchNorms and
+    another class count move a count by a few %. How a file that does not record its variant (the authors'
+    released ONNX files) is recognised."""
+    best = min(VARIANTS.values(), key=lambda spec: abs(math.log(max(count, 1) / spec.params)))
+    return best.name if abs(count / best.params - 1) <= tolerance else None

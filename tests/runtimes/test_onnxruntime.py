@@ -4,6 +4,7 @@ files, and the CUDA IO-binding path (GPU only)."""
 from __future__ import annotations
 
 import re
+import sys
 import types
 
 import numpy as np
@@ -121,10 +122,27 @@ def test_authors_onnx_without_metadata(nano_onnx):
             backend.infer(np.zeros((1, 3, 320, 320), np.float32))
     with open_backend(nano_onnx, legacy=True) as backend:
         assert backend.meta.preprocess.color == "rgb" and backend.meta.preprocess.mean is not None
-    assert m.model is None and Detector(nano_onnx, model="nano").meta.model == "yolox-nano"  # named by the user
+    assert m.model == "yolox-nano"  # the file does not record it: recognised by its parameter count
+    assert Detector(nano_onnx, model="nano").meta.model == "yolox-nano"
+    with pytest.raises(InputError, match="is yolox-nano, not yolox-s; drop model .*metadata or weights say"):
+        Detector(nano_onnx, model="yolox-s")
     with pytest.raises(InputError, match="unknown model 'yolox-nan0'"):
         Detector(nano_onnx, model="yolox-nan0")
 
+
+
+def test_without_the_onnx_package_a_file_still_runs(nano_onnx, dog_jpg, monkeypatch):
+    """``onnx`` reads the graph for the canvas session and the variant of a file that does not record it; without
+    it the file runs all the same (canvases converted in numpy, the variant unknown) with the same detections."""
+    with Detector(nano_onnx) as det:
+        assert det.backend._canvas_session is not None and det.meta.model == "yolox-nano"
+        [want] = det(dog_jpg)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    with Detector(nano_onnx) as det:
+        assert det.backend._canvas_session is None and det.meta.model is None
+        [got] = det(dog_jpg)
+    assert len(got) == len(want) >= 3 and list(got.names) == list(want.names)
+    np.testing.assert_allclose(got.xyxy, want.xyxy, atol=0.05)
 
 def test_authors_onnx_detections_match_the_checkpoint(nano_onnx, nano_pth, dog_jpg):
     with Detector(nano_onnx) as det:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,8 @@ from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta, stored_meta
 from ..nn.checkpoint import check_weights_argument, load_model
 from ..nn.deploy import model_meta
 from ..nn.yolox import YOLOX
-from ..utils.onnxgraph import graph_inputs, tensor_dims
+from ..utils.onnxgraph import float_weight_count, graph_inputs, tensor_dims
+from ..zoo import get_spec, variant_by_params
 from .base import ExportSource
 
 
@@ -38,19 +38,7 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
         return stored_meta(props[META_KEY], tensor_dims(inputs[0]), [o.name for o in graph.output], p.name)
     meta = infer_meta(tensor_dims(inputs[0]), [o.name for o in graph.output], tensor_dims(graph.output[0]), p.name,
                       format="onnx")
-    return meta.with_(model=variant_by_weights(graph))
-
-
-def variant_by_weights(graph: Any, tolerance: float = 0.1) -> str | None:
-    """The YOLOX variant whose parameter count the graph's float weights match within ``tolerance`` (the
-    variants differ by 1.7x or more; folded BatchNorms and another class count move the count by a few %),
-    or None. How a file that does not record its variant (the authors' releases) is recognised."""
-    from ..zoo import VARIANTS
-
-    float_types = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
-    count = sum(math.prod(t.dims) for t in graph.initializer if t.data_type in float_types)
-    best = min(VARIANTS.values(), key=lambda spec: abs(math.log(max(count, 1) / spec.params)))
-    return best.name if abs(count / best.params - 1) <= tolerance else None
+    return meta.with_(model=variant_by_params(float_weight_count(graph)))
 
 
 def _onnx_model_options(name: str, meta: ModelMeta, model: str | None, num_classes: int | None) -> ModelMeta:
@@ -62,8 +50,6 @@ def _onnx_model_options(name: str, meta: ModelMeta, model: str | None, num_class
                          "export from the checkpoint instead")
     if model is None:
         return meta
-    from ..zoo import get_spec
-
     variant = get_spec(model).name  # an unknown name is refused here
     if meta.model is None:
         return meta.with_(model=variant)

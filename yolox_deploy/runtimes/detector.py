@@ -119,12 +119,12 @@ class Detector:
                                     num_classes=num_classes, **options)
         try:
             meta = self._apply_overrides(self.backend.meta, size, class_names, num_classes)
-            if model is not None:  # names the variant of an artefact that does not record it (the authors' ONNX)
+            if model is not None:  # names the variant of an artefact that does not record or show it
                 name = canonical_name(model)
                 if meta.model and name != meta.model:
                     what = Path(weights).name if isinstance(weights, (str, os.PathLike)) else "the model"
-                    raise InputError(f"{what} is {meta.model}, not {name}; drop model (--model): the artefact records "
-                                     "its variant")
+                    raise InputError(f"{what} is {meta.model}, not {name}; drop model (--model): the artefact's "
+                                     "metadata or weights say which variant it is")
                 meta = meta.with_(model=name)
             self.meta = self.backend.meta = meta
             graph = self.meta.extra if self.meta.nms_in_graph else {}  # an NMS graph's own thresholds are the defaults

@@ -17,13 +17,16 @@ does the layout change and float conversion instead of numpy; the session of the
 again only when a float batch comes. On CUDA they are uploaded as uint8 and converted on the GPU.
 
 Metadata comes from the session's custom metadata map (no ``onnx`` package needed); files without it (the
-authors' releases) get :func:`~yolox_deploy.meta.infer_meta` from the graph's input and output shapes.
+authors' releases) get :func:`~yolox_deploy.meta.infer_meta` from the graph's input and output shapes, and
+their variant from the graph's parameter count (with ``onnx``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +36,9 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.files import check_readable
-from ..utils.onnxgraph import graph_inputs, tensor_dims
+from ..utils.onnxgraph import float_weight_count, graph_inputs, tensor_dims
 from ..utils.sizes import parse_img_size
+from ..zoo import variant_by_params
 from .base import Backend, as_numpy, register_backend
 
 log = logging.getLogger(__name__)
@@ -103,7 +107,8 @@ class OnnxRuntimeBackend(Backend):
         if wanted and wanted not in self._session.get_providers():  # ORT falls back to the CPU when a GPU EP fails
             raise BackendUnavailable(f"ONNX Runtime could not start {wanted} for device {self.device!r} (it fell "
                                      "back to the CPU); check the CUDA / cuDNN / TensorRT libraries it needs")
-        self.meta = self._read_meta(path)
+        read_graph = functools.cache(lambda: _load_graph(path))  # read once, for what needs it
+        self.meta = self._read_meta(path, read_graph)
         self._input_name = self._session.get_inputs()[0].name
         # the input's element type: float32, or float16 for a graph converted to half precision by other tools
         self._input_dtype = np.float16 if self._session.get_inputs()[0].type == "tensor(float16)" else np.float32
@@ -117,7 +122,7 @@ class OnnxRuntimeBackend(Backend):
             self._torch_device = torch.device("cuda", self._device_id)
             names = [_TORCH_DTYPES[o.type] for o in outputs]
             self._output_dtypes = [(getattr(torch, n), np.dtype(n)) for n in names]  # (torch, numpy) per output
-        self._canvas_session = None if self._io_binding else self._open_canvas_session(path)
+        self._canvas_session = None if self._io_binding else self._open_canvas_session(read_graph)
         if self._canvas_session is not None:
             self._session = None  # the canvas session serves the pipeline; float batches re-open this on demand
 
@@ -154,21 +159,17 @@ class OnnxRuntimeBackend(Backend):
                     self._session = self._new_session(str(self.path))
         return self._session
 
-    def _open_canvas_session(self, path: Path) -> Any:
+    def _open_canvas_session(self, read_graph: Callable[[], Any]) -> Any:
         """A session of the graph behind a uint8 NHWC input (see :func:`canvas_input_graph`), or None.
 
         Only for the plain BGR 0-255 contract, a float ``[N, 3, H, W]`` input and with ``onnx`` installed;
         otherwise (or if ``onnx`` cannot read what ONNX Runtime could) canvases are converted in numpy.
+        ``read_graph``: the file's ONNX protobuf or None (changed here).
         """
         if not self._runtime_converts_canvases:
             return None
-        try:
-            import onnx
-
-            adapted = canvas_input_graph(onnx.load(str(path)))
-        except Exception as e:  # ImportError, or a file only ONNX Runtime reads: the numpy path still works
-            log.debug("no canvas session for %s: %s", path.name, e)
-            return None
+        graph = read_graph()
+        adapted = None if graph is None else canvas_input_graph(graph)
         return None if adapted is None else self._new_session(adapted.SerializeToString())
 
     # --- loading -------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ class OnnxRuntimeBackend(Backend):
             return False
         return torch.cuda.is_available()
 
-    def _read_meta(self, path: Path) -> ModelMeta:
+    def _read_meta(self, path: Path, read_graph: Callable[[], Any]) -> ModelMeta:
         opts = self.options
         custom = self.session.get_modelmeta().custom_metadata_map
         size = parse_img_size(opts["img_size"]) if opts.get("img_size") else None
@@ -225,6 +226,9 @@ class OnnxRuntimeBackend(Backend):
             meta = meta_from_graph(in_shape, [o.name for o in outs], list(outs[0].shape), path.name, img_size=size,
                                    legacy=bool(opts.get("legacy")), format="onnx",
                                    decode_in_graph=bool(opts.get("decode_in_graph")))
+            graph = read_graph()  # the variant, which the file does not record, from its parameter count
+            if graph is not None:
+                meta = meta.with_(model=variant_by_params(float_weight_count(graph.graph)))
         if size is not None and size != tuple(meta.input_size):
             if not meta.dynamic_hw:
                 raise InputError(f"{path.name} was exported for {meta.input_size[0]}x{meta.input_size[1]} input, "
@@ -301,6 +305,17 @@ def missing_external_data(path: Path) -> list[str]:
         return []
     files = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
     return sorted(f for f in files if not (path.parent / f).is_file())
+
+
+def _load_graph(path: Path) -> Any | None:
+    """The ONNX protobuf of ``path``, or None without ``onnx`` (or for a file only ONNX Runtime reads)."""
+    try:
+        import onnx
+
+        return onnx.load(str(path))
+    except Exception as e:  # ImportError, or a file only ONNX Runtime reads: what needs it does without
+        log.debug("%s not read with onnx: %s", path.name, e)
+        return None
 
 
 def canvas_input_graph(model: Any) -> Any | None:

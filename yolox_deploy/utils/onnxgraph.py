@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def graph_inputs(graph: Any) -> list[Any]:
@@ -16,3 +19,9 @@ def tensor_dims(value_info: Any, unknown: Any = None) -> list[Any]:
     (keep it ``None`` for shapes written back into a graph: equal names mean equal sizes to ONNX Runtime)."""
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or unknown)
             for d in value_info.type.tensor_type.shape.dim]
+
+
+def float_weight_count(graph: Any) -> int:
+    """The number of floating-point weights among the graph's initializers (a model's parameter count, with
+    BatchNorms as the exporter left them)."""
+    return sum(math.prod(t.dims) for t in graph.initializer if t.data_type in FLOAT_TYPES)
