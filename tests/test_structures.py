@@ -30,6 +30,18 @@ def test_shape_errors_name_the_expected_shape():
         Detections(np.zeros((3, 5)), np.zeros(3), np.zeros(3), np.array(["a"] * 3))
     with pytest.raises(ValueError, match=r"scores must have shape \[3\]"):
         Detections(np.zeros((3, 4)), np.zeros(2), np.zeros(3), np.array(["a"] * 3))
+    for size in ((10,), "ab", (1.5, 2), (3, -1), 7, (1, 2, 3)):
+        with pytest.raises(ValueError, match=r"image_size is \(height, width\) in pixels, not"):
+            Detections.empty(size)
+    assert Detections.empty(np.array([3, 4])).image_size == (3, 4)
+
+
+def test_to_coco_leaves_out_what_json_cannot_hold():
+    d = Detections.from_arrays(np.array([[0, 0, 10, 10], [np.nan, 0, 5, 5], [0, 0, np.inf, 5], [1, 1, 4, 4]]),
+                               [0.9, 0.8, 0.7, np.nan], [0, 1, 0, 1], ["cat", "dog"], (20, 20), category_ids=[3, 7])
+    with pytest.warns(UserWarning, match="leaves out detections whose box or score is not finite"):
+        entries = d.to_coco(5)
+    assert entries == [{"image_id": 5, "category_id": 3, "bbox": [0.0, 0.0, 10.0, 10.0], "score": pytest.approx(0.9)}]
 
 
 @pytest.mark.parametrize("index,expected", [(1, [1]), (slice(1, 3), [1, 2]), ([3, 0], [3, 0]),
@@ -47,8 +59,10 @@ def test_boolean_mask_filtering_and_wrong_mask():
     d = make()
     kept = d[d.scores > 0.5]
     assert len(kept) == 2 and (kept.scores > 0.5).all()
-    with pytest.raises(IndexError, match=r"\[4\]"):
-        d[np.array([True, False])]
+    for short in (np.array([True, False]), np.array([], dtype=bool)):
+        with pytest.raises(IndexError, match=r"\[4\]"):
+            d[short]
+    assert len(Detections.empty()[np.array([], dtype=bool)]) == 0
     for flag in (True, np.bool_(False), None, (0,), 1.0, "0", [[0, 1]], np.zeros((2, 2), int)):
         with pytest.raises(IndexError, match="boolean mask of length N"):  # not row 1 / 0, not a new axis
             d[flag]

@@ -23,6 +23,20 @@ def name_table(class_names: Sequence[str]) -> np.ndarray:
     return table
 
 
+def as_class_names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Class names given to the API (any sequence of strings, a numpy array included) as a tuple; a single
+    string is refused (its characters would become the names)."""
+    if class_names is None:
+        return None
+    if isinstance(class_names, (str, bytes)):
+        raise InputError(f"class names are a list of names, not the string {class_names[:60]!r} (the command "
+                         "lines' --class-names reads a comma list or a file of names)")
+    names = tuple(class_names)
+    if not all(isinstance(n, (str, np.str_)) for n in names):
+        raise InputError("class names must be strings")
+    return tuple(str(n) for n in names)
+
+
 @dataclass(frozen=True)
 class Detections:
     """Detections of one image, in original-image pixels.
@@ -67,7 +81,14 @@ class Detections:
         object.__setattr__(self, "class_ids", class_ids)
         object.__setattr__(self, "names", names)
         if self.image_size is not None:
-            object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+            size = self.image_size
+            try:
+                h, w = size
+            except (TypeError, ValueError):
+                h = w = None
+            if not (is_integer(h) and is_integer(w) and h >= 0 and w >= 0):
+                raise ValueError(f"image_size is (height, width) in pixels, not {size!r}")
+            object.__setattr__(self, "image_size", (int(h), int(w)))
 
     @classmethod
     def empty(cls, image_size: tuple[int, int] | None = None) -> Detections:
@@ -107,8 +128,8 @@ class Detections:
         if not isinstance(index, slice):
             # a bool would pass as 1 / 0, None or a tuple would add or index an axis
             sel = np.asarray(index) if isinstance(index, (list, np.ndarray)) else None
-            if sel is not None and sel.size == 0:
-                sel = sel.astype(np.int64)
+            if sel is not None and sel.size == 0 and sel.dtype != bool:
+                sel = sel.astype(np.int64)  # [] is no mask: an empty list of indices
             if sel is None or sel.ndim != 1 or sel.dtype.kind not in "biu":
                 raise IndexError("index Detections with an int, a slice, a list or array of ints, or a boolean mask "
                                  f"of length N, not {index!r}")
@@ -163,9 +184,13 @@ class Detections:
                               "classes are not COCO's 80 by name), so to_coco writes class indices; pass "
                               "category_ids= to map them", stacklevel=2)
             cats = self.class_ids.tolist()
+        finite = np.isfinite(self.xyxy).all(axis=1) & np.isfinite(self.scores)
+        if not finite.all():
+            warnings.warn("to_coco leaves out detections whose box or score is not finite (NaN or inf: a diverged "
+                          "model's), which COCO's JSON cannot hold", stacklevel=2)  # one text: said once, not per image
         return [{"image_id": int(image_id), "category_id": int(cat),
                  "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": score}
-                for ((x1, y1, x2, y2), score, _, _), cat in zip(self, cats) if cat is not None]
+                for ((x1, y1, x2, y2), score, _, _), cat, ok in zip(self, cats, finite) if cat is not None and ok]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: image size and a list of detections (with their dataset ``category_id`` when known).

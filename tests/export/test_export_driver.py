@@ -294,6 +294,17 @@ def test_a_file_artefact_is_named_by_its_format_and_replaces_nothing_else(tiny_p
     assert sorted(p.name for p in out.iterdir()) == ["photo.jpg", "tiny.pth"]
 
 
+@pytest.mark.parametrize("fmt,name", [("openvino", "m.xml"), ("openvino", "m.ONNX"), ("ncnn", "m.param"),
+                                      ("ncnn", "m.bin"), ("ncnn", "m.json"), ("openvino", "m.pth")])
+def test_a_folder_artefact_is_not_named_like_a_model_file(tiny_pth, out, capsys, fmt, name):
+    """An OpenVINO export to m.xml made a folder m.xml holding m.xml.xml and m.xml.bin."""
+    rc, _, err = _run(["--weights", tiny_pth, "--format", fmt, "--output", out / name, "--img-size", "64",
+                       "--no-verify"], capsys)
+    assert rc == 2 and f"{fmt} artefacts are folders (e.g. {out / ('m_' + fmt)}), and {name} would be a folder " \
+        "named like a model file" in _one_error(err)
+    assert list(out.iterdir()) == []
+
+
 def test_a_folder_is_never_replaced_by_a_file(tiny_pth, out, capsys, monkeypatch):
     models = out / "models"
     models.mkdir()

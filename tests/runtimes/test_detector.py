@@ -207,7 +207,8 @@ def test_lookups_follow_a_change_of_metadata(nano_onnx_dynamic, dog_jpg):
 
 
 @pytest.mark.parametrize("weights,source", [(None, None), (3, None), ("ok", None), ("ok", 5), ("ok", b"dog.jpg"),
-                                            ("ok", memoryview(np.zeros((4, 4, 3), np.uint8)))])
+                                            ("ok", memoryview(np.zeros((4, 4, 3), np.uint8))),
+                                            ("ok", {"a": np.zeros((4, 4, 3), np.uint8)})])
 def test_weights_and_sources_of_the_wrong_type(nano_onnx_dynamic, weights, source):
     with pytest.raises(InputError, match="weights are a checkpoint|expected an image path"):
         Detector(nano_onnx_dynamic if weights == "ok" else weights)(source)
@@ -258,6 +259,22 @@ def test_huge_image(det):
     gc.collect()
 
 
+def test_run_batch_converts_images_as_a_call_does(det, dog_jpg):
+    """run_batch and preprocess took arrays as they were: float and uint16 images were cast to black canvases
+    (no detections), gray and BGRA ones failed inside numpy."""
+    import cv2
+
+    img = cv2.imread(str(dog_jpg))
+    [want] = det(img)
+    for other in (img / 255.0, img.astype(np.uint16) * 257, cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)):
+        [got] = det.run_batch([other])
+        assert got.class_ids.tolist() == want.class_ids.tolist() and np.allclose(got.xyxy, want.xyxy, atol=1.0)
+    [gray] = det.run_batch([cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)])
+    assert gray.image_size == want.image_size and len(gray) > 0
+    with pytest.raises(InputError, match="image 1: unsupported pixel type int32"):
+        det.preprocess([img, img.astype(np.int32)])
+
+
 def test_empty_image_is_refused(det):
     with pytest.raises(InputError, match="empty"):
         det(np.zeros((0, 0, 3), np.uint8))
@@ -292,6 +309,7 @@ def test_stream_video_and_early_close(tmp_path, det, dog_jpg):
 
 @pytest.mark.parametrize("source,queue_size,message", [
     (-1, 2, "a camera index is >= 0"), (True, 2, "not True"), (1.5, 2, "not 1.5"), (None, 2, "not None"),
+    (np.zeros((4, 4, 3), np.uint8), 2, "not an object of type ndarray (the Detector itself takes arrays)"),
     ("0", 0, "queue_size must be an integer >= 1"),
 ])
 def test_stream_refuses_sources_and_queue_sizes_it_cannot_use(det, source, queue_size, message):

@@ -366,7 +366,7 @@ def test_a_decoded_output_without_metadata_is_said_by_the_option(tiny_files, tmp
         open_backend(path, decode_in_graph=False)
 
 
-def test_a_half_precision_graph_gets_a_half_precision_input(tiny_files, tmp_path, rng):
+def test_a_half_precision_graph_gets_a_half_precision_input(tiny_files, tmp_path, rng, monkeypatch):
     from onnx import TensorProto, helper, numpy_helper
 
     path, _ = tiny_files["dynamic"]
@@ -389,6 +389,16 @@ def test_a_half_precision_graph_gets_a_half_precision_input(tiny_files, tmp_path
         out = backend.infer(batch)[0]
         assert out.dtype == np.float16 and np.abs(out.astype(np.float32) - ref.infer(batch)[0]).max() < 1.0
     assert isinstance(Detector(half)(np.full((60, 90, 3), 100, np.uint8))[0].scores, np.ndarray)
+    # without metadata the graph's weights (or, without onnx, its input type) say it is FP16 (it was called fp32)
+    bare = _without_metadata(half, tmp_path / "half_bare.onnx")
+    with open_backend(bare, img_size=(64, 96), decode_in_graph=True) as backend:
+        assert backend.meta.precision == backend.compute_precision == "fp16"
+    with open_backend(_without_metadata(path, tmp_path / "bare.onnx"), img_size=(64, 96)) as backend:
+        assert backend.meta.precision == "fp32"
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "onnx", None)
+        with open_backend(bare, img_size=(64, 96), decode_in_graph=True) as backend:
+            assert backend.meta.precision == "fp16"
 
 
 def test_external_weights_missing_beside_the_model_are_named(tiny_files, tmp_path):

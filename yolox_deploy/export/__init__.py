@@ -22,6 +22,7 @@ from ..hub import released_variant, weights_folder
 from ..io.images import list_images, read_image
 from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
+from ..structures import as_class_names
 from ..utils.files import check_creatable, move_into, staging_folder
 from ..utils.plugins import import_builtins
 from ..utils.text import listed
@@ -168,6 +169,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     """
     cls = format_class(format)
     info = cls.info
+    class_names = as_class_names(class_names)
     options = {k: v for k, v in options.items() if v is not None}
     if img_size is not None:
         from ..utils.sizes import parse_img_size
@@ -247,6 +249,9 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
         names = " or ".join(p.replace("*", "NAME") for p in info.artefact_files)
         raise InputError(f"{info.name} artefacts are named {names} (the runtimes recognise them by that), "
                          f"not {out.name}")
+    if info.is_dir and out.suffix.lower() in _model_file_suffixes(info):
+        raise InputError(f"{info.name} artefacts are folders (e.g. {out.with_name(out.stem + info.suffix)}), and "
+                         f"{out.name} would be a folder named like a model file; give a folder name")
     if out.exists():
         foreign = info.foreign_entries(out) if info.is_dir else []
         if foreign:
@@ -256,6 +261,14 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
             raise InputError(f"{out} already exists; pass --force (force=True) to overwrite it")
     check_creatable(out)
     return out
+
+
+def _model_file_suffixes(info: FormatInfo) -> set[str]:
+    """The suffixes of model files: those the runtimes open, and those of the files in ``info``'s folders."""
+    from ..runtimes import registered_backends
+
+    return ({s for backend in registered_backends().values() for s in backend.info.suffixes}
+            | {Path(p).suffix.lower() for p in info.artefact_files})
 
 
 # --- an ONNX file as the source ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta, stored_meta
 from ..nn.checkpoint import check_weights_argument, load_model
 from ..nn.deploy import model_meta
 from ..nn.yolox import YOLOX
+from ..structures import as_class_names
 from ..utils.onnxgraph import float_weight_count, graph_inputs, tensor_dims
 from ..zoo import get_spec, variant_by_params
 from .base import ExportSource
@@ -62,6 +63,7 @@ def load_source(weights: Any, *, model: str | None = None, num_classes: int | No
                 class_names: Sequence[str] | None = None, legacy: bool = False) -> ExportSource:
     """A checkpoint path, a YOLOX module or an ONNX path -> :class:`ExportSource` (model fused, eval mode)."""
     check_weights_argument(weights)
+    class_names = as_class_names(class_names)
     if isinstance(weights, YOLOX):
         net = weights
         weights_path = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, Union
 
@@ -25,7 +25,7 @@ from ..meta import ModelMeta
 from ..ops.decode import num_anchors
 from ..ops.letterbox import letterbox_batch, scale_boxes
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
-from ..structures import Detections, name_table
+from ..structures import Detections, as_class_names, name_table
 from ..utils.sizes import parse_img_size
 from ..utils.values import is_integer, is_number
 from ..zoo import canonical_name
@@ -51,7 +51,7 @@ def load_images(source: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
     """A path, an array or a list of them -> list of BGR uint8 arrays."""
     if isinstance(source, (str, os.PathLike, np.ndarray)):
         return [_load_one(source, 0)]
-    if isinstance(source, (bytes, bytearray, memoryview)) or not isinstance(source, Iterable):
+    if isinstance(source, (bytes, bytearray, memoryview, Mapping)) or not isinstance(source, Iterable):
         raise InputError(f"expected an image path, a BGR uint8 array or a list of them, got {type(source).__name__}")
     return [_load_one(item, i) for i, item in enumerate(source)]
 
@@ -113,7 +113,7 @@ class Detector:
         if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
             raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
         size = parse_img_size(img_size) if img_size is not None else None
-        class_names = _names(class_names)
+        class_names = as_class_names(class_names)
         self.backend = open_backend(weights, backend, device, model=model, img_size=size,
                                     class_names=class_names,
                                     num_classes=num_classes, **options)
@@ -185,9 +185,11 @@ class Detector:
 
     # --- the pipeline --------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Letterbox BGR images into one canvas batch (uint8 ``[N, H, W, 3]``, padded to a fixed artefact
-        batch). ``(canvases, ratios)``. The backend makes the model input from it (layout, type, the
-        artefact's normalisation), inside its runtime where it can."""
+        """Letterbox images (BGR uint8 ``[H, W, 3]``; other arrays are converted as :func:`ensure_bgr` says)
+        into one canvas batch (uint8 ``[N, H, W, 3]``, padded to a fixed artefact batch). ``(canvases,
+        ratios)``. The backend makes the model input from it (layout, type, the artefact's normalisation),
+        inside its runtime where it can."""
+        images = [ensure_bgr(im, name=f"image {i}") for i, im in enumerate(images)]
         return letterbox_batch(images, self.meta.input_size, self.meta.preprocess.pad_value, batch_size=self.meta.batch)
 
     def infer(self, batch: np.ndarray) -> list[Any]:
@@ -243,11 +245,12 @@ class Detector:
         return cached
 
     def run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detect on BGR uint8 images that fit in one batch (none: no detections)."""
+        """Detect on images (arrays, as :meth:`preprocess` takes them) that fit in one batch (none: no
+        detections)."""
         if not len(images):
             return []
         batch, ratios = self.preprocess(images)
-        return self.postprocess(self.infer(batch), ratios, [im.shape[:2] for im in images])
+        return self.postprocess(self.infer(batch), ratios, [np.shape(im)[:2] for im in images])
 
     def __call__(self, source: ImageLike | Sequence[ImageLike]) -> list[Detections]:
         """Detections for a path, a BGR array, or a list of them (one ``Detections`` per image, in order)."""
@@ -315,16 +318,6 @@ class _Tables(NamedTuple):
     names: np.ndarray
     category_ids: np.ndarray | None
     head: tuple[int, int]
-
-
-def _names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:
-    """Class names as a tuple of strings (any sequence, a numpy array included)."""
-    if class_names is None:
-        return None
-    names = tuple(class_names)
-    if not all(isinstance(n, (str, np.str_)) for n in names):
-        raise InputError("class names must be strings")
-    return tuple(str(n) for n in names)
 
 
 def _cut(raw: RawDetections, conf: float, max_det: int | None) -> RawDetections:

@@ -36,7 +36,7 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.files import check_readable
-from ..utils.onnxgraph import float_weight_count, graph_inputs, tensor_dims
+from ..utils.onnxgraph import float_weight_count, graph_inputs, tensor_dims, weights_precision
 from ..utils.sizes import parse_img_size
 from ..zoo import variant_by_params
 from .base import Backend, as_numpy, register_backend
@@ -228,7 +228,10 @@ class OnnxRuntimeBackend(Backend):
                                    decode_in_graph=bool(opts.get("decode_in_graph")))
             graph = read_graph()  # the variant, which the file does not record, from its parameter count
             if graph is not None:
-                meta = meta.with_(model=variant_by_params(float_weight_count(graph.graph)))
+                meta = meta.with_(model=variant_by_params(float_weight_count(graph.graph)),
+                                  precision=weights_precision(graph.graph))
+            elif inp[0].type == "tensor(float16)":
+                meta = meta.with_(precision="fp16")
         if size is not None and size != tuple(meta.input_size):
             if not meta.dynamic_hw:
                 raise InputError(f"{path.name} was exported for {meta.input_size[0]}x{meta.input_size[1]} input, "

@@ -21,7 +21,16 @@ def tensor_dims(value_info: Any, unknown: Any = None) -> list[Any]:
             for d in value_info.type.tensor_type.shape.dim]
 
 
-def float_weight_count(graph: Any) -> int:
-    """The number of floating-point weights among the graph's initializers (a model's parameter count, with
-    BatchNorms as the exporter left them)."""
-    return sum(math.prod(t.dims) for t in graph.initializer if t.data_type in FLOAT_TYPES)
+FLOAT16 = 10  # TensorProto FLOAT16
+
+
+def float_weight_count(graph: Any, types: tuple[int, ...] = FLOAT_TYPES) -> int:
+    """The number of weights of ``types`` (floating-point ones by default) among the graph's initializers (a
+    model's parameter count, with BatchNorms as the exporter left them)."""
+    return sum(math.prod(t.dims) for t in graph.initializer if t.data_type in types)
+
+
+def weights_precision(graph: Any) -> str:
+    """``"fp16"`` when most of the graph's floating-point weights are FP16 (a graph converted to half precision,
+    whatever its inputs' type), else ``"fp32"``."""
+    return "fp16" if 2 * float_weight_count(graph, (FLOAT16,)) > float_weight_count(graph) else "fp32"
