@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -43,6 +44,10 @@ def test_a_full_disk_names_the_file_the_user_asked_for(tmp_path):
     with pytest.raises(TimeoutError):  # as is an OSError that is no refused write (a network timeout)
         with atomic_write(dest):
             raise TimeoutError("timed out")
+    # a folder where no file can be made: named after the file asked for, not the temporary one
+    with pytest.raises(WriteError, match=re.escape("could not write /proc/out.json: No such file or directory")):
+        with atomic_write("/proc/out.json"):
+            pytest.fail("the block runs only when the temporary file exists")
 
 
 def test_a_full_disk_in_a_staging_folder_names_the_target_and_leaves_nothing(tmp_path):

@@ -37,6 +37,15 @@ def test_without_detections_the_iou_is_not_a_number(tmp_path, nano_pth, dog_jpg,
     assert json.loads(out.read_text())["rows"][1]["matched_iou"] is None
 
 
+def test_json_on_stdout_is_all_stdout_holds(nano_onnx, dog_jpg, capfd):
+    """--json /dev/stdout put the JSON right after the table, on its last line."""
+    assert compare_main([str(nano_onnx), str(nano_onnx), "--images", str(dog_jpg), "--json", "/dev/stdout"]) == 0
+    captured = capfd.readouterr()
+    data = json.loads(captured.out)
+    assert [r["reference"] for r in data["rows"]] == [True, False] and data["reference"] == str(nano_onnx)
+    assert (data["conf"], data["nms"]) == (0.25, 0.45) and "diffs against" in captured.err
+
+
 def test_results_never_replace_an_input(tmp_path, nano_onnx, dog_jpg, capsys):
     victim = tmp_path / "victim.onnx"
     victim.write_bytes(nano_onnx.read_bytes())

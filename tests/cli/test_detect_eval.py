@@ -324,6 +324,33 @@ def test_eval_cli_prints_the_authors_numbers(tmp_path, nano_pth, coco_tiny, caps
     assert "giraffe" in text  # per-class table
     metrics = json.loads(out.read_text())
     assert abs(metrics["AP"] - 0.3052) <= 0.001 and {"AP50", "AP75"} <= set(metrics)
+    assert metrics["settings"] == {"conf": 0.01, "nms": 0.65, "class_agnostic": False, "max_det": None}
+
+
+def test_eval_figures_outlive_a_json_file_that_cannot_be_written(tmp_path, nano_onnx, coco_tiny, capsys, monkeypatch):
+    """A full disk at the end of an evaluation lost every figure: the JSON was written before the tables."""
+    import yolox_deploy.cli.eval as eval_cli
+    from yolox_deploy.errors import WriteError
+
+    few = tmp_path / "few"
+    ann = json.loads((coco_tiny / "annotations" / "instances_val2017.json").read_text())
+    keep = {im["id"] for im in ann["images"][:3]}
+    ann = {**ann, "images": [im for im in ann["images"] if im["id"] in keep],
+           "annotations": [a for a in ann["annotations"] if a["image_id"] in keep]}
+    (few / "annotations").mkdir(parents=True)
+    (few / "annotations" / "instances_val2017.json").write_text(json.dumps(ann))
+    (few / "val2017").symlink_to(coco_tiny / "val2017")
+
+    def full(path, text):
+        raise WriteError(path, "No space left on device")
+
+    monkeypatch.setattr(eval_cli, "write_text_atomic", full)
+    assert eval_main([str(nano_onnx), "--data", str(few), "--json", str(tmp_path / "m.json")]) == 2
+    captured = capsys.readouterr()
+    assert "AP @[IoU=0.50:0.95" in captured.out and "AP50" in captured.out
+    assert "could not write" in captured.err and "m.json" in captured.err
+    assert eval_main([str(nano_onnx), "--data", str(few / "annotations" / "instances_val2017.json")]) == 2
+    assert "instances_val2017.json is a file, not a dataset folder" in capsys.readouterr().err
 
 
 def test_eval_cli_bad_dataset(tmp_path, nano_pth, capsys):

@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import REFERENCE_AP, REFERENCE_AP50
 from yolox_deploy import Detector
 from yolox_deploy.errors import InputError
-from yolox_deploy.eval.coco import AUTHORS_PROTOCOL, category_mapping, evaluate, open_coco
+from yolox_deploy.eval.coco import AUTHORS_PROTOCOL, category_mapping, evaluate, open_coco, open_scorable
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,27 @@ def test_dataset_categories_without_a_class_are_named_and_not_scored(tmp_path, c
     result = coco_evaluate(data, [{"image_id": data.image_ids[0], "category_id": 1, "bbox": [0, 0, 10, 10],
                                    "score": 0.5}], mapping)
     assert sorted(result.per_class) == sorted(three)
+
+
+def test_without_detections_classes_without_boxes_have_no_ap(tmp_path, coco_tiny, caplog):
+    """With no detections at all every class scored 0.0, also those without a box (NaN when anything is detected)."""
+    from yolox_deploy.data.coco import COCO_CLASSES
+    from yolox_deploy.eval.coco import coco_evaluate
+
+    def three_images(ann):
+        keep = {im["id"] for im in ann["images"][:3]}
+        return {**ann, "images": [im for im in ann["images"] if im["id"] in keep],
+                "annotations": [a for a in ann["annotations"] if a["image_id"] in keep]}
+
+    data = open_scorable(_split(tmp_path, coco_tiny, three_images))
+    mapping = [i for i in category_mapping(COCO_CLASSES, data) if i is not None]
+    with caplog.at_level("WARNING"):
+        none = coco_evaluate(data, [], mapping)
+    assert "no detections on any of the 3 images: every AP is 0" in caplog.text
+    one = coco_evaluate(data, [{"image_id": data.image_ids[0], "category_id": 1, "bbox": [0, 0, 10, 10],
+                                "score": 0.5}], mapping)
+    assert [k for k, v in none.per_class.items() if v != v] == [k for k, v in one.per_class.items() if v != v] != []
+    assert none.stats["AP"] == 0.0 and none.per_class["person"] == 0.0
 
 
 def test_not_a_coco_folder(tmp_path):

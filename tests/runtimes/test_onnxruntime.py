@@ -203,6 +203,8 @@ def test_nms_graph_thresholds_can_only_be_tightened(tiny_files, caplog):
     assert d == full[: min(8, int((full.scores >= cut).sum()))] and not caplog.records
     with Detector(path, max_det=2, nms=0.6, class_agnostic=True) as det:
         assert d.scores.tolist()[:2] == det(image)[0].scores.tolist()
+        # the settings in effect, as the Detector shows them (yolox-eval printed the refused ones)
+        assert (det.nms, det.class_agnostic) == (0.45, False) and "nms=0.45" in repr(det)
     [warning] = caplog.records
     assert "tiny_nms.onnx runs NMS inside its graph" in warning.message
     assert "NMS IoU 0.6 (the graph's is 0.45)" in warning.message and "class-agnostic" in warning.message
@@ -211,7 +213,8 @@ def test_nms_graph_thresholds_can_only_be_tightened(tiny_files, caplog):
         with Detector(path, max_det=asked) as det:
             assert det.max_det == 10 and len(det(image)[0]) == 10
         [warning] = caplog.records
-        assert f"max_det {asked} (the graph keeps at most 10)" in warning.message
+        said = "None (no cap)" if asked is None else asked
+        assert f"max_det {said} (the graph keeps at most 10)" in warning.message
         caplog.clear()
 
 

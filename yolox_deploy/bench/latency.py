@@ -147,6 +147,19 @@ class PipelineTimes:
         return cls(*(LatencyStats.from_dict(d[k]) for k in cls.STAGES))
 
 
+def timed_call(detector: Any, images: Sequence[np.ndarray], clock: Clock,
+               ) -> tuple[list[Any], list[Any], tuple[float, float, float, float]]:
+    """One full call of ``detector`` (a :class:`~yolox_deploy.runtimes.detector.Detector`, or anything with its
+    three stage methods) on a list of BGR uint8 images, each stage timed by ``clock``: ``(detections, backend
+    outputs, (total, pre, infer, post) ms)``. The total is the call's wall time after a device synchronise."""
+    t0 = time.perf_counter()
+    (batch, ratios), pre = clock.time(detector.preprocess, images)
+    outputs, infer = clock.time(detector.infer, batch)
+    dets, post = clock.time(detector.postprocess, outputs, ratios, [im.shape[:2] for im in images])
+    clock.sync()
+    return dets, outputs, ((time.perf_counter() - t0) * 1e3, pre, infer, post)
+
+
 def sample_pipeline(detector: Any, image_batches: Sequence[Sequence[np.ndarray]], *, iters: int, warmup: int,
                     clock: Clock, max_seconds: float | None = None, desc: str = "pipeline",
                     progress: bool = False, offset: int = 0) -> np.ndarray:
@@ -162,12 +175,7 @@ def sample_pipeline(detector: Any, image_batches: Sequence[Sequence[np.ndarray]]
         raise ValueError("no images to time")
 
     def run(images: Sequence[np.ndarray]) -> tuple[float, float, float, float]:
-        t0 = time.perf_counter()
-        (batch, ratios), pre = clock.time(detector.preprocess, images)
-        outputs, infer = clock.time(detector.infer, batch)
-        _, post = clock.time(detector.postprocess, outputs, ratios, [im.shape[:2] for im in images])
-        clock.sync()
-        return (time.perf_counter() - t0) * 1e3, pre, infer, post
+        return timed_call(detector, images, clock)[2]
 
     rows: list[tuple[float, float, float, float]] = []
     n = len(image_batches)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from ..errors import InputError
 from ..eval.compare import compare_artefacts
 from ..io.images import iter_source
-from ..utils.files import json_text, write_text_atomic
+from ..utils.files import json_text, standard_stream, write_text_atomic
 from ..utils.table import format_table
 from .common import cli_entry, json_output, main_guard, read_by
 
@@ -49,11 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "-" if i == 0 else "n/a" if r.matched_iou is None else f"{r.matched_iou:.4f}",
                       "-" if i == 0 else f"{a.agreement:.1%}",
                       a.n_b, r.pre_ms, r.infer_ms, r.post_ms, r.total_ms])
+    # the JSON on stdout (--json /dev/stdout, for a pipe) is all stdout holds; the table goes to stderr
+    out = sys.stderr if json_path is not None and standard_stream(json_path) is sys.stdout else sys.stdout
     print(format_table(["artefact", "backend", "precision", "input", "max abs diff", "matched IoU", "agreement",
-                        "dets", "pre ms", "infer ms", "post ms", "total ms"], table, floatfmt=".2f"))
-    print(f"{len(images)} image(s), one per call; diffs against {rows[0].artefact}")
+                        "dets", "pre ms", "infer ms", "post ms", "total ms"], table, floatfmt=".2f"),
+          f"{len(images)} image(s), one per call; diffs against {rows[0].artefact}", sep="\n", file=out)
     if json_path is not None:
-        write_text_atomic(json_path, json_text({"images": len(images), "rows": [r.to_dict() for r in rows]}))
+        write_text_atomic(json_path, json_text({
+            "images": len(images), "reference": rows[0].artefact, "conf": args.conf, "nms": args.nms,
+            "rows": [{**r.to_dict(), "reference": i == 0} for i, r in enumerate(rows)]}))
     return 0
 
 

@@ -37,13 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = sys.stderr if json_path is not None and standard_stream(json_path) is sys.stdout else sys.stdout
         print(f"{det!r} on {len(data.image_ids)} images of {args.data}/{args.split}", file=out)
         result = evaluate(det, data, progress=True)
-    if json_path is not None:  # first: a reader of the tables that stops early (| head) must not cost the results
-        write_text_atomic(json_path, json_text(result.to_dict()))
+        # the settings in effect (an artefact with NMS inside keeps its own)
+        settings = {"conf": det.conf, "nms": det.nms, "class_agnostic": det.class_agnostic, "max_det": det.max_det}
     stats = [[label, result.stats[name]] for name, label in zip(STAT_NAMES, STAT_LABELS)]
     rows = sorted(result.per_class.items(), key=lambda kv: kv[0])
-    print(format_table(["metric", "value"], stats), format_table(["class", "AP"] * 3, _columns(rows, 3)),
-          f"AP {result.stats['AP']:.4f}  AP50 {result.stats['AP50']:.4f}  AP75 {result.stats['AP75']:.4f}",
-          sep="\n\n", file=out)
+    tables = "\n\n".join([
+        format_table(["metric", "value"], stats), format_table(["class", "AP"] * 3, _columns(rows, 3)),
+        f"AP {result.stats['AP']:.4f}  AP50 {result.stats['AP50']:.4f}  AP75 {result.stats['AP75']:.4f}"])
+    if json_path is not None:  # first: a reader of the tables that stops early (| head) must not cost the results
+        try:
+            write_text_atomic(json_path, json_text({**result.to_dict(), "settings": settings}))
+        except BaseException:
+            print(tables, file=out)  # a file that could not be written does not cost the figures either
+            raise
+    print(tables, file=out)
     return 0
 
 

@@ -95,7 +95,8 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     """Open ``root/annotations/instances_<split>.json`` with images in ``root/<split>/``."""
     r = Path(root)
     if not r.is_dir():
-        raise InputError(f"dataset folder not found: {r}")
+        raise InputError(f"{r} is a file, not a dataset folder (annotations/instances_<split>.json + <split>/)"
+                         if r.exists() else f"dataset folder not found: {r}")
     ann = r / "annotations" / f"instances_{split}.json"
     if not ann.is_file():
         found = coco_splits(r)
@@ -282,8 +283,13 @@ def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]],
     _, COCOeval = _coco_api()
     stats = dict.fromkeys(STAT_NAMES, 0.0)
     scored = set(data.category_ids if category_ids is None else category_ids)
-    per_class = {c["name"]: 0.0 for c in data.categories if c["id"] in scored}
-    if detections:
+    images = set(data.image_ids)
+    with_boxes = {a["category_id"] for a in data.coco.anns.values() if a["image_id"] in images and not a.get("iscrowd")}
+    # AP is 0 for a category with boxes and nothing detected, undefined (NaN) for one without boxes, as COCOeval has it
+    per_class = {c["name"]: 0.0 if c["id"] in with_boxes else float("nan") for c in data.categories if c["id"] in scored}
+    if not detections:
+        log.warning("no detections on any of the %d images: every AP is 0", len(data.image_ids))
+    else:
         with contextlib.redirect_stdout(io.StringIO()):
             dt = data.coco.loadRes(detections)
             ev = COCOeval(data.coco, dt, "bbox")
@@ -325,15 +331,14 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
     ds = data if isinstance(data, CocoSplit) else open_scorable(data, split)
     mapping = category_mapping(detector.meta.class_names, ds)
     detections: list[dict[str, Any]] = []
-    bar = None
-    if progress is True:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=len(ds.image_ids), desc="eval", unit="img", leave=False)
     ids = ds.image_ids
     bs = detector.batch_size
     chunks = [ids[i:i + bs] for i in range(0, len(ids), bs)]
-    with ThreadPoolExecutor(max_workers=2) as pool:  # decode the next images while the model runs
+    # the bar is closed however the loop ends, so a message that follows starts on a line of its own
+    with tqdm(total=len(ids), desc="eval", unit="img", leave=False, disable=progress is not True) as bar, \
+            ThreadPoolExecutor(max_workers=2) as pool:  # decode the next images while the model runs
         def load(chunk: list[int]) -> Future:
             return pool.submit(lambda: [_read_annotated(ds, i) for i in chunk])
 
@@ -344,10 +349,7 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
                 ahead.append(load(chunks[k + PREFETCH_BATCHES]))
             for image_id, dets in zip(chunk, detector.run_batch(images)):
                 detections.extend(dets.to_coco(image_id, mapping))
-            if bar is not None:
-                bar.update(len(chunk))
-            elif callable(progress):
+            bar.update(len(chunk))
+            if callable(progress):
                 progress(len(chunk))
-    if bar is not None:
-        bar.close()
     return coco_evaluate(ds, detections, [i for i in mapping if i is not None])

@@ -9,13 +9,13 @@ one; artefacts with NMS in the graph, or of another size than a fixed-size refer
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..bench.latency import Clock, clock_for, timed_call
 from ..errors import InputError
 from ..ops.decode import encode
 from ..ops.match import EMPTY, Agreement, match_detections
@@ -84,11 +84,11 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
                 raise InputError(f"{path} has {det.meta.num_classes} classes ({listed(det.meta.class_names)}), "
                                  f"the reference {artefacts[0]} {len(labels)} ({listed(labels)}): their detections "
                                  "cannot be compared; compare artefacts of one model")
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            bar = tqdm(total=len(artefacts) * len(images), desc="compare", unit="img", leave=False)
+        # closed however the run ends, so a message that follows starts on a line of its own
+        bar = stack.enter_context(tqdm(total=len(artefacts) * len(images), desc="compare", unit="img", leave=False,
+                                       disable=not progress))
         ref_size = tuple(detectors[0].meta.input_size)
         row, results = _run(artefacts[0], detectors[0], images, warmup, None, bar)
         rows, references = [row], {ref_size: results}
@@ -96,24 +96,17 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
             size = tuple(det.meta.input_size)
             if size not in references and detectors[0].meta.dynamic_hw:
                 with Detector(artefacts[0], **{**detector_kwargs, "img_size": size}) as at_size:
-                    references[size] = [_result(at_size, image)[:2] for image in images]
+                    clock = clock_for(at_size.backend.output_device)
+                    references[size] = [_result(at_size, image, clock)[:2] for image in images]
             rows.append(_run(path, det, images, warmup, references.get(size, references[ref_size]), bar)[0])
-        if bar is not None:
-            bar.close()
     return rows
 
 
-def _result(det: Detector, image: np.ndarray) -> tuple[np.ndarray | None, Any, tuple[float, float, float]]:
-    """One image through ``det``: its raw output (None for NMS graphs), its detections, and the seconds of
-    the three stages."""
-    t0 = time.perf_counter()
-    batch, ratios = det.preprocess([image])
-    t1 = time.perf_counter()
-    outputs = det.infer(batch)
-    t2 = time.perf_counter()
-    [dets] = det.postprocess(outputs, ratios, [image.shape[:2]])
-    t3 = time.perf_counter()
-    return _raw(det, outputs), dets, (t1 - t0, t2 - t1, t3 - t2)
+def _result(det: Detector, image: np.ndarray, clock: Clock) -> tuple[np.ndarray | None, Any, tuple[float, ...]]:
+    """One image through ``det``: its raw output (None for NMS graphs), its detections, and the ms of the
+    three stages (timed by ``clock``: on a GPU, the infer stage ends when the device has finished)."""
+    [dets], outputs, ms = timed_call(det, [image], clock)
+    return _raw(det, outputs), dets, ms[1:]
 
 
 def _run(path: Any, det: Detector, images: Sequence[np.ndarray], warmup: int,
@@ -127,9 +120,10 @@ def _run(path: Any, det: Detector, images: Sequence[np.ndarray], warmup: int,
     agreement = EMPTY
     times = np.zeros(3)
     results = []
+    clock = clock_for(det.backend.output_device)
     for i, image in enumerate(images):
-        raw, dets, seconds = _result(det, image)
-        times += seconds
+        raw, dets, ms = _result(det, image, clock)
+        times += ms
         results.append((raw, dets))
         ref_raw, ref_dets = reference[i] if reference is not None else (raw, dets)
         if raw is None or ref_raw is None or raw.shape != ref_raw.shape:
@@ -138,9 +132,7 @@ def _run(path: Any, det: Detector, images: Sequence[np.ndarray], warmup: int,
             d = float(np.abs(raw - ref_raw).max())
             diff = d if diff is None else max(diff, d)
         agreement = agreement + match_detections(ref_dets.xyxy, ref_dets.class_ids, dets.xyxy, dets.class_ids)
-        if bar is not None:
-            bar.update(1)
-    ms = times * 1e3 / len(images)
+        bar.update(1)
     row = CompareRow(str(path), det.backend.info.name, det.meta.precision, tuple(det.meta.input_size),
-                     diff if comparable else None, agreement, *ms)
+                     diff if comparable else None, agreement, *(times / len(images)))
     return row, results

@@ -139,8 +139,11 @@ class Detector:
                                  "re-export it with --dynamic (or --batch N), or drop the batch size")
             self.batch_size = self.meta.batch or batch_size or 1
             self._cache: _Tables | None = None
-            if self.meta.nms_in_graph:
+            if self.meta.nms_in_graph:  # say what cannot apply, then keep what does
                 self._warn_graph_nms(max_det)
+                self.conf = max(self.conf, float(graph.get("nms_conf", 0.0)))
+                self.nms = float(graph.get("nms_iou", self.nms))
+                self.class_agnostic = False
         except BaseException:  # an argument refused only now: the opened runtime is not left behind
             self.backend.close()
             raise
@@ -160,7 +163,8 @@ class Detector:
             cannot.append("class-agnostic NMS (the graph's is per class)")
         cap = self.meta.max_det
         if cap is not None and asked_max_det != DEFAULT_MAX_DET and (asked_max_det is None or asked_max_det > cap):
-            cannot.append(f"max_det {asked_max_det} (the graph keeps at most {cap})")
+            asked = "None (no cap)" if asked_max_det is None else asked_max_det
+            cannot.append(f"max_det {asked} (the graph keeps at most {cap})")
         if cannot:
             log.warning("%s runs NMS inside its graph; not applied: %s. Export without --nms to choose them here.",
                         Path(str(self.backend.path)).name, "; ".join(cannot))

@@ -116,11 +116,18 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(path)
         return
     dest = Path(os.path.realpath(path))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as e:  # named after the file asked for, not the temporary one (a folder no file can be made in)
+        raise WriteError(dest, e.strerror or str(e)) from None
     os.close(fd)
-    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; the result should have the usual permissions
     tmp_path = Path(tmp)
+    try:
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; the result should have the usual permissions
+    except OSError:
+        tmp_path.unlink(missing_ok=True)
+        raise
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
