@@ -54,6 +54,7 @@ def test_dataset_category_ids_recorded_else_cocos_else_unknown():
     ({"extra": {"nms_conf": "0.25"}}, "extra.nms_conf"),
     ({"extra": {"ncnn_bin_bytes": "4096"}}, "extra.ncnn_bin_bytes"),
     ({"extra": {"ncnn_bin_bytes": 0}}, "extra.ncnn_bin_bytes"),
+    ({"extra": {"ncnn_bin_sha256": "ABC"}}, "extra.ncnn_bin_sha256"),
     ({"preprocess": [1, 2]}, "preprocess"),
     ({"preprocess": {"scale": "1"}}, "preprocess.scale"),
     ({"preprocess": {"mean": [1, 2]}}, "preprocess.mean"),

@@ -108,7 +108,10 @@ def test_int8_without_calibration_images(tiny_pth, out, capsys, throwaway_format
     assert rc == 2 and "--calib-images" in _one_error(err)
     empty = tmp_path / "no-images"
     empty.mkdir()
-    for folder, message in ((tmp_path / "missing", "not found"), (empty, "no images")):
+    photo = tmp_path / "photo.jpg"
+    cv2.imwrite(str(photo), np.full((32, 32, 3), 90, np.uint8))
+    for folder, message in ((tmp_path / "missing", "not found"), (empty, "no images"),
+                            (photo, "photo.jpg is a file; --calib-images takes a folder of images")):
         rc, _, err = _run(["--weights", tiny_pth, "--format", "testfmt", "--output", out / "m.testfmt", "--int8",
                            "--calib-images", folder], capsys)
         assert rc == 2 and message in _one_error(err)
@@ -145,6 +148,7 @@ def test_other_bad_requests(tiny_pth, out, capsys, tmp_path):
         (["--no-verify", "--verify-image", tmp_path / "nope.jpg"], "it cannot go with --no-verify"),
         (["--batch", "0"], "batch must be >= 1"),
         (["--verify-image", tmp_path / "nope.jpg"], "verification image not found"),
+        (["--verify-image", tmp_path], f"{tmp_path} is a folder; --verify-image takes one image"),
     ]
     for extra, message in cases:
         rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "m.onnx", *extra], capsys)
@@ -513,6 +517,26 @@ def test_the_variant_of_an_onnx_that_does_not_say_is_recognised(nano_onnx):
     assert load_source(nano_onnx, model="nano").meta.model == "yolox-nano"
     with pytest.raises(InputError, match="yolox_nano.onnx is yolox-nano, not yolox-s"):
         load_source(nano_onnx, model="yolox-s")
+
+
+def test_an_onnx_source_that_records_its_input_contract_refuses_legacy(tiny_onnx, out):
+    """--legacy replaced the recorded BGR 0-255 contract: the artefact detected nothing, and passed."""
+    from yolox_deploy.errors import InputError
+
+    with pytest.raises(InputError, match="records its input contract .* --legacy describes checkpoints"):
+        export(tiny_onnx, "onnx", out / "legacy.onnx", legacy=True)
+    assert list(out.iterdir()) == []
+
+
+def test_a_dynamic_size_onnx_source_takes_the_size_asked_for(tiny_pth, out):
+    """An ONNX made from a dynamic-size ONNX recorded the source's default size, not the one asked for."""
+    from yolox_deploy.export.source import read_onnx_meta
+
+    dyn = export(tiny_pth, "onnx", out / "dyn.onnx", img_size=64, dynamic=True, dynamic_hw=True,
+                 decode_in_graph=False).path
+    made = export(dyn, "onnx", out / "made.onnx", img_size=(64, 96), decode_in_graph=False)
+    assert made.meta.input_size == read_onnx_meta(made.path).input_size == (64, 96)
+    assert made.meta.dynamic_hw and made.verification.passed
 
 
 def test_raw_onnx_source_is_decoded_by_default(tiny_onnx, out):

@@ -1,6 +1,8 @@
 """NCNN export through pnnx: the traced graph, the written folder, parity with torch / the authors' ONNX, AP."""
 
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -71,6 +73,7 @@ def test_folder_holds_only_what_the_runtime_needs(raw_fp32):
     assert sorted(p.name for p in folder.iterdir()) == sorted([PARAM_NAME, BIN_NAME, sidecar_for(folder).name])
     meta = ModelMeta.from_json(sidecar_for(folder).read_text())
     assert meta.extra["ncnn_bin_bytes"] == (folder / BIN_NAME).stat().st_size > 0  # the runtime checks it
+    assert meta.extra["ncnn_bin_sha256"] == hashlib.sha256((folder / BIN_NAME).read_bytes()).hexdigest()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
     graph = read_param(folder / PARAM_NAME)
     assert graph.input_blobs == ["in0"] and graph.output_blobs == ["out0"]

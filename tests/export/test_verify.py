@@ -40,6 +40,11 @@ def test_int8_diff_is_reported_not_checked():
     # a diff that is not checked, and no detections: nothing was compared, so it does not pass
     blind = VerifyReport("int8", 4.3, TOLERANCE["int8"], Agreement(0, 0, 0, 0.0), 0.5, "a synthetic scene")
     assert not blind.checked and not blind.passed
+    # no detections on the user's own photo: the hint is about the input, not to give a photo
+    scene = VerifyReport("fp32", 2e-4, TOLERANCE["fp32"], Agreement(0, 0, 0, 0.0), 0.99, "a synthetic scene")
+    photo = VerifyReport("fp32", 2e-4, TOLERANCE["fp32"], Agreement(0, 0, 0, 0.0), 0.99, "dog.jpg", image_given=True)
+    assert "(--verify-image IMAGE checks them)" in scene.summary()
+    assert "--verify-image" not in photo.summary() and "check the input contract: --legacy" in photo.summary()
 
 
 # --- graphs with NMS inside ------------------------------------------------------------------------------------

@@ -244,6 +244,10 @@ def _damage(folder, how):
         (folder / "model.ncnn.param.json").unlink()
     elif how == "bin of another export":  # loads and runs in NCNN; the sidecar's record tells them apart
         weights.write_bytes(weights.read_bytes() + bytes(8))
+    elif how == "bin of another export, same size":  # as an FP32 raw-head export's beside a decoding one's
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+        weights.write_bytes(bytes(data))
     elif how == "unknown layer":
         param.write_text(param.read_text().replace("\nSwish ", "\nTensor.slice ", 1))
     elif how == "corrupt metadata":
@@ -259,6 +263,7 @@ CASES = {"garbage param": "not an NCNN param file", "truncated param": "truncate
          "bin short of its last bytes": "not the [0-9]+ exported with model.ncnn.param",
          "bin short, no metadata": "could not load the weights",
          "bin of another export": "belong to another export",
+         "bin of another export, same size": "not the .bin exported with model.ncnn.param .its SHA-256 differs",
          "unknown layer": "Tensor.slice", "corrupt metadata": "model.ncnn.param.json.*not valid JSON",
          "empty folder": "no model artefact in folder"}
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import BackendUnavailable, InputError
-from ..utils.files import remove_entry, write_text_atomic
+from ..utils.files import file_sha256, remove_entry, write_text_atomic
 from ..zoo import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -154,11 +154,7 @@ class ModelSource:
         if self.checkpoint is None:
             return f"random{self.seed}"
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            with open(self.checkpoint, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            self._fingerprint = h.hexdigest()[:12]
+            self._fingerprint = file_sha256(self.checkpoint).hexdigest()[:12]
         return self._fingerprint
 
 

@@ -84,14 +84,17 @@ def _check_options(info: FormatInfo, options: ExportOptions, requested: frozense
             raise InputError("INT8 needs calibration images: pass --calib-images DIR (a folder of ~100 images)")
         folder = Path(options.calib_images)
         if not folder.is_dir():
-            raise InputError(f"calibration folder not found: {folder}")
+            raise InputError(f"{folder} is a file; --calib-images takes a folder of images" if folder.exists()
+                             else f"calibration folder not found: {folder}")
         if not list_images(folder):
             raise InputError(f"no images in calibration folder {folder}")
     if options.verify_image is not None:
         if not options.verify:
             raise InputError("--verify-image is the image the verification runs on; it cannot go with --no-verify")
         if not Path(options.verify_image).is_file():
-            raise InputError(f"verification image not found: {options.verify_image}")
+            raise InputError(f"{options.verify_image} is a folder; --verify-image takes one image"
+                             if Path(options.verify_image).is_dir()
+                             else f"verification image not found: {options.verify_image}")
         read_image(options.verify_image)  # a corrupt image is refused now, not after the export
     check_opset(options.opset)
 

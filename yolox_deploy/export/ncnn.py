@@ -11,7 +11,8 @@ The folder holds exactly what a runtime needs:
   weights, FP32 or, with ``--half``, FP16 storage;
 - ``model.ncnn.param.json``: the :class:`~yolox_deploy.meta.ModelMeta` sidecar
   (:func:`~yolox_deploy.meta.sidecar_path` of the param file), read by ``runtimes/ncnn.py``; its
-  ``extra["ncnn_bin_bytes"]`` records the ``.bin`` size, so the runtime refuses the weights of another export.
+  ``extra["ncnn_bin_bytes"]`` and ``extra["ncnn_bin_sha256"]`` record the ``.bin``'s size and digest, so the
+  runtime refuses the weights of another export.
 
 How the graph is made: the fused model is traced with TorchScript and converted by the ``pnnx`` executable
 bundled with the ``pnnx`` package (called directly, not through ``pnnx.convert``, which ignores pnnx's exit
@@ -54,8 +55,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError, InputError
-from ..meta import NCNN_BIN_BYTES, ModelMeta, sidecar_path
+from ..meta import NCNN_BIN_BYTES, NCNN_BIN_SHA256, ModelMeta, sidecar_path
 from ..nn.deploy import input_scale_exponent, space_to_depth_conv_weight
+from ..utils.files import file_sha256
 from .base import Exporter, ExportSource, register_format
 
 log = logging.getLogger(__name__)
@@ -305,8 +307,9 @@ class NcnnExporter(Exporter):
             except OSError as e:  # e.g. a full disk; the error names the source in the temporary folder
                 raise ExportError(f"could not write the NCNN model into {(self.output or dest).parent}: "
                                   f"{e.strerror or e}") from None
-        # the runtime refuses a .bin of another size: another export's weights (FP16, raw head) load and run
-        meta = meta.with_(extra={**meta.extra, NCNN_BIN_BYTES: (dest / BIN_NAME).stat().st_size})
+        # the runtime refuses another .bin: another export's weights (FP16, raw head) load and run
+        meta = meta.with_(extra={**meta.extra, NCNN_BIN_BYTES: (dest / BIN_NAME).stat().st_size,
+                                 NCNN_BIN_SHA256: file_sha256(dest / BIN_NAME).hexdigest()})
         sidecar_for(dest).write_text(meta.to_json())  # dest is a staging folder, moved into place whole
         return meta
 

@@ -266,7 +266,8 @@ def _from_onnx_file(source: ExportSource, o: ExportOptions) -> tuple[Any, ModelM
         model = onnx.load(str(path))
     except Exception as e:
         raise InputError(f"{path.name} is not a readable ONNX model ({type(e).__name__})") from None
-    meta = source.meta.with_(format="onnx")
+    # the size asked for (a dynamic-size source's default size; a fixed one's own, checked before)
+    meta = source.meta.with_(format="onnx", input_size=tuple(o.img_size))
     if meta.nms_in_graph:
         return model, meta
     if (o.decode_in_graph or o.nms) and not meta.decode_in_graph:

@@ -21,6 +21,11 @@ from .base import ExportSource
 
 def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
     """Metadata of an ONNX file: ours from ``metadata_props``, else inferred from the graph (:func:`infer_meta`)."""
+    return _read_onnx_meta(path)[0]
+
+
+def _read_onnx_meta(path: str | os.PathLike) -> tuple[ModelMeta, bool]:
+    """:func:`read_onnx_meta` and whether the file records it (False: inferred from the graph)."""
     try:
         import onnx
     except ImportError:
@@ -36,10 +41,10 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
     if len(inputs) != 1:
         raise ArtefactError(f"{p.name}: expected one image input, found {len(inputs)}")
     if META_KEY in props:
-        return stored_meta(props[META_KEY], tensor_dims(inputs[0]), [o.name for o in graph.output], p.name)
+        return stored_meta(props[META_KEY], tensor_dims(inputs[0]), [o.name for o in graph.output], p.name), True
     meta = infer_meta(tensor_dims(inputs[0]), [o.name for o in graph.output], tensor_dims(graph.output[0]), p.name,
                       format="onnx")
-    return meta.with_(model=variant_by_params(float_weight_count(graph)))
+    return meta.with_(model=variant_by_params(float_weight_count(graph))), False
 
 
 def _onnx_model_options(name: str, meta: ModelMeta, model: str | None, num_classes: int | None) -> ModelMeta:
@@ -76,7 +81,10 @@ def load_source(weights: Any, *, model: str | None = None, num_classes: int | No
         if weights_path.suffix.lower() == ".onnx":
             if weights_path.is_file() and weights_path.stat().st_size == 0:
                 raise ArtefactError(f"{weights_path} is empty (0 bytes)")
-            meta = read_onnx_meta(weights_path)
+            meta, recorded = _read_onnx_meta(weights_path)
+            if legacy and recorded and meta.preprocess != Preprocess.legacy():
+                raise InputError(f"{weights_path.name} records its input contract (BGR 0-255, as YOLOX 0.1.1 and "
+                                 "later); --legacy describes checkpoints and ONNX files without metadata; drop it")
             meta = _onnx_model_options(weights_path.name, meta, model, num_classes)
             if class_names:
                 if len(class_names) != meta.num_classes:

@@ -29,7 +29,6 @@ builds the engine from it. The engine itself is never left half-written.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -58,7 +57,7 @@ from ..runtimes.tensorrt import (
     import_tensorrt,
     make_logger,
 )
-from ..utils.files import atomic_write, cache_dir, write_text_atomic
+from ..utils.files import atomic_write, cache_dir, file_sha256, write_text_atomic
 from .base import INT8_WITH_HALF, Exporter, ExportOptions, ExportSource, register_format
 from .onnx import io_signature
 
@@ -160,10 +159,7 @@ def calibration_fingerprint(onnx_path: str | os.PathLike, *, method: str, shape:
                             preprocess: Preprocess, images: Sequence[str | os.PathLike], tensorrt: str) -> str:
     """A digest of everything an INT8 calibration cache depends on: the model bytes, the calibrator, the
     batch shape, the input contract, the calibration files (name, size, mtime) and the TensorRT version."""
-    h = hashlib.sha256()
-    with open(onnx_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    h = file_sha256(onnx_path)
     h.update(repr((method, tuple(int(v) for v in shape), preprocess, tensorrt)).encode())
     for p in images:
         st = os.stat(p)

@@ -67,6 +67,7 @@ class VerifyReport:
     nms_in_graph: bool = False
     conf: float = VERIFY_CONF
     head_reachable: bool = True
+    image_given: bool = False  # the image is the user's (--verify-image), not the synthetic scene
 
     @property
     def has_detections(self) -> bool:
@@ -97,6 +98,9 @@ class VerifyReport:
         elif self.nms_in_graph:
             dets = (f"NMS output not compared: no detections above conf {self.conf:g} on {self.image} "
                     "(a --verify-image with objects checks it)")
+        elif self.image_given:  # a photo with objects where neither side finds one: the input may be wrong
+            dets = (f"no detections above conf {self.conf:g} to compare on {self.image} (if it shows objects, "
+                    "check the input contract: --legacy is for checkpoints before YOLOX 0.1.1 only)")
         else:
             dets = (f"no detections above conf {self.conf:g} to compare on {self.image} "
                     "(--verify-image IMAGE checks them)")
@@ -310,7 +314,8 @@ def verify_artefact(path: Path, source: ExportSource, options: ExportOptions, me
     precision = meta.precision
     conf = _thresholds(meta)[0]
     report = VerifyReport(precision, diff, TOLERANCE[precision], agreement, MIN_AGREEMENT[precision], label,
-                          nms_in_graph=meta.nms_in_graph, conf=conf, head_reachable=reachable)
+                          nms_in_graph=meta.nms_in_graph, conf=conf, head_reachable=reachable,
+                          image_given=options.verify_image is not None)
     log.info("verify %s: %s", meta.format, report.summary())
     if not report.checked:
         raise ExportError(f"verification compared nothing, nothing written: {report.summary()}; give "

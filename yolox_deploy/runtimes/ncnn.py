@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import NCNN_BIN_BYTES, ModelMeta, Preprocess, read_sidecar, sidecar_path
+from ..meta import NCNN_BIN_BYTES, NCNN_BIN_SHA256, ModelMeta, Preprocess, read_sidecar, sidecar_path
+from ..utils.files import file_sha256
 from ..utils.native import silenced_stderr
 from ..utils.sizes import parse_img_size
 from .base import Backend, as_numpy, one_model_file, register_backend
@@ -266,10 +267,16 @@ class NcnnBackend(Backend):
         self.output_name = "out0" if "out0" in graph.output_blobs else graph.output_blobs[0]
 
         meta = read_sidecar(param)
-        recorded = meta.extra.get(NCNN_BIN_BYTES) if meta is not None else None
+        extra = meta.extra if meta is not None else {}
+        recorded = extra.get(NCNN_BIN_BYTES)
         if recorded is not None and recorded != size:
             raise ArtefactError(f"{weights} holds {size} bytes, not the {recorded} exported with {param.name}: "
                                 "the weights belong to another export; re-export the model or copy its .bin")
+        digest = extra.get(NCNN_BIN_SHA256)
+        if digest is not None and file_sha256(weights).hexdigest() != digest:
+            raise ArtefactError(f"{weights} is not the .bin exported with {param.name} (its SHA-256 differs): the "
+                                "weights belong to another export of the same size; re-export the model or copy "
+                                "its .bin")
         self.net = self._open_net(param, weights, meta)
         self.meta = meta if meta is not None else self._infer_meta(graph)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -27,6 +28,16 @@ def cache_dir() -> Path:
         return Path(os.environ["YOLOX_DEPLOY_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "yolox-deploy"
+
+
+def file_sha256(path: str | os.PathLike) -> hashlib._Hash:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks), as a hash object (``hexdigest()``, or more
+    ``update()`` for a key that covers more than the file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h
 
 
 def check_readable(*paths: str | os.PathLike) -> None:
