@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from yolox_deploy.errors import WriteError
-from yolox_deploy.utils.files import atomic_write, staging_folder, write_text_atomic
+from yolox_deploy.utils.files import atomic_write, staging_folder, temp_prefix, write_text_atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -165,3 +165,13 @@ def test_a_signal_held_back_is_delivered_however_the_block_ends():
             os.kill(os.getpid(), signal.SIGINT)
             raise OSError("a failed rename")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_name_of_up_to_255_bytes_can_be_written(tmp_path):
+    """The temporary file beside it took the whole name: names of 241-255 bytes were refused as too long."""
+    for name in ("x" * 250 + ".json", "é" * 125 + ".txt"):  # 255 and 254 bytes
+        write_text_atomic(tmp_path / name, "{}")
+        assert (tmp_path / name).read_text() == "{}"
+    with staging_folder(tmp_path, prefix=temp_prefix("y" * 255)) as staging:
+        assert len(staging.name.encode()) <= 255
+    assert sorted(len(p.name.encode()) for p in tmp_path.iterdir()) == [254, 255]

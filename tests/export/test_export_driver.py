@@ -110,8 +110,13 @@ def test_int8_without_calibration_images(tiny_pth, out, capsys, throwaway_format
     empty.mkdir()
     photo = tmp_path / "photo.jpg"
     cv2.imwrite(str(photo), np.full((32, 32, 3), 90, np.uint8))
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (unreadable / name).write_bytes(b"not an image")
     for folder, message in ((tmp_path / "missing", "not found"), (empty, "no images"),
-                            (photo, "photo.jpg is a file; --calib-images takes a folder of images")):
+                            (photo, "photo.jpg is a file; calibration takes a folder of images (--calib-images)"),
+                            (unreadable, "none of the 2 images in")):  # was found after the model was converted
         rc, _, err = _run(["--weights", tiny_pth, "--format", "testfmt", "--output", out / "m.testfmt", "--int8",
                            "--calib-images", folder], capsys)
         assert rc == 2 and message in _one_error(err)

@@ -327,9 +327,13 @@ def test_force_replaces_only_this_exports_own_ir(tmp_path, tiny_random_model):
     store.mkdir()
     for name in ("face-detection-0200.xml", "face-detection-0200.bin"):
         (store / name).write_text("another model")
-    with pytest.raises(InputError, match=r"holds files the openvino format does not write \(face-detection-0200"):
+    with pytest.raises(InputError, match=r"holds an openvino artefact of another name \(face-detection-0200.bin, "
+                                         r"face-detection-0200.xml; this export would name its files after the folder"):
         export(tiny_random_model, "openvino", store, img_size=64, force=True, verify=False)
     assert sorted(p.name for p in store.iterdir()) == ["face-detection-0200.bin", "face-detection-0200.xml"]
+    (store / "notes.md").write_text("mine")
+    with pytest.raises(InputError, match=r"holds files the openvino format does not write \(face-detection-0200"):
+        export(tiny_random_model, "openvino", store, img_size=64, force=True, verify=False)
     first = export(tiny_random_model, "openvino", tmp_path / "tiny_openvino", img_size=64, verify=False)
     again = export(tiny_random_model, "openvino", tmp_path / "tiny_openvino", img_size=64, force=True, verify=False)
     assert first.path == again.path and sorted(p.name for p in again.path.iterdir()) == ["tiny.bin", "tiny.xml"]

@@ -19,11 +19,11 @@ from typing import Any
 
 from ..errors import InputError
 from ..hub import released_variant, weights_folder
-from ..io.images import list_images, read_image
+from ..io.images import read_image
 from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
 from ..structures import as_class_names
-from ..utils.files import check_creatable, move_into, staging_folder
+from ..utils.files import check_creatable, move_into, staging_folder, temp_prefix
 from ..utils.plugins import import_builtins
 from ..utils.text import listed
 from ..utils.values import is_integer
@@ -40,6 +40,7 @@ from .base import (
     register_format,
     registered_formats,
 )
+from .calibration import check_calibration_folder
 from .source import load_source
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,7 @@ def _check_options(info: FormatInfo, options: ExportOptions, requested: frozense
             raise InputError(f"calibration image count must be >= 1, got {options.calib_count}")
         if options.calib_images is None:
             raise InputError("INT8 needs calibration images: pass --calib-images DIR (a folder of ~100 images)")
-        folder = Path(options.calib_images)
-        if not folder.is_dir():
-            raise InputError(f"{folder} is a file; --calib-images takes a folder of images" if folder.exists()
-                             else f"calibration folder not found: {folder}")
-        if not list_images(folder):
-            raise InputError(f"no images in calibration folder {folder}")
+        check_calibration_folder(options.calib_images)
     if options.verify_image is not None:
         if not options.verify:
             raise InputError("--verify-image is the image the verification runs on; it cannot go with --no-verify")
@@ -221,7 +217,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
 
     t0 = time.perf_counter()
     exporter = cls(opts, output=out)
-    with staging_folder(out.parent, prefix=f".{out.name}.", target=out) as staging:
+    with staging_folder(out.parent, prefix=temp_prefix(out.name), target=out) as staging:
         staged = staging / out.name
         if info.is_dir:
             staged.mkdir()
@@ -258,6 +254,11 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
     if out.exists():
         foreign = info.foreign_entries(out) if info.is_dir else []
         if foreign:
+            patterns = [p.format(stem="*") for p in info.artefact_files]
+            if all(not (out / f).is_dir() and any(Path(f).match(p) for p in patterns) for f in foreign):
+                raise InputError(f"{out} holds an {info.name} artefact of another name ({listed(foreign)}; this "
+                                 f"export would name its files after the folder), so it is not replaced; choose "
+                                 "another output, or remove it")
             raise InputError(f"{out} holds files the {info.name} format does not write ({listed(foreign)}), "
                              "so it is not replaced; choose another output")
         if not force:

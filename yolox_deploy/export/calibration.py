@@ -45,6 +45,32 @@ log = logging.getLogger(__name__)
 LAST_BATCH = ("keep", "drop", "fill")
 
 
+def calibration_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files of a calibration folder, by name; a missing folder, a file and a folder without
+    images are refused."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is a file; calibration takes a folder of images (--calib-images)"
+                         if folder.exists() else f"calibration folder not found: {folder}")
+    files = list_images(folder)
+    if not files:
+        raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in calibration folder {folder}")
+    return files
+
+
+def check_calibration_folder(folder: str | os.PathLike) -> None:
+    """Refuse, before an export's work, a calibration folder :func:`calibration_files` refuses or whose images
+    none can be read (read until the first that can)."""
+    files = calibration_files(folder)
+    for path in files:
+        try:
+            read_image(path)
+            return
+        except InputError:
+            continue
+    raise InputError(f"none of the {len(files)} images in {folder} could be read")
+
+
 class CalibrationData:
     """Iterable of preprocessed calibration batches (see the module docstring for the contract).
 
@@ -63,11 +89,7 @@ class CalibrationData:
         if last not in LAST_BATCH:
             raise InputError(f"last must be one of {', '.join(LAST_BATCH)}, got {last!r}")
         self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise InputError(f"calibration folder not found: {self.folder}")
-        self.candidates = list_images(self.folder)
-        if not self.candidates:
-            raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in calibration folder {self.folder}")
+        self.candidates = calibration_files(self.folder)
         self.meta = meta
         self.count = int(count)
         self.batch = int(batch)

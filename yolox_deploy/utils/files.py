@@ -115,6 +115,13 @@ def _umask() -> int:
 _FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()  # what open() / mkdir() would give
 
 
+def temp_prefix(name: str, keep_bytes: int = 200) -> str:
+    """``.NAME.`` for a temporary entry beside ``NAME``, with ``NAME`` cut to ``keep_bytes`` of UTF-8 so that the
+    random part and suffix added to it stay within the 255 bytes of a file name (any name that fits may be asked
+    for)."""
+    return "." + name.encode()[:keep_bytes].decode(errors="ignore") + "."
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; on success it replaces ``path`` in one rename.
@@ -129,7 +136,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     dest = Path(os.path.realpath(path))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".part", dir=dest.parent)
     except OSError as e:  # named after the file asked for, not the temporary one (a folder no file can be made in)
         raise WriteError(dest, e.strerror or str(e)) from None
     os.close(fd)
