@@ -284,9 +284,11 @@ def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]],
     stats = dict.fromkeys(STAT_NAMES, 0.0)
     scored = set(data.category_ids if category_ids is None else category_ids)
     images = set(data.image_ids)
-    with_boxes = {a["category_id"] for a in data.coco.anns.values() if a["image_id"] in images and not a.get("iscrowd")}
+    with_boxes = {a["category_id"] for a in data.coco.anns.values()
+                  if a["image_id"] in images and not a.get("iscrowd")}
     # AP is 0 for a category with boxes and nothing detected, undefined (NaN) for one without boxes, as COCOeval has it
-    per_class = {c["name"]: 0.0 if c["id"] in with_boxes else float("nan") for c in data.categories if c["id"] in scored}
+    per_class = {c["name"]: 0.0 if c["id"] in with_boxes else float("nan")
+                 for c in data.categories if c["id"] in scored}
     if not detections:
         log.warning("no detections on any of the %d images: every AP is 0", len(data.image_ids))
     else:

@@ -171,7 +171,8 @@ def open_video(source: str | int) -> cv2.VideoCapture:
 def camera_index(source: str | os.PathLike | int) -> int | None:
     """The camera a source names (an int, or a digit string that is not an existing file or folder), or None."""
     if isinstance(source, bool) or not isinstance(source, (int, str, os.PathLike)):
-        what = repr(source) if isinstance(source, (bool, float, type(None))) else f"an object of type {type(source).__name__}"
+        plain = isinstance(source, (bool, float, type(None)))
+        what = repr(source) if plain else f"an object of type {type(source).__name__}"
         raise InputError(f"a source is an image, folder or video path or a camera index, not {what}"
                          f"{' (the Detector itself takes arrays)' if isinstance(source, (np.ndarray, list)) else ''}")
     if isinstance(source, str) and not source.strip():
