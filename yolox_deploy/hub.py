@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from .errors import CheckpointError, InputError
-from .utils.files import atomic_write, cache_dir
+from .utils.files import atomic_write, cache_dir, missing_folders, remove_empty_folders
 from .zoo import RELEASE_URL, VARIANTS, canonical_name
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,20 @@ def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str
     if "://" not in base:  # a folder (a mounted share, a copy of the release)
         base = Path(base).expanduser().resolve().as_uri()
     source = f"{base.rstrip('/')}/{spec.weights_file}"
+    created = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        remove_empty_folders(created)
         raise InputError(f"cannot create the weights cache {folder}: {e.strerror or e}") from None
     log.info("fetching %s from %s into %s", spec.weights_file, source, folder)
-    with atomic_write(dest) as tmp:
-        _download(source, tmp, timeout, progress)
-        _check_checkpoint(tmp, name, source)
+    try:
+        with atomic_write(dest) as tmp:
+            _download(source, tmp, timeout, progress)
+            _check_checkpoint(tmp, name, source)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     return dest
 
 

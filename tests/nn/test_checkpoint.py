@@ -133,6 +133,9 @@ def test_pickled_objects_are_refused(tmp_path, capsys):
         pickle.dump({"a": 1}, f)
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         read_checkpoint(tmp_path / "plain.pkl")
+    (tmp_path / "text.pth").write_text("corrupt\n")  # 'c' reads as the GLOBAL opcode: not 'Python objects'
+    with pytest.raises(CheckpointError, match="text.pth is not a PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "text.pth")
     torch.save({"model": {"a": 1}}, tmp_path / "no_tensors.pth")
     with pytest.raises(CheckpointError, match="state dict"):
         read_checkpoint(tmp_path / "no_tensors.pth")

@@ -87,12 +87,14 @@ def to_markdown(report: BenchReport) -> str:
                  f"{s.get('warmup')} warm-up per measurement; images: {s.get('images_desc')}; timing: "
                  f"{', '.join(sorted({r.clock for r in report.rows if r.clock})) or '-'}.")
     lines += ["", "## Results, in the paper's format", ""]
-    lines.append("*Latency* is the model alone (preprocessed batch -> `backend.infer`, device synchronised), as the "
-                 "paper measures it (\"without post-processing\"); *Full* is the whole `Detector` on raw BGR images "
+    lines.append("*Latency* is the model alone (the letterboxed uint8 batch -> `backend.infer`, the conversion to "
+                 "the float input inside it; device synchronised), as the paper measures it (\"without "
+                 "post-processing\"); *Full* is the whole `Detector` on raw BGR images "
                  "(letterbox, inference, decode, NMS, scale back; images already in memory). Both are the mean per "
                  "call of *Batch* images; FPS is images per second. *Published AP*, *V100* and *T4 TRT* are "
                  "published figures (AP and V100 FP16 batch-1 latency from the authors' model zoo for their released "
-                 "weights, whose AP for S to X is above the paper's tables; T4 TensorRT FP16 from the Ultralytics "
+                 "weights, retrained since the paper: above its tables for Nano, S and M, 0.1-0.3 below for L and "
+                 "X; T4 TensorRT FP16 from the Ultralytics "
                  "comparison pages); "
                  "*x V100* / *x T4* = measured latency / published latency (batch-1 rows).")
     lines.append("")

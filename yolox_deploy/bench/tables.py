@@ -5,8 +5,8 @@ Sources
   YOLOX-DarkNet53, COCO val), Table 3 (YOLOX vs YOLOv5, COCO val), Table 4 (Nano/Tiny vs light detectors,
   COCO val, 416x416), Table 6 (COCO test-dev; only its YOLOX rows are kept here). Latency: V100, FP16, batch
   1, 640x640, model only (no post-processing). FPS in Table 6 is 1000 / latency.
-- ``MODEL_ZOO``: the authors' README for the released weights (these AP values are higher than the paper's
-  for S/M/L/X because the released weights were retrained); same V100 latency protocol.
+- ``MODEL_ZOO``: the authors' README for the released weights (retrained after the paper: their AP is higher
+  than the paper's for Nano, S and M, 0.1-0.3 lower for L and X); same V100 latency protocol.
 - ``T4_TENSORRT``: Ultralytics model comparison pages (docs.ultralytics.com/compare), "Speed T4 TensorRT10
   (ms)", FP16, batch 1, 640x640; no figure is given for Nano and Tiny.
 

@@ -109,7 +109,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
         # the last four: bytes that are not a pickle at all (a text file) trip the unpickler's own lookups
-        if "unsupported global" in str(e).lower():  # "Unsupported global: ..." / "unsupported GLOBAL ... blocked"
+        with open(p, "rb") as f:
+            head = f.read(4)
+        # a text file reads as pickle opcodes too ('c' is GLOBAL): only a zip archive or a binary pickle (what
+        # torch.save writes) holds Python objects
+        if "unsupported global" in str(e).lower() and (head.startswith(b"PK") or head.startswith(b"\x80")):
             raise CheckpointError(f"{p} holds Python objects, not only weights; refusing to unpickle it "
                                   "(checkpoints are loaded with weights_only=True)") from None
         raise CheckpointError(f"{p} is not a PyTorch checkpoint (unreadable pickle data)") from None

@@ -219,9 +219,10 @@ class Detector:
         imply (metadata that does not describe its graph would otherwise give wrong boxes or labels)."""
         want = self._tables().head
         if len(shape) != 3 or shape[1:] != want:
-            m = self.meta
-            raise ArtefactError(f"the artefact's output has shape {list(shape)}, not the [N, {want[0]}, {want[1]}] its "
-                                f"metadata implies ({m.input_size[0]}x{m.input_size[1]}, strides "
+            m, path = self.meta, self.backend.path
+            name = Path(path).name if isinstance(path, (str, os.PathLike)) else "the model"
+            raise ArtefactError(f"{name}: the artefact's output has shape {list(shape)}, not the [N, {want[0]}, "
+                                f"{want[1]}] its metadata implies ({m.input_size[0]}x{m.input_size[1]}, strides "
                                 f"{list(m.strides)}, {m.num_classes} classes): the metadata, or the image size and "
                                 "classes given for an artefact without it, does not describe the graph; re-export "
                                 "it, or give the size and classes it was made for")

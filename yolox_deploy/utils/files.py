@@ -166,18 +166,18 @@ def staging_folder(folder: str | os.PathLike, prefix: str = ".staging.",
     (:func:`refusal`: a full disk, or an error on a temporary path the user never named), the error is
     a :class:`~yolox_deploy.errors.WriteError` naming ``target`` (what the block writes; default ``folder``)."""
     folder = Path(folder)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    created = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=folder))
     except OSError as e:
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise InputError(f"cannot write to {folder}: {e.strerror or e}") from None
     try:
         yield staging
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(created)
+        remove_empty_folders(created)
         reason = refusal(e, staging)
         if reason is not None:
             raise WriteError(target or folder, reason) from None
@@ -205,7 +205,13 @@ def _is_in(name: object, folder: Path) -> bool:
     return isinstance(name, (str, bytes, os.PathLike)) and Path(os.fsdecode(name)).is_relative_to(folder)
 
 
-def _remove_empty(folders: list[Path]) -> None:
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist yet, deepest first: what making it creates, and what
+    :func:`remove_empty_folders` takes away again when the work it was made for fails."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
     """Remove ``folders`` (deepest first) while they are empty."""
     for folder in folders:
         try:
