@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,30 @@ def test_int8_of_real_weights_on_synthetic_images_names_the_bench_options(tmp_pa
     [row] = [r for r in run_benchmark(cfg).rows if r.precision == "int8"]
     assert row.status.startswith("not available: INT8 of real weights is verified on a calibration image")
     assert "give --calib-images DIR or --images DIR" in row.status and "--verify-image" not in row.status
+
+
+def _worker(tmp_path, body: str, setup: str = ""):
+    import subprocess
+
+    script = f"import signal, sys, time\n{setup}open({str(tmp_path / 'started')!r}, 'w').close()\n{body}"
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc
+
+
+def test_an_interrupted_worker_cleans_up_before_it_ends(tmp_path):
+    """The parent killed its worker outright on Ctrl-C: an export's temporary files (hundreds of MB) stayed."""
+    from yolox_deploy.bench.runner import stop_worker
+
+    cleanup = (f"def stop(*args):\n    open({str(tmp_path / 'cleaned')!r}, 'w').close()\n    sys.exit(130)\n"
+               "signal.signal(signal.SIGINT, stop)\n")
+    proc = _worker(tmp_path, "time.sleep(60)\n", setup=cleanup)
+    stop_worker(proc, grace=20)
+    assert proc.returncode == 130 and (tmp_path / "cleaned").exists()
+    (tmp_path / "started").unlink()
+    stubborn = _worker(tmp_path, "time.sleep(60)\n", setup="signal.signal(signal.SIGINT, signal.SIG_IGN)\n")
+    t0 = time.monotonic()
+    stop_worker(stubborn, grace=0.5)  # one that does not end in time is killed
+    assert stubborn.returncode == -9 and time.monotonic() - t0 < 10

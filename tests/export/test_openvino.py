@@ -357,3 +357,26 @@ def test_exports_send_no_usage_data(tmp_path, tiny_random_model):
     t = telemetry.Telemetry(app_name="OVC", app_version="0", tid="G-0", backend="ga4", enable_opt_in_dialog=False)
     t.init(app_name="OVC", app_version="0", tid="G-0", backend="ga4", enable_opt_in_dialog=False)
     assert t.consent is False
+
+
+def test_an_interrupt_during_conversion_stops_the_export_after_it(tmp_path, monkeypatch):
+    """OpenVINO calls back into Python while it converts: a Ctrl-C raised there was swallowed (the export went
+    on and exited 0) or wrapped into a conversion error. It now waits for the conversion, then stops."""
+    import os
+    import signal
+
+    import openvino
+
+    from yolox_deploy.export.openvino import convert_onnx
+
+    finished = []
+
+    def converting(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C, landing inside the converter
+        finished.append(True)
+        return "model"
+
+    monkeypatch.setattr(openvino, "convert_model", converting)
+    with pytest.raises(KeyboardInterrupt):
+        convert_onnx(tmp_path / "any.onnx")
+    assert finished == [True]

@@ -131,3 +131,30 @@ def test_sampler_epochs_and_shards():
 def test_sampler_rejects_a_batch_larger_than_the_data():
     with pytest.raises(InputError, match="fewer than one batch"):
         TrainBatchSampler(5, 8)
+
+
+class _SignalledItems(torch.utils.data.Dataset):
+    """Items whose loading signals the process group's way: each worker sends itself SIGTERM and SIGINT."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        return index
+
+
+def test_loader_workers_leave_signals_to_the_training_process():
+    """A SIGTERM to the whole process group ended PyTorch's workers (and the training, in a traceback)."""
+    from yolox_deploy.train.dataset import loader_worker_init
+
+    loader = torch.utils.data.DataLoader(_SignalledItems(), batch_size=2, num_workers=1,
+                                         worker_init_fn=loader_worker_init)
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+    bare = torch.utils.data.DataLoader(_SignalledItems(), batch_size=2, num_workers=1)
+    with pytest.raises(RuntimeError, match="DataLoader worker .* (killed|exited)"):  # what it was
+        list(bare)

@@ -552,14 +552,18 @@ def run_isolated(command: str, cfg: BenchConfig, payload: dict[str, Any], fallba
     with tempfile.TemporaryDirectory(prefix="yolox-bench-") as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"config": cfg.to_dict(), "log_level": level, **payload}, default=str))
-        # its own session: a Ctrl-C at the terminal reaches this process alone, which stops the worker (run()
-        # kills it) and says "interrupted"; in the worker it could land in its imports and print a traceback
-        proc = subprocess.run([sys.executable, "-m", "yolox_deploy.bench.worker", command, str(spec), str(out)],
-                              stdout=subprocess.DEVNULL, start_new_session=True)
-        if proc.returncode == 0 and out.is_file():
+        # its own session: a Ctrl-C at the terminal reaches this process alone, which stops the worker
+        # (stop_worker) and says "interrupted"; in the worker it could land in its imports and print a traceback
+        proc = subprocess.Popen([sys.executable, "-m", "yolox_deploy.bench.worker", command, str(spec), str(out)],
+                                stdout=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = proc.wait()
+        except BaseException:
+            stop_worker(proc)
+            raise
+        if code == 0 and out.is_file():
             result = json.loads(out.read_text())
             return BenchRow.from_dict(result) if command == "row" else result
-    code = proc.returncode
     try:
         why = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
     except ValueError:
@@ -570,6 +574,26 @@ def run_isolated(command: str, cfg: BenchConfig, payload: dict[str, Any], fallba
         fallback.status = f"{FAILED}: {reason}"
         return fallback
     raise RuntimeError(reason)
+
+
+WORKER_STOP_GRACE_S = 20.0  # how long an interrupted worker has to clean up (an export's temporary files)
+
+
+def stop_worker(proc: Any, grace: float = WORKER_STOP_GRACE_S) -> None:
+    """Stop a worker (started in its own session) as a Ctrl-C would, so that what it is doing cleans up after
+    itself (an export's staging folder and temporary files; killed outright they stayed, hundreds of MB for
+    the large models); killed when it has not ended within ``grace`` seconds or at a second interrupt."""
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGINT)  # its process group: the worker and any converter it runs
+        proc.wait(timeout=grace)
+    except ProcessLookupError:  # already gone
+        proc.wait()
+    except BaseException:  # it took longer, or a second interrupt (or SIGTERM) came: no more waiting
+        proc.kill()
+        proc.wait()
 
 
 def _demo_isolated(cfg: BenchConfig, rows: Sequence[BenchRow]) -> tuple[list[DemoComparison], str | None]:

@@ -28,6 +28,7 @@ from typing import Any
 from ..errors import BackendUnavailable, ExportError
 from ..meta import META_KEY, ModelMeta
 from ..utils.packages import import_reason
+from ..utils.signals import deferred
 from .base import Exporter, ExportOptions, ExportSource, folder_stem, register_format
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ def convert_torch(model: Any, meta: ModelMeta) -> Any:
     try:
         with torch.no_grad(), model.decoding(meta.decode_in_graph):
             traced = torch.jit.trace(model, example, check_trace=False, strict=False)
-        ov_model = ov.convert_model(traced, example_input=example, input=[ov.PartialShape(input_shape(meta))])
+        with deferred():  # OpenVINO calls back into Python: an interrupt there was swallowed or made an error
+            ov_model = ov.convert_model(traced, example_input=example, input=[ov.PartialShape(input_shape(meta))])
     except Exception as e:  # the tracer and the converter raise their own exception types
         raise ExportError(f"OpenVINO could not convert the model ({type(e).__name__}: {str(e)[:300]})") from e
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
@@ -106,7 +108,8 @@ def convert_onnx(path: Path) -> Any:
     """An ONNX file -> ``ov.Model`` (names and shapes as in the file)."""
     ov = _openvino()
     try:
-        return ov.convert_model(str(path))
+        with deferred():  # a Ctrl-C waits for the conversion, then stops the export (see convert_torch)
+            return ov.convert_model(str(path))
     except Exception as e:
         raise ExportError(f"OpenVINO could not convert {path.name} ({type(e).__name__}: {str(e)[:300]})") from e
 

@@ -11,6 +11,7 @@ off Mosaic and MixUp (HSV and flip stay, as in the authors' recipe).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -103,6 +104,15 @@ class TrainDataset(torch.utils.data.Dataset):
         targets = np.concatenate((labels.reshape(-1, 1).astype(np.float32), boxes), axis=1)
         chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return chw, torch.from_numpy(targets), self.data.records[index].image_id
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """In each DataLoader worker: SIGINT and SIGTERM are left to the training process, which stops its workers
+    itself once its checkpoint is written. A signal to the whole process group (Ctrl-C, ``timeout``, ``kill --
+    -PGID``, a job scheduler) otherwise ended a worker (PyTorch's handler exits one that its parent did not
+    signal), and the training with it, in a traceback and before its checkpoint."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int | str]],

@@ -44,7 +44,7 @@ from .batchnorm import folded_batchnorms, unfold_batchnorms
 from .checkpoint import BEST, CHECKPOINTS, LAST_MOSAIC, LATEST, load_training_state, save_training_checkpoint
 from .config import TrainConfig
 from .data import DetectionSet, load_detection_set
-from .dataset import TrainBatchSampler, TrainDataset, collate
+from .dataset import TrainBatchSampler, TrainDataset, collate, loader_worker_init
 from .distributed import (
     barrier,
     cleanup_distributed,
@@ -133,7 +133,8 @@ class Trainer:
         self.iters_per_epoch = self.sampler.iters_per_epoch
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=cfg.workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0)
+            pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
+            worker_init_fn=loader_worker_init)
         self.schedule = LRSchedule(cfg.lr_per_image * cfg.batch, self.iters_per_epoch, cfg.epochs,
                                    int(cfg.warmup_epochs), int(cfg.no_aug_epochs), cfg.min_lr_ratio)
 
