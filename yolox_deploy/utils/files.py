@@ -30,7 +30,7 @@ def cache_dir() -> Path:
     return Path(base) / "yolox-deploy"
 
 
-def file_sha256(path: str | os.PathLike) -> hashlib._Hash:
+def file_sha256(path: str | os.PathLike) -> Any:
     """The SHA-256 of a file's bytes (read in 1 MiB blocks), as a hash object (``hexdigest()``, or more
     ``update()`` for a key that covers more than the file)."""
     h = hashlib.sha256()
