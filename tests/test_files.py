@@ -167,6 +167,28 @@ def test_a_signal_held_back_is_delivered_however_the_block_ends():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_an_insisting_second_ctrl_c_is_not_held():
+    """A conversion that swallows the first Ctrl-C is held to its end; pressing again tries to stop it at once."""
+    import signal
+
+    from yolox_deploy.utils.signals import deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred(insist=True):
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("held")
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("not reached")
+    assert steps == ["held"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        with deferred():  # without insist, both wait for the end of the block
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("both held")
+    assert steps[-1] == "both held"
+
+
 def test_a_name_of_up_to_255_bytes_can_be_written(tmp_path):
     """The temporary file beside it took the whole name: names of 241-255 bytes were refused as too long."""
     for name in ("x" * 250 + ".json", "é" * 125 + ".txt"):  # 255 and 254 bytes

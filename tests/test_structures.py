@@ -175,3 +175,17 @@ def test_boxes_that_are_not_boxes_are_not_drawn():
 def test_equality():
     assert make() == make()
     assert make() != make(3)
+
+
+def test_class_names_are_a_list_of_names():
+    import numpy as np
+
+    from yolox_deploy.errors import InputError
+    from yolox_deploy.structures import as_class_names
+
+    assert as_class_names(np.array(["cat", "dog"])) == ("cat", "dog") and as_class_names(None) is None
+    for one in ("names.txt", b"abc", np.array("person")):  # its characters would become the names
+        with pytest.raises(InputError, match="class names are a list of names, not the string"):
+            as_class_names(one)
+    with pytest.raises(InputError, match="class names must be strings"):
+        as_class_names([1, 2])

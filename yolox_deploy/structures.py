@@ -28,9 +28,9 @@ def as_class_names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:
     string is refused (its characters would become the names)."""
     if class_names is None:
         return None
-    if isinstance(class_names, (str, bytes)):
-        raise InputError(f"class names are a list of names, not the string {class_names[:60]!r} (the command "
-                         "lines' --class-names reads a comma list or a file of names)")
+    if isinstance(class_names, (str, bytes)) or (isinstance(class_names, np.ndarray) and class_names.ndim == 0):
+        raise InputError(f"class names are a list of names, not the string {str(class_names)[:60]!r} (the "
+                         "command lines' --class-names reads a comma list or a file of names)")
     names = tuple(class_names)
     if not all(isinstance(n, (str, np.str_)) for n in names):
         raise InputError("class names must be strings")

@@ -43,7 +43,7 @@ def test_json_on_stdout_is_all_stdout_holds(nano_onnx, dog_jpg, capfd):
     captured = capfd.readouterr()
     data = json.loads(captured.out)
     assert [r["reference"] for r in data["rows"]] == [True, False] and data["reference"] == str(nano_onnx)
-    assert (data["conf"], data["nms"]) == (0.25, 0.45) and "diffs against" in captured.err
+    assert [(r["conf"], r["nms"]) for r in data["rows"]] == [(0.25, 0.45)] * 2 and "diffs against" in captured.err
 
 
 def test_results_never_replace_an_input(tmp_path, nano_onnx, dog_jpg, capsys):

@@ -155,7 +155,7 @@ def test_without_detections_classes_without_boxes_have_no_ap(tmp_path, coco_tiny
     mapping = [i for i in category_mapping(COCO_CLASSES, data) if i is not None]
     with caplog.at_level("WARNING"):
         none = coco_evaluate(data, [], mapping)
-    assert "no detections on any of the 3 images: every AP is 0" in caplog.text
+    assert "no detections on any of the 3 images: AP 0 (NaN for classes without ground truth)" in caplog.text
     one = coco_evaluate(data, [{"image_id": data.image_ids[0], "category_id": 1, "bbox": [0, 0, 10, 10],
                                 "score": 0.5}], mapping)
     assert [k for k, v in none.per_class.items() if v != v] == [k for k, v in one.per_class.items() if v != v] != []

@@ -334,6 +334,11 @@ def test_force_replaces_only_this_exports_own_ir(tmp_path, tiny_random_model):
     (store / "notes.md").write_text("mine")
     with pytest.raises(InputError, match=r"holds files the openvino format does not write \(face-detection-0200"):
         export(tiny_random_model, "openvino", store, img_size=64, force=True, verify=False)
+    lone = tmp_path / "configs"
+    lone.mkdir()
+    (lone / "config.xml").write_text("<config/>")  # an .xml alone is no IR: not called one
+    with pytest.raises(InputError, match=r"holds files the openvino format does not write \(config.xml\)"):
+        export(tiny_random_model, "openvino", lone, img_size=64, force=True, verify=False)
     first = export(tiny_random_model, "openvino", tmp_path / "tiny_openvino", img_size=64, verify=False)
     again = export(tiny_random_model, "openvino", tmp_path / "tiny_openvino", img_size=64, force=True, verify=False)
     assert first.path == again.path and sorted(p.name for p in again.path.iterdir()) == ["tiny.bin", "tiny.xml"]

@@ -779,3 +779,17 @@ def test_authors_onnx_to_engine(engines, nano_onnx, nano_pth, dog_jpg):
     with open_backend(result.path, device="cuda") as backend:
         out = backend.infer(batch)[0].cpu().numpy()
     assert normalised_diff(out, _torch_reference(nano_pth, batch, decode=False), result.meta) <= 1e-3
+
+
+def test_a_timing_cache_that_cannot_be_saved_costs_a_warning_only(tmp_path, caplog):
+    """A refused write is a WriteError since atomic_write names the file: the export failed after its build."""
+    from types import SimpleNamespace
+
+    from yolox_deploy.export.tensorrt import _save_timing_cache
+
+    config = SimpleNamespace(get_timing_cache=lambda: SimpleNamespace(serialize=lambda: b"cache"))
+    with caplog.at_level("WARNING"):
+        _save_timing_cache(config, Path("/proc/tensorrt/timing.cache"))  # a folder no file can be made in
+    assert "could not save the TensorRT timing cache /proc/tensorrt/timing.cache" in caplog.text
+    _save_timing_cache(config, tmp_path / "timing.cache")
+    assert (tmp_path / "timing.cache").read_bytes() == b"cache"

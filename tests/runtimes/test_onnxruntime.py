@@ -396,6 +396,9 @@ def test_a_half_precision_graph_gets_a_half_precision_input(tiny_files, tmp_path
     bare = _without_metadata(half, tmp_path / "half_bare.onnx")
     with open_backend(bare, img_size=(64, 96), decode_in_graph=True) as backend:
         assert backend.meta.precision == backend.compute_precision == "fp16"
+    from yolox_deploy.utils.onnxgraph import described_by_weights  # what an export from it records too
+
+    assert described_by_weights(onnx.load(str(bare)).graph)["precision"] == "fp16"
     with open_backend(_without_metadata(path, tmp_path / "bare.onnx"), img_size=(64, 96)) as backend:
         assert backend.meta.precision == "fp32"
     with monkeypatch.context() as m:

@@ -7,6 +7,7 @@ the run goes on to the next row.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import math
@@ -576,23 +577,26 @@ def run_isolated(command: str, cfg: BenchConfig, payload: dict[str, Any], fallba
     raise RuntimeError(reason)
 
 
-WORKER_STOP_GRACE_S = 20.0  # how long an interrupted worker has to clean up (an export's temporary files)
+WORKER_STOP_GRACE_S = 60.0  # how long an interrupted worker has to end (a large model's conversion, then cleaning up)
 
 
 def stop_worker(proc: Any, grace: float = WORKER_STOP_GRACE_S) -> None:
     """Stop a worker (started in its own session) as a Ctrl-C would, so that what it is doing cleans up after
     itself (an export's staging folder and temporary files; killed outright they stayed, hundreds of MB for
-    the large models); killed when it has not ended within ``grace`` seconds or at a second interrupt."""
+    the large models); killed, with its process group, when it has not ended within ``grace`` seconds or at a
+    second interrupt."""
     import os
     import signal
 
     try:
         os.killpg(proc.pid, signal.SIGINT)  # its process group: the worker and any converter it runs
+        log.warning("stopping the benchmark's worker (Ctrl-C again to kill it)")
         proc.wait(timeout=grace)
     except ProcessLookupError:  # already gone
         proc.wait()
     except BaseException:  # it took longer, or a second interrupt (or SIGTERM) came: no more waiting
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{len(images)} image(s), one per call; diffs against {rows[0].artefact}", sep="\n", file=out)
     if json_path is not None:
         write_text_atomic(json_path, json_text({
-            "images": len(images), "reference": rows[0].artefact, "conf": args.conf, "nms": args.nms,
+            "images": len(images), "reference": rows[0].artefact,
             "rows": [{**r.to_dict(), "reference": i == 0} for i, r in enumerate(rows)]}))
     return 0
 

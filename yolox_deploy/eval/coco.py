@@ -290,7 +290,8 @@ def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]],
     per_class = {c["name"]: 0.0 if c["id"] in with_boxes else float("nan")
                  for c in data.categories if c["id"] in scored}
     if not detections:
-        log.warning("no detections on any of the %d images: every AP is 0", len(data.image_ids))
+        log.warning("no detections on any of the %d images: AP 0 (NaN for classes without ground truth)",
+                    len(data.image_ids))
     else:
         with contextlib.redirect_stdout(io.StringIO()):
             dt = data.coco.loadRes(detections)

@@ -36,6 +36,8 @@ class CompareRow:
     pre_ms: float
     infer_ms: float
     post_ms: float
+    conf: float | None = None  # the thresholds in effect (an artefact with NMS inside keeps its own)
+    nms: float | None = None
 
     @property
     def total_ms(self) -> float:
@@ -52,7 +54,7 @@ class CompareRow:
                 "matched_iou": self.matched_iou,
                 "agreement": self.agreement.agreement,
                 "detections": self.agreement.n_b, "pre_ms": self.pre_ms, "infer_ms": self.infer_ms,
-                "post_ms": self.post_ms, "total_ms": self.total_ms}
+                "post_ms": self.post_ms, "total_ms": self.total_ms, "conf": self.conf, "nms": self.nms}
 
 
 def _raw(det: Detector, outputs: list[Any]) -> np.ndarray | None:
@@ -134,5 +136,5 @@ def _run(path: Any, det: Detector, images: Sequence[np.ndarray], warmup: int,
         agreement = agreement + match_detections(ref_dets.xyxy, ref_dets.class_ids, dets.xyxy, dets.class_ids)
         bar.update(1)
     row = CompareRow(str(path), det.backend.info.name, det.meta.precision, tuple(det.meta.input_size),
-                     diff if comparable else None, agreement, *(times / len(images)))
+                     diff if comparable else None, agreement, *(times / len(images)), conf=det.conf, nms=det.nms)
     return row, results

@@ -94,7 +94,9 @@ def convert_torch(model: Any, meta: ModelMeta) -> Any:
     try:
         with torch.no_grad(), model.decoding(meta.decode_in_graph):
             traced = torch.jit.trace(model, example, check_trace=False, strict=False)
-        with deferred():  # OpenVINO calls back into Python: an interrupt there was swallowed or made an error
+        # OpenVINO calls back into Python: an interrupt there was swallowed or made an error; a second Ctrl-C
+        # tries at once (held or not, it stops the export when the conversion returns)
+        with deferred(insist=True):
             ov_model = ov.convert_model(traced, example_input=example, input=[ov.PartialShape(input_shape(meta))])
     except Exception as e:  # the tracer and the converter raise their own exception types
         raise ExportError(f"OpenVINO could not convert the model ({type(e).__name__}: {str(e)[:300]})") from e
@@ -108,7 +110,7 @@ def convert_onnx(path: Path) -> Any:
     """An ONNX file -> ``ov.Model`` (names and shapes as in the file)."""
     ov = _openvino()
     try:
-        with deferred():  # a Ctrl-C waits for the conversion, then stops the export (see convert_torch)
+        with deferred(insist=True):  # a Ctrl-C waits for the conversion, then stops the export (see convert_torch)
             return ov.convert_model(str(path))
     except Exception as e:
         raise ExportError(f"OpenVINO could not convert {path.name} ({type(e).__name__}: {str(e)[:300]})") from e

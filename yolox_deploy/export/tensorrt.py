@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ArtefactError, BackendUnavailable, ExportError
+from ..errors import ArtefactError, BackendUnavailable, ExportError, WriteError
 from ..meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
 from ..runtimes.tensorrt import (
     RECORD_KEY,
@@ -489,7 +489,7 @@ def _save_timing_cache(config: Any, path: Path | None) -> None:
         data = bytes(memoryview(config.get_timing_cache().serialize()))
         with atomic_write(path) as tmp:
             tmp.write_bytes(data)
-    except OSError as e:  # a read-only cache folder costs speed on the next build, nothing else
+    except (OSError, WriteError) as e:  # a read-only cache folder costs speed on the next build, nothing else
         log.warning("could not save the TensorRT timing cache %s: %s", path, e)
 
 

@@ -36,9 +36,8 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.files import check_readable
-from ..utils.onnxgraph import float_weight_count, graph_inputs, tensor_dims, weights_precision
+from ..utils.onnxgraph import described_by_weights, graph_inputs, tensor_dims
 from ..utils.sizes import parse_img_size
-from ..zoo import variant_by_params
 from .base import Backend, as_numpy, register_backend
 
 log = logging.getLogger(__name__)
@@ -226,10 +225,9 @@ class OnnxRuntimeBackend(Backend):
             meta = meta_from_graph(in_shape, [o.name for o in outs], list(outs[0].shape), path.name, img_size=size,
                                    legacy=bool(opts.get("legacy")), format="onnx",
                                    decode_in_graph=bool(opts.get("decode_in_graph")))
-            graph = read_graph()  # the variant, which the file does not record, from its parameter count
+            graph = read_graph()  # the variant and precision, which the file does not record, from its weights
             if graph is not None:
-                meta = meta.with_(model=variant_by_params(float_weight_count(graph.graph)),
-                                  precision=weights_precision(graph.graph))
+                meta = meta.with_(**described_by_weights(graph.graph))
             elif inp[0].type == "tensor(float16)":
                 meta = meta.with_(precision="fp16")
         if size is not None and size != tuple(meta.input_size):

@@ -11,7 +11,7 @@ off Mosaic and MixUp (HSV and flip stay, as in the authors' recipe).
 
 from __future__ import annotations
 
-import signal
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -107,12 +107,13 @@ class TrainDataset(torch.utils.data.Dataset):
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """In each DataLoader worker: SIGINT and SIGTERM are left to the training process, which stops its workers
-    itself once its checkpoint is written. A signal to the whole process group (Ctrl-C, ``timeout``, ``kill --
-    -PGID``, a job scheduler) otherwise ended a worker (PyTorch's handler exits one that its parent did not
-    signal), and the training with it, in a traceback and before its checkpoint."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    """In each DataLoader worker: a process group of its own, so that a signal to the training's process group
+    (Ctrl-C at the terminal, ``timeout``, ``kill -- -PGID``) reaches the training process alone, which stops its
+    workers itself once its checkpoint is written. Such a SIGTERM ended the workers (PyTorch's handler exits a
+    worker its parent did not signal), and the training with them, in a traceback before its checkpoint. The
+    parent's own SIGTERM to a stuck worker still ends it."""
+    if hasattr(os, "setpgid"):  # POSIX
+        os.setpgid(0, 0)
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int | str]],

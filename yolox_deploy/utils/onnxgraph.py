@@ -30,6 +30,14 @@ def float_weight_count(graph: Any, types: tuple[int, ...] = FLOAT_TYPES) -> int:
     return sum(math.prod(t.dims) for t in graph.initializer if t.data_type in types)
 
 
+def described_by_weights(graph: Any) -> dict[str, Any]:
+    """What the weights of a graph without metadata say about it, as :class:`~yolox_deploy.meta.ModelMeta`
+    fields: the variant (by parameter count, :func:`~yolox_deploy.zoo.variant_by_params`) and the precision."""
+    from ..zoo import variant_by_params
+
+    return {"model": variant_by_params(float_weight_count(graph)), "precision": weights_precision(graph)}
+
+
 def weights_precision(graph: Any) -> str:
     """``"fp16"`` when most of the graph's floating-point weights are FP16 (a graph converted to half precision,
     whatever its inputs' type), else ``"fp32"``."""

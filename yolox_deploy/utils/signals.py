@@ -29,13 +29,21 @@ def handling(signals: Sequence[signal.Signals], handler: Callable[[int, Any], An
 
 
 @contextlib.contextmanager
-def deferred(signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+def deferred(signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM), *,
+             insist: bool = False) -> Iterator[None]:
     """Within the block ``signals`` wait: one that arrives is delivered again, to the handler before the block,
     when it ends (however it ends; SIGTERM ahead of SIGINT when both came). For short steps that must not stop
-    halfway (moving a run's results into place and recording them)."""
+    halfway (moving a run's results into place and recording them). With ``insist`` a second SIGINT (Ctrl-C
+    pressed again) raises KeyboardInterrupt at once: for a long native call that swallows the first one."""
     received: set[int] = set()
+
+    def hold(sig: int, frame: Any) -> None:
+        if insist and sig == signal.SIGINT and sig in received:
+            raise KeyboardInterrupt
+        received.add(sig)
+
     try:
-        with handling(signals, lambda sig, frame: received.add(sig)):
+        with handling(signals, hold):
             yield
     finally:
         for sig in sorted(received, key=lambda s: s != signal.SIGTERM):
