@@ -81,6 +81,22 @@ def test_resume_mid_epoch_gives_the_bitwise_same_next_step(synthetic_coco, tmp_p
     assert float(rows[-1]["l1_loss"]) > 0 and float(rows[0]["l1_loss"]) == 0  # L1 only in the no-aug epoch
 
 
+def test_a_resume_refuses_a_recipe_other_than_the_runs(synthetic_coco, tmp_path):
+    """A resume took this command line's learning rate, augmentation and multi-scale (or their defaults) in place
+    of the run's, silently: a lower learning rate and other input sizes from the resumed iteration on."""
+    with Trainer(config(synthetic_coco, tmp_path / "run", lr_per_image=0.001, multiscale=False)) as t:
+        t.train(max_iterations=2)
+    with pytest.raises(InputError, match=r"cannot resume latest_ckpt.pth with different settings \(lr_per_image "
+                                         r"0.001 -> 0.000156.*; multiscale False -> True.*\); give the original run's"):
+        Trainer(config(synthetic_coco, tmp_path / "run", resume=True))
+    with pytest.raises(InputError, match="from other weights .*: a resume continues from its checkpoint"):
+        Trainer(config(synthetic_coco, tmp_path / "run", resume=True, lr_per_image=0.001, multiscale=False,
+                       weights=tmp_path / "other.pth"))
+    with Trainer(config(synthetic_coco, tmp_path / "run", resume=True, lr_per_image=0.001, multiscale=False,
+                        workers=1, eval_interval=1)) as t:  # the same recipe; other workers and evaluation
+        assert t.iteration == 2
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_inside_a_step_resumes_bit_exactly(synthetic_coco, tmp_path, signum):
     """Ctrl-C (or SIGTERM, as a scheduler sends) arriving in the middle of iteration 5's forward pass: the
@@ -338,7 +354,7 @@ def test_run_folder_guards(synthetic_coco, tmp_path):
     with pytest.raises(InputError, match=r"already holds a training run's files \(train_log.csv\); delete them"):
         Trainer(config(synthetic_coco, mine))
     assert (mine / "train_log.csv").read_text() == "my notes\n" and len(list(mine.iterdir())) == 1
-    with pytest.raises(InputError, match="different batch"):
+    with pytest.raises(InputError, match=r"different settings \(batch 2 -> 4\)"):
         Trainer(config(synthetic_coco, out, resume=True, batch=4))
     smaller = tmp_path / "smaller"  # the same data less two images: the epochs would shift
     shutil.copytree(synthetic_coco, smaller)

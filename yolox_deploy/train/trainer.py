@@ -64,7 +64,13 @@ log = logging.getLogger(__name__)
 UNFOLD_IMAGES = 32        # images for the statistics of folded BatchNorms
 UNFOLD_GRAD_BATCHES = 4   # training batches for their equilibrium weight norms
 RECIPE_WEIGHT_DECAY, RECIPE_MOMENTUM = 5e-4, 0.9
-RESUME_MUST_MATCH = ("model", "batch", "img_size", "seed")
+# a resume continues the run as it was: the model, its data and every setting of its recipe (the learning-rate
+# schedule, EMA, augmentation, multi-scale) are the saved ones; epochs may change (with a warning), the rest
+# (device, workers, evaluation, logging) may differ freely
+RESUME_MUST_MATCH = ("model", "batch", "img_size", "seed", "train_split", "lr_per_image", "momentum", "weight_decay",
+                     "warmup_epochs", "no_aug_epochs", "min_lr_ratio", "ema", "ema_decay", "multiscale",
+                     "multiscale_range", "multiscale_interval", "mosaic_prob", "mosaic_scale", "mixup", "mixup_prob",
+                     "mixup_scale", "hsv_prob", "flip_prob", "degrees", "translate", "shear")
 ITERS_PER_EPOCH = "iterations_per_epoch"  # saved beside the config: a resume needs the same training set size
 
 
@@ -258,11 +264,15 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = load_training_state(path)
         saved = state.config
-        for key in RESUME_MUST_MATCH:
-            now = self.cfg.to_dict()[key]
-            if key in saved and saved[key] != now:
-                raise InputError(f"cannot resume {path.name} with a different {key} ({saved[key]} -> {now}); "
-                                 "use the settings of the original run")
+        now = self.cfg.to_dict()
+        changed = [f"{key} {saved[key]} -> {now[key]}" for key in RESUME_MUST_MATCH
+                   if key in saved and saved[key] != now[key]]
+        if changed:  # they were silently replaced by this command line's values (or their defaults)
+            raise InputError(f"cannot resume {path.name} with different settings ({'; '.join(changed)}); give the "
+                             "original run's options (its checkpoint's config holds them)")
+        if self.cfg.weights is not None and "weights" in saved and str(self.cfg.weights) != str(saved["weights"]):
+            raise InputError(f"cannot resume {path.name} from other weights ({self.cfg.weights}): a resume continues "
+                             "from its checkpoint; drop --weights, or start a new run from them")
         if saved.get(ITERS_PER_EPOCH, self.iters_per_epoch) != self.iters_per_epoch:
             raise InputError(f"cannot resume {path.name}: the training set changed ({saved[ITERS_PER_EPOCH]} "
                              f"iterations per epoch then, {self.iters_per_epoch} now), which would shift its epochs "
