@@ -270,7 +270,8 @@ class Trainer:
         if changed:  # they were silently replaced by this command line's values (or their defaults)
             raise InputError(f"cannot resume {path.name} with different settings ({'; '.join(changed)}); give the "
                              "original run's options (its checkpoint's config holds them)")
-        if self.cfg.weights is not None and "weights" in saved and str(self.cfg.weights) != str(saved["weights"]):
+        if self.cfg.weights is not None and "weights" in saved and (
+                saved["weights"] is None or Path(self.cfg.weights).resolve() != Path(saved["weights"]).resolve()):
             raise InputError(f"cannot resume {path.name} from other weights ({self.cfg.weights}): a resume continues "
                              "from its checkpoint; drop --weights, or start a new run from them")
         if saved.get(ITERS_PER_EPOCH, self.iters_per_epoch) != self.iters_per_epoch:
