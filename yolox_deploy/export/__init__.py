@@ -254,7 +254,7 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
     if out.exists():
         foreign = info.foreign_entries(out) if info.is_dir else []
         if foreign:
-            if _other_named_artefacts(info, foreign):
+            if info.other_named_artefacts(foreign):
                 raise InputError(f"{out} holds an {info.name} artefact of another name ({listed(foreign)}; this "
                                  f"export would name its files after the folder), so it is not replaced; choose "
                                  "another output, or remove it")
@@ -264,15 +264,6 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
             raise InputError(f"{out} already exists; pass --force (force=True) to overwrite it")
     check_creatable(out)
     return out
-
-
-def _other_named_artefacts(info: FormatInfo, entries: list[str]) -> bool:
-    """Whether ``entries`` are whole artefacts of ``info``'s format under other stems (``fp32.xml`` and
-    ``fp32.bin`` in an OpenVINO folder named otherwise), each with all its files."""
-    named = set(entries)
-    stems = {Path(e).stem for e in entries}
-    whole = {p.format(stem=s) for s in stems for p in info.artefact_files if "{stem}" in p}
-    return bool(whole) and whole == named
 
 
 def _model_file_suffixes(info: FormatInfo) -> set[str]:

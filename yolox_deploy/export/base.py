@@ -146,6 +146,13 @@ class FormatInfo:
         patterns = [pattern.format(stem=folder_stem(folder, self.name)) for pattern in self.artefact_files]
         return sorted(p.name for p in folder.iterdir() if p.is_dir() or not any(p.match(q) for q in patterns))
 
+    def other_named_artefacts(self, entries: list[str]) -> bool:
+        """Whether ``entries`` (:meth:`foreign_entries`) are whole artefacts of this format under other stems
+        (``fp32.xml`` and ``fp32.bin`` in an OpenVINO folder named otherwise), each with all its files."""
+        stems = {Path(e).stem for e in entries}
+        whole = {p.format(stem=s) for s in stems for p in self.artefact_files if "{stem}" in p}
+        return bool(whole) and whole == set(entries)
+
     def available(self) -> tuple[bool, str]:
         """``(True, "")`` when the package is installed, else ``(False, reason)`` (without importing it)."""
         reason = missing_reason(self.package, f"exporting to {self.name}", self.extra)

@@ -122,8 +122,7 @@ class Detector:
             if model is not None:  # names the variant of an artefact that does not record or show it
                 name = canonical_name(model)
                 if meta.model and name != meta.model:
-                    what = Path(weights).name if isinstance(weights, (str, os.PathLike)) else "the model"
-                    raise InputError(f"{what} is {meta.model}, not {name}; drop model (--model): the artefact's "
+                    raise InputError(f"{self.artefact_name} is {meta.model}, not {name}; drop model (--model): the artefact's "
                                      "metadata or weights say which variant it is")
                 meta = meta.with_(model=name)
             self.meta = self.backend.meta = meta
@@ -167,7 +166,7 @@ class Detector:
             cannot.append(f"max_det {asked} (the graph keeps at most {cap})")
         if cannot:
             log.warning("%s runs NMS inside its graph; not applied: %s. Export without --nms to choose them here.",
-                        Path(str(self.backend.path)).name, "; ".join(cannot))
+                        self.artefact_name, "; ".join(cannot))
 
     @staticmethod
     def _apply_overrides(meta: ModelMeta, size: tuple[int, int] | None, class_names: Sequence[str] | None,
@@ -219,9 +218,8 @@ class Detector:
         imply (metadata that does not describe its graph would otherwise give wrong boxes or labels)."""
         want = self._tables().head
         if len(shape) != 3 or shape[1:] != want:
-            m, path = self.meta, self.backend.path
-            name = Path(path).name if isinstance(path, (str, os.PathLike)) else "the model"
-            raise ArtefactError(f"{name}: the artefact's output has shape {list(shape)}, not the [N, {want[0]}, "
+            m = self.meta
+            raise ArtefactError(f"{self.artefact_name}: the artefact's output has shape {list(shape)}, not the [N, {want[0]}, "
                                 f"{want[1]}] its metadata implies ({m.input_size[0]}x{m.input_size[1]}, strides "
                                 f"{list(m.strides)}, {m.num_classes} classes): the metadata, or the image size and "
                                 "classes given for an artefact without it, does not describe the graph; re-export "
@@ -232,6 +230,12 @@ class Detector:
         tables = self._tables()
         return Detections.from_arrays(as_numpy(boxes), as_numpy(raw.scores), as_numpy(raw.class_ids),
                                       tables.names, image_hw, tables.category_ids)
+
+    @property
+    def artefact_name(self) -> str:
+        """The artefact's file or folder name, for messages (``the model`` for one given in memory)."""
+        path = self.backend.path
+        return Path(path).name if isinstance(path, (str, os.PathLike)) else "the model"
 
     @property
     def category_ids(self) -> tuple[int, ...] | None:
