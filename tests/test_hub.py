@@ -106,6 +106,23 @@ def test_export_takes_a_released_name_and_writes_here(release, tmp_path):
     assert cached(tmp_path) == ["yolox_nano.pth"]
 
 
+def test_a_released_name_of_another_variant_is_refused_before_it_is_fetched(release, tmp_path):
+    pytest.importorskip("onnx")
+    from yolox_deploy.export import export
+    from yolox_deploy.nn.checkpoint import load_model
+    from yolox_deploy.train import TrainConfig, Trainer
+
+    release.files["yolox_s.pth"] = b"never asked for"
+    calls = (lambda: Detector("yolox-s", model="yolox-nano"), lambda: load_model("yolox-s", "yolox-nano"),
+             lambda: export("yolox_s.pth", "onnx", model="nano", verify=False),
+             lambda: read_checkpoint("yolox-s", "yolox-nano"),
+             lambda: Trainer(TrainConfig("yolox-nano", tmp_path / "data", tmp_path / "run", weights="yolox-s")))
+    for call in calls:
+        with pytest.raises(InputError, match="released yolox-s weights, which do not fit yolox-nano; give --model"):
+            call()
+    assert release.requests == [] and cached(tmp_path) == []
+
+
 @pytest.mark.parametrize("case,error,message", [
     ("missing", InputError, "HTTP 404"),
     ("short", InputError, "stopped after|IncompleteRead"),

@@ -59,11 +59,22 @@ def released_variant(weights: object) -> str | None:
         return None
 
 
-def resolve_weights(weights: object, *, progress: bool = True) -> object:
+def resolve_weights(weights: object, *, model: str | None = None, progress: bool = True) -> object:
     """``weights`` as given, or, for a bare released name (:func:`released_variant`), the path of that
-    checkpoint in the cache (fetched first when it is not there yet)."""
-    name = released_variant(weights)
+    checkpoint in the cache (fetched first when it is not there yet). ``model``: the variant the caller builds;
+    a released name of another variant is refused before anything is fetched."""
+    name = released_variant_for(weights, model)
     return weights if name is None else fetch_weights(name, progress=progress)
+
+
+def released_variant_for(weights: object, model: str | None) -> str | None:
+    """:func:`released_variant` of ``weights``; raises :class:`InputError` when that is another variant than
+    ``model`` (when given): its checkpoint cannot load into ``model``, so it is not worth fetching."""
+    name = released_variant(weights)
+    if name is not None and model is not None and canonical_name(model) != name:
+        raise InputError(f"{weights} names the released {name} weights, which do not fit {canonical_name(model)}; "
+                         f"give --model {name}, or {canonical_name(model)}'s weights")
+    return name
 
 
 def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str | None = None,

@@ -35,14 +35,18 @@ def test_short_run_then_resume_of_a_finished_run(tmp_path):
     assert "yolox-nano: 8 images, 3 classes, 2 iterations/epoch x 1 epochs" in stdout
     assert "done: 2 iterations" in stdout
     assert (out / LATEST).exists() and (out / "train_log.csv").exists()
-    rc, stdout, _ = run(base_args(data, out) + ["--resume"])
-    assert rc == 0 and "done: 2 iterations" in stdout  # nothing left to do
+    rc, stdout, err = run(base_args(data, out) + ["--resume"])  # a job resuming until its run ends may run once more
+    assert rc == 0 and stdout == (f"nothing to do: {out / LATEST} ends a complete run (epoch 1 ended at iteration 2); "
+                                  "resume with more --epochs to train it longer\n")
+    assert "resumed" not in err  # it said "resumed ... (epoch 2)" of a 1-epoch run
 
 
 def test_the_last_line_says_why_there_is_no_ap(tmp_path):
     data = make_synthetic_coco(tmp_path / "d", num_images=4)
     rc, stdout, err = run(base_args(data, tmp_path / "a"))
-    assert rc == 0 and "no evaluation split" in stdout, err
+    assert rc == 0 and "evaluation off (--val-split '')" in stdout, err
+    rc, stdout, err = run(base_args(data, tmp_path / "c")[:-2])  # the default split, val2017, is not there
+    assert rc == 0 and f"no evaluation ({data} has no val2017 split)" in stdout, err
     rc, stdout, err = run(base_args(data, tmp_path / "b") + ["--eval-interval", "0"])
     assert rc == 0 and "evaluation off (--eval-interval 0)" in stdout, err
 
@@ -78,6 +82,14 @@ def test_arguments_map_onto_the_config(tmp_path):
     assert resolved.warmup_epochs == 5 and resolved.no_aug_epochs == 15
     tiny = dataclasses.replace(cfg, model="tiny").resolved()
     assert tiny.mosaic_scale == (0.5, 1.5) and tiny.mixup is False
+
+
+@pytest.mark.parametrize("cpus,given,workers", [(2, None, 2), (16, None, 4), (2, 3, 3)])
+def test_loader_workers_default_to_at_most_one_per_usable_cpu(monkeypatch, cpus, given, workers):
+    """Four workers by default on a 2-CPU machine competed with the training (and PyTorch warned of it)."""
+    monkeypatch.setattr("yolox_deploy.train.config.usable_cpus", lambda: cpus)
+    argv = ["--model", "nano", "--data", "d"] + ([] if given is None else ["--workers", str(given)])
+    assert config_from_args(build_parser().parse_args(argv)).resolved().workers == workers
 
 
 @pytest.mark.parametrize("field,value,message", [("lr_per_image", float("nan"), "lr_per_image must be a finite number"),

@@ -32,6 +32,7 @@ from yolox_deploy.train import (
     load_training_state,
 )
 from yolox_deploy.train.trainer import NonFiniteLossError, transfer_class_head
+from yolox_deploy.utils.signals import Terminated
 
 from .conftest import make_synthetic_coco, write_coco
 
@@ -113,15 +114,29 @@ def test_ctrl_c_inside_a_step_resumes_bit_exactly(synthetic_coco, tmp_path, sign
                 os.kill(os.getpid(), getattr(signal, signum))
 
         hook = t.net.backbone.register_forward_pre_hook(ctrl_c_in_forward)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as stopped:
             t.train(max_iterations=7)
         hook.remove()
         assert t.iteration == 5
+        assert isinstance(stopped.value, Terminated) == (signum == "SIGTERM")  # a CLI exits 143 for it, not 130
     assert load_training_state(tmp_path / "stopped" / LATEST).iteration == 5
     with Trainer(config(synthetic_coco, tmp_path / "stopped", resume=True)) as t:
         assert t.iteration == 5
         t.train(max_iterations=7)
         assert_bitwise_equal(straight, snapshot(t))
+
+
+def test_a_complete_run_resumes_to_nothing_and_may_be_extended(synthetic_coco, tmp_path):
+    short = dict(epochs=1, batch=4, warmup_epochs=0, no_aug_epochs=0)  # 2 iterations per epoch
+    with Trainer(config(synthetic_coco, tmp_path / "run", **short)) as t:
+        assert t.train().finished and not t.complete
+    with Trainer(config(synthetic_coco, tmp_path / "run", resume=True, **short)) as t:
+        assert t.complete and t.train().iterations == 2
+    with Trainer(config(synthetic_coco, tmp_path / "run", resume=True, **{**short, "epochs": 2})) as t:
+        assert not t.complete and t.train(max_iterations=3).iterations == 3
+    with pytest.raises(InputError, match=r"it is at iteration 3, past the end of the last epoch asked \(epoch 1, "
+                                         r"iteration 2\); give more --epochs"):
+        Trainer(config(synthetic_coco, tmp_path / "run", resume=True, **short))
 
 
 def test_ctrl_c_in_an_epochs_last_step_leaves_its_evaluation_and_checkpoints_to_the_resume(synthetic_coco, tmp_path):

@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..utils.cpus import usable_cpus
+
 # Distributions whose versions are recorded (distribution name -> label); missing ones are left out.
 PACKAGES = {
     "yolox-deploy": "yolox-deploy", "torch": "torch", "numpy": "numpy", "opencv-python-headless": "opencv",
@@ -213,5 +215,5 @@ def collect_host_info() -> HostInfo:
         os=f"{platform.system()} {platform.release()}", python=platform.python_version(), torch_threads=threads,
         packages=package_versions(), gpus=gpu_info(),
         env={k: os.environ[k] for k in TIMING_ENV if k in os.environ},
-        usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        usable_cpus=usable_cpus(),
     )

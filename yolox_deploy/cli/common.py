@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import InputError, YoloxError
 from ..meta import sidecar_path
 from ..utils.files import check_creatable, check_folder_writable, is_stream
-from ..utils.signals import handling
+from ..utils.signals import Terminated, handling
 
 EXIT_USER_ERROR = 2
 
@@ -75,11 +75,6 @@ def _quiet_opencv() -> None:
 
     if "OPENCV_LOG_LEVEL" not in os.environ:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, ``docker stop``) arrived: unwinds as Ctrl-C does, so partial outputs
-    are removed (or, where Ctrl-C keeps them, kept) on the way out."""
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
-from ..train.config import DEFAULT_VAL_SPLIT, TrainConfig
+from ..train.config import DEFAULT_VAL_SPLIT, DEFAULT_WORKERS, TrainConfig
 from ..zoo import VARIANTS
 from .common import cli_entry, main_guard
 
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-ema", action="store_true", help="no EMA of the weights")
     g.add_argument("--no-amp", action="store_true", help="FP32 on CUDA too")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
-    g.add_argument("--workers", type=int, default=4, help="data-loading processes per training process (default 4)")
+    g.add_argument("--workers", type=int, help=f"data-loading processes per training process (default {DEFAULT_WORKERS}, "
+                   "or one per usable CPU when there are fewer)")
     g.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation")
     g.add_argument("--cache", action="store_true", help="keep decoded images in memory")
     g.add_argument("--skip-missing", action="store_true",
@@ -92,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..train.trainer import Trainer
 
     with Trainer(config_from_args(args)) as trainer:
+        if trainer.complete:
+            if trainer.dist.is_main:
+                print(f"nothing to do: {trainer.resume_path} ends a complete run (epoch {trainer.cfg.epochs} ended at "
+                      f"iteration {trainer.iteration}); resume with more --epochs to train it longer")
+            return 0
         if trainer.dist.is_main:
             cfg = trainer.cfg
             print(f"{cfg.model}: {len(trainer.data)} images, {trainer.data.num_classes} classes, "
@@ -100,10 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + (f", {trainer.dist.world_size} processes" if trainer.dist.enabled else ""))
         result = trainer.train()
     if trainer.dist.is_main:
+        cfg = trainer.cfg
         if result.best is not None:
             ap = f"best AP {result.best_ap:.4f}"
+        elif cfg.eval_interval == 0:
+            ap = "evaluation off (--eval-interval 0)"
+        elif not cfg.val_split:
+            ap = "evaluation off (--val-split '')"
         else:
-            ap = "evaluation off (--eval-interval 0)" if trainer.cfg.eval_interval == 0 else "no evaluation split"
+            ap = f"no evaluation ({cfg.data} has no {cfg.val_split} split)"
         print(f"done: {result.iterations} iterations, {ap}; checkpoints in {result.output}")
     return 0
 

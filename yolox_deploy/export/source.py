@@ -74,7 +74,7 @@ def load_source(weights: Any, *, model: str | None = None, num_classes: int | No
         weights_path = None
         name = (net.spec.name if net.spec else "yolox").replace("-", "_")
     else:
-        weights_path = Path(resolve_weights(weights))
+        weights_path = Path(resolve_weights(weights, model=model))
         if not weights_path.exists():
             raise InputError(f"weights not found: {weights_path}")
         name = weights_path.stem

@@ -91,11 +91,11 @@ def _numpy_numbers_allowed() -> contextlib.AbstractContextManager:
                          np.dtype, *dtypes])
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, model: str | None = None) -> Checkpoint:
     """Read a checkpoint file safely. Raises :class:`CheckpointError` with a one-line reason. A bare released
     name (``"yolox-s"``, ``"yolox_s.pth"`` with no such file here) reads the authors' checkpoint, fetched into
-    the cache on first use (:mod:`yolox_deploy.hub`)."""
-    p = Path(resolve_weights(path))
+    the cache on first use (:mod:`yolox_deploy.hub`); one of another variant than ``model`` is refused first."""
+    p = Path(resolve_weights(path, model=model))
     if not p.exists():
         raise InputError(f"checkpoint not found: {p}")
     if p.is_dir():
@@ -233,7 +233,7 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
     fine-tuning on another label set; those layers keep their initialisation. Raises
     :class:`CheckpointError` naming what differs (variant, class count, keys).
     """
-    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path, model.spec.name if model.spec else None)
     own = model.state_dict()
     # a counter of BatchNorm updates for a layer the model does not have carries no weight (the shape check
     # below passes over these counters, which older checkpoints lack)
@@ -280,7 +280,7 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
     """
     if num_classes is not None and not (is_integer(num_classes) and num_classes >= 1):
         raise InputError(f"the number of classes must be an integer >= 1, got {num_classes!r}")
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, model)
     name = canonical_name(model) if model else _recorded_variant(ckpt)
     if name is None:
         name = identify_variant(ckpt.state_dict)

@@ -62,7 +62,7 @@ def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", 
     from ..nn.yolox import YOLOX
 
     check_weights_argument(weights)
-    weights = weights if isinstance(weights, YOLOX) else resolve_weights(weights)
+    weights = weights if isinstance(weights, YOLOX) else resolve_weights(weights, model=options.get("model"))
     if backend:
         cls = backend_class(backend)
         path = Path(weights) if isinstance(weights, (str, os.PathLike)) else None

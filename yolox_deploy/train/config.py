@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..hub import released_variant_for
+from ..utils.cpus import usable_cpus
 from ..utils.sizes import parse_img_size
 from ..utils.values import is_finite_number, is_integer
 from ..zoo import get_spec
@@ -31,6 +33,7 @@ NUMBER_FIELDS = ("lr_per_image", "momentum", "weight_decay", "min_lr_ratio", "em
 
 
 DEFAULT_VAL_SPLIT = "val2017"  # evaluated when the dataset has it
+DEFAULT_WORKERS = 4
 
 
 @dataclass
@@ -48,7 +51,7 @@ class TrainConfig:
     batch: int = 64                        # total over all processes
     img_size: tuple[int, int] | None = None
     device: str = "auto"
-    workers: int = 4
+    workers: int | None = None             # None: DEFAULT_WORKERS, or one per usable CPU when fewer
     seed: int = 0
     # optimiser and schedule
     lr_per_image: float = BASE_LR_PER_IMAGE
@@ -96,6 +99,7 @@ class TrainConfig:
             if value is not None and not is_finite_number(value):
                 raise InputError(f"{name} must be a finite number, got {value!r}")
         spec = get_spec(self.model)
+        released_variant_for(self.weights, spec.name)  # before the data is read, not after
         c = dataclasses.replace(self, model=spec.name, data=Path(self.data), output=Path(self.output),
                                 weights=Path(self.weights) if self.weights else None)
         c.img_size = parse_img_size(c.img_size) if c.img_size is not None else tuple(spec.test_size)
@@ -132,6 +136,8 @@ class TrainConfig:
             raise InputError(f"num_classes must be >= 1, got {c.num_classes}")
         if not (math.isfinite(c.lr_per_image) and c.lr_per_image > 0):
             raise InputError(f"learning rate per image must be a positive number, got {c.lr_per_image}")
+        if c.workers is None:  # more workers than CPUs only compete with the training for them
+            c.workers = min(DEFAULT_WORKERS, usable_cpus())
         if c.workers < 0:
             raise InputError(f"workers must be >= 0, got {c.workers}")
         return c

@@ -161,6 +161,7 @@ class Trainer:
         self.epochs_closed = 0  # epochs whose end-of-epoch work (evaluation, checkpoints) is done
         self.best_ap = 0.0
         self.last_ap: float | None = None
+        self.complete = False  # resumed a run that had ended: nothing to train
         if self.resume_path is not None:
             self._resume(self.resume_path)
         self.net = wrap_model(self.model, self.device, self.dist, cfg.sync_bn)
@@ -231,7 +232,7 @@ class Trainer:
         ids = self.data.category_ids
         model.category_ids = ids if all(is_integer(i) for i in ids) else None  # COCO's kind: results carry them
         if cfg.weights is not None and self.resume_path is None:
-            ckpt = read_checkpoint(cfg.weights)
+            ckpt = read_checkpoint(cfg.weights, cfg.model)
             load_checkpoint(model, ckpt, ignore_class_head=True)
             log.info("loaded %s; %s", cfg.weights, transfer_class_head(model, ckpt, names))
         return model
@@ -298,11 +299,18 @@ class Trainer:
         # start_epoch is the first epoch not closed: at its last iteration (a Ctrl-C after an epoch's final
         # step) its evaluation and checkpoints are still to do, and train() does them first
         self.epochs_closed = state.start_epoch
+        total = self.cfg.epochs * self.iters_per_epoch
+        if self.iteration > total:
+            raise InputError(f"cannot resume {path.name}: it is at iteration {self.iteration}, past the end of "
+                             f"the last epoch asked (epoch {self.cfg.epochs}, iteration {total}); give more --epochs")
+        # nothing left to do (a job that resumes until its run ends may run once more): train() returns at once
+        self.complete = self.iteration == total and self.epochs_closed >= self.cfg.epochs
         # the best AP belongs with the best_ckpt.pth beside the checkpoint; a run continued elsewhere starts its own
         self.best_ap = max(state.best_ap, self._best_ap_on_disk()) if self._resumes_in_place(path) else 0.0
         self.last_ap = state.curr_ap
-        log.info("resumed %s at iteration %d (epoch %d)", path, self.iteration,
-                 self.iteration // self.iters_per_epoch + 1)
+        if not self.complete:
+            log.info("resumed %s at iteration %d (epoch %d)", path, self.iteration,
+                     self.iteration // self.iters_per_epoch + 1)
 
     # --- one iteration -------------------------------------------------------------------------------
     def step(self, images: torch.Tensor, targets: torch.Tensor, image_ids: list[int | str]) -> LossOutput:
@@ -405,7 +413,7 @@ class Trainer:
     def _stop_if_interrupted(self) -> None:
         stop = getattr(self, "_stop", None)
         if stop is not None and stop.requested:
-            raise KeyboardInterrupt
+            stop.stop()
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
         it = iter(self.loader)

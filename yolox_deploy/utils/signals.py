@@ -50,10 +50,26 @@ def deferred(signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)
             signal.raise_signal(sig)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``) arrived: unwinds as Ctrl-C does, so partial outputs
+    are removed (or, where Ctrl-C keeps them, kept) on the way out; a CLI exits 143 for it, 130 for Ctrl-C."""
+
+
+def interruption(signum: int | None) -> KeyboardInterrupt:
+    """The exception that stands for ``signum``: :class:`Terminated` for SIGTERM, KeyboardInterrupt otherwise."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 class StopRequest:
-    """Set by :func:`stop_between_steps` when a stop was asked for; a loop reads ``requested`` between steps."""
+    """Set by :func:`stop_between_steps` when a stop was asked for; a loop reads ``requested`` between steps
+    and stops with :meth:`stop`."""
 
     requested: bool = False
+    signum: int | None = None  # the signal that asked
+
+    def stop(self) -> None:
+        """Raise what the signal that asked stands for (:func:`interruption`)."""
+        raise interruption(self.signum)
 
 
 @contextlib.contextmanager
@@ -61,7 +77,7 @@ def stop_between_steps(signals: Sequence[signal.Signals], notice: str) -> Iterat
     """Within the block the first of ``signals`` only asks to stop: the request's ``requested`` becomes True and
     ``notice`` is logged, for the loop to stop where its state is whole. A second one raises KeyboardInterrupt
     at once. Processes forked inside the block ignore them (their parent stops them). Outside the main thread
-    nothing changes (Ctrl-C interrupts as usual)."""
+    nothing changes (Ctrl-C interrupts as usual). SIGTERM raises :class:`Terminated`."""
     request = StopRequest()
     pid = os.getpid()
 
@@ -69,8 +85,8 @@ def stop_between_steps(signals: Sequence[signal.Signals], notice: str) -> Iterat
         if os.getpid() != pid:
             return
         if request.requested:
-            raise KeyboardInterrupt
-        request.requested = True
+            raise interruption(signum)
+        request.requested, request.signum = True, signum
         log.warning(notice)
 
     with handling(signals, ask_to_stop):
