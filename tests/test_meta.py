@@ -52,6 +52,9 @@ def test_dataset_category_ids_recorded_else_cocos_else_unknown():
     ({"model": 5}, "model"),
     ({"extra": [1]}, "extra"),
     ({"extra": {"nms_conf": "0.25"}}, "extra.nms_conf"),
+    ({"extra": {"nms_iou": None}}, "extra.nms_iou"),  # reached the Detector as float(None)
+    ({"nms_conf": 5.0}, "extra.nms_conf"),  # an unknown top-level key lands in extra, where it is checked too
+    ({"extra": [1], "note": "x"}, "extra"),
     ({"extra": {"ncnn_bin_bytes": "4096"}}, "extra.ncnn_bin_bytes"),
     ({"extra": {"ncnn_bin_bytes": 0}}, "extra.ncnn_bin_bytes"),
     ({"extra": {"ncnn_bin_sha256": "ABC"}}, "extra.ncnn_bin_sha256"),

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from yolox_deploy.structures import Detections, name_table
 
@@ -115,6 +116,37 @@ def test_category_ids_follow_the_rows_and_are_what_to_coco_writes():
     assert out_of_range.category_ids is None and out_of_range.names[0] == "class5"
     with pytest.raises(ValueError, match=r"category_ids must have shape \[3\]"):
         Detections(xyxy, np.ones(3), np.zeros(3), np.array(["a"] * 3), category_ids=[1, 2])
+
+
+def test_ids_are_whole_numbers_and_category_ids_fit_the_class_table():
+    """A float class id 0.99 became class 0, NaN became -2**63, and a category id table of the wrong length
+    was dropped without a word (to_coco then warned that the model recorded none)."""
+    from yolox_deploy.errors import InputError
+
+    boxes = np.zeros((2, 4))
+    assert Detections.from_arrays(boxes, [0.5, 0.4], np.array([1.0, 0.0]), ["a", "b"]).class_ids.tolist() == [1, 0]
+    for ids, bad in (([0.99, 1.0], "0.99"), ([np.nan, 1], "nan"), ([np.inf, 1], "inf")):
+        with pytest.raises(InputError, match=f"class_ids must be whole numbers, got {bad}"):
+            Detections.from_arrays(boxes, [0.5, 0.4], ids, ["a", "b"])
+    with pytest.raises(InputError, match="class_ids must be integers"):
+        Detections(boxes, [0.5, 0.4], ["x", "y"], ["a", "b"])
+    with pytest.raises(InputError, match="3 category ids for 2 class names"):
+        Detections.from_arrays(boxes, [0.5, 0.4], [0, 1], ["a", "b"], category_ids=[1, 2, 3])
+    with pytest.raises(InputError, match="category_ids must be whole numbers, got 1.5"):
+        Detections(boxes, [0.5, 0.4], [0, 1], ["a", "b"], category_ids=[1.5, 2])
+    d = Detections.from_arrays(boxes, [0.5, 0.4], [0, 1], ["a", "b"])
+    for mapping, bad in (({0: "x", 1: 2}, "'x'"), ("ab", "'a'"), ([1.7, 2], "1.7")):
+        with pytest.raises(InputError, match=f"category ids must be integers \\(COCO's are\\), got {bad}"):
+            d.to_coco(1, category_ids=mapping)
+    assert [e["category_id"] for e in d.to_coco(1, category_ids=np.array([3, 4]))] == [3, 4]
+
+
+def test_torch_tensors_are_taken_as_arrays():
+    t = torch.tensor([[0.0, 0.0, 4.0, 4.0]], requires_grad=True)
+    d = Detections(t * 2, torch.tensor([0.5]), torch.tensor([1]), ["b"])
+    assert d.xyxy.tolist() == [[0, 0, 8, 8]] and d.class_ids.dtype == np.int64
+    image = np.zeros((16, 16, 3), np.uint8)
+    assert Detections([[0, 0, 8, 8]], [0.5], [0], [7]).draw(image, show_scores=False).any()  # a name that is no str
 
 
 def test_to_coco_takes_a_dict_and_integer_image_ids_only():

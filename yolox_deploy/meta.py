@@ -123,11 +123,13 @@ class ModelMeta:
                 raise ValueError("preprocess is not an object")
             pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
             meta = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}, preprocess=pre)
+            if unknown:  # kept in extra, and checked there as extra's own entries (where they win)
+                if not isinstance(meta.extra, dict):
+                    raise ValueError(f"extra must be an object, got {meta.extra!r}")
+                meta = meta.with_(extra={**meta.extra, **unknown})
             _check_fields(meta)
         except (TypeError, ValueError) as e:
             raise ArtefactError(f"artefact metadata is malformed: {e}") from None
-        if unknown:
-            meta = meta.with_(extra={**meta.extra, **unknown})
         return meta
 
     @classmethod
@@ -181,7 +183,7 @@ def _check_fields(m: ModelMeta) -> None:
         raise ValueError(f"extra must be an object, got {m.extra!r}")
     for name in ("nms_conf", "nms_iou"):
         value = m.extra.get(name)
-        if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
+        if name in m.extra and not (is_number(value) and 0.0 <= value <= 1.0):
             raise ValueError(f"extra.{name} must be a number in [0, 1], got {value!r}")
     value = m.extra.get(NCNN_BIN_BYTES)
     if value is not None and not (is_integer(value) and value > 0):

@@ -23,6 +23,26 @@ def name_table(class_names: Sequence[str]) -> np.ndarray:
     return table
 
 
+def _array(values: Any) -> np.ndarray:
+    """``values`` as a numpy array; a torch tensor (one that needs grad, or on a GPU, too) is copied out."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def as_ids(values: Any, label: str) -> np.ndarray:
+    """Integer ids (``[N]`` int64) from ints or whole floats (the authors' outputs hold class ids in a float
+    column); a fraction, NaN or infinity is refused rather than truncated."""
+    arr = _array(values)
+    if arr.dtype.kind == "f" and arr.size and not (np.isfinite(arr).all() and (arr == np.floor(arr)).all()):
+        bad = arr.reshape(-1)[~(np.isfinite(arr) & (arr == np.floor(arr))).reshape(-1)][0]
+        raise InputError(f"{label} must be whole numbers, got {bad}")
+    try:
+        return arr.astype(np.int64, copy=False).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"{label} must be integers, got {arr.reshape(-1)[:3].tolist()}") from None
+
+
 def as_class_names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:
     """Class names given to the API (any sequence of strings, a numpy array included) as a tuple; a single
     string is refused (its characters would become the names)."""
@@ -62,19 +82,22 @@ class Detections:
     category_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        xyxy = np.asarray(self.xyxy, dtype=np.float32)
+        try:
+            xyxy = _array(self.xyxy).astype(np.float32, copy=False)
+            scores = _array(self.scores).astype(np.float32, copy=False).reshape(-1)
+        except (TypeError, ValueError):
+            raise InputError("xyxy and scores must be numbers") from None
         if xyxy.size == 0:
             xyxy = xyxy.reshape(0, 4)
         if xyxy.ndim != 2 or xyxy.shape[1] != 4:
-            raise ValueError(f"xyxy must have shape [N, 4], got {xyxy.shape}")
+            raise InputError(f"xyxy must have shape [N, 4], got {xyxy.shape}")
         n = xyxy.shape[0]
-        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
+        class_ids = as_ids(self.class_ids, "class_ids")
         names = np.asarray(self.names, dtype=object).reshape(-1)
-        cat_ids = None if self.category_ids is None else np.asarray(self.category_ids, dtype=np.int64).reshape(-1)
+        cat_ids = None if self.category_ids is None else as_ids(self.category_ids, "category_ids")
         for label, arr in (("scores", scores), ("class_ids", class_ids), ("names", names), ("category_ids", cat_ids)):
             if arr is not None and arr.shape[0] != n:
-                raise ValueError(f"{label} must have shape [{n}] to match xyxy [N, 4] with N={n}, got {arr.shape}")
+                raise InputError(f"{label} must have shape [{n}] to match xyxy [N, 4] with N={n}, got {arr.shape}")
         object.__setattr__(self, "category_ids", cat_ids)
         object.__setattr__(self, "xyxy", xyxy)
         object.__setattr__(self, "scores", scores)
@@ -87,7 +110,7 @@ class Detections:
             except (TypeError, ValueError):
                 h = w = None
             if not (is_integer(h) and is_integer(w) and h >= 0 and w >= 0):
-                raise ValueError(f"image_size is (height, width) in pixels, not {size!r}")
+                raise InputError(f"image_size is (height, width) in pixels, not {size!r}")
             object.__setattr__(self, "image_size", (int(h), int(w)))
 
     @classmethod
@@ -102,16 +125,18 @@ class Detections:
         """Build from arrays and the model's label table: a sequence of names, or (cheaper when called per
         image) the object array :func:`name_table` makes of it. Ids out of range are named ``class<id>``.
         ``category_ids``: the dataset category id of each class (when known; none when an id is out of range)."""
-        ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+        ids = as_ids(class_ids, "class_ids")
         table = class_names if isinstance(class_names, np.ndarray) else name_table(class_names)
+        if category_ids is not None and len(category_ids) != len(table):
+            raise InputError(f"{len(category_ids)} category ids for {len(table)} class names")
         in_range = ids.size == 0 or (ids.min() >= 0 and ids.max() < len(table))
         if in_range:
             names = table[ids]
         else:
             names = np.array([table[i] if 0 <= i < len(table) else f"class{i}" for i in ids], dtype=object)
         cats = None
-        if category_ids is not None and in_range and len(category_ids) == len(table):
-            cats = np.asarray(category_ids, dtype=np.int64)[ids]
+        if category_ids is not None and in_range:
+            cats = as_ids(category_ids, "category_ids")[ids]
         return cls(xyxy, scores, ids, names, image_size, category_ids=cats)
 
     def __len__(self) -> int:
@@ -166,16 +191,8 @@ class Detections:
         """
         if not is_integer(image_id):
             raise InputError(f"image_id must be an integer (COCO image ids are), got {image_id!r}")
-        if isinstance(category_ids, Mapping):
-            cats = [category_ids.get(c) for c in self.class_ids.tolist()]
-        elif category_ids is not None:
-            if len(self):
-                outside = [int(c) for c in (self.class_ids.min(), self.class_ids.max())
-                           if not 0 <= c < len(category_ids)]
-                if outside:
-                    raise InputError(f"category_ids maps {len(category_ids)} classes, but a detection has class id "
-                                     f"{outside[0]}")
-            cats = [category_ids[c] for c in self.class_ids.tolist()]
+        if category_ids is not None:
+            cats = self._mapped(category_ids)
         elif self.category_ids is not None:
             cats = self.category_ids.tolist()
         else:
@@ -191,6 +208,23 @@ class Detections:
         return [{"image_id": int(image_id), "category_id": int(cat),
                  "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": score}
                 for ((x1, y1, x2, y2), score, _, _), cat, ok in zip(self, cats, finite) if cat is not None and ok]
+
+    def _mapped(self, category_ids: Sequence[int | None] | Mapping[int, int | None]) -> list[int | None]:
+        """Each detection's category id through ``category_ids`` (see :meth:`to_coco`), checked."""
+        if isinstance(category_ids, Mapping):
+            cats = [category_ids.get(c) for c in self.class_ids.tolist()]
+        else:
+            if len(self):
+                outside = [int(c) for c in (self.class_ids.min(), self.class_ids.max())
+                           if not 0 <= c < len(category_ids)]
+                if outside:
+                    raise InputError(f"category_ids maps {len(category_ids)} classes, but a detection has class id "
+                                     f"{outside[0]}")
+            cats = [category_ids[c] for c in self.class_ids.tolist()]
+        bad = [c for c in cats if c is not None and not is_integer(c)]
+        if bad:
+            raise InputError(f"category ids must be integers (COCO's are), got {bad[0]!r}")
+        return cats
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: image size and a list of detections (with their dataset ``category_id`` when known).

@@ -48,7 +48,7 @@ def draw_detections(image: np.ndarray, dets: Detections, *, thickness: int | Non
         color = class_color(cid)
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
         cv2.rectangle(out, p1, p2, color, t, cv2.LINE_AA)
-        label = f"{name} {score:.2f}" if show_scores else name
+        label = f"{name} {score:.2f}" if show_scores else str(name)
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(1, t - 1))
         top = p1[1] - th - base - 2 if p1[1] - th - base - 2 >= 0 else p1[1]
         cv2.rectangle(out, (p1[0], top), (p1[0] + tw + 2, top + th + base + 2), color, -1)

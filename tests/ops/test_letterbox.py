@@ -85,3 +85,18 @@ def test_canvas_to_tensor_equals_numpy_model_input(rng, contract):
     got = canvas_to_tensor(canvases, contract, "cpu").numpy()
     assert got.shape == want.shape == (2, 3, 64, 96)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("image,pad,message", [
+    (np.full((40, 60, 3), 0.8, np.float32), 114, "got float32 40x60x3"),  # a black canvas, without a word
+    (np.zeros((40, 60), np.uint8), 114, "got uint8 40x60 "),  # numpy's broadcast error
+    (np.zeros((40, 60, 4), np.uint8), 114, "got uint8 40x60x4"),
+    (np.zeros((0, 60, 3), np.uint8), 114, "got uint8 0x60x3"),  # ZeroDivisionError
+    ("image.jpg", 114, "got str"),
+    (np.zeros((4, 6, 3), np.uint8), 300, "the pad value is a uint8 level"),  # OverflowError
+])
+def test_letterbox_refuses_what_it_cannot_place(image, pad, message):
+    from yolox_deploy.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        letterbox(image, (64, 96), pad)

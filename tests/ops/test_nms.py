@@ -106,6 +106,17 @@ def test_opencv_nms_ties_equal_iou_and_fallbacks():
     assert batched_nms_numpy(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), None, 0.5).shape == (0,)
 
 
+@pytest.mark.parametrize("groups", [np.zeros(4, np.int64), np.array([0, 0, 1, 1]), None])
+def test_an_infinite_box_does_not_drop_others(groups):
+    """An infinite side moved every group's stretch of the plane to NaN: OpenCV kept only the first box (the
+    torch path, which GPU backends use, kept all three that should stay)."""
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, np.inf, 10], [100, 100, 110, 110]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    expected = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                           torch.from_numpy(groups if groups is not None else np.zeros(4, np.int64)), 0.5)
+    assert batched_nms_numpy(boxes, scores, groups, 0.5).tolist() == expected.tolist() == [0, 2, 3]
+
+
 def test_chunks_and_long_chains(monkeypatch):
     """Pairs tested in many small chunks, and a chain of boxes each overlapping the next (worst case)."""
     monkeypatch.setattr(nms_module, "PAIR_CHUNK", 37)

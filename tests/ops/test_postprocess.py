@@ -87,6 +87,20 @@ def test_nothing_above_threshold(rng):
     assert res[0].boxes.shape == (0, 4)
 
 
+@pytest.mark.parametrize("kw,message", [
+    (dict(max_det=-1), "max_det must be an integer >= 1"),  # it dropped the last detection
+    (dict(max_det=0), "max_det must be an integer >= 1"),
+    (dict(iou_threshold=-0.1), r"thresholds must be numbers in \[0, 1\]: iou_threshold=-0.1"),  # OpenCV's error
+    (dict(pred=[[[0.0] * 7]]), "expected predictions as a numpy array or a torch tensor, got list"),
+])
+def test_bad_arguments_are_one_message(rng, kw, message):
+    from yolox_deploy.errors import InputError
+
+    args = dict(pred=make_pred(rng, batch=1), conf_threshold=0.1, iou_threshold=0.5, input_hw=(128, 128)) | kw
+    with pytest.raises(InputError, match=message):
+        postprocess(args.pop("pred"), args.pop("conf_threshold"), args.pop("iou_threshold"), **args)
+
+
 def test_split_nms_outputs():
     num = np.array([[2], [0]], np.int32)
     boxes = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)

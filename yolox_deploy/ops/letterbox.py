@@ -16,7 +16,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..errors import InputError
 from ..meta import Preprocess
+from ..utils.values import is_integer
 from ._array import Array
 from .boxes import clip_boxes
 
@@ -32,6 +34,14 @@ def letterbox_into(image: np.ndarray, canvas: np.ndarray, pad_value: int = 114) 
     The resized image is written straight into the canvas's top-left corner and only the strips to its
     right and below are filled with ``pad_value``: one pass over the canvas. Returns the ratio.
     """
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+            and image.shape[0] > 0 and image.shape[1] > 0):
+        what = (f"{image.dtype} {'x'.join(map(str, image.shape))}" if isinstance(image, np.ndarray)
+                else type(image).__name__)
+        raise InputError(f"letterbox takes a BGR uint8 HxWx3 image, got {what} (yolox_deploy.io.images.ensure_bgr "
+                         "converts gray, BGRA, 16-bit and float images)")
+    if not (is_integer(pad_value) and 0 <= pad_value <= 255):
+        raise InputError(f"the pad value is a uint8 level (0-255), got {pad_value!r}")
     input_hw = canvas.shape[:2]
     r = letterbox_ratio(image.shape[:2], input_hw)
     new_w, new_h = max(int(image.shape[1] * r), 1), max(int(image.shape[0] * r), 1)

@@ -23,6 +23,7 @@ two empty boxes as overlapping and torchvision does not).
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import cv2
 import numpy as np
@@ -103,8 +104,9 @@ def batched_nms_numpy(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray 
     ``boxes`` ``[N, 4]`` xyxy, ``scores`` ``[N]`` float32, ``groups`` ``[N]`` int. Kept indices (int64),
     by decreasing score, ties in input order. OpenCV computes each IoU in float64 from the float32 boxes
     and compares it, rounded to float32, with the threshold: the same decisions as the float32 formula
-    except for IoUs within a rounding of the threshold. Boxes with an empty side (or NaN), or scores <= 0
-    (which OpenCV drops), go through :func:`dense_nms_numpy` (or the torch path past ``DENSE_MAX``).
+    except for IoUs within a rounding of the threshold. Boxes with an empty side, a NaN or an infinite
+    coordinate (which would move every group's stretch of the plane to infinity), or scores <= 0 (which
+    OpenCV drops), go through :func:`dense_nms_numpy` (or the torch path past ``DENSE_MAX``).
     """
     n = boxes.shape[0]
     if n <= 1:
@@ -112,7 +114,8 @@ def batched_nms_numpy(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray 
     xywh = boxes.astype(np.float64)
     xywh[:, 2:] -= xywh[:, :2]
     s = np.ascontiguousarray(scores, dtype=np.float32)
-    if not (xywh[:, 2:].min() > 0 and s.min() > 0):  # NaN fails the test too
+    # NaN fails the first two tests; one sum is finite only when every coordinate is (float64 cannot overflow here)
+    if not (xywh[:, 2:].min() > 0 and s.min() > 0 and math.isfinite(xywh.sum())):
         if n <= DENSE_MAX:
             return dense_nms_numpy(boxes, scores, groups, iou_threshold)
         return batched_nms(boxes, scores, groups if groups is not None else np.zeros(n, np.int64), iou_threshold)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..utils.values import is_integer, is_number
 from ._array import Array, like, to_tensor
 from .boxes import cxcywh_to_xyxy
 from .decode import STRIDES, WH_LOGIT_MAX, XY_LOGIT_LIMIT, cached_grid, decode_with_grid, level_shapes, num_anchors
@@ -30,6 +32,17 @@ class RawDetections(NamedTuple):
     class_ids: Array
 
 
+def check_settings(conf: float | None, iou: float | None, max_det: int | None,
+                   names: tuple[str, str] = ("conf_threshold", "iou_threshold")) -> None:
+    """Raise :class:`InputError` for a threshold outside [0, 1] or a ``max_det`` other than None or >= 1
+    (``names``: how the caller calls the two thresholds)."""
+    for name, value in zip(names, (conf, iou)):
+        if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
+            raise InputError(f"thresholds must be numbers in [0, 1]: {name}={value!r}")
+    if max_det is not None and (not is_integer(max_det) or max_det < 1):
+        raise InputError(f"max_det must be an integer >= 1 (or None for no cap), got {max_det!r}")
+
+
 def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, class_agnostic: bool = False,
                 max_det: int | None = None, input_hw: tuple[int, int] | None = None,
                 strides: tuple[int, ...] = STRIDES) -> list[RawDetections]:
@@ -39,10 +52,13 @@ def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, cla
     is the raw output of an ``input_hw`` input and is decoded here (only for anchors above the threshold).
     Each result is sorted by decreasing score and holds at most ``max_det`` boxes (all when ``None``).
     """
+    if not isinstance(pred, (np.ndarray, torch.Tensor)):
+        raise InputError(f"expected predictions as a numpy array or a torch tensor, got {type(pred).__name__}")
+    check_settings(None, iou_threshold, max_det)  # any score threshold filters (above 1: nothing passes)
     if pred.ndim != 3 or pred.shape[-1] < 6:
-        raise ValueError(f"expected predictions [B, A, 5 + C], got shape {tuple(pred.shape)}")
+        raise InputError(f"expected predictions [B, A, 5 + C], got shape {tuple(pred.shape)}")
     if input_hw is not None and num_anchors(input_hw, strides) != pred.shape[1]:
-        raise ValueError(f"raw output has {pred.shape[1]} anchors, not those of a {input_hw[0]}x{input_hw[1]} input")
+        raise InputError(f"raw output has {pred.shape[1]} anchors, not those of a {input_hw[0]}x{input_hw[1]} input")
     if isinstance(pred, np.ndarray):
         return _postprocess_numpy(pred if pred.dtype == np.float32 else pred.astype(np.float32), np.asarray,
                                   conf_threshold, iou_threshold, class_agnostic, max_det, input_hw, strides)

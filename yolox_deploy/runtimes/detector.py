@@ -24,10 +24,10 @@ from ..io.images import ensure_bgr, read_image
 from ..meta import ModelMeta
 from ..ops.decode import num_anchors
 from ..ops.letterbox import letterbox_batch, scale_boxes
-from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
+from ..ops.postprocess import RawDetections, check_settings, postprocess, split_nms_outputs
 from ..structures import Detections, as_class_names, name_table
 from ..utils.sizes import parse_img_size
-from ..utils.values import is_integer, is_number
+from ..utils.values import is_integer
 from ..zoo import canonical_name
 from .base import Backend, as_numpy, backend_class, find_backend
 from .streaming import StreamResult
@@ -100,16 +100,12 @@ class Detector:
                  max_det: int | None = DEFAULT_MAX_DET, clip: bool = True, batch_size: int | None = None,
                  img_size: int | Sequence[int] | str | None = None, class_names: Sequence[str] | None = None,
                  num_classes: int | None = None, **options: Any) -> None:
-        for name, value in (("conf", conf), ("nms", nms)):
-            if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
-                raise InputError(f"thresholds must be numbers in [0, 1]: {name}={value!r}")
+        check_settings(conf, nms, max_det, names=("conf", "nms"))
         for name, value in (("class_agnostic", class_agnostic), ("clip", clip)):
             if not isinstance(value, (bool, np.bool_)):
                 raise InputError(f"{name} is True or False, not {value!r}")
         if num_classes is not None and (not is_integer(num_classes) or num_classes < 1):
             raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        if max_det is not None and (not is_integer(max_det) or max_det < 1):
-            raise InputError(f"max_det must be an integer >= 1 (or None for no cap), got {max_det!r}")
         if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
             raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
         size = parse_img_size(img_size) if img_size is not None else None
