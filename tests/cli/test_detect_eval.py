@@ -57,6 +57,16 @@ def test_detect_on_a_folder_and_a_video(tmp_path, nano_pth, dog_jpg):
     assert not [p for p in vout.iterdir() if p.name.startswith(".") and p.name != RECORD]
 
 
+def test_a_picture_wider_than_a_jpeg_can_hold_is_scaled_to_fit(tmp_path, nano_pth, dog_jpg):
+    """A 70000x8 image was detected, then the whole run failed on "could not encode wide.jpg"."""
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "wide.png"), cv2.resize(cv2.imread(str(dog_jpg)), (70000, 8)))
+    assert detect_main([str(nano_pth), "--source", str(src), "--output", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "wide.json").read_text())["image_size"] == [8, 70000]
+    assert cv2.imread(str(tmp_path / "out" / "wide.jpg")).shape == (7, 65500, 3)
+
+
 def _bad_inputs(tmp_path, nano_pth):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xffnot really a jpeg")

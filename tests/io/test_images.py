@@ -111,6 +111,30 @@ def test_source_errors(tmp_path):
         list(iter_source(" "))
 
 
+@pytest.mark.parametrize("name", ["pipe.mp4", "pipe.jpg"])
+def test_a_named_pipe_is_refused_before_it_is_opened(tmp_path, name):
+    """A pipe named as a video blocked in OpenCV's reader, where neither Ctrl-C nor SIGTERM reached it; one
+    named as an image was "empty (0 bytes)"."""
+    import os
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    for read in (lambda: list(iter_source(fifo)), lambda: read_image(fifo)):
+        with pytest.raises(InputError, match=f"{name} is a named pipe, not an image or video file"):
+            read()
+
+
+def test_a_dangling_link_in_a_folder_is_said_to_be_gone(tmp_path, rng):
+    """It was left out of the run without a word (an empty or corrupt file stops it with a message)."""
+    cv2.imwrite(str(tmp_path / "a.png"), rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "moved" / "gone.jpg")
+    frames = iter_source(tmp_path)
+    assert next(frames).name == "a"
+    with pytest.raises(InputError, match=r"image not found: .*gone.jpg \(a link to .*moved/gone.jpg, which does not "
+                                         r"exist\)"):
+        next(frames)
+
+
 def test_a_folder_named_by_digits_is_a_folder_not_a_camera(tmp_path, monkeypatch, rng):
     monkeypatch.chdir(tmp_path)
     assert camera_index("2024") == 2024 and camera_index(0) == 0

@@ -25,6 +25,7 @@ from ..utils.text import listed
 from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_folder
 
 DEFAULT_FPS = 25.0  # for videos whose container does not say
+JPEG_MAX_SIDE = 65500  # the longest side a JPEG can hold (libjpeg's JPEG_MAX_DIMENSION)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_image(path: Path, image: np.ndarray) -> None:
+    """Write the annotated picture as ``path`` (JPEG); one with a side beyond JPEG's limit is scaled down to
+    fit (the picture is for looking at; the JSON beside it holds the exact boxes)."""
+    h, w = image.shape[:2]
+    if max(h, w) > JPEG_MAX_SIDE:
+        s = JPEG_MAX_SIDE / max(h, w)
+        image = cv2.resize(image, (max(1, min(JPEG_MAX_SIDE, round(w * s))), max(1, min(JPEG_MAX_SIDE, round(h * s)))),
+                           interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(path.suffix, image)
     if not ok:
         raise OSError(f"could not encode {path.name}")

@@ -6,8 +6,10 @@ Unreadable inputs raise :class:`InputError` with the file name and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,9 +64,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as BGR uint8 ``[H, W, 3]``; raises :class:`InputError` when it cannot."""
     p = Path(path)
     if not p.exists():
-        raise InputError(f"image not found: {p}")
+        gone = f" (a link to {os.readlink(p)}, which does not exist)" if p.is_symlink() else ""
+        raise InputError(f"image not found: {p}{gone}")
     if p.is_dir():
         raise InputError(f"{p} is a folder, not an image (Detector.stream() and yolox-detect --source read folders)")
+    _refuse_pipe(p)
     if p.stat().st_size == 0:
         raise InputError(f"{p} is empty (0 bytes)")
     try:
@@ -117,12 +121,14 @@ class Frame:
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly in ``folder``, sorted by name; hidden files (``.name``, such as the ``._name``
-    resource files macOS leaves on shared drives) are not images of the set. An unreadable folder (no
-    permission, not a folder) is an :class:`InputError`."""
+    resource files macOS leaves on shared drives) are not images of the set. A link named as an image whose
+    target is gone is listed (reading it says so; it is not left out without a word). An unreadable folder
+    (no permission, not a folder) is an :class:`InputError`."""
     p = Path(folder)
     try:
         return sorted(f for f in p.iterdir()
-                      if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+                      if (f.is_file() or (f.is_symlink() and not f.exists())) and not f.name.startswith(".")
+                      and f.suffix.lower() in IMAGE_SUFFIXES)
     except OSError as e:
         raise InputError(f"cannot read folder {p}: {e.strerror or e}") from None
 
@@ -155,6 +161,16 @@ def _iter_video(capture: cv2.VideoCapture, stem: str, label: str) -> Iterator[Fr
                         label, i, int(announced))
     finally:
         capture.release()
+
+
+def _refuse_pipe(p: Path) -> None:
+    """A named pipe or socket is refused: reading one waits for a writer (OpenCV's reader in native code,
+    where Ctrl-C cannot reach it). Devices stay allowed (``/dev/video0`` is a camera)."""
+    with contextlib.suppress(OSError):
+        mode = p.stat().st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            raise InputError(f"{p} is a {'named pipe' if stat.S_ISFIFO(mode) else 'socket'}, not an image or "
+                             "video file")
 
 
 def open_video(source: str | int) -> cv2.VideoCapture:
@@ -202,6 +218,7 @@ def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
     p = Path(source)
     if not p.exists():
         raise InputError(f"source not found: {p}")
+    _refuse_pipe(p)
     if p.is_dir():
         files = list_images(p)
         if not files:
