@@ -80,6 +80,10 @@ def test_empty():
     assert len(e) == 0 and e.xyxy.shape == (0, 4)
     assert e.to_coco(1) == []
     assert len(e[e.scores > 0]) == 0
+    # a Detector's empty result knows its model's category ids (none to carry): still the same nothing
+    found = Detections.from_arrays(np.zeros((0, 4)), [], [], ["a"], (10, 10), category_ids=[7])
+    assert found.category_ids is not None and found == e and e == found
+    assert found != Detections.empty((10, 11))
 
 
 def test_to_coco_maps_categories_and_skips_unmapped():

@@ -173,8 +173,9 @@ class Detections:
         return (self.image_size == other.image_size and np.array_equal(self.xyxy, other.xyxy)
                 and np.array_equal(self.scores, other.scores) and np.array_equal(self.class_ids, other.class_ids)
                 and np.array_equal(self.names, other.names)
-                and (self.category_ids is None) == (other.category_ids is None)
-                and (self.category_ids is None or np.array_equal(self.category_ids, other.category_ids)))
+                and (len(self) == 0  # no detection to carry a category id: known or not, the same nothing
+                     or ((self.category_ids is None) == (other.category_ids is None)
+                         and (self.category_ids is None or np.array_equal(self.category_ids, other.category_ids)))))
 
     @property
     def area(self) -> np.ndarray:
