@@ -209,7 +209,9 @@ def test_nms_graph_thresholds_can_only_be_tightened(tiny_files, caplog):
     assert "tiny_nms.onnx runs NMS inside its graph" in warning.message
     assert "NMS IoU 0.6 (the graph's is 0.45)" in warning.message and "class-agnostic" in warning.message
     caplog.clear()
-    for asked in (50, None):  # more than the graph keeps, or no cap: it keeps 10, and says so
+    # more than the graph keeps, no cap, or the default's number given (it was taken for the default): it keeps
+    # 10, and says so
+    for asked in (50, None, int("300")):
         with Detector(path, max_det=asked) as det:
             assert det.max_det == 10 and len(det(image)[0]) == 10
         [warning] = caplog.records

@@ -34,7 +34,12 @@ from .streaming import StreamResult
 
 log = logging.getLogger(__name__)
 DEFAULT_CONF, DEFAULT_NMS = 0.25, 0.45  # score and NMS IoU thresholds, as the authors' demos
-DEFAULT_MAX_DET = 300  # detections per image, as the authors' evaluation
+class _DefaultMaxDet(int):
+    """The default ``max_det``: an int that is told apart from the same number given (``is``), so an NMS graph
+    with a lower cap warns of an explicit ``max_det=300`` and not of the default."""
+
+
+DEFAULT_MAX_DET = _DefaultMaxDet(300)  # detections per image, as the authors' evaluation
 ImageLike = Union[str, os.PathLike, np.ndarray]
 T = TypeVar("T")
 
@@ -157,7 +162,7 @@ class Detector:
         if self.class_agnostic:
             cannot.append("class-agnostic NMS (the graph's is per class)")
         cap = self.meta.max_det
-        if cap is not None and asked_max_det != DEFAULT_MAX_DET and (asked_max_det is None or asked_max_det > cap):
+        if cap is not None and asked_max_det is not DEFAULT_MAX_DET and (asked_max_det is None or asked_max_det > cap):
             asked = "None (no cap)" if asked_max_det is None else asked_max_det
             cannot.append(f"max_det {asked} (the graph keeps at most {cap})")
         if cannot:
