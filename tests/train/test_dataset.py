@@ -148,7 +148,11 @@ class Items(torch.utils.data.Dataset):
         return 4
 
     def __getitem__(self, index):
-        os.killpg(GROUP, signal.SIGTERM)  # the whole process group, as timeout and kill -- -PGID signal it
+        if sys.argv[2] == "group":
+            os.killpg(GROUP, signal.SIGTERM)  # the whole process group, as timeout and kill -- -PGID signal it
+        else:  # every process of the job, one by one, as systemd and Slurm stop a control group
+            os.kill(os.getppid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
         return index
 
 
@@ -166,10 +170,55 @@ def test_loader_workers_leave_a_group_sigterm_to_the_training_process():
     import subprocess
     import sys
 
-    def run(mode: str) -> str:
-        done = subprocess.run([sys.executable, "-c", GROUP_SIGNAL_SCRIPT, mode], capture_output=True, text=True,
-                              timeout=120, start_new_session=True)  # a group of its own: the test's is not signalled
+    def run(mode: str, sent_to: str) -> str:
+        done = subprocess.run([sys.executable, "-c", GROUP_SIGNAL_SCRIPT, mode, sent_to], capture_output=True,
+                              text=True, timeout=120, start_new_session=True)  # the test's group is not signalled
         return done.stdout.strip()
 
-    assert run("init") == "[[0, 1], [2, 3]] True"
-    assert run("bare").startswith("failed: DataLoader worker")  # what it was
+    for sent_to in ("group", "each"):
+        assert run("init", sent_to) == "[[0, 1], [2, 3]] True", sent_to
+        assert run("bare", sent_to).startswith("failed: DataLoader worker"), sent_to  # what it was
+
+
+STUCK_WORKER_SCRIPT = """
+import os, time
+import torch
+from yolox_deploy.train.dataset import loader_worker_init
+
+
+class Stuck(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        if index >= 2:
+            time.sleep(600)  # a worker that never returns
+        return os.getpid()
+
+
+def ended(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+batches = iter(torch.utils.data.DataLoader(Stuck(), batch_size=2, num_workers=1, worker_init_fn=loader_worker_init))
+worker = int(next(batches)[0])
+del batches  # PyTorch waits a few seconds, then sends the worker SIGTERM
+time.sleep(2)
+print("ended", ended(worker), flush=True)
+os._exit(0)  # not multiprocessing's exit, which would stop a worker left behind the same way
+"""
+
+
+def test_the_parent_still_stops_a_stuck_worker(tmp_path):
+    """Workers leave others' SIGTERM to the training process; the one PyTorch itself sends still ends them."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:  # a file, not a pipe that a worker left behind would hold open
+        subprocess.run([sys.executable, "-c", STUCK_WORKER_SCRIPT], stdout=f, stderr=subprocess.STDOUT, timeout=120)
+    assert out.read_text().strip().endswith("ended True"), out.read_text()[-2000:]

@@ -12,6 +12,8 @@ off Mosaic and MixUp (HSV and flip stay, as in the authors' recipe).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -109,11 +111,30 @@ class TrainDataset(torch.utils.data.Dataset):
 def loader_worker_init(worker_id: int) -> None:
     """In each DataLoader worker: a process group of its own, so that a signal to the training's process group
     (Ctrl-C at the terminal, ``timeout``, ``kill -- -PGID``) reaches the training process alone, which stops its
-    workers itself once its checkpoint is written. Such a SIGTERM ended the workers (PyTorch's handler exits a
-    worker its parent did not signal), and the training with them, in a traceback before its checkpoint. The
-    parent's own SIGTERM to a stuck worker still ends it."""
+    workers itself once its checkpoint is written; and a SIGTERM sent to every process of a job (Slurm's or
+    systemd's stop of a control group) is left to the training process too. Such a SIGTERM ended the workers
+    (PyTorch's handler ends a worker on a SIGTERM, exiting when its parent sent it), and the training with
+    them, in a traceback before its checkpoint. The parent's own SIGTERM to a stuck worker still ends it."""
     if hasattr(os, "setpgid"):  # POSIX
         os.setpgid(0, 0)
+    if hasattr(signal, "sigwaitinfo"):  # Linux (not macOS)
+        _leave_sigterm_to_the_parent()
+
+
+def _leave_sigterm_to_the_parent() -> None:
+    """Block SIGTERM in this worker and take it in a thread that knows who sent it (``sigwaitinfo``; a Python
+    handler does not): the parent's, which is how PyTorch stops a worker, exits as PyTorch's own handler
+    does; anyone else's is left to the parent, which stops its workers itself. The worker has one thread when
+    this runs, and the threads it starts later inherit the blocked signal."""
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def watch() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="sigterm-from-parent", daemon=True).start()
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int | str]],
