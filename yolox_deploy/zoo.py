@@ -19,7 +19,11 @@ class ModelSpec:
     """One YOLOX variant.
 
     ``backbone`` is ``"cspdarknet"`` (PAFPN neck) or ``"darknet53"`` (YOLOv3-SPP backbone, YOLOFPN neck).
-    ``test_size`` is ``(height, width)``.
+    ``test_size`` is ``(height, width)``. ``train_size`` is the size the authors' recipe trains at (its Mosaic
+    canvases and letterbox), ``random_size`` its multi-scale range of ``k`` (sides ``32 k``) where the
+    experiment file sets one: YOLOX-Tiny's file sets ``input_scale = (416, 416)``, a name the trainer never reads,
+    so Tiny trains at the base 640 (as its released weights were: the 0.1.x file set no size) with sides
+    320-640, and is evaluated at 416.
     """
 
     name: str
@@ -29,6 +33,8 @@ class ModelSpec:
     act: str = "silu"
     backbone: str = "cspdarknet"
     test_size: tuple[int, int] = (640, 640)
+    train_size: tuple[int, int] = (640, 640)
+    random_size: tuple[int, int] | None = None
     # training recipe (paper, section 2.2 and the authors' experiment files)
     mosaic_scale: tuple[float, float] = (0.1, 2.0)
     mixup: bool = True
@@ -45,14 +51,14 @@ class ModelSpec:
         return f"{RELEASE_URL}/{self.weights_file}"
 
 
-_SMALL = dict(mosaic_scale=(0.5, 1.5), mixup=False)
+_SMALL = dict(mosaic_scale=(0.5, 1.5), mixup=False, random_size=(10, 20), test_size=(416, 416))
 
 VARIANTS: dict[str, ModelSpec] = {
     s.name: s
     for s in (
-        ModelSpec("yolox-nano", 0.33, 0.25, depthwise=True, test_size=(416, 416), mosaic_prob=0.5,
+        ModelSpec("yolox-nano", 0.33, 0.25, depthwise=True, train_size=(416, 416), mosaic_prob=0.5,
                   params=912_159, ap=25.8, gflops=1.08, weights_file="yolox_nano.pth", **_SMALL),
-        ModelSpec("yolox-tiny", 0.33, 0.375, test_size=(416, 416), params=5_055_855, ap=32.8,
+        ModelSpec("yolox-tiny", 0.33, 0.375, params=5_055_855, ap=32.8,
                   gflops=6.45, weights_file="yolox_tiny.pth", **_SMALL),
         ModelSpec("yolox-s", 0.33, 0.50, params=8_968_255, ap=40.5, gflops=26.8, v100_ms=9.8,
                   weights_file="yolox_s.pth"),

@@ -84,6 +84,18 @@ def test_arguments_map_onto_the_config(tmp_path):
     assert tiny.mosaic_scale == (0.5, 1.5) and tiny.mixup is False
 
 
+@pytest.mark.parametrize("model,given,train,evaluated,k", [
+    ("nano", None, 416, 416, (10, 20)),
+    ("tiny", None, 640, 416, (10, 20)),  # its file's input_scale is never read: 640 canvases, sides 320-640
+    ("s", None, 640, 640, (15, 25)),  # 480..800, the authors' multiscale_range 5
+    ("tiny", 512, 512, 512, (11, 21)),  # a size given serves training and evaluation
+])
+def test_training_and_evaluation_sizes_follow_the_authors_recipe(model, given, train, evaluated, k):
+    argv = ["--model", model, "--data", "d"] + ([] if given is None else ["--img-size", str(given)])
+    cfg = config_from_args(build_parser().parse_args(argv)).resolved()
+    assert (cfg.img_size, cfg.eval_size, cfg.multiscale_range) == ((train, train), (evaluated, evaluated), k)
+
+
 @pytest.mark.parametrize("cpus,given,workers", [(2, None, 2), (16, None, 4), (2, 3, 3)])
 def test_loader_workers_default_to_at_most_one_per_usable_cpu(monkeypatch, cpus, given, workers):
     """Four workers by default on a 2-CPU machine competed with the training (and PyTorch warned of it)."""

@@ -173,6 +173,17 @@ def test_ctrl_c_in_an_epochs_last_step_leaves_its_evaluation_and_checkpoints_to_
         assert all(torch.equal(v, b.state_dict[k]) for k, v in a.state_dict.items()), name
 
 
+def test_the_evaluation_size_is_what_checkpoints_run_at(synthetic_coco, tmp_path, monkeypatch):
+    """YOLOX-Tiny's recipe trains at 640 and is evaluated at 416: the two sizes are kept apart."""
+    with Trainer(config(synthetic_coco, tmp_path / "run", eval_size=96, val_split="val2017")) as t:
+        assert t.cfg.img_size == (64, 64) and t.model.input_size == (96, 96)
+        seen = []
+        monkeypatch.setattr("yolox_deploy.eval.coco.evaluate", lambda det, split, progress: seen.append(
+            det.meta.input_size))
+        t.evaluate()
+        assert seen == [(96, 96)]
+
+
 def test_checkpoints_have_the_authors_layout_and_load_everywhere(synthetic_coco, tmp_path):
     out = tmp_path / "run"
     with Trainer(config(synthetic_coco, out, val_split="val2017", eval_interval=1)) as t:

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=300, help="epochs (default 300)")
     p.add_argument("--batch", type=int, default=64, help="total batch over all processes (default 64)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N",
-                   help="training size, one number or height width (default: the variant's, 416 nano/tiny, 640 others)")
+                   help="training and evaluation size, one number or height width (default: the variant's recipe: "
+                        "nano 416; tiny trains at 640 and is evaluated at 416, as the authors' experiment files; "
+                        "others 640)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--output", default="runs/train", help="output folder (default runs/train)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
@@ -102,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = trainer.cfg
             print(f"{cfg.model}: {len(trainer.data)} images, {trainer.data.num_classes} classes, "
                   f"{trainer.iters_per_epoch} iterations/epoch x {cfg.epochs} epochs, batch {cfg.batch}, "
-                  f"{cfg.img_size[0]}x{cfg.img_size[1]}, device {trainer.device}"
+                  f"{cfg.img_size[0]}x{cfg.img_size[1]}"
+                  + (f" (evaluated at {cfg.eval_size[0]}x{cfg.eval_size[1]})" if cfg.eval_size != cfg.img_size else "")
+                  + f", device {trainer.device}"
                   + (f", {trainer.dist.world_size} processes" if trainer.dist.enabled else ""))
         result = trainer.train()
     if trainer.dist.is_main:

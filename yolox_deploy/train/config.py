@@ -1,7 +1,8 @@
 """Training configuration: every knob of the recipe, with the paper's values as defaults.
 
-Values left ``None`` are filled in by :meth:`TrainConfig.resolved` from the variant (``zoo.py``): input size
-(nano/tiny 416, others 640), Mosaic scale range and probability, MixUp on/off, multi-scale range; warm-up
+Values left ``None`` are filled in by :meth:`TrainConfig.resolved` from the variant (``zoo.py``): training input
+size (nano 416, others 640: Tiny's experiment file trains at 640, see ``zoo.ModelSpec``) and evaluation size
+(the variant's test size, or the training size given), Mosaic scale range and probability, MixUp on/off, multi-scale range; warm-up
 and no-augmentation epochs default to the paper's 5 and 15, each capped at a quarter of ``epochs`` so short
 fine-tuning runs keep a cosine phase. The no-augmentation phase is the last ``no_aug_epochs`` epochs, as the
 paper says (the authors' trainer switches one epoch earlier, at ``epoch + 1 == max_epoch - no_aug_epochs``,
@@ -49,7 +50,8 @@ class TrainConfig:
     val_split: str | None = DEFAULT_VAL_SPLIT
     epochs: int = 300
     batch: int = 64                        # total over all processes
-    img_size: tuple[int, int] | None = None
+    img_size: tuple[int, int] | None = None   # training input size
+    eval_size: tuple[int, int] | None = None  # evaluation, and what the checkpoints run at
     device: str = "auto"
     workers: int | None = None             # None: DEFAULT_WORKERS, or one per usable CPU when fewer
     seed: int = 0
@@ -102,7 +104,11 @@ class TrainConfig:
         released_variant_for(self.weights, spec.name)  # before the data is read, not after
         c = dataclasses.replace(self, model=spec.name, data=Path(self.data), output=Path(self.output),
                                 weights=Path(self.weights) if self.weights else None)
-        c.img_size = parse_img_size(c.img_size) if c.img_size is not None else tuple(spec.test_size)
+        c.img_size = parse_img_size(c.img_size) if c.img_size is not None else tuple(spec.train_size)
+        if c.eval_size is not None:
+            c.eval_size = parse_img_size(c.eval_size)
+        else:  # a size given for the run serves both; the recipe's own pair otherwise
+            c.eval_size = tuple(c.img_size) if self.img_size is not None else tuple(spec.test_size)
         if min(c.img_size) < MIN_SIDE:
             raise InputError(f"training inputs need sides of at least {MIN_SIDE} (at {min(c.img_size)} the stride-32 "
                              f"feature map is one cell), got {c.img_size[0]}x{c.img_size[1]}")

@@ -140,7 +140,9 @@ def _leave_sigterm_to_the_parent() -> None:
 def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int | str]],
             ) -> tuple[torch.Tensor, torch.Tensor, list[int | str]]:
     """-> images uint8 ``[B, 3, H, W]``, targets float32 ``[B, M, 5]`` padded with class ``-1``, image ids (as the
-    annotation file gives them: integers, or names, which training takes too)."""
+    annotation file gives them: integers, or names, which training takes too). ``M`` is the batch's most labels,
+    uncapped: the authors' ``TrainTransform(max_labels=120)`` drops labels past 120 (MixUp's first), which then
+    count as background; COCO images rarely come near it."""
     images = torch.stack([b[0] for b in batch])
     most = max((b[1].shape[0] for b in batch), default=0)
     targets = torch.zeros((len(batch), most, 5), dtype=torch.float32)

@@ -152,7 +152,7 @@ class Trainer:
             unfold_batchnorms(self.model, self._plain_batches(UNFOLD_IMAGES), loss_fns=self._loss_closures(),
                               lr=BASE_LR_PER_IMAGE * cfg.batch, weight_decay=RECIPE_WEIGHT_DECAY,
                               momentum=RECIPE_MOMENTUM)
-        self.model.input_size = tuple(cfg.img_size)  # its checkpoints run at this size unless told otherwise
+        self.model.input_size = tuple(cfg.eval_size)  # its checkpoints run at this size unless told otherwise
         self.model.train()
         self.optimizer = build_optimizer(self.model, self.schedule(0), cfg.momentum, cfg.weight_decay)
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
@@ -491,15 +491,14 @@ class Trainer:
 
     def evaluate(self, data: CocoSplit | None = None, img_size: tuple[int, int] | None = None) -> EvalResult:
         """COCO AP of :meth:`eval_model` on ``data`` (default: the validation split) with the authors' protocol,
-        at ``img_size`` (default: the training size, which is the variant's test size unless ``img_size`` was
-        set for the run)."""
+        at ``img_size`` (default: the run's evaluation size, ``eval_size``)."""
         from ..eval.coco import evaluate
         from ..runtimes.detector import Detector
 
         split = data if data is not None else self.val
         if split is None:
             raise InputError("no evaluation split")
-        with Detector(self.eval_model(), device=str(self.device), img_size=img_size or self.cfg.img_size,
+        with Detector(self.eval_model(), device=str(self.device), img_size=img_size or self.cfg.eval_size,
                       batch_size=8, **AUTHORS_PROTOCOL) as det:
             return evaluate(det, split, progress=self.cfg.progress)
 
