@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from yolox_deploy.bench.latency import CpuClock
+from yolox_deploy.cli.common import cli_entry, main_guard, output_folder
+from yolox_deploy.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
@@ -125,14 +126,18 @@ def head_outputs(artefact: Path, images: list[np.ndarray]) -> list[np.ndarray]:
     return [np.array(det.infer(det.preprocess([im])[0])[0]) for im in images]
 
 
-def main() -> int:
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artefact", action="append", help="ONNX file(s) to measure (default: see above)")
     p.add_argument("--images", default=str(ASSETS / "coco-tiny" / "val2017"))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0:
+        raise InputError(f"--rounds must be >= 1 and --warmup >= 0 (got {args.rounds}, {args.warmup})")
+    output_folder(args.output)  # before minutes of timing, not after
 
     from yolox_deploy.bench.host import collect_host_info
     from yolox_deploy.export import export
@@ -141,6 +146,8 @@ def main() -> int:
     from yolox_deploy.utils.table import format_table
 
     images = [read_image(f) for f in list_images(args.images)]
+    if not images:
+        raise InputError(f"no images in {args.images}")
     artefacts = [Path(a) for a in args.artefact or []]
     tmp = tempfile.TemporaryDirectory()
     if not artefacts:
@@ -181,4 +188,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main)

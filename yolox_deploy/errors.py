@@ -36,5 +36,5 @@ class WriteError(YoloxError):
     """The file system refused to write ``target`` (a full disk, a quota) for ``reason``; nothing of it was kept."""
 
     def __init__(self, target: object, reason: str) -> None:
-        super().__init__(f"could not write {target}: {reason}; nothing was written")
+        super().__init__(f"could not write {target}: {reason} (no part of it was left)")
         self.target, self.reason = target, reason

@@ -94,3 +94,10 @@ def test_demo_pipeline_refuses_batches(nano_onnx):
     demo = DemoPipeline(nano_onnx)
     with pytest.raises(InputError):
         demo.preprocess([np.zeros((8, 8, 3), np.uint8)] * 2)
+
+
+def test_the_demo_session_takes_the_runs_thread_count(nano_onnx):
+    """With --threads 1 our side ran on one thread and the demo on ONNX Runtime's default."""
+    pytest.importorskip("onnxruntime")
+    assert DemoPipeline(nano_onnx, threads=1).session.get_session_options().intra_op_num_threads == 1
+    assert DemoPipeline(nano_onnx).session.get_session_options().intra_op_num_threads == 0  # the runtime's own

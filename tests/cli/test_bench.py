@@ -90,14 +90,78 @@ def test_backend_options():
             parse_backend_options([bad])
 
 
-def test_failed_rows_make_a_non_zero_exit(tmp_path, capsys):
-    """A row that fails (here: a weights folder holding a corrupt nano checkpoint) leaves the tables incomplete."""
+def test_a_checkpoint_that_does_not_load_is_refused_before_any_timing(tmp_path, capsys):
+    """A damaged or misnamed checkpoint in --weights-dir failed every row of its model, after the others ran."""
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "yolox_nano.pth").write_bytes(b"\x80\x04not a checkpoint")
     out = tmp_path / "bench"
-    rc = main(["--models", "nano", "--backends", "torch", "--iters", "2", "--warmup", "1", "--images", "synthetic",
-               "--max-images", "1", "--img-size", "64", "--no-demo", "--no-plot", "--quiet", "--weights-dir",
-               str(weights), "--output", str(out)])
-    assert rc == 1 and "1 of 1 row(s) failed" in capsys.readouterr().err
+    rc = main(["--models", "nano", "--backends", "torch", "--iters", "2", "--images", "synthetic", "--img-size", "64",
+               "--no-demo", "--no-plot", "--quiet", "--weights-dir", str(weights), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{weights / 'yolox_nano.pth'} is not a PyTorch checkpoint" in err and "--weights-dir" in err
+    assert not (out / "results.json").exists() and not (out / "results.partial.json").exists()
+
+
+def _quick(out, backends="onnxruntime", *extra):
+    return main(["--models", "nano", "--backends", backends, "--iters", "2", "--warmup", "0", "--images", "synthetic",
+                 "--max-images", "1", "--img-size", "64", "--no-demo", "--no-plot", "--quiet", "--output", str(out),
+                 *extra])
+
+
+def test_failed_rows_make_a_non_zero_exit(tmp_path, capsys):
+    """A row that fails (here: its cached export damaged after a first run) leaves the tables incomplete."""
+    out = tmp_path / "bench"
+    assert _quick(out) == 0
+    [onnx] = (out / "cache").rglob("*.onnx")
+    with open(onnx, "r+b") as f:
+        f.truncate(1000)
+    capsys.readouterr()
+    assert _quick(out) == 1 and "1 of 1 row(s) failed" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["rows"][0]["status"].startswith("failed")
+
+
+def test_earlier_results_stay_until_a_run_replaces_them(tmp_path, monkeypatch):
+    """A second run into the same folder emptied its tables at once (and removed results.png): an interrupted
+    one lost the first run's rows. Rows so far go to results.partial.* now."""
+    from yolox_deploy.bench import runner
+
+    out = tmp_path / "bench"
+    assert _quick(out, "torch") == 0
+    first = (out / "results.json").read_text()
+    (out / "results.png").write_bytes(b"an earlier plot")
+    real = runner.run_isolated
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the first row runs
+        assert json.loads((out / "results.json").read_text()) == json.loads(first)  # untouched while running
+        assert json.loads((out / "results.partial.json").read_text())["rows"] == []
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_isolated", interrupted)
+    assert _quick(out, "torch") == 130
+    assert (out / "results.json").read_text() == first and (out / "results.png").exists()
+    monkeypatch.setattr(runner, "run_isolated", real)
+    assert _quick(out, "torch") == 0  # a finished run replaces them, and its partial files go
+    assert sorted(p.name for p in out.iterdir() if p.name != "cache") == ["results.csv", "results.json", "results.md"]
+
+
+def test_files_it_did_not_write_are_refused(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.csv").write_text("precious")
+    (out / "results.png").write_bytes(b"a photo")
+    assert _quick(out, "torch") == 2
+    assert "already holds results.csv, results.png, which yolox-bench did not write" in capsys.readouterr().err
+    assert (out / "results.csv").read_text() == "precious" and (out / "results.png").exists()
+
+
+def test_repeated_names_are_measured_once_and_units_are_named():
+    cfg = config_from_args(build_parser().parse_args(["--models", "nano,yolox_nano,tiny", "--backends",
+                                                      "torch,pytorch", "--batch", "1,1,2"]))
+    assert (cfg.models, cfg.backends, cfg.batches) == (["yolox-nano", "yolox-tiny"], ["torch"], [1, 2])
+    from yolox_deploy.bench.results import BenchRow
+
+    header = BenchRow.CSV_FIELDS
+    assert {"ap_pct", "ap50_pct", "paper_ap_pct"} <= set(header) and "ap" not in header
+
+

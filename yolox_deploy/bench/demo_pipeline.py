@@ -122,10 +122,11 @@ class DemoPipeline:
     """The authors' ONNX Runtime demo on a raw-output ONNX file (theirs, or ours exported without decode).
 
     ``session`` is created as the demo does (``InferenceSession(path)``, default options) on the CPU
-    execution provider. Call with one BGR image, or use the stage methods.
+    execution provider; ``threads`` sets its intra-op threads (a race against a Detector held to N threads
+    holds the demo to them too). Call with one BGR image, or use the stage methods.
     """
 
-    def __init__(self, onnx_path: str | os.PathLike) -> None:
+    def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -134,7 +135,10 @@ class DemoPipeline:
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise InputError(f"ONNX file not found: {self.path}")
-        self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         h, w = inp.shape[2], inp.shape[3]

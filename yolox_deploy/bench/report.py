@@ -13,10 +13,13 @@ from typing import Any
 from ..errors import InputError
 from ..utils.files import json_text, write_text_atomic
 from ..utils.table import format_table
+from ..utils.text import listed
 from .results import BenchReport, BenchRow, DemoComparison
 from .tables import published
 
 OUTPUT_NAMES = {"markdown": "results.md", "csv": "results.csv", "json": "results.json", "plot": "results.png"}
+# a run's results so far, beside (not over) an earlier finished run's until this one finishes
+PARTIAL_NAMES = {"markdown": "results.partial.md", "csv": "results.partial.csv", "json": "results.partial.json"}
 
 PAPER_HEADERS = ["Model", "Backend", "Device", "Precision", "Batch", "Size", "AP (%)", "Params (M)", "GFLOPs",
                  "Latency (ms)", "FPS", "Full (ms)", "Full FPS", "Published AP", "V100 (ms)", "x V100", "T4 TRT (ms)",
@@ -164,20 +167,51 @@ def read_json(path: str | os.PathLike) -> BenchReport:
     return BenchReport.from_dict(json.loads(Path(path).read_text()))
 
 
-def write_report(report: BenchReport, folder: str | os.PathLike, *, plot: bool = True) -> dict[str, Path]:
+def write_report(report: BenchReport, folder: str | os.PathLike, *, plot: bool = True,
+                 partial: bool = False) -> dict[str, Path]:
     """Write ``results.md``, ``results.csv``, ``results.json`` and (``plot``) ``results.png`` into ``folder``;
-    without ``plot`` an earlier run's ``results.png`` is removed, so every file there describes this report."""
+    without ``plot`` an earlier run's ``results.png`` is removed, so every file there describes this report,
+    and the results a run wrote so far (``partial``: ``results.partial.*``) go. With ``partial``, only those
+    are written: an earlier run's results stay until this one's replace them."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
+    names = PARTIAL_NAMES if partial else OUTPUT_NAMES
     paths = {
-        "markdown": write_text_atomic(out / OUTPUT_NAMES["markdown"], to_markdown(report)),
-        "csv": write_text_atomic(out / OUTPUT_NAMES["csv"], to_csv(report.rows)),
-        "json": write_text_atomic(out / OUTPUT_NAMES["json"], to_json(report)),
+        "markdown": write_text_atomic(out / names["markdown"], to_markdown(report)),
+        "csv": write_text_atomic(out / names["csv"], to_csv(report.rows)),
+        "json": write_text_atomic(out / names["json"], to_json(report)),
     }
+    if partial:
+        return paths
     if plot:
         from .plot import plot_speed_accuracy
 
         paths["plot"] = plot_speed_accuracy(report, out / OUTPUT_NAMES["plot"])
     else:
         (out / OUTPUT_NAMES["plot"]).unlink(missing_ok=True)
+    for name in PARTIAL_NAMES.values():
+        (out / name).unlink(missing_ok=True)
     return paths
+
+
+def check_report_folder(folder: str | os.PathLike) -> None:
+    """Refuse, before any work, an output folder whose ``results.*`` names are taken by files yolox-bench did
+    not write (it replaces them, and removes ``results.png``, only when the folder's ``results.json`` or
+    ``results.partial.json`` is one of its reports)."""
+    out = Path(folder)
+    taken = [n for n in (*OUTPUT_NAMES.values(), *PARTIAL_NAMES.values()) if os.path.lexists(out / n)]
+    if not taken:
+        return
+    ours = any(_is_report(out / n) for n in (OUTPUT_NAMES["json"], PARTIAL_NAMES["json"]))
+    folders = [n for n in taken if (out / n).is_dir()]
+    if folders or not ours:
+        raise InputError(f"--output {out} already holds {listed(folders or taken)}, which yolox-bench did not write "
+                         "there; it replaces only its own earlier results: choose another folder, or move them")
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"schema", "settings", "host", "rows"} <= set(data)

@@ -17,6 +17,18 @@ from .tables import Published
 STATUS_OK = "ok"
 NOT_AVAILABLE = "not available"
 FAILED = "failed"
+# what results.json's numbers are in (the CSV names its units in its columns: *_ms, *_pct, params_m)
+JSON_UNITS = {
+    "rows[].ap, rows[].ap50": "COCO AP as a fraction (0.3052), as pycocotools reports it",
+    "published.*.ap, rows[].published.ap": "percent (25.8), as the paper prints it",
+    "*_ms, mean, p50, p90, p99": "milliseconds per call of `batch` images", "fps": "images per second",
+    "params_m": "millions of parameters", "gflops": "GFLOPs per image at the row's input size",
+}
+
+
+def _pct(fraction: float | None) -> float | None:
+    """A COCO AP fraction as a percentage (the paper's unit), for the CSV."""
+    return None if fraction is None else round(100.0 * fraction, 4)
 
 
 @dataclass
@@ -127,8 +139,8 @@ class BenchRow:
         "model", "backend", "device", "precision", "batch", "input", "params_m", "gflops", "weights", "status",
         "model_mean_ms", "model_p50_ms", "model_p90_ms", "model_p99_ms", "model_fps",
         "full_mean_ms", "full_p50_ms", "full_p90_ms", "full_p99_ms", "full_fps",
-        "pre_ms", "infer_ms", "post_ms", "iters", "full_iters", "ap", "ap50",
-        "paper_ap", "paper_params_m", "paper_gflops", "paper_v100_ms", "ratio_v100", "t4_trt_ms", "ratio_t4_trt",
+        "pre_ms", "infer_ms", "post_ms", "iters", "full_iters", "ap_pct", "ap50_pct",
+        "paper_ap_pct", "paper_params_m", "paper_gflops", "paper_v100_ms", "ratio_v100", "t4_trt_ms", "ratio_t4_trt",
         "clock", "options", "artefact", "notes",
     )
 
@@ -148,8 +160,8 @@ class BenchRow:
             "pre_ms": p.pre.mean if p else None, "infer_ms": p.infer.mean if p else None,
             "post_ms": p.post.mean if p else None, "iters": m.n if m else None,
             "full_iters": p.total.n if p else None,
-            "ap": self.ap, "ap50": self.ap50,
-            "paper_ap": pub.ap if pub else None, "paper_params_m": pub.params_m if pub else None,
+            "ap_pct": _pct(self.ap), "ap50_pct": _pct(self.ap50),
+            "paper_ap_pct": pub.ap if pub else None, "paper_params_m": pub.params_m if pub else None,
             "paper_gflops": pub.gflops if pub else None, "paper_v100_ms": pub.v100_ms if pub else None,
             "ratio_v100": self.ratio_v100, "t4_trt_ms": pub.t4_trt_ms if pub else None,
             "ratio_t4_trt": self.ratio_t4, "clock": self.clock,
@@ -244,7 +256,8 @@ class BenchReport:
         from .tables import ALL_TABLES
 
         return {
-            "schema": 1, "started": self.started, "seconds": self.seconds, "settings": self.settings,
+            "schema": 1, "units": JSON_UNITS, "started": self.started, "seconds": self.seconds,
+            "settings": self.settings,
             "host": self.host.to_dict(), "host_line": self.host.summary(), "rows": [r.to_dict() for r in self.rows],
             "demo_comparisons": [d.to_dict() for d in self.demos], "notes": list(self.notes),
             "published": {k: t.to_dict() for k, t in ALL_TABLES.items()},

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtefactError, BackendUnavailable, InputError, YoloxError
+from ..errors import ArtefactError, BackendUnavailable, CheckpointError, InputError, YoloxError
 from ..io.images import list_images
 from ..utils.files import check_folder_writable
 from ..zoo import canonical_name, get_spec
@@ -29,6 +29,7 @@ from .artefacts import (
     backend_status,
     cached_artefact,
     canonical_backend,
+    checkpoint_for,
     format_for_backend,
     known_backend_names,
     model_source,
@@ -113,14 +114,15 @@ class BenchConfig:
     extra_notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.models = [canonical_name(m) for m in self.models]
-        self.backends = [canonical_backend(b) for b in self.backends]
+        # each once, in the order given, whatever the spelling (nano and yolox_nano are one model)
+        self.models = list(dict.fromkeys(canonical_name(m) for m in self.models))
+        self.backends = list(dict.fromkeys(canonical_backend(b) for b in self.backends))
         self.backend_options = {canonical_backend(k): dict(v) for k, v in self.backend_options.items()}
-        self.precisions = [p.strip().lower() for p in self.precisions]
+        self.precisions = list(dict.fromkeys(p.strip().lower() for p in self.precisions))
         for p in self.precisions:
             if p not in PRECISIONS:
                 raise InputError(f"unknown precision {p!r}; use {', '.join(PRECISIONS)}")
-        self.batches = [int(b) for b in self.batches]
+        self.batches = list(dict.fromkeys(int(b) for b in self.batches))
         if any(b < 1 for b in self.batches):
             raise InputError(f"batch sizes must be >= 1, got {self.batches}")
         if self.iters < 1 or self.warmup < 0:
@@ -161,6 +163,21 @@ class BenchConfig:
             from ..eval.coco import open_scorable
 
             open_scorable(self.with_eval, self.eval_split)
+        self._check_weights()
+
+    def _check_weights(self) -> None:
+        """Each checkpoint the run would take from ``weights_dir`` loads into its variant: a damaged or
+        misnamed one is refused now, not once per row after the others were timed."""
+        from ..nn.checkpoint import load_model
+
+        for name in self.models:
+            path = checkpoint_for(get_spec(name), self.weights_dir)
+            if path is not None:
+                try:
+                    load_model(path, name)
+                except YoloxError as e:
+                    message = str(e) if str(path) in str(e) else f"{path}: {e}"
+                    raise CheckpointError(f"{message} (from --weights-dir; fix or remove it)") from None
 
     @property
     def cache(self) -> Path:
@@ -449,7 +466,7 @@ def run_demo_comparison(runner: RowRunner, rows: Sequence[BenchRow], sources: di
         return [], "demo comparison skipped: no successful CPU batch-1 row for yolox-nano at 416x416"
     source = sources["yolox-nano"]
     try:
-        demo = DemoPipeline(_demo_onnx(runner, source, size))
+        demo = DemoPipeline(_demo_onnx(runner, source, size), threads=runner.cfg.threads)
     except YoloxError as e:
         return [], f"demo comparison skipped: {e}"
     reference = next((r for r in rows if r.model == "yolox-nano" and r.precision == "fp32" and r.ap is not None), None)
@@ -490,7 +507,9 @@ def _race(runner: RowRunner, demo: Any, best: BenchRow, source: ModelSource, siz
              f"{per_round} calls each")
     notes = [f"weights: {source.label}", f"{rounds} interleaved rounds of {calls} (+{warm} warm-up calls per block)",
              f"our row: the fastest CPU {'FP32 ' if best.precision == 'fp32' else ''}Detector of this run "
-             f"({best.backend_label}, {best.precision})"]
+             f"({best.backend_label}, {best.precision})",
+             f"{cfg.threads} inference threads on both sides (--threads)" if cfg.threads else
+             "each side with its runtime's default thread count"]
     if best.ap is not None:
         versus = (f" vs {reference.ap:.4f} (fp32, {reference.backend_label})"
                   if reference is not None and best.precision != "fp32" else "")
@@ -615,7 +634,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
     """Measure every configured row (and the demo comparison when Nano is included); nothing is written.
 
     ``on_row`` is called with the report so far before the first row and after each row (e.g. to save partial
-    results of a long run, replacing an earlier run's from the start).
+    results of a long run).
     """
     t0 = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -1,7 +1,8 @@
 """``yolox-bench``: latency / FPS / GFLOPs of YOLOX variants on every backend, beside the paper's figures.
 
 Writes results.md (the paper's table format), results.csv, results.json and results.png (speed/accuracy plot
-after the paper's Figure 1) into --output; exported artefacts are cached in --output/cache and reused.
+after the paper's Figure 1) into --output when the run ends, replacing an earlier run's (results so far are
+kept in results.partial.*); exported artefacts are cached in --output/cache and reused.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..bench.report import PAPER_HEADERS, paper_rows, write_report
+from ..bench.report import PAPER_HEADERS, check_report_folder, paper_rows, write_report
 from ..bench.results import FAILED
 from ..bench.runner import BenchConfig, default_images, default_weights_dir, run_benchmark
 from ..errors import InputError
@@ -154,12 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         logging.getLogger("yolox_deploy").setLevel(logging.WARNING)
     output_folder(args.output)
+    check_report_folder(args.output)
     if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
         raise InputError("results.png needs matplotlib: pip install 'yolox-deploy[bench]', or pass --no-plot")
     cfg = config_from_args(args)
-    report = run_benchmark(cfg, on_row=lambda partial: write_report(partial, cfg.output, plot=False))
-    paths = write_report(report, cfg.output, plot=not args.no_plot)
-    print(f"host: {report.host.summary()}")
+    # rows so far go to results.partial.*; an earlier run's results stay until this run's replace them
+    report = run_benchmark(cfg, on_row=lambda so_far: write_report(so_far, cfg.output, partial=True))
+    print(f"host: {report.host.summary()}")  # the figures reach the screen before a file can fail to be written
     print(format_table(PAPER_HEADERS, paper_rows(report.rows), floatfmt="g"))
     if report.demos:
         print()
@@ -169,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if note.startswith("demo comparison"):
             print(note)
     print()
+    paths = write_report(report, cfg.output, plot=not args.no_plot)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     failed = [r for r in report.rows if r.status.startswith(FAILED)]
     if failed:  # the tables are incomplete: say so in the exit status, for scripts
