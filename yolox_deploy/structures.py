@@ -25,6 +25,8 @@ def name_table(class_names: Sequence[str]) -> np.ndarray:
 
 def _array(values: Any) -> np.ndarray:
     """``values`` as a numpy array; a torch tensor (one that needs grad, or on a GPU, too) is copied out."""
+    if type(values) is np.ndarray:  # what the pipeline passes, per image
+        return values
     if hasattr(values, "detach") and hasattr(values, "cpu"):
         values = values.detach().cpu().numpy()
     return np.asarray(values)
@@ -34,6 +36,8 @@ def as_ids(values: Any, label: str) -> np.ndarray:
     """Integer ids (``[N]`` int64) from ints or whole floats (the authors' outputs hold class ids in a float
     column); a fraction, NaN or infinity is refused rather than truncated."""
     arr = _array(values)
+    if arr.dtype == np.int64:
+        return arr.reshape(-1)
     if arr.dtype.kind == "f" and arr.size and not (np.isfinite(arr).all() and (arr == np.floor(arr)).all()):
         bad = arr.reshape(-1)[~(np.isfinite(arr) & (arr == np.floor(arr))).reshape(-1)][0]
         raise InputError(f"{label} must be whole numbers, got {bad}")
