@@ -75,6 +75,10 @@ def test_iter_folder_and_video(tmp_path, rng):
     cv2.imwrite(str(folder / "b.jpg.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     # its stem is b.jpg's name: every frame keeps a name of its own
     assert [f.name for f in iter_source(folder)] == ["a", "b.jpg", "b.jpg.png", "b.png"]
+    ok, gif = cv2.imencode(".gif", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    if ok:  # an OpenCV built with GIF: read in a folder as it is read alone (it was left out of folders)
+        (folder / "c.gif").write_bytes(gif.tobytes())
+        assert [f.name for f in iter_source(folder)][-1] == "c" and read_image(folder / "c.gif").shape == (16, 16, 3)
 
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
