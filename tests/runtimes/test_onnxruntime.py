@@ -455,3 +455,26 @@ def test_options_that_cannot_apply_say_so(nano_onnx, tmp_path, caplog):
     (tmp_path / "m_openvino").mkdir()
     with pytest.raises(InputError, match="m_openvino is a folder; the onnxruntime backend opens .onnx files"):
         OnnxRuntimeBackend(tmp_path / "m_openvino")
+
+
+def test_a_size_off_the_stride_is_one_message_on_a_dynamic_graph(tiny_files):
+    """A dynamic-size graph given 300x300 failed inside ONNX Runtime (a Concat of mismatched feature maps)."""
+    path, _ = tiny_files["dynamic"]
+    with Detector(path) as det:
+        for batch in (np.zeros((1, 72, 96, 3), np.uint8), np.zeros((1, 3, 64, 100), np.float32)):
+            with pytest.raises(InputError, match="input (72x96|64x100) is not a multiple of 32"):
+                det.infer(batch)
+        with pytest.raises(InputError, match="expected a batch as a numpy array or a tensor, got list"):
+            det.infer([[0]])
+
+
+def test_a_detector_is_neither_pickled_nor_copied(tiny_files):
+    """It failed on an internal lock ("cannot pickle '_thread.lock'"); copy.copy shared the runtime."""
+    import copy
+    import pickle
+
+    path, _ = tiny_files["dynamic"]
+    with Detector(path) as det:
+        for attempt in (pickle.dumps, copy.copy, copy.deepcopy, lambda d: pickle.dumps(d.backend)):
+            with pytest.raises(TypeError, match="holds a loaded runtime and cannot be pickled or copied; open one"):
+                attempt(det)

@@ -117,6 +117,24 @@ def test_missing_device_is_reported(tiny_ir):
         OpenVINOBackend.check_device("gpu.1")
     with open_backend(tiny_ir["folder"], device="auto") as backend:  # AUTO falls back to the CPU
         assert backend.infer(np.zeros((1, 3, 64, 96), np.float32))[0].shape[0] == 1
+    # a device listed after AUTO / MULTI / HETERO is checked as one given alone: these compiled the model first,
+    # then blamed the artefact ("could not compile ... (;)", a missing libOpenCL)
+    for device in ("auto:gpu,cpu", "AUTO:NPU", "multi:gpu", "hetero:npu,cpu", "auto:foo"):
+        with pytest.raises(BackendUnavailable, match=r"OpenVINO device (GPU|NPU|FOO) is not available here"):
+            OpenVINOBackend.check_device(device)
+    for device, message in (("multi", "MULTI runs on the devices it lists"), ("cpu:0", "CPU takes no ':' part")):
+        with pytest.raises(InputError, match=message):
+            OpenVINOBackend.check_device(device)
+    for device in ("auto:cpu", "MULTI:CPU", "HETERO:CPU"):
+        OpenVINOBackend.check_device(device)
+
+
+def test_a_cache_dir_is_a_folder(tiny_ir, tmp_path):
+    """cache_dir=True made a folder named True; a file was taken without a word."""
+    (tmp_path / "afile").write_text("x")
+    for value in (True, "", tmp_path / "afile"):
+        with pytest.raises(InputError, match="cache_dir option is a folder, not"):
+            open_backend(tiny_ir["folder"], cache_dir=value)
 
 
 def test_options_reach_the_compiled_model(tiny_ir):
@@ -267,5 +285,8 @@ def test_the_precision_computed_is_said(tmp_path, tiny_random_model, authors_ir)
     fp16_arithmetic = "FP16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     with open_backend(half.path, inference_precision="f16") as backend:
         assert backend.compute_precision == ("fp16" if fp16_arithmetic else "fp32")
+    for device in ("AUTO", "MULTI:CPU", "HETERO:CPU"):  # plugins that do not report it: where they run says
+        with open_backend(half.path, device=device, inference_precision="f16") as backend:
+            assert backend.compute_precision == ("fp16" if fp16_arithmetic else "fp32"), device
     with open_backend(authors_ir) as backend:
         assert backend.compute_precision == "fp32"

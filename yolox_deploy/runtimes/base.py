@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import numpy as np
 
@@ -130,6 +130,7 @@ COMMON_OPTIONS = frozenset({"model", "img_size", "class_names", "num_classes", "
 # runtime's choice): "no" or 1.7 would otherwise be read as True or 1 without a word
 BOOL_OPTIONS = frozenset({"legacy", "canvas_in_graph", "half", "fuse", "spin_between_runs", "decode_in_graph"})
 COUNT_OPTIONS = frozenset({"threads"})
+FOLDER_OPTIONS = frozenset({"cache_dir", "trt_cache"})  # a folder path (made when missing)
 
 
 def asked_precision(options: Mapping[str, Any]) -> str | None:
@@ -147,6 +148,12 @@ def precision_name(word: Any) -> str:
     ``bf16``)."""
     w = str(word).lower()
     return {"f32": "fp32", "f16": "fp16"}.get(w, w)
+
+
+def refuse_copying(obj: object) -> NoReturn:
+    """For ``__reduce__``: a loaded runtime is neither pickled (``multiprocessing``) nor copied; say what to do."""
+    raise TypeError(f"a {type(obj).__name__} holds a loaded runtime and cannot be pickled or copied; open one in "
+                    "each process (or for each copy) with the same arguments")
 
 
 class Backend(abc.ABC):
@@ -202,6 +209,9 @@ class Backend(abc.ABC):
                 continue
             if name in BOOL_OPTIONS and not isinstance(value, (bool, np.bool_)):
                 raise InputError(f"the {cls.info.name} backend's {name} option is True or False, not {value!r}")
+            if name in FOLDER_OPTIONS and (not isinstance(value, (str, os.PathLike)) or not str(value)
+                                           or (Path(value).exists() and not Path(value).is_dir())):
+                raise InputError(f"the {cls.info.name} backend's {name} option is a folder, not {value!r}")
             if name in COUNT_OPTIONS and not (is_integer(value) and value >= 0):
                 raise InputError(f"the {cls.info.name} backend's {name} option is an integer >= 0 (0: the runtime's "
                                  f"choice), not {value!r}")
@@ -282,6 +292,8 @@ class Backend(abc.ABC):
                     self._calls.notify_all()
 
     def _checked_infer(self, batch: Any) -> list[Any]:
+        if not hasattr(batch, "shape") or not hasattr(batch, "dtype"):
+            raise InputError(f"expected a batch as a numpy array or a tensor, got {type(batch).__name__}")
         shape = tuple(batch.shape)
         canvas = is_canvas_batch(batch)
         want_n, _, want_h, want_w = self.input_shape
@@ -294,6 +306,9 @@ class Backend(abc.ABC):
         if not self.meta.dynamic_hw and hw != (want_h, want_w):
             raise InputError(f"this artefact was exported for {want_h}x{want_w} input, got {hw[0]}x{hw[1]}; "
                              "re-export it for that size (or use its own size)")
+        step = max(self.meta.strides)
+        if hw[0] % step or hw[1] % step:  # a dynamic-size graph fails inside its runtime (mismatched concat)
+            raise InputError(f"input {hw[0]}x{hw[1]} is not a multiple of {step}")
         if want_n is not None and shape[0] != want_n:
             raise InputError(f"this artefact was exported for batch {want_n}, got {shape[0]}")
         run = self._infer_canvas if canvas else self._infer
@@ -321,6 +336,9 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, device={self.device!r})"
+
+    def __reduce__(self) -> NoReturn:
+        refuse_copying(self)
 
 
 def as_numpy(x: Any) -> np.ndarray:

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, Union
+from typing import Any, NamedTuple, NoReturn, TypeVar, Union
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from ..structures import Detections, as_class_names, name_table
 from ..utils.sizes import parse_img_size
 from ..utils.values import is_integer
 from ..zoo import canonical_name
-from .base import Backend, as_numpy, backend_class, find_backend
+from .base import Backend, as_numpy, backend_class, find_backend, refuse_copying
 from .streaming import StreamResult
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,9 @@ class Detector:
         m = self.meta
         return (f"Detector({self.backend.info.name}, model={m.model}, input={m.input_size[0]}x{m.input_size[1]}, "
                 f"classes={m.num_classes}, conf={self.conf}, nms={self.nms})")
+
+    def __reduce__(self) -> NoReturn:
+        refuse_copying(self)
 
 
 class _Tables(NamedTuple):

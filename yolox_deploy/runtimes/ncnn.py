@@ -282,9 +282,13 @@ class NcnnBackend(Backend):
 
     @property
     def compute_precision(self) -> str:
-        """``fp16`` where NCNN keeps FP16 storage (an FP16 artefact, or ``half=True``): activations rounded to
-        FP16 between layers, the arithmetic FP16 too only with ``half=True``; else ``fp32``."""
-        return "fp16" if self.net.opt.use_fp16_storage else "fp32"
+        """``fp16`` where NCNN keeps FP16 storage (an FP16 artefact, or ``half=True``) and the device does it:
+        activations rounded to FP16 between layers, the arithmetic FP16 too only with ``half=True``. Only
+        NCNN's ARM (FP16 conversion in hardware) and Vulkan layers do; on x86 its layers that YOLOX uses run
+        FP32 whatever the flags (outputs equal to the bit), so that is ``fp32``, as is everything else."""
+        o = self.net.opt
+        arm = self._ncnn.cpu_support_arm_vfpv4() or self._ncnn.cpu_support_arm_asimdhp()
+        return "fp16" if o.use_fp16_storage and (o.use_vulkan_compute or arm) else "fp32"
 
     def _open_net(self, param: Path, weights: Path, meta: ModelMeta | None) -> Any:
         ncnn = self._ncnn
@@ -351,11 +355,8 @@ class NcnnBackend(Backend):
         arr = np.asarray(out)
         return arr[0] if arr.ndim == 3 and arr.shape[0] == 1 else arr
 
-    def _run_all(self, images: np.ndarray, hw: tuple[int, int], run: Any) -> list[Any]:
-        """``run`` on each image of the batch, outputs stacked; the input size checked first."""
-        step = max(self.meta.strides)
-        if hw[0] % step or hw[1] % step:
-            raise InputError(f"input {hw[0]}x{hw[1]} is not a multiple of {step}")
+    def _run_all(self, images: np.ndarray, run: Any) -> list[Any]:
+        """``run`` on each image of the batch, outputs stacked."""
         first = run(images[0])
         out = np.empty((images.shape[0], *first.shape), np.float32)
         out[0] = first
@@ -365,7 +366,7 @@ class NcnnBackend(Backend):
 
     def _infer(self, batch: Any) -> list[Any]:
         x = np.ascontiguousarray(as_numpy(batch), dtype=np.float32)
-        return self._run_all(x, x.shape[2:], self._run_one)
+        return self._run_all(x, self._run_one)
 
     def _infer_canvas(self, canvases: Any) -> list[Any]:
         """Canvases become NCNN Mats with ``Mat.from_pixels`` (NCNN's own uint8 HWC -> float CHW); option
@@ -374,7 +375,7 @@ class NcnnBackend(Backend):
             return super()._infer_canvas(canvases)
         c = np.ascontiguousarray(as_numpy(canvases))
         bgr = self._ncnn.Mat.PixelType.PIXEL_BGR
-        return self._run_all(c, c.shape[1:3],
+        return self._run_all(c,
                              lambda image: self._run_mat(self._ncnn.Mat.from_pixels(image, bgr, image.shape[1],
                                                                                      image.shape[0])))
 

@@ -212,8 +212,9 @@ class OpenVINOBackend(Backend):
     @property
     def compute_precision(self) -> str:
         """An INT8 IR's; else the precision the compiled model says it computes in (a CPU without FP16
-        arithmetic takes an f16 hint and runs FP32), or where a device does not say, the hint given (the
-        device's own FP16 default when none)."""
+        arithmetic takes an f16 hint and runs FP32), or where a plugin does not say (AUTO, MULTI, HETERO), the
+        hint given when a device it runs on has that arithmetic, else FP32 (the IR's own precision without a
+        hint)."""
         if self.meta.precision == "int8":
             return "int8"
         try:
@@ -222,18 +223,49 @@ class OpenVINOBackend(Backend):
             hint = self._config_dict.get("INFERENCE_PRECISION_HINT")
             if hint is None:
                 return self.meta.precision
+            name = precision_name(hint)
+            return name if name == "fp32" or self._executes_in(name) else "fp32"
         return precision_name(hint)
+
+    def _executes_in(self, precision: str) -> bool:
+        """Whether a device the compiled model runs on has ``precision``'s arithmetic (its optimisation
+        capabilities name it: ``FP16``, ``BF16``); True when the plugin does not say where it runs."""
+        try:
+            devices = list(self.compiled.get_property("EXECUTION_DEVICES"))
+        except (RuntimeError, AttributeError, TypeError):
+            return True
+        core = _core()
+        capability = precision.replace("fp", "FP").upper()
+        for device in devices:
+            try:
+                if capability in core.get_property(str(device), "OPTIMIZATION_CAPABILITIES"):
+                    return True
+            except RuntimeError:
+                return True
+        return False
 
     @classmethod
     def _check_device(cls, device: str) -> None:
-        base = ov_device(device).split(":")[0]
-        if base in ("AUTO", "MULTI", "HETERO"):
+        """Every device the name lists is present here (AUTO alone picks among those that are); refused before
+        the model is read, not as a compile failure of the artefact."""
+        base, _, listed = ov_device(device).partition(":")
+        targets = [t.strip() for t in listed.split(",") if t.strip()]
+        if base not in ("AUTO", "MULTI", "HETERO"):
+            if listed:
+                raise InputError(f"OpenVINO device {base} takes no ':' part, got {device!r}; use cpu, gpu.N, npu, "
+                                 "or auto:gpu,cpu to list candidates")
+            targets = [base]
+        elif not targets:
+            if base != "AUTO":
+                raise InputError(f"OpenVINO {base} runs on the devices it lists, e.g. {base.lower()}:gpu,cpu")
             return
         available = list(_core().available_devices)
-        family = base.split(".")[0]
-        if base not in available and not (base == family and any(d.split(".")[0] == family for d in available)):
-            raise BackendUnavailable(f"OpenVINO device {base} is not available here "
-                                     f"(found: {', '.join(available) or 'none'})")
+        for target in targets:
+            family = target.split(".")[0]
+            if target not in available and not (target == family and any(d.split(".")[0] == family
+                                                                           for d in available)):
+                raise BackendUnavailable(f"OpenVINO device {target} is not available here "
+                                         f"(found: {', '.join(available) or 'none'})")
 
     def _infer(self, batch: Any) -> list[Any]:
         return self._plain_model().run(as_numpy(batch), self._n_outputs)
@@ -281,5 +313,5 @@ class _Compiled:
 def _first_line(e: BaseException) -> str:
     """The informative line of an OpenVINO exception (they start with source locations and checks)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check "))]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check ")) and any(c.isalpha() for c in ln)]
     return ((useful or lines or [type(e).__name__])[-1])[:200]

@@ -98,7 +98,5 @@ class TorchBackend(Backend):
         x = torch.from_numpy(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
         x = x.to(self._device, non_blocking=True)
         x = x.half() if self._half else x.float()
-        if x.shape[2] % 32 or x.shape[3] % 32:
-            raise InputError(f"input {x.shape[2]}x{x.shape[3]} is not a multiple of 32")
         out = self.model(x)
         return [out.float() if self._half else out]
