@@ -138,17 +138,27 @@ def test_ids_are_whole_numbers_and_category_ids_fit_the_class_table():
         Detections.from_arrays(boxes, [0.5, 0.4], [0, 1], ["a", "b"], category_ids=[1, 2, 3])
     with pytest.raises(InputError, match="category_ids must be whole numbers, got 1.5"):
         Detections(boxes, [0.5, 0.4], [0, 1], ["a", "b"], category_ids=[1.5, 2])
+    from decimal import Decimal
+
+    for ids, bad in (([Decimal("0.99"), 1], "0.99"), (np.array([0.99, 1], dtype=object), "0.99")):
+        with pytest.raises(InputError, match=f"class_ids must be whole numbers, got {bad}"):
+            Detections(boxes, [0.5, 0.4], ids, ["a", "b"])
+    with pytest.raises(InputError, match="class_ids must be integers"):
+        Detections(boxes, [0.5, 0.4], np.array(["1", "0"]), ["a", "b"])  # numpy would read the text
     d = Detections.from_arrays(boxes, [0.5, 0.4], [0, 1], ["a", "b"])
     for mapping, bad in (({0: "x", 1: 2}, "'x'"), ("ab", "'a'"), ([1.7, 2], "1.7")):
         with pytest.raises(InputError, match=f"category ids must be integers \\(COCO's are\\), got {bad}"):
             d.to_coco(1, category_ids=mapping)
-    assert [e["category_id"] for e in d.to_coco(1, category_ids=np.array([3, 4]))] == [3, 4]
+    for mapping in (np.array([3, 4]), np.array([3.0, 4.0]), torch.tensor([3, 4]), {0: 3.0, 1: np.int32(4)}):
+        assert [e["category_id"] for e in d.to_coco(1, category_ids=mapping)] == [3, 4], mapping
 
 
 def test_torch_tensors_are_taken_as_arrays():
     t = torch.tensor([[0.0, 0.0, 4.0, 4.0]], requires_grad=True)
     d = Detections(t * 2, torch.tensor([0.5]), torch.tensor([1]), ["b"])
     assert d.xyxy.tolist() == [[0, 0, 8, 8]] and d.class_ids.dtype == np.int64
+    half = Detections(t.bfloat16(), torch.tensor([0.5], dtype=torch.bfloat16), torch.tensor([1.0]).bfloat16(), ["b"])
+    assert half.xyxy.tolist() == [[0, 0, 4, 4]] and half.class_ids.tolist() == [1]  # CPU autocast's type
     image = np.zeros((16, 16, 3), np.uint8)
     assert Detections([[0, 0, 8, 8]], [0.5], [0], [7]).draw(image, show_scores=False).any()  # a name that is no str
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import InputError
+from .utils.arrays import to_numpy
 from .utils.files import json_ready
 from .utils.values import is_integer
 
@@ -23,28 +25,35 @@ def name_table(class_names: Sequence[str]) -> np.ndarray:
     return table
 
 
-def _array(values: Any) -> np.ndarray:
-    """``values`` as a numpy array; a torch tensor (one that needs grad, or on a GPU, too) is copied out."""
-    if type(values) is np.ndarray:  # what the pipeline passes, per image
-        return values
-    if hasattr(values, "detach") and hasattr(values, "cpu"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
 def as_ids(values: Any, label: str) -> np.ndarray:
     """Integer ids (``[N]`` int64) from ints or whole floats (the authors' outputs hold class ids in a float
     column); a fraction, NaN or infinity is refused rather than truncated."""
-    arr = _array(values)
+    arr = to_numpy(values)
     if arr.dtype == np.int64:
         return arr.reshape(-1)
-    if arr.dtype.kind == "f" and arr.size and not (np.isfinite(arr).all() and (arr == np.floor(arr)).all()):
-        bad = arr.reshape(-1)[~(np.isfinite(arr) & (arr == np.floor(arr))).reshape(-1)][0]
-        raise InputError(f"{label} must be whole numbers, got {bad}")
+    if arr.dtype.kind not in "iubfO":  # text: numpy would read "1" as 1
+        raise InputError(f"{label} must be integers, got {arr.reshape(-1)[:3].tolist()}")
+    if arr.dtype.kind in "fO":  # Python objects (Decimal, floats) are held to the same rule as floats
+        try:
+            numbers = arr.astype(np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise InputError(f"{label} must be integers, got {arr.reshape(-1)[:3].tolist()}") from None
+        whole = np.isfinite(numbers) & (numbers == np.floor(numbers))
+        if not whole.all():
+            raise InputError(f"{label} must be whole numbers, got {arr.reshape(-1)[~whole][0]}")
+        return numbers.astype(np.int64)
+    return arr.astype(np.int64, copy=False).reshape(-1)
+
+
+def _category_id(value: Any) -> int:
+    """A category id as an int: ints, whole floats, numpy scalars, 0-d tensors; text and fractions refused."""
     try:
-        return arr.astype(np.int64, copy=False).reshape(-1)
+        number = None if isinstance(value, (str, bytes)) else float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{label} must be integers, got {arr.reshape(-1)[:3].tolist()}") from None
+        number = None
+    if number is None or not math.isfinite(number) or number != int(number):
+        raise InputError(f"category ids must be integers (COCO's are), got {value!r}")
+    return int(number)
 
 
 def as_class_names(class_names: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -87,8 +96,8 @@ class Detections:
 
     def __post_init__(self) -> None:
         try:
-            xyxy = _array(self.xyxy).astype(np.float32, copy=False)
-            scores = _array(self.scores).astype(np.float32, copy=False).reshape(-1)
+            xyxy = to_numpy(self.xyxy).astype(np.float32, copy=False)
+            scores = to_numpy(self.scores).astype(np.float32, copy=False).reshape(-1)
         except (TypeError, ValueError):
             raise InputError("xyxy and scores must be numbers") from None
         if xyxy.size == 0:
@@ -226,10 +235,7 @@ class Detections:
                     raise InputError(f"category_ids maps {len(category_ids)} classes, but a detection has class id "
                                      f"{outside[0]}")
             cats = [category_ids[c] for c in self.class_ids.tolist()]
-        bad = [c for c in cats if c is not None and not is_integer(c)]
-        if bad:
-            raise InputError(f"category ids must be integers (COCO's are), got {bad[0]!r}")
-        return cats
+        return [None if c is None else _category_id(c) for c in cats]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: image size and a list of detections (with their dataset ``category_id`` when known).

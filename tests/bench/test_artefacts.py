@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +194,13 @@ def test_calibration_pngs_of_a_longer_earlier_run_are_removed(tmp_path):
     write_calibration_images(images[:2], folder)
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == {k: mtimes[k] for k in ("calib_000.png",
                                                                                              "calib_001.png")}
+
+
+def test_a_calibration_link_whose_image_is_gone_is_left_out_of_the_cache_key(tmp_path):
+    """The folder lists such a link now (reading it says so); the cache key stat()ed it and failed."""
+    from yolox_deploy.bench.artefacts import calibration_fingerprint
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    before = calibration_fingerprint(tmp_path)
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "moved.jpg")
+    assert calibration_fingerprint(tmp_path) == before

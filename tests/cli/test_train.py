@@ -89,6 +89,8 @@ def test_arguments_map_onto_the_config(tmp_path):
     ("tiny", None, 640, 416, (10, 20)),  # its file's input_scale is never read: 640 canvases, sides 320-640
     ("s", None, 640, 640, (15, 25)),  # 480..800, the authors' multiscale_range 5
     ("tiny", 512, 512, 512, (11, 21)),  # a size given serves training and evaluation
+    ("tiny", 640, 640, 416, (10, 20)),  # the recipe's own size, stated: still the recipe
+    ("tiny", 416, 416, 416, (10, 20)),  # Tiny's training size before: its runs resume with --img-size 416
 ])
 def test_training_and_evaluation_sizes_follow_the_authors_recipe(model, given, train, evaluated, k):
     argv = ["--model", model, "--data", "d"] + ([] if given is None else ["--img-size", str(given)])

@@ -391,9 +391,9 @@ def no_loading(monkeypatch):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--nms", "--conf", "1.5"], "NMS thresholds must lie in [0, 1]"),
-    (["--nms", "--iou", "-0.1"], "NMS thresholds must lie in [0, 1]"),
-    (["--nms", "--max-det", "0"], "max detections must be >= 1"),
+    (["--nms", "--conf", "1.5"], "thresholds must be numbers in [0, 1]: conf=1.5"),
+    (["--nms", "--iou", "-0.1"], "thresholds must be numbers in [0, 1]: iou=-0.1"),
+    (["--nms", "--max-det", "0"], "max_det must be an integer >= 1, got 0"),
     (["--max-batch", "16"], "does not support --max-batch"),
     (["--conf", "0.3"], "--conf is for the NMS inside the graph; add --nms"),
     (["--conf", "0.25", "--max-det", "100"], "--conf, --max-det are for the NMS inside the graph"),  # defaults, given

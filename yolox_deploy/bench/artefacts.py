@@ -220,6 +220,8 @@ def calibration_fingerprint(folder: Path) -> str:
 
     h = hashlib.sha1()
     for p in list_images(folder):
+        if not p.exists():  # a link whose image is gone: calibration leaves it out too
+            continue
         st = p.stat()
         h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:12]

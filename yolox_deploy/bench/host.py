@@ -51,7 +51,7 @@ class HostInfo:
     packages: dict[str, str] = field(default_factory=dict)
     gpus: list[GpuInfo] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    usable_cpus: int | None = None  # the CPUs this process may run on (its affinity), when the OS says
+    usable_cpus: int | None = None  # the CPUs this process may run on (its affinity mask; None in older reports)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,8 +21,9 @@ FAILED = "failed"
 JSON_UNITS = {
     "rows[].ap, rows[].ap50": "COCO AP as a fraction (0.3052), as pycocotools reports it",
     "published.*.ap, rows[].published.ap": "percent (25.8), as the paper prints it",
-    "*_ms, mean, p50, p90, p99": "milliseconds per call of `batch` images", "fps": "images per second",
-    "params_m": "millions of parameters", "gflops": "GFLOPs per image at the row's input size",
+    "*_ms, mean, std, min, p50, p90, p99, max": "milliseconds per call of `batch` images",
+    "fps": "images per second", "rows[].params": "parameters (a count)",
+    "gflops": "GFLOPs per image at the row's input size",
 }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, InputError
 from ..meta import ModelMeta
+from ..ops.postprocess import check_settings
 from ..utils.packages import import_reason, missing_reason
 from ..utils.values import is_finite_number, is_integer
 
@@ -106,12 +107,8 @@ def check_opset(opset: Any) -> None:
 
 def check_nms_options(options: ExportOptions) -> None:
     """Refuse in-graph NMS settings out of range (``conf`` / ``iou`` in [0, 1], ``max_det`` >= 1)."""
-    if not options.nms:
-        return
-    if not 0.0 <= options.conf <= 1.0 or not 0.0 <= options.iou <= 1.0:
-        raise InputError(f"NMS thresholds must lie in [0, 1]: conf={options.conf}, iou={options.iou}")
-    if options.max_det < 1:
-        raise InputError(f"max detections must be >= 1, got {options.max_det}")
+    if options.nms:  # a graph keeps a fixed number of boxes: no uncapped max_det
+        check_settings(options.conf, options.iou, options.max_det, names=("conf", "iou"), uncapped=False)
 
 
 def folder_stem(folder: Path, format_name: str) -> str:

@@ -37,6 +37,7 @@ from ..ops.decode import cached_grid, decode, level_shapes
 from ..ops.letterbox import preprocess_batch
 from ..ops.match import EMPTY, Agreement, match_detections
 from ..ops.postprocess import RawDetections, postprocess, split_nms_outputs
+from ..utils.arrays import to_numpy
 from .base import HEAD_OUTPUT, NMS_HEAD_KEY, ExportOptions, ExportSource
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ def _detections(outputs: list[Any], meta: ModelMeta, conf: float = VERIFY_CONF, 
 
 
 def _np(x: Any) -> np.ndarray:
-    return x if isinstance(x, np.ndarray) else x.detach().cpu().float().numpy()
+    """An output as float32 numpy, to compare."""
+    return to_numpy(x).astype(np.float32, copy=False)
 
 
 def reference_outputs(source: ExportSource, batch: np.ndarray, meta: ModelMeta) -> np.ndarray:

@@ -33,14 +33,15 @@ class RawDetections(NamedTuple):
 
 
 def check_settings(conf: float | None, iou: float | None, max_det: int | None,
-                   names: tuple[str, str] = ("conf_threshold", "iou_threshold")) -> None:
-    """Raise :class:`InputError` for a threshold outside [0, 1] or a ``max_det`` other than None or >= 1
-    (``names``: how the caller calls the two thresholds)."""
+                   names: tuple[str, str] = ("conf_threshold", "iou_threshold"), *, uncapped: bool = True) -> None:
+    """Raise :class:`InputError` for a threshold outside [0, 1] or a ``max_det`` other than >= 1 (or None,
+    no cap, where ``uncapped``); ``names``: how the caller calls the two thresholds."""
     for name, value in zip(names, (conf, iou)):
         if value is not None and not (is_number(value) and 0.0 <= value <= 1.0):
             raise InputError(f"thresholds must be numbers in [0, 1]: {name}={value!r}")
-    if max_det is not None and (not is_integer(max_det) or max_det < 1):
-        raise InputError(f"max_det must be an integer >= 1 (or None for no cap), got {max_det!r}")
+    if (max_det is None and not uncapped) or (max_det is not None and (not is_integer(max_det) or max_det < 1)):
+        raise InputError(f"max_det must be an integer >= 1{' (or None for no cap)' if uncapped else ''}, "
+                         f"got {max_det!r}")
 
 
 def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, class_agnostic: bool = False,

@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import ModelMeta, Preprocess
 from ..ops.letterbox import is_canvas_batch, to_model_input
+from ..utils.arrays import to_numpy
 from ..utils.packages import import_reason, missing_reason
 from ..utils.values import is_integer
 
@@ -255,7 +256,7 @@ class Backend(abc.ABC):
 
         Backends override it to do the conversion inside their runtime or on their device.
         """
-        return self._infer(to_model_input(as_numpy(canvases), self.meta.preprocess))
+        return self._infer(to_model_input(to_numpy(canvases), self.meta.preprocess))
 
     def _close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources (optional)."""
@@ -341,8 +342,3 @@ class Backend(abc.ABC):
         refuse_copying(self)
 
 
-def as_numpy(x: Any) -> np.ndarray:
-    """A numpy view or copy of a backend input or output."""
-    if isinstance(x, np.ndarray):
-        return x
-    return x.detach().cpu().numpy()

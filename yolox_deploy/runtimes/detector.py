@@ -26,10 +26,11 @@ from ..ops.decode import num_anchors
 from ..ops.letterbox import letterbox_batch, scale_boxes
 from ..ops.postprocess import RawDetections, check_settings, postprocess, split_nms_outputs
 from ..structures import Detections, as_class_names, name_table
+from ..utils.arrays import to_numpy
 from ..utils.sizes import parse_img_size
 from ..utils.values import is_integer
 from ..zoo import canonical_name
-from .base import Backend, as_numpy, backend_class, find_backend, refuse_copying
+from .base import Backend, backend_class, find_backend, refuse_copying
 from .streaming import StreamResult
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class Detector:
     def _to_detections(self, raw: RawDetections, ratio: float, image_hw: tuple[int, int]) -> Detections:
         boxes = scale_boxes(raw.boxes, float(ratio), image_hw if self.clip else None)
         tables = self._tables()
-        return Detections.from_arrays(as_numpy(boxes), as_numpy(raw.scores), as_numpy(raw.class_ids),
+        return Detections.from_arrays(to_numpy(boxes), to_numpy(raw.scores), to_numpy(raw.class_ids),
                                       tables.names, image_hw, tables.category_ids)
 
     @property

@@ -44,10 +44,11 @@ import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import NCNN_BIN_BYTES, NCNN_BIN_SHA256, ModelMeta, Preprocess, read_sidecar, sidecar_path
+from ..utils.arrays import to_numpy
 from ..utils.files import file_sha256
 from ..utils.native import silenced_stderr
 from ..utils.sizes import parse_img_size
-from .base import Backend, as_numpy, one_model_file, register_backend
+from .base import Backend, one_model_file, register_backend
 
 PARAM_MAGIC = 7767517
 _TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
@@ -365,7 +366,7 @@ class NcnnBackend(Backend):
         return [out]
 
     def _infer(self, batch: Any) -> list[Any]:
-        x = np.ascontiguousarray(as_numpy(batch), dtype=np.float32)
+        x = np.ascontiguousarray(to_numpy(batch), dtype=np.float32)
         return self._run_all(x, self._run_one)
 
     def _infer_canvas(self, canvases: Any) -> list[Any]:
@@ -373,7 +374,7 @@ class NcnnBackend(Backend):
         ``canvas_in_graph=False`` converts them in numpy instead."""
         if not self._runtime_converts_canvases:
             return super()._infer_canvas(canvases)
-        c = np.ascontiguousarray(as_numpy(canvases))
+        c = np.ascontiguousarray(to_numpy(canvases))
         bgr = self._ncnn.Mat.PixelType.PIXEL_BGR
         return self._run_all(c,
                              lambda image: self._run_mat(self._ncnn.Mat.from_pixels(image, bgr, image.shape[1],

@@ -35,10 +35,11 @@ import numpy as np
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
+from ..utils.arrays import to_numpy
 from ..utils.files import check_readable
 from ..utils.onnxgraph import described_by_weights, graph_inputs, tensor_dims
 from ..utils.sizes import parse_img_size
-from .base import Backend, as_numpy, register_backend
+from .base import Backend, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class OnnxRuntimeBackend(Backend):
     def _infer(self, batch: Any) -> list[Any]:
         if self._io_binding:
             return self._infer_bound(batch)
-        batch = as_numpy(batch)
+        batch = to_numpy(batch)
         if batch.dtype != self._input_dtype:
             batch = batch.astype(self._input_dtype)
         return self.session.run(self._output_names, {self._input_name: batch})
@@ -263,7 +264,7 @@ class OnnxRuntimeBackend(Backend):
             return self._infer_bound(canvas_to_tensor(canvases, self.meta.preprocess, self._torch_device))
         if self._canvas_session is None:
             return super()._infer_canvas(canvases)
-        return self._canvas_session.run(self._output_names, {CANVAS_INPUT: np.ascontiguousarray(as_numpy(canvases))})
+        return self._canvas_session.run(self._output_names, {CANVAS_INPUT: np.ascontiguousarray(to_numpy(canvases))})
 
     def _output_shapes(self, n: int, h: int, w: int) -> list[tuple[int, ...]]:
         from ..ops.decode import num_anchors

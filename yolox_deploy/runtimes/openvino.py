@@ -38,9 +38,10 @@ import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
+from ..utils.arrays import to_numpy
 from ..utils.files import check_readable
 from ..utils.sizes import parse_img_size
-from .base import Backend, as_numpy, one_model_file, precision_name, register_backend
+from .base import Backend, one_model_file, precision_name, register_backend
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
@@ -268,12 +269,12 @@ class OpenVINOBackend(Backend):
                                          f"(found: {', '.join(available) or 'none'})")
 
     def _infer(self, batch: Any) -> list[Any]:
-        return self._plain_model().run(as_numpy(batch), self._n_outputs)
+        return self._plain_model().run(to_numpy(batch), self._n_outputs)
 
     def _infer_canvas(self, canvases: Any) -> list[Any]:
         if self._canvas is None:
             return super()._infer_canvas(canvases)
-        return self._canvas.run(np.ascontiguousarray(as_numpy(canvases)), self._n_outputs)
+        return self._canvas.run(np.ascontiguousarray(to_numpy(canvases)), self._n_outputs)
 
     def _close(self) -> None:
         for c in (self._plain, self._canvas):

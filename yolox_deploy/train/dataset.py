@@ -111,23 +111,35 @@ class TrainDataset(torch.utils.data.Dataset):
 def loader_worker_init(worker_id: int) -> None:
     """In each DataLoader worker: a process group of its own, so that a signal to the training's process group
     (Ctrl-C at the terminal, ``timeout``, ``kill -- -PGID``) reaches the training process alone, which stops its
-    workers itself once its checkpoint is written; and a SIGTERM sent to every process of a job (Slurm's or
-    systemd's stop of a control group) is left to the training process too. Such a SIGTERM ended the workers
+    workers itself once its checkpoint is written; and (Linux, forked workers) a SIGTERM sent to every process
+    of a job (Slurm's or systemd's stop of a control group) is left to the training process too. Such a SIGTERM ended the workers
     (PyTorch's handler ends a worker on a SIGTERM, exiting when its parent sent it), and the training with
     them, in a traceback before its checkpoint. The parent's own SIGTERM to a stuck worker still ends it."""
     if hasattr(os, "setpgid"):  # POSIX
         os.setpgid(0, 0)
-    if hasattr(signal, "sigwaitinfo"):  # Linux (not macOS)
+    if hasattr(signal, "sigwaitinfo") and _threads() == 1:  # Linux, a forked worker (see below)
         _leave_sigterm_to_the_parent()
+
+
+def _threads() -> int:
+    """This process's threads, native ones included (``/proc/self/task``); 0 where that cannot be read."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 0
 
 
 def _leave_sigterm_to_the_parent() -> None:
     """Block SIGTERM in this worker and take it in a thread that knows who sent it (``sigwaitinfo``; a Python
     handler does not): the parent's, which is how PyTorch stops a worker, exits as PyTorch's own handler
-    does; anyone else's is left to the parent, which stops its workers itself. The worker has one thread when
-    this runs, and the threads it starts later inherit the blocked signal."""
+    does; anyone else's is left to the parent, which stops its workers itself. Only for a worker with one
+    thread (forked, Linux's start method before Python 3.14): the threads it starts later inherit the blocked
+    signal, while one started earlier (a spawned interpreter's BLAS pool) would take SIGTERM and PyTorch's
+    handler would end the worker as before. Processes forked from the worker get SIGTERM back (one started
+    with ``subprocess`` keeps it blocked: the training data never starts any)."""
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    os.register_at_fork(after_in_child=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM}))
 
     def watch() -> None:
         while True:

@@ -76,10 +76,10 @@ MIN_SIDE = 64
 
 def default_multiscale_range(model: str, input_hw: tuple[int, int]) -> tuple[int, int]:
     """The authors' range of ``k`` (side = 32 k): ``base / 32 +- 5`` (640 -> 480..800), never below
-    ``MIN_SIDE``; nano and tiny at their recipe's training size use their experiment files' ``(10, 20)``
+    ``MIN_SIDE``; nano and tiny at their recipe's training or test size use their experiment files' ``(10, 20)``
     (320..640; the authors keep it at any size, here another size gets its own +- 5)."""
     spec = get_spec(model)
-    if spec.random_size is not None and tuple(input_hw) == tuple(spec.train_size):
+    if spec.random_size is not None and tuple(input_hw) in (tuple(spec.train_size), tuple(spec.test_size)):
         return spec.random_size
     k = input_hw[0] // 32
     return max(k - 5, MIN_SIDE // 32), k + 5
