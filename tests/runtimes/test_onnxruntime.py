@@ -452,6 +452,10 @@ def test_options_that_cannot_apply_say_so(nano_onnx, tmp_path, caplog):
     with OnnxRuntimeBackend(nano_onnx, half=True) as backend:  # accepted, and said to do nothing on the CPU
         assert backend.meta.precision == "fp32"
     assert "half applies with the TensorRT execution provider (device tensorrt) only" in caplog.text
+    with OnnxRuntimeBackend(nano_onnx, trt_cache=tmp_path / "engines"):  # it was dropped without a word
+        pass
+    assert "trt_cache is the TensorRT execution provider's engine cache (device tensorrt); on cpu it is not used" \
+        in caplog.text and not (tmp_path / "engines").exists()
     (tmp_path / "m_openvino").mkdir()
     with pytest.raises(InputError, match="m_openvino is a folder; the onnxruntime backend opens .onnx files"):
         OnnxRuntimeBackend(tmp_path / "m_openvino")
@@ -478,3 +482,12 @@ def test_a_detector_is_neither_pickled_nor_copied(tiny_files):
         for attempt in (pickle.dumps, copy.copy, copy.deepcopy, lambda d: pickle.dumps(d.backend)):
             with pytest.raises(TypeError, match="holds a loaded runtime and cannot be pickled or copied; open one"):
                 attempt(det)
+
+
+def test_another_size_for_a_fixed_graph_is_refused_in_one_wording(tiny_files):
+    path, _ = tiny_files["nms"]  # fixed 64x64
+    with pytest.raises(InputError, match=r"tiny_nms.onnx was exported for 64x64 input, not 96x96; re-export it for "
+                                         r"that size, or drop the image size \(--img-size\)"):
+        Detector(path, img_size=96)
+    with Detector(tiny_files["dynamic"][0], img_size=96) as det:  # a dynamic graph runs at it
+        assert det.meta.input_size == (96, 96)

@@ -151,6 +151,17 @@ def precision_name(word: Any) -> str:
     return {"f32": "fp32", "f16": "fp16"}.get(w, w)
 
 
+def with_input_size(meta: ModelMeta, size: tuple[int, int] | None, what: str) -> ModelMeta:
+    """``meta`` run at ``size`` (the caller's ``img_size``); refused for an artefact of a fixed other size
+    (``what`` names it)."""
+    if size is None or size == tuple(meta.input_size):
+        return meta
+    if not meta.dynamic_hw:
+        raise InputError(f"{what} was exported for {meta.input_size[0]}x{meta.input_size[1]} input, not "
+                         f"{size[0]}x{size[1]}; re-export it for that size, or drop the image size (--img-size)")
+    return meta.with_(input_size=size)
+
+
 def refuse_copying(obj: object) -> NoReturn:
     """For ``__reduce__``: a loaded runtime is neither pickled (``multiprocessing``) nor copied; say what to do."""
     raise TypeError(f"a {type(obj).__name__} holds a loaded runtime and cannot be pickled or copied; open one in "

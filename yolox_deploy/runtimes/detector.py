@@ -30,7 +30,7 @@ from ..utils.arrays import to_numpy
 from ..utils.sizes import parse_img_size
 from ..utils.values import is_integer
 from ..zoo import canonical_name
-from .base import Backend, backend_class, find_backend, refuse_copying
+from .base import Backend, backend_class, find_backend, refuse_copying, with_input_size
 from .streaming import StreamResult
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,7 @@ class Detector:
     def _apply_overrides(meta: ModelMeta, size: tuple[int, int] | None, class_names: Sequence[str] | None,
                          num_classes: int | None) -> ModelMeta:
         """The artefact's metadata with the caller's size and labels, each checked against what it was made for."""
-        if size is not None and size != tuple(meta.input_size):
-            if not meta.dynamic_hw:
-                raise InputError(f"this artefact was exported for {meta.input_size[0]}x{meta.input_size[1]} input, "
-                                 f"not {size[0]}x{size[1]}; re-export it for that size or drop --img-size")
-            meta = meta.with_(input_size=size)
+        meta = with_input_size(meta, size, "this artefact")
         if num_classes is not None and num_classes != meta.num_classes:
             raise InputError(f"the model has {meta.num_classes} classes, not {num_classes}; drop num_classes "
                              "(--num-classes)")

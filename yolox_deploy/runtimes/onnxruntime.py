@@ -39,7 +39,7 @@ from ..utils.arrays import to_numpy
 from ..utils.files import check_readable
 from ..utils.onnxgraph import described_by_weights, graph_inputs, tensor_dims
 from ..utils.sizes import parse_img_size
-from .base import Backend, register_backend
+from .base import Backend, register_backend, with_input_size
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,13 @@ class OnnxRuntimeBackend(Backend):
                              "runtime its contents imply)")
         if not path.is_file():
             raise InputError(f"ONNX file not found: {path}")
-        if self.options.get("half") and self._kind != "tensorrt":
-            log.warning("half applies with the TensorRT execution provider (device tensorrt) only; ONNX Runtime "
-                        "runs this graph in the precision it was exported in")
+        if self._kind != "tensorrt":  # options of the TensorRT provider, said rather than dropped
+            if self.options.get("half"):
+                log.warning("half applies with the TensorRT execution provider (device tensorrt) only; ONNX Runtime "
+                            "runs this graph in the precision it was exported in")
+            if self.options.get("trt_cache"):
+                log.warning("trt_cache is the TensorRT execution provider's engine cache (device tensorrt); "
+                            "on %s it is not used", self.device)
         if path.stat().st_size == 0:
             raise ArtefactError(f"{path.name} is empty (0 bytes); re-export it")
         check_readable(path)
@@ -231,11 +235,7 @@ class OnnxRuntimeBackend(Backend):
                 meta = meta.with_(**described_by_weights(graph.graph))
             elif inp[0].type == "tensor(float16)":
                 meta = meta.with_(precision="fp16")
-        if size is not None and size != tuple(meta.input_size):
-            if not meta.dynamic_hw:
-                raise InputError(f"{path.name} was exported for {meta.input_size[0]}x{meta.input_size[1]} input, "
-                                 f"not {size[0]}x{size[1]}; re-export it for that size or drop the image size")
-            meta = meta.with_(input_size=size)
+        meta = with_input_size(meta, size, path.name)
         if meta.nms_in_graph and meta.extra.get("nms_plugin") == "tensorrt" and self._kind != "tensorrt":
             raise ArtefactError(f"{path.name} holds the TensorRT NMS plugin, which only TensorRT runs; "
                                 "use device 'tensorrt' or build an engine from it")
