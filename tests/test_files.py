@@ -31,7 +31,8 @@ def _disk_full():
 def test_a_full_disk_names_the_file_the_user_asked_for(tmp_path):
     dest = tmp_path / "out.txt"
     dest.write_text("old")
-    with pytest.raises(WriteError, match=f"could not write {dest}: No space left on device \\(no part of it was left\\)"):
+    with pytest.raises(WriteError, match=f"could not write {dest}: No space left on device \\(no part of it "
+                                         r"was left\)"):
         with atomic_write(dest):
             raise _disk_full()
     with pytest.raises(WriteError, match=f"could not write {dest}: Permission denied"):

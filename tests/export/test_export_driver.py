@@ -255,7 +255,8 @@ def test_a_full_disk_names_the_artefact_and_leaves_nothing(tiny_pth, out, capsys
     code, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "m.onnx", "--img-size", "64"],
                         capsys)
     assert code == 2 and "Traceback" not in err
-    assert _one_error(err) == f"error: could not write {out / 'm.onnx'}: No space left on device (no part of it was left)"
+    assert _one_error(err) == (f"error: could not write {out / 'm.onnx'}: No space left on device (no part of it "
+                               "was left)")
     _assert_empty(out)
 
 

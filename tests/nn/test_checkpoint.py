@@ -258,7 +258,8 @@ def test_a_failed_write_is_one_message_naming_the_file(tmp_path, monkeypatch, na
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 300544 vs 300440")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(WriteError, match=f"could not write {target}: the disk may be full .*\\(no part of it was left\\)"):
+    with pytest.raises(WriteError, match=f"could not write {target}: the disk may be full .*\\(no part of it "
+                                         r"was left\)"):
         save_checkpoint(model, target)
     assert target.read_bytes() == b"previous" and [p.name for p in target.parent.iterdir()] == ["out.pth"]
 

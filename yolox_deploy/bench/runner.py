@@ -163,11 +163,11 @@ class BenchConfig:
             from ..eval.coco import open_scorable
 
             open_scorable(self.with_eval, self.eval_split)
-        self._check_weights()
 
-    def _check_weights(self) -> None:
+    def check_weights(self) -> None:
         """Each checkpoint the run would take from ``weights_dir`` loads into its variant: a damaged or
-        misnamed one is refused now, not once per row after the others were timed."""
+        misnamed one is refused before the run, not once per row after the others were timed (called once
+        by :func:`run_benchmark`, not by each row's process, which rebuilds the config)."""
         from ..nn.checkpoint import load_model
 
         for name in self.models:
@@ -636,6 +636,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
     ``on_row`` is called with the report so far before the first row and after each row (e.g. to save partial
     results of a long run).
     """
+    cfg.check_weights()
     t0 = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     host = collect_host_info()

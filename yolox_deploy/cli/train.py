@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-ema", action="store_true", help="no EMA of the weights")
     g.add_argument("--no-amp", action="store_true", help="FP32 on CUDA too")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
-    g.add_argument("--workers", type=int, help=f"data-loading processes per training process (default {DEFAULT_WORKERS}, "
-                   "or one per usable CPU when there are fewer)")
+    g.add_argument("--workers", type=int, help=f"data-loading processes per training process (default "
+                                               f"{DEFAULT_WORKERS}, or one per usable CPU when there are fewer)")
     g.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation")
     g.add_argument("--cache", action="store_true", help="keep decoded images in memory")
     g.add_argument("--skip-missing", action="store_true",

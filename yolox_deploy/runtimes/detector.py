@@ -35,6 +35,8 @@ from .streaming import StreamResult
 
 log = logging.getLogger(__name__)
 DEFAULT_CONF, DEFAULT_NMS = 0.25, 0.45  # score and NMS IoU thresholds, as the authors' demos
+
+
 class _DefaultMaxDet(int):
     """The default ``max_det``: an int that is told apart from the same number given (``is``), so an NMS graph
     with a lower cap warns of an explicit ``max_det=300`` and not of the default."""

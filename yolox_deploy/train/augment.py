@@ -3,8 +3,8 @@
 The geometry follows the authors' first release (0.1.x), which trained the released weights:
 ``random_perspective`` about the canvas centre with its ``box_candidates`` filter, and MixUp's pasted boxes
 through the same filter, blended only when one survives (later releases warp about the origin and only clip
-boxes, in both); the colour jitter
-is their later additive ``augment_hsv(5, 30, 30)`` (0.1.x multiplied by gains of 0.015 / 0.7 / 0.4).
+boxes, in both); the colour jitter is their later additive ``augment_hsv(5, 30, 30)`` (0.1.x multiplied by
+gains of 0.015 / 0.7 / 0.4).
 
 Pure functions on BGR uint8 images ``[H, W, 3]`` and boxes ``[N, 4]`` float32 ``x1, y1, x2, y2`` in that image's
 pixels, with labels ``[N]``; every random draw comes from the ``numpy.random.Generator`` passed in, so a

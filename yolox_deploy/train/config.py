@@ -1,12 +1,12 @@
 """Training configuration: every knob of the recipe, with the paper's values as defaults.
 
-Values left ``None`` are filled in by :meth:`TrainConfig.resolved` from the variant (``zoo.py``): training input
-size (nano 416, others 640: Tiny's experiment file trains at 640, see ``zoo.ModelSpec``) and evaluation size
-(the variant's test size, or the training size given), Mosaic scale range and probability, MixUp on/off, multi-scale range; warm-up
-and no-augmentation epochs default to the paper's 5 and 15, each capped at a quarter of ``epochs`` so short
-fine-tuning runs keep a cosine phase. The no-augmentation phase is the last ``no_aug_epochs`` epochs, as the
-paper says (the authors' trainer switches one epoch earlier, at ``epoch + 1 == max_epoch - no_aug_epochs``,
-so its runs have 16).
+Values left ``None`` are filled in by :meth:`TrainConfig.resolved` from the variant (``zoo.py``): training
+input size (nano 416, others 640: Tiny's experiment file trains at 640, see ``zoo.ModelSpec``) and evaluation
+size (the variant's test size, or a training size of the run's own), Mosaic scale range and probability,
+MixUp on/off, multi-scale range; warm-up and no-augmentation epochs default to the paper's 5 and 15, each
+capped at a quarter of ``epochs`` so short fine-tuning runs keep a cosine phase. The no-augmentation phase is
+the last ``no_aug_epochs`` epochs, as the paper says (the authors' trainer switches one epoch earlier, at
+``epoch + 1 == max_epoch - no_aug_epochs``, so its runs have 16).
 """
 
 from __future__ import annotations

@@ -112,9 +112,10 @@ def loader_worker_init(worker_id: int) -> None:
     """In each DataLoader worker: a process group of its own, so that a signal to the training's process group
     (Ctrl-C at the terminal, ``timeout``, ``kill -- -PGID``) reaches the training process alone, which stops its
     workers itself once its checkpoint is written; and (Linux, forked workers) a SIGTERM sent to every process
-    of a job (Slurm's or systemd's stop of a control group) is left to the training process too. Such a SIGTERM ended the workers
-    (PyTorch's handler ends a worker on a SIGTERM, exiting when its parent sent it), and the training with
-    them, in a traceback before its checkpoint. The parent's own SIGTERM to a stuck worker still ends it."""
+    of a job (Slurm's or systemd's stop of a control group) is left to the training process too. Such a
+    SIGTERM ended the workers (PyTorch's handler ends a worker on a SIGTERM, exiting when its parent sent it),
+    and the training with them, in a traceback before its checkpoint. The parent's own SIGTERM to a stuck
+    worker still ends it."""
     if hasattr(os, "setpgid"):  # POSIX
         os.setpgid(0, 0)
     if hasattr(signal, "sigwaitinfo") and _threads() == 1:  # Linux, a forked worker (see below)
