@@ -1,5 +1,6 @@
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,6 +199,32 @@ def test_identity_batchnorms_stay_identities(tmp_path, dtype):
     assert bn in folded_batchnorms(loaded)  # so fine-tuning unfolds it first
 
 
+def test_a_folded_model_saves_and_reloads_as_it_runs(tmp_path):
+    """The identity was an eps of the module's own: a save lost it (0.03 off after a training step and a
+    round trip) and a later load into the same module kept it."""
+    model = build_model("yolox-nano", num_classes=2).eval()
+    sd = model.state_dict()
+    for k in sd:
+        if k.endswith("bn.running_var"):
+            sd[k] = torch.full_like(sd[k], 1 - 1e-5)
+        elif k.endswith("bn.running_mean") or k.endswith("bn.weight"):
+            sd[k] = torch.zeros_like(sd[k]) if k.endswith("mean") else torch.ones_like(sd[k])
+    torch.save({"model": sd}, tmp_path / "folded.pth")
+    x = torch.rand(1, 3, 64, 64) * 255
+    net = load_model(tmp_path / "folded.pth")
+    for m in net.modules():  # as a training step's statistics would: the layers are no longer identities
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean += 0.01
+    again = load_model(save_checkpoint(net, tmp_path / "stepped.pth"))
+    torch.testing.assert_close(again.head_output(x.numpy(), decode=False),
+                               net.head_output(x.numpy(), decode=False), atol=0, rtol=0)
+    reused = build_model("yolox-nano", num_classes=2).eval()
+    load_checkpoint(reused, tmp_path / "folded.pth")
+    load_checkpoint(reused, tmp_path / "stepped.pth")
+    torch.testing.assert_close(reused.head_output(x.numpy(), decode=False),
+                               again.head_output(x.numpy(), decode=False), atol=0, rtol=0)
+
+
 def test_batchnorms_that_never_saw_data_keep_their_eps(tmp_path):
     path = save_checkpoint(build_model("yolox-nano", num_classes=2), tmp_path / "fresh.pth")  # var 1, mean 0
     assert {m.eps for m in load_model(path).modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
@@ -347,3 +374,41 @@ def test_the_recorded_variant_is_read_in_any_spelling_and_an_unknown_one_is_name
     for n in ("3", 2.0, True, 0):
         with pytest.raises(InputError, match="the number of classes must be an integer >= 1"):
             load_model(tmp_path / "foo.pth", "yolox-nano", num_classes=n)
+
+
+def test_head_output_runs_in_eval_mode_and_leaves_the_mode_as_it_was():
+    """In training mode it gave raw training outputs for decode=True and moved the BatchNorm statistics."""
+    model = build_model("yolox-nano", num_classes=2).eval()
+    x = (np.random.default_rng(0).random((1, 3, 64, 64)) * 255).astype(np.float32)
+    before = model.head_output(x, decode=True)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    np.testing.assert_array_equal(model.head_output(x[:, :, :, ::-1], decode=True),  # a negative-stride view too
+                                  model.eval().head_output(np.ascontiguousarray(x[:, :, :, ::-1]), decode=True))
+    model.train()
+    np.testing.assert_array_equal(model.head_output(x, decode=True), before)
+    assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_checkpoint_messages_name_the_file_and_what_it_is(tmp_path, nano_onnx):
+    """Mismatches named no file; a torch.compile checkpoint could not be told apart; an ONNX file was
+    "unreadable pickle data"; reserved keys made a file that contradicted itself; a string became names."""
+    model = build_model("yolox-nano", num_classes=3)
+    path = save_checkpoint(model, tmp_path / "n3.pth")
+    with pytest.raises(CheckpointError, match=f"{path}: checkpoint has 3 classes, model has 80"):
+        load_checkpoint(build_model("yolox-nano"), path)
+    compiled = {"_orig_mod." + k: v for k, v in model.state_dict().items()}
+    torch.save({"model": {"module." + k: v for k, v in compiled.items()}}, tmp_path / "compiled.pth")
+    assert load_model(tmp_path / "compiled.pth").spec.name == "yolox-nano"
+    import shutil
+
+    shutil.copy(nano_onnx, tmp_path / "really_onnx.pth")
+    for p in (nano_onnx, tmp_path / "really_onnx.pth"):
+        with pytest.raises(CheckpointError, match="is an ONNX model, not a PyTorch checkpoint: run it as it is"):
+            read_checkpoint(p)
+    with pytest.raises(InputError, match="save_checkpoint writes model_name from the model"):
+        save_checkpoint(model, tmp_path / "x.pth", model_name="yolox-s")
+    with pytest.raises(InputError, match="class names are a list of names, not the string 'abc'"):
+        build_model("yolox-nano", 3, class_names="abc")
+    with pytest.raises(InputError, match="input 64x100 is not a multiple of 32"):
+        model.head_output(np.zeros((1, 3, 64, 100), np.float32), decode=False)

@@ -66,6 +66,26 @@ def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return sd
 
 
+def _strip_wrappers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without the prefixes of the wrappers a model was saved inside, in any nesting: ``module.``
+    (DataParallel, DDP) and ``_orig_mod.`` (``torch.compile``); then a ``model.`` holder's."""
+    while True:
+        stripped = _strip_prefix(_strip_prefix(sd, "module."), "_orig_mod.")
+        if stripped is sd:
+            return _strip_prefix(sd, "model.")
+        sd = stripped
+
+
+def _is_onnx(path: Path) -> bool:
+    """Whether ``path`` parses as an ONNX model (onnx installed); for a message, on a file torch refused."""
+    try:
+        import onnx
+
+        return len(onnx.load_model(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # not installed, or not ONNX: any failure means no
+        return False
+
+
 def check_weights_argument(weights: Any) -> None:
     """Refuse a ``weights`` argument that is neither a path (checkpoint or artefact) nor a YOLOX model."""
     if not isinstance(weights, (str, os.PathLike, YOLOX)):
@@ -116,6 +136,9 @@ def read_checkpoint(path: str | os.PathLike, model: str | None = None) -> Checkp
         if "unsupported global" in str(e).lower() and (head.startswith(b"PK") or head.startswith(b"\x80")):
             raise CheckpointError(f"{p} holds Python objects, not only weights; refusing to unpickle it "
                                   "(checkpoints are loaded with weights_only=True)") from None
+        if p.suffix.lower() == ".onnx" or _is_onnx(p):
+            raise CheckpointError(f"{p} is an ONNX model, not a PyTorch checkpoint: run it as it is (the Detector and "
+                                  "yolox-detect open .onnx files), or export from the .pth it was made from") from None
         raise CheckpointError(f"{p} is not a PyTorch checkpoint (unreadable pickle data)") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, struct.error,
             AssertionError) as e:  # the last two: a damaged file of the pre-1.6 (non-zip) format
@@ -139,7 +162,7 @@ def read_checkpoint(path: str | os.PathLike, model: str | None = None) -> Checkp
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{p} does not contain a model state dict (expected {{'model': state_dict}} "
                               "or a bare state dict of tensors)")
-    sd = _strip_prefix(_strip_prefix(sd, "module."), "model.")
+    sd = _strip_wrappers(sd)
     names = extra.pop("class_names", None)
     cat_ids = extra.pop("category_ids", None)
     model_name = extra.pop("model_name", None)
@@ -212,9 +235,10 @@ def _keep_identity_batchnorms(model: nn.Module, reduced_precision: bool = False)
 
     Checkpoints converted from deployed graphs store every BN as weight 1, mean 0, variance ``1 - eps'``.
     Under the training eps (1e-3) that would scale each layer by ``1/sqrt(1 - eps' + 1e-3)``; giving such a
-    layer ``eps = 1 - running_var`` makes it the identity it was written as. In a half-precision copy
-    (``reduced_precision``) ``1 - eps'`` rounds to exactly 1, so a variance of 1 qualifies too (then eps 0);
-    in full precision that is a BatchNorm that never saw data, left as it is.
+    layer the variance ``1 - eps`` makes it the identity it was written as, in its state dict (saved with it:
+    no eps of its own that a save would lose or a later load into the same module would keep). In a
+    half-precision copy (``reduced_precision``) ``1 - eps'`` rounds to exactly 1, so a variance of 1 qualifies
+    too; in full precision that is a BatchNorm that never saw data, left as it is.
     """
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
@@ -222,7 +246,8 @@ def _keep_identity_batchnorms(model: nn.Module, reduced_precision: bool = False)
             gap = 1.0 - var[0].item()
             if ((0.0 < gap or (reduced_precision and gap == 0.0)) and gap < 0.01 and torch.all(var == var[0])
                     and torch.all(m.running_mean == 0) and torch.all(m.weight == 1)):
-                m.eps = gap
+                with torch.no_grad():
+                    var.fill_(1.0 - m.eps)
 
 
 def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignore_class_head: bool = False,
@@ -242,9 +267,9 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
         sd = {k: v for k, v in sd.items() if not k.startswith(CLASS_HEAD_PREFIX)}
         want = {k: v for k, v in _shapes(own).items() if not k.startswith(CLASS_HEAD_PREFIX)}
         if _shapes(sd) != want:
-            raise CheckpointError(_mismatch_message(model, ckpt))
+            raise CheckpointError(f"{ckpt.source or 'the checkpoint'}: {_mismatch_message(model, ckpt)}")
     elif _shapes(sd) != _shapes(own):
-        raise CheckpointError(_mismatch_message(model, ckpt))
+        raise CheckpointError(f"{ckpt.source or 'the checkpoint'}: {_mismatch_message(model, ckpt)}")
     name = ckpt.source or "the checkpoint"
     odd = next((k for k, v in sd.items() if v.layout != torch.strided or v.device.type == "meta"), None)
     if odd is not None:
@@ -323,6 +348,10 @@ def save_checkpoint(model: YOLOX, path: str | os.PathLike, **extra: Any) -> Path
     if model.is_fused:
         raise InputError("this model is fused (BatchNorms folded into convolutions, as fuse() and deploy_model() "
                          "make it for inference); save the model before fusing it")
+    reserved = sorted(set(extra) & {"model_name", "class_names", "category_ids", "input_size"})
+    if reserved:  # the model's own, written from it: another value would make the file contradict itself
+        raise InputError(f"save_checkpoint writes {', '.join(reserved)} from the model; set them on the model "
+                         "(or build it for that variant) instead of passing them")
     for key, value in extra.items():
         odd = _not_weights_only(value)
         if odd is not None:

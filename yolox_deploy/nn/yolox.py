@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..structures import as_class_names
 from ..utils.values import is_integer
 from ..zoo import ModelSpec, get_spec
 from .blocks import BaseConv, fuse_conv_bn
@@ -69,10 +70,20 @@ class YOLOX(nn.Module):
             self.head.decode_in_inference = previous
 
     def head_output(self, batch: np.ndarray, decode: bool) -> np.ndarray:
-        """The head output ``[B, A, 5 + C]`` for a preprocessed float32 batch, on the model's device."""
+        """The head output ``[B, A, 5 + C]`` for a preprocessed float32 batch, on the model's device; in eval
+        mode whatever mode the model is in (a training-mode forward gives the training outputs and moves the
+        BatchNorm statistics), which is given back afterwards."""
+        step = max(self.head.strides)
+        if batch.shape[-2] % step or batch.shape[-1] % step:  # the neck's feature maps would not meet
+            raise InputError(f"input {batch.shape[-2]}x{batch.shape[-1]} is not a multiple of {step}")
         p = next(self.parameters())
-        with self.decoding(decode), torch.inference_mode():
-            return self(torch.from_numpy(batch).to(p.device, p.dtype)).float().cpu().numpy()
+        training = self.training
+        self.eval()
+        try:
+            with self.decoding(decode), torch.inference_mode():
+                return self(torch.from_numpy(np.ascontiguousarray(batch)).to(p.device, p.dtype)).float().cpu().numpy()
+        finally:
+            self.train(training)
 
     @property
     def is_fused(self) -> bool:
@@ -94,6 +105,7 @@ def build_model(name: str, num_classes: int = 80, class_names: tuple[str, ...] |
         neck = YOLOPAFPN(spec.depth, spec.width, depthwise=spec.depthwise, act=spec.act)
         head = YOLOXHead(num_classes, spec.width, act=spec.act, depthwise=spec.depthwise)
     head.initialize_biases(1e-2)
+    class_names = as_class_names(class_names)
     if class_names is not None and len(class_names) != num_classes:
         raise InputError(f"{len(class_names)} class names for {num_classes} classes")
     return YOLOX(neck, head, spec=spec, class_names=tuple(class_names) if class_names is not None else None)
