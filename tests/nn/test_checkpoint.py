@@ -412,3 +412,10 @@ def test_checkpoint_messages_name_the_file_and_what_it_is(tmp_path, nano_onnx):
         build_model("yolox-nano", 3, class_names="abc")
     with pytest.raises(InputError, match="input 64x100 is not a multiple of 32"):
         model.head_output(np.zeros((1, 3, 64, 100), np.float32), decode=False)
+
+
+def test_weights_held_under_ema_load(tmp_path):
+    model = build_model("yolox-nano", num_classes=3)
+    torch.save({"ema": model.state_dict(), "epoch": 3}, tmp_path / "ema.pth")
+    loaded = load_model(tmp_path / "ema.pth")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())

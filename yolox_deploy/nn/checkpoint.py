@@ -151,17 +151,17 @@ def read_checkpoint(path: str | os.PathLike, model: str | None = None) -> Checkp
                               "incomplete") from None
 
     extra: dict[str, Any] = {}
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        sd = obj["model"]
-        extra = {k: v for k, v in obj.items() if k != "model"}
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        sd = obj["state_dict"]
-        extra = {k: v for k, v in obj.items() if k != "state_dict"}
+    # the weights under the first of these keys (the authors' "model" holds their EMA weights already)
+    key = next((k for k in ("model", "state_dict", "ema", "state_dict_ema")
+                if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+    if key is not None:
+        sd = obj[key]
+        extra = {k: v for k, v in obj.items() if k != key}
     else:
         sd = obj
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{p} does not contain a model state dict (expected {{'model': state_dict}} "
-                              "or a bare state dict of tensors)")
+        raise CheckpointError(f"{p} does not contain a model state dict (expected {{'model': state_dict}}, "
+                              "'state_dict' or 'ema', or a bare state dict of tensors)")
     sd = _strip_wrappers(sd)
     names = extra.pop("class_names", None)
     cat_ids = extra.pop("category_ids", None)
