@@ -419,3 +419,18 @@ def test_weights_held_under_ema_load(tmp_path):
     torch.save({"ema": model.state_dict(), "epoch": 3}, tmp_path / "ema.pth")
     loaded = load_model(tmp_path / "ema.pth")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_a_key_extra_or_missing_is_named(tmp_path):
+    """One key more or less made it "cannot tell which YOLOX variant", not which key differs."""
+    sd = build_model("yolox-nano", num_classes=3).state_dict()
+    extra = dict(sd, **{"foo.bar": torch.zeros(1)})
+    missing = {k: v for k, v in sd.items() if k != "head.obj_preds.0.bias"}
+    for name, state, what in (("extra", extra, r"1 unexpected keys \(e.g. foo.bar\)"),
+                              ("missing", missing, r"1 missing keys \(e.g. head.obj_preds.0.bias\)")):
+        torch.save({"model": state}, tmp_path / f"{name}.pth")
+        with pytest.raises(CheckpointError, match=f"{name}.pth: checkpoint does not fit yolox-nano: .*{what}"):
+            load_model(tmp_path / f"{name}.pth")
+    torch.save({"model": {"conv.weight": torch.zeros(3, 3, 1, 1)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="cannot tell which YOLOX variant"):
+        load_model(tmp_path / "other.pth")

@@ -188,17 +188,24 @@ def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
 
 
-def identify_variant(sd: dict[str, torch.Tensor]) -> str | None:
-    """The zoo variant whose module tree a state dict fits (ignoring the class count), or ``None``."""
+def identify_variant(sd: dict[str, torch.Tensor], *, closest: bool = False) -> str | None:
+    """The zoo variant whose module tree a state dict fits (ignoring the class count), or ``None``. With
+    ``closest``, failing that, the variant sharing at least 90 % of its keys and shapes with the state dict
+    (a file with a key or two extra or missing), whose mismatch message then names them."""
     w = sd.get(f"{CLASS_HEAD_PREFIX}0.weight")
     num_classes = int(w.shape[0]) if w is not None else 80
     target = _shapes(sd)
+    best, best_share = None, 0.0
     for name in VARIANTS:
         with torch.device("meta"):
-            candidate = build_model(name, num_classes)
-        if _shapes(candidate.state_dict()) == target:
+            candidate = _shapes(build_model(name, num_classes).state_dict())
+        if candidate == target:
             return name
-    return None
+        shared = sum(1 for k, v in candidate.items() if target.get(k) == v)
+        share = shared / max(len(candidate), len(target))
+        if share > best_share:
+            best, best_share = name, share
+    return best if closest and best_share >= 0.9 else None
 
 
 def _mismatch_message(model: YOLOX, ckpt: Checkpoint) -> str:
@@ -308,7 +315,7 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
     ckpt = read_checkpoint(path, model)
     name = canonical_name(model) if model else _recorded_variant(ckpt)
     if name is None:
-        name = identify_variant(ckpt.state_dict)
+        name = identify_variant(ckpt.state_dict, closest=True)
         if name is None:
             raise CheckpointError(f"cannot tell which YOLOX variant {path} is for; pass the model name "
                                   "(--model yolox-s)")
