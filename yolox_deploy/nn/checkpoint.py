@@ -270,14 +270,13 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
     # a counter of BatchNorm updates for a layer the model does not have carries no weight (the shape check
     # below passes over these counters, which older checkpoints lack)
     sd = {k: v for k, v in ckpt.state_dict.items() if k in own or not k.endswith("num_batches_tracked")}
+    want = _shapes(own)
     if ignore_class_head:
         sd = {k: v for k, v in sd.items() if not k.startswith(CLASS_HEAD_PREFIX)}
-        want = {k: v for k, v in _shapes(own).items() if not k.startswith(CLASS_HEAD_PREFIX)}
-        if _shapes(sd) != want:
-            raise CheckpointError(f"{ckpt.source or 'the checkpoint'}: {_mismatch_message(model, ckpt)}")
-    elif _shapes(sd) != _shapes(own):
-        raise CheckpointError(f"{ckpt.source or 'the checkpoint'}: {_mismatch_message(model, ckpt)}")
+        want = {k: v for k, v in want.items() if not k.startswith(CLASS_HEAD_PREFIX)}
     name = ckpt.source or "the checkpoint"
+    if _shapes(sd) != want:
+        raise CheckpointError(f"{name}: {_mismatch_message(model, ckpt)}")
     odd = next((k for k, v in sd.items() if v.layout != torch.strided or v.device.type == "meta"), None)
     if odd is not None:
         kind = "a tensor on the meta device (no values)" if sd[odd].device.type == "meta" else \

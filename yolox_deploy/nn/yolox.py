@@ -108,7 +108,7 @@ def build_model(name: str, num_classes: int = 80, class_names: tuple[str, ...] |
     class_names = as_class_names(class_names)
     if class_names is not None and len(class_names) != num_classes:
         raise InputError(f"{len(class_names)} class names for {num_classes} classes")
-    return YOLOX(neck, head, spec=spec, class_names=tuple(class_names) if class_names is not None else None)
+    return YOLOX(neck, head, spec=spec, class_names=class_names)
 
 
 def count_parameters(model: nn.Module) -> int:

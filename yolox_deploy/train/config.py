@@ -108,8 +108,7 @@ class TrainConfig:
         if c.eval_size is not None:
             c.eval_size = parse_img_size(c.eval_size)
         else:  # a size of the run's own serves both; the recipe's (its training size given or not) its own pair
-            own = self.img_size is not None and tuple(c.img_size) != tuple(spec.train_size)
-            c.eval_size = tuple(c.img_size) if own else tuple(spec.test_size)
+            c.eval_size = c.img_size if c.img_size != tuple(spec.train_size) else tuple(spec.test_size)
         if min(c.img_size) < MIN_SIDE:
             raise InputError(f"training inputs need sides of at least {MIN_SIDE} (at {min(c.img_size)} the stride-32 "
                              f"feature map is one cell), got {c.img_size[0]}x{c.img_size[1]}")
