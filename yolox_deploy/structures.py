@@ -27,11 +27,12 @@ def name_table(class_names: Sequence[str]) -> np.ndarray:
 
 def as_ids(values: Any, label: str) -> np.ndarray:
     """Integer ids (``[N]`` int64) from ints or whole floats (the authors' outputs hold class ids in a float
-    column); a fraction, NaN or infinity is refused rather than truncated."""
+    column); a fraction, NaN or infinity is refused rather than truncated, and text (numpy would read "1" as 1,
+    in a text array or an object array alike)."""
     arr = to_numpy(values)
     if arr.dtype == np.int64:
         return arr.reshape(-1)
-    if arr.dtype.kind not in "iubfO":  # text: numpy would read "1" as 1
+    if arr.dtype.kind not in "iubfO" or (arr.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in arr.flat)):
         raise InputError(f"{label} must be integers, got {arr.reshape(-1)[:3].tolist()}")
     if arr.dtype.kind in "fO":  # Python objects (Decimal, floats) are held to the same rule as floats
         try:
