@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from yolox_deploy.cli.compare import main as compare_main
@@ -111,3 +112,39 @@ def test_a_video_without_frames_is_refused(tmp_path, nano_pth, capsys):
     cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 64)).release()
     assert compare_main([str(nano_pth), "--images", str(empty)]) == 2
     assert "no frame could be read" in capsys.readouterr().err
+
+
+def test_an_artefact_made_elsewhere_is_described_by_the_options(tmp_path, tiny_random_model, rng, capsys):
+    """A decoding, dynamic-size ONNX of a 3-class model without metadata (another tool's export) against its
+    checkpoint: the size, labels and decoded output are said on the command line, for that artefact only."""
+    import cv2
+    import onnx
+
+    from yolox_deploy.export import ExportOptions, load_source
+    from yolox_deploy.export.onnx import write_onnx
+    from yolox_deploy.nn.checkpoint import save_checkpoint
+
+    pth = save_checkpoint(tiny_random_model, tmp_path / "tiny.pth")
+    bare = tmp_path / "bare.onnx"
+    write_onnx(load_source(tiny_random_model), ExportOptions(img_size=(64, 96), dynamic=True, dynamic_hw=True, simplify=False),
+               bare)
+    graph = onnx.load(str(bare))
+    del graph.metadata_props[:]
+    onnx.save(graph, str(bare))
+    image = tmp_path / "noise.png"
+    cv2.imwrite(str(image), rng.integers(0, 256, (50, 80, 3), np.uint8))
+    out = tmp_path / "cmp.json"
+    base = [str(pth), str(bare), "--images", str(image), "--conf", "1e-5", "--json", str(out)]
+    assert compare_main(base) == 2  # a dynamic size without metadata: no size to run it at
+    assert "img_size" in capsys.readouterr().err
+    sized = [*base, "--img-size", "64", "96"]
+    assert compare_main(sized) == 2  # its labels, made up from the output width, are not the checkpoint's
+    assert "cannot be compared" in capsys.readouterr().err
+    assert compare_main([*sized, "--class-names", "a,b,c"]) == 0
+    undecoded = json.loads(out.read_text())["rows"][1]
+    assert compare_main([*sized, "--class-names", "a,b,c", "--decode-in-graph", str(bare)]) == 0
+    ref, row = json.loads(out.read_text())["rows"]
+    assert row["max_abs_diff"] < 1e-3 < undecoded["max_abs_diff"]
+    assert ref["detections"] > 0 and row["agreement"] > 0.9 > undecoded["agreement"]  # random scores: near ties
+    assert compare_main([*sized, "--decode-in-graph", str(tmp_path / "other.onnx")]) == 2
+    assert "is not one of the artefacts compared" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -11,7 +12,7 @@ from ..eval.compare import compare_artefacts
 from ..io.images import iter_source
 from ..utils.files import json_text, standard_stream, write_text_atomic
 from ..utils.table import format_table
-from .common import cli_entry, json_output, main_guard, read_by
+from .common import class_names_argument, cli_entry, json_output, main_guard, read_by
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +26,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     p.add_argument("--device", default="cpu", help="device for every artefact (default cpu)")
+    p.add_argument("--img-size", nargs="+", type=int, metavar="N",
+                   help="input size for every artefact, one number or height width (default: each artefact's own; "
+                        "dynamic-size ones without metadata need it)")
+    p.add_argument("--class-names", metavar="NAMES",
+                   help="labels for every artefact (those without them, or in place of their own): comma-separated, "
+                        "or a text file with one name per line")
+    p.add_argument("--decode-in-graph", action="append", default=[], metavar="ARTEFACT",
+                   help="this artefact (one without metadata) outputs decoded boxes in pixels, not the raw head; "
+                        "repeat for each such artefact")
     p.add_argument("--json", help="also write the table as JSON to this file")
     return p
+
+
+def _decoding(artefacts: Sequence[str], decoded: Sequence[str]) -> list[dict]:
+    """Each artefact's own options: ``decode_in_graph`` for those named by ``--decode-in-graph``."""
+    def key(path: str) -> str:
+        return os.path.normcase(os.path.abspath(path))
+
+    keys = [key(a) for a in artefacts]
+    for name in decoded:
+        if key(name) not in keys:
+            raise InputError(f"--decode-in-graph {name} is not one of the artefacts compared; name one of them")
+    named = {key(name) for name in decoded}
+    return [{"decode_in_graph": True} if k in named else {} for k in keys]
 
 
 @cli_entry
@@ -35,13 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit < 1:
         raise InputError("--limit must be >= 1")
     json_path = json_output(args.json, [*read_by(args.artefacts), args.images]) if args.json is not None else None
+    own = _decoding(args.artefacts, args.decode_in_graph)
+    class_names = None if args.class_names is None else class_names_argument(args.class_names)
     images = []
     for frame in iter_source(args.images):
         images.append(frame.image)
         if len(images) == args.limit:
             break
     rows = compare_artefacts(args.artefacts, images, model=args.model, conf=args.conf, nms=args.nms,
-                             device=args.device, progress=True)
+                             device=args.device, img_size=args.img_size, class_names=class_names,
+                             artefact_options=own, progress=True)
     table = []
     for i, r in enumerate(rows):
         diff = "reference" if i == 0 else ("n/a" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}")

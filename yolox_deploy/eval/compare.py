@@ -9,7 +9,7 @@ one; artefacts with NMS in the graph, or of another size than a fixed-size refer
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,18 +68,27 @@ def _raw(det: Detector, outputs: list[Any]) -> np.ndarray | None:
 
 
 def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *, warmup: int = 2,
-                      progress: bool = False, **detector_kwargs: Any) -> list[CompareRow]:
+                      progress: bool = False, artefact_options: Sequence[Mapping[str, Any]] | None = None,
+                      **detector_kwargs: Any) -> list[CompareRow]:
     """Run ``images`` (BGR uint8) through each artefact, one image per call; the first is the reference.
 
-    Every artefact is opened before any image runs, so one that cannot be opened (or options it refuses)
-    fail before the work; artefacts whose labels differ from the reference's are refused, since their
-    detections cannot be matched class by class. A dynamic-size reference (a ``.pth``) also runs, untimed, at
-    the size of each artefact exported for another one, which is compared with that run.
+    ``detector_kwargs`` open every artefact; ``artefact_options`` (one mapping per artefact) add to them what
+    only that artefact needs (``decode_in_graph=True`` for a decoding graph without metadata). Every artefact
+    is opened before any image runs, so one that cannot be opened (or options it refuses) fail before the
+    work; artefacts whose labels differ from the reference's are refused, since their detections cannot be
+    matched class by class. A dynamic-size reference (a ``.pth``) also runs, untimed, at the size of each
+    artefact exported for another one, which is compared with that run.
     """
     if not images:
         raise InputError("no images to compare on")
+    if artefact_options is None:
+        artefact_options = [{}] * len(artefacts)
+    if len(artefact_options) != len(artefacts):
+        raise InputError(f"{len(artefact_options)} sets of artefact options for {len(artefacts)} artefacts; give "
+                         "one per artefact")
+    kwargs = [{**detector_kwargs, **own} for own in artefact_options]
     with contextlib.ExitStack() as stack:
-        detectors = [stack.enter_context(Detector(path, **detector_kwargs)) for path in artefacts]
+        detectors = [stack.enter_context(Detector(path, **kw)) for path, kw in zip(artefacts, kwargs)]
         labels = detectors[0].meta.class_names
         for path, det in zip(artefacts[1:], detectors[1:]):
             if det.meta.class_names != labels:
@@ -97,7 +106,7 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
         for path, det in zip(artefacts[1:], detectors[1:]):
             size = tuple(det.meta.input_size)
             if size not in references and detectors[0].meta.dynamic_hw:
-                with Detector(artefacts[0], **{**detector_kwargs, "img_size": size}) as at_size:
+                with Detector(artefacts[0], **{**kwargs[0], "img_size": size}) as at_size:
                     clock = clock_for(at_size.backend.output_device)
                     references[size] = [_result(at_size, image, clock)[:2] for image in images]
             rows.append(_run(path, det, images, warmup, references.get(size, references[ref_size]), bar)[0])
