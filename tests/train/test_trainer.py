@@ -514,9 +514,10 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, result_di
     torch.set_num_threads(1)
     with Trainer(config(data, out, batch=4, val_split="val2017", eval_interval=1)) as t:
         result = t.train()
-        # parameters (not BatchNorm statistics, which are per process without SyncBN)
         flat = torch.cat([p.detach().flatten().double() for p in t.model.parameters()])
-        torch.save({"iterations": result.iterations, "flat": flat}, Path(result_dir) / f"rank{rank}.pt")
+        # BatchNorm statistics are each process's own until they are averaged at the end of each epoch
+        stats = torch.cat([b.detach().flatten().double() for n, b in t.model.named_buffers() if "running" in n])
+        torch.save({"iterations": result.iterations, "flat": flat, "stats": stats}, Path(result_dir) / f"rank{rank}.pt")
 
 
 @pytest.mark.slow
@@ -529,6 +530,7 @@ def test_two_process_gloo_run(synthetic_coco, tmp_path):
     r0, r1 = (torch.load(res / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert r0["iterations"] == r1["iterations"] == 4  # 8 images / global batch 4 x 2 epochs
     assert torch.equal(r0["flat"], r1["flat"])  # DDP keeps the replicas identical
+    assert torch.allclose(r0["stats"], r1["stats"], rtol=0, atol=1e-6)  # and the statistics averaged
     assert (out / LATEST).exists() and (out / "best_ckpt.pth").exists()
     with open(out / "train_log.csv") as f:
         assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]  # rank 0 only

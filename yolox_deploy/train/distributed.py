@@ -7,8 +7,9 @@ and never touches torch.distributed.
 
 In a distributed run ``--batch`` is the total over all processes; each takes its slice of every global
 batch (see ``dataset.py``), DDP averages the gradients, and rank 0's BatchNorm statistics are broadcast at
-each forward (SyncBatchNorm with ``--sync-bn``). Only rank 0 writes checkpoints and logs and evaluates;
-the others wait at a barrier meanwhile.
+each forward (SyncBatchNorm with ``--sync-bn``); before an evaluation every process's statistics are
+averaged (:func:`average_norm_statistics`, as the authors' trainer does). Only rank 0 writes checkpoints and
+logs and evaluates; the others wait at a barrier meanwhile.
 """
 
 from __future__ import annotations
@@ -102,3 +103,24 @@ def wrap_model(model: nn.Module, device: torch.device, info: DistInfo, sync_bn: 
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def average_norm_statistics(model: nn.Module, info: DistInfo) -> None:
+    """Set every BatchNorm's running mean and variance to their average over the processes of the run.
+
+    Each process updates them from its own slice of the batch; the authors' trainer averages them before each
+    evaluation, so the model evaluated (and the statistics the next epoch starts from) stand for the whole
+    batch, not rank 0's slice. A collective call: every process must make it. No-op for a world of one.
+    """
+    if not (info.enabled and dist.is_initialized()):
+        return
+    buffers = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+               for b in (m.running_mean, m.running_var) if b is not None]
+    if not buffers:
+        return
+    flat = torch.cat([b.detach().flatten() for b in buffers])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    with torch.no_grad():
+        for b, avg in zip(buffers, flat.split([b.numel() for b in buffers])):
+            b.copy_(avg.view_as(b))

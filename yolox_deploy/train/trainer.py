@@ -46,6 +46,7 @@ from .config import TrainConfig
 from .data import DetectionSet, load_detection_set
 from .dataset import TrainBatchSampler, TrainDataset, collate, loader_worker_init
 from .distributed import (
+    average_norm_statistics,
     barrier,
     cleanup_distributed,
     env_dist_info,
@@ -462,6 +463,8 @@ class Trainer:
         last = epoch + 1 == cfg.epochs
         due = bool(cfg.eval_interval) and ((epoch + 1) % cfg.eval_interval == 0 or cfg.no_aug(epoch) or last)
         improved = False
+        if due:
+            average_norm_statistics(self.net, self.dist)
         if due and self.val is not None:
             if self.dist.is_main:
                 result = self.evaluate()
