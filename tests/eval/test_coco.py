@@ -199,6 +199,13 @@ def _split(tmp_path, coco_tiny, edit):
     (lambda a: {**a, "images": [{**a["images"][0], "id": 1.5}, *a["images"][1:]]}, "image id 1.5 is not an integer"),
     (lambda a: {**a, "images": [*a["images"], {**a["images"][0], "file_name": a["images"][1]["file_name"]}]},
      "2 images have the id"),  # the second entry would silently take the first one's place
+    # what pycocotools' index needs, named (its KeyError said "('id')", its TypeError "unhashable type: 'list'")
+    (lambda a: _first_annotation(a, id=None), "annotation #0 has no 'id'"),
+    (lambda a: _first_annotation(a, image_id=None), "annotation #0 has no 'image_id'"),
+    (lambda a: _first_annotation(a, category_id=[1]), "annotation #0 has category_id [1], not an integer"),
+    (lambda a: {**a, "categories": [{"name": "x"}]}, "category #0 has no 'id'"),
+    (lambda a: {**a, "images": {"0": a["images"][0]}}, "'images' is a JSON dict, not a list"),
+    (lambda a: {**a, "annotations": [1, 2]}, "annotation #0 is a JSON int, not an object"),
 ])
 def test_unusable_annotation_files_are_refused(tmp_path, coco_tiny, edit, message):
     with pytest.raises(InputError, match=re.escape(message)):
@@ -267,6 +274,56 @@ def test_a_split_without_annotations_cannot_be_scored(tmp_path, coco_tiny):
     assert len(open_coco(root).image_ids) == 80  # a valid split (training may use images without boxes)
     with pytest.raises(InputError, match="has no annotations: there is nothing to score"):
         open_scorable(root)
+    # crowd regions only: COCOeval ignores them, and gave AP -1 for every metric
+    root = _split(tmp_path, coco_tiny, lambda a: {**a, "annotations": [{**x, "iscrowd": 1} for x in a["annotations"]]})
+    assert len(open_coco(root).image_ids) == 80
+    with pytest.raises(InputError, match=r"every annotation is a crowd region \(iscrowd 1\)"):
+        open_scorable(root)
+
+
+def test_a_split_opened_elsewhere_is_checked_before_scoring(tmp_path, coco_tiny, tiny_random_model):
+    """evaluate() given an open_coco split skipped the scoring checks: ids from 0 were not renumbered (a
+    matched box counted as missed), a malformed box reached pycocotools."""
+    def from_zero(ann):
+        for k, a in enumerate(ann["annotations"]):
+            a["id"] = k
+
+    (tmp_path / "zero").mkdir(), (tmp_path / "bad").mkdir()
+    opened = _relabelled(tmp_path / "zero", coco_tiny, from_zero)
+    assert opened.coco.anns.get(0) is not None
+    det = Detector(tiny_random_model, conf=1.0, class_names=("person", "bicycle", "car"), img_size=64)  # the checks
+    evaluate(det, opened)
+    assert opened.scorable and 0 not in opened.coco.anns  # renumbered from 1
+    bad = open_coco(_split(tmp_path / "bad", coco_tiny, lambda a: _first_annotation(a, bbox="x")))
+    with pytest.raises(InputError, match="has bbox 'x', not four numbers"):
+        evaluate(det, bad)
+
+
+def test_two_classes_of_one_name_are_refused(coco_tiny):
+    """Both matched the category of their name: the detections of one were scored as the other's."""
+    from yolox_deploy.data.coco import COCO_CLASSES
+
+    names = ("person", "person", *COCO_CLASSES[2:])
+    with pytest.raises(InputError, match="classes 0 and 1 are both named 'person'"):
+        category_mapping(names, open_coco(coco_tiny))
+
+
+def test_metrics_without_ground_truth_are_undefined_with_or_without_detections(tmp_path, coco_tiny):
+    """A split of large objects only: APs / APm were -1 (COCOeval's sentinel) with detections and 0 without;
+    both are undefined (NaN, null in JSON), as the per-class APs of classes without boxes."""
+    from yolox_deploy.eval.coco import coco_evaluate
+
+    def large_only(ann):
+        return {**ann, "annotations": [a for a in ann["annotations"] if a["area"] > 96 ** 2]}
+
+    data = open_scorable(_split(tmp_path, coco_tiny, large_only))
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in data.coco.dataset["annotations"] if not a["iscrowd"]]
+    for detections in (perfect, []):
+        stats = coco_evaluate(data, detections).stats
+        undefined = sorted(k for k, v in stats.items() if v != v)
+        assert undefined == ["APm", "APs", "ARm", "ARs"], detections[:1]
+    assert coco_evaluate(data, perfect).stats["APl"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("detector,hint", [(None, "Detector(weights)"), ("m.onnx", "Detector('m.onnx')")])

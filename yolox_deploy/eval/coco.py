@@ -40,6 +40,9 @@ STAT_LABELS = (
     "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
 )
 
+# the object areas (pixels) each of the STAT_NAMES counts: COCOeval's ranges all, small, medium, large
+_ALL, _SMALL, _MEDIUM, _LARGE = (0.0, 1e10), (0.0, 32.0 ** 2), (32.0 ** 2, 96.0 ** 2), (96.0 ** 2, 1e10)
+_STAT_AREAS = (_ALL, _ALL, _ALL, _SMALL, _MEDIUM, _LARGE, _ALL, _ALL, _ALL, _SMALL, _MEDIUM, _LARGE)
 
 # The authors' evaluation protocol (their COCOEvaluator): these Detector settings reproduce their AP.
 AUTHORS_PROTOCOL: dict[str, Any] = {"conf": 0.01, "nms": 0.65, "max_det": None, "clip": False}
@@ -69,6 +72,7 @@ class CocoSplit:
     coco: Any
     image_ids: list[int]
     categories: list[dict[str, Any]]
+    scorable: bool = False  # checked by check_scorable
 
     @property
     def category_ids(self) -> list[int]:
@@ -107,11 +111,17 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
         raise InputError(f"{r} is not a COCO folder: missing image folder {split}/")
     COCO, _ = _coco_api()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(ann))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AssertionError) as e:
-        # pycocotools asserts the top level is an object
+        with open(ann, "rb") as f:
+            dataset = json.load(f)
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InputError(f"{ann} is not a valid COCO annotation file ({e or type(e).__name__})") from None
+    problem = _structure_problem(dataset)
+    if problem:
+        raise InputError(f"{ann} is not a valid COCO annotation file: {problem}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = dataset
+        coco.createIndex()
     if not coco.dataset.get("categories"):
         raise InputError(f"{ann} has no categories")
     for what, entries in (("category", coco.dataset["categories"]), ("image", coco.dataset.get("images") or [])):
@@ -136,10 +146,43 @@ def open_coco(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
     return CocoSplit(r, split, ann, image_dir, coco, image_ids, categories)
 
 
+# the fields pycocotools indexes each kind of entry by: they must be there, and not be lists or objects
+_INDEXED = {"images": ("id",), "categories": ("id",), "annotations": ("id", "image_id", "category_id")}
+
+
+def _structure_problem(dataset: Any) -> str | None:
+    """What keeps pycocotools from indexing ``dataset`` (a parsed annotation file), or None: the file is an
+    object whose ``images``, ``annotations`` and ``categories`` are lists of objects with the fields they are
+    indexed by, each a single value."""
+    if not isinstance(dataset, dict):
+        return f"it holds a JSON {type(dataset).__name__}, not an object with images, annotations and categories"
+    for key, fields in _INDEXED.items():
+        entries = dataset.get(key, [])
+        if not isinstance(entries, list):
+            return f"{key!r} is a JSON {type(entries).__name__}, not a list"
+        what = key[:-1].replace("categorie", "category")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                return f"{what} #{i} is a JSON {type(entry).__name__}, not an object"
+            for name in fields:
+                if name not in entry:
+                    return f"{what} #{i} has no {name!r}"
+                if isinstance(entry[name], (list, dict)):  # an index key; what kind of key: _ids_problem
+                    return f"{what} #{i} has {name} {entry[name]!r}, not an integer"
+    return None
+
+
 def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
-    """:func:`open_coco` for evaluation, checked before any inference: a split without annotations (no AP),
-    with images missing from its folder, or with annotations the scorer cannot read is refused."""
-    data = open_coco(root, split)
+    """:func:`open_coco` for evaluation, checked before any inference (:func:`check_scorable`)."""
+    return check_scorable(open_coco(root, split))
+
+
+def check_scorable(data: CocoSplit) -> CocoSplit:
+    """``data``, checked for scoring: a split without boxes to score against (none, or only crowd regions),
+    with images missing from its folder, or with annotations the scorer cannot read is refused; annotation
+    ids are renumbered from 1 when one is 0 (COCOeval reads id 0 as "unmatched")."""
+    if data.scorable:
+        return data
     annotations = data.coco.dataset.get("annotations")
     if not annotations:
         raise InputError(f"{data.ann_file} has no annotations: there is nothing to score detections against")
@@ -164,6 +207,10 @@ def open_scorable(root: str | os.PathLike, split: str = "val2017") -> CocoSplit:
             a["id"] = k
         with contextlib.redirect_stdout(io.StringIO()):
             data.coco.createIndex()
+    if all(a["iscrowd"] for a in annotations):  # COCOeval ignores crowd regions: no AP to give
+        raise InputError(f"{data.ann_file}: every annotation is a crowd region (iscrowd 1), which COCO scoring "
+                         "ignores; there is nothing to score detections against")
+    data.scorable = True
     return data
 
 
@@ -224,6 +271,11 @@ def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | 
     name_of = dict(zip(ids, data.category_names))
     by_name = {n: i for i, n in name_of.items()}
     mapping: list[int | None] = [by_name.get(n) for n in names]
+    twice = next((n for n, k in Counter(n for n, i in zip(names, mapping) if i is not None).items() if k > 1), None)
+    if twice is not None:  # the detections of both would be scored as one category's
+        classes = [str(k) for k, n in enumerate(names) if n == twice]
+        raise InputError(f"the model's classes {' and '.join(classes)} are both named {twice!r}: one dataset "
+                         "category cannot score both; give each class its own name (--class-names)")
     # "Person" / "person ": one name, where exactly one unmatched category and one unmatched class fold to it
     cats = Counter(_fold(n) for i, n in name_of.items() if i not in mapping)
     classes = Counter(_fold(n) for n, i in zip(names, mapping) if i is None)
@@ -281,14 +333,16 @@ def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]],
                   category_ids: Sequence[int] | None = None) -> EvalResult:
     """Score COCO-format detections against a split (pycocotools, bbox), on ``category_ids`` (default: all)."""
     _, COCOeval = _coco_api()
-    stats = dict.fromkeys(STAT_NAMES, 0.0)
     scored = set(data.category_ids if category_ids is None else category_ids)
     images = set(data.image_ids)
-    with_boxes = {a["category_id"] for a in data.coco.anns.values()
-                  if a["image_id"] in images and not a.get("iscrowd")}
-    # AP is 0 for a category with boxes and nothing detected, undefined (NaN) for one without boxes, as COCOeval has it
+    boxes = [a for a in data.coco.anns.values()
+             if a["image_id"] in images and a["category_id"] in scored and not a.get("iscrowd")]
+    with_boxes = {a["category_id"] for a in boxes}
+    # a metric is 0 with boxes to find and nothing detected, undefined (NaN) without boxes (COCOeval's -1)
     per_class = {c["name"]: 0.0 if c["id"] in with_boxes else float("nan")
                  for c in data.categories if c["id"] in scored}
+    stats = {name: 0.0 if any(lo <= a["area"] <= hi for a in boxes) else float("nan")
+             for name, (lo, hi) in zip(STAT_NAMES, _STAT_AREAS)}
     if not detections:
         log.warning("no detections on any of the %d images: AP 0 (NaN for classes without ground truth)",
                     len(data.image_ids))
@@ -301,7 +355,7 @@ def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]],
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        stats = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+        stats = {k: float(v) if v > -1 else float("nan") for k, v in zip(STAT_NAMES, ev.stats)}
         precision = ev.eval["precision"]  # [T, R, K, A, M]
         for k, cat_id in enumerate(ev.params.catIds):
             p = precision[:, :, k, 0, -1]
@@ -331,7 +385,7 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
     if not all(hasattr(detector, name) for name in ("meta", "batch_size", "run_batch")):
         hint = f"Detector({str(detector)!r})" if isinstance(detector, (str, os.PathLike)) else "Detector(weights)"
         raise InputError(f"evaluate runs a Detector, e.g. evaluate({hint}, data), not {type(detector).__name__}")
-    ds = data if isinstance(data, CocoSplit) else open_scorable(data, split)
+    ds = check_scorable(data) if isinstance(data, CocoSplit) else open_scorable(data, split)
     mapping = category_mapping(detector.meta.class_names, ds)
     detections: list[dict[str, Any]] = []
     from tqdm import tqdm
