@@ -587,3 +587,39 @@ def test_nms_source_refuses_other_nms_settings(tiny_nms_onnx, out):
         export(tiny_nms_onnx, "onnx", out / "m.onnx", decode_in_graph=False)
     result = export(tiny_nms_onnx, "onnx", out / "m.onnx", nms=True, conf=0.5, max_det=10)
     assert result.meta.nms_in_graph and result.meta.max_det == 10 and result.meta.extra["nms_conf"] == 0.5
+
+
+def test_an_nms_source_only_becomes_a_format_that_holds_its_nms(tiny_pth, tiny_nms_onnx, out, capsys, tmp_path):
+    """NCNN from an NMS graph asked for a verification image first, and then refused the NMS it had not been
+    asked for; a graph with TensorRT's plugin ran its whole export before failing on the artefact."""
+    rc, _, err = _run(["--weights", tiny_nms_onnx, "--format", "ncnn", "--output", out / "m_ncnn"], capsys)
+    assert rc == 2 and "tiny_nms.onnx has NMS in its graph, which the ncnn format cannot hold" in _one_error(err)
+    from yolox_deploy.export.base import ExportOptions
+    from yolox_deploy.export.onnx import write_onnx
+    from yolox_deploy.export.source import load_source
+
+    plugin = tmp_path / "plugin.onnx"
+    write_onnx(load_source(tiny_pth), ExportOptions(img_size=(64, 64), nms=True, simplify=False), plugin,
+               nms_plugin="tensorrt")
+    for fmt, target in (("onnx", out / "m.onnx"), ("openvino", out / "m_openvino")):
+        rc, _, err = _run(["--weights", plugin, "--format", fmt, "--output", target], capsys)
+        assert rc == 2 and "holds TensorRT's NMS plugin (EfficientNMS_TRT)" in _one_error(err), fmt
+    _assert_empty(out)
+
+
+def test_more_requests_refused_before_any_work(tiny_pth, out, capsys):
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "trt", "--output", out / "m.engine", "--workspace", "-2"],
+                      capsys)
+    assert rc == 2 and "--workspace is the TensorRT builder's memory pool in GiB; it must be > 0" in _one_error(err)
+    for options, message in (({"calib_images": 123, "int8": True}, "calib_images must be a path"),
+                             ({"verify_image": 5}, "verify_image must be a path"),
+                             ({"output": 123}, "output is the path of the artefact to write, not 123")):
+        with pytest.raises(InputError, match=message):  # a bare TypeError before
+            export(tiny_pth, "onnx", **{"output": out / "m.onnx", **options})
+    _assert_empty(out)
+
+
+def test_a_suffix_in_capitals_names_the_format_too(tiny_pth, out):
+    """M.ONNX was refused as "not NAME.onnx", though the runtimes open it (the export keeps the name)."""
+    result = export(tiny_pth, "onnx", out / "M.ONNX", img_size=64, verify=False)
+    assert result.path == out / "M.ONNX" and result.path.is_file()

@@ -98,6 +98,8 @@ def test_trtexec_command():
     assert "--maxShapes=images:8x3x1280x1280" in cmd and cmd.endswith("--fp16")
     plain = trtexec_command("m.onnx", "m.engine", "images", Profile.fixed((1, 3, 416, 416)), shapes=False, half=False)
     assert plain == "trtexec --onnx=m.onnx --saveEngine=m.engine"
+    sized = trtexec_command("m.onnx", "m.engine", "images", p, shapes=False, half=False, workspace=1.5)
+    assert sized == "trtexec --onnx=m.onnx --saveEngine=m.engine --memPoolSize=workspace:1536M"  # the builder's pool
 
 
 def test_intermediate_onnx_path():

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "is read-only or the weights were fetched by name)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction,
                    help="run the artefact and compare with the torch model (default on)")
-    p.add_argument("--verify-image", help="image to verify on (default: a synthetic scene)")
+    p.add_argument("--verify-image", help="image to verify on (default: a synthetic scene; for --int8, the first "
+                                                "calibration image the model finds objects in)")
     p.add_argument("--legacy", action="store_true", help="legacy checkpoint: RGB, /255, ImageNet mean/std input")
     p.add_argument("--force", action="store_true", default=None, help="overwrite an existing output")
     return p

@@ -9,6 +9,7 @@ the format's capability row, load the source, write into a staging folder, verif
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import time
@@ -75,6 +76,9 @@ def _check_options(info: FormatInfo, options: ExportOptions, requested: frozense
         raise InputError(f"max batch {options.max_batch} is smaller than batch {options.batch}")
     if options.dynamic_hw and not options.dynamic:
         raise InputError("dynamic height/width needs a dynamic batch too (--dynamic)")
+    if not options.workspace > 0:
+        raise InputError(f"--workspace is the TensorRT builder's memory pool in GiB; it must be > 0, got "
+                         f"{options.workspace:g}")
     if options.calib_method not in ("entropy", "minmax"):
         raise InputError(f"calibration method must be 'entropy' or 'minmax', got {options.calib_method!r}")
     check_nms_options(options)
@@ -175,8 +179,10 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
 
         options["img_size"] = parse_img_size(img_size)
     for key in ("calib_images", "verify_image"):
-        if key in options:
+        if isinstance(options.get(key), (str, os.PathLike)):  # other kinds are refused by check_types
             options[key] = Path(options[key])
+    if output is not None and not isinstance(output, (str, os.PathLike)):
+        raise InputError(f"output is the path of the artefact to write, not {output!r}")
     requested = frozenset(options)
     try:
         opts = ExportOptions(**options)
@@ -201,7 +207,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     if source.model is None:
         if not info.accepts_onnx:
             raise InputError(f"the {info.name} format cannot be made from an ONNX file; export from the checkpoint")
-        opts = _options_for_onnx_source(source, opts, requested)
+        opts = _options_for_onnx_source(source, info, opts, requested)
     elif img_size is None:
         opts = replace(opts, img_size=tuple(source.meta.input_size))
 
@@ -244,7 +250,7 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
         hint = f"; give the {kind} path, e.g. {out / ('model' + info.suffix)}" if out.is_dir() else ""
         raise InputError(f"{out} is {'a folder' if out.is_dir() else 'a file'} and the {info.name} format "
                          f"writes a {kind}, so it cannot replace it{hint}")
-    if not info.is_dir and info.artefact_files and not any(out.match(p) for p in info.artefact_files):
+    if not info.is_dir and info.artefact_files and not any(fnmatch.fnmatch(out.name.lower(), p) for p in info.artefact_files):
         names = " or ".join(p.replace("*", "NAME") for p in info.artefact_files)
         raise InputError(f"{info.name} artefacts are named {names} (the runtimes recognise them by that), "
                          f"not {out.name}")
@@ -275,13 +281,21 @@ def _model_file_suffixes(info: FormatInfo) -> set[str]:
 
 
 # --- an ONNX file as the source ------------------------------------------------------------------------------
-def _options_for_onnx_source(source: ExportSource, opts: ExportOptions, requested: frozenset[str]) -> ExportOptions:
-    """An existing ONNX fixes its input size, batch, NMS and opset: refuse requests that would change them.
+def _options_for_onnx_source(source: ExportSource, info: FormatInfo, opts: ExportOptions,
+                             requested: frozenset[str]) -> ExportOptions:
+    """An existing ONNX fixes its input size, batch, NMS and opset: refuse requests that would change them,
+    and an NMS graph for a format that cannot hold it.
 
     Its boxes follow ``decode_in_graph`` like a checkpoint's: a raw graph gets the decode step appended (the
     default; its input size must then be fixed), a graph that decodes cannot be made raw again.
     """
     m, name = source.meta, source.onnx_path.name
+    if m.nms_in_graph and "nms" not in info.supports:
+        raise InputError(f"{name} has NMS in its graph, which the {info.name} format cannot hold (its NMS runs in "
+                         "the pipeline); export from the checkpoint, or from an ONNX exported without --nms")
+    if m.nms_in_graph and m.extra.get("nms_plugin") == "tensorrt" and info.name != "tensorrt":
+        raise InputError(f"{name} holds TensorRT's NMS plugin (EfficientNMS_TRT), from which only a TensorRT engine "
+                         f"can be made; export the {info.name} artefact from the checkpoint")
     if "img_size" in requested and tuple(opts.img_size) != tuple(m.input_size) and not m.dynamic_hw:
         raise InputError(f"{name} is a {m.input_size[0]}x{m.input_size[1]} model; "
                          "its input size cannot change; export from the checkpoint instead")

@@ -87,7 +87,8 @@ class ExportOptions:
         """Refuse an option of the wrong type (the Python API takes any value: ``dynamic="no"`` is truthy)."""
         kinds = {"bool": ("true or false", lambda v: isinstance(v, (bool, np.bool_))),
                  "int": ("an integer", is_integer), "int | None": ("an integer", lambda v: v is None or is_integer(v)),
-                 "float": ("a number", is_finite_number), "str": ("a string", lambda v: isinstance(v, str))}
+                 "float": ("a number", is_finite_number), "str": ("a string", lambda v: isinstance(v, str)),
+                 "Path | None": ("a path", lambda v: v is None or isinstance(v, Path))}
         for f in fields(self):
             kind = kinds.get(str(f.type))
             value = getattr(self, f.name)

@@ -130,9 +130,12 @@ def onnx_input(path: str | os.PathLike) -> tuple[str, list[int]]:
 
 
 def trtexec_command(onnx_path: str | os.PathLike, engine: str | os.PathLike, input_name: str, profile: Profile,
-                    *, shapes: bool, half: bool) -> str:
-    """The ``trtexec`` line that builds the same engine (without INT8 calibration) from ``onnx_path``."""
+                    *, shapes: bool, half: bool, workspace: float | None = None) -> str:
+    """The ``trtexec`` line that builds the same engine (without INT8 calibration) from ``onnx_path``;
+    ``workspace``: the builder's workspace pool in GiB (``--memPoolSize``, given in MiB)."""
     parts = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine}"]
+    if workspace is not None:
+        parts.append(f"--memPoolSize=workspace:{max(1, round(workspace * 1024))}M")
     if shapes:
         for flag, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
             parts.append(f"--{flag}Shapes={input_name}:{'x'.join(str(d) for d in shape)}")
@@ -707,5 +710,6 @@ class TensorRTExporter(Exporter):
                         "another name to keep it beside the engine)")
             with atomic_write(kept) as tmp:
                 shutil.copyfile(onnx_path, tmp)
-        cmd = trtexec_command(kept, engine, input_name, profile, shapes=any(d < 0 for d in dims), half=opts.half)
+        cmd = trtexec_command(kept, engine, input_name, profile, shapes=any(d < 0 for d in dims), half=opts.half,
+                              workspace=opts.workspace)
         return f"{reason}; {where} {kept} (build the engine from it with: {cmd})"
