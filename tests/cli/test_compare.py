@@ -62,6 +62,10 @@ def test_results_replace_only_an_earlier_json_file(tmp_path, nano_onnx, dog_jpg,
     assert compare_main([str(nano_onnx), "--images", str(dog_jpg), "--json", str(other_model)]) == 2
     assert "exists and is not a JSON file" in capsys.readouterr().err
     assert other_model.read_bytes() == b"\x08\x07model bytes"
+    labels = tmp_path / "instances_val2017.json"  # another dataset's annotations are JSON too
+    labels.write_text('{"images": [], "annotations": [], "categories": []}')
+    assert compare_main([str(nano_onnx), "--images", str(dog_jpg), "--json", str(labels)]) == 2
+    assert "exists and holds a COCO dataset's annotations" in capsys.readouterr().err
     earlier = tmp_path / "earlier.txt"
     earlier.write_text('{"rows": []}')
     assert compare_main([str(nano_onnx), "--images", str(dog_jpg), "--json", str(earlier)]) == 0

@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError, YoloxError
 from ..meta import sidecar_path
@@ -86,8 +87,8 @@ def json_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (
 
     An existing file that is one of ``inputs`` (files this run reads) or lies inside one of them (a folder
     artefact, a dataset) is refused: writing the results there would destroy what was read. Any other
-    existing file is replaced only when it holds JSON (an earlier result), never a model or a picture that a
-    mistyped name points at.
+    existing file is replaced only when it holds JSON (an earlier result), never a model, a picture or a
+    dataset's annotation file that a mistyped name points at.
     """
     p = Path(path)
     if not str(path):
@@ -103,22 +104,31 @@ def json_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (
             if target == source or source in target.parents:
                 raise InputError(f"{p} is {'an input' if target == source else f'inside the input {item}'} "
                                  "of this run; write the results to another file")
-        if not _holds_json(p):
-            raise InputError(f"{p} exists and is not a JSON file; the results replace only an earlier JSON result, "
-                             "so choose another name")
+        held = _json_held(p)
+        if held is _NOT_JSON or _is_coco_dataset(held):
+            what = "is not a JSON file" if held is _NOT_JSON else "holds a COCO dataset's annotations"
+            raise InputError(f"{p} exists and {what}; the results replace only an earlier JSON result, so choose "
+                             "another name")
     check_creatable(p)
     return p
 
 
-def _holds_json(path: Path, limit: int = 256 << 20) -> bool:
-    """Whether a file (of at most ``limit`` bytes: results are small) parses as JSON."""
+_NOT_JSON = object()
+
+
+def _json_held(path: Path, limit: int = 256 << 20) -> Any:
+    """What a file (of at most ``limit`` bytes: results are small) holds as JSON; ``_NOT_JSON`` otherwise."""
     try:
         if path.stat().st_size > limit:
-            return False
-        json.loads(path.read_bytes())
+            return _NOT_JSON
+        return json.loads(path.read_bytes())
     except (ValueError, OSError):  # UnicodeDecodeError is a ValueError
-        return False
-    return True
+        return _NOT_JSON
+
+
+def _is_coco_dataset(value: Any) -> bool:
+    """An annotation file (``instances_*.json``): a mistyped --json must not replace a dataset's labels."""
+    return isinstance(value, dict) and isinstance(value.get("images"), list) and "annotations" in value
 
 
 def read_by(artefacts: Sequence[str | os.PathLike]) -> list[Path]:
