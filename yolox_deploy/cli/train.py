@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=300, help="epochs (default 300)")
     p.add_argument("--batch", type=int, default=64, help="total batch over all processes (default 64)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N",
-                   help="training and evaluation size, one number or height width (default: the variant's recipe: "
-                        "nano 416; tiny trains at 640 and is evaluated at 416, as the authors' experiment files; "
-                        "others 640)")
+                   help="training size, one number or height width, also the evaluation size and the one the "
+                        "checkpoints run at, except for the recipe's own (default: the variant's recipe: nano 416; "
+                        "tiny trains at 640 and is evaluated at 416, as the authors' experiment files; others 640)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--output", default="runs/train", help="output folder (default runs/train)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
