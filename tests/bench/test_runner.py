@@ -219,6 +219,23 @@ def test_the_demo_runs_the_released_onnx_only_beside_its_own_weights(tmp_path, n
     assert not _holds_the_weights(nano_onnx, source, (416, 416))
 
 
+def test_without_onnx_runtime_the_demo_is_skipped_saying_why(nano_pth, monkeypatch, caplog):
+    """Without ONNX Runtime the released file was said not to hold the weights, and the export that replaced
+    it was blamed on onnx."""
+    from yolox_deploy.bench import demo_pipeline
+    from yolox_deploy.bench.artefacts import model_source
+    from yolox_deploy.bench.runner import _demo_onnx
+    from yolox_deploy.errors import BackendUnavailable
+
+    def unavailable(*a, **k):
+        raise BackendUnavailable("the ONNX Runtime demo baseline needs onnxruntime")
+
+    monkeypatch.setattr(demo_pipeline, "DemoPipeline", unavailable)
+    with caplog.at_level("WARNING"), pytest.raises(BackendUnavailable, match="needs onnxruntime"):
+        _demo_onnx(None, model_source("nano", nano_pth.parent), (416, 416))
+    assert "does not hold the weights" not in caplog.text
+
+
 def test_the_demo_race_keeps_to_max_time(tmp_path, nano_pth):
     pytest.importorskip("onnxruntime")
     cfg = BenchConfig(models=["nano"], backends=["torch"], iters=40, warmup=1, max_images=2, images=None,

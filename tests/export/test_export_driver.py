@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 
 from yolox_deploy.cli.export import main as export_main  # noqa: E402
 from yolox_deploy.errors import InputError  # noqa: E402
-from yolox_deploy.export import base, export  # noqa: E402
+from yolox_deploy.export import base, export, format_class  # noqa: E402
 from yolox_deploy.export.base import Exporter, register_format  # noqa: E402
 
 
@@ -623,3 +623,17 @@ def test_a_suffix_in_capitals_names_the_format_too(tiny_pth, out):
     """M.ONNX was refused as "not NAME.onnx", though the runtimes open it (the export keeps the name)."""
     result = export(tiny_pth, "onnx", out / "M.ONNX", img_size=64, verify=False)
     assert result.path == out / "M.ONNX" and result.path.is_file()
+
+
+def test_an_onnx_source_without_onnx_runtime_is_refused_before_the_conversion(tiny_onnx, out, capsys, monkeypatch):
+    """The reference outputs come from the ONNX source in ONNX Runtime: without it the conversion ran first."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "onnxruntime" else real(name, *a, **k))
+    converted = []
+    monkeypatch.setattr(format_class("openvino"), "export", lambda *a: converted.append(a) or pytest.fail("converted"))
+    rc, _, err = _run(["--weights", tiny_onnx, "--format", "openvino", "--output", out / "m_openvino"], capsys)
+    line = _one_error(err)
+    assert rc == 2 and "'onnxruntime' package" in line and "verification runs the ONNX source tiny_raw.onnx" in line
+    assert "--no-verify" in line and not converted
+    _assert_empty(out)

@@ -426,6 +426,8 @@ def _holds_the_weights(onnx_path: Path, source: ModelSource, size: tuple[int, in
 
     try:
         demo = DemoPipeline(onnx_path)
+    except BackendUnavailable:  # no ONNX Runtime: the demo cannot run at all, whichever file it is given
+        raise
     except YoloxError:
         return False
     if demo.input_hw != tuple(size):

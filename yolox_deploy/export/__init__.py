@@ -214,9 +214,10 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     if out is None:
         out = _check_output(default_output(source, info, opts), info, opts.force)
     if opts.verify:
-        from .verify import calibration_verification_image, check_verifiable
+        from .verify import calibration_verification_image, check_source_runnable, check_verifiable
 
         check_verifiable(info.name, opts)
+        check_source_runnable(source)
         if opts.int8 and opts.verify_image is None:
             opts = replace(opts, verify_image=calibration_verification_image(source, opts))
         cls.check_device(opts)  # verification runs the artefact there, after the (slow) build

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ExportError, InputError
+from ..errors import BackendUnavailable, ExportError, InputError
 from ..io.images import read_image
 from ..io.synthetic import synthetic_scene
 from ..meta import ModelMeta
@@ -168,6 +168,18 @@ def _source_nms_detections(source: ExportSource, batch: np.ndarray) -> RawDetect
 
 # Formats whose NMS graphs :func:`head_before_nms` can read the head of (a TensorRT engine keeps no such tensor).
 HEAD_READABLE_FORMATS = ("onnx", "openvino")
+
+
+def check_source_runnable(source: ExportSource) -> None:
+    """Refuse, before the build, the verification of an export from an ONNX file where ONNX Runtime, which
+    runs the source for the reference outputs, is not installed."""
+    if source.model is None:
+        from ..runtimes import registered_backends
+
+        usable, reason = registered_backends()["onnxruntime"].info.importable()
+        if not usable:
+            raise BackendUnavailable(f"{reason}: verification runs the ONNX source {source.onnx_path.name} with it; "
+                                     "or export with --no-verify")
 
 
 def check_verifiable(format_name: str, options: ExportOptions) -> None:
