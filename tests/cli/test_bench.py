@@ -121,6 +121,14 @@ def test_failed_rows_make_a_non_zero_exit(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["rows"][0]["status"].startswith("failed")
 
 
+def test_a_table_without_a_measured_row_makes_a_non_zero_exit(tmp_path, capsys, monkeypatch):
+    """Every row "not available" (the runtime is missing) exited 0: a script took the empty table for a result."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert _quick(tmp_path / "bench", "trt") == 1
+    assert "no row could be measured here; their status column says why" in capsys.readouterr().err
+    assert json.loads((tmp_path / "bench" / "results.json").read_text())["rows"][0]["status"].startswith("not available")
+
+
 def test_earlier_results_stay_until_a_run_replaces_them(tmp_path, monkeypatch):
     """A second run into the same folder emptied its tables at once (and removed results.png): an interrupted
     one lost the first run's rows. Rows so far go to results.partial.* now."""

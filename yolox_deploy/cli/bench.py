@@ -177,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:  # the tables are incomplete: say so in the exit status, for scripts
         print(f"{len(failed)} of {len(report.rows)} row(s) failed; their status column says why", file=sys.stderr)
         return EXIT_ROWS_FAILED
+    if not any(r.ok for r in report.rows):  # every row "not available": an empty table is no benchmark
+        print("no row could be measured here; their status column says why", file=sys.stderr)
+        return EXIT_ROWS_FAILED
     return 0
 
 
