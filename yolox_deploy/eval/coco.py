@@ -236,6 +236,15 @@ def _ids_problem(entries: list[Any], what: str, *, integers: bool) -> str | None
     return None
 
 
+def coco_box(value: Any) -> tuple[float, float, float, float] | None:
+    """A COCO ``bbox`` (``[x, y, width, height]``) as four floats; None unless it is a list of four finite
+    numbers (a string of four digits is not one)."""
+    if not (isinstance(value, list) and len(value) == 4 and all(is_finite_number(v) for v in value)):
+        return None
+    x, y, w, h = (float(v) for v in value)
+    return x, y, w, h
+
+
 def _annotation_problem(a: Any, coco: Any) -> str | None:
     """Why a ground-truth annotation cannot be scored by COCOeval, or None."""
     if not isinstance(a, dict):
@@ -243,9 +252,8 @@ def _annotation_problem(a: Any, coco: Any) -> str | None:
     for key in ("bbox", "area", "iscrowd", "image_id", "category_id"):
         if key not in a:
             return f"has no {key!r}"
-    box = a["bbox"]
-    if not (isinstance(box, list) and len(box) == 4 and all(is_finite_number(v) for v in box)):
-        return f"has bbox {box!r}, not four numbers"
+    if coco_box(a["bbox"]) is None:
+        return f"has bbox {a['bbox']!r}, not four numbers"
     if not is_finite_number(a["area"]) or a["iscrowd"] not in (0, 1):
         return f"has area {a['area']!r} / iscrowd {a['iscrowd']!r} (a number and 0 or 1 expected)"
     if a["image_id"] not in coco.imgs:

@@ -10,8 +10,9 @@ What happens to bad input:
 - image files that do not exist: an :class:`InputError` naming the first few and the count, unless
   ``skip_missing=True``, which drops those images (and their boxes) with one warning.
 - a box reaching outside its image: clipped to the image (counted in the summary warning).
-- a box with zero or negative width or height after clipping, non-finite or malformed coordinates, or an
-  unknown ``category_id``: skipped (counted in one summary warning).
+- a box with zero or negative width or height after clipping, a ``bbox`` that is not four finite numbers, an
+  ``iscrowd`` other than 0 / 1, or an unknown ``category_id``: skipped (counted in one summary warning, which
+  names the first annotation of each kind).
 - ``iscrowd`` boxes (one box around a crowd of objects): skipped, counted, as the authors' dataset does; a box
   around a crowd is not one object, and COCO evaluation ignores detections on crowds anyway.
 - images without any (remaining) box: kept, as background images (the authors keep them too).
@@ -22,7 +23,6 @@ Nothing is silently dropped: every skip is counted in :class:`AnnotationReport`,
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..eval.coco import CocoSplit, open_coco
+from ..eval.coco import CocoSplit, coco_box, open_coco
 
 log = logging.getLogger(__name__)
 MISSING_SHOWN = 5
@@ -62,6 +62,13 @@ class AnnotationReport:
     orphan: int = 0
     missing_images: list[str] = field(default_factory=list)
     boxes_of_missing_images: int = 0
+    first: dict[str, str] = field(default_factory=dict)  # the first annotation of each kind skipped, described
+
+    def count(self, kind: str, ann: dict, what: str = "") -> None:
+        """Count one annotation skipped as ``kind`` (an attribute), noting the first of its kind."""
+        setattr(self, kind, getattr(self, kind) + 1)
+        if kind not in self.first:
+            self.first[kind] = f"annotation {ann.get('id', '?')}" + (f", {what}" if what else "")
 
     def skipped(self) -> int:
         return self.degenerate + self.malformed + self.unknown_category + self.crowd + self.orphan
@@ -76,7 +83,8 @@ class AnnotationReport:
                  ("crowd", "iscrowd boxes"), ("orphan", "annotations of image ids not in the image list"))
         for attr, text in named:
             if getattr(self, attr):
-                parts.append(f"{getattr(self, attr)} {text} were skipped")
+                first = f" (first: {self.first[attr]})" if attr in self.first and attr != "crowd" else ""
+                parts.append(f"{getattr(self, attr)} {text} were skipped{first}")
         if self.missing_images:
             parts.append(f"{len(self.missing_images)} missing images were skipped "
                          f"(with {self.boxes_of_missing_images} boxes)")
@@ -104,20 +112,16 @@ class DetectionSet:
 
 
 def _parse_box(ann: dict, width: int, height: int, report: AnnotationReport) -> tuple[float, ...] | None:
-    bbox = ann.get("bbox")
-    try:
-        x, y, w, h = (float(v) for v in bbox)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        report.malformed += 1
+    box = coco_box(ann.get("bbox"))
+    if box is None:
+        report.count("malformed", ann, f"bbox {ann.get('bbox')!r}")
         return None
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        report.malformed += 1
-        return None
+    x, y, w, h = box
     x1, y1, x2, y2 = x, y, x + w, y + h
     cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
     cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
     if not (cx2 > cx1 and cy2 > cy1):
-        report.degenerate += 1
+        report.count("degenerate", ann, f"bbox {ann['bbox']!r}")
         return None
     if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
         report.clipped += 1
@@ -146,11 +150,15 @@ def load_detection_set(root: str | os.PathLike, split: str = "train2017", *, ski
             raise InputError(f"{coco.ann_file}: image {image_id} ({file_name}) has size {width}x{height}")
         boxes, labels = [], []
         for ann in coco.coco.imgToAnns.get(image_id, []):
-            if ann.get("iscrowd", 0):
-                report.crowd += 1
+            crowd = ann.get("iscrowd", 0)
+            if crowd not in (0, 1):
+                report.count("malformed", ann, f"iscrowd {crowd!r}")
+                continue
+            if crowd:
+                report.count("crowd", ann)
                 continue
             if ann.get("category_id") not in cat_index:
-                report.unknown_category += 1
+                report.count("unknown_category", ann, f"category_id {ann.get('category_id')!r}")
                 continue
             box = _parse_box(ann, width, height, report)
             if box is not None:
@@ -162,7 +170,7 @@ def load_detection_set(root: str | os.PathLike, split: str = "train2017", *, ski
 
     missing = [r for r in records if not r.path.is_file()]
     if missing:
-        names = ", ".join(r.path.name for r in missing[:MISSING_SHOWN])
+        names = ", ".join(r.path.relative_to(coco.image_dir).as_posix() for r in missing[:MISSING_SHOWN])
         more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
         if not skip_missing:
             raise InputError(f"{len(missing)} of {len(records)} images listed in {coco.ann_file.name} are missing "
@@ -176,7 +184,7 @@ def load_detection_set(root: str | os.PathLike, split: str = "train2017", *, ski
         raise InputError(f"{coco.ann_file} lists no usable image")
     report.boxes_kept = sum(len(r.labels) for r in records)
     if report.summary():
-        log.warning("%s/%s: %s", Path(root).name, split, report.summary())
+        log.warning("%s: %s", coco.ann_file, report.summary())
     if report.boxes_kept == 0:
         raise InputError(f"{coco.ann_file}: no usable box left to train on ({report.summary() or 'no annotations'})")
     return DetectionSet(Path(root), split, tuple(coco.category_names), tuple(coco.category_ids), records, report,
