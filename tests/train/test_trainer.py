@@ -139,6 +139,35 @@ def test_a_complete_run_resumes_to_nothing_and_may_be_extended(synthetic_coco, t
         Trainer(config(synthetic_coco, tmp_path / "run", resume=True, **short))
 
 
+def test_a_resume_keeps_what_the_run_derived_or_was_given(synthetic_coco, tmp_path, monkeypatch):
+    """Warm-up / no-aug epochs left to their defaults were derived again from a resume's --epochs (4 -> 8 epochs:
+    "warmup_epochs 1 -> 2", refused); relative --weights were compared from the resume's folder; a resume without
+    --weights recorded none, so a later resume that named them was refused."""
+    import shutil
+
+    phases = dict(batch=4, warmup_epochs=None, no_aug_epochs=None)  # 2 iterations per epoch
+    with Trainer(config(synthetic_coco, tmp_path / "run", epochs=4, **phases)) as t:
+        t.train(max_iterations=1)
+        assert (t.cfg.warmup_epochs, t.cfg.no_aug_epochs) == (1, 1)
+    with Trainer(config(synthetic_coco, tmp_path / "run", epochs=8, resume=True, **phases)) as t:
+        assert (t.cfg.warmup_epochs, t.cfg.no_aug_epochs) == (1, 1) and t.iteration == 1
+    with pytest.raises(InputError, match="1 warm-up \\+ 1 no-augmentation epochs do not fit in 1 epochs"):
+        Trainer(config(synthetic_coco, tmp_path / "run", epochs=1, resume=True, **phases))
+
+    shutil.copy(tmp_path / "run" / LATEST, tmp_path / "w.pth")
+    monkeypatch.chdir(tmp_path)
+    with Trainer(config(synthetic_coco, tmp_path / "b", epochs=2, weights="w.pth")) as t:
+        t.train(max_iterations=1)
+    monkeypatch.chdir(tmp_path / "b")
+    with Trainer(config(synthetic_coco, tmp_path / "b", epochs=2, resume=True, weights="../w.pth")) as t:
+        assert t.iteration == 1
+    with Trainer(config(synthetic_coco, tmp_path / "b", epochs=2, resume=True)) as t:
+        t.train(max_iterations=2)
+    assert load_training_state(tmp_path / "b" / LATEST).config["weights"] == str(tmp_path / "w.pth")
+    with Trainer(config(synthetic_coco, tmp_path / "b", epochs=2, resume=True, weights=tmp_path / "w.pth")) as t:
+        assert t.iteration == 2
+
+
 def test_ctrl_c_in_an_epochs_last_step_leaves_its_evaluation_and_checkpoints_to_the_resume(synthetic_coco, tmp_path):
     """Stopped by Ctrl-C in iteration 4, the last of epoch 1: the checkpoint says epoch 1 is not closed, and
     the resumed run first evaluates it and writes its checkpoints, so the run's files equal a straight run's."""

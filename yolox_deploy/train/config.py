@@ -102,8 +102,11 @@ class TrainConfig:
                 raise InputError(f"{name} must be a finite number, got {value!r}")
         spec = get_spec(self.model)
         released_variant_for(self.weights, spec.name)  # before the data is read, not after
+        weights = Path(self.weights) if self.weights else None
+        if weights is not None and weights.exists():  # recorded in the checkpoints: a resume from another
+            weights = weights.absolute()                # folder compares it with its own --weights
         c = dataclasses.replace(self, model=spec.name, data=Path(self.data), output=Path(self.output),
-                                weights=Path(self.weights) if self.weights else None)
+                                weights=weights)
         c.img_size = parse_img_size(c.img_size) if c.img_size is not None else tuple(spec.train_size)
         if c.eval_size is not None:
             c.eval_size = parse_img_size(c.eval_size)
@@ -122,9 +125,7 @@ class TrainConfig:
             c.warmup_epochs = min(5, c.epochs // 4)
         if c.no_aug_epochs is None:
             c.no_aug_epochs = min(15, c.epochs // 4)
-        if c.warmup_epochs + c.no_aug_epochs > c.epochs:
-            raise InputError(f"{c.warmup_epochs} warm-up + {c.no_aug_epochs} no-augmentation epochs do not fit in "
-                             f"{c.epochs} epochs")
+        c.check_phases()
         if c.mosaic_prob is None:
             c.mosaic_prob = spec.mosaic_prob
         if c.mosaic_scale is None:
@@ -147,6 +148,12 @@ class TrainConfig:
         if c.workers < 0:
             raise InputError(f"workers must be >= 0, got {c.workers}")
         return c
+
+    def check_phases(self) -> None:
+        """Refuse warm-up and no-augmentation phases longer than the run together."""
+        if self.warmup_epochs + self.no_aug_epochs > self.epochs:
+            raise InputError(f"{self.warmup_epochs} warm-up + {self.no_aug_epochs} no-augmentation epochs do not fit "
+                             f"in {self.epochs} epochs")
 
     def no_aug(self, epoch: int) -> bool:
         """Whether 0-based ``epoch`` is one of the last ``no_aug_epochs`` (no Mosaic/MixUp, L1 loss on)."""

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,6 +109,7 @@ class Trainer:
     """Sets up data, model, optimiser, EMA and logs from a :class:`TrainConfig`; :meth:`train` runs it."""
 
     def __init__(self, config: TrainConfig) -> None:
+        self._asked = config  # before defaults were filled in: what this command line set
         self.cfg = config.resolved()
         self._made_output = not self.cfg.output.exists()
         self.dist = env_dist_info()
@@ -128,6 +130,9 @@ class Trainer:
         check_folder_writable(cfg.output)  # before the data is read, not when the first log file is opened
 
         self.resume_path = self._resume_path()
+        self._resume_state = load_training_state(self.resume_path) if self.resume_path is not None else None
+        if self._resume_state is not None:
+            self._keep_the_runs_phases(self._resume_state.config)
         self.data: DetectionSet = load_detection_set(cfg.data, cfg.train_split, skip_missing=cfg.skip_missing)
         if cfg.num_classes is not None and cfg.num_classes != self.data.num_classes:
             raise InputError(f"--num-classes {cfg.num_classes} but {cfg.data} has {self.data.num_classes} categories "
@@ -263,8 +268,16 @@ class Trainer:
 
             yield loss
 
+    def _keep_the_runs_phases(self, saved: dict[str, Any]) -> None:
+        """Warm-up and no-augmentation epochs this command line does not set are the resumed run's: derived
+        from its --epochs when it started, derived again from a changed --epochs they refused the resume."""
+        for name in ("warmup_epochs", "no_aug_epochs"):
+            if getattr(self._asked, name) is None and is_integer(saved.get(name)):
+                setattr(self.cfg, name, saved[name])
+        self.cfg.check_phases()
+
     def _resume(self, path: Path) -> None:
-        state = load_training_state(path)
+        state = self._resume_state
         saved = state.config
         now = self.cfg.to_dict()
         changed = [f"{key} {saved[key]} -> {now[key]}" for key in RESUME_MUST_MATCH
@@ -282,6 +295,8 @@ class Trainer:
                              f"and schedule; start a new run from its weights (--weights {path})")
         if state.class_names is not None and tuple(state.class_names) != self.data.class_names:
             raise InputError(f"cannot resume {path.name}: it was trained on other classes than {self.cfg.data} has")
+        if self.cfg.weights is None and saved.get("weights"):  # the run's own, still recorded in its checkpoints
+            self.cfg.weights = Path(saved["weights"])
         if "epochs" in saved and saved["epochs"] != self.cfg.epochs:
             log.warning("resuming with %d epochs instead of %d: the learning-rate schedule changes from here",
                         self.cfg.epochs, saved["epochs"])
@@ -309,6 +324,7 @@ class Trainer:
         # the best AP belongs with the best_ckpt.pth beside the checkpoint; a run continued elsewhere starts its own
         self.best_ap = max(state.best_ap, self._best_ap_on_disk()) if self._resumes_in_place(path) else 0.0
         self.last_ap = state.curr_ap
+        self._resume_state = None  # its tensors are in the model and optimiser now
         if not self.complete:
             log.info("resumed %s at iteration %d (epoch %d)", path, self.iteration,
                      self.iteration // self.iters_per_epoch + 1)
