@@ -219,6 +219,59 @@ def test_boxes_that_are_not_boxes_are_not_drawn():
     assert out.shape == img.shape and (out != 255).any()
 
 
+def test_a_box_at_the_far_edges_is_closed_and_its_label_stays_inside():
+    """A box clipped to the image's right / bottom edge ended one pixel outside it (that side was not drawn); a
+    label at the right edge ran off the picture (the score was cut off)."""
+    img = np.full((300, 400, 3), 128, np.uint8)
+    d = Detections.from_arrays(np.array([[200, 150, 400, 300]], np.float32), [0.9], [0], ["dog"], (300, 400))
+    out = d.draw(img, show_scores=False)
+    assert (out[150:300, 399] != 128).any(axis=1).all() and (out[299, 200:400] != 128).any(axis=1).all()
+    right = Detections.from_arrays(np.array([[390, 100, 400, 150]], np.float32), [0.9], [0], ["a long name"],
+                                   (300, 400))
+    drawn = np.argwhere((right.draw(img) != 128).any(axis=2))
+    assert drawn[:, 1].min() < 390  # the label starts left of the box, far enough to hold the name and the score
+
+
+def test_text_is_black_or_white_whichever_reads_better():
+    from yolox_deploy.viz import class_color, text_color
+
+    assert text_color((255, 255, 255)) == (0, 0, 0) and text_color((0, 0, 0)) == (255, 255, 255)
+    assert text_color((40, 200, 80)) == (0, 0, 0)  # a mid green: black 9.4:1, white 2.2:1
+
+    def contrast(a, b):
+        def lum(c):
+            v = [x / 255 for x in c[::-1]]
+            v = [x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4 for x in v]
+            return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]
+        hi, lo = sorted((lum(a), lum(b)), reverse=True)
+        return (hi + 0.05) / (lo + 0.05)
+
+    for cid in range(80):  # the other choice never reads better
+        c = class_color(cid)
+        other = (255, 255, 255) if text_color(c) == (0, 0, 0) else (0, 0, 0)
+        assert contrast(c, text_color(c)) >= contrast(c, other), cid
+
+
+def test_names_opencv_cannot_draw_are_labelled_by_class_id(monkeypatch, caplog):
+    """Before OpenCV 5 the Hershey fonts draw one '?' per byte of a non-ASCII name."""
+    import cv2
+
+    from yolox_deploy import viz
+
+    img = np.full((100, 100, 3), 128, np.uint8)
+    d = Detections.from_arrays(np.array([[10, 30, 60, 90]], np.float32), [0.9], [0], ["собака"], (100, 100))
+    monkeypatch.setattr(cv2, "__version__", "4.10.0")
+    monkeypatch.setattr(viz, "_WARNED_TEXT", set())
+    with caplog.at_level("WARNING"):
+        out = d.draw(img)
+        d.draw(img)
+    assert caplog.text.count("labelled 'class 0' in pictures") == 1
+    labelled = Detections.from_arrays(np.array([[10, 30, 60, 90]], np.float32), [0.9], [0], ["class 0"], (100, 100))
+    assert np.array_equal(out, labelled.draw(img))
+    monkeypatch.setattr(cv2, "__version__", "5.0.0")
+    assert not np.array_equal(d.draw(img), out)
+
+
 def test_equality():
     assert make() == make()
     assert make() != make(3)

@@ -2,8 +2,9 @@
 
 A :class:`ModelMeta` travels with every artefact: as ONNX ``metadata_props``, OpenVINO ``rt_info`` or a
 sidecar JSON (NCNN, TensorRT); checkpoints record the parts of it a model knows (variant, labels and their
-category ids, the input size they were evaluated at). It is the contract between ``export/`` (writes it) and ``runtimes/`` (reads
-it): a runtime never needs the exporter; an exporter runs what it wrote through the runtime to verify it.
+category ids, the input size they were evaluated at). It is the contract between ``export/`` (writes it) and
+``runtimes/`` (reads it): a runtime never needs the exporter; an exporter runs what it wrote through the
+runtime to verify it.
 """
 
 from __future__ import annotations

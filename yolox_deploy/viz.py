@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import cv2
@@ -13,6 +14,8 @@ from .utils.values import is_integer
 
 if TYPE_CHECKING:
     from .structures import Detections
+
+log = logging.getLogger(__name__)
 
 MAX_THICKNESS = 32767  # OpenCV's bound on a line's thickness
 
@@ -46,14 +49,41 @@ def draw_detections(image: np.ndarray, dets: Detections, *, thickness: int | Non
         (x1, y1, x2, y2) = np.clip(dets.xyxy[i], -reach, reach)
         score, cid, name = float(dets.scores[i]), int(dets.class_ids[i]), dets.names[i]
         color = class_color(cid)
-        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
+        # a box clipped to the image ends at its width / height, one pixel past its last column / row
+        p1, p2 = (int(x1), int(y1)), (int(x2) - (int(x2) == w), int(y2) - (int(y2) == h))
         cv2.rectangle(out, p1, p2, color, t, cv2.LINE_AA)
-        label = f"{name} {score:.2f}" if show_scores else str(name)
+        label = _drawable(str(name), cid)
+        label = f"{label} {score:.2f}" if show_scores else label
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(1, t - 1))
-        top = p1[1] - th - base - 2 if p1[1] - th - base - 2 >= 0 else p1[1]
-        cv2.rectangle(out, (p1[0], top), (p1[0] + tw + 2, top + th + base + 2), color, -1)
-        luminance = 0.114 * color[0] + 0.587 * color[1] + 0.299 * color[2]
-        text_color = (0, 0, 0) if luminance > 140 else (255, 255, 255)
-        cv2.putText(out, label, (p1[0] + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_color,
+        top = p1[1] - th - base - 2 if p1[1] - th - base - 2 >= 0 else max(p1[1], 0)
+        left = max(0, min(p1[0], w - tw - 2))  # inside the picture: a label at its right edge lost its score
+        cv2.rectangle(out, (left, top), (left + tw + 2, top + th + base + 2), color, -1)
+        cv2.putText(out, label, (left + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_color(color),
                     max(1, t - 1), cv2.LINE_AA)
     return out
+
+
+def text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever contrasts more with the BGR ``background`` (WCAG's contrast ratio)."""
+    def linear(c: int) -> float:
+        v = c / 255
+        return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+
+    b, g, r = background
+    lum = 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b)
+    return (0, 0, 0) if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else (255, 255, 255)
+
+
+_WARNED_TEXT: set[str] = set()
+
+
+def _drawable(name: str, class_id: int) -> str:
+    """``name``, or ``class <id>`` for a name OpenCV cannot draw: its Hershey fonts before OpenCV 5 have
+    ASCII only (other characters come out as one ``?`` per byte); said once per name."""
+    if name.isascii() or int(cv2.__version__.split(".")[0]) >= 5:
+        return name
+    if name not in _WARNED_TEXT:
+        _WARNED_TEXT.add(name)
+        log.warning("OpenCV %s draws ASCII text only: class %d (%s) is labelled 'class %d' in pictures",
+                    cv2.__version__, class_id, name, class_id)
+    return f"class {class_id}"

@@ -130,8 +130,8 @@ def test_an_artefact_made_elsewhere_is_described_by_the_options(tmp_path, tiny_r
 
     pth = save_checkpoint(tiny_random_model, tmp_path / "tiny.pth")
     bare = tmp_path / "bare.onnx"
-    write_onnx(load_source(tiny_random_model), ExportOptions(img_size=(64, 96), dynamic=True, dynamic_hw=True, simplify=False),
-               bare)
+    options = ExportOptions(img_size=(64, 96), dynamic=True, dynamic_hw=True, simplify=False)
+    write_onnx(load_source(tiny_random_model), options, bare)
     graph = onnx.load(str(bare))
     del graph.metadata_props[:]
     onnx.save(graph, str(bare))

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import shutil
 
 import cv2
 import numpy as np
@@ -602,3 +603,19 @@ def test_labels_and_a_decoded_output_of_an_artefact_without_metadata(tmp_path, n
                         "--decode-in-graph"]) == 0
     boxes = [d["xyxy"] for d in json.loads((tmp_path / "c" / "dog.json").read_text())["detections"]]
     assert boxes == [d["xyxy"] for d in labelled]  # the same boxes as the raw graph decoded by the pipeline
+
+
+def test_a_rerun_without_pictures_removes_its_own_earlier_pictures(tmp_path, nano_pth, dog_jpg):
+    """The picture of a run at --conf 0.05 stayed beside the JSON of a run at --conf 0.8 --no-images: a pair that
+    showed other detections than it listed. A picture yolox-detect did not write is never removed."""
+    out = tmp_path / "out"
+    assert detect_main([str(nano_pth), "--source", str(dog_jpg), "--output", str(out), "--conf", "0.05"]) == 0
+    assert _results(out) == ["dog.jpg", "dog.json"]
+    assert detect_main([str(nano_pth), "--source", str(dog_jpg), "--output", str(out), "--conf", "0.8",
+                        "--no-images"]) == 0
+    assert _results(out) == ["dog.json"] and json.loads((out / RECORD).read_text())["results"] == ["dog.json"]
+    (out / "mine.jpg").write_bytes(b"a picture of mine")
+    other = tmp_path / "mine.jpg"
+    shutil.copy(dog_jpg, other)
+    assert detect_main([str(nano_pth), "--source", str(other), "--output", str(out), "--no-images"]) == 0
+    assert (out / "mine.jpg").read_bytes() == b"a picture of mine"

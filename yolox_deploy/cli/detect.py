@@ -221,8 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if video_source:
             (stage / f"{stem}.json").write_text(json_text({"source": src, "frames": frames}, indent=1))
         with deferred():  # a Ctrl-C now lets the results finish moving and be recorded as this run's
-            written = move_into(sorted(stage.iterdir()), out)
-            write_text_atomic(out / RECORD, json.dumps({"results": sorted(earlier | {p.name for p in written})}))
+            written = {p.name for p in move_into(sorted(stage.iterdir()), out)}
+            # a picture or video of an earlier run beside a new JSON (--no-images) would not show its detections
+            stale = {f"{n[:-len('.json')]}.{ext}" for n in written if n.endswith(".json") for ext in ("jpg", "mp4")}
+            stale = (stale & earlier) - written
+            for name in stale:
+                (out / name).unlink(missing_ok=True)
+            write_text_atomic(out / RECORD, json.dumps({"results": sorted((earlier - stale) | written)}))
     shown = rows if len(rows) <= 20 else rows[:10] + [["...", None, None, ""]] + rows[-5:]
     print(format_table(["image", "detections", "ms", "top"], shown, floatfmt=".1f"))
     print(f"{len(rows)} {'frame' if video_source else 'image'}(s) -> {out}/")

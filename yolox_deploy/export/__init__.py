@@ -251,7 +251,8 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
         hint = f"; give the {kind} path, e.g. {out / ('model' + info.suffix)}" if out.is_dir() else ""
         raise InputError(f"{out} is {'a folder' if out.is_dir() else 'a file'} and the {info.name} format "
                          f"writes a {kind}, so it cannot replace it{hint}")
-    if not info.is_dir and info.artefact_files and not any(fnmatch.fnmatch(out.name.lower(), p) for p in info.artefact_files):
+    named = any(fnmatch.fnmatch(out.name.lower(), p) for p in info.artefact_files)
+    if not info.is_dir and info.artefact_files and not named:
         names = " or ".join(p.replace("*", "NAME") for p in info.artefact_files)
         raise InputError(f"{info.name} artefacts are named {names} (the runtimes recognise them by that), "
                          f"not {out.name}")
