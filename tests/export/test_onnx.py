@@ -279,7 +279,8 @@ def test_tensorrt_nms_plugin_node(dynamic_onnx, tmp_path):
                      "score_threshold": pytest.approx(0.3)}
     assert list(node.output) == list(NMS_OUTPUTS)
     assert "NonMaxSuppression" not in _op_types(path)
-    # the plugin's inputs: boxes [B, A, 4] and scores [B, A, C] (zero except at the arg-max class)
+    # the plugin's inputs: boxes [B, A, 4] and scores [B, A, C] (-1, below any threshold, except at the arg-max
+    # class: the plugin keeps scores >= its threshold, so 0 passed --conf 0 for every class of every anchor)
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
               for v in inferred.graph.value_info}
@@ -302,7 +303,7 @@ def test_tensorrt_nms_plugin_node(dynamic_onnx, tmp_path):
     [decoded] = _ort(dynamic_onnx[0], batch)
     cls = decoded[..., 5:]
     best = cls.argmax(-1)
-    expected_scores = np.zeros_like(cls)
+    expected_scores = np.full_like(cls, -1.0)
     np.put_along_axis(expected_scores, best[..., None], decoded[..., 4:5] * cls.max(-1, keepdims=True), axis=-1)
     np.testing.assert_allclose(plugin_scores, expected_scores, atol=1e-6)
     half = decoded[..., 2:4] / 2

@@ -415,6 +415,8 @@ def _fake_tensorrt(calls: dict, *, parse_ok: bool = True, fast_fp16: bool = True
 
     class OptimizationProfile:
         def set_shape(self, name, lo, opt, hi):
+            if calls.get("refuse_shape"):  # as TensorRT's Python API: a RuntimeError, not a -1 later
+                raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
             self.shape = (name, tuple(lo), tuple(opt), tuple(hi))
 
     class TimingCache:
@@ -563,6 +565,30 @@ def test_build_flow(tmp_path, tiny_random_model, fake_trt):
     export(tiny_random_model, "trt", out, img_size=128, simplify=False, verify=False, force=True)
     assert fake_trt["config"].cache.data == b"timing:"  # ...and loaded by it
     assert fake_trt["config"].profiles == [] and fake_trt["config"].flags == set()  # static: no profile
+
+
+@needs_write_onnx
+def test_a_profile_tensorrt_refuses_is_an_export_error(tmp_path, tiny_random_model, fake_trt):
+    from yolox_deploy.errors import ExportError
+    from yolox_deploy.export import export
+
+    fake_trt["refuse_shape"] = True
+    with pytest.raises(ExportError, match=r"TensorRT refused the shapes \(1, 3, 128, 128\)..\(8, 3, 128, 128\) "
+                                          "of images: Shape provided for min is inconsistent"):
+        export(tiny_random_model, "trt", tmp_path / "m.engine", img_size=128, dynamic=True, simplify=False,
+               verify=False)
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_calibration_copies_with_pytorch_when_it_sees_the_gpu(monkeypatch):
+    """cuda-python was taken first: a release newer than the driver's CUDA fails where PyTorch works."""
+    from yolox_deploy.export import tensorrt as trt_export
+
+    monkeypatch.setattr(trt_export, "import_cudart", lambda: object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert trt_export.DeviceBuffer.available_kind() == "torch"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trt_export.DeviceBuffer.available_kind() == "cuda-python"
 
 
 @needs_write_onnx

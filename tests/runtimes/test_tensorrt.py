@@ -251,6 +251,9 @@ def test_cuda_tensor_input_is_used_in_place(fp32_engine):
         a = backend.infer(x.numpy())[0]
         b = backend.infer(x.cuda())[0]
         torch.testing.assert_close(a, b)
+        # a view starting off TensorRT's 256-byte alignment is copied, not refused (or read from the wrong place)
+        odd = torch.full((1 * 3 * 416 * 416 + 1,), 114.0, device="cuda")[1:].view(1, 3, 416, 416)
+        torch.testing.assert_close(backend.infer(odd)[0], a)
         with pytest.raises(InputError):
             backend.infer(np.zeros((2, 3, 416, 416), np.float32))
 

@@ -395,7 +395,8 @@ def append_nms(model: Any, *, conf: float, iou: float, max_det: int, plugin: str
                  "scores": (onnx.TensorProto.FLOAT, [batch_dim, k]),
                  "labels": (onnx.TensorProto.INT32, [batch_dim, k])}
     if plugin == "tensorrt":
-        class_scores = g.op("Where", [is_top, score, g.const(0.0, np.float32)])            # [B, A, C]
+        # the plugin keeps scores >= its threshold: at --conf 0, a 0 would keep every other class of every anchor
+        class_scores = g.op("Where", [is_top, score, g.const(-1.0, np.float32)])           # [B, A, C]
         for name, last in ((boxes, 4), (class_scores, num_classes)):  # the plugin's input shapes, declared
             model.graph.value_info.append(onnx.helper.make_tensor_value_info(
                 name, onnx.TensorProto.FLOAT, [dims[0] or "batch", dims[1] or "anchors", last]))

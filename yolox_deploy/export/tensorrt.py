@@ -252,14 +252,17 @@ class CalibrationFeeder:
 class DeviceBuffer:
     """``nbytes`` of GPU memory that calibration batches are copied into (``ptr`` is the device address).
 
-    Uses cuda-python when importable, else pycuda (on the device's primary context, the one TensorRT and
-    PyTorch use), else a PyTorch CUDA tensor. TensorRT asks for batches from its build thread, not the one
+    Uses a PyTorch CUDA tensor when PyTorch sees the GPU, else cuda-python, else pycuda (on the device's
+    primary context, the one TensorRT and PyTorch use): a cuda-python newer than the driver's CUDA would fail
+    where PyTorch works. TensorRT asks for batches from its build thread, not the one
     that made the buffer: each call makes the device (or context) current in the thread it runs in.
     """
 
     @staticmethod
     def available_kind() -> str:
         """Which copy path would be used; :class:`BackendUnavailable` when there is none."""
+        if torch.cuda.is_available():
+            return "torch"
         if import_cudart() is not None:
             return "cuda-python"
         try:
@@ -268,8 +271,6 @@ class DeviceBuffer:
             pass
         else:
             return "pycuda"
-        if torch.cuda.is_available():
-            return "torch"
         raise BackendUnavailable("INT8 calibration copies batches to the GPU with cuda-python, pycuda or a CUDA "
                                  "build of PyTorch, and none is installed (pip install cuda-python)")
 
@@ -496,6 +497,16 @@ def _save_timing_cache(config: Any, path: Path | None) -> None:
         log.warning("could not save the TensorRT timing cache %s: %s", path, e)
 
 
+def _set_shape(profile: Any, name: str, lo: Sequence[int], opt: Sequence[int], hi: Sequence[int],
+               logger: Any) -> None:
+    """``IOptimizationProfile.set_shape``, whose refusal (a RuntimeError in the Python API) is an ExportError."""
+    try:
+        profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
+    except RuntimeError as e:
+        raise ExportError(f"TensorRT refused the shapes {tuple(lo)}..{tuple(hi)} of {name}: {e} "
+                          f"{logger.last_errors()}".rstrip()) from None
+
+
 def build_engine(trt: Any, onnx_path: Path, dest: Path, options: ExportOptions, profile: Profile, *,
                  feeder: CalibrationFeeder | None = None, device_index: int = 0,
                  timing_cache: Path | None = None) -> str:
@@ -527,7 +538,7 @@ def build_engine(trt: Any, onnx_path: Path, dest: Path, options: ExportOptions, 
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace * (1 << 30)))
         if dynamic:
             p = builder.create_optimization_profile()
-            p.set_shape(inp.name, profile.min, profile.opt, profile.max)
+            _set_shape(p, inp.name, profile.min, profile.opt, profile.max, logger)
             if config.add_optimization_profile(p) < 0:  # -1: TensorRT found the profile invalid
                 raise ExportError(f"TensorRT refused the input profile {profile.min}..{profile.max} of {inp.name}: "
                                   f"{logger.last_errors()}")
@@ -546,7 +557,7 @@ def build_engine(trt: Any, onnx_path: Path, dest: Path, options: ExportOptions, 
             config.int8_calibrator = calibrator
             if dynamic:
                 cp = builder.create_optimization_profile()
-                cp.set_shape(inp.name, feeder.shape, feeder.shape, feeder.shape)
+                _set_shape(cp, inp.name, feeder.shape, feeder.shape, feeder.shape, logger)
                 if not config.set_calibration_profile(cp):
                     raise ExportError(f"TensorRT refused the calibration shape {feeder.shape} of {inp.name}: "
                                       f"{logger.last_errors()}")

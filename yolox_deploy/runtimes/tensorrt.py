@@ -50,6 +50,7 @@ Shape = tuple[int, ...]
 
 # --- optional packages -----------------------------------------------------------------------------------
 SUPPORTED_TENSORRT_MAJOR = 10
+TENSOR_ALIGNMENT = 256  # bytes: set_tensor_address takes addresses aligned to this (NvInferRuntime.h)
 
 
 def import_tensorrt() -> Any:
@@ -441,8 +442,10 @@ class TensorRTBackend(Backend):
             with torch.cuda.stream(self._stream):
                 src = torch.from_numpy(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
                 x = src.to(self._device, inp.dtype, non_blocking=True).contiguous()
-                if x is src:
-                    x.record_stream(self._stream)
+                if x.data_ptr() % TENSOR_ALIGNMENT:  # a view into a caller's tensor; TensorRT needs aligned memory
+                    x = x.clone()
+                if src.is_cuda:  # read on this stream (in place, or by the copy): kept until it has been
+                    src.record_stream(self._stream)
                 if not ctx.set_input_shape(inp.name, shape):
                     raise InputError(f"TensorRT rejected input shape {list(shape)}: {self._logger.last_errors()}")
                 self._bind(inp.name, x)
@@ -463,6 +466,9 @@ class TensorRTBackend(Backend):
         return outs
 
     def _close(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:  # the last enqueued run may still use the context's memory
+            stream.synchronize()
         for name in ("_context", "_engine", "_runtime"):
             if hasattr(self, name):
                 delattr(self, name)
