@@ -182,3 +182,76 @@ def test_a_slow_host_times_out(tmp_path):
         with pytest.raises(InputError, match="cannot fetch .*timed out"):
             fetch_weights("yolox-s", root=tmp_path / "w", url=url, timeout=0.5, progress=False)
     assert not (tmp_path / "w").exists()  # the cache folder made for it is gone too
+
+
+def test_what_a_killed_download_left_is_swept_by_the_next(release, tmp_path):
+    """A killed process's temporary file stayed in the cache for good (up to the checkpoint's size each time);
+    one written to a moment ago may be another download under way and is kept."""
+    import os
+    import time
+
+    release.files["yolox_nano.pth"] = checkpoint_bytes(tmp_path)
+    folder = tmp_path / "cache" / "weights"
+    folder.mkdir(parents=True)
+    stale, live = folder / ".yolox_nano.pth.abcd1234.part", folder / ".yolox_nano.pth.efgh5678.part"
+    stale.write_bytes(b"half a download")
+    live.write_bytes(b"a download under way")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fetch_weights("yolox-nano", progress=False)
+    assert cached(tmp_path) == [live.name, "yolox_nano.pth"]
+
+
+def test_failures_through_a_proxy_or_a_redirect_loop_are_one_line_naming_it(release, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    import urllib.request
+
+    release.files["yolox_nano.pth"] = checkpoint_bytes(tmp_path)
+    monkeypatch.setenv("HTTP_PROXY", dead)  # the mirror is up; the proxy is not
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's opener reads the proxies once, when made
+    with pytest.raises(InputError, match=f"cannot fetch {release.url}/yolox_nano.pth through the proxy {dead}") as e:
+        fetch_weights("yolox-nano", progress=False)
+    assert "\n" not in str(e.value)
+    monkeypatch.delenv("HTTP_PROXY")
+
+    import urllib.error
+
+    def loop(*args, **kwargs):
+        raise urllib.error.HTTPError(release.url, 302, "The HTTP server returned a redirect error that would lead "
+                                     "to an infinite loop.\nThe last 30x error message was:\nFound", {}, None)
+
+    monkeypatch.setattr("urllib.request.urlopen", loop)
+    with pytest.raises(InputError, match="HTTP 302 The HTTP server .* infinite loop. The last 30x error message "
+                                         "was: Found; download it by hand") as e:
+        fetch_weights("yolox-nano", progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_the_cache_is_one_folder_wherever_the_command_runs(tmp_path, monkeypatch):
+    """A relative $YOLOX_DEPLOY_CACHE made a cache in every folder, "~/c" a folder named "~"; a relative
+    $XDG_CACHE_HOME is ignored, as its specification says."""
+    from yolox_deploy.utils.files import cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("YOLOX_DEPLOY_CACHE", "rel")
+    assert cache_dir() == tmp_path / "rel"
+    monkeypatch.setenv("YOLOX_DEPLOY_CACHE", "~/c")
+    assert cache_dir() == tmp_path / "home" / "c"
+    monkeypatch.delenv("YOLOX_DEPLOY_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "xdg")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "yolox-deploy"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "yolox-deploy"
+
+
+def test_no_progress_bar_where_stderr_is_not_a_terminal(release, tmp_path, capfd):
+    """Its redraws went into logs (yolox-train --no-progress 2>&1 | cat showed five)."""
+    release.files["yolox_nano.pth"] = checkpoint_bytes(tmp_path)
+    fetch_weights("yolox-nano")
+    assert capfd.readouterr().err == ""

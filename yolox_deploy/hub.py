@@ -11,22 +11,27 @@ state dict fits the variant's 80-class module tree): an interrupted or wrong dow
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import http.client
 import logging
 import os
 import shutil
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from .errors import CheckpointError, InputError
-from .utils.files import atomic_write, cache_dir, missing_folders, remove_empty_folders
+from .utils.files import atomic_write, cache_dir, missing_folders, remove_empty_folders, temp_prefix
 from .zoo import RELEASE_URL, VARIANTS, canonical_name
 
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "YOLOX_DEPLOY_WEIGHTS_URL"
 CHUNK = 1 << 20
+STALE_PART_SECONDS = 3600.0  # a download's temporary file unchanged this long was left by a killed process
 
 
 def release_url() -> str:
@@ -99,6 +104,7 @@ def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str
         remove_empty_folders(created)
         raise InputError(f"cannot create the weights cache {folder}: {e.strerror or e}") from None
     log.info("fetching %s from %s into %s", spec.weights_file, source, folder)
+    _remove_stale_parts(folder, spec.weights_file)
     try:
         with atomic_write(dest) as tmp:
             _download(source, tmp, timeout, progress)
@@ -107,6 +113,25 @@ def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str
         remove_empty_folders(created)
         raise
     return dest
+
+
+def _remove_stale_parts(folder: Path, name: str, age: float = STALE_PART_SECONDS) -> None:
+    """Remove what a killed download of ``name`` left in ``folder`` (its temporary file, not written to for
+    ``age`` seconds; a download under way writes to its own every moment)."""
+    now = time.time()
+    for part in folder.glob(f"{glob.escape(temp_prefix(name))}*.part"):
+        with contextlib.suppress(OSError):
+            if now - part.stat().st_mtime > age:
+                part.unlink()
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy urllib sends ``url`` through (from ``$HTTPS_PROXY`` / ``$HTTP_PROXY``...), or None."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return proxy
 
 
 def _download(url: str, target: Path, timeout: float, progress: bool) -> None:
@@ -119,15 +144,21 @@ def _download(url: str, target: Path, timeout: float, progress: bool) -> None:
             total = int(length) if length and length.isdigit() else None
             received = _copy(response, out, total, Path(url).name if progress else None)
     except urllib.error.HTTPError as e:
-        raise InputError(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {hint}") from None
+        raise InputError(f"cannot fetch {url}: HTTP {e.code} {_one_line(e.reason)}; {hint}") from None
     except ValueError:  # urllib's "unknown url type"
         raise InputError(f"cannot fetch {url}: not an address urllib reads (http://, https://, file://, or a "
                          f"folder); check ${MIRROR_ENV}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", None) or e
-        raise InputError(f"cannot fetch {url} ({type(e).__name__ if not str(reason) else reason}); {hint}") from None
+        reason = _one_line(getattr(e, "reason", None) or e) or type(e).__name__
+        proxy = _proxy_for(url)
+        through = f" through the proxy {proxy} (from the *_PROXY environment variables)" if proxy else ""
+        raise InputError(f"cannot fetch {url}{through} ({reason}); {hint}") from None
     if total is not None and received != total:
         raise InputError(f"the download of {url} stopped after {received} of {total} bytes; try again, or {hint}")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def _copy(response: object, out: object, total: int | None, label: str | None) -> int:
@@ -138,7 +169,9 @@ def _copy(response: object, out: object, total: int | None, label: str | None) -
     from tqdm import tqdm
 
     received = 0
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log file would collect its redraws)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False,
+              disable=None) as bar:
         while chunk := response.read(CHUNK):
             out.write(chunk)
             received += len(chunk)

@@ -22,12 +22,14 @@ from .signals import deferred
 
 
 def cache_dir() -> Path:
-    """Where downloaded weights and build caches live: ``$YOLOX_DEPLOY_CACHE``, else
-    ``$XDG_CACHE_HOME/yolox-deploy``, else ``~/.cache/yolox-deploy``."""
+    """Where downloaded weights and build caches live: ``$YOLOX_DEPLOY_CACHE`` (``~`` expanded, a relative path
+    taken from the current folder once, as an absolute path), else ``$XDG_CACHE_HOME/yolox-deploy`` (an
+    absolute one only, as the XDG specification has it), else ``~/.cache/yolox-deploy``."""
     if os.environ.get("YOLOX_DEPLOY_CACHE"):
-        return Path(os.environ["YOLOX_DEPLOY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "yolox-deploy"
+        return Path(os.environ["YOLOX_DEPLOY_CACHE"]).expanduser().absolute()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "yolox-deploy"
 
 
 def file_sha256(path: str | os.PathLike) -> Any:
