@@ -106,6 +106,32 @@ def test_a_truncated_video_is_read_as_far_as_it_goes_with_a_warning(tmp_path, ca
     assert f"{cut}: read {n} of the 10 frames its header announces" in caplog.text  # the path, not only its stem
 
 
+def test_a_damaged_frame_is_skipped_and_the_video_read_on(tmp_path, caplog):
+    """The first frame that did not decode ended the video (a damaged first frame refused it whole), though
+    the frames after it read."""
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(12):
+        writer.write(np.full((48, 64, 3), i * 20, np.uint8))
+    writer.release()
+    data = video.read_bytes()
+    starts = [k for k in range(len(data) - 1) if data[k:k + 2] == b"\xff\xd8"]  # each frame's JPEG
+    assert len(starts) == 12
+    for bad in (0, 5):
+        damaged = bytearray(data)
+        damaged[starts[bad] + 2:starts[bad] + 202] = bytes(200)
+        path = tmp_path / f"damaged{bad}.avi"
+        path.write_bytes(bytes(damaged))
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            frames = list(iter_source(path))
+        assert [f.index for f in frames] == [k for k in range(12) if k != bad]
+        assert [round(f.image.mean() / 20) for f in frames] == [f.index for f in frames]  # each at its place
+        assert frames[-1].name == f"damaged{bad}_000011"
+        assert f"{path}: 1 frame(s) could not be decoded and were skipped (first: frame {bad})" in caplog.text
+        assert "of the 12 frames" in caplog.text  # read 11 of them
+
+
 def test_source_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         list(iter_source(tmp_path / "nope"))

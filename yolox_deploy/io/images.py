@@ -149,18 +149,28 @@ def _iter_video(capture: cv2.VideoCapture, stem: str, label: str) -> Iterator[Fr
         rate = capture.get(cv2.CAP_PROP_FPS)
         fps = float(rate) if 0 < rate < 1000 else None  # 0 or NaN when unknown
         announced = capture.get(cv2.CAP_PROP_FRAME_COUNT)  # 0 or -1 for cameras and streams
-        i = 0
+        i, read, skipped, failed = 0, 0, [], []  # failed: positions not decoded since the last frame read
         while True:
             ok, frame = capture.read()
             if not ok:
+                if i + 1 < announced:  # a damaged frame of a file: the reader moves on past it
+                    failed.append(i)
+                    i += 1
+                    continue
                 break
+            skipped += failed  # a frame came after them: damaged ones, not the end of a truncated file
+            failed = []
             yield Frame(f"{stem}_{i:06d}", ensure_bgr(frame, f"{label} frame {i}"), i, fps)
             i += 1
-        if i == 0:
-            raise InputError(f"no frame could be read from {label} (empty or unsupported video)")
-        if 0 < i < announced:
+            read += 1
+        if read == 0:
+            raise InputError(f"no frame could be read from {label} (empty, unsupported or damaged video)")
+        if skipped:
+            log.warning("%s: %d frame(s) could not be decoded and were skipped (first: frame %d)", label,
+                        len(skipped), skipped[0])
+        if 0 < read < announced:
             log.warning("%s: read %d of the %d frames its header announces (a truncated or damaged file?)",
-                        label, i, int(announced))
+                        label, read, int(announced))
     finally:
         capture.release()
 
