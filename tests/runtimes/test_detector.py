@@ -228,6 +228,30 @@ def test_a_closed_detector_says_so(nano_onnx_dynamic, dog_jpg):
     det.close()
     with pytest.raises(InputError, match="this onnxruntime backend was closed"):
         det(dog_jpg)
+    with pytest.raises(InputError, match="this onnxruntime backend was closed"):  # a RuntimeError of its own
+        _ = det.backend.session
+
+
+def test_a_closed_backend_releases_its_runtime_and_never_takes_it_again(tiny_random_model, tmp_path):
+    """The PyTorch backend kept its model after close (freed only with the Detector); OpenVINO compiled its IR
+    again when asked its precision after close, NCNN raised AttributeError."""
+    import weakref
+
+    from yolox_deploy.export import export
+    from yolox_deploy.runtimes.detector import open_backend
+
+    with open_backend(tiny_random_model) as backend:
+        model = weakref.ref(backend.model)
+    assert backend.model is None and model() is None
+    ir = export(tiny_random_model, "openvino", tmp_path / "t_openvino", img_size=64, verify=False).path
+    ncnn = export(tiny_random_model, "ncnn", tmp_path / "t_ncnn", img_size=64, verify=False).path
+    for path in (ir, ncnn):
+        backend = open_backend(path)
+        backend.close()
+        with pytest.raises(InputError, match=f"this {backend.info.name} backend was closed"):
+            _ = backend.compute_precision
+        if backend.info.name == "openvino":
+            assert backend._plain is None and backend._canvas is None  # not compiled again
 
 
 def test_unknown_artefact_kinds(tmp_path):
@@ -305,6 +329,35 @@ def test_stream_video_and_early_close(tmp_path, det, dog_jpg):
     stream.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("yolox-stream")]
     assert len(list(det.stream(video))) == 12
+
+
+def test_a_stream_closed_during_a_slow_inference_is_waited_for_at_exit(tmp_path, tiny_random_model, monkeypatch):
+    """Closing waited 5 s, then forgot a thread still inside its runtime: the exit did not wait for it, and NCNN
+    aborted the process (a yolox-x batch takes longer than 5 s on a small CPU)."""
+    from yolox_deploy.runtimes import streaming
+
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / f"{k}.png"), np.full((64, 64, 3), 100, np.uint8))
+    det = Detector(tiny_random_model, img_size=64)
+    real, release = det.infer, threading.Event()
+
+    def slow(batch):  # the second call is still running when the stream is closed
+        if calls.append(1) or len(calls) > 1:
+            release.wait(10)
+        return real(batch)
+
+    calls: list = []
+    monkeypatch.setattr(det, "infer", slow)
+    monkeypatch.setattr(streaming, "CLOSE_WAIT_SECONDS", 0.1)
+    stream = det.stream(tmp_path)
+    next(stream)
+    stream.close()
+    live = [threads for _, threads in streaming._LIVE.values()]
+    assert any(t.is_alive() and t.name == "yolox-stream-infer" for threads in live for t in threads)
+    release.set()
+    streaming._stop_live_pipelines()  # what the interpreter's exit runs: it waits for the call to end
+    assert not any(t.is_alive() for threads in live for t in threads)
+    det.close()
 
 
 @pytest.mark.parametrize("source,queue_size,message", [

@@ -292,8 +292,7 @@ class Backend(abc.ABC):
     def infer(self, batch: Any) -> list[Any]:
         """Run a canvas batch (uint8 ``[N, H, W, 3]``) or a model input (float ``[N, 3, H, W]``)."""
         with self._calls:
-            if self._closed:
-                raise InputError(f"this {self.info.name} backend was closed; open the artefact again")
+            self._check_open()
             self._in_flight += 1
         try:
             return self._checked_infer(batch)
@@ -328,6 +327,11 @@ class Backend(abc.ABC):
             return run(batch)
         with self._lock:
             return run(batch)
+
+    def _check_open(self) -> None:
+        """Raise :class:`InputError` once the backend was closed (its runtime is released, never reacquired)."""
+        if self._closed:
+            raise InputError(f"this {self.info.name} backend was closed; open the artefact again")
 
     def close(self) -> None:
         """Release the runtime. Calls already running finish first (a runtime freed under a running call can

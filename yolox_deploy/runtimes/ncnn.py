@@ -287,6 +287,7 @@ class NcnnBackend(Backend):
         activations rounded to FP16 between layers, the arithmetic FP16 too only with ``half=True``. Only
         NCNN's ARM (FP16 conversion in hardware) and Vulkan layers do; on x86 its layers that YOLOX uses run
         FP32 whatever the flags (outputs equal to the bit), so that is ``fp32``, as is everything else."""
+        self._check_open()
         o = self.net.opt
         arm = self._ncnn.cpu_support_arm_vfpv4() or self._ncnn.cpu_support_arm_asimdhp()
         return "fp16" if o.use_fp16_storage and (o.use_vulkan_compute or arm) else "fp32"

@@ -155,8 +155,7 @@ class OnnxRuntimeBackend(Backend):
     @property
     def session(self) -> Any:
         """The session of the artefact as it is (float input ``[N, 3, H, W]``), opened again when needed."""
-        if self._closed:
-            raise RuntimeError(f"{type(self).__name__} is closed")
+        self._check_open()
         if self._session is None:
             with self._session_lock:
                 if self._session is None:

@@ -183,7 +183,8 @@ class OpenVINOBackend(Backend):
         return ppp.build()
 
     def _plain_model(self) -> _Compiled:
-        """The IR as it is (float ``[N, 3, H, W]`` input), compiled when first needed."""
+        """The IR as it is (float ``[N, 3, H, W]`` input), compiled when first needed (not after close)."""
+        self._check_open()
         if self._plain is None:
             with self._compile_lock:
                 if self._plain is None:

@@ -6,8 +6,10 @@
 
 The runtimes release the GIL while they compute, so the three stages run concurrently. Queues are bounded,
 so memory stays flat however long the stream. Errors in a thread travel down the queues and are raised in
-the caller; closing the generator stops both threads, and so does the interpreter's exit for a stream left
-open (a thread still inside a runtime while the interpreter shuts down can abort the process: NCNN's does).
+the caller; closing the generator stops both threads (one inside a long inference ends it first: the close
+waits a few seconds, the interpreter's exit until it has), and so does the interpreter's exit for a stream
+left open (a thread still inside a runtime while the interpreter shuts down can abort the process: NCNN's
+does).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ if TYPE_CHECKING:
     from .detector import Detector
 
 _DONE = object()
+# how long a stream's threads get to leave their current call (one inference, one frame read) when it is closed,
+# and at the interpreter's exit, where a thread still inside a runtime can abort the process
+CLOSE_WAIT_SECONDS = 5.0
+EXIT_WAIT_SECONDS = 120.0
 # the stop event and threads of every stream not closed yet, stopped at the interpreter's exit
 _LIVE: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
 _LIVE_LOCK = threading.Lock()
@@ -42,7 +48,7 @@ def _stop_live_pipelines() -> None:
         stop.set()
     for _, threads in live:
         for t in threads:
-            t.join(timeout=5)
+            t.join(timeout=EXIT_WAIT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,7 @@ def run_pipeline(detector: Detector, source: str | os.PathLike | int, *, queue_s
     finally:
         stop.set()
         for t in threads:
-            t.join(timeout=5)
-        with _LIVE_LOCK:
-            _LIVE.pop(id(stop), None)
+            t.join(timeout=CLOSE_WAIT_SECONDS)
+        if not any(t.is_alive() for t in threads):  # one still inside a slow call is waited for at exit
+            with _LIVE_LOCK:
+                _LIVE.pop(id(stop), None)

@@ -88,6 +88,9 @@ class TorchBackend(Backend):
     def output_device(self) -> str:
         return str(self._device)
 
+    def _close(self) -> None:
+        self.model = None  # the weights (on the GPU too) are freed with the last reference to them
+
     @torch.inference_mode()
     def _infer_canvas(self, canvases: Any) -> list[Any]:
         """Canvases go to the device as uint8; layout, type and normalisation happen there."""
