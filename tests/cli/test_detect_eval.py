@@ -415,7 +415,9 @@ def test_a_corrupt_video_is_one_line_on_stderr(tmp_path, nano_pth):
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
     proc = subprocess.run([sys.executable, "-m", "yolox_deploy.cli.detect", str(nano_pth), "--source", str(bad),
                            "--output", str(tmp_path / "out")], capture_output=True, text=True, env=env)
-    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"error: cannot open video {bad}"]
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"error: cannot open video {bad} (a damaged or "
+                                                                  "truncated file, or a format this OpenCV build "
+                                                                  "does not read)"]
 
 
 def test_detector_accepts_arrays_and_lists(nano_pth, dog_jpg):

@@ -366,9 +366,19 @@ def test_a_stream_closed_during_a_slow_inference_is_waited_for_at_exit(tmp_path,
     ("0", 0, "queue_size must be an integer >= 1"),
 ])
 def test_stream_refuses_sources_and_queue_sizes_it_cannot_use(det, source, queue_size, message):
-    """A negative camera index crashed the process inside OpenCV; an unbounded queue would let memory grow."""
+    """A negative camera index crashed the process inside OpenCV; an unbounded queue would let memory grow.
+    Both are refused by the call, not when the stream is first asked for a frame."""
     with pytest.raises(InputError, match=re.escape(message)):
-        next(det.stream(source, queue_size=queue_size))
+        det.stream(source, queue_size=queue_size)
+
+
+def test_a_missing_source_or_a_closed_detector_is_refused_by_the_call(tmp_path, tiny_random_model):
+    det = Detector(tiny_random_model, img_size=64)
+    with pytest.raises(InputError, match="source not found"):
+        det.stream(tmp_path / "nope.mp4")
+    det.close()
+    with pytest.raises(InputError, match="this torch backend was closed"):
+        det.stream(tmp_path)
 
 
 def test_stream_errors_reach_the_caller(tmp_path, det):

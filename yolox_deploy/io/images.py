@@ -187,11 +187,12 @@ def _refuse_pipe(p: Path) -> None:
 
 def open_video(source: str | int) -> cv2.VideoCapture:
     """Open a video file or camera index; raises :class:`InputError` if it cannot be opened."""
-    if isinstance(source, int) and source < 0:  # OpenCV may crash the process on a negative index
-        raise InputError(f"a camera index is >= 0, got {source}")
+    if isinstance(source, int):
+        camera_index(source)  # refuses a negative index, on which OpenCV may crash the process
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
-        what = f"camera {source}" if isinstance(source, int) else f"video {source}"
+        what = (f"camera {source}" if isinstance(source, int)
+                else f"video {source} (a damaged or truncated file, or a format this OpenCV build does not read)")
         raise InputError(f"cannot open {what}")
     return capture
 
@@ -206,6 +207,8 @@ def camera_index(source: str | os.PathLike | int) -> int | None:
     if isinstance(source, str) and not source.strip():
         raise InputError("the source is empty: give an image, folder or video path or a camera index")
     if isinstance(source, int):
+        if source < 0:  # OpenCV may crash the process on a negative index
+            raise InputError(f"a camera index is >= 0, got {source}")
         return source
     if isinstance(source, str) and source.isdigit() and not Path(source).exists():
         return int(source)

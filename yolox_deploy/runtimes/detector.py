@@ -297,11 +297,12 @@ class Detector:
 
         Three stages overlap: a reader thread decodes and letterboxes the next batch, a worker thread runs
         the backend, and this generator post-processes the previous batch. Closing the generator early (or
-        an error in any stage) stops the threads; the error is re-raised here.
+        an error in any stage) stops the threads; the error is re-raised here. A source that is not one, a
+        queue size out of range or a closed Detector are refused here, before the generator is first asked.
         """
         from .streaming import run_pipeline
 
-        yield from run_pipeline(self, source, queue_size=queue_size)
+        return run_pipeline(self, source, queue_size=queue_size)
 
     # --- lifetime ------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -20,10 +20,11 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from ..io.images import Frame, iter_source
+from ..io.images import Frame, camera_index, iter_source
 from ..structures import Detections
 from ..utils.values import is_integer
 
@@ -108,9 +109,17 @@ def _worker(detector: Detector, q_in: queue.Queue, q_out: queue.Queue, stop: thr
 
 
 def run_pipeline(detector: Detector, source: str | os.PathLike | int, *, queue_size: int = 2) -> Iterator[StreamResult]:
-    """See ``Detector.stream``."""
+    """See ``Detector.stream``: what can be refused at once is (the source's kind and existence, the queue size,
+    a closed backend), then the pipeline starts when the generator is first asked."""
     if not is_integer(queue_size) or queue_size < 1:
         raise InputError(f"queue_size must be an integer >= 1 (it bounds the frames held in memory), got {queue_size!r}")
+    if camera_index(source) is None and not Path(source).exists():
+        raise InputError(f"source not found: {source}")
+    detector.backend._check_open()
+    return _pipeline(detector, source, queue_size)
+
+
+def _pipeline(detector: Detector, source: str | os.PathLike | int, queue_size: int) -> Iterator[StreamResult]:
     stop = threading.Event()
     q_pre: queue.Queue = queue.Queue(maxsize=queue_size)
     q_out: queue.Queue = queue.Queue(maxsize=queue_size)
