@@ -90,12 +90,17 @@ def test_iter_folder_and_video(tmp_path, rng):
     assert frames[0].image.shape == (24, 32, 3)
 
 
-def test_a_truncated_video_is_read_as_far_as_it_goes_with_a_warning(tmp_path, caplog):
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-    for i in range(10):
+def _gray_ramp_video(path, frames):
+    """An MJPG video of ``frames`` 64x48 frames, frame i a flat gray of level 20 i."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(frames):
         writer.write(np.full((48, 64, 3), i * 20, np.uint8))
     writer.release()
+    return path
+
+
+def test_a_truncated_video_is_read_as_far_as_it_goes_with_a_warning(tmp_path, caplog):
+    video = _gray_ramp_video(tmp_path / "clip.avi", 10)
     data = video.read_bytes()
     cut = tmp_path / "cut.avi"
     cut.write_bytes(data[:len(data) * 9 // 10])
@@ -109,12 +114,7 @@ def test_a_truncated_video_is_read_as_far_as_it_goes_with_a_warning(tmp_path, ca
 def test_a_damaged_frame_is_skipped_and_the_video_read_on(tmp_path, caplog):
     """The first frame that did not decode ended the video (a damaged first frame refused it whole), though
     the frames after it read."""
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-    for i in range(12):
-        writer.write(np.full((48, 64, 3), i * 20, np.uint8))
-    writer.release()
-    data = video.read_bytes()
+    data = _gray_ramp_video(tmp_path / "clip.avi", 12).read_bytes()
     starts = [k for k in range(len(data) - 1) if data[k:k + 2] == b"\xff\xd8"]  # each frame's JPEG
     assert len(starts) == 12
     for bad in (0, 5):
