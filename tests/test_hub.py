@@ -248,6 +248,9 @@ def test_the_cache_is_one_folder_wherever_the_command_runs(tmp_path, monkeypatch
     assert cache_dir() == tmp_path / "home" / ".cache" / "yolox-deploy"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "yolox-deploy"
+    monkeypatch.setenv("YOLOX_DEPLOY_CACHE", "~no-such-user-here/c")  # expanduser raised a RuntimeError
+    with pytest.raises(InputError, match="names the home folder of a user unknown here"):
+        cache_dir()
 
 
 def test_no_progress_bar_where_stderr_is_not_a_terminal(release, tmp_path, capfd):

@@ -234,6 +234,17 @@ def test_without_onnx_runtime_the_demo_is_skipped_saying_why(nano_pth, monkeypat
     with caplog.at_level("WARNING"), pytest.raises(BackendUnavailable, match="needs onnxruntime"):
         _demo_onnx(None, model_source("nano", nano_pth.parent), (416, 416))
     assert "does not hold the weights" not in caplog.text
+    from yolox_deploy.bench.latency import PipelineTimes
+    from yolox_deploy.bench.results import BenchRow
+    from yolox_deploy.bench.runner import run_demo_comparison
+    from yolox_deploy.bench.stats import LatencyStats
+
+    row = BenchRow("yolox-nano", "openvino", "fp32", 1, (416, 416), 1, 1.0, device="cpu",
+                   model_ms=LatencyStats.from_samples([8.0]), pipeline=PipelineTimes.from_samples([[8, 0, 8, 0]]))
+    with caplog.at_level("WARNING"):
+        results, note = run_demo_comparison(None, [row], {"yolox-nano": model_source("nano", nano_pth.parent)})
+    assert results == [] and note == "demo comparison skipped: the ONNX Runtime demo baseline needs onnxruntime"
+    assert "does not hold the weights" not in caplog.text
 
 
 def test_the_demo_race_keeps_to_max_time(tmp_path, nano_pth):

@@ -282,8 +282,9 @@ def test_a_split_without_annotations_cannot_be_scored(tmp_path, coco_tiny):
 
 
 def test_a_split_opened_elsewhere_is_checked_before_scoring(tmp_path, coco_tiny, tiny_random_model):
-    """evaluate() given an open_coco split skipped the scoring checks: ids from 0 were not renumbered (a
-    matched box counted as missed), a malformed box reached pycocotools."""
+    """evaluate() given an open_coco split skipped the scoring checks: ids from 0 were not renumbered (COCOeval
+    reads id 0 as unmatched: test_a_ground_truth_of_id_0_scores_like_any_other), a malformed box reached
+    pycocotools."""
     def from_zero(ann):
         for k, a in enumerate(ann["annotations"]):
             a["id"] = k

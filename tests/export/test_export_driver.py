@@ -621,8 +621,12 @@ def test_more_requests_refused_before_any_work(tiny_pth, out, capsys):
 
 def test_a_suffix_in_capitals_names_the_format_too(tiny_pth, out):
     """M.ONNX was refused as "not NAME.onnx", though the runtimes open it (the export keeps the name)."""
-    result = export(tiny_pth, "onnx", out / "M.ONNX", img_size=64, verify=False)
-    assert result.path == out / "M.ONNX" and result.path.is_file()
+    result = export(tiny_pth, "onnx", out / "M.ONNX", img_size=64)  # verified: run through the runtime
+    assert result.path == out / "M.ONNX" and result.verification is not None
+    from yolox_deploy import Detector
+
+    with Detector(result.path) as det:
+        assert det.backend.info.name == "onnxruntime"
 
 
 def test_an_onnx_source_without_onnx_runtime_is_refused_before_the_conversion(tiny_onnx, out, capsys, monkeypatch):

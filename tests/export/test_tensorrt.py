@@ -163,7 +163,7 @@ def test_device_copy_needs_a_cuda_package():
     have_copy = import_cudart() is not None or importlib.util.find_spec("pycuda") or torch.cuda.is_available()
     if have_copy:
         pytest.skip("checks the message on a machine without cuda-python, pycuda and CUDA PyTorch")
-    with pytest.raises(BackendUnavailable, match="pip install cuda-python"):
+    with pytest.raises(BackendUnavailable, match="install PyTorch for your CUDA, or cuda-python of your driver"):
         DeviceBuffer(1024)
 
 

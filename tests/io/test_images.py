@@ -132,6 +132,30 @@ def test_a_damaged_frame_is_skipped_and_the_video_read_on(tmp_path, caplog):
         assert "of the 12 frames" in caplog.text  # read 11 of them
 
 
+def test_a_header_announcing_more_frames_than_there_are_does_not_keep_the_reader_going(tmp_path, monkeypatch):
+    """A damaged frame is skipped; a header announcing two billion frames kept the reader retrying past the end
+    (and a list of the failed positions growing) for good."""
+    from yolox_deploy.io import images
+
+    class Endless:  # ten frames, then nothing, under a header that announces 2**31 - 1
+        def __init__(self):
+            self.reads = 0
+
+        def get(self, prop):
+            return 2 ** 31 - 1 if prop == cv2.CAP_PROP_FRAME_COUNT else 10.0
+
+        def read(self):
+            self.reads += 1
+            return (True, np.zeros((8, 8, 3), np.uint8)) if self.reads <= 10 else (False, None)
+
+        def release(self):
+            pass
+
+    capture = Endless()
+    assert len(list(images._iter_video(capture, "clip", "clip.avi"))) == 10
+    assert capture.reads == 10 + images.MAX_BAD_FRAMES_IN_A_ROW + 1
+
+
 def test_source_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         list(iter_source(tmp_path / "nope"))

@@ -58,12 +58,14 @@ def test_bad_boxes_are_clipped_or_skipped_and_counted(tmp_path, caplog):
     rec = data.records[0]
     assert rec.boxes.tolist() == [[0, 0, 20, 15], [70, 40, 80, 50], [20, 20, 30, 30]]
     r = data.report
-    assert (r.clipped, r.degenerate, r.malformed, r.unknown_category, r.crowd, r.orphan) == (2, 3, 4, 1, 1, 1)
+    assert (r.clipped, r.degenerate, r.malformed, r.bad_iscrowd, r.unknown_category, r.crowd, r.orphan) == \
+        (2, 3, 3, 1, 1, 1, 1)
     assert r.boxes_kept == 3
     text = caplog.text
     assert f"{root / 'annotations' / 'instances_train2017.json'}: 2 boxes reaching outside" in text
     assert "3 zero/negative-area boxes (after clipping) were skipped (first: annotation 3, bbox [10, 10, 0, 5])" in text
-    assert "4 boxes with malformed or non-finite coordinates were skipped (first: annotation 6, bbox [1, 2, 3])" in text
+    assert "3 boxes with malformed or non-finite coordinates were skipped (first: annotation 6, bbox [1, 2, 3])" in text
+    assert "1 annotations with an iscrowd other than 0 / 1 were skipped (first: annotation 9, iscrowd '0')" in text
     assert "category list were skipped (first: annotation 10, category_id 99)" in text and "1 iscrowd" in text
     assert np.isfinite(rec.boxes).all() and math.isfinite(float(rec.boxes.sum()))
 
@@ -79,9 +81,12 @@ def test_missing_images_are_an_error_listing_them(tmp_path):
     msg = str(e.value)
     assert "8 of 10 images" in msg and "gone3.jpg" in msg and "and 3 more" in msg and "--skip-missing" in msg
     images[2]["file_name"] = "sub/gone3.jpg"  # named as the file lists it, not by its last part
+    images[3]["file_name"] = str(tmp_path / "elsewhere" / "gone4.jpg")  # an absolute name too (was a ValueError)
     write_coco(root, "train2017", images, anns)
-    with pytest.raises(InputError, match=r"missing from \S+train2017: sub/gone3.jpg, gone4.jpg"):
+    with pytest.raises(InputError, match=rf"missing from \S+train2017: sub/gone3.jpg, {tmp_path}/elsewhere/gone4.jpg"):
         load_detection_set(root)
+    images[3]["file_name"] = "gone4.jpg"
+    write_coco(root, "train2017", images, anns)
     data = load_detection_set(root, skip_missing=True)
     assert len(data) == 2 and len(data.report.missing_images) == 8 and data.report.boxes_of_missing_images == 8
 

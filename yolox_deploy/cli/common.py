@@ -128,7 +128,8 @@ def _json_held(path: Path, limit: int = 256 << 20) -> Any:
 
 def _is_coco_dataset(value: Any) -> bool:
     """An annotation file (``instances_*.json``): a mistyped --json must not replace a dataset's labels."""
-    return isinstance(value, dict) and isinstance(value.get("images"), list) and "annotations" in value
+    return isinstance(value, dict) and isinstance(value.get("images"), list) and (
+        "annotations" in value or "categories" in value)
 
 
 def read_by(artefacts: Sequence[str | os.PathLike]) -> list[Path]:

@@ -394,9 +394,10 @@ def append_nms(model: Any, *, conf: float, iou: float, max_det: int, plugin: str
                  "boxes": (onnx.TensorProto.FLOAT, [batch_dim, k, 4]),
                  "scores": (onnx.TensorProto.FLOAT, [batch_dim, k]),
                  "labels": (onnx.TensorProto.INT32, [batch_dim, k])}
+    # each anchor's score at its arg-max class, -1 (below any threshold) at the others: the plugin keeps scores
+    # >= its threshold, so 0 would keep every other class of every anchor at --conf 0
+    class_scores = g.op("Where", [is_top, score, g.const(-1.0, np.float32)])               # [B, A, C]
     if plugin == "tensorrt":
-        # the plugin keeps scores >= its threshold: at --conf 0, a 0 would keep every other class of every anchor
-        class_scores = g.op("Where", [is_top, score, g.const(-1.0, np.float32)])           # [B, A, C]
         for name, last in ((boxes, 4), (class_scores, num_classes)):  # the plugin's input shapes, declared
             model.graph.value_info.append(onnx.helper.make_tensor_value_info(
                 name, onnx.TensorProto.FLOAT, [dims[0] or "batch", dims[1] or "anchors", last]))
@@ -406,18 +407,17 @@ def append_nms(model: Any, *, conf: float, iou: float, max_det: int, plugin: str
         if TRT_NMS_DOMAIN and all(o.domain != TRT_NMS_DOMAIN for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid(TRT_NMS_DOMAIN, 1))
     else:
-        _onnx_nms_tail(g, pred, boxes, score, is_top, conf, iou, k)
+        _onnx_nms_tail(g, pred, boxes, score, class_scores, conf, iou, k)
     del model.graph.output[:]
     for name in NMS_OUTPUTS:
         elem, shape = out_types[name]
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, shape))
 
 
-def _onnx_nms_tail(g: _Graph, pred: str, boxes: str, score: str, is_top: str, conf: float, iou: float,
+def _onnx_nms_tail(g: _Graph, pred: str, boxes: str, score: str, class_scores: str, conf: float, iou: float,
                    k: int) -> None:
     # NonMaxSuppression keeps scores strictly above its threshold; the Python path keeps score >= conf.
     threshold = np.nextafter(np.float32(conf), np.float32(-np.inf))
-    class_scores = g.op("Where", [is_top, score, g.const(-1.0, np.float32)])               # [B, A, C]
     selected = g.op("NonMaxSuppression", [boxes, g.op("Transpose", [class_scores], perm=[0, 2, 1]),
                                           g.const([k], np.int64), g.const([iou], np.float32),
                                           g.const([threshold], np.float32)], center_point_box=0)  # [N, 3]

@@ -271,8 +271,9 @@ class DeviceBuffer:
             pass
         else:
             return "pycuda"
-        raise BackendUnavailable("INT8 calibration copies batches to the GPU with cuda-python, pycuda or a CUDA "
-                                 "build of PyTorch, and none is installed (pip install cuda-python)")
+        raise BackendUnavailable("INT8 calibration copies batches to the GPU with a CUDA build of PyTorch, "
+                                 "cuda-python or pycuda, and none is usable here (install PyTorch for your CUDA, "
+                                 "or cuda-python of your driver's CUDA major version)")
 
     def __init__(self, nbytes: int, device_index: int = 0) -> None:
         self.nbytes = int(nbytes)

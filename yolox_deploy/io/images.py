@@ -28,6 +28,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".ts", ".m2ts",
                             ".mts", ".3gp", ".flv", ".ogv", ".vob", ".mxf"})
 
+# Reads in a row that give no frame before a video is taken to have ended (its header may announce more frames
+# than its data holds; a damaged frame or two in between are skipped)
+MAX_BAD_FRAMES_IN_A_ROW = 100
+
 # Float images whose values all stay below this are taken as 0-1 (a 0-255 image that dark is black either way).
 FLOAT_UNIT_LIMIT = 1.5
 
@@ -149,17 +153,22 @@ def _iter_video(capture: cv2.VideoCapture, stem: str, label: str) -> Iterator[Fr
         rate = capture.get(cv2.CAP_PROP_FPS)
         fps = float(rate) if 0 < rate < 1000 else None  # 0 or NaN when unknown
         announced = capture.get(cv2.CAP_PROP_FRAME_COUNT)  # 0 or -1 for cameras and streams
-        i, read, skipped, failed = 0, 0, [], []  # failed: positions not decoded since the last frame read
+        i = read = skipped = failed = 0  # failed: reads in a row that gave no frame
+        first_skipped = None
         while True:
             ok, frame = capture.read()
             if not ok:
-                if i + 1 < announced:  # a damaged frame of a file: the reader moves on past it
-                    failed.append(i)
+                # a damaged frame of a file: the reader moves on past it; the end of the data (a header that
+                # announces more frames than there are) gives nothing but failures
+                if i + 1 < announced and failed < MAX_BAD_FRAMES_IN_A_ROW:
+                    failed += 1
                     i += 1
                     continue
                 break
-            skipped += failed  # a frame came after them: damaged ones, not the end of a truncated file
-            failed = []
+            if failed:  # a frame came after them: damaged ones, not the end of a truncated file
+                skipped += failed
+                first_skipped = i - failed if first_skipped is None else first_skipped
+                failed = 0
             yield Frame(f"{stem}_{i:06d}", ensure_bgr(frame, f"{label} frame {i}"), i, fps)
             i += 1
             read += 1
@@ -167,7 +176,7 @@ def _iter_video(capture: cv2.VideoCapture, stem: str, label: str) -> Iterator[Fr
             raise InputError(f"no frame could be read from {label} (empty, unsupported or damaged video)")
         if skipped:
             log.warning("%s: %d frame(s) could not be decoded and were skipped (first: frame %d)", label,
-                        len(skipped), skipped[0])
+                        skipped, first_skipped)
         if 0 < read < announced:
             log.warning("%s: read %d of the %d frames its header announces (a truncated or damaged file?)",
                         label, read, int(announced))
@@ -226,14 +235,11 @@ def is_video(source: str | os.PathLike | int) -> bool:
 
 def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
     """Frames of an image file, a folder of images, a video file or a camera (:func:`camera_index`)."""
-    camera = camera_index(source)
+    camera = check_source(source)
     if camera is not None:
         yield from _iter_video(open_video(camera), f"camera{camera}", f"camera {camera}")
         return
     p = Path(source)
-    if not p.exists():
-        raise InputError(f"source not found: {p}")
-    _refuse_pipe(p)
     if p.is_dir():
         files = list_images(p)
         if not files:
@@ -251,6 +257,18 @@ def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
                                  "to have its frames read") from None
             raise
         yield Frame(p.stem, image, 0, path=p)
+
+
+def check_source(source: str | os.PathLike | int) -> int | None:
+    """The camera index ``source`` names, or None for a path, which must exist and not be a pipe or socket:
+    what is refused about a source before any frame is read."""
+    camera = camera_index(source)
+    if camera is None:
+        p = Path(source)
+        if not p.exists():
+            raise InputError(f"source not found: {p}")
+        _refuse_pipe(p)
+    return camera
 
 
 def _reads_as_video(path: Path) -> bool:

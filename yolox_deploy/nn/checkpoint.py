@@ -219,8 +219,8 @@ def _mismatch_message(model: YOLOX, ckpt: Checkpoint) -> str:
             return (f"checkpoint has {ckpt.num_classes} classes, model has {model.num_classes}; drop num_classes "
                     "(--num-classes) "
                     f"to use the checkpoint's, or fine-tune it for {model.num_classes} classes with yolox-train "
-                    "(which takes the class head over by class name where it can, else initialises it; "
-                    "ignore_class_head=True in Python)")
+                    "(which takes the class head over by class name where it can, else initialises it); in "
+                    "Python, ignore_class_head=True loads everything but the class head")
     found = identify_variant(ckpt.state_dict)
     if found is not None and found != model_name:
         return f"checkpoint is for {found}, model is {model_name}"

@@ -297,8 +297,9 @@ class Detector:
 
         Three stages overlap: a reader thread decodes and letterboxes the next batch, a worker thread runs
         the backend, and this generator post-processes the previous batch. Closing the generator early (or
-        an error in any stage) stops the threads; the error is re-raised here. A source that is not one, a
-        queue size out of range or a closed Detector are refused here, before the generator is first asked.
+        an error in any stage) stops the threads; the error is re-raised here. A missing source, a pipe, a
+        camera index or queue size out of range and a closed Detector are refused by this call, before the
+        generator is first asked.
         """
         from .streaming import run_pipeline
 

@@ -158,6 +158,7 @@ class OnnxRuntimeBackend(Backend):
         self._check_open()
         if self._session is None:
             with self._session_lock:
+                self._check_open()  # closed while this call waited: a session made now would never be freed
                 if self._session is None:
                     self._session = self._new_session(str(self.path))
         return self._session
@@ -291,7 +292,8 @@ class OnnxRuntimeBackend(Backend):
         return outputs
 
     def _close(self) -> None:
-        self._session = self._canvas_session = None
+        with self._session_lock:  # after a session being made: it is dropped too
+            self._session = self._canvas_session = None
 
 
 def missing_external_data(path: Path) -> list[str]:

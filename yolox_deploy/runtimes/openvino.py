@@ -187,6 +187,7 @@ class OpenVINOBackend(Backend):
         self._check_open()
         if self._plain is None:
             with self._compile_lock:
+                self._check_open()  # closed while this call waited: a model compiled now would never be freed
                 if self._plain is None:
                     self._plain = self._compile(self._model)
         return self._plain
@@ -278,10 +279,11 @@ class OpenVINOBackend(Backend):
         return self._canvas.run(np.ascontiguousarray(to_numpy(canvases)), self._n_outputs)
 
     def _close(self) -> None:
-        for c in (self._plain, self._canvas):
-            if c is not None:
-                c.close()
-        self._plain = self._canvas = None
+        with self._compile_lock:  # after a model being compiled: it is released too
+            for c in (self._plain, self._canvas):
+                if c is not None:
+                    c.close()
+            self._plain = self._canvas = None
 
 
 class _Compiled:

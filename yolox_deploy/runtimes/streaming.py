@@ -7,8 +7,8 @@
 The runtimes release the GIL while they compute, so the three stages run concurrently. Queues are bounded,
 so memory stays flat however long the stream. Errors in a thread travel down the queues and are raised in
 the caller; closing the generator stops both threads (one inside a long inference ends it first: the close
-waits a few seconds, the interpreter's exit until it has), and so does the interpreter's exit for a stream
-left open (a thread still inside a runtime while the interpreter shuts down can abort the process: NCNN's
+waits a few seconds, the interpreter's exit up to two minutes), and so does the interpreter's exit for a
+stream left open (a thread still inside a runtime while the interpreter shuts down can abort the process: NCNN's
 does).
 """
 
@@ -20,11 +20,10 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from ..io.images import Frame, camera_index, iter_source
+from ..io.images import Frame, check_source, iter_source
 from ..structures import Detections
 from ..utils.values import is_integer
 
@@ -36,7 +35,8 @@ _DONE = object()
 # and at the interpreter's exit, where a thread still inside a runtime can abort the process
 CLOSE_WAIT_SECONDS = 5.0
 EXIT_WAIT_SECONDS = 120.0
-# the stop event and threads of every stream not closed yet, stopped at the interpreter's exit
+# the stop event and threads of every stream not closed yet, or closed while a thread of it was still inside a
+# call: stopped and waited for at the interpreter's exit
 _LIVE: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
 _LIVE_LOCK = threading.Lock()
 
@@ -109,17 +109,19 @@ def _worker(detector: Detector, q_in: queue.Queue, q_out: queue.Queue, stop: thr
 
 
 def run_pipeline(detector: Detector, source: str | os.PathLike | int, *, queue_size: int = 2) -> Iterator[StreamResult]:
-    """See ``Detector.stream``: what can be refused at once is (the source's kind and existence, the queue size,
-    a closed backend), then the pipeline starts when the generator is first asked."""
+    """See ``Detector.stream``: what can be refused at once is (:func:`check_source`, the queue size, a closed
+    backend), then the pipeline starts when the generator is first asked."""
     if not is_integer(queue_size) or queue_size < 1:
         raise InputError(f"queue_size must be an integer >= 1 (it bounds the frames held in memory), got {queue_size!r}")
-    if camera_index(source) is None and not Path(source).exists():
-        raise InputError(f"source not found: {source}")
+    check_source(source)
     detector.backend._check_open()
     return _pipeline(detector, source, queue_size)
 
 
 def _pipeline(detector: Detector, source: str | os.PathLike | int, queue_size: int) -> Iterator[StreamResult]:
+    with _LIVE_LOCK:  # streams closed while a thread was in a call, whose threads have ended since
+        for key in [k for k, (_, threads) in _LIVE.items() if not any(t.is_alive() for t in threads)]:
+            del _LIVE[key]
     stop = threading.Event()
     q_pre: queue.Queue = queue.Queue(maxsize=queue_size)
     q_out: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -127,10 +129,10 @@ def _pipeline(detector: Detector, source: str | os.PathLike | int, queue_size: i
         threading.Thread(target=_reader, args=(detector, source, q_pre, stop), name="yolox-stream-read", daemon=True),
         threading.Thread(target=_worker, args=(detector, q_pre, q_out, stop), name="yolox-stream-infer", daemon=True),
     ]
-    with _LIVE_LOCK:
-        _LIVE[id(stop)] = (stop, threads)
     for t in threads:
         t.start()
+    with _LIVE_LOCK:  # after the starts: threads not started yet would look ended to another stream's pruning
+        _LIVE[id(stop)] = (stop, threads)
     try:
         while True:
             item = q_out.get()

@@ -57,6 +57,7 @@ class AnnotationReport:
     clipped: int = 0
     degenerate: int = 0
     malformed: int = 0
+    bad_iscrowd: int = 0
     unknown_category: int = 0
     crowd: int = 0
     orphan: int = 0
@@ -71,7 +72,7 @@ class AnnotationReport:
             self.first[kind] = f"annotation {ann.get('id', '?')}" + (f", {what}" if what else "")
 
     def skipped(self) -> int:
-        return self.degenerate + self.malformed + self.unknown_category + self.crowd + self.orphan
+        return self.degenerate + self.malformed + self.bad_iscrowd + self.unknown_category + self.crowd + self.orphan
 
     def summary(self) -> str:
         parts = []
@@ -79,6 +80,7 @@ class AnnotationReport:
             parts.append(f"{self.clipped} boxes reaching outside their image were clipped to it")
         named = (("degenerate", "zero/negative-area boxes (after clipping)"),
                  ("malformed", "boxes with malformed or non-finite coordinates"),
+                 ("bad_iscrowd", "annotations with an iscrowd other than 0 / 1"),
                  ("unknown_category", "boxes with a category_id not in the category list"),
                  ("crowd", "iscrowd boxes"), ("orphan", "annotations of image ids not in the image list"))
         for attr, text in named:
@@ -152,7 +154,7 @@ def load_detection_set(root: str | os.PathLike, split: str = "train2017", *, ski
         for ann in coco.coco.imgToAnns.get(image_id, []):
             crowd = ann.get("iscrowd", 0)
             if crowd not in (0, 1):
-                report.count("malformed", ann, f"iscrowd {crowd!r}")
+                report.count("bad_iscrowd", ann, f"iscrowd {crowd!r}")
                 continue
             if crowd:
                 report.count("crowd", ann)
@@ -170,7 +172,7 @@ def load_detection_set(root: str | os.PathLike, split: str = "train2017", *, ski
 
     missing = [r for r in records if not r.path.is_file()]
     if missing:
-        names = ", ".join(r.path.relative_to(coco.image_dir).as_posix() for r in missing[:MISSING_SHOWN])
+        names = ", ".join(str(coco.coco.imgs[r.image_id]["file_name"]) for r in missing[:MISSING_SHOWN])
         more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
         if not skip_missing:
             raise InputError(f"{len(missing)} of {len(records)} images listed in {coco.ann_file.name} are missing "

@@ -8,7 +8,8 @@ and never touches torch.distributed.
 In a distributed run ``--batch`` is the total over all processes; each takes its slice of every global
 batch (see ``dataset.py``), DDP averages the gradients, and rank 0's BatchNorm statistics are broadcast at
 each forward (SyncBatchNorm with ``--sync-bn``); before an evaluation every process's statistics are
-averaged (:func:`average_norm_statistics`, as the authors' trainer does). Only rank 0 writes checkpoints and
+averaged in the model trained (:func:`average_norm_statistics`, as the authors' trainer does; the EMA model
+evaluated by default takes them up through its later updates). Only rank 0 writes checkpoints and
 logs and evaluates; the others wait at a barrier meanwhile.
 """
 
@@ -109,8 +110,9 @@ def average_norm_statistics(model: nn.Module, info: DistInfo) -> None:
     """Set every BatchNorm's running mean and variance to their average over the processes of the run.
 
     Each process updates them from its own slice of the batch; the authors' trainer averages them before each
-    evaluation, so the model evaluated (and the statistics the next epoch starts from) stand for the whole
-    batch, not rank 0's slice. A collective call: every process must make it. No-op for a world of one.
+    evaluation, so the statistics the next epoch starts from (and, without EMA, those of the model evaluated
+    and saved) stand for the whole batch, not rank 0's slice; an EMA model takes them up through its updates.
+    A collective call: every process must make it. No-op for a world of one.
     """
     if not (info.enabled and dist.is_initialized()):
         return

@@ -26,7 +26,11 @@ def cache_dir() -> Path:
     taken from the current folder once, as an absolute path), else ``$XDG_CACHE_HOME/yolox-deploy`` (an
     absolute one only, as the XDG specification has it), else ``~/.cache/yolox-deploy``."""
     if os.environ.get("YOLOX_DEPLOY_CACHE"):
-        return Path(os.environ["YOLOX_DEPLOY_CACHE"]).expanduser().absolute()
+        try:
+            return Path(os.environ["YOLOX_DEPLOY_CACHE"]).expanduser().absolute()
+        except RuntimeError:  # ~name of no user here
+            raise InputError(f"$YOLOX_DEPLOY_CACHE {os.environ['YOLOX_DEPLOY_CACHE']} names the home folder of "
+                             "a user unknown here; give the folder's path") from None
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
     return base / "yolox-deploy"
