@@ -202,6 +202,60 @@ def test_ctrl_c_in_an_epochs_last_step_leaves_its_evaluation_and_checkpoints_to_
         assert all(torch.equal(v, b.state_dict[k]) for k, v in a.state_dict.items()), name
 
 
+def test_a_run_stopped_while_writing_its_best_checkpoint_writes_it_on_resume(synthetic_coco, tmp_path):
+    """A second Ctrl-C (or a full disk) while best_ckpt.pth was being written left latest_ckpt.pth recording the
+    new best AP: the resumed run compared its evaluation with that record, kept the older best_ckpt.pth, and
+    logged the evaluation a second time."""
+    from yolox_deploy.eval.coco import EvalResult
+    from yolox_deploy.train.checkpoint import BEST
+
+    def evaluating(t, aps):
+        t.evaluate = lambda: EvalResult({"AP": aps.pop(0), "AP50": 0.5}, {}, 8)
+
+    kw = dict(val_split="val2017", eval_interval=1)
+    with Trainer(config(synthetic_coco, tmp_path / "run", **kw)) as t:
+        evaluating(t, [0.1, 0.2])
+        real_save = t._save
+
+        def save(name, start_epoch):
+            if name == BEST and start_epoch == 2:
+                raise KeyboardInterrupt  # stopped at once while the epoch-2 best is written
+            return real_save(name, start_epoch=start_epoch)
+
+        t._save = save
+        with pytest.raises(KeyboardInterrupt):
+            t.train()
+    assert read_checkpoint(tmp_path / "run" / BEST).extra["best_ap"] == 0.1
+    with Trainer(config(synthetic_coco, tmp_path / "run", resume=True, **kw)) as t:
+        assert t.best_ap == 0.1  # the best_ckpt.pth's, not a record it never reached
+        evaluating(t, [0.2])
+        assert t.train().best_ap == 0.2
+    assert read_checkpoint(tmp_path / "run" / BEST).extra["best_ap"] == 0.2
+    with open(tmp_path / "run" / "eval_log.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]  # epoch 2 once
+
+
+def test_a_start_whose_logs_cannot_be_written_leaves_nothing(synthetic_coco, tmp_path, monkeypatch):
+    """A full disk while TensorBoard opened its events file left the folder, and the same command then found
+    "a training run's files" there."""
+    import errno
+
+    from yolox_deploy.train import metrics_log
+
+    def full(self, folder, tensorboard=True):
+        (folder / metrics_log.TENSORBOARD_DIR).mkdir(parents=True)
+        (folder / metrics_log.TENSORBOARD_DIR / "events.out.tfevents.1").write_bytes(b"")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metrics_log.MetricsLog, "__init__", full)
+    with pytest.raises(OSError, match="No space left"):
+        Trainer(config(synthetic_coco, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    with Trainer(config(synthetic_coco, tmp_path / "run")) as t:  # the same command, once there is room
+        assert t.iteration == 0
+
+
 def test_the_evaluation_size_is_what_checkpoints_run_at(synthetic_coco, tmp_path, monkeypatch):
     """YOLOX-Tiny's recipe trains at 640 and is evaluated at 416: the two sizes are kept apart."""
     with Trainer(config(synthetic_coco, tmp_path / "run", eval_size=96, val_split="val2017")) as t:
@@ -377,9 +431,10 @@ def test_a_run_continued_in_a_new_folder_keeps_its_own_best(synthetic_coco, tmp_
     with Trainer(config(synthetic_coco, first, epochs=3, val_split="val2017", eval_interval=1)) as t:
         t.train(max_iterations=4)
     raw = torch.load(first / LATEST, map_location="cpu", weights_only=True)
-    torch.save({**raw, "best_ap": 0.5}, first / LATEST)  # a figure this tiny run cannot reach again
+    torch.save({**raw, "best_ap": 0.5}, first / LATEST)  # a record best_ckpt.pth never reached
+    on_disk = load_training_state(first / "best_ckpt.pth").best_ap
     with Trainer(config(synthetic_coco, first, epochs=3, val_split="val2017", eval_interval=1, resume=True)) as t:
-        assert t.best_ap == 0.5
+        assert t.best_ap == on_disk < 0.5  # the best is the best_ckpt.pth's
     # resumed in place from an earlier checkpoint: the best_ckpt.pth on disk is only replaced by a better one
     best = torch.load(first / "best_ckpt.pth", map_location="cpu", weights_only=True)
     torch.save({**best, "best_ap": 0.75}, first / "best_ckpt.pth")

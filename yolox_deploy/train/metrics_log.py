@@ -85,11 +85,12 @@ class MetricsLog:
             else:
                 self._tb = SummaryWriter(str(self.folder / TENSORBOARD_DIR))
 
-    def resume_at(self, iteration: int) -> None:
+    def resume_at(self, iteration: int, evaluated_through: int | None = None) -> None:
         """Continue after ``iteration``: rows logged beyond it (by the run that went on past the checkpoint
-        resumed) are dropped from the CSV files, and TensorBoard hides its events beyond it."""
+        resumed) are dropped from the CSV files, and TensorBoard hides its events beyond it. Evaluations beyond
+        ``evaluated_through`` (the last closed epoch's end: an epoch whose end the resume does again) go too."""
         self.train.truncate_after(iteration)
-        self.eval.truncate_after(iteration)
+        self.eval.truncate_after(iteration if evaluated_through is None else min(iteration, evaluated_through))
         if self._tb is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -119,6 +120,11 @@ class MetricsLog:
     def discard(self) -> None:
         """Close and delete the logs (a run that failed before its first checkpoint leaves nothing behind)."""
         self.close()
-        for log_file in (self.train.path, self.eval.path):
-            log_file.unlink(missing_ok=True)
-        shutil.rmtree(self.folder / TENSORBOARD_DIR, ignore_errors=True)
+        discard_logs(self.folder)
+
+
+def discard_logs(folder: Path) -> None:
+    """Delete the logs a :class:`MetricsLog` writes in ``folder`` (also when it failed to open)."""
+    for name in LOG_FILES:
+        (Path(folder) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(folder) / TENSORBOARD_DIR, ignore_errors=True)

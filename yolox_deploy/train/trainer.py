@@ -57,7 +57,7 @@ from .distributed import (
 )
 from .ema import ModelEMA, unwrap
 from .losses import LossOutput, YOLOXLoss, is_finite
-from .metrics_log import LOG_FILES, TENSORBOARD_DIR, MetricsLog
+from .metrics_log import LOG_FILES, TENSORBOARD_DIR, MetricsLog, discard_logs
 from .optim import BASE_LR_PER_IMAGE, build_optimizer, set_lr
 from .schedule import LRSchedule, multiscale_size
 
@@ -119,6 +119,7 @@ class Trainer:
         try:
             self._setup()
         except BaseException:
+            self._discard_failed_start()
             cleanup_distributed()
             raise
 
@@ -171,9 +172,10 @@ class Trainer:
         if self.resume_path is not None:
             self._resume(self.resume_path)
         self.net = wrap_model(self.model, self.device, self.dist, cfg.sync_bn)
+        self._logs_opened = self.dist.is_main
         self.metrics = MetricsLog(cfg.output, cfg.tensorboard) if self.dist.is_main else None
         if self.metrics is not None and self.resume_path is not None:
-            self.metrics.resume_at(self.iteration)
+            self.metrics.resume_at(self.iteration, evaluated_through=self.epochs_closed * self.iters_per_epoch)
         self._last: dict[str, float] = {}
         self.last_input_hw: tuple[int, int] = tuple(cfg.img_size)
 
@@ -321,8 +323,10 @@ class Trainer:
                              f"the last epoch asked (epoch {self.cfg.epochs}, iteration {total}); give more --epochs")
         # nothing left to do (a job that resumes until its run ends may run once more): train() returns at once
         self.complete = self.iteration == total and self.epochs_closed >= self.cfg.epochs
-        # the best AP belongs with the best_ckpt.pth beside the checkpoint; a run continued elsewhere starts its own
-        self.best_ap = max(state.best_ap, self._best_ap_on_disk()) if self._resumes_in_place(path) else 0.0
+        # the best AP is the one of the best_ckpt.pth beside the checkpoint (the checkpoint's own record may be
+        # newer, when a run stopped between an evaluation and the writing of its best); a run continued
+        # elsewhere starts its own
+        self.best_ap = self._best_ap_on_disk() if self._resumes_in_place(path) else 0.0
         self.last_ap = state.curr_ap
         self._resume_state = None  # its tensors are in the model and optimiser now
         if not self.complete:
@@ -409,9 +413,12 @@ class Trainer:
         """A new run that fails before writing any checkpoint removes its logs (and the output folder it made),
         so the same command can run again once the cause is fixed."""
         out = self.cfg.output
-        if self.metrics is None or self.resume_path is not None or any(out.glob(CHECKPOINTS)):
+        if getattr(self, "resume_path", None) is not None or any(out.glob(CHECKPOINTS)):
             return
-        self.metrics.discard()
+        if self.metrics is not None:
+            self.metrics.discard()
+        elif getattr(self, "_logs_opened", False):  # its logs failed to open: what they made is removed too
+            discard_logs(out)
         if self._made_output and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
@@ -492,9 +499,9 @@ class Trainer:
                 log.info("epoch %d: AP %.4f AP50 %.4f (best %.4f)", epoch + 1, result.stats["AP"],
                          result.stats["AP50"], self.best_ap)
             barrier(self.dist)
-        self._save(LATEST, start_epoch=epoch + 1)
-        if improved:
+        if improved:  # before latest_ckpt.pth records the new best: a run stopped between them evaluates again
             self._save(BEST, start_epoch=epoch + 1)
+        self._save(LATEST, start_epoch=epoch + 1)
         if int(cfg.no_aug_epochs) and epoch + 1 == cfg.epochs - int(cfg.no_aug_epochs):
             self._save(LAST_MOSAIC, start_epoch=epoch + 1)
         if cfg.save_history:
