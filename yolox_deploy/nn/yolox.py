@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..structures import as_class_names
+from ..utils.sizes import check_stride_multiple
 from ..utils.values import is_integer
 from ..zoo import ModelSpec, get_spec
 from .blocks import BaseConv, fuse_conv_bn
@@ -73,9 +74,7 @@ class YOLOX(nn.Module):
         """The head output ``[B, A, 5 + C]`` for a preprocessed float32 batch, on the model's device; in eval
         mode whatever mode the model is in (a training-mode forward gives the training outputs and moves the
         BatchNorm statistics), which is given back afterwards."""
-        step = max(self.head.strides)
-        if batch.shape[-2] % step or batch.shape[-1] % step:  # the neck's feature maps would not meet
-            raise InputError(f"input {batch.shape[-2]}x{batch.shape[-1]} is not a multiple of {step}")
+        check_stride_multiple(batch.shape[-2:], self.head.strides)
         p = next(self.parameters())
         training = self.training
         self.eval()

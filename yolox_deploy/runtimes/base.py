@@ -33,6 +33,7 @@ from ..meta import ModelMeta, Preprocess
 from ..ops.letterbox import is_canvas_batch, to_model_input
 from ..utils.arrays import to_numpy
 from ..utils.packages import import_reason, missing_reason
+from ..utils.sizes import check_stride_multiple
 from ..utils.values import is_integer
 
 
@@ -317,9 +318,7 @@ class Backend(abc.ABC):
         if not self.meta.dynamic_hw and hw != (want_h, want_w):
             raise InputError(f"this artefact was exported for {want_h}x{want_w} input, got {hw[0]}x{hw[1]}; "
                              "re-export it for that size (or use its own size)")
-        step = max(self.meta.strides)
-        if hw[0] % step or hw[1] % step:  # a dynamic-size graph fails inside its runtime (mismatched concat)
-            raise InputError(f"input {hw[0]}x{hw[1]} is not a multiple of {step}")
+        check_stride_multiple(hw, self.meta.strides)
         if want_n is not None and shape[0] != want_n:
             raise InputError(f"this artefact was exported for batch {want_n}, got {shape[0]}")
         run = self._infer_canvas if canvas else self._infer

@@ -39,6 +39,14 @@ def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
     return values[0], values[1]
 
 
+def check_stride_multiple(hw: Sequence[int], strides: Sequence[int]) -> None:
+    """Refuse an input ``(height, width)`` whose sides are not multiples of the network's largest stride: its
+    neck's feature maps would not meet (a mismatched concat inside a runtime)."""
+    step = max(strides)
+    if hw[0] % step or hw[1] % step:
+        raise InputError(f"input {hw[0]}x{hw[1]} is not a multiple of {step}")
+
+
 def _integer(v: Any) -> int:
     """An integer or its decimal spelling; 320.0, True or None are not sizes (``ValueError``)."""
     if not (isinstance(v, str) or is_integer(v)):
