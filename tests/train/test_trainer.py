@@ -239,17 +239,17 @@ def test_a_start_whose_logs_cannot_be_written_leaves_nothing(synthetic_coco, tmp
     """A full disk while TensorBoard opened its events file left the folder, and the same command then found
     "a training run's files" there."""
     import errno
+    import sys
+    import types
 
-    from yolox_deploy.train import metrics_log
-
-    def full(self, folder, tensorboard=True):
-        (folder / metrics_log.TENSORBOARD_DIR).mkdir(parents=True)
-        (folder / metrics_log.TENSORBOARD_DIR / "events.out.tfevents.1").write_bytes(b"")
+    def full(log_dir, **kwargs):  # as SummaryWriter: its folder and events file made, then the disk is full
+        Path(log_dir).mkdir(parents=True)
+        (Path(log_dir) / "events.out.tfevents.1").write_bytes(b"")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(metrics_log.MetricsLog, "__init__", full)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=full))
     with pytest.raises(OSError, match="No space left"):
-        Trainer(config(synthetic_coco, tmp_path / "run"))
+        Trainer(config(synthetic_coco, tmp_path / "run", tensorboard=True))
     assert not (tmp_path / "run").exists()
     monkeypatch.undo()
     with Trainer(config(synthetic_coco, tmp_path / "run")) as t:  # the same command, once there is room

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..utils.files import write_text_atomic
+from ..utils.files import missing_folders, remove_empty_folders, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,14 @@ class MetricsLog:
             except ImportError:
                 log.info("TensorBoard logging off: install it with pip install 'yolox-deploy[train]'")
             else:
-                self._tb = SummaryWriter(str(self.folder / TENSORBOARD_DIR))
+                made = missing_folders(self.folder / TENSORBOARD_DIR)
+                try:
+                    self._tb = SummaryWriter(str(self.folder / TENSORBOARD_DIR))
+                except BaseException:  # a full disk: what it made would read as a run's files to the next start
+                    if made:
+                        shutil.rmtree(made[0], ignore_errors=True)
+                        remove_empty_folders(made[1:])
+                    raise
 
     def resume_at(self, iteration: int, evaluated_through: int | None = None) -> None:
         """Continue after ``iteration``: rows logged beyond it (by the run that went on past the checkpoint
@@ -120,11 +127,6 @@ class MetricsLog:
     def discard(self) -> None:
         """Close and delete the logs (a run that failed before its first checkpoint leaves nothing behind)."""
         self.close()
-        discard_logs(self.folder)
-
-
-def discard_logs(folder: Path) -> None:
-    """Delete the logs a :class:`MetricsLog` writes in ``folder`` (also when it failed to open)."""
-    for name in LOG_FILES:
-        (Path(folder) / name).unlink(missing_ok=True)
-    shutil.rmtree(Path(folder) / TENSORBOARD_DIR, ignore_errors=True)
+        for log_file in (self.train.path, self.eval.path):
+            log_file.unlink(missing_ok=True)
+        shutil.rmtree(self.folder / TENSORBOARD_DIR, ignore_errors=True)

@@ -42,7 +42,15 @@ from ..utils.text import listed
 from ..utils.values import is_finite_number, is_integer
 from .augment import fit_to_input
 from .batchnorm import folded_batchnorms, unfold_batchnorms
-from .checkpoint import BEST, CHECKPOINTS, LAST_MOSAIC, LATEST, load_training_state, save_training_checkpoint
+from .checkpoint import (
+    BEST,
+    CHECKPOINTS,
+    LAST_MOSAIC,
+    LATEST,
+    TrainState,
+    load_training_state,
+    save_training_checkpoint,
+)
 from .config import TrainConfig
 from .data import DetectionSet, load_detection_set
 from .dataset import TrainBatchSampler, TrainDataset, collate, loader_worker_init
@@ -57,7 +65,7 @@ from .distributed import (
 )
 from .ema import ModelEMA, unwrap
 from .losses import LossOutput, YOLOXLoss, is_finite
-from .metrics_log import LOG_FILES, TENSORBOARD_DIR, MetricsLog, discard_logs
+from .metrics_log import LOG_FILES, TENSORBOARD_DIR, MetricsLog
 from .optim import BASE_LR_PER_IMAGE, build_optimizer, set_lr
 from .schedule import LRSchedule, multiscale_size
 
@@ -131,9 +139,9 @@ class Trainer:
         check_folder_writable(cfg.output)  # before the data is read, not when the first log file is opened
 
         self.resume_path = self._resume_path()
-        self._resume_state = load_training_state(self.resume_path) if self.resume_path is not None else None
-        if self._resume_state is not None:
-            self._keep_the_runs_phases(self._resume_state.config)
+        resumed = load_training_state(self.resume_path) if self.resume_path is not None else None
+        if resumed is not None:
+            self._keep_the_runs_phases(resumed.config)
         self.data: DetectionSet = load_detection_set(cfg.data, cfg.train_split, skip_missing=cfg.skip_missing)
         if cfg.num_classes is not None and cfg.num_classes != self.data.num_classes:
             raise InputError(f"--num-classes {cfg.num_classes} but {cfg.data} has {self.data.num_classes} categories "
@@ -170,9 +178,8 @@ class Trainer:
         self.last_ap: float | None = None
         self.complete = False  # resumed a run that had ended: nothing to train
         if self.resume_path is not None:
-            self._resume(self.resume_path)
+            self._resume(self.resume_path, resumed)
         self.net = wrap_model(self.model, self.device, self.dist, cfg.sync_bn)
-        self._logs_opened = self.dist.is_main
         self.metrics = MetricsLog(cfg.output, cfg.tensorboard) if self.dist.is_main else None
         if self.metrics is not None and self.resume_path is not None:
             self.metrics.resume_at(self.iteration, evaluated_through=self.epochs_closed * self.iters_per_epoch)
@@ -278,8 +285,7 @@ class Trainer:
                 setattr(self.cfg, name, saved[name])
         self.cfg.check_phases()
 
-    def _resume(self, path: Path) -> None:
-        state = self._resume_state
+    def _resume(self, path: Path, state: TrainState) -> None:
         saved = state.config
         now = self.cfg.to_dict()
         changed = [f"{key} {saved[key]} -> {now[key]}" for key in RESUME_MUST_MATCH
@@ -328,7 +334,6 @@ class Trainer:
         # elsewhere starts its own
         self.best_ap = self._best_ap_on_disk() if self._resumes_in_place(path) else 0.0
         self.last_ap = state.curr_ap
-        self._resume_state = None  # its tensors are in the model and optimiser now
         if not self.complete:
             log.info("resumed %s at iteration %d (epoch %d)", path, self.iteration,
                      self.iteration // self.iters_per_epoch + 1)
@@ -417,8 +422,6 @@ class Trainer:
             return
         if self.metrics is not None:
             self.metrics.discard()
-        elif getattr(self, "_logs_opened", False):  # its logs failed to open: what they made is removed too
-            discard_logs(out)
         if self._made_output and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
