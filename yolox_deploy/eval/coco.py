@@ -342,35 +342,40 @@ def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]],
     """Score COCO-format detections against a split (pycocotools, bbox), on ``category_ids`` (default: all)."""
     _, COCOeval = _coco_api()
     scored = set(data.category_ids if category_ids is None else category_ids)
+    if not detections:
+        log.warning("no detections on any of the %d images: AP 0 (NaN for classes without ground truth)",
+                    len(data.image_ids))
+        return EvalResult(*_undetected_scores(data, scored), len(data.image_ids), detections)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = data.coco.loadRes(detections)
+        ev = COCOeval(data.coco, dt, "bbox")
+        ev.params.imgIds = data.image_ids
+        ev.params.catIds = sorted(scored)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {k: float(v) if v > -1 else float("nan") for k, v in zip(STAT_NAMES, ev.stats)}  # -1: no boxes
+    precision = ev.eval["precision"]  # [T, R, K, A, M]
+    per_class = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_class[data.coco.cats[cat_id]["name"]] = float(np.mean(p)) if p.size else float("nan")
+    return EvalResult(stats, per_class, len(data.image_ids), detections)
+
+
+def _undetected_scores(data: CocoSplit, scored: set[int]) -> tuple[dict[str, float], dict[str, float]]:
+    """The metrics and per-class APs of detecting nothing, as COCOeval would give them: 0 where there are
+    boxes to find, undefined (NaN, COCOeval's -1) where there are none."""
     images = set(data.image_ids)
     boxes = [a for a in data.coco.anns.values()
              if a["image_id"] in images and a["category_id"] in scored and not a.get("iscrowd")]
     with_boxes = {a["category_id"] for a in boxes}
-    # a metric is 0 with boxes to find and nothing detected, undefined (NaN) without boxes (COCOeval's -1)
     per_class = {c["name"]: 0.0 if c["id"] in with_boxes else float("nan")
                  for c in data.categories if c["id"] in scored}
-    stats = {name: 0.0 if any(lo <= a["area"] <= hi for a in boxes) else float("nan")
-             for name, (lo, hi) in zip(STAT_NAMES, _STAT_AREAS)}
-    if not detections:
-        log.warning("no detections on any of the %d images: AP 0 (NaN for classes without ground truth)",
-                    len(data.image_ids))
-    else:
-        with contextlib.redirect_stdout(io.StringIO()):
-            dt = data.coco.loadRes(detections)
-            ev = COCOeval(data.coco, dt, "bbox")
-            ev.params.imgIds = data.image_ids
-            ev.params.catIds = sorted(scored)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        stats = {k: float(v) if v > -1 else float("nan") for k, v in zip(STAT_NAMES, ev.stats)}
-        precision = ev.eval["precision"]  # [T, R, K, A, M]
-        for k, cat_id in enumerate(ev.params.catIds):
-            p = precision[:, :, k, 0, -1]
-            p = p[p > -1]
-            name = data.coco.cats[cat_id]["name"]
-            per_class[name] = float(np.mean(p)) if p.size else float("nan")
-    return EvalResult(stats, per_class, len(data.image_ids), detections)
+    found = {rng: any(rng[0] <= a["area"] <= rng[1] for a in boxes) for rng in set(_STAT_AREAS)}
+    stats = {name: 0.0 if found[rng] else float("nan") for name, rng in zip(STAT_NAMES, _STAT_AREAS)}
+    return stats, per_class
 
 
 def _read_annotated(data: CocoSplit, image_id: int) -> np.ndarray:
