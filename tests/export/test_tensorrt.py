@@ -279,8 +279,10 @@ def _error_lines(err):
 
 @needs_write_onnx
 @pytest.mark.skipif(HAVE_GPU, reason="checks the behaviour where TensorRT or the GPU is missing")
-def test_cli_without_tensorrt_keeps_the_onnx_step(tmp_path, nano_pth, capsys):
+def test_cli_without_tensorrt_keeps_the_onnx_step(tmp_path, nano_pth, capsys, monkeypatch):
     import onnx
+
+    import yolox_deploy.export.onnx as onnx_module
 
     out = tmp_path / "out" / "nano.engine"
     rc = _export_cli(["--weights", str(nano_pth), "--format", "trt", "--output", str(out), "--dynamic", "--half"])
@@ -297,12 +299,22 @@ def test_cli_without_tensorrt_keeps_the_onnx_step(tmp_path, nano_pth, capsys):
     assert [o.name for o in model.graph.output] == ["output"]
     assert onnx_input(kept) == ("images", [-1, 3, 416, 416])
 
-    # an existing ONNX beside the engine is never overwritten: --force is for the engine
+    # an existing ONNX beside the engine is never overwritten (--force is for the engine): known before the step
     kept.write_bytes(b"mine")
-    for force in ([], ["--force"]):
-        rc = _export_cli(["--weights", str(nano_pth), "--format", "engine", "--output", str(out), *force])
-        [line] = _error_lines(capsys.readouterr().err)
-        assert rc == 2 and f"{kept} already exists, so it was not kept there" in line and kept.read_bytes() == b"mine"
+    with monkeypatch.context() as m:
+        m.setattr(onnx_module, "onnx_to_convert", None)
+        for force in ([], ["--force"]):
+            rc = _export_cli(["--weights", str(nano_pth), "--format", "engine", "--output", str(out), *force])
+            [line] = _error_lines(capsys.readouterr().err)
+            assert rc == 2 and f"{kept} already exists, where the ONNX step for trtexec would be kept" in line
+            assert kept.read_bytes() == b"mine" and sorted(p.name for p in out.parent.iterdir()) == ["nano.onnx"]
+
+    # one made while the step ran is not replaced either
+    monkeypatch.setattr(TensorRTExporter, "check_before", lambda self, source: None)
+    rc = _export_cli(["--weights", str(nano_pth), "--format", "engine", "--output", str(out)])
+    [line] = _error_lines(capsys.readouterr().err)
+    assert rc == 2 and f"the ONNX step ran but {kept} already exists, so it was not kept there" in line
+    assert kept.read_bytes() == b"mine"
 
 
 @pytest.mark.skipif(HAVE_GPU, reason="checks the behaviour where TensorRT or the GPU is missing")
@@ -328,7 +340,7 @@ def test_onnx_source_without_tensorrt(tmp_path, nano_onnx, capsys):
     source.write_bytes(nano_onnx.read_bytes())
     rc = _export_cli(["--weights", str(source), "--format", "tensorrt", "--force"])
     [line] = _error_lines(capsys.readouterr().err)
-    assert rc == 2 and f"the ONNX step ran but {source} is the source, so it was not kept there" in line
+    assert rc == 2 and f"{source} is the source, where the ONNX step for trtexec would be kept" in line
     assert source.read_bytes() == nano_onnx.read_bytes()
 
 

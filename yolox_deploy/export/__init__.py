@@ -224,6 +224,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
 
     t0 = time.perf_counter()
     exporter = cls(opts, output=out)
+    exporter.check_before(source)
     with staging_folder(out.parent, prefix=temp_prefix(out.name), target=out) as staging:
         staged = staging / out.name
         if info.is_dir:

@@ -261,6 +261,11 @@ class Exporter(abc.ABC):
         if usable:
             runner.check_device(options.device)
 
+    def check_before(self, source: ExportSource) -> None:
+        """Refuse, before any work, what is known only once the source is loaded and the output named.
+        Default: nothing."""
+        return None
+
     @abc.abstractmethod
     def export(self, source: ExportSource, dest: Path) -> ModelMeta:
         """Write the artefact to ``dest`` and return its metadata."""

@@ -252,11 +252,16 @@ def onnx_to_convert(source: ExportSource, options: ExportOptions, path: Path,
     """The ONNX file a format that converts ONNX (OpenVINO, NCNN, TensorRT) reads: an ONNX source as it is,
     unless its raw output gets the decode step (``decode_in_graph``); otherwise the graph ``write``
     (:func:`write_onnx`) puts at ``path``."""
-    m = source.meta
-    if source.onnx_path is not None and not (options.decode_in_graph and not (m.decode_in_graph or m.nms_in_graph)):
+    if onnx_source_as_is(source, options):
         return Path(source.onnx_path)
     (write or write_onnx)(source, options, path)
     return path
+
+
+def onnx_source_as_is(source: ExportSource, options: ExportOptions) -> bool:
+    """Whether :func:`onnx_to_convert` hands over the source's ONNX file itself (no ONNX step is written)."""
+    m = source.meta
+    return source.onnx_path is not None and not (options.decode_in_graph and not (m.decode_in_graph or m.nms_in_graph))
 
 
 def _from_onnx_file(source: ExportSource, o: ExportOptions) -> tuple[Any, ModelMeta]:

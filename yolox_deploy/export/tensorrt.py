@@ -645,6 +645,32 @@ class TensorRTExporter(Exporter):
         TensorRT) the ONNX step is kept with the ``trtexec`` command that builds the engine elsewhere."""
         cuda_index(options.device)
 
+    def check_before(self, source: ExportSource) -> None:
+        """Without TensorRT or its GPU the ONNX step is kept beside the engine for ``trtexec``; when that name
+        is already taken (and there is a step to keep), the export would run only to say so: refused now."""
+        from .onnx import onnx_source_as_is
+
+        if self.output is None or onnx_source_as_is(source, self.options):
+            return
+        taken = self._taken_onnx_name(source)
+        if taken is None:
+            return
+        try:
+            trt = import_tensorrt()
+            current_environment(trt.__version__, cuda_index(self.options.device) or 0)
+        except BackendUnavailable as e:
+            raise BackendUnavailable(f"{e}; {taken}, where the ONNX step for trtexec would be kept, so no step "
+                                     "was made (give --output another name to keep it beside the engine)") from None
+
+    def _taken_onnx_name(self, source: ExportSource) -> str | None:
+        """``"<path> already exists"`` / ``"<path> is the source"`` when the ONNX step's place beside the engine
+        holds a file, else None."""
+        kept = intermediate_onnx_path(self.output)
+        if not kept.exists():
+            return None
+        the_source = source.onnx_path is not None and kept.samefile(source.onnx_path)
+        return f"{kept} {'is the source' if the_source else 'already exists'}"
+
     def export(self, source: ExportSource, dest: Path) -> ModelMeta:
         from .onnx import onnx_to_convert
 
@@ -715,10 +741,9 @@ class TensorRTExporter(Exporter):
             kept, where = onnx_path, "the ONNX model to build from is"
         else:
             kept, where = intermediate_onnx_path(engine), "the ONNX step ran and is at"
-            if kept.exists():  # --force is for the engine asked for, never for a file beside it
-                what = "is the source" if source.onnx_path is not None and kept.samefile(source.onnx_path) else \
-                    "already exists"
-                return (f"{reason}; the ONNX step ran but {kept} {what}, so it was not kept there (give --output "
+            taken = self._taken_onnx_name(source)  # made since check_before; --force is for the engine only
+            if taken is not None:
+                return (f"{reason}; the ONNX step ran but {taken}, so it was not kept there (give --output "
                         "another name to keep it beside the engine)")
             with atomic_write(kept) as tmp:
                 shutil.copyfile(onnx_path, tmp)
