@@ -11,20 +11,18 @@ state dict fits the variant's 80-class module tree): an interrupted or wrong dow
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import http.client
 import logging
 import os
 import shutil
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from .errors import CheckpointError, InputError
-from .utils.files import atomic_write, cache_dir, missing_folders, remove_empty_folders, temp_prefix
+from .utils.files import atomic_write, cache_dir, missing_folders, remove_empty_folders, remove_stale_parts, temp_prefix
 from .zoo import RELEASE_URL, VARIANTS, canonical_name
 
 log = logging.getLogger(__name__)
@@ -104,7 +102,7 @@ def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str
         remove_empty_folders(created)
         raise InputError(f"cannot create the weights cache {folder}: {e.strerror or e}") from None
     log.info("fetching %s from %s into %s", spec.weights_file, source, folder)
-    _remove_stale_parts(folder, spec.weights_file)
+    remove_stale_parts(folder, f"{glob.escape(temp_prefix(spec.weights_file))}*.part", STALE_PART_SECONDS)
     try:
         with atomic_write(dest) as tmp:
             _download(source, tmp, timeout, progress)
@@ -113,16 +111,6 @@ def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str
         remove_empty_folders(created)
         raise
     return dest
-
-
-def _remove_stale_parts(folder: Path, name: str, age: float = STALE_PART_SECONDS) -> None:
-    """Remove what a killed download of ``name`` left in ``folder`` (its temporary file, not written to for
-    ``age`` seconds; a download under way writes to its own every moment)."""
-    now = time.time()
-    for part in folder.glob(f"{glob.escape(temp_prefix(name))}*.part"):
-        with contextlib.suppress(OSError):
-            if now - part.stat().st_mtime > age:
-                part.unlink()
 
 
 def _proxy_for(url: str) -> str | None:

@@ -130,8 +130,14 @@ def test_a_complete_run_resumes_to_nothing_and_may_be_extended(synthetic_coco, t
     short = dict(epochs=1, batch=4, warmup_epochs=0, no_aug_epochs=0)  # 2 iterations per epoch
     with Trainer(config(synthetic_coco, tmp_path / "run", **short)) as t:
         assert t.train().finished and not t.complete
+    # what a kill -9 during a checkpoint write left goes at the next start; a write under way is not touched
+    killed, live = tmp_path / "run" / ".latest_ckpt.pth.x1y2z3.part", tmp_path / "run" / ".best_ckpt.pth.a1b2c3.part"
+    for part in (killed, live):
+        part.write_bytes(b"half a checkpoint")
+    os.utime(killed, (time.time() - 120, time.time() - 120))
     with Trainer(config(synthetic_coco, tmp_path / "run", resume=True, **short)) as t:
         assert t.complete and t.train().iterations == 2
+    assert not killed.exists() and live.exists()
     with Trainer(config(synthetic_coco, tmp_path / "run", resume=True, **{**short, "epochs": 2})) as t:
         assert not t.complete and t.train(max_iterations=3).iterations == 3
     with pytest.raises(InputError, match=r"it is at iteration 3, past the end of the last epoch asked \(epoch 1, "

@@ -36,7 +36,7 @@ from ..errors import CheckpointError, InputError, YoloxError
 from ..eval.coco import AUTHORS_PROTOCOL, CocoSplit, EvalResult, coco_splits, open_scorable
 from ..nn.checkpoint import CLASS_HEAD_PREFIX, Checkpoint, load_checkpoint, read_checkpoint
 from ..nn.yolox import YOLOX, build_model
-from ..utils.files import check_folder_writable
+from ..utils.files import check_folder_writable, remove_stale_parts, temp_prefix
 from ..utils.signals import stop_between_steps
 from ..utils.text import listed
 from ..utils.values import is_finite_number, is_integer
@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 UNFOLD_IMAGES = 32        # images for the statistics of folded BatchNorms
 UNFOLD_GRAD_BATCHES = 4   # training batches for their equilibrium weight norms
+STALE_CHECKPOINT_PART_SECONDS = 60.0  # a checkpoint's temporary file unchanged this long: its writer was killed
 RECIPE_WEIGHT_DECAY, RECIPE_MOMENTUM = 5e-4, 0.9
 # a resume continues the run as it was: the model, its data and every setting of its recipe (the learning-rate
 # schedule, EMA, augmentation, multi-scale) are the saved ones; epochs may change (with a warning), the rest
@@ -139,6 +140,8 @@ class Trainer:
         check_folder_writable(cfg.output)  # before the data is read, not when the first log file is opened
 
         self.resume_path = self._resume_path()
+        if self.dist.is_main:  # what a kill -9 during a checkpoint write left
+            remove_stale_parts(cfg.output, f"{temp_prefix(CHECKPOINTS)}*.part", STALE_CHECKPOINT_PART_SECONDS)
         resumed = load_training_state(self.resume_path) if self.resume_path is not None else None
         if resumed is not None:
             self._keep_the_runs_phases(resumed.config)

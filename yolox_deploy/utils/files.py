@@ -13,6 +13,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -161,6 +162,17 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         if reason is not None:
             raise WriteError(dest, reason) from None
         raise
+
+
+def remove_stale_parts(folder: Path, pattern: str, age: float) -> None:
+    """Remove the temporary files matching ``pattern`` (a glob, e.g. ``.NAME.*.part``: what :func:`atomic_write`
+    leaves when its process is killed) in ``folder`` that were not written to for ``age`` seconds (a write under
+    way changes its own every moment)."""
+    now = time.time()
+    for part in Path(folder).glob(pattern):
+        with contextlib.suppress(OSError):
+            if now - part.stat().st_mtime > age:
+                part.unlink()
 
 
 @contextlib.contextmanager
