@@ -2,6 +2,7 @@
 
 import http.server
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -21,12 +22,14 @@ class Release:
         self.files: dict[str, bytes] = {}
         self.short: set[str] = set()
         self.requests: list[str] = []
+        self.delay = 0.0  # seconds before each answer
         release = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 name = self.path.rsplit("/", 1)[-1]
                 release.requests.append(name)
+                time.sleep(release.delay)
                 body = release.files.get(name)
                 if body is None:
                     self.send_error(404, "Not Found")
@@ -92,6 +95,28 @@ def test_fetched_once_checked_and_kept_in_the_cache(release, tmp_path):
         assert det.backend.info.name == "torch" and det.meta.model == "yolox-nano"
         [dets] = det(np.full((64, 80, 3), 114, np.uint8))
         assert dets.image_size == (64, 80)
+    assert release.requests == ["yolox_nano.pth"] and cached(tmp_path) == ["yolox_nano.pth"]
+
+
+def test_processes_sharing_the_cache_fetch_once(release, tmp_path):
+    """Ranks of a distributed run (here: threads, each with its own lock on the folder) ask at once: one
+    downloads, the others wait for it and take its file."""
+    release.files["yolox_nano.pth"] = checkpoint_bytes(tmp_path)
+    release.delay = 0.5
+    paths, errors = [], []
+
+    def fetch():
+        try:
+            paths.append(fetch_weights("yolox-nano", progress=False))
+        except Exception as e:  # pragma: no cover - shown by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(paths)) == 1 and len(paths) == 3
     assert release.requests == ["yolox_nano.pth"] and cached(tmp_path) == ["yolox_nano.pth"]
 
 

@@ -22,7 +22,15 @@ import urllib.request
 from pathlib import Path
 
 from .errors import CheckpointError, InputError
-from .utils.files import atomic_write, cache_dir, missing_folders, remove_empty_folders, remove_stale_parts, temp_prefix
+from .utils.files import (
+    atomic_write,
+    cache_dir,
+    folder_lock,
+    missing_folders,
+    remove_empty_folders,
+    remove_stale_parts,
+    temp_prefix,
+)
 from .zoo import RELEASE_URL, VARIANTS, canonical_name
 
 log = logging.getLogger(__name__)
@@ -101,12 +109,15 @@ def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str
     except OSError as e:
         remove_empty_folders(created)
         raise InputError(f"cannot create the weights cache {folder}: {e.strerror or e}") from None
-    log.info("fetching %s from %s into %s", spec.weights_file, source, folder)
-    remove_stale_parts(folder, f"{glob.escape(temp_prefix(spec.weights_file))}*.part", STALE_PART_SECONDS)
     try:
-        with atomic_write(dest) as tmp:
-            _download(source, tmp, timeout, progress)
-            _check_checkpoint(tmp, name, source)
+        with folder_lock(folder, waiting=f"waiting for another process fetching {spec.weights_file} into {folder}"):
+            if dest.is_file():  # fetched by that process meanwhile
+                return dest
+            log.info("fetching %s from %s into %s", spec.weights_file, source, folder)
+            remove_stale_parts(folder, f"{glob.escape(temp_prefix(spec.weights_file))}*.part", STALE_PART_SECONDS)
+            with atomic_write(dest) as tmp:
+                _download(source, tmp, timeout, progress)
+                _check_checkpoint(tmp, name, source)
     except BaseException:
         remove_empty_folders(created)
         raise

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -173,6 +174,31 @@ def remove_stale_parts(folder: Path, pattern: str, age: float) -> None:
         with contextlib.suppress(OSError):
             if now - part.stat().st_mtime > age:
                 part.unlink()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, waiting: str | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``folder`` itself for the block: processes sharing it (a
+    cache) take turns, and nothing is written for the lock. ``waiting``: logged when another process holds it.
+    Where locks are not available (no ``fcntl``, a file system without them), the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                logging.getLogger(__name__).info("%s", waiting)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
