@@ -471,3 +471,38 @@ def test_half_on_the_cpu_says_it_runs_fp32(nano_pth, caplog):
     with Detector(nano_pth, half=True) as det:
         assert det.meta.precision == "fp32"
     assert "half applies on CUDA only; the model runs in FP32 on cpu" in caplog.text
+
+
+def test_settings_changed_after_construction_are_checked_as_the_constructor_checks_them(nano_onnx_dynamic, dog_jpg):
+    """conf / nms / max_det / class_agnostic / batch_size are public attributes: a value the constructor refuses is
+    refused when set too (a text conf reached numpy, a negative one kept every anchor, batch_size 0 reached range())."""
+    det = Detector(nano_onnx_dynamic)
+    for name, value in (("conf", "0.5"), ("conf", -1), ("conf", 5), ("conf", float("nan")), ("nms", 2),
+                        ("max_det", 0), ("class_agnostic", "yes"), ("batch_size", 0)):
+        with pytest.raises(InputError):
+            setattr(det, name, value)
+    det.conf, det.max_det = 0.5, 2
+    [d] = det(dog_jpg)
+    assert len(d) == 2 and d.scores.min() >= 0.5 and (det.conf, det.max_det) == (0.5, 2)
+
+
+def test_a_list_of_paths_is_decoded_one_batch_at_a_time(nano_onnx_dynamic, dog_jpg, monkeypatch):
+    """A call on many paths held every decoded image before the first inference (N full-size images in memory)."""
+    import yolox_deploy.runtimes.detector as detector_module
+
+    det = Detector(nano_onnx_dynamic, batch_size=2)
+    held = []
+    real_run_batch = det.run_batch
+    reads = []
+    real_read = detector_module.read_image
+    monkeypatch.setattr(detector_module, "read_image", lambda p: reads.append(p) or real_read(p))
+
+    def run_batch(images):
+        held.append(len(reads))
+        return real_run_batch(images)
+
+    det.run_batch = run_batch
+    out = det([dog_jpg] * 5)
+    assert len(out) == 5 and held == [2, 4, 5]
+    with pytest.raises(InputError, match="image 3: expected a path"):  # kinds are still checked before any work
+        det([dog_jpg, dog_jpg, dog_jpg, 7])

@@ -491,3 +491,17 @@ def test_another_size_for_a_fixed_graph_is_refused_in_one_wording(tiny_files):
         Detector(path, img_size=96)
     with Detector(tiny_files["dynamic"][0], img_size=96) as det:  # a dynamic graph runs at it
         assert det.meta.input_size == (96, 96)
+
+
+def test_nms_graph_settings_changed_later_are_said_and_not_shown_as_applied(tiny_files, caplog):
+    """Setting nms / class_agnostic / a lower conf on a Detector over an NMS graph was silently ignored while the
+    attributes (and repr) showed the new values."""
+    path, _ = tiny_files["nms"]
+    with Detector(path, conf=0.2) as det:
+        caplog.clear()
+        det.nms, det.class_agnostic, det.conf, det.max_det = 0.3, True, 0.1, None
+        assert (det.nms, det.class_agnostic, det.conf, det.max_det) == (0.45, False, 0.1, 10)
+        said = " ".join(r.message for r in caplog.records)
+        assert "NMS IoU 0.3" in said and "class-agnostic" in said and "max_det None" in said
+        det.conf = 0.5  # tightening applies
+        assert det.conf == 0.5

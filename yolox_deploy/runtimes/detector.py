@@ -48,20 +48,27 @@ T = TypeVar("T")
 
 
 def _load_one(item: ImageLike, index: int) -> np.ndarray:
-    if isinstance(item, np.ndarray):
-        return ensure_bgr(item, name=f"image {index}")
-    if isinstance(item, (str, os.PathLike)):
-        return read_image(item)
-    raise InputError(f"image {index}: expected a path or a BGR uint8 array, got {type(item).__name__}")
+    return ensure_bgr(item, name=f"image {index}") if isinstance(item, np.ndarray) else read_image(item)
 
 
-def load_images(source: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
-    """A path, an array or a list of them -> list of BGR uint8 arrays."""
+def source_items(source: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
+    """A path, an array or an iterable of them -> the list of items, each checked to be a path or an array;
+    nothing is read yet (:func:`load_images` reads them)."""
     if isinstance(source, (str, os.PathLike, np.ndarray)):
-        return [_load_one(source, 0)]
+        return [source]
     if isinstance(source, (bytes, bytearray, memoryview, Mapping)) or not isinstance(source, Iterable):
         raise InputError(f"expected an image path, a BGR uint8 array or a list of them, got {type(source).__name__}")
-    return [_load_one(item, i) for i, item in enumerate(source)]
+    items = list(source)
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, os.PathLike, np.ndarray)):
+            raise InputError(f"image {i}: expected a path or a BGR uint8 array, got {type(item).__name__}")
+    return items
+
+
+def load_images(source: ImageLike | Iterable[ImageLike], start: int = 0) -> list[np.ndarray]:
+    """A path, an array or a list of them -> list of BGR uint8 arrays (``start``: the first one's index, in
+    messages)."""
+    return [_load_one(item, start + i) for i, item in enumerate(source_items(source))]
 
 
 def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", **options: Any) -> Backend:
@@ -101,6 +108,8 @@ class Detector:
     authors' COCO protocol does not), ``batch_size`` (for dynamic-batch artefacts; fixed-batch ones get
     padded batches), ``img_size`` (dynamic-size artefacts; must match a fixed one), ``class_names`` /
     ``num_classes`` for artefacts without labels, and backend options (``half``, ``legacy``, ``threads``...).
+    ``conf``, ``nms``, ``class_agnostic``, ``max_det`` and ``batch_size`` may also be set later, checked as here.
+    A list of paths is read a batch at a time.
     """
 
     def __init__(self, weights: Any, *, model: str | None = None, backend: str | None = None,
@@ -108,14 +117,13 @@ class Detector:
                  max_det: int | None = DEFAULT_MAX_DET, clip: bool = True, batch_size: int | None = None,
                  img_size: int | Sequence[int] | str | None = None, class_names: Sequence[str] | None = None,
                  num_classes: int | None = None, **options: Any) -> None:
-        check_settings(conf, nms, max_det, names=("conf", "nms"))
+        check_settings(conf, nms, max_det, names=("conf", "nms"))  # all before the runtime opens
         for name, value in (("class_agnostic", class_agnostic), ("clip", clip)):
-            if not isinstance(value, (bool, np.bool_)):
-                raise InputError(f"{name} is True or False, not {value!r}")
+            _check_flag(name, value)
         if num_classes is not None and (not is_integer(num_classes) or num_classes < 1):
             raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
-            raise InputError(f"batch size must be an integer >= 1, got {batch_size!r}")
+        if batch_size is not None:
+            _check_batch_size(batch_size)
         size = parse_img_size(img_size) if img_size is not None else None
         class_names = as_class_names(class_names)
         self.backend = open_backend(weights, backend, device, model=model, img_size=size,
@@ -131,46 +139,96 @@ class Detector:
                 meta = meta.with_(model=name)
             self.meta = self.backend.meta = meta
             graph = self.meta.extra if self.meta.nms_in_graph else {}  # an NMS graph's own thresholds are the defaults
-            self.conf = float(conf if conf is not None else graph.get("nms_conf", 0.0) if graph else DEFAULT_CONF)
-            self.nms = float(nms if nms is not None else graph.get("nms_iou", DEFAULT_NMS))
-            self.class_agnostic = bool(class_agnostic)
-            cap = self.meta.max_det if self.meta.nms_in_graph else None
-            self.max_det = max_det if cap is None else min(max_det or cap, cap)  # an NMS graph keeps at most its cap
+            self._settings(conf=float(conf if conf is not None else graph.get("nms_conf", 0.0) if graph else DEFAULT_CONF),
+                           nms=float(nms if nms is not None else graph.get("nms_iou", DEFAULT_NMS)),
+                           class_agnostic=class_agnostic, max_det=max_det)
             self.clip = bool(clip)
-            if batch_size is not None and self.meta.batch and batch_size != self.meta.batch:
-                raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {batch_size}; "
-                                 "re-export it with --dynamic (or --batch N), or drop the batch size")
-            self.batch_size = self.meta.batch or batch_size or 1
+            self.batch_size = batch_size if batch_size is not None else self.meta.batch or 1
             self._cache: _Tables | None = None
-            if self.meta.nms_in_graph:  # say what cannot apply, then keep what does
-                self._warn_graph_nms(max_det)
-                self.conf = max(self.conf, float(graph.get("nms_conf", 0.0)))
-                self.nms = float(graph.get("nms_iou", self.nms))
-                self.class_agnostic = False
         except BaseException:  # an argument refused only now: the opened runtime is not left behind
             self.backend.close()
             raise
 
-    def _warn_graph_nms(self, asked_max_det: int | None) -> None:
-        """An artefact with NMS inside runs it with the thresholds it was exported with: the Detector can
-        only raise the score threshold and lower ``max_det`` (it does); say which settings cannot apply. The
-        default ``max_det`` quietly becomes the graph's cap, as ``conf`` and ``nms`` default to the graph's;
-        ``asked_max_det`` is the one given."""
-        extra = self.meta.extra
-        cannot = []
-        if self.conf < extra.get("nms_conf", 0.0):
-            cannot.append(f"conf {self.conf:g} (the graph keeps scores >= {extra['nms_conf']:g})")
-        if "nms_iou" in extra and self.nms != extra["nms_iou"]:
-            cannot.append(f"NMS IoU {self.nms:g} (the graph's is {extra['nms_iou']:g})")
-        if self.class_agnostic:
-            cannot.append("class-agnostic NMS (the graph's is per class)")
-        cap = self.meta.max_det
-        if cap is not None and asked_max_det is not DEFAULT_MAX_DET and (asked_max_det is None or asked_max_det > cap):
-            asked = "None (no cap)" if asked_max_det is None else asked_max_det
-            cannot.append(f"max_det {asked} (the graph keeps at most {cap})")
-        if cannot:
-            log.warning("%s runs NMS inside its graph; not applied: %s. Export without --nms to choose them here.",
-                        self.artefact_name, "; ".join(cannot))
+    # --- settings: given to the constructor or set later, checked alike ----------------------------------
+    def _settings(self, *, conf: float, nms: float, class_agnostic: bool, max_det: int | None) -> None:
+        """Check and take the thresholds, NMS kind and cap. An artefact with NMS inside runs it with the
+        thresholds it was exported with: the Detector can only raise the score threshold and lower ``max_det``
+        (it does); the settings that cannot apply are said in one warning and not taken, so the attributes
+        show what runs. The default ``max_det`` quietly becomes the graph's cap, as ``conf`` and ``nms``
+        default to the graph's."""
+        check_settings(conf, nms, max_det, names=("conf", "nms"))
+        _check_flag("class_agnostic", class_agnostic)
+        conf, nms, class_agnostic = float(conf), float(nms), bool(class_agnostic)
+        if self.meta.nms_in_graph:
+            extra, cap, cannot = self.meta.extra, self.meta.max_det, []
+            floor = float(extra.get("nms_conf", 0.0))
+            if conf < floor:
+                cannot.append(f"conf {conf:g} (the graph keeps scores >= {floor:g})")
+            if "nms_iou" in extra and nms != extra["nms_iou"]:
+                cannot.append(f"NMS IoU {nms:g} (the graph's is {extra['nms_iou']:g})")
+            if class_agnostic:
+                cannot.append("class-agnostic NMS (the graph's is per class)")
+            if cap is not None and max_det is not DEFAULT_MAX_DET and (max_det is None or max_det > cap):
+                cannot.append(f"max_det {'None (no cap)' if max_det is None else max_det} (the graph keeps at most {cap})")
+            if cannot:
+                log.warning("%s runs NMS inside its graph; not applied: %s. Export without --nms to choose them here.",
+                            self.artefact_name, "; ".join(cannot))
+            conf, nms, class_agnostic = max(conf, floor), float(extra.get("nms_iou", nms)), False
+            max_det = max_det if cap is None else min(max_det or cap, cap)
+        self._conf, self._nms, self._class_agnostic, self._max_det = conf, nms, class_agnostic, max_det
+
+    def _changed(self, **setting: Any) -> None:
+        self._settings(**{"conf": self._conf, "nms": self._nms, "class_agnostic": self._class_agnostic,
+                          "max_det": self._max_det, **setting})
+
+    @property
+    def conf(self) -> float:
+        """Score threshold (0-1): detections scoring below it are dropped."""
+        return self._conf
+
+    @conf.setter
+    def conf(self, value: float) -> None:
+        self._changed(conf=value)
+
+    @property
+    def nms(self) -> float:
+        """NMS IoU threshold (0-1)."""
+        return self._nms
+
+    @nms.setter
+    def nms(self, value: float) -> None:
+        self._changed(nms=value)
+
+    @property
+    def class_agnostic(self) -> bool:
+        """Whether NMS suppresses boxes across classes."""
+        return self._class_agnostic
+
+    @class_agnostic.setter
+    def class_agnostic(self, value: bool) -> None:
+        self._changed(class_agnostic=value)
+
+    @property
+    def max_det(self) -> int | None:
+        """Detections kept per image, the best first (None: no cap)."""
+        return self._max_det
+
+    @max_det.setter
+    def max_det(self, value: int | None) -> None:
+        self._changed(max_det=value)
+
+    @property
+    def batch_size(self) -> int:
+        """Images per backend call (a fixed-batch artefact's own)."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        _check_batch_size(value)
+        if self.meta.batch and value != self.meta.batch:
+            raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {value}; "
+                             "re-export it with --dynamic (or --batch N), or drop the batch size")
+        self._batch_size = int(value)
 
     @staticmethod
     def _apply_overrides(meta: ModelMeta, size: tuple[int, int] | None, class_names: Sequence[str] | None,
@@ -263,10 +321,10 @@ class Detector:
 
     def __call__(self, source: ImageLike | Sequence[ImageLike]) -> list[Detections]:
         """Detections for a path, a BGR array, or a list of them (one ``Detections`` per image, in order)."""
-        images = load_images(source)
+        items = source_items(source)
         results: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            results.extend(self.run_batch(images[start:start + self.batch_size]))
+        for start in range(0, len(items), self.batch_size):  # read a batch at a time: memory of one batch
+            results.extend(self.run_batch(load_images(items[start:start + self.batch_size], start)))
         return results
 
     predict = __call__
@@ -322,6 +380,16 @@ class Detector:
 
     def __reduce__(self) -> NoReturn:
         refuse_copying(self)
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} is True or False, not {value!r}")
+
+
+def _check_batch_size(value: Any) -> None:
+    if not is_integer(value) or value < 1:
+        raise InputError(f"batch size must be an integer >= 1, got {value!r}")
 
 
 class _Tables(NamedTuple):
