@@ -50,6 +50,10 @@ def test_conversions(tmp_path, rng):
     np.testing.assert_array_equal(ensure_bgr(overshoot)[1:], img[1:])
     assert ensure_bgr(overshoot)[0, 0].tolist() == [255, 0, 128]
     np.testing.assert_array_equal(ensure_bgr(img.astype(np.uint16)), img)  # an 8-bit image cast to uint16
+    for bits in (10, 12):  # a sensor frame in uint16 keeps its brightness (>> 8 made a 10-bit one black)
+        frame = img.astype(np.uint16) << (bits - 8)
+        frame[0, 0, 0] = 2 ** bits - 1
+        np.testing.assert_array_equal(ensure_bgr(frame)[1:], img[1:])
     cv2.imwrite(str(tmp_path / "g.png"), gray)
     cv2.imwrite(str(tmp_path / "a.png"), bgra)
     assert read_image(tmp_path / "g.png").shape == (20, 30, 3)

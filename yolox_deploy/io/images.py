@@ -40,7 +40,8 @@ def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
     """Validate an image array and convert it to BGR uint8 ``[H, W, 3]``.
 
     Accepts ``[H, W]`` gray, ``[H, W, 1]``, ``[H, W, 3]`` BGR, ``[H, W, 4]`` BGRA; uint8, uint16 (scaled to 8
-    bits; one whose values all fit in 8 bits, an 8-bit image cast, is taken as it is) or float in [0, 1]
+    bits from the smallest bit depth that holds its largest value: a 10- or 12-bit sensor frame keeps its
+    brightness, an 8-bit image cast is taken as it is) or float in [0, 1]
     (values below ``FLOAT_UNIT_LIMIT``: the overshoot of a cubic or Lanczos resize stays in range) or 0-255,
     rounded and clipped. Raises :class:`InputError` for empty or otherwise unusable arrays.
     """
@@ -51,7 +52,7 @@ def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(f"{name}: image is empty ({image.shape[0]}x{image.shape[1]} pixels)")
     if image.dtype == np.uint16:
-        image = (image if image.max() <= 255 else image >> 8).astype(np.uint8)
+        image = (image >> max(int(image.max()).bit_length() - 8, 0)).astype(np.uint8)
     elif image.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(image).all():
             raise InputError(f"{name}: float image contains NaN or inf")
