@@ -434,3 +434,58 @@ def test_a_key_extra_or_missing_is_named(tmp_path):
     torch.save({"model": {"conv.weight": torch.zeros(3, 3, 1, 1)}}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="cannot tell which YOLOX variant"):
         load_model(tmp_path / "other.pth")
+
+
+def _folded_nano_state_dict():
+    model = build_model("yolox-nano", num_classes=2).eval()
+    sd = model.state_dict()
+    for k in sd:
+        if k.endswith("bn.running_var"):
+            sd[k] = torch.full_like(sd[k], 1 - 1e-5)
+        elif k.endswith("bn.running_mean") or k.endswith("bn.weight"):
+            sd[k] = torch.zeros_like(sd[k]) if k.endswith("mean") else torch.ones_like(sd[k])
+    return sd
+
+
+def test_identity_batchnorms_stay_identities_in_a_model_already_in_half_precision(tmp_path):
+    """The file decides: a full-precision folded checkpoint copied into a half-precision model rounds 1 - eps' to
+    exactly 1 on the way in, and must still load as identities (it scaled every layer by 1/sqrt(1.001))."""
+    torch.save({"model": _folded_nano_state_dict()}, tmp_path / "folded.pth")
+    model = build_model("yolox-nano", num_classes=2).half().eval()
+    load_checkpoint(model, tmp_path / "folded.pth")
+    reference = load_model(tmp_path / "folded.pth").half()
+    for got, want in zip(model.state_dict().values(), reference.state_dict().values()):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_class_names_given_to_load_model_win_over_the_checkpoints(tmp_path):
+    path = save_checkpoint(build_model("yolox-nano", 2, class_names=("cat", "dog")), tmp_path / "named.pth")
+    assert load_model(path).class_names == ("cat", "dog")
+    assert load_model(path, class_names=("kitty", "puppy")).class_names == ("kitty", "puppy")
+
+
+def test_a_checkpoint_whose_bytes_changed_after_it_was_written_is_refused(tmp_path):
+    """torch.load does not check the records' CRC-32: a flipped byte in a tensor loaded as a wrong weight."""
+    sd = build_model("yolox-nano", num_classes=2).state_dict()
+    sd["head.cls_preds.0.bias"] = torch.full_like(sd["head.cls_preds.0.bias"], 1234.5)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": sd}, path)
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(torch.full((2,), 1234.5).numpy().tobytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged: its record .* does not match its CRC-32"):
+        load_model(path)
+
+
+def test_records_written_without_a_crc_still_load(tmp_path):
+    sd = build_model("yolox-nano", num_classes=2).state_dict()
+    set_crc = getattr(torch.serialization, "set_crc32_options", None)
+    if set_crc is None:
+        pytest.skip("this torch always writes CRC-32")
+    set_crc(False)
+    try:
+        torch.save({"model": sd}, tmp_path / "nocrc.pth")
+    finally:
+        set_crc(True)
+    assert load_model(tmp_path / "nocrc.pth").num_classes == 2

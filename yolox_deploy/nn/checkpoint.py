@@ -60,6 +60,26 @@ class Checkpoint:
                 f"num_classes={self.num_classes}, input_size={self.input_size}, extra={sorted(self.extra)})")
 
 
+def _record_failing_crc(path: Path) -> str | None:
+    """The first record of a zip checkpoint (what torch.save writes) whose data does not match the CRC-32 its
+    header stores, else None. torch.load reads the records without checking them, so a bit flipped in a tensor
+    loads as a wrong weight. Records stored with CRC 0 (``torch.serialization.set_crc32_options(False)``) and
+    files that are no zip archive (the pre-1.6 format) are not checked."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.CRC == 0 or info.is_dir():
+                continue
+            try:
+                with archive.open(info) as f:  # zipfile compares the CRC-32 when the record has been read
+                    while f.read(1 << 22):
+                        pass
+            except (zipfile.BadZipFile, OSError, EOFError):
+                return info.filename
+    return None
+
+
 def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith(prefix) for k in sd):
         return {k[len(prefix):]: v for k, v in sd.items()}
@@ -150,6 +170,11 @@ def read_checkpoint(path: str | os.PathLike, model: str | None = None) -> Checkp
         raise CheckpointError(f"{p} is not a readable PyTorch checkpoint ({first}); the file is damaged or "
                               "incomplete") from None
 
+    damaged = _record_failing_crc(p)
+    if damaged is not None:
+        raise CheckpointError(f"{p} is damaged: its record {damaged} does not match its CRC-32 (the file changed "
+                              "after it was written); fetch or copy it again")
+
     extra: dict[str, Any] = {}
     # the weights under the first of these keys (the authors' "model" holds their EMA weights already)
     key = next((k for k in ("model", "state_dict", "ema", "state_dict_ema")
@@ -238,24 +263,30 @@ def _mismatch_message(model: YOLOX, ckpt: Checkpoint) -> str:
     return f"checkpoint does not fit {model_name}: " + "; ".join(parts)
 
 
-def _keep_identity_batchnorms(model: nn.Module, reduced_precision: bool = False) -> None:
+def _keep_identity_batchnorms(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
     """Keep folded (identity) BatchNorms identities, whatever eps the file was written for.
 
     Checkpoints converted from deployed graphs store every BN as weight 1, mean 0, variance ``1 - eps'``.
     Under the training eps (1e-3) that would scale each layer by ``1/sqrt(1 - eps' + 1e-3)``; giving such a
     layer the variance ``1 - eps`` makes it the identity it was written as, in its state dict (saved with it:
-    no eps of its own that a save would lose or a later load into the same module would keep). In a
-    half-precision copy (``reduced_precision``) ``1 - eps'`` rounds to exactly 1, so a variance of 1 qualifies
-    too; in full precision that is a BatchNorm that never saw data, left as it is.
+    no eps of its own that a save would lose or a later load into the same module would keep). The file's own
+    tensors decide, in the precision they were written in: a model already in half precision rounds
+    ``1 - eps'`` to exactly 1 when it is copied in, which says nothing about the file. In a half-precision file
+    ``1 - eps'`` is exactly 1, so a variance of 1 qualifies there; in full precision that is a BatchNorm that
+    never saw data, left as it is.
     """
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
-            var = m.running_var
-            gap = 1.0 - var[0].item()
-            if ((0.0 < gap or (reduced_precision and gap == 0.0)) and gap < 0.01 and torch.all(var == var[0])
-                    and torch.all(m.running_mean == 0) and torch.all(m.weight == 1)):
-                with torch.no_grad():
-                    var.fill_(1.0 - m.eps)
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.BatchNorm2d) or m.running_var is None:
+            continue
+        var, mean, weight = (sd.get(f"{name}.{k}") for k in ("running_var", "running_mean", "weight"))
+        if var is None or mean is None or weight is None or var.numel() == 0:
+            continue
+        reduced_precision = var.dtype in (torch.float16, torch.bfloat16)
+        gap = 1.0 - var[0].item()
+        if ((0.0 < gap or (reduced_precision and gap == 0.0)) and gap < 0.01 and torch.all(var == var[0])
+                and torch.all(mean == 0) and torch.all(weight == 1)):
+            with torch.no_grad():
+                m.running_var.fill_(1.0 - m.eps)
 
 
 def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignore_class_head: bool = False,
@@ -289,7 +320,7 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
         last = str(e).strip().splitlines()[-1].strip()
         raise CheckpointError(f"{name} does not load into {model.spec.name if model.spec else 'the model'}: "
                               f"{last}") from None
-    _keep_identity_batchnorms(model, any(v.dtype in (torch.float16, torch.bfloat16) for v in sd.values()))
+    _keep_identity_batchnorms(model, sd)
     if not ignore_class_head:
         for what, value in (("class_names", ckpt.class_names), ("category_ids", ckpt.category_ids)):
             if not value:
@@ -331,6 +362,8 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
             raise CheckpointError(f"{path} records its model as {name} but holds {found} weights; pass "
                                   f"--model {found} (model={found!r})") from None
         raise
+    if class_names is not None:  # the caller's names, over those the checkpoint records
+        net.class_names = tuple(class_names)
     return net.eval()
 
 
