@@ -489,3 +489,9 @@ def test_records_written_without_a_crc_still_load(tmp_path):
     finally:
         set_crc(True)
     assert load_model(tmp_path / "nocrc.pth").num_classes == 2
+
+
+def test_a_fused_model_takes_no_checkpoint(tmp_path):
+    path = save_checkpoint(build_model("yolox-nano", 2), tmp_path / "n.pth")
+    with pytest.raises(InputError, match="this model is fused .*load the checkpoint before fusing it"):
+        load_checkpoint(build_model("yolox-nano", 2).eval().fuse(), path)

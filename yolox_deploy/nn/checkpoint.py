@@ -297,6 +297,9 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
     fine-tuning on another label set; those layers keep their initialisation. Raises
     :class:`CheckpointError` naming what differs (variant, class count, keys).
     """
+    if model.is_fused:
+        raise InputError("this model is fused (BatchNorms folded into convolutions, as fuse() and deploy_model() "
+                         "make it for inference); load the checkpoint before fusing it")
     ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path, model.spec.name if model.spec else None)
     own = model.state_dict()
     # a counter of BatchNorm updates for a layer the model does not have carries no weight (the shape check
