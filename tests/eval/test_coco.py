@@ -8,7 +8,8 @@ import pytest
 from tests.conftest import REFERENCE_AP, REFERENCE_AP50
 from yolox_deploy import Detector
 from yolox_deploy.errors import InputError
-from yolox_deploy.eval.coco import AUTHORS_PROTOCOL, category_mapping, evaluate, open_coco, open_scorable
+from yolox_deploy.eval import AUTHORS_PROTOCOL, evaluate, open_coco  # the package's public names
+from yolox_deploy.eval.coco import category_mapping, open_scorable
 
 
 @pytest.fixture(scope="module")

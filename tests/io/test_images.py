@@ -293,3 +293,8 @@ def test_a_video_without_a_video_suffix_is_said_to_be_one(tmp_path):
     (tmp_path / "notes").write_text("not an image")  # neither: the image message
     with pytest.raises(InputError, match="not a readable image"):
         list(iter_source(tmp_path / "notes"))
+
+
+def test_an_address_is_not_taken_for_a_missing_file():
+    with pytest.raises(InputError, match=r"^https://example.com/bus.jpg: images are read from files, not fetched"):
+        read_image("https://example.com/bus.jpg")

@@ -69,6 +69,9 @@ def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as BGR uint8 ``[H, W, 3]``; raises :class:`InputError` when it cannot."""
+    if "://" in os.fspath(path):  # Path() would fold the address into a missing file's name
+        raise InputError(f"{os.fspath(path)}: images are read from files, not fetched from addresses; download it "
+                         "and give its path")
     p = Path(path)
     if not p.exists():
         gone = f" (a link to {os.readlink(p)}, which does not exist)" if p.is_symlink() else ""
