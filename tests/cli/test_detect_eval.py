@@ -621,3 +621,38 @@ def test_a_rerun_without_pictures_removes_its_own_earlier_pictures(tmp_path, nan
     shutil.copy(dog_jpg, other)
     assert detect_main([str(nano_pth), "--source", str(other), "--output", str(out), "--no-images"]) == 0
     assert (out / "mine.jpg").read_bytes() == b"a picture of mine"
+
+
+def test_a_stream_address_is_read_as_a_live_video(tmp_path, nano_pth, dog_jpg, capsys):
+    """An IP camera or a video on a server (here: a local HTTP server): read through OpenCV's FFmpeg, results
+    named after its host and path, the password of the address kept out of names, records and messages."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    _video(served / "clip.avi", cv2.resize(cv2.imread(str(dog_jpg)), (192, 144)), 3, 10)
+    handler = functools.partial(type("Quiet", (http.server.SimpleHTTPRequestHandler,),
+                                     {"log_message": lambda *a: None}), directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        out = tmp_path / "out"
+        url = f"http://viewer:secret@127.0.0.1:{port}/clip.avi"
+        assert detect_main([str(nano_pth), "--source", url, "--output", str(out)]) == 0
+        stem = f"127.0.0.1_{port}_clip.avi"
+        assert _results(out) == [f"{stem}.json", f"{stem}.mp4"]
+        data = json.loads((out / f"{stem}.json").read_text())
+        assert data["source"] == f"http://viewer:***@127.0.0.1:{port}/clip.avi" and len(data["frames"]) == 3
+        assert "dog" in {d["name"] for d in data["frames"][0]["detections"]}
+        capsys.readouterr()
+        rc = detect_main([str(nano_pth), "--source", f"http://viewer:secret@127.0.0.1:{port}/gone.avi",
+                          "--output", str(tmp_path / "none")])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"cannot open stream http://viewer:***@127.0.0.1:{port}/gone.avi" in err
+        assert "secret" not in err and not (tmp_path / "none").exists()
+    finally:
+        server.shutdown()
+        server.server_close()

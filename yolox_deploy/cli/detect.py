@@ -16,7 +16,17 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..io.images import Frame, camera_index, frame_names, is_video, iter_source, list_images
+from ..io.images import (
+    Frame,
+    camera_index,
+    frame_names,
+    is_video,
+    iter_source,
+    list_images,
+    shown_url,
+    stream_stem,
+    stream_url,
+)
 from ..runtimes.detector import DEFAULT_MAX_DET, Detector
 from ..utils.files import REPLACEABLE_NAME_MAX, json_text, move_into, staging_folder, write_text_atomic
 from ..utils.signals import StopRequest, deferred, stop_between_steps
@@ -31,7 +41,8 @@ JPEG_MAX_SIDE = 65500  # the longest side a JPEG can hold (libjpeg's JPEG_MAX_DI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="yolox-detect", description=__doc__)
     add_model_args(p)
-    p.add_argument("--source", required=True, help="image file, folder of images, video file or camera index")
+    p.add_argument("--source", required=True, help="image file, folder of images, video file, camera index or "
+                   "stream address (rtsp://, http://...)")
     p.add_argument("--conf", type=float, help="score threshold (obj x class), default 0.25 (with NMS in the graph: "
                    "the graph's, which this can only raise)")
     p.add_argument("--nms", type=float, help="NMS IoU threshold, default 0.45 (with NMS in the graph: the graph's)")
@@ -175,10 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = output_folder(args.output)
     src = str(args.source)
-    camera = camera_index(src)
-    live = camera is not None  # a camera: it never ends by itself, Ctrl-C is how a user stops it
+    camera, url = camera_index(src), stream_url(src)
+    live = camera is not None or url is not None  # a camera or stream: Ctrl-C is how a user stops it
     video_source = is_video(src)
-    stem = f"camera{camera}" if live else Path(src).stem
+    stem = f"camera{camera}" if camera is not None else stream_stem(url) if url is not None else Path(src).stem
     _refuse_writing_over_source(src, out)
     earlier = _check_outputs(out, _result_names(src, stem, args.no_images))
     rows = []
@@ -193,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if live else contextlib.nullcontext(StopRequest()))
         try:
             with stopping as stop:
-                for chunk in det.iter_batches(iter_source(camera if live else src)):
+                for chunk in det.iter_batches(iter_source(src if camera is None else camera)):
                     t0 = time.perf_counter()
                     results = det.run_batch([frame.image for frame in chunk])
                     ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
@@ -219,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if video is not None:
                 video.close()
         if video_source:
-            (stage / f"{stem}.json").write_text(json_text({"source": src, "frames": frames}, indent=1))
+            (stage / f"{stem}.json").write_text(json_text({"source": shown_url(src), "frames": frames}, indent=1))
         with deferred():  # a Ctrl-C now lets the results finish moving and be recorded as this run's
             written = {p.name for p in move_into(sorted(stage.iterdir()), out)}
             # a picture or video of an earlier run beside a new JSON (--no-images) would not show its detections

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Iterator
@@ -199,15 +200,41 @@ def _refuse_pipe(p: Path) -> None:
 
 
 def open_video(source: str | int) -> cv2.VideoCapture:
-    """Open a video file or camera index; raises :class:`InputError` if it cannot be opened."""
+    """Open a video file, camera index or stream address; raises :class:`InputError` if it cannot be opened."""
     if isinstance(source, int):
         camera_index(source)  # refuses a negative index, on which OpenCV may crash the process
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
-        what = (f"camera {source}" if isinstance(source, int)
-                else f"video {source} (a damaged or truncated file, or a format this OpenCV build does not read)")
+        if isinstance(source, int):
+            what = f"camera {source}"
+        elif stream_url(source) is not None:
+            what = (f"stream {shown_url(source)} (unreachable, refused, or a protocol this OpenCV build does not "
+                    "read)")
+        else:
+            what = f"video {source} (a damaged or truncated file, or a format this OpenCV build does not read)"
         raise InputError(f"cannot open {what}")
     return capture
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def stream_url(source: str | os.PathLike | int) -> str | None:
+    """The address a source names when it is one (``rtsp://...``, ``http://...``: an IP camera or a video on a
+    server, read through OpenCV's FFmpeg), else None."""
+    return source if isinstance(source, str) and _URL.match(source) else None
+
+
+def shown_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***`` (for messages and records)."""
+    return re.sub(r"^([^:/]+://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def stream_stem(url: str) -> str:
+    """A file stem for a stream's results: its host and path, credentials left out, other characters as ``_``."""
+    host, _, path = url.split("://", 1)[1].partition("/")
+    rest = f"{host.rpartition('@')[2]}/{path}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", rest).strip("_.")[:100] or "stream"
 
 
 def camera_index(source: str | os.PathLike | int) -> int | None:
@@ -231,7 +258,7 @@ def camera_index(source: str | os.PathLike | int) -> int | None:
 def is_video(source: str | os.PathLike | int) -> bool:
     """Whether :func:`iter_source` reads ``source`` as a video: a camera, or a file with a video suffix (a
     folder named like a video is a folder of images)."""
-    if camera_index(source) is not None:
+    if camera_index(source) is not None or stream_url(source) is not None:
         return True
     p = Path(source)
     return not p.is_dir() and p.suffix.lower() in VIDEO_SUFFIXES
@@ -242,6 +269,10 @@ def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
     camera = check_source(source)
     if camera is not None:
         yield from _iter_video(open_video(camera), f"camera{camera}", f"camera {camera}")
+        return
+    url = stream_url(source)
+    if url is not None:
+        yield from _iter_video(open_video(url), stream_stem(url), f"stream {shown_url(url)}")
         return
     p = Path(source)
     if p.is_dir():
@@ -264,10 +295,10 @@ def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
 
 
 def check_source(source: str | os.PathLike | int) -> int | None:
-    """The camera index ``source`` names, or None for a path, which must exist and not be a pipe or socket:
-    what is refused about a source before any frame is read."""
+    """The camera index ``source`` names, or None for a stream address or a path, which must exist and not be
+    a pipe or socket: what is refused about a source before any frame is read."""
     camera = camera_index(source)
-    if camera is None:
+    if camera is None and stream_url(source) is None:
         p = Path(source)
         if not p.exists():
             raise InputError(f"source not found: {p}")

@@ -351,7 +351,7 @@ class Detector:
             yield chunk
 
     def stream(self, source: str | os.PathLike | int, *, queue_size: int = 2) -> Iterator[StreamResult]:
-        """Detections for every frame of a video file, camera index or folder, in order.
+        """Detections for every frame of a video file, camera index, stream address (``rtsp://``...) or folder, in order.
 
         Three stages overlap: a reader thread decodes and letterboxes the next batch, a worker thread runs
         the backend, and this generator post-processes the previous batch. Closing the generator early (or
