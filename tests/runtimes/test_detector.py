@@ -506,3 +506,17 @@ def test_a_list_of_paths_is_decoded_one_batch_at_a_time(nano_onnx_dynamic, dog_j
     assert len(out) == 5 and held == [2, 4, 5]
     with pytest.raises(InputError, match="image 3: expected a path"):  # kinds are still checked before any work
         det([dog_jpg, dog_jpg, dog_jpg, 7])
+
+
+def test_a_pil_image_is_taken_in_its_rgb_order(det, dog_jpg):
+    """ultralytics and torchvision users hold PIL images: np.asarray of one is RGB, which the Detector would take
+    for BGR; a PIL image itself is converted (gray, palette and alpha modes by Pillow)."""
+    Image = pytest.importorskip("PIL.Image")
+    pil = Image.fromarray(read_image(dog_jpg)[..., ::-1])  # the file's pixels as OpenCV decodes them, in RGB
+    [from_pil, from_rgba] = det([pil, pil.convert("RGBA")])
+    [from_file] = det(dog_jpg)
+    assert from_pil == from_file and from_rgba == from_file
+    with pytest.raises(InputError, match="image 1: image is empty"):
+        det([dog_jpg, Image.new("RGB", (0, 0))])
+    with pytest.raises(InputError, match="image 0: expected a path, a BGR uint8 array or a PIL image, got dict"):
+        det([{}])

@@ -68,6 +68,19 @@ def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
+def is_pil_image(item: object) -> bool:
+    """Whether ``item`` is a PIL (Pillow) image, without importing Pillow."""
+    return type(item).__module__.startswith("PIL.") and callable(getattr(item, "convert", None))
+
+
+def pil_to_bgr(image: object, name: str = "image") -> np.ndarray:
+    """A PIL image (RGB order; gray, palette and alpha modes converted by Pillow) as BGR uint8 ``[H, W, 3]``."""
+    rgb = np.asarray(image.convert("RGB"))  # type: ignore[attr-defined]
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise InputError(f"{name}: image is empty ({image.width}x{image.height} pixels)")  # type: ignore[attr-defined]
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as BGR uint8 ``[H, W, 3]``; raises :class:`InputError` when it cannot."""
     if "://" in os.fspath(path):  # Path() would fold the address into a missing file's name

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ArtefactError, InputError
 from ..hub import resolve_weights
-from ..io.images import ensure_bgr, read_image
+from ..io.images import ensure_bgr, is_pil_image, pil_to_bgr, read_image
 from ..meta import ModelMeta
 from ..ops.decode import num_anchors
 from ..ops.letterbox import letterbox_batch, scale_boxes
@@ -43,25 +43,32 @@ class _DefaultMaxDet(int):
 
 
 DEFAULT_MAX_DET = _DefaultMaxDet(300)  # detections per image, as the authors' evaluation
-ImageLike = Union[str, os.PathLike, np.ndarray]
+ImageLike = Union[str, os.PathLike, np.ndarray, Any]  # Any: a PIL image
 T = TypeVar("T")
 
 
 def _load_one(item: ImageLike, index: int) -> np.ndarray:
-    return ensure_bgr(item, name=f"image {index}") if isinstance(item, np.ndarray) else read_image(item)
+    if isinstance(item, np.ndarray):
+        return ensure_bgr(item, name=f"image {index}")
+    return pil_to_bgr(item, name=f"image {index}") if is_pil_image(item) else read_image(item)
+
+
+def _is_image_like(item: Any) -> bool:
+    return isinstance(item, (str, os.PathLike, np.ndarray)) or is_pil_image(item)
 
 
 def source_items(source: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
-    """A path, an array or an iterable of them -> the list of items, each checked to be a path or an array;
-    nothing is read yet (:func:`load_images` reads them)."""
-    if isinstance(source, (str, os.PathLike, np.ndarray)):
+    """A path, an array, a PIL image or an iterable of them -> the list of items, each checked to be one of
+    those; nothing is read yet (:func:`load_images` reads them)."""
+    if _is_image_like(source):
         return [source]
     if isinstance(source, (bytes, bytearray, memoryview, Mapping)) or not isinstance(source, Iterable):
-        raise InputError(f"expected an image path, a BGR uint8 array or a list of them, got {type(source).__name__}")
+        raise InputError(f"expected an image path, a BGR uint8 array, a PIL image or a list of them, got "
+                         f"{type(source).__name__}")
     items = list(source)
     for i, item in enumerate(items):
-        if not isinstance(item, (str, os.PathLike, np.ndarray)):
-            raise InputError(f"image {i}: expected a path or a BGR uint8 array, got {type(item).__name__}")
+        if not _is_image_like(item):
+            raise InputError(f"image {i}: expected a path, a BGR uint8 array or a PIL image, got {type(item).__name__}")
     return items
 
 
@@ -320,7 +327,8 @@ class Detector:
         return self.postprocess(self.infer(batch), ratios, [np.shape(im)[:2] for im in images])
 
     def __call__(self, source: ImageLike | Sequence[ImageLike]) -> list[Detections]:
-        """Detections for a path, a BGR array, or a list of them (one ``Detections`` per image, in order)."""
+        """Detections for a path, a BGR array, a PIL image, or a list of them (one ``Detections`` per image, in
+        order)."""
         items = source_items(source)
         results: list[Detections] = []
         for start in range(0, len(items), self.batch_size):  # read a batch at a time: memory of one batch
