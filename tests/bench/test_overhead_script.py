@@ -25,3 +25,21 @@ def test_bad_arguments_are_refused_before_any_work(overhead, tmp_path, capsys):
         assert overhead.main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_a_missing_checkpoint_is_refused_before_the_timing(overhead, tmp_path, capsys, monkeypatch):
+    """With --artefact, the 640x640 post-processing heads still come from the Nano checkpoint: its absence was
+    found only after every artefact had been timed, and the timings were lost."""
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.jpg"), np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    monkeypatch.setattr(overhead, "measure", lambda *a, **k: pytest.fail("timed before the checkpoint was checked"))
+    argv = ["--artefact", str(tmp_path / "model.onnx"), "--images", str(images), "--output", str(tmp_path / "out"),
+            "--weights", str(tmp_path / "nope.pth")]
+    assert overhead.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "weights not found" in err and "nope.pth" in err and "Traceback" not in err

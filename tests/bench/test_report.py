@@ -109,3 +109,24 @@ def test_the_plot_marks_the_fp32_ap_of_a_model():
     assert measured_ap([row("int8", 0.2980), row("fp32", 0.3052)]) == {"yolox-nano": (pytest.approx(30.52), "fp32")}
     assert measured_ap([row("int8", 0.2980), row("fp16", 0.3053)]) == {"yolox-nano": (pytest.approx(29.80), "int8")}
     assert measured_ap([row("fp32", None)]) == {}
+
+
+def test_the_plot_title_names_the_gpu_only_when_a_row_ran_on_it(tmp_path, monkeypatch):
+    """A CPU-only run on a host that has a GPU was titled 'measured on <GPU>'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+
+    from yolox_deploy.bench.host import GpuInfo
+
+    titles = []
+    real = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", lambda self, t, **kw: titles.append(t) or real(self, t, **kw))
+    report = make_report()
+    report.host.gpus = [GpuInfo("NVIDIA Test GPU", 16.0)]
+    write_report(report, tmp_path, plot=True)                      # every measured row ran on the CPU
+    assert "NVIDIA Test GPU" not in titles[-1] and report.host.cpu_model in titles[-1]
+    report.rows[0].device = "cuda"
+    write_report(report, tmp_path, plot=True)
+    assert "NVIDIA Test GPU" in titles[-1]

@@ -142,7 +142,8 @@ def plot_speed_accuracy(report: BenchReport, path: str | os.PathLike, *, dpi: in
     right.margins(x=0.25, y=0.15)
 
     host = report.host
-    where = host.gpus[0].name if host.gpus else host.cpu_model
+    on_gpu = any(r.ok and r.device.lower().startswith(("cuda", "tensorrt")) for r in report.rows)
+    where = host.gpus[0].name if host.gpus and on_gpu else host.cpu_model  # the rows' device, not just the host's
     fig.suptitle(f"YOLOX speed/accuracy: published vs measured on {where}", fontsize=11)
     fig.tight_layout()
     dest = Path(path)
