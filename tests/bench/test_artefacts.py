@@ -60,6 +60,17 @@ def test_pick_device():
             pick_device("tensorrt", "cpu")
 
 
+def test_auto_picks_the_gpu_only_for_a_backend_that_runs_there(monkeypatch):
+    """On a GPU host, the CPU-only onnxruntime package was given rows on cuda (then 'not available'): auto
+    asks the backend, as installed, whether it runs there."""
+    ort = pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert pick_device("onnxruntime", "auto") == "cpu"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert pick_device("onnxruntime", "auto") == "cuda"
+
+
 def test_model_source_random_is_deterministic_and_leaves_the_global_rng_alone(tmp_path):
     torch.manual_seed(123)
     before = torch.random.get_rng_state()

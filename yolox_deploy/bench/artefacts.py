@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..errors import BackendUnavailable, InputError
+from ..errors import BackendUnavailable, InputError, YoloxError
 from ..utils.files import file_sha256, remove_entry, write_text_atomic
 from ..zoo import ModelSpec, get_spec
 
@@ -87,9 +87,10 @@ def format_for_backend(backend: str) -> str | None:
 def pick_device(backend: str, requested: str) -> str:
     """The device a row runs on.
 
-    ``auto``: ``cuda`` when torch sees a GPU and the backend runs there, else ``cpu`` when it runs there,
-    else the backend's first device. ``cuda`` for a CPU-only backend (OpenVINO, NCNN) falls back to ``cpu``;
-    ``cpu`` for a GPU-only backend is refused with a reason.
+    ``auto``: ``cuda`` when torch sees a GPU and the backend as installed runs there (ONNX Runtime without its
+    CUDA provider does not), else ``cpu`` when it runs there, else the backend's first device. ``cuda`` for a
+    CPU-only backend (OpenVINO, NCNN) falls back to ``cpu``; ``cpu`` for a GPU-only backend is refused with a
+    reason.
     """
     from ..runtimes import registered_backends
 
@@ -98,7 +99,7 @@ def pick_device(backend: str, requested: str) -> str:
     req = requested.strip().lower()
     kind = req.split(":")[0]
     if req == "auto":
-        if "cuda" in devices and torch.cuda.is_available():
+        if "cuda" in devices and torch.cuda.is_available() and ("cpu" not in devices or _runs_on(cls, "cuda")):
             return "cuda"
         return "cpu" if "cpu" in devices else devices[0]
     if kind in devices:
@@ -106,6 +107,15 @@ def pick_device(backend: str, requested: str) -> str:
     if kind == "cuda" and "cpu" in devices:
         return "cpu"
     raise BackendUnavailable(f"the {backend} backend runs on {', '.join(devices)}, not {requested}")
+
+
+def _runs_on(cls: Any, device: str) -> bool:
+    """Whether the backend as installed here can use ``device`` (its own check, without opening an artefact)."""
+    try:
+        cls.check_device(device)
+    except YoloxError:
+        return False
+    return True
 
 
 # --- weights ---------------------------------------------------------------------------------------------
