@@ -30,4 +30,4 @@ yolox-bench \
   --iters 200 --warmup 20 \
   --output "$OUT" \
   --cache-dir "${CACHE_DIR:-$OUT/../cache}" \
-  "${WEIGHTS_ARGS[@]}" "${EVAL_ARGS[@]}" "$@"
+  ${WEIGHTS_ARGS[@]+"${WEIGHTS_ARGS[@]}"} ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} "$@"  # (bash < 4.4: empty arrays under set -u)

@@ -171,6 +171,6 @@ def test_repeated_names_are_measured_once_and_units_are_named():
     from yolox_deploy.bench.results import BenchRow
 
     header = BenchRow.CSV_FIELDS
-    assert {"ap_pct", "ap50_pct", "paper_ap_pct"} <= set(header) and "ap" not in header
+    assert {"ap_pct", "ap50_pct", "published_ap_pct"} <= set(header) and "ap" not in header
 
 

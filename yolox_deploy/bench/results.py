@@ -141,7 +141,8 @@ class BenchRow:
         "model_mean_ms", "model_p50_ms", "model_p90_ms", "model_p99_ms", "model_fps",
         "full_mean_ms", "full_p50_ms", "full_p90_ms", "full_p99_ms", "full_fps",
         "pre_ms", "infer_ms", "post_ms", "iters", "full_iters", "ap_pct", "ap50_pct",
-        "paper_ap_pct", "paper_params_m", "paper_gflops", "paper_v100_ms", "ratio_v100", "t4_trt_ms", "ratio_t4_trt",
+        "published_ap_pct", "published_params_m", "published_gflops", "published_v100_ms", "ratio_v100", "t4_trt_ms",
+        "ratio_t4_trt",
         "clock", "options", "artefact", "notes",
     )
 
@@ -162,8 +163,8 @@ class BenchRow:
             "post_ms": p.post.mean if p else None, "iters": m.n if m else None,
             "full_iters": p.total.n if p else None,
             "ap_pct": _pct(self.ap), "ap50_pct": _pct(self.ap50),
-            "paper_ap_pct": pub.ap if pub else None, "paper_params_m": pub.params_m if pub else None,
-            "paper_gflops": pub.gflops if pub else None, "paper_v100_ms": pub.v100_ms if pub else None,
+            "published_ap_pct": pub.ap if pub else None, "published_params_m": pub.params_m if pub else None,
+            "published_gflops": pub.gflops if pub else None, "published_v100_ms": pub.v100_ms if pub else None,
             "ratio_v100": self.ratio_v100, "t4_trt_ms": pub.t4_trt_ms if pub else None,
             "ratio_t4_trt": self.ratio_t4, "clock": self.clock,
             "options": ";".join(f"{k}={v}" for k, v in sorted(self.options.items())), "artefact": self.artefact,
