@@ -516,6 +516,7 @@ def test_a_pil_image_is_taken_in_its_rgb_order(det, dog_jpg):
     [from_pil, from_rgba] = det([pil, pil.convert("RGBA")])
     [from_file] = det(dog_jpg)
     assert from_pil == from_file and from_rgba == from_file
+    assert det.class_names[16] == "dog" and "dog" in from_file.names
     with pytest.raises(InputError, match="image 1: image is empty"):
         det([dog_jpg, Image.new("RGB", (0, 0))])
     with pytest.raises(InputError, match="image 0: expected a path, a BGR uint8 array or a PIL image, got dict"):

@@ -303,6 +303,11 @@ class Detector:
         return Path(path).name if isinstance(path, (str, os.PathLike)) else "the model"
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """The model's class names, by class id (from the artefact, or given)."""
+        return self.meta.class_names
+
+    @property
     def category_ids(self) -> tuple[int, ...] | None:
         """The dataset category id of each class: recorded by yolox-train, COCO's for COCO's 80 classes (the
         authors' weights), else None. Detections carry them (``Detections.category_ids``, ``to_coco``)."""
