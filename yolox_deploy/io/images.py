@@ -83,9 +83,9 @@ def pil_to_bgr(image: object, name: str = "image") -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as BGR uint8 ``[H, W, 3]``; raises :class:`InputError` when it cannot."""
-    if "://" in os.fspath(path):  # Path() would fold the address into a missing file's name
-        raise InputError(f"{os.fspath(path)}: images are read from files, not fetched from addresses; download it "
-                         "and give its path")
+    if stream_url(os.fspath(path)) is not None:  # Path() would fold the address into a missing file's name
+        raise InputError(f"{shown_url(os.fspath(path))}: images are read from files, not fetched from addresses; "
+                         "download it and give its path")
     p = Path(path)
     if not p.exists():
         gone = f" (a link to {os.readlink(p)}, which does not exist)" if p.is_symlink() else ""
@@ -269,8 +269,8 @@ def camera_index(source: str | os.PathLike | int) -> int | None:
 
 
 def is_video(source: str | os.PathLike | int) -> bool:
-    """Whether :func:`iter_source` reads ``source`` as a video: a camera, or a file with a video suffix (a
-    folder named like a video is a folder of images)."""
+    """Whether :func:`iter_source` reads ``source`` as a video: a camera, a stream address, or a file with a
+    video suffix (a folder named like a video is a folder of images)."""
     if camera_index(source) is not None or stream_url(source) is not None:
         return True
     p = Path(source)
@@ -278,7 +278,8 @@ def is_video(source: str | os.PathLike | int) -> bool:
 
 
 def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
-    """Frames of an image file, a folder of images, a video file or a camera (:func:`camera_index`)."""
+    """Frames of an image file, a folder of images, a video file, a camera (:func:`camera_index`) or a stream
+    address (:func:`stream_url`)."""
     camera = check_source(source)
     if camera is not None:
         yield from _iter_video(open_video(camera), f"camera{camera}", f"camera {camera}")
