@@ -274,7 +274,8 @@ def test_meta_roundtrip_through_rt_info(tmp_path, tiny_ir):
 
 def test_the_precision_computed_is_said(tmp_path, tiny_random_model, authors_ir):
     """An FP16 IR runs in FP32 on the CPU: its compute precision says so (yolox-bench times no FP16 row then).
-    An f16 hint computes in FP16 only on CPUs with FP16 arithmetic: the compiled model's own answer is said."""
+    An f16 hint computes in FP16 only on CPUs with FP16 arithmetic, in BF16 on those with BF16 but not FP16,
+    else in FP32: the compiled model's own answer is said, and where a plugin does not say, the same."""
     import openvino as ov
 
     from yolox_deploy.export import export
@@ -282,11 +283,27 @@ def test_the_precision_computed_is_said(tmp_path, tiny_random_model, authors_ir)
     half = export(tiny_random_model, "openvino", tmp_path / "half_openvino", img_size=64, half=True, verify=False)
     with open_backend(half.path) as backend:
         assert backend.meta.precision == "fp16" and backend.compute_precision == "fp32"
-    fp16_arithmetic = "FP16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    arithmetic = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    expected = "fp16" if "FP16" in arithmetic else "bf16" if "BF16" in arithmetic else "fp32"
     with open_backend(half.path, inference_precision="f16") as backend:
-        assert backend.compute_precision == ("fp16" if fp16_arithmetic else "fp32")
+        assert backend.compute_precision == expected
     for device in ("AUTO", "MULTI:CPU", "HETERO:CPU"):  # plugins that do not report it: where they run says
         with open_backend(half.path, device=device, inference_precision="f16") as backend:
-            assert backend.compute_precision == ("fp16" if fp16_arithmetic else "fp32"), device
+            assert backend.compute_precision == expected, device
     with open_backend(authors_ir) as backend:
         assert backend.compute_precision == "fp32"
+
+
+def test_an_fp16_ir_on_auto_is_computed_in_fp32_on_the_cpu(tmp_path, tiny_random_model):
+    """AUTO / MULTI / HETERO take no top-level f32 hint for an FP16 IR (GPUs keep f16), but the CPU they run on
+    must not fall to its bf16 default: the outputs equal the CPU's, and the precision said is fp32."""
+    from yolox_deploy.export import export
+
+    half = export(tiny_random_model, "openvino", tmp_path / "half_openvino", img_size=64, half=True, verify=False)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, 64, 64)).astype(np.float32)
+    with open_backend(half.path) as cpu:
+        ref = cpu.infer(x)[0]
+    for device in ("AUTO", "AUTO:CPU", "MULTI:CPU", "HETERO:CPU"):
+        with open_backend(half.path, device=device) as backend:
+            assert np.abs(backend.infer(x)[0] - ref).max() <= 1e-4, device
+            assert backend.compute_precision == "fp32", device
