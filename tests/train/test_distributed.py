@@ -55,3 +55,17 @@ def test_batchnorm_statistics_are_averaged_over_the_processes(tmp_path):
         assert torch.equal(r["mean"], torch.full((4,), 1.0)) and torch.equal(r["var"], torch.full((4,), 3.0))
         assert torch.equal(r["mean1d"], torch.tensor([0.5, -0.5])) and r["tracked"] and r["weight"]
     average_norm_statistics(torch.nn.BatchNorm2d(2), DistInfo())  # a world of one: nothing to join
+
+
+def test_ddp_keeps_each_process_batchnorm_statistics_as_the_authors(monkeypatch):
+    """The authors wrap with DDP(..., broadcast_buffers=False); DDP's default broadcasts rank 0's buffers."""
+    seen = {}
+
+    def fake_ddp(module, **kwargs):
+        seen.update(kwargs)
+        return module
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", fake_ddp)
+    model = build_model("yolox-nano", num_classes=3)
+    wrap_model(model, torch.device("cpu"), DistInfo(rank=0, local_rank=0, world_size=2))
+    assert seen.get("broadcast_buffers") is False

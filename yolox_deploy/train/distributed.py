@@ -103,7 +103,9 @@ def wrap_model(model: nn.Module, device: torch.device, info: DistInfo, sync_bn: 
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # as the authors' trainer: each process keeps its own BatchNorm statistics (averaged before an evaluation by
+    # average_norm_statistics); DDP's default would overwrite them with rank 0's before every forward
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 def average_norm_statistics(model: nn.Module, info: DistInfo) -> None:
