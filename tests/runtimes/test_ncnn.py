@@ -1,5 +1,6 @@
 """NCNN backend: reading and checking param/bin files, metadata, batching, threads, devices, bad artefacts."""
 
+import json
 import shutil
 import threading
 
@@ -252,6 +253,11 @@ def _damage(folder, how):
         weights.write_bytes(bytes(data))
     elif how == "unknown layer":
         param.write_text(param.read_text().replace("\nSwish ", "\nTensor.slice ", 1))
+    elif how == "sidecar of another export":  # a decoding graph's beside a raw head: boxes would be garbage
+        sidecar = folder / "model.ncnn.param.json"
+        meta = json.loads(sidecar.read_text())
+        assert meta["decode_in_graph"] is False
+        sidecar.write_text(json.dumps({**meta, "decode_in_graph": True}))
     elif how == "corrupt metadata":
         (folder / "model.ncnn.param.json").write_text("{not json")
     elif how == "empty folder":
@@ -266,7 +272,8 @@ CASES = {"garbage param": "not an NCNN param file", "truncated param": "truncate
          "bin short, no metadata": "could not load the weights",
          "bin of another export": "belong to another export",
          "bin of another export, same size": "not the .bin exported with model.ncnn.param .its SHA-256 differs",
-         "unknown layer": "Tensor.slice", "corrupt metadata": "model.ncnn.param.json.*not valid JSON",
+         "unknown layer": "Tensor.slice", "sidecar of another export": "its sidecar says the graph decodes its boxes, and the graph does not",
+         "corrupt metadata": "model.ncnn.param.json.*not valid JSON",
          "empty folder": "no model artefact in folder"}
 
 

@@ -278,6 +278,11 @@ class NcnnBackend(Backend):
             raise ArtefactError(f"{weights} is not the .bin exported with {param.name} (its SHA-256 differs): the "
                                 "weights belong to another export of the same size; re-export the model or copy "
                                 "its .bin")
+        if meta is not None and not meta.nms_in_graph and meta.decode_in_graph != graph.decodes():
+            says = "decodes" if meta.decode_in_graph else "does not decode"
+            raise ArtefactError(f"{param}: its sidecar says the graph {says} its boxes, and the graph "
+                                f"{'does not' if meta.decode_in_graph else 'does'}; the sidecar belongs to another "
+                                "export: re-export the model")
         self.net = self._open_net(param, weights, meta)
         self.meta = meta if meta is not None else self._infer_meta(graph)
 
