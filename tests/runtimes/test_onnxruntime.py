@@ -172,9 +172,23 @@ def test_img_size(nano_onnx, tiny_files, tmp_path):
         open_backend(bare)  # no metadata and no size: nothing says what to feed it
     with open_backend(bare, img_size=(96, 64)) as backend:
         assert backend.meta.input_size == (96, 64) and backend.meta.dynamic_hw and backend.meta.batch is None
-        assert backend.meta.num_classes == 3 and not backend.meta.decode_in_graph  # assumed raw without metadata
+        assert backend.meta.num_classes == 3 and backend.meta.decode_in_graph  # the graph's Exp: it decodes
     with pytest.raises(InputError, match="the model has 3 classes, not 80"):
         Detector(path, num_classes=80)
+
+
+def test_a_graph_without_metadata_shows_whether_it_decodes(nano_onnx, tiny_files, tiny_random_model, tmp_path):
+    """The decode's Exp is in the graph or not: decode_in_graph=True on the authors' raw graph gave boxes a
+    few pixels wide in the corner; on a decoding graph without metadata it is found without the option."""
+    with pytest.raises(InputError, match=r"yolox_nano.onnx has a raw output \(its metadata or graph says so\); "
+                                         "decode_in_graph=True"):
+        open_backend(nano_onnx, decode_in_graph=True)
+    bare = _without_metadata(tiny_files["dynamic"][0], tmp_path / "bare.onnx")
+    with pytest.raises(InputError, match="bare.onnx decodes its boxes"):
+        open_backend(bare, img_size=64, decode_in_graph=False)
+    fixed = tmp_path / "fixed.onnx"
+    write_onnx(load_source(tiny_random_model), ExportOptions(img_size=(64, 64), simplify=False), fixed)
+    assert load_source(_without_metadata(fixed, fixed)).meta.decode_in_graph  # an export from it decodes once
 
 
 def test_nms_graph_outputs(tiny_files):
@@ -398,9 +412,9 @@ def test_a_half_precision_graph_gets_a_half_precision_input(tiny_files, tmp_path
     bare = _without_metadata(half, tmp_path / "half_bare.onnx")
     with open_backend(bare, img_size=(64, 96), decode_in_graph=True) as backend:
         assert backend.meta.precision == backend.compute_precision == "fp16"
-    from yolox_deploy.utils.onnxgraph import described_by_weights  # what an export from it records too
+    from yolox_deploy.utils.onnxgraph import described_by_graph  # what an export from it records too
 
-    assert described_by_weights(onnx.load(str(bare)).graph)["precision"] == "fp16"
+    assert described_by_graph(onnx.load(str(bare)).graph)["precision"] == "fp16"
     with open_backend(_without_metadata(path, tmp_path / "bare.onnx"), img_size=(64, 96)) as backend:
         assert backend.meta.precision == "fp32"
     with monkeypatch.context() as m:

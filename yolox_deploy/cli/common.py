@@ -165,7 +165,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="labels for an artefact without them, or in place of its own: comma-separated, or a text file "
                         "with one name per line")
     p.add_argument("--decode-in-graph", action="store_true",
-                   help="the output of an artefact without metadata is decoded (boxes in pixels), not raw")
+                   help="the output of an artefact without metadata is decoded (boxes in pixels), not raw (found "
+                        "from the graph where it can be read)")
 
 
 def class_names_argument(value: str) -> list[str]:

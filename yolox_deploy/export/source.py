@@ -14,7 +14,7 @@ from ..nn.checkpoint import check_weights_argument, load_model
 from ..nn.deploy import model_meta
 from ..nn.yolox import YOLOX
 from ..structures import as_class_names
-from ..utils.onnxgraph import described_by_weights, graph_inputs, tensor_dims
+from ..utils.onnxgraph import described_by_graph, graph_inputs, tensor_dims
 from ..zoo import get_spec
 from .base import ExportSource
 
@@ -44,7 +44,7 @@ def _read_onnx_meta(path: str | os.PathLike) -> tuple[ModelMeta, bool]:
         return stored_meta(props[META_KEY], tensor_dims(inputs[0]), [o.name for o in graph.output], p.name), True
     meta = infer_meta(tensor_dims(inputs[0]), [o.name for o in graph.output], tensor_dims(graph.output[0]), p.name,
                       format="onnx")
-    return meta.with_(**described_by_weights(graph)), False
+    return meta.with_(**described_by_graph(graph)), False
 
 
 def _onnx_model_options(name: str, meta: ModelMeta, model: str | None, num_classes: int | None) -> ModelMeta:

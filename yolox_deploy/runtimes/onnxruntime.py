@@ -37,7 +37,7 @@ from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.arrays import to_numpy
 from ..utils.files import check_readable
-from ..utils.onnxgraph import described_by_weights, graph_inputs, tensor_dims
+from ..utils.onnxgraph import described_by_graph, graph_inputs, tensor_dims
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend, with_input_size
 
@@ -230,9 +230,9 @@ class OnnxRuntimeBackend(Backend):
             meta = meta_from_graph(in_shape, [o.name for o in outs], list(outs[0].shape), path.name, img_size=size,
                                    legacy=bool(opts.get("legacy")), format="onnx",
                                    decode_in_graph=bool(opts.get("decode_in_graph")))
-            graph = read_graph()  # the variant and precision, which the file does not record, from its weights
+            graph = read_graph()  # its variant, precision and decoding, which the file does not record
             if graph is not None:
-                meta = meta.with_(**described_by_weights(graph.graph))
+                meta = meta.with_(**described_by_graph(graph.graph))
             elif inp[0].type == "tensor(float16)":
                 meta = meta.with_(precision="fp16")
         meta = with_input_size(meta, size, path.name)

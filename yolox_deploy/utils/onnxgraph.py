@@ -30,12 +30,14 @@ def float_weight_count(graph: Any, types: tuple[int, ...] = FLOAT_TYPES) -> int:
     return sum(math.prod(t.dims) for t in graph.initializer if t.data_type in types)
 
 
-def described_by_weights(graph: Any) -> dict[str, Any]:
-    """What the weights of a graph without metadata say about it, as :class:`~yolox_deploy.meta.ModelMeta`
-    fields: the variant (by parameter count, :func:`~yolox_deploy.zoo.variant_by_params`) and the precision."""
+def described_by_graph(graph: Any) -> dict[str, Any]:
+    """What a graph without metadata says about itself, as :class:`~yolox_deploy.meta.ModelMeta` fields: the
+    variant (by parameter count, :func:`~yolox_deploy.zoo.variant_by_params`), the precision (of its weights)
+    and whether it decodes its boxes (the decode's ``Exp`` of the sizes: a raw YOLOX head has none)."""
     from ..zoo import variant_by_params
 
-    return {"model": variant_by_params(float_weight_count(graph)), "precision": weights_precision(graph)}
+    return {"model": variant_by_params(float_weight_count(graph)), "precision": weights_precision(graph),
+            "decode_in_graph": any(node.op_type == "Exp" for node in graph.node)}
 
 
 def weights_precision(graph: Any) -> str:
