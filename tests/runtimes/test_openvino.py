@@ -95,6 +95,17 @@ def test_dynamic_size_without_metadata_needs_img_size(tiny_ir):
         np.testing.assert_allclose(det.infer(x)[0], tiny_ir["source"].model.head_output(x, decode=False), atol=1e-3)
 
 
+def test_an_ir_without_metadata_shows_whether_it_decodes(tiny_ir, tmp_path):
+    """The decode's Exp is among the IR's ops or not: a decoding IR from elsewhere is taken as one, and
+    decode_in_graph=True on a raw one is refused (its boxes would be logits read as pixels)."""
+    with pytest.raises(InputError, match="bare.xml has a raw output"):
+        open_backend(tiny_ir["bare"], img_size=(64, 96), decode_in_graph=True)
+    decoding = tmp_path / "decoding.xml"
+    ov.save_model(convert_torch(tiny_ir["source"].model, tiny_ir["meta"]), str(decoding), compress_to_fp16=False)
+    with open_backend(decoding, img_size=(64, 96)) as backend:
+        assert backend.meta.decode_in_graph
+
+
 # --- devices and options --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("given, want", [("cpu", "CPU"), ("CPU", "CPU"), ("gpu", "GPU"), ("GPU.1", "GPU.1"),
                                          ("npu", "NPU"), ("auto", "AUTO"), ("auto:gpu,cpu", "AUTO:GPU,CPU")])

@@ -23,7 +23,8 @@ and results never mix. The input batch is shared with OpenVINO without a copy; o
 the request before it goes back to the pool.
 
 Metadata comes from the IR's ``rt_info`` (``META_KEY``); an IR without it (converted from the authors' ONNX
-elsewhere) is described from its input/output shapes (:func:`~yolox_deploy.meta.infer_meta`).
+elsewhere) is described from its input/output shapes (:func:`~yolox_deploy.meta.infer_meta`) and its ops (the
+decode's ``Exp``: whether it decodes its boxes).
 An NPU needs static shapes: a dynamic IR opened on an NPU is fixed to its metadata's size and batch 1.
 """
 
@@ -114,11 +115,10 @@ def _name(port: Any, index: int) -> str:
     return sorted(names)[0] if names else f"output{index}"
 
 
-def read_ov_meta(model: Any, xml: Path, img_size: Any = None, legacy: bool = False,
-                 decode_in_graph: bool = False) -> ModelMeta:
-    """The metadata of a read ``ov.Model``: ours from ``rt_info``, else inferred from its shapes (``legacy``:
-    the RGB / 255 / ImageNet input contract, ``decode_in_graph``: a decoded output, which an IR without our
-    metadata cannot say)."""
+def read_ov_meta(model: Any, xml: Path, img_size: Any = None, legacy: bool = False) -> ModelMeta:
+    """The metadata of a read ``ov.Model``: ours from ``rt_info``, else inferred from its shapes and ops
+    (``legacy``: the RGB / 255 / ImageNet input contract; a graph decodes its boxes when it holds the decode's
+    ``Exp``)."""
     if len(model.inputs) != 1:
         raise ArtefactError(f"{xml.name}: expected one image input, found {len(model.inputs)}")
     in_dims = _dims(model.inputs[0].get_partial_shape())
@@ -127,7 +127,8 @@ def read_ov_meta(model: Any, xml: Path, img_size: Any = None, legacy: bool = Fal
         return stored_meta(model.get_rt_info(META_KEY).astype(str), in_dims, names, xml.name)
     out_dims = _dims(model.outputs[0].get_partial_shape())
     return meta_from_graph(in_dims, names, out_dims, xml.name, img_size=parse_img_size(img_size) if img_size else None,
-                           legacy=legacy, format="openvino", decode_in_graph=decode_in_graph)
+                           legacy=legacy, format="openvino",
+                           decode_in_graph=any(op.get_type_name() == "Exp" for op in model.get_ops()))
 
 
 @register_backend("openvino", suffixes=(".xml",), package="openvino", extra="openvino",
@@ -148,8 +149,7 @@ class OpenVINOBackend(Backend):
             model = core.read_model(str(self.xml))
         except Exception as e:  # OpenVINO raises RuntimeError for unparsable XML, bad offsets, ...
             raise ArtefactError(f"{self.xml} is not a readable OpenVINO IR ({_first_line(e)}); re-export it") from None
-        meta = read_ov_meta(model, self.xml, opts.get("img_size"), bool(opts.get("legacy")),
-                            bool(opts.get("decode_in_graph")))
+        meta = read_ov_meta(model, self.xml, opts.get("img_size"), bool(opts.get("legacy")))
         if self._device.startswith("NPU") and model.inputs[0].get_partial_shape().is_dynamic:
             meta = meta.with_(batch=meta.batch or 1, dynamic_hw=False)
             model.reshape({model.inputs[0]: [meta.batch, 3, *meta.input_size]})
