@@ -141,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.warmup < 0:
         raise InputError(f"--rounds must be >= 1 and --warmup >= 0 (got {args.rounds}, {args.warmup})")
     output_folder(args.output)  # before minutes of timing, not after
-    weights = Path(args.weights)
+    weights, released = Path(args.weights), ASSETS / "weights" / "yolox_nano.onnx"
     if not weights.is_file():  # needed for the 640x640 heads even with --artefact: say so before the timing
         raise InputError(f"weights not found: {weights} (the YOLOX-Nano checkpoint; give --weights)")
+    if not args.artefact and not released.is_file():
+        raise InputError(f"the authors' released ONNX {released} is not there; give the artefacts (--artefact)")
 
     from yolox_deploy.bench.host import collect_host_info
     from yolox_deploy.export import export
@@ -160,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if not artefacts:
         ours = Path(tmp.name) / "yolox_nano.onnx"
         export(weights, "onnx", ours, model="yolox-nano")
-        artefacts = [ours, weights.with_suffix(".onnx")]
-        labels = {ours: f"{ours.name} (exported from {weights.name})", artefacts[1]: f"{artefacts[1].name} (released)"}
+        artefacts = [ours, released]
+        labels = {ours: f"{ours.name} (exported from {weights.name})", released: f"{released.name} (released)"}
     rows = [{"label": labels[a], **measure(a, images, args.rounds, args.warmup)} for a in artefacts]
     at_640 = Path(tmp.name) / "yolox_nano_640.onnx"
     export(weights, "onnx", at_640, model="yolox-nano", img_size=640)

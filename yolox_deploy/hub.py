@@ -110,7 +110,7 @@ def fetch_weights(model: str, *, root: str | os.PathLike | None = None, url: str
         remove_empty_folders(created)
         raise InputError(f"cannot create the weights cache {folder}: {e.strerror or e}") from None
     try:
-        with folder_lock(folder, waiting=f"waiting for another process fetching {spec.weights_file} into {folder}"):
+        with folder_lock(folder, waiting=f"waiting for another process fetching weights into {folder}"):
             if dest.is_file():  # fetched by that process meanwhile
                 return dest
             log.info("fetching %s from %s into %s", spec.weights_file, source, folder)

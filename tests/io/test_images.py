@@ -298,3 +298,15 @@ def test_a_video_without_a_video_suffix_is_said_to_be_one(tmp_path):
 def test_an_address_is_not_taken_for_a_missing_file():
     with pytest.raises(InputError, match=r"^https://example.com/bus.jpg: images are read from files, not fetched"):
         read_image("https://example.com/bus.jpg")
+
+
+def test_an_address_keeps_its_secrets_out_of_names_and_messages():
+    from yolox_deploy.io.images import check_source, shown_url, stream_stem
+
+    assert shown_url("rtsp://admin:p@ss@10.0.0.5/live") == "rtsp://admin:***@10.0.0.5/live"  # FFmpeg's last @
+    assert shown_url("http://cam.local/video.cgi?user=admin&pwd=secret&x=1") == \
+        "http://cam.local/video.cgi?user=admin&pwd=***&x=1"
+    assert shown_url("rtsp://cam/live?token=abc") == "rtsp://cam/live?token=***"
+    assert stream_stem("http://u:pw@cam.local:8080/video.cgi?pwd=secret") == "cam.local_8080_video.cgi"
+    with pytest.raises(InputError, match="images are read from files, not fetched"):  # an image, not a stream
+        check_source("http://u:pw@cam.local/snapshot.jpg?pwd=secret")

@@ -15,7 +15,7 @@ import pytest
 from yolox_deploy import Detector
 from yolox_deploy.data.coco import COCO_CATEGORY_IDS
 from yolox_deploy.errors import ArtefactError, InputError
-from yolox_deploy.io.images import list_images, read_image
+from yolox_deploy.io.images import ensure_bgr, list_images, pil_to_bgr, read_image
 
 
 @pytest.fixture(scope="module")
@@ -477,8 +477,9 @@ def test_settings_changed_after_construction_are_checked_as_the_constructor_chec
     """conf / nms / max_det / class_agnostic / batch_size are public attributes: a value the constructor refuses is
     refused when set too (a text conf reached numpy, a negative one kept every anchor, batch_size 0 reached range())."""
     det = Detector(nano_onnx_dynamic)
-    for name, value in (("conf", "0.5"), ("conf", -1), ("conf", 5), ("conf", float("nan")), ("nms", 2),
-                        ("max_det", 0), ("class_agnostic", "yes"), ("batch_size", 0)):
+    for name, value in (("conf", "0.5"), ("conf", -1), ("conf", 5), ("conf", float("nan")), ("conf", None),
+                        ("nms", 2), ("nms", None), ("max_det", 0), ("class_agnostic", "yes"), ("clip", "no"),
+                        ("batch_size", 0)):
         with pytest.raises(InputError):
             setattr(det, name, value)
     det.conf, det.max_det = 0.5, 2
@@ -506,6 +507,10 @@ def test_a_list_of_paths_is_decoded_one_batch_at_a_time(nano_onnx_dynamic, dog_j
     assert len(out) == 5 and held == [2, 4, 5]
     with pytest.raises(InputError, match="image 3: expected a path"):  # kinds are still checked before any work
         det([dog_jpg, dog_jpg, dog_jpg, 7])
+    held.clear()
+    with pytest.raises(InputError, match="image not found: .*missing.jpg"):  # and paths: no batch ran
+        det([dog_jpg, dog_jpg, dog_jpg, "missing.jpg"])
+    assert held == []
 
 
 def test_a_pil_image_is_taken_in_its_rgb_order(det, dog_jpg):
@@ -519,5 +524,9 @@ def test_a_pil_image_is_taken_in_its_rgb_order(det, dog_jpg):
     assert det.class_names[16] == "dog" and "dog" in from_file.names
     with pytest.raises(InputError, match="image 1: image is empty"):
         det([dog_jpg, Image.new("RGB", (0, 0))])
+    deep = np.arange(0, 4096, 16, np.uint16).reshape(16, 16)  # 16-bit and float gray: scaled, not clipped by Pillow
+    np.testing.assert_array_equal(pil_to_bgr(Image.fromarray(deep)), ensure_bgr(deep))
+    unit = np.full((8, 8), 0.5, np.float32)
+    np.testing.assert_array_equal(pil_to_bgr(Image.fromarray(unit)), ensure_bgr(unit))
     with pytest.raises(InputError, match="image 0: expected a path, a BGR uint8 array or a PIL image, got dict"):
         det([{}])

@@ -195,8 +195,8 @@ def test_without_metadata_a_decoding_graph_is_taken_as_one(tmp_path, tiny_random
         assert b.meta.decode_in_graph
         [da], [db] = a(image), b(image)
         np.testing.assert_allclose(db.xyxy, da.xyxy, atol=1e-3)
-    with NcnnBackend(bare, img_size=SIZE, decode_in_graph=False) as c:  # said otherwise: as it is told
-        assert not c.meta.decode_in_graph
+    with pytest.raises(InputError, match="bare_ncnn decodes its boxes"):  # said otherwise: refused, as ONNX
+        NcnnBackend(bare, img_size=SIZE, decode_in_graph=False)
 
 
 def test_options_and_devices(tiny):

@@ -607,6 +607,14 @@ def sidecar_meta(meta: ModelMeta, env: Mapping[str, Any], *, input_name: str, pr
     return meta.with_(extra={**meta.extra, RECORD_KEY: record})
 
 
+def tensorrt_here(device: str) -> tuple[Any, int, dict[str, Any]]:
+    """``(tensorrt module, GPU index, environment)`` for a build on ``device``; :class:`BackendUnavailable` when
+    TensorRT or that GPU is missing."""
+    trt = import_tensorrt()
+    index = cuda_index(device) or 0
+    return trt, index, current_environment(trt.__version__, index)
+
+
 def write_tensorrt_onnx(source: ExportSource, options: ExportOptions, path: Path) -> ModelMeta:
     """The ONNX handed to TensorRT: FP32 (the builder lowers precision), in-graph NMS as ``EfficientNMS_TRT``."""
     from .onnx import write_onnx
@@ -633,8 +641,7 @@ class TensorRTExporter(Exporter):
         if not options.int8:
             return
         try:
-            trt = import_tensorrt()
-            current_environment(trt.__version__, cuda_index(options.device) or 0)
+            tensorrt_here(options.device)
             DeviceBuffer.available_kind()
         except BackendUnavailable as e:
             raise BackendUnavailable(f"{e}; {INT8_NEEDS_TENSORRT}") from None
@@ -656,8 +663,7 @@ class TensorRTExporter(Exporter):
         if taken is None:
             return
         try:
-            trt = import_tensorrt()
-            current_environment(trt.__version__, cuda_index(self.options.device) or 0)
+            tensorrt_here(self.options.device)
         except BackendUnavailable as e:
             raise BackendUnavailable(f"{e}; {taken}, where the ONNX step for trtexec would be kept, so no step "
                                      "was made (give --output another name to keep it beside the engine)") from None
@@ -681,9 +687,7 @@ class TensorRTExporter(Exporter):
             input_name, dims = onnx_input(onnx_path)
             profile = profile_for(dims, opts)
             try:
-                trt = import_tensorrt()
-                index = cuda_index(opts.device) or 0
-                env = current_environment(trt.__version__, index)
+                trt, index, env = tensorrt_here(opts.device)
                 return self._build(trt, env, index, source, meta, onnx_path, profile, dest)
             except BackendUnavailable as e:
                 raise BackendUnavailable(self._unavailable(str(e), source, onnx_path, input_name, dims,

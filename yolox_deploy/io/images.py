@@ -11,10 +11,12 @@ import logging
 import os
 import re
 import stat
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -41,8 +43,10 @@ def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
     """Validate an image array and convert it to BGR uint8 ``[H, W, 3]``.
 
     Accepts ``[H, W]`` gray, ``[H, W, 1]``, ``[H, W, 3]`` BGR, ``[H, W, 4]`` BGRA; uint8, uint16 (scaled to 8
-    bits from the smallest bit depth that holds its largest value: a 10- or 12-bit sensor frame keeps its
-    brightness, an 8-bit image cast is taken as it is) or float in [0, 1]
+    bits from the smallest bit depth, 8 to 16, that holds its largest value: a 10- or 12-bit sensor frame whose
+    brightest pixel uses its top bit keeps its brightness, an 8-bit image cast is taken as it is; the depth is
+    judged per image, so a dark frame is brightened by a power of two: give 8-bit frames where the exposure
+    must be kept) or float in [0, 1]
     (values below ``FLOAT_UNIT_LIMIT``: the overshoot of a cubic or Lanczos resize stays in range) or 0-255,
     rounded and clipped. Raises :class:`InputError` for empty or otherwise unusable arrays.
     """
@@ -69,20 +73,29 @@ def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def is_pil_image(item: object) -> bool:
-    """Whether ``item`` is a PIL (Pillow) image, without importing Pillow."""
-    return type(item).__module__.startswith("PIL.") and callable(getattr(item, "convert", None))
+    """Whether ``item`` is a PIL (Pillow) image (plugins' image classes included), without importing Pillow:
+    one exists only once Pillow is loaded."""
+    module = sys.modules.get("PIL.Image")
+    return module is not None and isinstance(item, module.Image)
 
 
-def pil_to_bgr(image: object, name: str = "image") -> np.ndarray:
-    """A PIL image (RGB order; gray, palette and alpha modes converted by Pillow) as BGR uint8 ``[H, W, 3]``."""
-    rgb = np.asarray(image.convert("RGB"))  # type: ignore[attr-defined]
-    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise InputError(f"{name}: image is empty ({image.width}x{image.height} pixels)")  # type: ignore[attr-defined]
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+def pil_to_bgr(image: Any, name: str = "image") -> np.ndarray:
+    """A PIL image as BGR uint8 ``[H, W, 3]``: 8-bit modes (RGB order; gray, palette and alpha) converted by
+    Pillow; 16-bit, 32-bit integer and float gray modes scaled as :func:`ensure_bgr` scales their arrays
+    (Pillow's own conversion clips them)."""
+    if image.width == 0 or image.height == 0:
+        raise InputError(f"{name}: image is empty ({image.width}x{image.height} pixels)")
+    if image.mode.startswith("I") or image.mode == "F":
+        gray = np.asarray(image)
+        if gray.dtype.kind in "iu":
+            gray = np.clip(gray, 0, 65535).astype(np.uint16)
+        return ensure_bgr(gray, name=name)
+    return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as BGR uint8 ``[H, W, 3]``; raises :class:`InputError` when it cannot."""
+def check_image_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it names a readable image file; :class:`InputError` for an address, a missing
+    file, a folder, a pipe or an empty file (what can be known without reading it)."""
     if stream_url(os.fspath(path)) is not None:  # Path() would fold the address into a missing file's name
         raise InputError(f"{shown_url(os.fspath(path))}: images are read from files, not fetched from addresses; "
                          "download it and give its path")
@@ -95,6 +108,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     _refuse_pipe(p)
     if p.stat().st_size == 0:
         raise InputError(f"{p} is empty (0 bytes)")
+    return p
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as BGR uint8 ``[H, W, 3]``; raises :class:`InputError` when it cannot."""
+    p = check_image_path(path)
     try:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as e:  # permissions, an unreadable medium
@@ -238,14 +257,28 @@ def stream_url(source: str | os.PathLike | int) -> str | None:
     return source if isinstance(source, str) and _URL.match(source) else None
 
 
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:[^=&;#]*(?:pass|pwd|token|key|secret|auth|sig)[^=&;#]*)=)[^&;#]*")
+
+
 def shown_url(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part replaced by ``***`` (for messages and records)."""
-    return re.sub(r"^([^:/]+://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """``url`` with its secrets replaced by ``***`` (for messages and records): the password of its
+    ``user:password@`` part (up to the last ``@`` before the path, as FFmpeg reads it) and the values of query
+    fields named like one (``pwd=``, ``password=``, ``token=``, ``key=``...)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    user, at, host = authority.rpartition("@")
+    if at and ":" in user:
+        authority = f"{user.split(':', 1)[0]}:***@{host}"
+    return _SECRET_QUERY.sub(r"\1***", f"{scheme}://{authority}{slash}{tail}")
 
 
 def stream_stem(url: str) -> str:
-    """A file stem for a stream's results: its host and path, credentials left out, other characters as ``_``."""
+    """A file stem for a stream's results: its host and path (no credentials, no query), other characters as
+    ``_``."""
     host, _, path = url.split("://", 1)[1].partition("/")
+    path = re.split(r"[?#]", path, maxsplit=1)[0]
     rest = f"{host.rpartition('@')[2]}/{path}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", rest).strip("_.")[:100] or "stream"
 
@@ -312,7 +345,10 @@ def check_source(source: str | os.PathLike | int) -> int | None:
     """The camera index ``source`` names, or None for a stream address or a path, which must exist and not be
     a pipe or socket: what is refused about a source before any frame is read."""
     camera = camera_index(source)
-    if camera is None and stream_url(source) is None:
+    url = stream_url(source)
+    if url is not None and Path(re.split(r"[?#]", url, maxsplit=1)[0]).suffix.lower() in IMAGE_SUFFIXES:
+        check_image_path(url)  # an image on a server: refused as the Detector refuses it
+    if camera is None and url is None:
         p = Path(source)
         if not p.exists():
             raise InputError(f"source not found: {p}")

@@ -26,6 +26,7 @@ from torch import nn
 from ..data.coco import category_ids_problem
 from ..errors import CheckpointError, InputError, WriteError
 from ..hub import resolve_weights
+from ..structures import as_class_names
 from ..utils.files import atomic_write, check_readable
 from ..utils.sizes import parse_img_size
 from ..utils.values import is_integer
@@ -346,6 +347,7 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
     """
     if num_classes is not None and not (is_integer(num_classes) and num_classes >= 1):
         raise InputError(f"the number of classes must be an integer >= 1, got {num_classes!r}")
+    class_names = as_class_names(class_names)
     ckpt = read_checkpoint(path, model)
     name = canonical_name(model) if model else _recorded_variant(ckpt)
     if name is None:
@@ -366,7 +368,7 @@ def load_model(path: str | os.PathLike, model: str | None = None, *, num_classes
                                   f"--model {found} (model={found!r})") from None
         raise
     if class_names is not None:  # the caller's names, over those the checkpoint records
-        net.class_names = tuple(class_names)
+        net.class_names = class_names
     return net.eval()
 
 

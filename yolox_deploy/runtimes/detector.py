@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ArtefactError, InputError
 from ..hub import resolve_weights
-from ..io.images import ensure_bgr, is_pil_image, pil_to_bgr, read_image
+from ..io.images import check_image_path, ensure_bgr, is_pil_image, pil_to_bgr, read_image
 from ..meta import ModelMeta
 from ..ops.decode import num_anchors
 from ..ops.letterbox import letterbox_batch, scale_boxes
@@ -59,16 +59,20 @@ def _is_image_like(item: Any) -> bool:
 
 def source_items(source: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
     """A path, an array, a PIL image or an iterable of them -> the list of items, each checked to be one of
-    those; nothing is read yet (:func:`load_images` reads them)."""
+    those, and paths to name image files (:func:`check_image_path`); nothing is read yet
+    (:func:`load_images` reads them)."""
     if _is_image_like(source):
-        return [source]
-    if isinstance(source, (bytes, bytearray, memoryview, Mapping)) or not isinstance(source, Iterable):
+        items = [source]
+    elif isinstance(source, (bytes, bytearray, memoryview, Mapping)) or not isinstance(source, Iterable):
         raise InputError(f"expected an image path, a BGR uint8 array, a PIL image or a list of them, got "
                          f"{type(source).__name__}")
-    items = list(source)
+    else:
+        items = list(source)
     for i, item in enumerate(items):
         if not _is_image_like(item):
             raise InputError(f"image {i}: expected a path, a BGR uint8 array or a PIL image, got {type(item).__name__}")
+        if isinstance(item, (str, os.PathLike)):
+            check_image_path(item)  # a missing file late in a list, before the batches ahead of it run
     return items
 
 
@@ -115,7 +119,8 @@ class Detector:
     authors' COCO protocol does not), ``batch_size`` (for dynamic-batch artefacts; fixed-batch ones get
     padded batches), ``img_size`` (dynamic-size artefacts; must match a fixed one), ``class_names`` /
     ``num_classes`` for artefacts without labels, and backend options (``half``, ``legacy``, ``threads``...).
-    ``conf``, ``nms``, ``class_agnostic``, ``max_det`` and ``batch_size`` may also be set later, checked as here.
+    ``conf``, ``nms``, ``class_agnostic``, ``max_det``, ``clip`` and ``batch_size`` may also be set later, checked
+    as here.
     A list of paths is read a batch at a time.
     """
 
@@ -163,6 +168,9 @@ class Detector:
         (it does); the settings that cannot apply are said in one warning and not taken, so the attributes
         show what runs. The default ``max_det`` quietly becomes the graph's cap, as ``conf`` and ``nms``
         default to the graph's."""
+        for name, value in (("conf", conf), ("nms", nms)):
+            if value is None:
+                raise InputError(f"{name} is a threshold in [0, 1], not None")
         check_settings(conf, nms, max_det, names=("conf", "nms"))
         _check_flag("class_agnostic", class_agnostic)
         conf, nms, class_agnostic = float(conf), float(nms), bool(class_agnostic)
@@ -225,6 +233,16 @@ class Detector:
         self._changed(max_det=value)
 
     @property
+    def clip(self) -> bool:
+        """Whether boxes are clipped to the image."""
+        return self._clip
+
+    @clip.setter
+    def clip(self, value: bool) -> None:
+        _check_flag("clip", value)
+        self._clip = bool(value)
+
+    @property
     def batch_size(self) -> int:
         """Images per backend call (a fixed-batch artefact's own)."""
         return self._batch_size
@@ -234,7 +252,7 @@ class Detector:
         _check_batch_size(value)
         if self.meta.batch and value != self.meta.batch:
             raise InputError(f"this artefact was exported for batches of {self.meta.batch}, not {value}; "
-                             "re-export it with --dynamic (or --batch N), or drop the batch size")
+                             "re-export it with --dynamic (or --batch N), or keep its batch size")
         self._batch_size = int(value)
 
     @staticmethod

@@ -5,8 +5,8 @@ The ``.bin`` is the file next to the ``.param`` with the same stem. Metadata com
 converted by other tools) the backend infers what it can: input size from ``img_size`` or the graph's
 ``Input`` layer, classes from ``num_classes`` / ``class_names`` or the output width of one run on a blank
 image; the output is taken as decoded when the graph holds the decode's ``exp`` (as every yolox-export NCNN
-graph that decodes does; a raw head has none), else as raw (``decode_in_graph`` overrides), and the input
-size as fixed.
+graph that decodes does; a raw head has none), else as raw (a ``decode_in_graph`` that says otherwise is
+refused), and the input size as fixed.
 
 NCNN has no batch dimension: each image of a batch runs through its own ``Extractor`` on the one shared
 ``Net`` and the outputs are stacked, so any batch size is accepted.
@@ -336,9 +336,8 @@ class NcnnBackend(Backend):
                 raise ArtefactError(f"{where} and its output {list(out.shape)} is not [anchors, 5 + classes]; "
                                     "pass num_classes")
             num_classes = out.shape[1] - 5
-        decodes = bool(opts["decode_in_graph"]) if opts.get("decode_in_graph") is not None else graph.decodes()
         meta = ModelMeta.default(int(num_classes), hw, batch=None, dynamic_hw=False, format="ncnn",
-                                 decode_in_graph=decodes,
+                                 decode_in_graph=graph.decodes(),
                                  preprocess=Preprocess.legacy() if opts.get("legacy") else Preprocess())
         return meta.with_(class_names=tuple(names)) if names else meta
 
