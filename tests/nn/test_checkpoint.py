@@ -199,9 +199,7 @@ def test_identity_batchnorms_stay_identities(tmp_path, dtype):
     assert bn in folded_batchnorms(loaded)  # so fine-tuning unfolds it first
 
 
-def test_a_folded_model_saves_and_reloads_as_it_runs(tmp_path):
-    """The identity was an eps of the module's own: a save lost it (0.03 off after a training step and a
-    round trip) and a later load into the same module kept it."""
+def _folded_nano_state_dict():
     model = build_model("yolox-nano", num_classes=2).eval()
     sd = model.state_dict()
     for k in sd:
@@ -209,7 +207,13 @@ def test_a_folded_model_saves_and_reloads_as_it_runs(tmp_path):
             sd[k] = torch.full_like(sd[k], 1 - 1e-5)
         elif k.endswith("bn.running_mean") or k.endswith("bn.weight"):
             sd[k] = torch.zeros_like(sd[k]) if k.endswith("mean") else torch.ones_like(sd[k])
-    torch.save({"model": sd}, tmp_path / "folded.pth")
+    return sd
+
+
+def test_a_folded_model_saves_and_reloads_as_it_runs(tmp_path):
+    """The identity was an eps of the module's own: a save lost it (0.03 off after a training step and a
+    round trip) and a later load into the same module kept it."""
+    torch.save({"model": _folded_nano_state_dict()}, tmp_path / "folded.pth")
     x = torch.rand(1, 3, 64, 64) * 255
     net = load_model(tmp_path / "folded.pth")
     for m in net.modules():  # as a training step's statistics would: the layers are no longer identities
@@ -434,17 +438,6 @@ def test_a_key_extra_or_missing_is_named(tmp_path):
     torch.save({"model": {"conv.weight": torch.zeros(3, 3, 1, 1)}}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="cannot tell which YOLOX variant"):
         load_model(tmp_path / "other.pth")
-
-
-def _folded_nano_state_dict():
-    model = build_model("yolox-nano", num_classes=2).eval()
-    sd = model.state_dict()
-    for k in sd:
-        if k.endswith("bn.running_var"):
-            sd[k] = torch.full_like(sd[k], 1 - 1e-5)
-        elif k.endswith("bn.running_mean") or k.endswith("bn.weight"):
-            sd[k] = torch.zeros_like(sd[k]) if k.endswith("mean") else torch.ones_like(sd[k])
-    return sd
 
 
 def test_identity_batchnorms_stay_identities_in_a_model_already_in_half_precision(tmp_path):
