@@ -3,6 +3,7 @@
 import http.server
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,6 +277,19 @@ def test_the_cache_is_one_folder_wherever_the_command_runs(tmp_path, monkeypatch
     monkeypatch.setenv("YOLOX_DEPLOY_CACHE", "~no-such-user-here/c")  # expanduser raised a RuntimeError
     with pytest.raises(InputError, match="names the home folder of a user unknown here"):
         cache_dir()
+    # a container's arbitrary uid: no $HOME and no passwd entry (Path.home() raised a RuntimeError)
+    monkeypatch.delenv("YOLOX_DEPLOY_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    with pytest.raises(InputError, match=r"there is no home folder; set \$YOLOX_DEPLOY_CACHE"):
+        cache_dir()
+    from yolox_deploy.export import export  # an export beside its weights needs no cache
+
+    pytest.importorskip("onnx")
+    weights = tmp_path / "w" / "nano.pth"
+    weights.parent.mkdir()
+    torch.save({"model": build_model("yolox-nano", 3).state_dict()}, weights)
+    assert export(weights, "onnx", img_size=64, verify=False).path == tmp_path / "w" / "nano.onnx"
 
 
 def test_no_progress_bar_where_stderr_is_not_a_terminal(release, tmp_path, capfd):

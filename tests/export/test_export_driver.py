@@ -196,6 +196,16 @@ def test_existing_output_is_kept_without_force(tiny_pth, out, capsys):
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not the 0600 of a temporary file
 
 
+def test_a_linked_output_stays_a_link_to_the_replaced_artefact(tiny_pth, out, capsys):
+    """A deploy layout (current.onnx -> v1.onnx): --force replaced the link by a file and left v1 as it was."""
+    (out / "v1.onnx").write_bytes(b"old")
+    (out / "current.onnx").symlink_to("v1.onnx")
+    rc, _, _ = _run(["--weights", tiny_pth, "--format", "onnx", "--output", out / "current.onnx", "--img-size", "64",
+                     "--force", "--no-verify"], capsys)
+    assert rc == 0 and (out / "current.onnx").is_symlink() and (out / "v1.onnx").read_bytes()[:3] != b"old"
+    assert sorted(p.name for p in out.iterdir()) == ["current.onnx", "v1.onnx"]
+
+
 def test_output_never_replaces_the_input_onnx(nano_onnx, tmp_path):
     src = tmp_path / "authors.onnx"
     src.write_bytes(nano_onnx.read_bytes())

@@ -191,6 +191,39 @@ def test_a_graph_without_metadata_shows_whether_it_decodes(nano_onnx, tiny_files
     assert load_source(_without_metadata(fixed, fixed)).meta.decode_in_graph  # an export from it decodes once
 
 
+def test_the_file_opened_is_the_one_run(tiny_files, nano_onnx, tmp_path, monkeypatch):
+    """Float batches re-open the plain session from the file: from the current folder (a chdir since broke it)
+    and only while it is the file opened (a file replaced since ran another model under the first's metadata)."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_files["dynamic"][0], "m.onnx")
+    x = np.zeros((1, 3, 64, 96), np.float32)
+    with open_backend("m.onnx") as backend:
+        monkeypatch.chdir("/")
+        backend.infer(x)
+    monkeypatch.chdir(tmp_path)
+    with open_backend("m.onnx") as backend:
+        shutil.copy(nano_onnx, "m.onnx")
+        with pytest.raises(ArtefactError, match="m.onnx is not the file this backend opened"):
+            backend.infer(x)
+
+
+def test_the_tensorrt_providers_cache_follows_the_cache_folder(tmp_path, monkeypatch, caplog):
+    """It was ~/.cache whatever $YOLOX_DEPLOY_CACHE said, and a read-only home stopped the open."""
+    from yolox_deploy.runtimes.onnxruntime import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend.__new__(OnnxRuntimeBackend)  # the provider list alone: no TensorRT here
+    backend._kind, backend._device_id, backend.options = "tensorrt", 0, {}
+    monkeypatch.setenv("YOLOX_DEPLOY_CACHE", str(tmp_path / "cache"))
+    trt, _, _ = backend._providers()
+    assert trt[1]["trt_engine_cache_path"] == str(tmp_path / "cache" / "ort-tensorrt")
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("YOLOX_DEPLOY_CACHE", str(tmp_path / "file" / "cache"))  # cannot be made
+    trt, _, _ = backend._providers()
+    assert trt[1]["trt_engine_cache_enable"] is False and "cannot be written" in caplog.text
+
+
 def test_nms_graph_outputs(tiny_files):
     path, meta = tiny_files["nms"]
     with open_backend(path) as backend:

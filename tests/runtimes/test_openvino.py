@@ -146,6 +146,8 @@ def test_a_cache_dir_is_a_folder(tiny_ir, tmp_path):
     for value in (True, "", tmp_path / "afile"):
         with pytest.raises(InputError, match="cache_dir option is a folder, not"):
             open_backend(tiny_ir["folder"], cache_dir=value)
+    with pytest.raises(InputError, match="cache_dir .*sub cannot be made"):  # was "could not compile the IR"
+        open_backend(tiny_ir["folder"], cache_dir=tmp_path / "afile" / "sub")
 
 
 def test_options_reach_the_compiled_model(tiny_ir):

@@ -148,7 +148,7 @@ def default_output(source: ExportSource, info: FormatInfo, options: ExportOption
     or is the cache that released checkpoints are fetched into.
     """
     folder = source.weights.parent if source.weights is not None else Path.cwd()
-    if not _writable(folder) or folder.resolve() == weights_folder().resolve():
+    if not _writable(folder) or _is_weights_cache(folder):
         folder = Path.cwd()
     stem = source.name
     if options.precision != "fp32" and info.name != "onnx":
@@ -157,6 +157,14 @@ def default_output(source: ExportSource, info: FormatInfo, options: ExportOption
     if source.onnx_path is not None and out.resolve() == source.onnx_path.resolve():
         out = folder / f"{stem}_deploy{info.suffix}"  # an ONNX source made into ONNX: never the source itself
     return out
+
+
+def _is_weights_cache(folder: Path) -> bool:
+    """Whether ``folder`` is the released weights' cache (False where no cache folder can be found)."""
+    try:
+        return folder.resolve() == weights_folder().resolve()
+    except InputError:
+        return False
 
 
 def export(weights: Any, format: str, output: str | os.PathLike | None = None, *, model: str | None = None,
@@ -247,6 +255,8 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
     if out.name in ("", ".", ".."):
         raise InputError(f"output {str(out)!r} does not name the artefact; give its own path, "
                          f"e.g. {out / ('model' + info.suffix)}")
+    if out.is_symlink():  # a link (current -> v1) stays a link: the artefact it points to is the one replaced
+        out = Path(os.path.realpath(out))
     kind = "folder" if info.is_dir else "file"
     if out.exists() and out.is_dir() != info.is_dir:
         hint = f"; give the {kind} path, e.g. {out / ('model' + info.suffix)}" if out.is_dir() else ""

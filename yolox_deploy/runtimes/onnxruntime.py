@@ -7,7 +7,8 @@ tensors through IO binding, so decode and NMS run there too); ``tensorrt`` / ``t
 Options: ``threads`` (intra-op threads; default: ONNX Runtime's choice), ``opt_level`` (``all`` (default),
 ``extended``, ``basic``, ``disable``), ``img_size`` (dynamic-size graphs; must match a fixed one),
 ``num_classes`` (checked against the graph), ``legacy`` (RGB/255/ImageNet input, for files without our
-metadata), ``half`` and ``trt_cache`` (TensorRT provider: FP16 engines, engine cache folder),
+metadata), ``half`` and ``trt_cache`` (TensorRT provider: FP16 engines, engine cache folder, default
+``<cache>/ort-tensorrt``; one that cannot be written turns the cache off with a warning),
 ``canvas_in_graph`` (default True, see below), ``spin_between_runs`` (default False: on the CPU the thread
 pool stops spinning when a run returns, so the pipeline's work between runs has the cores).
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +38,7 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.arrays import to_numpy
-from ..utils.files import check_readable
+from ..utils.files import cache_dir, check_readable
 from ..utils.onnxgraph import described_by_graph, graph_inputs, tensor_dims
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend, with_input_size
@@ -104,6 +106,7 @@ class OnnxRuntimeBackend(Backend):
         if path.stat().st_size == 0:
             raise ArtefactError(f"{path.name} is empty (0 bytes); re-export it")
         check_readable(path)
+        self._file, self._file_identity = path.resolve(), _identity(path)  # what a later re-open must find
         self._options = self._session_options(ort)
         self._session_lock = threading.Lock()
         self._session = self._new_session(str(path))
@@ -160,7 +163,10 @@ class OnnxRuntimeBackend(Backend):
             with self._session_lock:
                 self._check_open()  # closed while this call waited: a session made now would never be freed
                 if self._session is None:
-                    self._session = self._new_session(str(self.path))
+                    if _identity(self._file) != self._file_identity:  # replaced, changed or gone since
+                        raise ArtefactError(f"{self._file} is not the file this backend opened (it changed or "
+                                            "went away since); open it again")
+                    self._session = self._new_session(str(self._file))
         return self._session
 
     def _open_canvas_session(self, read_graph: Callable[[], Any]) -> Any:
@@ -184,11 +190,18 @@ class OnnxRuntimeBackend(Backend):
         cuda = ("CUDAExecutionProvider", {"device_id": self._device_id})
         if self._kind == "cuda":
             return [cuda, "CPUExecutionProvider"]
-        cache = Path(self.options.get("trt_cache") or Path.home() / ".cache" / "yolox-deploy" / "ort-tensorrt")
-        cache.mkdir(parents=True, exist_ok=True)
+        cache = Path(self.options.get("trt_cache") or cache_dir() / "ort-tensorrt")
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            usable = os.access(cache, os.W_OK)
+        except OSError:
+            usable = False
+        if not usable:  # a read-only home (a device's read-only root): engines are built at each open instead
+            log.warning("the TensorRT engine cache %s cannot be written; engines are built again at each open "
+                        "(give trt_cache a writable folder, or set $YOLOX_DEPLOY_CACHE)", cache)
         trt = ("TensorrtExecutionProvider", {
             "device_id": self._device_id, "trt_fp16_enable": bool(self.options.get("half")),
-            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+            "trt_engine_cache_enable": usable, **({"trt_engine_cache_path": str(cache)} if usable else {}),
         })
         return [trt, cuda, "CPUExecutionProvider"]
 
@@ -308,6 +321,15 @@ def missing_external_data(path: Path) -> list[str]:
         return []
     files = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
     return sorted(f for f in files if not (path.parent / f).is_file())
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """A file's identity and version (device, inode, size, modification time), or None when it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _load_graph(path: Path) -> Any | None:

@@ -215,7 +215,13 @@ class OpenVINOBackend(Backend):
             # CPU's: bf16 on CPUs that have it (raw boxes off by ~20 px on dog.jpg, AP -0.002), so f32 there
             config["DEVICE_PROPERTIES"] = {"CPU": {"INFERENCE_PRECISION_HINT": "f32"}}
         if opts.get("cache_dir"):
-            config["CACHE_DIR"] = str(opts["cache_dir"])
+            folder = Path(opts["cache_dir"])
+            try:  # made here: OpenVINO's own failure to make it reads as the artefact's
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"the openvino backend's cache_dir {folder} cannot be made ({e.strerror or e}); "
+                                 "give a writable folder, or drop the option") from None
+            config["CACHE_DIR"] = str(folder)
         return config
 
     def _cpu_is_a_candidate(self) -> bool:

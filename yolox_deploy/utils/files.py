@@ -34,8 +34,13 @@ def cache_dir() -> Path:
             raise InputError(f"$YOLOX_DEPLOY_CACHE {os.environ['YOLOX_DEPLOY_CACHE']} names the home folder of "
                              "a user unknown here; give the folder's path") from None
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "yolox-deploy"
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "yolox-deploy"
+    try:
+        return Path.home() / ".cache" / "yolox-deploy"
+    except RuntimeError:  # no $HOME and a user without a passwd entry (a container's arbitrary uid)
+        raise InputError("the cache folder cannot be found: there is no home folder; set $YOLOX_DEPLOY_CACHE "
+                         "(or $XDG_CACHE_HOME)") from None
 
 
 def file_sha256(path: str | os.PathLike) -> Any:
