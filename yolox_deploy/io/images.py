@@ -274,12 +274,16 @@ def shown_url(url: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", f"{scheme}://{authority}{slash}{tail}")
 
 
+def _without_query(url: str) -> str:
+    """An address (or its path) up to its query (``?``) or fragment (``#``)."""
+    return re.split(r"[?#]", url, maxsplit=1)[0]
+
+
 def stream_stem(url: str) -> str:
     """A file stem for a stream's results: its host and path (no credentials, no query), other characters as
     ``_``."""
     host, _, path = url.split("://", 1)[1].partition("/")
-    path = re.split(r"[?#]", path, maxsplit=1)[0]
-    rest = f"{host.rpartition('@')[2]}/{path}"
+    rest = f"{host.rpartition('@')[2]}/{_without_query(path)}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", rest).strip("_.")[:100] or "stream"
 
 
@@ -346,7 +350,7 @@ def check_source(source: str | os.PathLike | int) -> int | None:
     a pipe or socket: what is refused about a source before any frame is read."""
     camera = camera_index(source)
     url = stream_url(source)
-    if url is not None and Path(re.split(r"[?#]", url, maxsplit=1)[0]).suffix.lower() in IMAGE_SUFFIXES:
+    if url is not None and Path(_without_query(url)).suffix.lower() in IMAGE_SUFFIXES:
         check_image_path(url)  # an image on a server: refused as the Detector refuses it
     if camera is None and url is None:
         p = Path(source)

@@ -290,6 +290,13 @@ def _keep_identity_batchnorms(model: nn.Module, sd: dict[str, torch.Tensor]) -> 
                 m.running_var.fill_(1.0 - m.eps)
 
 
+def _refuse_fused(model: YOLOX, hint: str) -> None:
+    """Checkpoints hold the BatchNorms a fused model no longer has: :class:`InputError` (ending in ``hint``)."""
+    if model.is_fused:
+        raise InputError("this model is fused (BatchNorms folded into convolutions, as fuse() and deploy_model() "
+                         f"make it for inference); {hint}")
+
+
 def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignore_class_head: bool = False,
                     ) -> Checkpoint:
     """Load a checkpoint into ``model`` strictly.
@@ -298,9 +305,7 @@ def load_checkpoint(model: YOLOX, path: str | os.PathLike | Checkpoint, *, ignor
     fine-tuning on another label set; those layers keep their initialisation. Raises
     :class:`CheckpointError` naming what differs (variant, class count, keys).
     """
-    if model.is_fused:
-        raise InputError("this model is fused (BatchNorms folded into convolutions, as fuse() and deploy_model() "
-                         "make it for inference); load the checkpoint before fusing it")
+    _refuse_fused(model, "load the checkpoint before fusing it")
     ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path, model.spec.name if model.spec else None)
     own = model.state_dict()
     # a counter of BatchNorm updates for a layer the model does not have carries no weight (the shape check
@@ -390,9 +395,7 @@ def save_checkpoint(model: YOLOX, path: str | os.PathLike, **extra: Any) -> Path
     unpickler (``torch.load(path, weights_only=True)``) reads back (tensors, numbers, strings, None, and lists,
     tuples and dicts of them); anything else, or a fused model (its BatchNorms folded away: no module tree of
     the authors fits it), is refused before anything is written."""
-    if model.is_fused:
-        raise InputError("this model is fused (BatchNorms folded into convolutions, as fuse() and deploy_model() "
-                         "make it for inference); save the model before fusing it")
+    _refuse_fused(model, "save the model before fusing it")
     reserved = sorted(set(extra) & {"model_name", "class_names", "category_ids", "input_size"})
     if reserved:  # the model's own, written from it: another value would make the file contradict itself
         raise InputError(f"save_checkpoint writes {', '.join(reserved)} from the model; set them on the model "

@@ -6,9 +6,9 @@ group (NCCL on CUDA, Gloo on CPU) and picks ``cuda:LOCAL_RANK``. A plain ``yolox
 and never touches torch.distributed.
 
 In a distributed run ``--batch`` is the total over all processes; each takes its slice of every global
-batch (see ``dataset.py``), DDP averages the gradients, and rank 0's BatchNorm statistics are broadcast at
-each forward (SyncBatchNorm with ``--sync-bn``); before an evaluation every process's statistics are
-averaged in the model trained (:func:`average_norm_statistics`, as the authors' trainer does; the EMA model
+batch (see ``dataset.py``), DDP averages the gradients, and each process keeps the BatchNorm statistics of
+its own slice (SyncBatchNorm with ``--sync-bn`` normalises over the whole batch); before an evaluation every
+process's statistics are averaged in the model trained (:func:`average_norm_statistics`, as the authors' trainer does; the EMA model
 evaluated by default takes them up through its later updates). Only rank 0 writes checkpoints and
 logs and evaluates; the others wait at a barrier meanwhile.
 """
