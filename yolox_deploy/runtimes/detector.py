@@ -103,6 +103,23 @@ def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", 
     return cls(weights if isinstance(weights, YOLOX) else Path(weights), device=device, **options)
 
 
+class _Setting:
+    """A Detector setting of :meth:`Detector._settings`: read as taken, set through it (checked as the
+    constructor checks it; on an NMS graph, what cannot apply is said and not taken)."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, detector: Detector | None, owner: type | None = None) -> Any:
+        return self if detector is None else getattr(detector, f"_{self.name}")
+
+    def __set__(self, detector: Detector, value: Any) -> None:
+        detector._changed(**{self.name: value})
+
+
 class Detector:
     """Detect objects with any YOLOX artefact: ``.pth``, ``.onnx``, ``.engine``, ``*_openvino/``, ``*_ncnn/``, or
     the name of a released variant (``"yolox-s"``: the authors' COCO checkpoint, fetched once into the cache).
@@ -196,41 +213,10 @@ class Detector:
         self._settings(**{"conf": self._conf, "nms": self._nms, "class_agnostic": self._class_agnostic,
                           "max_det": self._max_det, **setting})
 
-    @property
-    def conf(self) -> float:
-        """Score threshold (0-1): detections scoring below it are dropped."""
-        return self._conf
-
-    @conf.setter
-    def conf(self, value: float) -> None:
-        self._changed(conf=value)
-
-    @property
-    def nms(self) -> float:
-        """NMS IoU threshold (0-1)."""
-        return self._nms
-
-    @nms.setter
-    def nms(self, value: float) -> None:
-        self._changed(nms=value)
-
-    @property
-    def class_agnostic(self) -> bool:
-        """Whether NMS suppresses boxes across classes."""
-        return self._class_agnostic
-
-    @class_agnostic.setter
-    def class_agnostic(self, value: bool) -> None:
-        self._changed(class_agnostic=value)
-
-    @property
-    def max_det(self) -> int | None:
-        """Detections kept per image, the best first (None: no cap)."""
-        return self._max_det
-
-    @max_det.setter
-    def max_det(self, value: int | None) -> None:
-        self._changed(max_det=value)
+    conf = _Setting("Score threshold (0-1): detections scoring below it are dropped.")
+    nms = _Setting("NMS IoU threshold (0-1).")
+    class_agnostic = _Setting("Whether NMS suppresses boxes across classes.")
+    max_det = _Setting("Detections kept per image, the best first (None: no cap).")
 
     @property
     def clip(self) -> bool:
