@@ -110,6 +110,15 @@ def _dims(partial_shape: Any) -> list[Any]:
     return [d.get_length() if d.is_static else None for d in partial_shape]
 
 
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")  # OpenVINO's devices that run on those they list
+
+
+def _device_parts(device: str) -> tuple[str, str, list[str]]:
+    """An OpenVINO device name (``AUTO:GPU.1,CPU``) as its base, the text after ``:`` and the devices listed."""
+    base, _, listed = device.partition(":")
+    return base, listed, [t.strip() for t in listed.split(",") if t.strip()]
+
+
 def _name(port: Any, index: int) -> str:
     names = port.get_names()
     return sorted(names)[0] if names else f"output{index}"
@@ -226,11 +235,10 @@ class OpenVINOBackend(Backend):
 
     def _cpu_is_a_candidate(self) -> bool:
         """Whether the CPU is among the devices a virtual device (AUTO, MULTI, HETERO) may run the model on."""
-        base, _, listed = self._device.partition(":")
-        if base not in ("AUTO", "MULTI", "HETERO"):
+        base, listed, targets = _device_parts(self._device)
+        if base not in VIRTUAL_DEVICES:
             return False
-        targets = [t.strip().split(".")[0] for t in listed.split(",") if t.strip()]
-        return not targets or "CPU" in targets
+        return not targets or "CPU" in {t.split(".")[0] for t in targets}
 
     @property
     def compute_precision(self) -> str:
@@ -282,9 +290,8 @@ class OpenVINOBackend(Backend):
     def _check_device(cls, device: str) -> None:
         """Every device the name lists is present here (AUTO alone picks among those that are); refused before
         the model is read, not as a compile failure of the artefact."""
-        base, _, listed = ov_device(device).partition(":")
-        targets = [t.strip() for t in listed.split(",") if t.strip()]
-        if base not in ("AUTO", "MULTI", "HETERO"):
+        base, listed, targets = _device_parts(ov_device(device))
+        if base not in VIRTUAL_DEVICES:
             if listed:
                 raise InputError(f"OpenVINO device {base} takes no ':' part, got {device!r}; use cpu, gpu.N, npu, "
                                  "or auto:gpu,cpu to list candidates")
