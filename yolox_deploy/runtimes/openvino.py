@@ -261,26 +261,29 @@ class OpenVINOBackend(Backend):
             return "bf16" if name == "fp16" and self._executes_in("bf16") else "fp32"
         return precision_name(hint)
 
+    def _execution_devices(self) -> list[str] | None:
+        """The devices the compiled model runs on, or None when the plugin does not say."""
+        try:
+            return [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
+        except (RuntimeError, AttributeError, TypeError):
+            return None
+
     def _runs_off_cpu(self) -> bool:
         """Whether a device other than the CPU runs the compiled model (True when the plugin does not say)."""
-        try:
-            devices = list(self.compiled.get_property("EXECUTION_DEVICES"))
-        except (RuntimeError, AttributeError, TypeError):
-            return True
-        return any(not str(d).upper().startswith("CPU") for d in devices)
+        devices = self._execution_devices()
+        return devices is None or any(not d.upper().startswith("CPU") for d in devices)
 
     def _executes_in(self, precision: str) -> bool:
         """Whether a device the compiled model runs on has ``precision``'s arithmetic (its optimisation
         capabilities name it: ``FP16``, ``BF16``); True when the plugin does not say where it runs."""
-        try:
-            devices = list(self.compiled.get_property("EXECUTION_DEVICES"))
-        except (RuntimeError, AttributeError, TypeError):
+        devices = self._execution_devices()
+        if devices is None:
             return True
         core = _core()
         capability = precision.replace("fp", "FP").upper()
         for device in devices:
             try:
-                if capability in core.get_property(str(device), "OPTIMIZATION_CAPABILITIES"):
+                if capability in core.get_property(device, "OPTIMIZATION_CAPABILITIES"):
                     return True
             except RuntimeError:
                 return True
