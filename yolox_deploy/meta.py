@@ -255,9 +255,11 @@ def meta_from_graph(input_shape: list[Any], output_names: list[str], output_shap
     return meta.with_(preprocess=Preprocess.legacy()) if legacy else meta
 
 
-def check_against_graph(meta: ModelMeta, input_shape: list[Any], output_names: list[str], artefact: str) -> None:
+def check_against_graph(meta: ModelMeta, input_shape: list[Any], output_names: list[str], artefact: str, *,
+                        decodes: bool = False) -> None:
     """Refuse metadata that contradicts the graph it travels with (any runtime's view of its shapes): a fixed
-    batch or input size other than the graph's, or NMS outputs the graph does not have (or the reverse)."""
+    batch or input size other than the graph's, NMS outputs the graph does not have (or the reverse), or a
+    raw head output where the caller knows the graph decodes (``decodes``)."""
     problems = []
     if len(input_shape) == 4:
         n, h, w = (_static(input_shape[i]) for i in (0, 2, 3))
@@ -270,6 +272,8 @@ def check_against_graph(meta: ModelMeta, input_shape: list[Any], output_names: l
                 problems.append("a dynamic input size (the graph's is fixed)")
     if (tuple(output_names[:4]) == NMS_OUTPUTS) != meta.nms_in_graph:
         problems.append("NMS in the graph" if meta.nms_in_graph else "no NMS in the graph (the graph has it)")
+    if decodes and not meta.decode_in_graph:
+        problems.append("a raw head output (the graph decodes it)")
     if problems:
         raise ArtefactError(f"{artefact}: its metadata does not describe its graph: it says {'; '.join(problems)}; "
                             "re-export it")

@@ -35,7 +35,7 @@ from yolox_deploy.export.tensorrt import (
     trtexec_command,
 )
 from yolox_deploy.meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
-from yolox_deploy.runtimes.tensorrt import Profile, build_record, check_compatibility
+from yolox_deploy.runtimes.tensorrt import DECODED_OUTPUT, Profile, build_record, check_compatibility
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 HAVE_GPU = HAVE_TRT and torch.cuda.is_available()
@@ -292,8 +292,12 @@ def test_cli_without_tensorrt_keeps_the_onnx_step(tmp_path, nano_pth, capsys, mo
     assert "TensorRT" in line or "GPU" in line
     kept = tmp_path / "out" / "nano.onnx"
     assert str(kept) in line and "trtexec" in line and "--fp16" in line and "--maxShapes=images:8x3x416x416" in line
-    assert not out.exists() and not sidecar_path(out).exists()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["nano.onnx"]  # no staging folder left
+    # the engine trtexec makes has none of our metadata: its sidecar is written for it
+    assert line.endswith(f"; its metadata is in {sidecar_path(out)})") and not out.exists()
+    sidecar = read_sidecar(out)
+    assert sidecar.decode_in_graph and sidecar.batch is None and sidecar.precision == "fp16"
+    assert sidecar.format == "tensorrt" and build_record(sidecar) == {}  # TensorRT did not run: no build record
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["nano.engine.json", "nano.onnx"]  # no staging
     model = onnx.load(str(kept))
     onnx.checker.check_model(model)
     assert [o.name for o in model.graph.output] == ["output"]
@@ -307,7 +311,8 @@ def test_cli_without_tensorrt_keeps_the_onnx_step(tmp_path, nano_pth, capsys, mo
             rc = _export_cli(["--weights", str(nano_pth), "--format", "engine", "--output", str(out), *force])
             [line] = _error_lines(capsys.readouterr().err)
             assert rc == 2 and f"{kept} already exists, where the ONNX step for trtexec would be kept" in line
-            assert kept.read_bytes() == b"mine" and sorted(p.name for p in out.parent.iterdir()) == ["nano.onnx"]
+            assert kept.read_bytes() == b"mine"
+            assert sorted(p.name for p in out.parent.iterdir()) == ["nano.engine.json", "nano.onnx"]
 
     # one made while the step ran is not replaced either
     monkeypatch.setattr(TensorRTExporter, "check_before", lambda self, source: None)
@@ -328,13 +333,15 @@ def test_onnx_source_without_tensorrt(tmp_path, nano_onnx, capsys):
     [line] = _error_lines(capsys.readouterr().err)
     assert rc == 2 and f"the ONNX model to build from is {nano_onnx}" in line
     assert f"trtexec --onnx={nano_onnx} --saveEngine={out}" in line and "Shapes" not in line  # static input
-    assert list(tmp_path.iterdir()) == []  # not even the folder made for the engine
+    assert list(tmp_path.iterdir()) == [out.parent] and list(out.parent.iterdir()) == [sidecar_path(out)]
+    assert not read_sidecar(out).decode_in_graph and read_sidecar(out).input_size == (416, 416)
 
     rc = _export_cli(["--weights", str(nano_onnx), "--format", "tensorrt", "--output", str(out)])
     [line] = _error_lines(capsys.readouterr().err)
     kept = out.with_suffix(".onnx")
     assert rc == 2 and f"the ONNX step ran and is at {kept}" in line
-    assert read_onnx_meta(kept).decode_in_graph and list(out.parent.iterdir()) == [kept]
+    assert read_onnx_meta(kept).decode_in_graph and read_sidecar(out).decode_in_graph
+    assert sorted(out.parent.iterdir()) == [sidecar_path(out), kept]
 
     source = tmp_path / "m.onnx"  # the ONNX step's name beside m.engine is the source itself: never replaced
     source.write_bytes(nano_onnx.read_bytes())
@@ -386,20 +393,22 @@ def _fake_tensorrt(calls: dict, *, parse_ok: bool = True, fast_fp16: bool = True
     class Dims(tuple):
         pass
 
-    class Input:
-        name = "images"
-
-        def __init__(self, shape):
-            self.shape = Dims(shape)
+    class Tensor:
+        def __init__(self, name, shape=()):
+            self.name, self.shape = name, Dims(shape)
 
     class Network:
         num_inputs = 1
 
         def __init__(self):
-            self.input = None
+            self.input, self.outputs = None, []
+            calls["network"] = self
 
         def get_input(self, i):
             return self.input
+
+        def get_output(self, i):
+            return self.outputs[i]
 
     class ParserError:
         def __init__(self, text):
@@ -417,9 +426,11 @@ def _fake_tensorrt(calls: dict, *, parse_ok: bool = True, fast_fp16: bool = True
             import onnx
 
             calls["parsed"] = path
-            init = {i.name for i in onnx.load(path, load_external_data=False).graph.initializer}
-            graph_in = [i for i in onnx.load(path, load_external_data=False).graph.input if i.name not in init][0]
-            self.network.input = Input([d.dim_value or -1 for d in graph_in.type.tensor_type.shape.dim])
+            graph = onnx.load(path, load_external_data=False).graph
+            init = {i.name for i in graph.initializer}
+            graph_in = [i for i in graph.input if i.name not in init][0]
+            self.network.input = Tensor("images", [d.dim_value or -1 for d in graph_in.type.tensor_type.shape.dim])
+            self.network.outputs = [Tensor(o.name) for o in graph.output]
             return parse_ok
 
         def get_error(self, i):
@@ -571,12 +582,19 @@ def test_build_flow(tmp_path, tiny_random_model, fake_trt):
     record = build_record(read_sidecar(out))
     assert record["profile"]["max"] == [8, 3, 256, 256] and record["precision"] == "fp16"
     assert result.meta.batch is None and result.meta.dynamic_hw and result.meta.format == "tensorrt"
+    # the plan keeps no metadata but its tensor names: the decoded head says what it is without the sidecar
+    assert result.meta.decode_in_graph and [o.name for o in fake_trt["network"].outputs] == [DECODED_OUTPUT]
     timing = timing_cache_path(ENV, tmp_path / "cache")
     assert timing.read_bytes() == b"timing:"  # saved for the next build...
 
     export(tiny_random_model, "trt", out, img_size=128, simplify=False, verify=False, force=True)
     assert fake_trt["config"].cache.data == b"timing:"  # ...and loaded by it
     assert fake_trt["config"].profiles == [] and fake_trt["config"].flags == set()  # static: no profile
+
+    export(tiny_random_model, "trt", out, img_size=128, simplify=False, verify=False, force=True, decode_in_graph=False)
+    assert [o.name for o in fake_trt["network"].outputs] == ["output"]  # a raw head keeps its name
+    export(tiny_random_model, "trt", out, img_size=128, simplify=False, verify=False, force=True, nms=True)
+    assert [o.name for o in fake_trt["network"].outputs] == ["num_dets", "boxes", "scores", "labels"]
 
 
 @needs_write_onnx
@@ -677,14 +695,14 @@ def test_no_gpu_keeps_the_onnx_step(tmp_path, tiny_random_model, monkeypatch):
     with pytest.raises(BackendUnavailable) as e:
         export(tiny_random_model, "trt", out, img_size=64, simplify=False, verify=False)
     assert "no CUDA GPU" in str(e.value) and str(tmp_path / "m.onnx") in str(e.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine.json", "m.onnx"]
 
 
 def test_exporter_used_directly_reports_the_reason(tmp_path, monkeypatch):
     """Without a final output (the exporter used outside ``export``) nothing is kept; the reason is reported."""
     exporter = TensorRTExporter(ExportOptions(), output=None)
     msg = exporter._unavailable("TensorRT is not installed", None, tmp_path / "x.onnx", "images", [1, 3, 64, 64],
-                                Profile.fixed((1, 3, 64, 64)))
+                                Profile.fixed((1, 3, 64, 64)), ModelMeta.default(80, (64, 64)))
     assert msg == "TensorRT is not installed" and list(tmp_path.iterdir()) == []
 
 

@@ -15,10 +15,12 @@ import torch
 from yolox_deploy.errors import ArtefactError, BackendUnavailable, InputError
 from yolox_deploy.meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
 from yolox_deploy.runtimes.tensorrt import (
+    DECODED_OUTPUT,
     Profile,
     TensorSpec,
     build_record,
     check_compatibility,
+    check_sidecar,
     cuda_index,
     ensure_compatible,
     meta_from_shapes,
@@ -162,6 +164,29 @@ def test_meta_from_dynamic_shapes():
     assert meta_from_shapes(inp, [_spec("output", (-1, -1, 8))], prof, "m.engine", img_size=416).input_size == (416, 416)
 
 
+def test_a_decoded_head_is_known_by_its_name():
+    """yolox-export's engines decode in the graph and name that output: a copy without its sidecar is not
+    decoded a second time."""
+    inp = _spec("images", (1, 3, 416, 416), True)
+    meta = meta_from_shapes(inp, [_spec(DECODED_OUTPUT, (1, 3549, 85))], Profile.fixed(inp.shape), "nano.engine")
+    assert meta.decode_in_graph and meta.input_size == (416, 416) and meta.num_classes == 80
+
+
+def test_a_sidecar_that_does_not_describe_its_engine_is_refused():
+    inp = _spec("images", (1, 3, 416, 416), True)
+    decoded, raw = [_spec(DECODED_OUTPUT, (1, 3549, 85))], [_spec("output", (1, 3549, 85))]
+    meta = ModelMeta.default(80, (416, 416), batch=1, decode_in_graph=True, format="tensorrt")
+    check_sidecar(meta, inp, decoded, "nano.engine")
+    check_sidecar(meta, inp, raw, "nano.engine")  # trtexec's plan of the decoding ONNX step keeps its name
+    check_sidecar(meta.with_(decode_in_graph=False), inp, raw, "nano.engine")
+    with pytest.raises(ArtefactError, match="it says a raw head output \\(the graph decodes it\\); re-export it"):
+        check_sidecar(meta.with_(decode_in_graph=False), inp, decoded, "nano.engine")
+    with pytest.raises(ArtefactError, match="input size 640x640 \\(the graph's is 416x416\\)"):
+        check_sidecar(meta.with_(input_size=(640, 640)), inp, decoded, "nano.engine")
+    dynamic = _spec("images", (-1, 3, -1, -1), True)
+    check_sidecar(meta.with_(batch=None, input_size=(640, 640), dynamic_hw=True), dynamic, decoded, "nano.engine")
+
+
 def test_nms_engine_without_sidecar_is_refused():
     inp = _spec("images", (1, 3, 640, 640), True)
     outs = [_spec("num_dets", (1, 1)), _spec("boxes", (1, 100, 4)), _spec("scores", (1, 100)), _spec("labels", (1, 100))]
@@ -293,6 +318,7 @@ def test_engine_without_sidecar(fp32_engine, tmp_path):
     shutil.copyfile(fp32_engine, engine)
     with open_backend(engine, device="cuda") as backend:
         assert backend.meta.input_size == (416, 416) and backend.meta.num_classes == 80
+        assert backend.meta.decode_in_graph  # known by its output's name: not decoded a second time
         out = backend.infer(np.full((1, 3, 416, 416), 114.0, np.float32))[0]
         assert tuple(out.shape) == (1, 3549, 85)
 

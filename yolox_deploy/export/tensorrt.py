@@ -11,8 +11,9 @@ Steps:
    (``--half``; INT8 enables it too, for the layers that stay in float), INT8 (``--int8``) with an entropy or
    min-max calibrator fed from ``--calib-images``, one optimisation profile for dynamic inputs (below) and a
    timing cache shared by every build on this GPU (:func:`timing_cache_path`), so rebuilds are fast.
-3. **Write.** The plan bytes as they are (no header, so ``trtexec --loadEngine`` and DeepStream read the file),
-   the sidecar (:class:`~yolox_deploy.meta.ModelMeta` with the build record under ``extra["tensorrt"]``:
+3. **Write.** The plan bytes as they are (no header, so ``trtexec --loadEngine`` and DeepStream read the file;
+   a decoded head output is named ``DECODED_OUTPUT`` in the engine, so a copy without its sidecar is still known
+   to decode), the sidecar (:class:`~yolox_deploy.meta.ModelMeta` with the build record under ``extra["tensorrt"]``:
    TensorRT version, GPU, compute capability, CUDA version, profile, precision, calibration) and, for INT8,
    the calibration cache ``<name>.engine.calib`` (reused by the next build of the same engine when model,
    images and settings are unchanged; a plain TensorRT cache, also usable with ``trtexec --calib``).
@@ -22,8 +23,10 @@ with ``--dynamic-hw`` each side ranges over ``min(320, size) / size / max(size, 
 ``320 / 640 / 1280`` for a 640 model and ``320 / 416 / 832`` for a 416 one (all multiples of 32).
 
 Without TensorRT or without a CUDA GPU the ONNX step still runs: its file is kept next to the requested
-output (``<stem>.onnx``) and the export stops with one sentence naming it and the ``trtexec`` command that
-builds the engine from it. The engine itself is never left half-written.
+output (``<stem>.onnx``), the engine's sidecar is written beside where the engine will be (a ``trtexec`` plan
+has none of our metadata: decoding, NMS, classes, input contract), and the export stops with one sentence
+naming both and the ``trtexec`` command that builds the engine from it. The engine itself is never left
+half-written.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import torch
 from ..errors import ArtefactError, BackendUnavailable, ExportError, WriteError
 from ..meta import ModelMeta, Preprocess, read_sidecar, sidecar_path
 from ..runtimes.tensorrt import (
+    DECODED_OUTPUT,
     RECORD_KEY,
     Profile,
     build_record,
@@ -510,9 +514,10 @@ def _set_shape(profile: Any, name: str, lo: Sequence[int], opt: Sequence[int], h
 
 def build_engine(trt: Any, onnx_path: Path, dest: Path, options: ExportOptions, profile: Profile, *,
                  feeder: CalibrationFeeder | None = None, device_index: int = 0,
-                 timing_cache: Path | None = None) -> str:
+                 timing_cache: Path | None = None, decoded: bool = False) -> str:
     """Parse ``onnx_path``, build a TensorRT engine per ``options`` / ``profile`` and write the plan to ``dest``.
 
+    ``decoded``: the graph's (only) output is the decoded head, renamed ``DECODED_OUTPUT`` in the engine.
     Returns the input tensor's name. Raises :class:`ExportError` with the parser's or builder's messages.
     """
     logger = make_logger(trt)
@@ -531,6 +536,8 @@ def build_engine(trt: Any, onnx_path: Path, dest: Path, options: ExportOptions, 
                               f"{'; '.join(errors) or logger.last_errors()}")
         if network.num_inputs != 1:
             raise ExportError(f"{onnx_path.name}: expected one image input, TensorRT sees {network.num_inputs}")
+        if decoded:
+            network.get_output(0).name = DECODED_OUTPUT
         inp = network.get_input(0)
         dims = tuple(int(d) for d in inp.shape)
         dynamic = any(d < 0 for d in dims)
@@ -691,7 +698,7 @@ class TensorRTExporter(Exporter):
                 return self._build(trt, env, index, source, meta, onnx_path, profile, dest)
             except BackendUnavailable as e:
                 raise BackendUnavailable(self._unavailable(str(e), source, onnx_path, input_name, dims,
-                                                           profile)) from None
+                                                           profile, meta)) from None
 
     def _build(self, trt: Any, env: dict[str, Any], index: int, source: ExportSource, meta: ModelMeta,
                onnx_path: Path, profile: Profile, dest: Path) -> ModelMeta:
@@ -700,7 +707,8 @@ class TensorRTExporter(Exporter):
         if opts.int8:
             feeder, calibration, data = self._calibration(meta, onnx_path, profile, dest, env)
         input_name = build_engine(trt, onnx_path, dest, opts, profile, feeder=feeder, device_index=index,
-                                  timing_cache=timing_cache_path(env))
+                                  timing_cache=timing_cache_path(env),
+                                  decoded=meta.decode_in_graph and not meta.nms_in_graph)
         if feeder is not None and calibration is not None:
             calibration["batches"] = feeder.batches_fed  # 0 when a reused cache made calibration unnecessary
             calibration["images"] = data.num_images  # unreadable files are known now
@@ -733,8 +741,9 @@ class TensorRTExporter(Exporter):
         return feeder, record, data
 
     def _unavailable(self, reason: str, source: ExportSource, onnx_path: Path, input_name: str,
-                     dims: Sequence[int], profile: Profile) -> str:
-        """The one-sentence error when TensorRT cannot build here, after keeping the ONNX step for the user."""
+                     dims: Sequence[int], profile: Profile, meta: ModelMeta) -> str:
+        """The one-sentence error when TensorRT cannot build here, after keeping the ONNX step for the user and
+        writing ``meta`` (no build record: TensorRT did not run) as the sidecar of the engine ``trtexec`` makes."""
         opts = self.options
         if self.output is None:
             return reason
@@ -753,4 +762,6 @@ class TensorRTExporter(Exporter):
                 shutil.copyfile(onnx_path, tmp)
         cmd = trtexec_command(kept, engine, input_name, profile, shapes=any(d < 0 for d in dims), half=opts.half,
                               workspace=opts.workspace)
-        return f"{reason}; {where} {kept} (build the engine from it with: {cmd})"
+        engine.parent.mkdir(parents=True, exist_ok=True)
+        sidecar = write_text_atomic(sidecar_path(engine), meta.to_json())
+        return f"{reason}; {where} {kept} (build the engine from it with: {cmd}; its metadata is in {sidecar})"

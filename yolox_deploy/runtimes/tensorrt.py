@@ -9,8 +9,10 @@ What the engine is comes from its sidecar ``<engine>.json`` (:func:`~yolox_deplo
 by ``yolox-export``): the :class:`~yolox_deploy.meta.ModelMeta` plus, under ``extra["tensorrt"]``, the
 TensorRT version, GPU and build settings it was made with. An engine is refused with one sentence before it
 is deserialised when that record names another TensorRT release (major.minor.patch) or another GPU compute
-capability (TensorRT plans are not portable across either). Without a sidecar the metadata is read off the
-engine's I/O shapes (:func:`~yolox_deploy.meta.infer_meta`; raw head output assumed).
+capability (TensorRT plans are not portable across either), and refused when it contradicts the engine's I/O
+(input size, batch, NMS outputs, decoded head). Without a sidecar the metadata is read off the engine's I/O
+shapes (:func:`~yolox_deploy.meta.infer_meta`): the head output is taken as decoded when it is named
+``DECODED_OUTPUT`` (as ``yolox-export`` names it in the engines it builds), else as raw.
 
 Options: ``img_size`` (only for sidecar-less engines with dynamic height/width). ``device``: ``cuda`` or
 ``cuda:N``; ``cpu`` / ``auto`` (the library-wide default) mean the current CUDA device, since an engine runs
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import NMS_OUTPUTS, ModelMeta, meta_from_graph, read_sidecar, sidecar_path
+from ..meta import NMS_OUTPUTS, ModelMeta, check_against_graph, meta_from_graph, read_sidecar, sidecar_path
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.files import check_readable
 from ..utils.sizes import parse_img_size
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 
 TRT_MISSING = "TensorRT is not installed (pip install 'yolox-deploy[trt]' on a machine with an NVIDIA GPU)"
 RECORD_KEY = "tensorrt"  # key of the build record inside ModelMeta.extra
+# The name yolox-export gives a decoded head output in the engines it builds: the plan keeps no other metadata.
+DECODED_OUTPUT = "output_decoded"
 
 Shape = tuple[int, ...]
 
@@ -330,7 +334,7 @@ def order_outputs(outputs: Sequence[TensorSpec], nms_in_graph: bool) -> list[Ten
 def meta_from_shapes(inp: TensorSpec, outputs: Sequence[TensorSpec], profile: Profile, artefact: str,
                      img_size: Any = None, legacy: bool = False, decode_in_graph: bool = False) -> ModelMeta:
     """Metadata of an engine without a sidecar, from its I/O shapes (raw head output assumed unless
-    ``decode_in_graph``).
+    ``decode_in_graph`` or the output is named ``DECODED_OUTPUT``).
 
     Dynamic height/width take ``img_size`` when given, else the profile's optimum, and mark the metadata
     ``dynamic_hw``; a dynamic batch becomes ``batch=None``; ``legacy`` sets the RGB / 255 / ImageNet input.
@@ -338,7 +342,14 @@ def meta_from_shapes(inp: TensorSpec, outputs: Sequence[TensorSpec], profile: Pr
     return meta_from_graph(list(inp.shape), [o.name for o in outputs], list(outputs[0].shape), artefact,
                            img_size=parse_img_size(img_size) if img_size else None,
                            default_hw=tuple(profile.opt[2:4]), legacy=legacy, format="tensorrt",
-                           decode_in_graph=decode_in_graph)
+                           decode_in_graph=decode_in_graph or outputs[0].name == DECODED_OUTPUT)
+
+
+def check_sidecar(meta: ModelMeta, inp: TensorSpec, outputs: Sequence[TensorSpec], artefact: str) -> None:
+    """Refuse a sidecar that does not describe its engine: :func:`~yolox_deploy.meta.check_against_graph`
+    (batch, input size, NMS outputs), and a raw head in the sidecar where the engine names it decoded."""
+    check_against_graph(meta, list(inp.shape), [o.name for o in outputs], artefact,
+                        decodes=outputs[0].name == DECODED_OUTPUT)
 
 
 @register_backend("tensorrt", suffixes=(".engine", ".plan"), package="tensorrt", extra="trt", devices=("cuda",))
@@ -392,6 +403,8 @@ class TensorRTBackend(Backend):
         if meta is None:
             meta = meta_from_shapes(self._input, outputs, self.profile, path.name, self.options.get("img_size"),
                                     bool(self.options.get("legacy")), bool(self.options.get("decode_in_graph")))
+        else:
+            check_sidecar(meta, self._input, outputs, f"{path.name} with its sidecar {sidecar_path(path).name}")
         self.meta = meta
         self._outputs = order_outputs(outputs, meta.nms_in_graph)
 
