@@ -135,3 +135,24 @@ def test_mixup_blends_and_adds_the_other_boxes():
 
 def test_xyxy_to_cxcywh():
     assert xyxy_to_cxcywh(np.array([[10, 20, 30, 60.]], np.float32)).tolist() == [[20, 40, 20, 40]]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"mosaic_prob": -3}, r"mosaic_prob must be in \[0, 1\], got -3"),
+    ({"flip_prob": 7}, r"flip_prob must be in \[0, 1\], got 7"),
+    ({"mosaic_scale": (0.0, 0.0)}, r"mosaic_scale must be two numbers 0 < low <= high, got \(0.0, 0.0\)"),
+    ({"mosaic_scale": (1.0,)}, r"mosaic_scale must be two numbers"),
+    ({"mixup_scale": (1.5, 0.5)}, r"mixup_scale must be two numbers"),
+    ({"degrees": -1}, r"degrees must be >= 0"),
+])
+def test_augmentation_settings_are_checked_before_training(bad, message):
+    """They failed at the first sample (IndexError), or silently left every box out of the image."""
+    from pathlib import Path
+
+    from yolox_deploy.errors import InputError
+    from yolox_deploy.train.config import TrainConfig
+
+    base = {"model": "yolox-nano", "data": Path("data"), "output": Path("out")}
+    with pytest.raises(InputError, match=message):
+        TrainConfig(**base, **bad).resolved()
+    assert TrainConfig(**base).resolved().augment().mosaic_scale == (0.5, 1.5)  # the nano recipe's

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import pickle
 
 import cv2
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 from yolox_deploy.errors import InputError
 from yolox_deploy.train.data import load_detection_set
+from yolox_deploy.train.dataset import TrainDataset
 
 from .conftest import write_coco
 
@@ -26,11 +29,24 @@ def test_classes_follow_category_ids_and_boxes_are_xyxy(synthetic_coco):
     assert data.class_names == ("red", "green", "blue") and data.category_ids == (1, 2, 5)
     assert len(data) == 8 and data.num_classes == 3
     rec = data.records[0]
-    ann = data.coco.coco.imgToAnns[rec.image_id][0]
+    anns = json.loads((synthetic_coco / "annotations" / "instances_train2017.json").read_text())["annotations"]
+    ann = next(a for a in anns if a["image_id"] == rec.image_id)
     x, y, w, h = ann["bbox"]
     assert rec.boxes[0].tolist() == [x, y, x + w, y + h]
     assert rec.labels[0] == {1: 0, 2: 1, 5: 2}[ann["category_id"]]
     assert data.report.skipped() == 0 and data.report.clipped == 0
+
+
+def test_the_annotation_file_is_not_kept(synthetic_coco):
+    """Only what training reads stays in memory (and is pickled into spawned loader workers): not the
+    segmentation polygons, which are most of COCO's annotation file."""
+    ann_file = synthetic_coco / "annotations" / "instances_train2017.json"
+    coco = json.loads(ann_file.read_text())
+    for a in coco["annotations"]:
+        a["segmentation"] = [[float(v) for v in range(2000)]]
+    ann_file.write_text(json.dumps(coco))
+    data = load_detection_set(synthetic_coco)
+    assert len(pickle.dumps(TrainDataset(data, (64, 64)))) < ann_file.stat().st_size / 20
 
 
 def test_bad_boxes_are_clipped_or_skipped_and_counted(tmp_path, caplog):

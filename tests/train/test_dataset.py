@@ -10,7 +10,14 @@ from yolox_deploy.errors import InputError
 from yolox_deploy.io.images import read_image
 from yolox_deploy.ops.letterbox import letterbox
 from yolox_deploy.train.data import load_detection_set
-from yolox_deploy.train.dataset import MIN_BOX_SIDE, AugmentConfig, TrainBatchSampler, TrainDataset, collate
+from yolox_deploy.train.dataset import (
+    MIN_BOX_SIDE,
+    AugmentConfig,
+    TrainBatchSampler,
+    TrainDataset,
+    collate,
+    loader_worker_init,
+)
 
 
 @pytest.fixture
@@ -60,6 +67,38 @@ def test_cache_gives_the_same_samples(data):
     cached = TrainDataset(data, (64, 64), seed=1, cache=True)
     for key in [(0, 0, True), (0, 0, True), (5, 1, False)]:
         assert torch.equal(plain[key][0], cached[key][0])
+
+
+def test_the_cache_is_filled_once_up_front(data, monkeypatch):
+    """Before the loader's workers start, so that forked workers share one copy (each kept its own)."""
+    plain = TrainDataset(data, (64, 64), seed=1)
+    cached = TrainDataset(data, (64, 64), seed=1, cache=True)
+    # 8 images of 96x128 fit in 64x64 as 48x64: 3 bytes a pixel
+    assert cached.cache_bytes() == 8 * 48 * 64 * 3
+    keys = [(0, 0, True), (3, 2, False), (5, 1, True)]
+    want = [plain[k][0] for k in keys]
+    cached.fill_cache(progress=False)
+    for rec in data.records:
+        rec.path.unlink()  # from now on the images come from memory alone
+    assert all(torch.equal(w, cached[k][0]) for w, k in zip(want, keys))
+    monkeypatch.setattr("yolox_deploy.train.dataset.memory_bytes", lambda field="MemAvailable": 100_000)
+    with pytest.raises(InputError, match=r"caching the 8 training images takes 0.0 GiB \(2 process\(es\)\) and "
+                                         r"0.0 GiB of memory is available: train without --cache"):
+        TrainDataset(data, (64, 64), cache=True).fill_cache(copies=2, progress=False)
+
+
+def test_opencv_runs_single_threaded_in_loader_workers(data):
+    import cv2
+
+    class Threads(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return cv2.getNumThreads()
+
+    loader = torch.utils.data.DataLoader(Threads(), batch_size=2, num_workers=1, worker_init_fn=loader_worker_init)
+    assert next(iter(loader)).tolist() == [1, 1]
 
 
 def test_image_size_that_disagrees_with_the_json_is_an_error(data):

@@ -69,3 +69,20 @@ def test_ddp_keeps_each_process_batchnorm_statistics_as_the_authors(monkeypatch)
     model = build_model("yolox-nano", num_classes=3)
     wrap_model(model, torch.device("cpu"), DistInfo(rank=0, local_rank=0, world_size=2))
     assert seen.get("broadcast_buffers") is False
+
+
+def test_the_run_is_read_from_torchruns_environment(monkeypatch):
+    from yolox_deploy.train.distributed import env_dist_info
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_dist_info() == DistInfo(0, 0, 1, 1)
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert env_dist_info() == DistInfo(5, 1, 8, 8)  # no LOCAL_WORLD_SIZE: all on this machine
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert env_dist_info() == DistInfo(5, 1, 8, 4)  # two machines of four processes
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "four")
+    with pytest.raises(InputError, match="RANK / LOCAL_RANK / WORLD_SIZE / LOCAL_WORLD_SIZE must be integers"):
+        env_dist_info()

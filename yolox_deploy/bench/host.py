@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.cpus import usable_cpus
+from ..utils.memory import memory_bytes
 
 # Distributions whose versions are recorded (distribution name -> label); missing ones are left out.
 PACKAGES = {
@@ -133,18 +134,8 @@ def _cores() -> tuple[int | None, int | None]:
 
 
 def _ram_gb() -> float | None:
-    try:
-        import psutil
-
-        return psutil.virtual_memory().total / 1e9
-    except ImportError:
-        pass
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024 / 1e9
-    return None
+    total = memory_bytes("MemTotal")
+    return None if total is None else total / 1e9
 
 
 def package_versions() -> dict[str, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..train.config import DEFAULT_VAL_SPLIT, DEFAULT_WORKERS, TrainConfig
+from ..train.dataset import CACHE_MEMORY_SHARE
 from ..zoo import VARIANTS
 from .common import cli_entry, main_guard
 
@@ -58,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, help=f"data-loading processes per training process (default "
                                                f"{DEFAULT_WORKERS}, or one per usable CPU when there are fewer)")
     g.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation")
-    g.add_argument("--cache", action="store_true", help="keep decoded images in memory")
+    g.add_argument("--cache", action="store_true",
+                   help="read every image once before training and keep it in memory, resized to the training size "
+                        f"(refused when that takes over {CACHE_MEMORY_SHARE * 100:.0f}%% of the memory available)")
     g.add_argument("--skip-missing", action="store_true",
                    help="skip images listed in the annotations but missing on disk (default: stop with an error)")
     g.add_argument("--save-history", action="store_true", help="also keep a checkpoint of every epoch")

@@ -65,11 +65,16 @@ def fit_to_input(image: np.ndarray, boxes: np.ndarray, input_hw: tuple[int, int]
     return canvas, boxes * np.float32(ratio)
 
 
+def fitted_size(hw: tuple[int, int], input_hw: tuple[int, int]) -> tuple[float, tuple[int, int]]:
+    """``(ratio, (width, height))`` of an ``hw`` image resized by ``min(H / h, W / w)`` to fit in ``input_hw``."""
+    r = letterbox_ratio(hw, input_hw)
+    return r, (max(int(hw[1] * r), 1), max(int(hw[0] * r), 1))
+
+
 def resize_to_fit(image: np.ndarray, boxes: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Resize (no padding) by ``min(H / h, W / w)`` so the image fits in ``input_hw``; boxes scaled alike."""
     h0, w0 = image.shape[:2]
-    r = letterbox_ratio((h0, w0), input_hw)
-    size = (max(int(w0 * r), 1), max(int(h0 * r), 1))
+    r, size = fitted_size((h0, w0), input_hw)
     if size != (w0, h0):
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
     return image, boxes * np.float32(r)

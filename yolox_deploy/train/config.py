@@ -132,6 +132,7 @@ class TrainConfig:
             c.mosaic_scale = tuple(spec.mosaic_scale)
         if c.mixup is None:
             c.mixup = spec.mixup
+        c.check_augmentation()
         if c.multiscale and c.multiscale_range is None:
             c.multiscale_range = default_multiscale_range(spec.name, c.img_size)
         if c.multiscale_range is not None and not (MIN_SIDE // 32 <= c.multiscale_range[0] <= c.multiscale_range[1]):
@@ -148,6 +149,21 @@ class TrainConfig:
         if c.workers < 0:
             raise InputError(f"workers must be >= 0, got {c.workers}")
         return c
+
+    def check_augmentation(self) -> None:
+        """Refuse probabilities outside [0, 1], scale ranges other than two increasing positive numbers and
+        negative geometry (they failed at the first sample, or silently left every box out of the image)."""
+        for name in ("mosaic_prob", "mixup_prob", "hsv_prob", "flip_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        for name in ("mosaic_scale", "mixup_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_finite_number, value))
+                    and 0 < value[0] <= value[1]):
+                raise InputError(f"{name} must be two numbers 0 < low <= high, got {value!r}")
+        for name in ("degrees", "translate", "shear"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
     def check_phases(self) -> None:
         """Refuse warm-up and no-augmentation phases longer than the run together."""

@@ -15,17 +15,23 @@ import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..errors import InputError
 from ..io.images import check_annotated_size, read_image
 from ..ops.boxes import xyxy_to_cxcywh
-from .augment import fit_to_input, hflip, hsv_jitter, mixup, mosaic, random_affine, resize_to_fit
+from ..utils.cpus import usable_cpus
+from ..utils.memory import memory_bytes
+from .augment import fit_to_input, fitted_size, hflip, hsv_jitter, mixup, mosaic, random_affine, resize_to_fit
 from .data import DetectionSet
 
+CACHE_MEMORY_SHARE = 0.8  # --cache is refused when the cached images would take more of the memory available
 MIN_BOX_SIDE = 1.0  # px on the network input: smaller boxes are dropped after augmentation (authors: > 1)
 
 SampleKey = tuple[int, int, bool]  # (index, epoch, mosaic enabled)
@@ -52,7 +58,9 @@ class TrainDataset(torch.utils.data.Dataset):
 
     ``dataset[(index, epoch, mosaic)]`` (or ``dataset[index]``: epoch 0, Mosaic on) returns
     ``(image uint8 [3, H, W] BGR, targets float32 [N, 5] (class, cx, cy, w, h px), image_id)``.
-    ``cache=True`` keeps decoded images (resized to fit ``input_hw``) in memory, per worker.
+    ``cache=True`` keeps decoded images (resized to fit ``input_hw``) in memory: :meth:`fill_cache` reads
+    them all once, before the loader's workers start (forked workers then share that one copy); otherwise
+    each process keeps those it reads.
     """
 
     def __init__(self, data: DetectionSet, input_hw: tuple[int, int], aug: AugmentConfig = AugmentConfig(),
@@ -68,17 +76,41 @@ class TrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data.records)
 
+    def cache_bytes(self) -> int:
+        """The memory the images take once decoded and resized to fit ``input_hw`` (what the cache holds)."""
+        sizes = (fitted_size((rec.height, rec.width), self.input_hw)[1] for rec in self.data.records)
+        return sum(w * h * 3 for w, h in sizes)
+
+    def fill_cache(self, copies: int = 1, progress: bool = True) -> None:
+        """Read every image into the cache now, on a few threads (OpenCV decodes without the GIL), after
+        checking that ``copies`` caches (one per training process on this machine) fit in the memory
+        available: :class:`InputError` naming both figures when they do not."""
+        need = self.cache_bytes() * copies
+        available = memory_bytes("MemAvailable")
+        if available is not None and need > CACHE_MEMORY_SHARE * available:
+            raise InputError(f"caching the {len(self)} training images takes {need / 2**30:.1f} GiB "
+                             f"({copies} process(es)) and {available / 2**30:.1f} GiB of memory is available: "
+                             "train without --cache")
+        missing = [i for i in range(len(self)) if i not in self._cache]
+        with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
+            for index, hit in zip(missing, tqdm(pool.map(self._read, missing), total=len(missing),
+                                                desc="caching images", unit="img", disable=not progress)):
+                self._cache[index] = hit
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rec = self.data.records[index]
+        image = read_image(rec.path)
+        check_annotated_size(image, rec.path, (rec.height, rec.width))
+        return resize_to_fit(image, rec.boxes, self.input_hw)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image ``index`` resized to fit ``input_hw`` (no padding), its boxes scaled alike, its labels."""
-        rec = self.data.records[index]
         hit = self._cache.get(index)
         if hit is None:
-            image = read_image(rec.path)
-            check_annotated_size(image, rec.path, (rec.height, rec.width))
-            hit = resize_to_fit(image, rec.boxes, self.input_hw)
+            hit = self._read(index)
             if self.cache:
                 self._cache[index] = hit
-        return hit[0], hit[1].copy(), rec.labels
+        return hit[0], hit[1].copy(), self.data.records[index].labels
 
     def __getitem__(self, key: SampleKey | int) -> tuple[torch.Tensor, torch.Tensor, int]:
         index, epoch, use_mosaic = (int(key), 0, True) if isinstance(key, (int, np.integer)) else key
@@ -115,7 +147,9 @@ def loader_worker_init(worker_id: int) -> None:
     of a job (Slurm's or systemd's stop of a control group) is left to the training process too. Such a
     SIGTERM ended the workers (PyTorch's handler ends a worker on a SIGTERM, exiting when its parent sent it),
     and the training with them, in a traceback before its checkpoint. The parent's own SIGTERM to a stuck
-    worker still ends it."""
+    worker still ends it. OpenCV runs single-threaded in a worker (the workers are the parallelism; a pool of
+    one thread per core in each of them oversubscribes the CPUs), as in the authors' setup."""
+    cv2.setNumThreads(0)
     if hasattr(os, "setpgid"):  # POSIX
         os.setpgid(0, 0)
     if hasattr(signal, "sigwaitinfo") and _threads() == 1:  # Linux, a forked worker (see below)

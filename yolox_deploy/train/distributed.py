@@ -35,6 +35,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1  # the run's processes on this machine
 
     @property
     def enabled(self) -> bool:
@@ -46,12 +47,14 @@ class DistInfo:
 
 
 def env_dist_info() -> DistInfo:
-    """Rank, local rank and world size from the ``torchrun`` environment (a world of one when absent)."""
+    """Rank, local rank, world size and local world size from the ``torchrun`` environment (a world of one
+    when absent)."""
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
     try:
-        return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-                        int(os.environ.get("WORLD_SIZE", 1)))
+        rank, local_rank, world, local_world = (int(os.environ.get(n, d)) for n, d in zip(names, (0, 0, 1, 0)))
     except ValueError:
-        raise InputError("RANK / LOCAL_RANK / WORLD_SIZE must be integers (set by torchrun)") from None
+        raise InputError(f"{' / '.join(names)} must be integers (set by torchrun)") from None
+    return DistInfo(rank, local_rank, world, local_world or world)
 
 
 def resolve_train_device(device: str, info: DistInfo) -> torch.device:

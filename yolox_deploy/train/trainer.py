@@ -152,6 +152,8 @@ class Trainer:
         self.val: CocoSplit | None = self._open_val()
 
         self.dataset = TrainDataset(self.data, cfg.img_size, cfg.augment(), seed=cfg.seed, cache=cfg.cache_images)
+        if cfg.cache_images:  # once, before the workers start: forked workers share it
+            self.dataset.fill_cache(copies=self.dist.local_world_size, progress=cfg.progress and self.dist.is_main)
         self.sampler = TrainBatchSampler(len(self.dataset), cfg.batch // self.dist.world_size, seed=cfg.seed,
                                          rank=self.dist.rank, world_size=self.dist.world_size)
         self.iters_per_epoch = self.sampler.iters_per_epoch
