@@ -3,6 +3,7 @@
 import json
 import pickle
 import shutil
+import signal
 
 import cv2
 import numpy as np
@@ -225,12 +226,12 @@ def test_detect_keeps_files_sharing_a_stem_apart(tmp_path, nano_pth, dog_jpg):
     assert json.loads((out / "dog.png.json").read_text())["source"] == str(src / "dog.png")
 
 
-@pytest.mark.parametrize("live", [True, False])
-def test_ctrl_c_ends_a_camera_but_not_a_file(tmp_path, nano_pth, dog_jpg, monkeypatch, capsys, live):
+@pytest.mark.parametrize("live, signum", [(True, signal.SIGINT), (True, signal.SIGTERM), (False, signal.SIGINT)])
+def test_ctrl_c_ends_a_camera_but_not_a_file(tmp_path, nano_pth, dog_jpg, monkeypatch, capsys, live, signum):
     """Ctrl-C is how a camera stream is stopped: after the frame in hand, so the video, the JSON and the table
-    hold the same frames. A file run stops at once with nothing."""
+    hold the same frames. SIGTERM (timeout, systemd, docker stop) keeps them too (it threw them away), exiting
+    143. A file run stops at once with nothing."""
     import os
-    import signal
 
     import yolox_deploy.cli.detect as detect_module
     from yolox_deploy.io.images import Frame
@@ -240,7 +241,7 @@ def test_ctrl_c_ends_a_camera_but_not_a_file(tmp_path, nano_pth, dog_jpg, monkey
     def frames(source):
         for i in range(6):
             if i == 2:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
             yield Frame(f"f{i}", dog, i, 10.0)
 
     monkeypatch.setattr(detect_module, "iter_source", frames)
@@ -248,15 +249,38 @@ def test_ctrl_c_ends_a_camera_but_not_a_file(tmp_path, nano_pth, dog_jpg, monkey
     source = "0" if live else str(tmp_path / "clip.mp4")
     rc = detect_main([str(nano_pth), "--source", source, "--output", str(out)])
     if live:
-        assert rc == 0 and "stopped; writing the frames seen" in capsys.readouterr().err
+        assert rc == (0 if signum == signal.SIGINT else 143)
+        assert "stopped; writing the frames seen" in capsys.readouterr().err
         assert [f["frame"] for f in json.loads((out / "camera0.json").read_text())["frames"]] == [0, 1, 2]
         video = cv2.VideoCapture(str(out / "camera0.mp4"))
         assert [video.get(p) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH,
                                        cv2.CAP_PROP_FRAME_HEIGHT)] == [3, 502, 332]
         video.release()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     else:
         assert rc == 130 and not out.exists()  # nothing written, not even the folder
+
+
+def test_a_long_run_keeps_no_list_of_its_frames(tmp_path, nano_pth, dog_jpg, monkeypatch, capsys):
+    """A camera's run has no end: its JSON is written a frame at a time and its table keeps the first and
+    last rows (both grew by every frame until the end, and a failure after hours lost them all)."""
+    import yolox_deploy.cli.detect as detect_module
+    from yolox_deploy.io.images import Frame
+
+    dog = cv2.resize(cv2.imread(str(dog_jpg)), (96, 72))
+    monkeypatch.setattr(detect_module, "iter_source", lambda source: (Frame(f"f{i}", dog, i) for i in range(30)))
+    seen = []
+    monkeypatch.setattr(detect_module._Rows, "add", lambda self, row, add=detect_module._Rows.add: (
+        seen.append((len(self.head), len(self.rest))), add(self, row)))
+    out = tmp_path / "out"
+    assert detect_main([str(nano_pth), "--source", "0", "--output", str(out), "--no-images"]) == 0
+    assert max(h + r for h, r in seen) == 20  # at most 20 rows held, for any number of frames
+    printed = capsys.readouterr().out
+    assert "30 frame(s)" in printed and "f9 " in printed and "f25 " in printed and "f29 " in printed
+    assert "f10 " not in printed and "f24 " not in printed and "..." in printed
+    data = json.loads((out / "camera0.json").read_text())
+    assert data["source"] == "0" and [f["frame"] for f in data["frames"]] == list(range(30))
 
 
 def test_a_second_ctrl_c_abandons_a_camera_run(tmp_path, nano_pth, dog_jpg, monkeypatch, caplog):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -113,6 +114,48 @@ class _VideoSink:
             self.writer.release()
 
 
+class _Rows:
+    """The summary table's rows: all of a short run, the first and last of a long one (a camera's run has no
+    end, so rows are not kept for every frame)."""
+
+    HEAD, TAIL, ALL = 10, 5, 20
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.head: list[list] = []
+        self.rest: collections.deque[list] = collections.deque(maxlen=self.ALL - self.HEAD)
+
+    def add(self, row: list) -> None:
+        self.count += 1
+        (self.head if len(self.head) < self.HEAD else self.rest).append(row)
+
+    def shown(self) -> list[list]:
+        if self.count <= self.ALL:
+            return self.head + list(self.rest)
+        return self.head + [["...", None, None, ""]] + list(self.rest)[-self.TAIL:]
+
+
+class _FramesJson:
+    """A video's ``<stem>.json`` (``{"source": ..., "frames": [...]}``), written a frame at a time into the run's
+    staging folder: a camera's or stream's run holds no growing list of its frames in memory."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.file = open(path, "w", encoding="utf-8")  # closed by finish / close
+        self.file.write(f'{{"source": {json.dumps(source)}, "frames": [')
+        self.first = True
+
+    def add(self, entry: dict) -> None:
+        self.file.write(("\n" if self.first else ",\n") + json_text(entry, indent=None))
+        self.first = False
+
+    def finish(self) -> None:
+        self.file.write("\n]}\n")
+        self.file.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 RECORD = ".yolox-detect-results"  # in an output folder: the names of the results yolox-detect wrote there (JSON;
 # not named *.json, which a glob over the results would take for one)
 
@@ -192,15 +235,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem = f"camera{camera}" if camera is not None else stream_stem(url) if url is not None else Path(src).stem
     _refuse_writing_over_source(src, out)
     earlier = _check_outputs(out, _result_names(src, stem, args.no_images))
-    rows = []
-    frames: list[dict] = []
+    rows = _Rows()
     with (Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic,
                    max_det=args.max_det, **detector_kwargs(args)) as det,
           staging_folder(out, prefix=".detect.") as stage):  # results move into place only when the run ends well
         video = _VideoSink(stage / f"{stem}.mp4") if video_source and not args.no_images else None
-        # a camera never ends by itself: Ctrl-C is how it is stopped, between two frames (a frame's JSON entry,
-        # picture and row are written together), and what was seen is kept; a second Ctrl-C abandons the run
-        stopping = (stop_between_steps((signal.SIGINT,), "stopping after this frame (Ctrl-C again to abandon the run)")
+        frames = _FramesJson(stage / f"{stem}.json", shown_url(src)) if video_source else None
+        # a camera never ends by itself: Ctrl-C (or SIGTERM: timeout, systemd, docker stop) is how it is stopped,
+        # between two frames (a frame's JSON entry, picture and row are written together), and what was seen is
+        # kept; a second one abandons the run
+        stopping = (stop_between_steps((signal.SIGINT, signal.SIGTERM),
+                                       "stopping after this frame (Ctrl-C again to abandon the run)")
                     if live else contextlib.nullcontext(StopRequest()))
         try:
             with stopping as stop:
@@ -209,8 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results = det.run_batch([frame.image for frame in chunk])
                     ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
                     for frame, dets in zip(chunk, results):
-                        if video_source:
-                            frames.append({"frame": frame.index, **dets.to_dict()})
+                        if frames is not None:
+                            frames.add({"frame": frame.index, **dets.to_dict()})
                             if video is not None:
                                 video.write(frame, dets.draw(frame.image))
                         else:
@@ -220,17 +265,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                             if not args.no_images:
                                 _write_image(stage / f"{frame.name}.jpg", dets.draw(frame.image))
                         top = ", ".join(f"{n} {s:.2f}" for _, s, _, n in list(dets)[:3])
-                        rows.append([frame.name, len(dets), round(ms, 1), top])
+                        rows.add([frame.name, len(dets), round(ms, 1), top])
                     if stop.requested:
                         print("stopped; writing the frames seen so far", file=sys.stderr)
                         break
             if video is not None:
                 video.finish()
+            if frames is not None:
+                frames.finish()
         finally:
-            if video is not None:
-                video.close()
-        if video_source:
-            (stage / f"{stem}.json").write_text(json_text({"source": shown_url(src), "frames": frames}, indent=1))
+            for sink in (video, frames):
+                if sink is not None:
+                    sink.close()
         with deferred():  # a Ctrl-C now lets the results finish moving and be recorded as this run's
             written = {p.name for p in move_into(sorted(stage.iterdir()), out)}
             # a picture or video of an earlier run beside a new JSON (--no-images) would not show its detections
@@ -239,9 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in stale:
                 (out / name).unlink(missing_ok=True)
             write_text_atomic(out / RECORD, json.dumps({"results": sorted((earlier - stale) | written)}))
-    shown = rows if len(rows) <= 20 else rows[:10] + [["...", None, None, ""]] + rows[-5:]
-    print(format_table(["image", "detections", "ms", "top"], shown, floatfmt=".1f"))
-    print(f"{len(rows)} {'frame' if video_source else 'image'}(s) -> {out}/")
+    print(format_table(["image", "detections", "ms", "top"], rows.shown(), floatfmt=".1f"))
+    print(f"{rows.count} {'frame' if video_source else 'image'}(s) -> {out}/")
+    if stop.signum == signal.SIGTERM:  # the frames are kept; the exit status still says how the run ended
+        stop.stop()
     return 0
 
 

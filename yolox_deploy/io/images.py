@@ -316,7 +316,7 @@ def is_video(source: str | os.PathLike | int) -> bool:
 
 def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
     """Frames of an image file, a folder of images, a video file, a camera (:func:`camera_index`) or a stream
-    address (:func:`stream_url`)."""
+    address (:func:`stream_url`). A folder's files are checked (:func:`check_image_path`) before its first frame."""
     camera = check_source(source)
     if camera is not None:
         yield from _iter_video(open_video(camera), f"camera{camera}", f"camera {camera}")
@@ -330,6 +330,8 @@ def iter_source(source: str | os.PathLike | int) -> Iterator[Frame]:
         files = list_images(p)
         if not files:
             raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {p}")
+        for f in files:  # a dead link or an empty file is named before the first frame, not after the others ran
+            check_image_path(f)
         for i, (f, name) in enumerate(zip(files, frame_names(files))):
             yield Frame(name, read_image(f), i, path=f)
     elif is_video(p):
