@@ -31,6 +31,24 @@ def test_a_checkpoint_runs_at_the_size_of_an_artefact_exported_for_another(tmp_p
     assert row["max_abs_diff"] < 1e-3 and row["agreement"] == 1.0 and row["detections"] >= 3
 
 
+def test_an_nms_graphs_thresholds_serve_every_artefact(tmp_path, nano_pth, dog_jpg, capsys):
+    """The graph's NMS takes no other thresholds: the reference ran 0.25 / 0.45 against a graph exported with
+    0.01 / 0.65, and the table showed disagreement that was the thresholds'."""
+    from yolox_deploy.export import export
+
+    nms = export(nano_pth, "onnx", tmp_path / "nms.onnx", model="yolox-nano", nms=True, conf=0.01, iou=0.65,
+                 verify=False).path
+    out = tmp_path / "cmp.json"
+    assert compare_main([str(nano_pth), str(nms), "--images", str(dog_jpg), "--json", str(out)]) == 0
+    assert "0.01 / 0.65" in capsys.readouterr().out
+    ref, row = json.loads(out.read_text())["rows"]
+    assert (ref["conf"], ref["nms"]) == (row["conf"], row["nms"]) == (0.01, 0.65)
+    assert row["agreement"] == 1.0 and row["detections"] > 5
+    assert compare_main([str(nano_pth), str(nms), "--images", str(dog_jpg), "--json", str(out), "--conf", "0.3"]) == 0
+    ref, row = json.loads(out.read_text())["rows"]
+    assert (ref["conf"], ref["nms"]) == (row["conf"], row["nms"]) == (0.3, 0.65)  # what is given applies to all
+
+
 def test_without_detections_the_iou_is_not_a_number(tmp_path, nano_pth, dog_jpg, capsys):
     out = tmp_path / "cmp.json"
     assert compare_main([str(nano_pth), str(nano_pth), "--images", str(dog_jpg), "--conf", "1", "--json", str(out)]) == 0

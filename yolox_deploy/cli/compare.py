@@ -23,8 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="an image or a folder of images")
     p.add_argument("--limit", type=int, default=50, help="use at most this many images (default 50)")
     p.add_argument("--model", help="YOLOX variant for checkpoints that do not say")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--conf", type=float, help="score threshold (default: that of the first artefact with NMS in "
+                                              "its graph, for every artefact; else 0.25)")
+    p.add_argument("--nms", type=float, help="NMS IoU threshold (default: that of the first artefact with NMS in its "
+                                             "graph, for every artefact; else 0.45)")
     p.add_argument("--device", default="cpu", help="device for every artefact (default cpu)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N",
                    help="input size for every artefact, one number or height width (default: each artefact's own; "
@@ -75,11 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.append([r.artefact, r.backend, r.precision, f"{r.input_size[0]}x{r.input_size[1]}", diff,
                       "-" if i == 0 else "n/a" if r.matched_iou is None else f"{r.matched_iou:.4f}",
                       "-" if i == 0 else f"{a.agreement:.1%}",
-                      a.n_b, r.pre_ms, r.infer_ms, r.post_ms, r.total_ms])
+                      a.n_b, f"{r.conf:g} / {r.nms:g}", r.pre_ms, r.infer_ms, r.post_ms, r.total_ms])
     # the JSON on stdout (--json /dev/stdout, for a pipe) is all stdout holds; the table goes to stderr
     out = sys.stderr if json_path is not None and standard_stream(json_path) is sys.stdout else sys.stdout
     print(format_table(["artefact", "backend", "precision", "input", "max abs diff", "matched IoU", "agreement",
-                        "dets", "pre ms", "infer ms", "post ms", "total ms"], table, floatfmt=".2f"),
+                        "dets", "conf / IoU", "pre ms", "infer ms", "post ms", "total ms"], table, floatfmt=".2f"),
           f"{len(images)} image(s), one per call; diffs against {rows[0].artefact}", sep="\n", file=out)
     if json_path is not None:
         write_text_atomic(json_path, json_text({

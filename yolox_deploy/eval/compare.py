@@ -4,11 +4,14 @@ The first artefact is the reference. Raw outputs are compared in raw units (grap
 back with :func:`~yolox_deploy.ops.decode.encode`), so a ``.pth``, a decoding ONNX and a raw OpenVINO IR
 compare on equal terms; a dynamic-size reference also runs at the size of an artefact exported for another
 one; artefacts with NMS in the graph, or of another size than a fixed-size reference, have no raw comparison.
+Thresholds not given are those of the first artefact with NMS in its graph, for every artefact (a graph's NMS
+cannot take others, so the rest run its thresholds rather than the library's defaults and disagree by them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +24,8 @@ from ..ops.decode import encode
 from ..ops.match import EMPTY, Agreement, match_detections
 from ..runtimes.detector import Detector
 from ..utils.text import listed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,6 +100,7 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
                 raise InputError(f"{path} has {det.meta.num_classes} classes ({listed(det.meta.class_names)}), "
                                  f"the reference {artefacts[0]} {len(labels)} ({listed(labels)}): their detections "
                                  "cannot be compared; compare artefacts of one model")
+        _share_graph_thresholds(artefacts, detectors, detector_kwargs)
         from tqdm import tqdm
 
         # closed however the run ends, so a message that follows starts on a line of its own
@@ -111,6 +117,27 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
                     references[size] = [_result(at_size, image, clock)[:2] for image in images]
             rows.append(_run(path, det, images, warmup, references.get(size, references[ref_size]), bar)[0])
     return rows
+
+
+def _share_graph_thresholds(artefacts: Sequence[Any], detectors: Sequence[Detector],
+                            given: Mapping[str, Any]) -> None:
+    """Give every artefact the score and IoU thresholds of the first one with NMS in its graph, where the
+    caller gave none (``conf`` / ``nms`` in ``given``)."""
+    graphs = [(path, det) for path, det in zip(artefacts, detectors) if det.meta.nms_in_graph]
+    if not graphs:
+        return
+    path, first = graphs[0]
+    shared = {name: getattr(first, name) for name in ("conf", "nms") if given.get(name) is None}
+    if not shared:
+        return
+    others = [p for p, det in graphs[1:] if any(getattr(det, n) != v for n, v in shared.items())]
+    if others:
+        log.warning("%s run NMS in their graphs with other thresholds than %s: their detections differ by them too",
+                    listed([str(p) for p in others]), path)
+    for det in detectors:
+        if not det.meta.nms_in_graph:
+            for name, value in shared.items():
+                setattr(det, name, value)
 
 
 def _result(det: Detector, image: np.ndarray, clock: Clock) -> tuple[np.ndarray | None, Any, tuple[float, ...]]:
