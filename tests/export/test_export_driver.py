@@ -87,6 +87,14 @@ def test_options_of_the_wrong_type(tiny_pth, out, option, value, kind):
     _assert_empty(out)
 
 
+def test_numpy_scalars_are_taken_as_numbers(tiny_pth, out):
+    """They passed the type check, then failed the metadata's JSON after the export was done."""
+    result = export(tiny_pth, "onnx", out / "m.onnx", img_size=64, dynamic=np.bool_(True), batch=np.int64(2),
+                    nms=True, conf=np.float32(0.5), max_det=np.int64(50), verify=False)
+    assert result.meta.batch is None and result.meta.max_det == 50 and result.meta.extra["nms_conf"] == 0.5
+    assert type(result.meta.max_det) is int and type(result.meta.extra["nms_conf"]) is float
+
+
 def test_unknown_format(tiny_pth, out, capsys):
     rc, _, err = _run(["--weights", tiny_pth, "--format", "pickle", "--output", out / "m.x"], capsys)
     assert rc == 2
@@ -196,6 +204,15 @@ def test_existing_output_is_kept_without_force(tiny_pth, out, capsys):
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not the 0600 of a temporary file
 
 
+def test_an_output_too_long_to_replace_is_refused_before_any_work(tiny_pth, out, capsys, no_loading):
+    """It failed when the new artefact moved in, after the export and its verification."""
+    target = out / ("a" * 245 + ".onnx")
+    target.write_bytes(b"precious")
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", target, "--force"], capsys)
+    line = _one_error(err)
+    assert rc == 2 and "cannot be replaced: its name is longer than" in line and target.read_bytes() == b"precious"
+
+
 def test_a_linked_output_stays_a_link_to_the_replaced_artefact(tiny_pth, out, capsys):
     """A deploy layout (current.onnx -> v1.onnx): --force replaced the link by a file and left v1 as it was."""
     (out / "v1.onnx").write_bytes(b"old")
@@ -214,6 +231,21 @@ def test_output_never_replaces_the_input_onnx(nano_onnx, tmp_path):
             export(src, "onnx", src, force=force)
     result = export(src, "onnx", verify=False)  # the default output is beside it, under another name
     assert result.path == tmp_path / "authors_deploy.onnx" and src.read_bytes() == nano_onnx.read_bytes()
+
+
+def test_an_onnx_made_from_an_onnx_is_named_deploy_wherever_it_goes(nano_onnx, tmp_path, monkeypatch):
+    """In the current folder (the source's read-only) it took the source's own name."""
+    import yolox_deploy.export as driver
+    from yolox_deploy.export.base import ExportOptions
+    from yolox_deploy.export.source import load_source
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(driver, "_writable", lambda folder: False)
+    source = load_source(nano_onnx)
+    assert driver.default_output(source, driver.format_class("onnx").info, ExportOptions()) == (
+        tmp_path / "yolox_nano_deploy.onnx")
+    assert driver.default_output(source, driver.format_class("openvino").info, ExportOptions()) == (
+        tmp_path / "yolox_nano_openvino")
 
 
 def test_default_output_next_to_the_weights_or_in_the_current_folder(tiny_pth, tmp_path, monkeypatch):

@@ -484,6 +484,72 @@ def test_onnx_source_decode_and_nms_tails(nano_onnx, dog_batch, tmp_path):
     np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-2)
 
 
+def test_an_fp16_raw_source_gets_float32_tails(nano_onnx, dog_batch, tmp_path):
+    """The decode and NMS steps compute in float32 on an FP16 graph's head (their float32 constants met its
+    float16 tensors: a file no runtime loads, written without a word under --no-verify)."""
+    float16 = pytest.importorskip("onnxruntime.transformers.float16")
+    half = tmp_path / "half.onnx"
+    onnx.save(float16.convert_float_to_float16(onnx.load(str(nano_onnx)), keep_io_types=False), str(half))
+    source = load_source(half)
+    [raw] = _ort(half, dog_batch.astype(np.float16))
+    for options in (ExportOptions(img_size=SIZE), ExportOptions(img_size=SIZE, nms=True, conf=0.25, iou=0.45)):
+        path = tmp_path / "out.onnx"
+        meta = write_onnx(source, options, path)
+        assert onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+        outputs = _ort(path, dog_batch.astype(np.float16))
+        if not meta.nms_in_graph:
+            np.testing.assert_allclose(outputs[0], decode(raw.astype(np.float32), SIZE), rtol=1e-5, atol=1e-3)
+        else:
+            [got] = split_nms_outputs(*outputs)
+            [expected] = postprocess(raw.astype(np.float32), 0.25, 0.45, input_hw=SIZE, max_det=100)
+            assert (got.class_ids == expected.class_ids).all() and len(got.boxes) == len(expected.boxes) > 0
+
+
+def test_a_source_the_tails_cannot_be_added_to_is_one_message(tiny_random_model, tmp_path):
+    """Opset 10 has no Clip with bounds as inputs; a graph the ONNX checker refuses is named (both were
+    tracebacks, after the work)."""
+    import torch
+
+    from yolox_deploy.errors import InputError
+
+    old = tmp_path / "opset10.onnx"
+    with tiny_random_model.decoding(False):
+        torch.onnx.export(tiny_random_model, torch.zeros(1, 3, 64, 64), str(old), opset_version=10,
+                          input_names=["images"], output_names=["output"], dynamo=False)
+    source = load_source(old)
+    with pytest.raises(InputError, match=r"the decode step needs ONNX opset >= 11; this graph has opset 10"):
+        write_onnx(source, ExportOptions(img_size=(64, 64)), tmp_path / "out.onnx")
+    write_onnx(source, ExportOptions(img_size=(64, 64), decode_in_graph=False), tmp_path / "raw.onnx")  # as it is
+
+    unsorted = onnx.load(str(old))
+    nodes = list(unsorted.graph.node)
+    del unsorted.graph.node[:]
+    unsorted.graph.node.extend(reversed(nodes))
+    bad = tmp_path / "unsorted.onnx"
+    onnx.save(unsorted, str(bad))
+    with pytest.raises(InputError, match=r"unsorted.onnx does not pass the ONNX checker \(.*topologically sorted"):
+        write_onnx(load_source(bad), ExportOptions(img_size=(64, 64), decode_in_graph=False), tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "out.onnx").exists()
+
+
+def test_a_dynamic_size_onnx_without_metadata_takes_the_size_given(nano_onnx_dynamic, dog_jpg, tmp_path):
+    """Its size came from the graph alone: "pass img_size" was the message, and --img-size did not reach it."""
+    from yolox_deploy import Detector
+    from yolox_deploy.errors import ArtefactError
+    from yolox_deploy.export import export
+
+    model = onnx.load(str(nano_onnx_dynamic))
+    del model.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(model, str(foreign))
+    with pytest.raises(ArtefactError, match="input height/width are dynamic and there is no metadata; pass img_size"):
+        export(foreign, "onnx", tmp_path / "a.onnx", verify=False)
+    result = export(foreign, "onnx", tmp_path / "b.onnx", img_size=320, verify_image=dog_jpg)
+    assert result.meta.dynamic_hw and result.meta.decode_in_graph and result.meta.input_size == (320, 320)
+    with Detector(result.path) as det:
+        assert det.meta.input_size == (320, 320) and {"dog", "bicycle"} <= set(det(dog_jpg)[0].names)
+
+
 # --- COCO AP -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def coco_val(coco_tiny):

@@ -29,7 +29,14 @@ from ..io.images import (
     stream_url,
 )
 from ..runtimes.detector import DEFAULT_MAX_DET, Detector
-from ..utils.files import REPLACEABLE_NAME_MAX, json_text, move_into, staging_folder, write_text_atomic
+from ..utils.files import (
+    REPLACEABLE_NAME_MAX,
+    json_text,
+    move_into,
+    staging_folder,
+    too_long_to_replace,
+    write_text_atomic,
+)
 from ..utils.signals import StopRequest, deferred, stop_between_steps
 from ..utils.table import format_table
 from ..utils.text import listed
@@ -212,7 +219,7 @@ def _check_outputs(out: Path, names: list[str]) -> set[str]:
     """Refuse, before any work, results that could not be written or would replace what the user has: a name
     too long for a file, a folder of that name, or a file yolox-detect did not write. Returns the earlier
     results (which a run replaces)."""
-    long = [n for n in names if len(n.encode("utf-8", "surrogateescape")) > REPLACEABLE_NAME_MAX]
+    long = [n for n in names if too_long_to_replace(n)]
     if long:
         raise InputError(f"the result {long[0]!r} would be a file name longer than {REPLACEABLE_NAME_MAX} bytes; rename the "
                          "source file")

@@ -24,7 +24,14 @@ from ..io.images import read_image
 from ..meta import ModelMeta
 from ..nn.deploy import deploy_model
 from ..structures import as_class_names
-from ..utils.files import check_creatable, move_into, staging_folder, temp_prefix
+from ..utils.files import (
+    REPLACEABLE_NAME_MAX,
+    check_creatable,
+    move_into,
+    staging_folder,
+    temp_prefix,
+    too_long_to_replace,
+)
 from ..utils.plugins import import_builtins
 from ..utils.text import listed
 from ..utils.values import is_integer
@@ -142,7 +149,8 @@ def _writable(folder: Path) -> bool:
 
 def default_output(source: ExportSource, info: FormatInfo, options: ExportOptions) -> Path:
     """``<dir of weights>/<stem><suffix>``, e.g. ``yolox_s.onnx``, ``yolox_s_openvino/``, ``yolox_s.engine``
-    (``<stem>_deploy.onnx`` for an ONNX made from the ONNX file of that name).
+    (``<stem>_deploy.onnx`` for an ONNX made from an ONNX file, wherever it is written: never the source, and
+    one name whether the source's folder or the current one takes it).
 
     In the current folder instead when the weights' folder is not writable (a shared, read-only model store)
     or is the cache that released checkpoints are fetched into.
@@ -153,10 +161,9 @@ def default_output(source: ExportSource, info: FormatInfo, options: ExportOption
     stem = source.name
     if options.precision != "fp32" and info.name != "onnx":
         stem = f"{stem}_{options.precision}"
-    out = folder / f"{stem}{info.suffix}"
-    if source.onnx_path is not None and out.resolve() == source.onnx_path.resolve():
-        out = folder / f"{stem}_deploy{info.suffix}"  # an ONNX source made into ONNX: never the source itself
-    return out
+    if source.onnx_path is not None and info.name == "onnx":
+        stem = f"{stem}_deploy"
+    return folder / f"{stem}{info.suffix}"
 
 
 def _is_weights_cache(folder: Path) -> bool:
@@ -196,7 +203,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
         opts = ExportOptions(**options)
     except TypeError as e:
         raise InputError(f"unknown export option: {e}") from None
-    opts.check_types()
+    opts = opts.checked()
     if isinstance(weights, (str, os.PathLike)) and released_variant(weights) is None and not Path(weights).exists():
         raise InputError(f"weights not found: {weights}")  # before anything is said about the output
     onnx_source = isinstance(weights, (str, os.PathLike)) and Path(weights).suffix.lower() == ".onnx"
@@ -207,7 +214,8 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     cls.require()
     cls.require_for(opts)
 
-    source = load_source(weights, model=model, num_classes=num_classes, class_names=class_names, legacy=legacy)
+    source = load_source(weights, model=model, num_classes=num_classes, class_names=class_names, legacy=legacy,
+                         img_size=tuple(opts.img_size) if "img_size" in requested else None)
     if source.model is not None:
         # exporters trace the deployment form; verification compares with the model as loaded
         source.reference = source.model
@@ -281,6 +289,10 @@ def _check_output(out: Path, info: FormatInfo, force: bool) -> Path:
                              "so it is not replaced; choose another output")
         if not force:
             raise InputError(f"{out} already exists; pass --force (force=True) to overwrite it")
+        if too_long_to_replace(out.name):
+            raise InputError(f"{out} cannot be replaced: its name is longer than {REPLACEABLE_NAME_MAX} bytes (the "
+                             "old artefact steps aside under a longer name while the new one moves in); give "
+                             "another output")
     check_creatable(out)
     return out
 

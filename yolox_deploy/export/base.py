@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,17 +83,23 @@ class ExportOptions:
     def precision(self) -> str:
         return "int8" if self.int8 else "fp16" if self.half else "fp32"
 
-    def check_types(self) -> None:
-        """Refuse an option of the wrong type (the Python API takes any value: ``dynamic="no"`` is truthy)."""
-        kinds = {"bool": ("true or false", lambda v: isinstance(v, (bool, np.bool_))),
-                 "int": ("an integer", is_integer), "int | None": ("an integer", lambda v: v is None or is_integer(v)),
-                 "float": ("a number", is_finite_number), "str": ("a string", lambda v: isinstance(v, str)),
-                 "Path | None": ("a path", lambda v: v is None or isinstance(v, Path))}
+    def checked(self) -> ExportOptions:
+        """These options with NumPy scalars as Python's (they reach the metadata's JSON); :class:`InputError`
+        for an option of the wrong type (the Python API takes any value: ``dynamic="no"`` is truthy)."""
+        kinds = {"bool": ("true or false", lambda v: isinstance(v, (bool, np.bool_)), bool),
+                 "int": ("an integer", is_integer, int),
+                 "int | None": ("an integer", lambda v: v is None or is_integer(v), lambda v: v if v is None else int(v)),
+                 "float": ("a number", is_finite_number, float), "str": ("a string", lambda v: isinstance(v, str), str),
+                 "Path | None": ("a path", lambda v: v is None or isinstance(v, Path), lambda v: v)}
+        plain = {}
         for f in fields(self):
             kind = kinds.get(str(f.type))
             value = getattr(self, f.name)
-            if kind is not None and not kind[1](value):
-                raise InputError(f"export option {f.name} must be {kind[0]}, not {value!r}")
+            if kind is not None:
+                if not kind[1](value):
+                    raise InputError(f"export option {f.name} must be {kind[0]}, not {value!r}")
+                plain[f.name] = kind[2](value)
+        return replace(self, **plain)
 
     def changed_from_default(self) -> set[str]:
         """Names of the options set away from their default values."""

@@ -107,12 +107,24 @@ def write_onnx(source: ExportSource, options: ExportOptions, path: Path, *, nms_
                                  "nms_plugin": nms_plugin, NMS_HEAD_KEY: head})
     set_metadata(model, meta)
     if not (meta.nms_in_graph and meta.extra.get("nms_plugin") == "tensorrt"):
-        onnx.checker.check_model(model)  # the plugin node has no ONNX schema; everything else must pass
+        # the plugin node has no ONNX schema; everything else must pass, types included (full_check)
+        _check(model, full=True, refused=lambda why: ExportError(f"the ONNX graph made for {Path(path).name} fails the "
+                                                                 f"ONNX checker: {why}"))
     path = Path(path)
     with atomic_write(path) as tmp:
         onnx.save(model, str(tmp))
     log.info("ONNX graph: %s, opset %d", _describe(meta), opset_of(model))
     return meta
+
+
+def _check(model: Any, *, full: bool, refused: Callable[[str], Exception]) -> None:
+    """``onnx.checker.check_model`` (with shape and type inference when ``full``); its complaint, cut to its
+    first line, goes to ``refused`` for the exception to raise."""
+    onnx = _onnx()
+    try:
+        onnx.checker.check_model(model, full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise refused(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
 
 
 def _describe(meta: ModelMeta) -> str:
@@ -275,10 +287,15 @@ def _from_onnx_file(source: ExportSource, o: ExportOptions) -> tuple[Any, ModelM
     meta = source.meta.with_(format="onnx", input_size=tuple(o.img_size))
     if meta.nms_in_graph:
         return model, meta
-    if (o.decode_in_graph or o.nms) and not meta.decode_in_graph:
-        if meta.dynamic_hw:
-            raise InputError(f"{path.name} has a raw output and a dynamic input size, so its grid cannot be "
-                             "added; export from the checkpoint to decode in the graph")
+    _check(model, full=False, refused=lambda why: InputError(f"{path.name} does not pass the ONNX checker ({why}): "
+                                                             "export it again from its checkpoint"))
+    decode = (o.decode_in_graph or o.nms) and not meta.decode_in_graph
+    if decode and meta.dynamic_hw:
+        raise InputError(f"{path.name} has a raw output and a dynamic input size, so its grid cannot be "
+                         "added; export from the checkpoint to decode in the graph")
+    if decode or o.nms:
+        float32_head(model)  # the steps appended compute in float32 (an FP16 graph's head is cast up)
+    if decode:
         append_decode(model, meta.input_size, meta.strides)
         meta = meta.with_(decode_in_graph=True)
     return model, meta
@@ -331,8 +348,23 @@ class _Graph:
         return self.op("ReduceSum", [x], axes=[axis], keepdims=1)
 
 
+def float32_head(model: Any) -> None:
+    """Cast the graph's first output to float32 where it is another type (an FP16 graph): the decode and NMS
+    steps appended to it compute in float32. It keeps its name."""
+    onnx = _onnx()
+    out = model.graph.output[0]
+    if out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+        return
+    g = _Graph(model, "head")
+    head = g.name("head")
+    _rename_tensor(model, out.name, head)
+    g.op("Cast", [head], outputs=[out.name], to=onnx.TensorProto.FLOAT)
+    out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+
+
 def append_decode(model: Any, input_hw: tuple[int, int], strides: tuple[int, ...]) -> None:
-    """Decode a raw head output ``[B, A, 5 + C]`` in the graph (fixed input size: the grid is a constant).
+    """Decode a raw float32 head output ``[B, A, 5 + C]`` in the graph (fixed input size: the grid is a
+    constant; opset >= 11).
 
     Same arithmetic as :func:`yolox_deploy.ops.decode.decode_with_grid`, clamps included. The graph output
     keeps its name and shape.
@@ -340,6 +372,9 @@ def append_decode(model: Any, input_hw: tuple[int, int], strides: tuple[int, ...
     from ..ops.decode import WH_LOGIT_MAX, XY_LOGIT_LIMIT, level_shapes, make_grid, num_anchors
 
     g = _Graph(model, "decode")
+    if g.opset < MIN_OPSET:
+        raise InputError(f"the decode step needs ONNX opset >= {MIN_OPSET}; this graph has opset {g.opset}: export "
+                         "from the checkpoint, or keep the output raw (--no-decode-in-graph)")
     out = model.graph.output[0]
     grid, stride = make_grid(level_shapes(input_hw, tuple(strides)), tuple(strides))
     raw = g.name("raw")

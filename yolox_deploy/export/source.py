@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..hub import resolve_weights
-from ..meta import META_KEY, ModelMeta, Preprocess, infer_meta, stored_meta
+from ..meta import META_KEY, ModelMeta, Preprocess, meta_from_graph, stored_meta
 from ..nn.checkpoint import check_weights_argument, load_model
 from ..nn.deploy import model_meta
 from ..nn.yolox import YOLOX
@@ -19,12 +19,13 @@ from ..zoo import get_spec
 from .base import ExportSource
 
 
-def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
-    """Metadata of an ONNX file: ours from ``metadata_props``, else inferred from the graph (:func:`infer_meta`)."""
-    return _read_onnx_meta(path)[0]
+def read_onnx_meta(path: str | os.PathLike, img_size: tuple[int, int] | None = None) -> ModelMeta:
+    """Metadata of an ONNX file: ours from ``metadata_props``, else inferred from the graph
+    (:func:`~yolox_deploy.meta.meta_from_graph`; ``img_size``: the size of a graph whose size is dynamic)."""
+    return _read_onnx_meta(path, img_size)[0]
 
 
-def _read_onnx_meta(path: str | os.PathLike) -> tuple[ModelMeta, bool]:
+def _read_onnx_meta(path: str | os.PathLike, img_size: tuple[int, int] | None = None) -> tuple[ModelMeta, bool]:
     """:func:`read_onnx_meta` and whether the file records it (False: inferred from the graph)."""
     try:
         import onnx
@@ -42,8 +43,8 @@ def _read_onnx_meta(path: str | os.PathLike) -> tuple[ModelMeta, bool]:
         raise ArtefactError(f"{p.name}: expected one image input, found {len(inputs)}")
     if META_KEY in props:
         return stored_meta(props[META_KEY], tensor_dims(inputs[0]), [o.name for o in graph.output], p.name), True
-    meta = infer_meta(tensor_dims(inputs[0]), [o.name for o in graph.output], tensor_dims(graph.output[0]), p.name,
-                      format="onnx")
+    meta = meta_from_graph(tensor_dims(inputs[0]), [o.name for o in graph.output], tensor_dims(graph.output[0]),
+                           p.name, img_size=img_size, format="onnx")
     return meta.with_(**described_by_graph(graph)), False
 
 
@@ -65,8 +66,10 @@ def _onnx_model_options(name: str, meta: ModelMeta, model: str | None, num_class
 
 
 def load_source(weights: Any, *, model: str | None = None, num_classes: int | None = None,
-                class_names: Sequence[str] | None = None, legacy: bool = False) -> ExportSource:
-    """A checkpoint path, a YOLOX module or an ONNX path -> :class:`ExportSource` (model fused, eval mode)."""
+                class_names: Sequence[str] | None = None, legacy: bool = False,
+                img_size: tuple[int, int] | None = None) -> ExportSource:
+    """A checkpoint path, a YOLOX module or an ONNX path -> :class:`ExportSource` (model fused, eval mode).
+    ``img_size``: the size of an ONNX file without metadata whose input size is dynamic."""
     check_weights_argument(weights)
     class_names = as_class_names(class_names)
     if isinstance(weights, YOLOX):
@@ -81,7 +84,7 @@ def load_source(weights: Any, *, model: str | None = None, num_classes: int | No
         if weights_path.suffix.lower() == ".onnx":
             if weights_path.is_file() and weights_path.stat().st_size == 0:
                 raise ArtefactError(f"{weights_path} is empty (0 bytes)")
-            meta, recorded = _read_onnx_meta(weights_path)
+            meta, recorded = _read_onnx_meta(weights_path, img_size)
             if legacy and recorded and meta.preprocess != Preprocess.legacy():
                 raise InputError(f"{weights_path.name} records its input contract (BGR 0-255, as YOLOX 0.1.1 and "
                                  "later); --legacy describes checkpoints and ONNX files without metadata; drop it")

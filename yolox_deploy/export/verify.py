@@ -151,7 +151,8 @@ def reference_outputs(source: ExportSource, batch: np.ndarray, meta: ModelMeta) 
         return model.head_output(batch, decode=meta.decode_in_graph or meta.nms_in_graph)
     from ..runtimes.detector import open_backend
 
-    with open_backend(source.onnx_path, backend="onnxruntime") as ref:
+    # at the artefact's size: a dynamic-size source without metadata has none of its own
+    with open_backend(source.onnx_path, backend="onnxruntime", img_size=tuple(meta.input_size)) as ref:
         out = _np(ref.infer(batch)[0])
     if (meta.decode_in_graph or meta.nms_in_graph) and not source.meta.decode_in_graph:
         out = decode(out, tuple(meta.input_size), meta.strides)  # the artefact decodes what the source did not

@@ -290,6 +290,11 @@ ASIDE_TAG_BYTES = 4
 REPLACEABLE_NAME_MAX = 255 - len(ASIDE.format(name="", tag="00" * ASIDE_TAG_BYTES))
 
 
+def too_long_to_replace(name: str) -> bool:
+    """Whether an entry of this name is too long for :func:`replace_entry` to move aside (:data:`REPLACEABLE_NAME_MAX`)."""
+    return len(name.encode("utf-8", "surrogateescape")) > REPLACEABLE_NAME_MAX
+
+
 def _aside_name(dest: Path) -> Path:
     """:data:`ASIDE` beside ``dest``, a name nothing else in the folder has."""
     while True:
