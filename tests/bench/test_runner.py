@@ -121,17 +121,24 @@ def test_precision_a_backend_cannot_run_is_not_available(tmp_path):
     assert row.status == "not available: the torch backend runs fp32, not int8, on cpu"
 
 
-def test_a_compute_precision_chosen_by_a_backend_option_is_measured_and_said(tmp_path):
+@pytest.mark.parametrize("computes, note", [
+    ("bf16", "computes in bf16, as its --backend-option asks"),
+    ("fp32", "computes in fp32: its --backend-option asked for bf16, which cpu does not run"),  # a CPU without BF16
+])
+def test_a_compute_precision_chosen_by_a_backend_option_is_measured_and_said(tmp_path, monkeypatch, computes, note):
     from yolox_deploy.bench.artefacts import backend_status
 
     if not backend_status("openvino")[0]:
         pytest.skip("openvino not installed")
+    from yolox_deploy.runtimes.openvino import OpenVINOBackend
+
+    monkeypatch.setattr(OpenVINOBackend, "compute_precision", property(lambda self: computes))
     cfg = BenchConfig(models=["nano"], backends=["openvino"], iters=2, warmup=0, max_images=1, img_size=(64, 64),
                       device="cpu", output=tmp_path, demo=False, progress=False, isolate=False,
                       backend_options={"openvino": {"inference_precision": "bf16"}})
     [row] = run_benchmark(cfg).rows
     assert row.ok and row.precision == "fp32", row.status
-    assert "computes in bf16, as its --backend-option asks" in row.notes
+    assert note in row.notes
 
 
 def test_a_precision_option_the_runtime_does_not_honour_is_not_available(tmp_path, monkeypatch):

@@ -349,13 +349,16 @@ class RowRunner:
         with _open_detector(weights, row.backend, row.device, cfg, source, row.precision, row.img_size,
                             row.batch) as det:
             got = det.backend.compute_precision  # an FP16 artefact computed in FP32 is no FP16 row
+            asked = asked_precision(row.options)
             if got != row.precision:
-                asked = asked_precision(row.options)
                 if got != asked:  # not what the artefact is, nor what an option asked for
                     also = f" (its --backend-option asked for {asked})" if asked else ""
                     raise _NotAvailable(f"the {row.backend} backend runs {got}, not {row.precision}, on "
                                         f"{row.device}{also}")
                 row.notes.append(f"computes in {got}, as its --backend-option asks")
+            elif asked is not None and asked != got:  # the artefact's own precision: a valid row, said as such
+                row.notes.append(f"computes in {got}: its --backend-option asked for {asked}, which {row.device} "
+                                 "does not run")
             if tuple(det.meta.input_size) != tuple(row.img_size):
                 raise _NotAvailable(f"the artefact's input is {det.meta.input_size}, not {row.img_size}")
             clock = clock_for(det.backend.output_device)
