@@ -16,7 +16,7 @@ from typing import Any
 
 from .data.coco import category_ids_problem, default_class_names, known_category_ids
 from .errors import ArtefactError, InputError
-from .utils.sizes import parse_img_size
+from .utils.sizes import num_anchors, parse_img_size
 from .utils.values import is_finite_number, is_integer, is_number
 
 META_KEY = "yolox_deploy"  # the key under which the JSON is stored in ONNX / OpenVINO metadata
@@ -235,7 +235,15 @@ def infer_meta(input_shape: list[Any], output_names: list[str], output_shape: li
                             f"of shape {list(output_shape)} (expected [N, anchors, 5 + classes])")
     if h is None or w is None:
         raise ArtefactError(f"{artefact}: input height/width are dynamic and there is no metadata; pass img_size")
-    return ModelMeta.default(width - 5, (h, w), batch=batch, **kw)
+    meta = ModelMeta.default(width - 5, (h, w), batch=batch, **kw)
+    rows = _static(output_shape[1])
+    anchors = num_anchors((h, w), meta.strides)
+    if rows is not None and rows != anchors:  # e.g. a transposed [N, 5 + C, anchors] head, read as 3544 classes
+        shape = "[N, 5 + classes, anchors]" if width == anchors else "not [N, anchors, 5 + classes]"
+        raise ArtefactError(f"{artefact}: output {output_names[0]!r} of shape {list(output_shape)} has {rows} rows, not "
+                            f"the {anchors} anchors of a {h}x{w} input ({shape}); a YOLOX head is "
+                            "[N, anchors, 5 + classes]")
+    return meta
 
 
 def meta_from_graph(input_shape: list[Any], output_names: list[str], output_shape: list[Any], artefact: str, *,

@@ -3,7 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yolox_deploy.ops.decode import WH_LOGIT_MAX, decode, level_shapes, num_anchors
+from yolox_deploy.ops.decode import WH_LOGIT_MAX, decode
+from yolox_deploy.utils.sizes import level_shapes, num_anchors
 
 
 def loop_decode(raw: np.ndarray, input_hw, strides=(8, 16, 32)) -> np.ndarray:

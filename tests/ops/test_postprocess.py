@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from yolox_deploy.ops.decode import decode, num_anchors
+from yolox_deploy.ops.decode import decode
 from yolox_deploy.ops.postprocess import _postprocess_torch, postprocess, split_nms_outputs
+from yolox_deploy.utils.sizes import num_anchors
 
 from .test_nms import reference_nms
 

@@ -5,6 +5,7 @@ shares every line of the pipeline they exercise.
 """
 
 import gc
+import os
 import re
 import threading
 
@@ -156,6 +157,14 @@ def test_an_in_memory_model_is_left_as_the_caller_had_it(fuse):
     assert model.training and model.head.decode_in_inference
 
 
+def test_an_in_memory_model_on_a_file_backend_is_refused():
+    """It reached ONNX Runtime as a path: "TypeError: expected str, bytes or os.PathLike object, not YOLOX"."""
+    from yolox_deploy import build_model
+
+    with pytest.raises(InputError, match="a YOLOX model in memory runs on the torch backend, not onnxruntime"):
+        Detector(build_model("yolox-nano", num_classes=3), backend="onnxruntime")
+
+
 def test_arguments_refused_after_opening_close_the_runtime(nano_onnx_dynamic, monkeypatch):
     import yolox_deploy.runtimes.detector as detector_module
 
@@ -252,6 +261,11 @@ def test_a_closed_backend_releases_its_runtime_and_never_takes_it_again(tiny_ran
             _ = backend.compute_precision
         if backend.info.name == "openvino":
             assert backend._plain is None and backend._canvas is None  # not compiled again
+    # the read IR was kept after close: its .bin stayed open and mapped (and its .xml open until a GC pass)
+    held = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")} | {line.split()[-1] for line in open("/proc/self/maps")
+                                                         if len(line.split()) > 5}
+    assert not [p for p in held if p.startswith(str(ir))]
 
 
 def test_unknown_artefact_kinds(tmp_path):
@@ -329,6 +343,23 @@ def test_stream_video_and_early_close(tmp_path, det, dog_jpg):
     stream.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("yolox-stream")]
     assert len(list(det.stream(video))) == 12
+
+
+def test_closing_a_detector_stops_its_streams(tmp_path, nano_onnx_dynamic, dog_jpg):
+    """A stream outlived its Detector's close (and a with block): its threads ran on and its video or camera
+    stayed open until the generator was collected."""
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for _ in range(12):
+        writer.write(cv2.resize(cv2.imread(str(dog_jpg)), (320, 240)))
+    writer.release()
+    with Detector(nano_onnx_dynamic) as det:
+        stream = det.stream(video)
+        next(stream)
+    assert not [t for t in threading.enumerate() if t.name.startswith("yolox-stream")]
+    assert not [fd for fd in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{fd}") == str(video)]
+    with pytest.raises(InputError, match="the Detector of this stream was closed"):
+        list(stream)
 
 
 def test_a_stream_closed_during_a_slow_inference_is_waited_for_at_exit(tmp_path, tiny_random_model, monkeypatch):

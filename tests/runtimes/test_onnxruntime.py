@@ -470,6 +470,9 @@ def test_external_weights_missing_beside_the_model_are_named(tiny_files, tmp_pat
 @pytest.mark.parametrize("what,message", [
     ("nhwc", r"input must be \[N, 3, H, W\] \(channels first\), has shape \[1, 64, 96, 3\]"),
     ("labels first", r"cannot read the class count from output 'labels' of shape \[1, 100\]"),
+    # another exporter's [N, 5 + C, anchors] head was taken as 79 classes and failed at the first call
+    ("transposed", r"output 'output' of shape \[1, 85, 84\] has 85 rows, not the 84 anchors of a 64x64 input "
+                   r"\(\[N, 5 \+ classes, anchors\]\)"),
 ])
 def test_graphs_that_are_no_yolox_head_are_refused_at_load(tmp_path, what, message):
     from onnx import TensorProto, helper
@@ -479,6 +482,16 @@ def test_graphs_that_are_no_yolox_head_are_refused_at_load(tmp_path, what, messa
         outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 84, 8])]
         nodes = [helper.make_node("Reshape", ["images", "shape"], ["output"])]
         inits = [helper.make_tensor("shape", TensorProto.INT64, [3], [1, 84, 8])]
+    elif what == "transposed":
+        inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])]
+        outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 85, 84])]
+        nodes = [helper.make_node("Flatten", ["images"], ["flat"]),
+                 helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["crop"]),
+                 helper.make_node("Reshape", ["crop", "shape"], ["output"])]
+        inits = [helper.make_tensor("shape", TensorProto.INT64, [3], [1, 85, 84]),
+                 helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+                 helper.make_tensor("ends", TensorProto.INT64, [1], [85 * 84]),
+                 helper.make_tensor("axes", TensorProto.INT64, [1], [1])]
     else:
         inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])]
         outputs = [helper.make_tensor_value_info("labels", TensorProto.FLOAT, [1, 100])]

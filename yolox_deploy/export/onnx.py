@@ -180,7 +180,7 @@ def _from_torch(source: ExportSource, o: ExportOptions) -> tuple[Any, ModelMeta]
 
 def _fix_head_output(model: Any, meta: ModelMeta) -> None:
     """Give ``output`` its full shape ``[B, A, 5 + C]`` (the exporter leaves the last dims symbolic)."""
-    from ..ops.decode import num_anchors
+    from ..utils.sizes import num_anchors
 
     anchors: int | str = "anchors" if meta.dynamic_hw else num_anchors(meta.input_size, meta.strides)
     batch: int | str = "batch" if meta.batch is None else meta.batch
@@ -369,7 +369,8 @@ def append_decode(model: Any, input_hw: tuple[int, int], strides: tuple[int, ...
     Same arithmetic as :func:`yolox_deploy.ops.decode.decode_with_grid`, clamps included. The graph output
     keeps its name and shape.
     """
-    from ..ops.decode import WH_LOGIT_MAX, XY_LOGIT_LIMIT, level_shapes, make_grid, num_anchors
+    from ..ops.decode import WH_LOGIT_MAX, XY_LOGIT_LIMIT, make_grid
+    from ..utils.sizes import level_shapes, num_anchors
 
     g = _Graph(model, "decode")
     if g.opset < MIN_OPSET:

@@ -11,7 +11,8 @@ import math
 import torch
 from torch import nn
 
-from ..ops.decode import STRIDES, decode_level
+from ..ops.decode import decode_level
+from ..utils.sizes import STRIDES
 from .blocks import BaseConv, conv_block
 
 

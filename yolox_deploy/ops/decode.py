@@ -17,22 +17,11 @@ from typing import Any
 
 import torch
 
+from ..utils.sizes import STRIDES, level_shapes
 from ._array import Array, like, serial, to_tensor
 
-STRIDES: tuple[int, ...] = (8, 16, 32)
 WH_LOGIT_MAX = 6.5
 XY_LOGIT_LIMIT = 1.0e3
-
-
-def level_shapes(input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> list[tuple[int, int]]:
-    """Grid shape ``(h, w)`` of each level for an input of ``input_hw`` pixels."""
-    h, w = input_hw
-    return [(-(-h // s), -(-w // s)) for s in strides]
-
-
-def num_anchors(input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> int:
-    """Number of anchors (grid cells over all levels): 3549 at 416x416, 8400 at 640x640."""
-    return sum(h * w for h, w in level_shapes(input_hw, strides))
 
 
 def _cell_xy(h: int, w: int, device: torch.device | str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

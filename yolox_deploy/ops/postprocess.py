@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..utils.sizes import STRIDES, level_shapes, num_anchors
 from ..utils.values import is_integer, is_number
 from ._array import Array, like, to_tensor
 from .boxes import cxcywh_to_xyxy
-from .decode import STRIDES, WH_LOGIT_MAX, XY_LOGIT_LIMIT, cached_grid, decode_with_grid, level_shapes, num_anchors
+from .decode import WH_LOGIT_MAX, XY_LOGIT_LIMIT, cached_grid, decode_with_grid
 from .nms import batched_nms, batched_nms_numpy
 
 

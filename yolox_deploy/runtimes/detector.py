@@ -22,12 +22,11 @@ from ..errors import ArtefactError, InputError
 from ..hub import resolve_weights
 from ..io.images import check_image_path, ensure_bgr, is_pil_image, pil_to_bgr, read_image
 from ..meta import ModelMeta
-from ..ops.decode import num_anchors
 from ..ops.letterbox import letterbox_batch, scale_boxes
 from ..ops.postprocess import RawDetections, check_settings, postprocess, split_nms_outputs
 from ..structures import Detections, as_class_names, name_table
 from ..utils.arrays import to_numpy
-from ..utils.sizes import parse_img_size
+from ..utils.sizes import num_anchors, parse_img_size
 from ..utils.values import is_integer
 from ..zoo import canonical_name
 from .base import Backend, backend_class, find_backend, refuse_copying, with_input_size
@@ -91,6 +90,9 @@ def open_backend(weights: Any, backend: str | None = None, device: str = "cpu", 
     weights = weights if isinstance(weights, YOLOX) else resolve_weights(weights, model=options.get("model"))
     if backend:
         cls = backend_class(backend)
+        if isinstance(weights, YOLOX) and cls.info.name != "torch":
+            raise InputError(f"a YOLOX model in memory runs on the torch backend, not {cls.info.name}; drop backend, "
+                             "or export the model (yolox_deploy.export) and open the artefact")
         path = Path(weights) if isinstance(weights, (str, os.PathLike)) else None
         if path is not None and path.is_file() and cls.info.suffixes and path.suffix.lower() not in cls.info.suffixes:
             raise InputError(f"the {cls.info.name} backend opens {' / '.join(cls.info.suffixes)} files"
@@ -372,7 +374,8 @@ class Detector:
 
         Three stages overlap: a reader thread decodes and letterboxes the next batch, a worker thread runs
         the backend, and this generator post-processes the previous batch. Closing the generator early (or
-        an error in any stage) stops the threads; the error is re-raised here. A missing source, a pipe, a
+        an error in any stage) stops the threads; the error is re-raised here; closing the Detector stops its
+        streams too (a video or camera is released) and their generators raise. A missing source, a pipe, a
         camera index or queue size out of range and a closed Detector are refused by this call, before the
         generator is first asked.
         """
@@ -382,6 +385,10 @@ class Detector:
 
     # --- lifetime ------------------------------------------------------------------------------------
     def close(self) -> None:
+        """Stop this Detector's open streams (their reader releases its video or camera) and release the runtime."""
+        from .streaming import stop_streams
+
+        stop_streams(self)
         self.backend.close()
 
     def __enter__(self) -> Detector:

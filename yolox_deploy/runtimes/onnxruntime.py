@@ -280,7 +280,7 @@ class OnnxRuntimeBackend(Backend):
         return self._canvas_session.run(self._output_names, {CANVAS_INPUT: np.ascontiguousarray(to_numpy(canvases))})
 
     def _output_shapes(self, n: int, h: int, w: int) -> list[tuple[int, ...]]:
-        from ..ops.decode import num_anchors
+        from ..utils.sizes import num_anchors
 
         m = self.meta
         if m.nms_in_graph:

@@ -94,10 +94,11 @@ def find_ir(path: Path) -> Path:
 def _check_ir_xml(xml: Path) -> None:
     """Refuse a file that is not IR XML before OpenVINO tries every frontend on it (and logs their errors)."""
     try:
-        for _, element in ElementTree.iterparse(xml, events=("start",)):
-            if element.tag != "net":
-                raise ArtefactError(f"{xml} is not an OpenVINO IR (its XML root is <{element.tag}>, not <net>)")
-            return
+        with open(xml, "rb") as source:  # iterparse's own file is closed only by the garbage collector
+            for _, element in ElementTree.iterparse(source, events=("start",)):
+                if element.tag != "net":
+                    raise ArtefactError(f"{xml} is not an OpenVINO IR (its XML root is <{element.tag}>, not <net>)")
+                return
     except ElementTree.ParseError as e:
         raise ArtefactError(f"{xml} is not an OpenVINO IR (unreadable XML: {e})") from None
     except OSError as e:
@@ -325,6 +326,7 @@ class OpenVINOBackend(Backend):
                 if c is not None:
                     c.close()
             self._plain = self._canvas = None
+            self._model = None  # the read IR keeps its .bin open and mapped
 
 
 class _Compiled:

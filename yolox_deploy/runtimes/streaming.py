@@ -6,7 +6,7 @@
 
 The runtimes release the GIL while they compute, so the three stages run concurrently. Queues are bounded,
 so memory stays flat however long the stream. Errors in a thread travel down the queues and are raised in
-the caller; closing the generator stops both threads (one inside a long inference ends it first: the close
+the caller; closing the generator (or its Detector) stops both threads (one inside a long inference ends it first: the close
 waits a few seconds, the interpreter's exit up to two minutes), and so does the interpreter's exit for a
 stream left open (a thread still inside a runtime while the interpreter shuts down can abort the process: NCNN's
 does).
@@ -39,6 +39,21 @@ EXIT_WAIT_SECONDS = 120.0
 # call: stopped and waited for at the interpreter's exit
 _LIVE: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
 _LIVE_LOCK = threading.Lock()
+# the stop events of each Detector's running streams, stopped by Detector.close()
+_BY_DETECTOR: dict[int, set[threading.Event]] = {}
+
+
+def stop_streams(detector: Detector) -> None:
+    """Stop every running stream of ``detector`` and wait (a few seconds at most) for their threads to end, so
+    that a video or camera is released when this returns; their generators raise at their next item."""
+    with _LIVE_LOCK:
+        stops = list(_BY_DETECTOR.get(id(detector), ()))
+        threads = [t for stop in stops for t in _LIVE.get(id(stop), (None, []))[1]]
+    for stop in stops:
+        stop.set()
+    for t in threads:
+        if t is not threading.current_thread():  # closed from a thread of its own stream
+            t.join(timeout=CLOSE_WAIT_SECONDS)
 
 
 @atexit.register
@@ -133,9 +148,15 @@ def _pipeline(detector: Detector, source: str | os.PathLike | int, queue_size: i
         t.start()
     with _LIVE_LOCK:  # after the starts: threads not started yet would look ended to another stream's pruning
         _LIVE[id(stop)] = (stop, threads)
+        _BY_DETECTOR.setdefault(id(detector), set()).add(stop)
     try:
         while True:
-            item = q_out.get()
+            try:
+                item = q_out.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():  # Detector.close() stopped the threads
+                    raise InputError("the Detector of this stream was closed; open the artefact again") from None
+                continue
             if item is _DONE:
                 return
             if isinstance(item, _Failure):
@@ -146,6 +167,12 @@ def _pipeline(detector: Detector, source: str | os.PathLike | int, queue_size: i
                 yield StreamResult(frame, d)
     finally:
         stop.set()
+        with _LIVE_LOCK:
+            mine = _BY_DETECTOR.get(id(detector))
+            if mine is not None:
+                mine.discard(stop)
+                if not mine:
+                    del _BY_DETECTOR[id(detector)]
         for t in threads:
             t.join(timeout=CLOSE_WAIT_SECONDS)
         if not any(t.is_alive() for t in threads):  # one still inside a slow call is waited for at exit

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..ops.decode import STRIDES, cached_grid, level_shapes
+from ..ops.decode import cached_grid
+from ..utils.sizes import STRIDES, level_shapes
 from .simota import anchor_points, simota_assign
 
 REG_WEIGHT = 5.0

@@ -10,6 +10,18 @@ from .values import is_integer
 
 MAX_STRIDE = 32
 MAX_SIDE = 4096  # far above any YOLOX test size (1280 at most); beyond it a forward pass needs tens of GB
+STRIDES: tuple[int, ...] = (8, 16, 32)  # the head's levels
+
+
+def level_shapes(input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> list[tuple[int, int]]:
+    """Grid shape ``(h, w)`` of each level for an input of ``input_hw`` pixels."""
+    h, w = input_hw
+    return [(-(-h // s), -(-w // s)) for s in strides]
+
+
+def num_anchors(input_hw: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> int:
+    """Number of anchors (grid cells over all levels): 3549 at 416x416, 8400 at 640x640."""
+    return sum(h * w for h, w in level_shapes(input_hw, strides))
 
 
 def parse_img_size(size: int | str | Sequence[int | str]) -> tuple[int, int]:
