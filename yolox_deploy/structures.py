@@ -195,6 +195,11 @@ class Detections:
     def area(self) -> np.ndarray:
         return (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
 
+    @property
+    def finite(self) -> np.ndarray:
+        """bool ``[N]``: which detections have a finite box and score (all but a diverged model's)."""
+        return np.isfinite(self.xyxy).all(axis=1) & np.isfinite(self.scores)
+
     def to_coco(self, image_id: int, category_ids: Sequence[int | None] | Mapping[int, int | None] | None = None,
                 ) -> list[dict[str, Any]]:
         """COCO result entries (``bbox`` as x, y, w, h) for the image of id ``image_id`` (an integer, as COCO's).
@@ -216,7 +221,7 @@ class Detections:
                               "classes are not COCO's 80 by name), so to_coco writes class indices; pass "
                               "category_ids= to map them", stacklevel=2)
             cats = self.class_ids.tolist()
-        finite = np.isfinite(self.xyxy).all(axis=1) & np.isfinite(self.scores)
+        finite = self.finite
         if not finite.all():
             warnings.warn("to_coco leaves out detections whose box or score is not finite (NaN or inf: a diverged "
                           "model's), which COCO's JSON cannot hold", stacklevel=2)  # one text: said once, not per image

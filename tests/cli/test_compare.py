@@ -56,9 +56,12 @@ def test_without_detections_the_iou_is_not_a_number(tmp_path, nano_pth, dog_jpg,
     assert json.loads(out.read_text())["rows"][1]["matched_iou"] is None
 
 
-def test_json_on_stdout_is_all_stdout_holds(nano_onnx, dog_jpg, capfd):
+@pytest.mark.parametrize("name", ["/dev/stdout", "-"])  # '-' wrote a file named '-'
+def test_json_on_stdout_is_all_stdout_holds(nano_onnx, dog_jpg, capfd, name, tmp_path, monkeypatch):
     """--json /dev/stdout put the JSON right after the table, on its last line."""
-    assert compare_main([str(nano_onnx), str(nano_onnx), "--images", str(dog_jpg), "--json", "/dev/stdout"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert compare_main([str(nano_onnx), str(nano_onnx), "--images", str(dog_jpg), "--json", name]) == 0
+    assert not list(tmp_path.iterdir())
     captured = capfd.readouterr()
     data = json.loads(captured.out)
     assert [r["reference"] for r in data["rows"]] == [True, False] and data["reference"] == str(nano_onnx)

@@ -680,3 +680,12 @@ def test_a_stream_address_is_read_as_a_live_video(tmp_path, nano_pth, dog_jpg, c
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("command", ["bench", "compare", "detect", "eval", "export", "train"])
+def test_help_shows_no_markup(command):
+    """The descriptions printed the docstrings' reST literals (``yolox-eval``) as they are."""
+    import importlib
+
+    text = importlib.import_module(f"yolox_deploy.cli.{command}").build_parser().format_help()
+    assert f"yolox-{command}" in text and "``" not in text

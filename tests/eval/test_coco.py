@@ -254,6 +254,47 @@ def test_images_missing_from_the_folder_are_refused_before_inference(tmp_path, c
         open_scorable(root)
 
 
+def test_an_empty_image_file_is_refused_before_inference(tmp_path, coco_tiny):
+    """It was found when its turn came, after inference on every image before it."""
+    from yolox_deploy.eval.coco import open_scorable
+
+    root = _split(tmp_path, coco_tiny, lambda a: a)
+    (root / "val2017").unlink()
+    (root / "val2017").mkdir()
+    images = sorted((coco_tiny / "val2017").iterdir())
+    for p in images[:-1]:
+        (root / "val2017" / p.name).symlink_to(p)
+    (root / "val2017" / images[-1].name).write_bytes(b"")
+    with pytest.raises(InputError, match=f"{images[-1].name} is empty"):
+        open_scorable(root)
+
+
+def test_a_diverged_models_detections_are_counted_once_and_the_callers_list_is_not_changed(coco_tiny, caplog):
+    """A NaN box was a raw UserWarning (this file's path and line) inside the bar, without a count; pycocotools'
+    loadRes added segmentation, area, id and iscrowd to every entry of the returned detections."""
+    import warnings
+
+    import numpy as np
+
+    from yolox_deploy.structures import Detections
+
+    class Diverged:
+        meta = SimpleNamespace(class_names=tuple(f"c{i}" for i in range(80)))
+        batch_size = 8
+
+        def run_batch(self, images):
+            return [Detections.from_arrays(np.array([[1, 1, 20, 20], [np.nan, 0, 5, 5]], np.float32),
+                                           np.array([0.9, 0.8], np.float32), np.array([0, 0]), self.meta.class_names,
+                                           image_size=im.shape[:2]) for im in images]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = evaluate(Diverged(), coco_tiny)
+    assert "80 detections with a box or score that is not finite" in caplog.text
+    assert len(result.detections) == 80
+    assert {k for d in result.detections for k in d} == {"image_id", "category_id", "bbox", "score"}
+
+
 @pytest.mark.parametrize("change,message", [
     ({"area": None}, "has no 'area'"), ({"iscrowd": None}, "has no 'iscrowd'"), ({"bbox": None}, "has no 'bbox'"),
     ({"bbox": "x"}, "has bbox 'x', not four numbers"), ({"iscrowd": 2}, "iscrowd 2"),

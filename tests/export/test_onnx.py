@@ -505,6 +505,8 @@ def test_an_fp16_raw_source_gets_float32_tails(nano_onnx, dog_batch, tmp_path):
             assert (got.class_ids == expected.class_ids).all() and len(got.boxes) == len(expected.boxes) > 0
 
 
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning",
+                            "ignore:You are trying to export the model with onnx")
 def test_a_source_the_tails_cannot_be_added_to_is_one_message(tiny_random_model, tmp_path):
     """Opset 10 has no Clip with bounds as inputs; a graph the ONNX checker refuses is named (both were
     tracebacks, after the work)."""

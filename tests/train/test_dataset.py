@@ -103,7 +103,20 @@ def test_opencv_runs_single_threaded_in_loader_workers(data):
 
 def test_image_size_that_disagrees_with_the_json_is_an_error(data):
     data.records[0].width += 1
-    with pytest.raises(InputError, match="annotation file says .*; fix its width/height entry"):
+    with pytest.raises(InputError, match="annotation file says .*; the file or its width/height entry is not the "
+                                         "one annotated"):
+        TrainDataset(data, (64, 64)).load(0)
+
+
+def test_an_image_resized_after_annotation_is_named_so(data):
+    """The message said to fix the width/height entry, which scored the boxes of the original on the copy."""
+    import cv2
+
+    path = data.records[0].path
+    image = cv2.imread(str(path))
+    cv2.imwrite(str(path), cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2)))
+    with pytest.raises(InputError, match=r"resized after it was annotated \(by 0\.5\): its boxes are for the "
+                                         "annotated size, so use the original image"):
         TrainDataset(data, (64, 64)).load(0)
 
 

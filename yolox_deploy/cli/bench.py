@@ -20,7 +20,7 @@ from ..bench.results import FAILED
 from ..bench.runner import BenchConfig, default_images, default_weights_dir, run_benchmark
 from ..errors import InputError
 from ..utils.table import format_table
-from .common import cli_entry, main_guard, output_folder
+from .common import cli_entry, description, main_guard, output_folder
 
 log = logging.getLogger(__name__)
 EXIT_ROWS_FAILED = 1  # the run finished, the tables are written, some rows have no figures
@@ -72,7 +72,7 @@ def _backend_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yolox-bench", description=__doc__, epilog=_backend_help(),
+    p = argparse.ArgumentParser(prog="yolox-bench", description=description(__doc__), epilog=_backend_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="nano", help="comma-separated variants: nano,tiny,s,m,l,x,darknet53 (default nano)")
     p.add_argument("--backends", default="torch",

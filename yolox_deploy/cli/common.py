@@ -20,6 +20,7 @@ from ..utils.files import check_creatable, check_folder_writable, is_stream
 from ..utils.signals import Terminated, handling
 
 EXIT_USER_ERROR = 2
+STDOUT_NAME = "-"  # a JSON output name that means standard output
 
 
 def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
@@ -82,14 +83,25 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def description(doc: str | None) -> str:
+    """A command's module docstring as its --help text (without the reST literal marks)."""
+    return (doc or "").replace("``", "")
+
+
 def json_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Check before any work that ``path`` can be written as a JSON file later; returns it as a Path.
+    """Check before any work that ``path`` can be written as a JSON file later; returns it as a Path
+    (``-``: standard output, as ``/dev/stdout``).
 
     An existing file that is one of ``inputs`` (files this run reads) or lies inside one of them (a folder
     artefact, a dataset) is refused: writing the results there would destroy what was read. Any other
     existing file is replaced only when it holds JSON (an earlier result), never a model, a picture or a
     dataset's annotation file that a mistyped name points at.
     """
+    if str(path) == STDOUT_NAME:
+        path = "/dev/stdout"
+        if not os.path.exists(path):
+            raise InputError(f"{STDOUT_NAME} (standard output) needs /dev/stdout, which this system does not have; "
+                             "give a file name")
     p = Path(path)
     if not str(path):
         raise InputError("an empty output file name was given")
@@ -154,7 +166,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="YOLOX variant for checkpoints that do not say (yolox-nano ... yolox-x)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N",
                    help="input size: one number or height width (default: the artefact's / the variant's test size)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (ONNX Runtime also tensorrt[:N]; OpenVINO CPU, GPU, NPU, AUTO; NCNN vulkan[:N])")
+    p.add_argument("--device", default="cpu", help="cpu (the default), cuda, cuda:N (ONNX Runtime also tensorrt[:N]; "
+                                                   "OpenVINO CPU, GPU, NPU, AUTO; NCNN vulkan[:N])")
     p.add_argument("--backend", help="the runtime to open the artefact with where its files allow more than one "
                                      "(a folder holding both OpenVINO and NCNN files); default: the one they imply "
                                      f"({', '.join(registered_backends())})")

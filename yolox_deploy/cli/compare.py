@@ -12,11 +12,11 @@ from ..eval.compare import compare_artefacts
 from ..io.images import iter_source
 from ..utils.files import json_text, standard_stream, write_text_atomic
 from ..utils.table import format_table
-from .common import class_names_argument, cli_entry, json_output, main_guard, read_by
+from .common import class_names_argument, cli_entry, description, json_output, main_guard, read_by
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yolox-compare", description=__doc__,
+    p = argparse.ArgumentParser(prog="yolox-compare", description=description(__doc__),
                                 epilog="The first artefact is the reference. Raw outputs are compared in raw units "
                                        "(offsets and log-sizes), whether or not a graph decodes.")
     p.add_argument("artefacts", nargs="+", help=".pth, .onnx, .engine, *_openvino/, *_ncnn/ ...")
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-in-graph", action="append", default=[], metavar="ARTEFACT",
                    help="this artefact (one without metadata) outputs decoded boxes in pixels, not the raw head; "
                         "repeat for each such artefact")
-    p.add_argument("--json", help="also write the table as JSON to this file")
+    p.add_argument("--json", help="also write the table as JSON to this file (- for standard output)")
     return p
 
 

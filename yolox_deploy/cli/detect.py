@@ -40,14 +40,14 @@ from ..utils.files import (
 from ..utils.signals import StopRequest, deferred, stop_between_steps
 from ..utils.table import format_table
 from ..utils.text import listed
-from .common import add_model_args, cli_entry, detector_kwargs, main_guard, output_folder
+from .common import add_model_args, cli_entry, description, detector_kwargs, main_guard, output_folder
 
 DEFAULT_FPS = 25.0  # for videos whose container does not say
 JPEG_MAX_SIDE = 65500  # the longest side a JPEG can hold (libjpeg's JPEG_MAX_DIMENSION)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yolox-detect", description=__doc__)
+    p = argparse.ArgumentParser(prog="yolox-detect", description=description(__doc__))
     add_model_args(p)
     p.add_argument("--source", required=True, help="image file, folder of images, video file, camera index or "
                    "stream address (rtsp://, http://...)")

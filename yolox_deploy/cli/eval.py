@@ -10,11 +10,11 @@ from ..eval.coco import AUTHORS_PROTOCOL, STAT_LABELS, STAT_NAMES, evaluate, ope
 from ..runtimes.detector import Detector
 from ..utils.files import json_text, standard_stream, write_text_atomic
 from ..utils.table import format_table
-from .common import add_model_args, cli_entry, detector_kwargs, json_output, main_guard, read_by
+from .common import add_model_args, cli_entry, description, detector_kwargs, json_output, main_guard, read_by
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yolox-eval", description=__doc__)
+    p = argparse.ArgumentParser(prog="yolox-eval", description=description(__doc__))
     add_model_args(p)
     p.add_argument("--data", required=True, help="COCO folder: annotations/instances_<split>.json + <split>/")
     p.add_argument("--split", default="val2017", help="split name (default val2017)")
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=conf, help=f"score threshold (default {conf}, as the authors)")
     p.add_argument("--nms", type=float, default=nms, help=f"NMS IoU threshold (default {nms}, as the authors)")
     p.add_argument("--class-agnostic", action="store_true", help="class-agnostic NMS")
-    p.add_argument("--json", help="write the metrics as JSON to this file")
+    p.add_argument("--json", help="write the metrics as JSON to this file (- for standard output)")
     return p
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..export import IMPORT_ERRORS, ExportOptions, export, registered_formats
 from ..utils.table import format_table
-from .common import cli_entry, main_guard
+from .common import cli_entry, description, main_guard
 
 
 def _format_choices() -> list[str]:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         lines.append(f"  {cls.info.name:<9} {cls.info.description}" + ("" if ok else f" [unavailable: {why}]"))
     for name, err in IMPORT_ERRORS.items():
         lines.append(f"  {name:<9} [failed to load: {err}]")
-    p = argparse.ArgumentParser(prog="yolox-export", description=__doc__,
+    p = argparse.ArgumentParser(prog="yolox-export", description=description(__doc__),
                                 epilog="formats:\n" + "\n".join(lines),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="checkpoint (.pth) or an ONNX file to convert; a variant name "

@@ -20,11 +20,11 @@ from ..errors import InputError
 from ..train.config import DEFAULT_VAL_SPLIT, DEFAULT_WORKERS, TrainConfig
 from ..train.dataset import CACHE_MEMORY_SHARE
 from ..zoo import VARIANTS
-from .common import cli_entry, main_guard
+from .common import cli_entry, description, main_guard
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yolox-train", description=__doc__,
+    p = argparse.ArgumentParser(prog="yolox-train", description=description(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=f"variant: {', '.join(VARIANTS)}")
     p.add_argument("--data", required=True, help="COCO-format folder: annotations/instances_<split>.json + <split>/")

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..data.coco import placeholder_names
 from ..errors import InputError
-from ..io.images import check_annotated_size, read_image
+from ..io.images import check_annotated_size, check_image_path, read_image
 from ..utils.text import listed
 from ..utils.values import is_finite_number, is_integer
 
@@ -191,6 +192,18 @@ def check_scorable(data: CocoSplit) -> CocoSplit:
     if missing:
         raise InputError(f"{len(missing)} image(s) listed in {data.ann_file} are not in {data.image_dir} "
                          f"(first: {missing[0]})")
+    for i in data.image_ids:  # what a stat can tell (an empty file, a pipe) is said before any inference
+        check_image_path(data.image_dir / imgs[i]["file_name"])
+    if not all(is_integer(i) for i in data.image_ids):  # names for ids (open_coco checked they are distinct):
+        number = {i: k for k, i in enumerate(data.image_ids, 1)}  # scored under integers, in the split's order
+        for entry in data.coco.dataset["images"]:
+            entry["id"] = number[entry["id"]]
+        for a in annotations:
+            if isinstance(a, dict) and a.get("image_id") in number:
+                a["image_id"] = number[a["image_id"]]
+        with contextlib.redirect_stdout(io.StringIO()):
+            data.coco.createIndex()
+        data.image_ids = [number[i] for i in data.image_ids]
     for what, entries in (("category", data.categories), ("image", list(data.coco.imgs.values())),
                           ("annotation", annotations)):
         problem = _ids_problem(entries, what, integers=True)
@@ -313,7 +326,8 @@ def category_mapping(class_names: Sequence[str], data: CocoSplit) -> list[int | 
         raise InputError(f"the model's classes and the dataset's categories do not match by name: "
                          f"{len(left_classes)} classes have no category ({classes}) and {len(left_cats)} categories "
                          f"no class ({categories}); "
-                         "evaluate on a dataset labelled with the model's classes")
+                         "evaluate on a dataset labelled with the model's classes, or name the model's classes as "
+                         "the dataset does (class_names=, --class-names)")
     elif left_cats:
         log.warning("%d dataset categories are no class of the model and are not scored: %s", len(left_cats),
                     listed([name_of[i] for i in left_cats], 5))
@@ -347,7 +361,7 @@ def coco_evaluate(data: CocoSplit, detections: list[dict[str, Any]],
                     len(data.image_ids))
         return EvalResult(*_undetected_scores(data, scored), len(data.image_ids), detections)
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = data.coco.loadRes(detections)
+        dt = data.coco.loadRes([dict(d) for d in detections])  # loadRes adds segmentation/area/id to each entry
         ev = COCOeval(data.coco, dt, "bbox")
         ev.params.imgIds = data.image_ids
         ev.params.catIds = sorted(scored)
@@ -404,6 +418,7 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
     from tqdm import tqdm
 
     ids = ds.image_ids
+    dropped = 0
     bs = detector.batch_size
     chunks = [ids[i:i + bs] for i in range(0, len(ids), bs)]
     # the bar is closed however the loop ends, so a message that follows starts on a line of its own
@@ -418,8 +433,14 @@ def evaluate(detector: Any, data: CocoSplit | str | os.PathLike, *, split: str =
             if k + PREFETCH_BATCHES < len(chunks):
                 ahead.append(load(chunks[k + PREFETCH_BATCHES]))
             for image_id, dets in zip(chunk, detector.run_batch(images)):
-                detections.extend(dets.to_coco(image_id, mapping))
+                dropped += len(dets) - int(dets.finite.sum())
+                with warnings.catch_warnings():  # said once below, with their count
+                    warnings.filterwarnings("ignore", "to_coco leaves out detections whose box or score is not finite")
+                    detections.extend(dets.to_coco(image_id, mapping))
             bar.update(len(chunk))
             if callable(progress):
                 progress(len(chunk))
+    if dropped:
+        log.warning("%d detections with a box or score that is not finite (NaN or inf: a diverged model's) were "
+                    "left out of the scores", dropped)
     return coco_evaluate(ds, detections, [i for i in mapping if i is not None])

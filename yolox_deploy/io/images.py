@@ -131,10 +131,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return ensure_bgr(image, name=str(p))
 
 
+def _scaled_copy(hw: tuple[int, int], annotated_hw: tuple[int, int]) -> bool:
+    """Whether ``hw`` is the annotated picture scaled (both sides by one factor, to a resize's rounding, and not
+    by one pixel's worth: an entry off by a pixel is no resize)."""
+    sy, sx = hw[0] / annotated_hw[0], hw[1] / annotated_hw[1]
+    rounding = 1.5 / min(hw)
+    return abs(sy - sx) <= rounding and abs(sx - 1) > rounding
+
+
 def check_annotated_size(image: np.ndarray, path: str | os.PathLike, annotated_hw: tuple[int, int]) -> None:
     """Refuse an image read at another size than its annotation gives (its boxes would not fit it), saying why:
-    an EXIF orientation that turns it as it is read (the file's own pixels have the annotated size), or a
-    wrong (perhaps swapped) width/height entry."""
+    an EXIF orientation that turns it as it is read (the file's own pixels have the annotated size), swapped
+    width/height entries, a copy resized after annotation (its boxes are still for the annotated size, so fixing
+    the entry alone would score wrong boxes), or another file or a wrong entry."""
     if image.shape[:2] == tuple(annotated_hw):
         return
     raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -143,8 +152,11 @@ def check_annotated_size(image: np.ndarray, path: str | os.PathLike, annotated_h
                   "image upright (without the tag) to match them")
     elif raw is not None and raw.shape[:2] == tuple(annotated_hw)[::-1]:
         advice = "the entry's width and height are swapped: fix its width/height entry"
+    elif raw is not None and _scaled_copy(raw.shape[:2], annotated_hw):
+        advice = (f"it was resized after it was annotated (by {raw.shape[1] / annotated_hw[1]:.3g}): its boxes are "
+                  "for the annotated size, so use the original image (or scale its boxes and entry together)")
     else:
-        advice = "fix its width/height entry"
+        advice = "the file or its width/height entry is not the one annotated"
     raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]} pixels but the annotation file says "
                      f"{annotated_hw[1]}x{annotated_hw[0]}; {advice}")
 
