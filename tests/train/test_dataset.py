@@ -39,10 +39,12 @@ def test_samples_are_a_pure_function_of_seed_epoch_index(data):
 def test_output_contract(data, mosaic):
     ds = TrainDataset(data, (64, 96), AugmentConfig(mosaic_scale=(0.5, 1.5), enable_mixup=True), seed=0)
     for index in range(len(ds)):
-        image, targets, image_id = ds[(index, 0, mosaic)]
+        image, targets, image_ids = ds[(index, 0, mosaic)]
         assert image.dtype == torch.uint8 and image.shape == (3, 64, 96)
         assert targets.dtype == torch.float32 and targets.ndim == 2 and targets.shape[1] == 5
-        assert image_id == data.records[index].image_id
+        # the indexed image, then a mosaic's three others and perhaps MixUp's
+        assert image_ids[0] == data.records[index].image_id and len(image_ids) in ((4, 5) if mosaic else (1,))
+        assert set(image_ids) <= {r.image_id for r in data.records}
         if len(targets):
             cls, cx, cy, w, h = targets.T
             assert ((cls >= 0) & (cls < 3)).all() and (cls == cls.round()).all()
@@ -148,14 +150,14 @@ def test_an_image_turned_by_its_exif_orientation_is_named(data, tmp_path):
 
 
 def test_collate_pads_with_class_minus_one():
-    a = (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.tensor([[1, 2, 2, 1, 1.]]), 10)
-    b = (torch.ones(3, 4, 4, dtype=torch.uint8), torch.zeros(0, 5), 11)
+    a = (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.tensor([[1, 2, 2, 1, 1.]]), (10, 3, 4, 5))
+    b = (torch.ones(3, 4, 4, dtype=torch.uint8), torch.zeros(0, 5), (11,))
     images, targets, ids = collate([a, b])
-    assert images.shape == (2, 3, 4, 4) and ids == [10, 11]
+    assert images.shape == (2, 3, 4, 4) and ids == [(10, 3, 4, 5), (11,)]
     assert targets.shape == (2, 1, 5)
     assert targets[0, 0].tolist() == [1, 2, 2, 1, 1] and targets[1, 0, 0] == -1
-    named = collate([(*a[:2], "img163840"), (*b[:2], "img7")])[2]  # image ids that are names train too
-    assert named == ["img163840", "img7"]
+    named = collate([(*a[:2], ("img163840",)), (*b[:2], ("img7",))])[2]  # image ids that are names train too
+    assert named == [("img163840",), ("img7",)]
 
 
 def test_sampler_epochs_and_shards():

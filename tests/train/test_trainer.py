@@ -369,15 +369,19 @@ def test_class_head_transfer_by_name_and_afresh():
 
 
 def test_non_finite_loss_stops_with_iteration_and_image_ids(synthetic_coco, tmp_path):
-    with Trainer(config(synthetic_coco, tmp_path / "run")) as t:
-        order = t.sampler.epoch_order(0)[:2]
-        ids = [t.data.records[int(i)].image_id for i in order]
+    """The ids named were the samples' own images only, not the three others of each mosaic (nor MixUp's)."""
+    with Trainer(config(synthetic_coco, tmp_path / "run", mosaic_prob=1.0)) as t:
+        order = [int(i) for i in t.sampler.epoch_order(0)[:2]]
+        drawn = [t.dataset[(i, 0, True)][2] for i in order]
         with torch.no_grad():
             t.model.head.obj_preds[0].bias.fill_(float("nan"))
         with pytest.raises(NonFiniteLossError) as e:
             t.train(max_iterations=1)
     msg = str(e.value)
-    assert "iteration 1 " in msg and str(ids) in msg and "obj_loss=nan" in msg
+    ids = list(dict.fromkeys(i for sample in drawn for i in sample))
+    assert drawn[0][0] == t.data.records[order[0]].image_id and len(drawn[0]) >= 4
+    assert "iteration 1 " in msg and "obj_loss=nan" in msg
+    assert f"on the {len(ids)} images of its batch (ids {', '.join(map(repr, ids))})" in msg
 
 
 def test_weights_that_diverge_with_a_finite_loss_are_never_saved(synthetic_coco, tmp_path, monkeypatch):

@@ -112,17 +112,21 @@ class TrainDataset(torch.utils.data.Dataset):
                 self._cache[index] = hit
         return hit[0], hit[1].copy(), self.data.records[index].labels
 
-    def __getitem__(self, key: SampleKey | int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, key: SampleKey | int) -> tuple[torch.Tensor, torch.Tensor, tuple[int | str, ...]]:
+        """-> image uint8 ``[3, H, W]``, targets ``[M, 5]`` (class, cx, cy, w, h) and the ids of the images the
+        sample is made of: the indexed one first, then its mosaic's and MixUp's others."""
         index, epoch, use_mosaic = (int(key), 0, True) if isinstance(key, (int, np.integer)) else key
         rng = np.random.default_rng((self.seed, int(epoch), int(index)))
         aug = self.aug
+        picks = [index]
         if use_mosaic and rng.random() < aug.mosaic_prob:
-            picks = [index, *(int(i) for i in rng.integers(0, len(self), 3))]
+            picks += [int(i) for i in rng.integers(0, len(self), 3)]
             canvas, boxes, labels = mosaic([self.load(i) for i in picks], rng, self.input_hw)
             image, boxes, labels = random_affine(canvas, boxes, labels, rng, self.input_hw, aug.degrees,
                                                  aug.translate, aug.mosaic_scale, aug.shear)
             if aug.enable_mixup and len(labels) and self._labelled and rng.random() < aug.mixup_prob:
                 other = self._labelled[int(rng.integers(0, len(self._labelled)))]
+                picks.append(other)
                 image, boxes, labels = mixup(image, boxes, labels, self.load(other), rng, aug.mixup_scale)
         else:
             image, boxes, labels = self.load(index)
@@ -137,7 +141,7 @@ class TrainDataset(torch.utils.data.Dataset):
             boxes, labels = boxes[keep], labels[keep]
         targets = np.concatenate((labels.reshape(-1, 1).astype(np.float32), boxes), axis=1)
         chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return chw, torch.from_numpy(targets), self.data.records[index].image_id
+        return chw, torch.from_numpy(targets), tuple(self.data.records[i].image_id for i in picks)
 
 
 def loader_worker_init(worker_id: int) -> None:
@@ -184,10 +188,11 @@ def _leave_sigterm_to_the_parent() -> None:
     threading.Thread(target=watch, name="sigterm-from-parent", daemon=True).start()
 
 
-def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int | str]],
-            ) -> tuple[torch.Tensor, torch.Tensor, list[int | str]]:
-    """-> images uint8 ``[B, 3, H, W]``, targets float32 ``[B, M, 5]`` padded with class ``-1``, image ids (as the
-    annotation file gives them: integers, or names, which training takes too). ``M`` is the batch's most labels,
+def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, tuple[int | str, ...]]],
+            ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int | str, ...]]]:
+    """-> images uint8 ``[B, 3, H, W]``, targets float32 ``[B, M, 5]`` padded with class ``-1``, each sample's
+    image ids (as the annotation file gives them: integers, or names, which training takes too; the sample's own
+    image first, then those its mosaic and MixUp drew in). ``M`` is the batch's most labels,
     uncapped: the authors' ``TrainTransform(max_labels=120)`` drops labels past 120 (MixUp's first), which then
     count as background; COCO images rarely come near it."""
     images = torch.stack([b[0] for b in batch])

@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 UNFOLD_IMAGES = 32        # images for the statistics of folded BatchNorms
 UNFOLD_GRAD_BATCHES = 4   # training batches for their equilibrium weight norms
+MAX_IDS_SHOWN = 40  # image ids a non-finite loss names (a batch of 64 mosaics draws in up to 320 images)
 STALE_CHECKPOINT_PART_SECONDS = 60.0  # a checkpoint's temporary file unchanged this long: its writer was killed
 RECIPE_WEIGHT_DECAY, RECIPE_MOMENTUM = 5e-4, 0.9
 # a resume continues the run as it was: the model, its data and every setting of its recipe (the learning-rate
@@ -344,7 +345,7 @@ class Trainer:
                      self.iteration // self.iters_per_epoch + 1)
 
     # --- one iteration -------------------------------------------------------------------------------
-    def step(self, images: torch.Tensor, targets: torch.Tensor, image_ids: list[int | str]) -> LossOutput:
+    def step(self, images: torch.Tensor, targets: torch.Tensor, image_ids: list[tuple[int | str, ...]]) -> LossOutput:
         """One optimisation step on a collated batch (uint8 images, padded targets at the base size)."""
         cfg = self.cfg
         set_lr(self.optimizer, self.schedule(self.iteration))
@@ -364,10 +365,12 @@ class Trainer:
         loss = self.loss_fn(outputs, t, size)
         if not is_finite(loss.total):
             parts = ", ".join(f"{k}={v:.4g}" for k, v in loss.as_dict().items())
+            ids = list(dict.fromkeys(i for sample in image_ids for i in sample))  # mosaics' too: any may be the cause
             raise NonFiniteLossError(
                 f"the loss is not finite at iteration {self.iteration + 1} (epoch {self.iteration // self.iters_per_epoch + 1}, "
-                f"input {size[0]}x{size[1]}, {parts}) on images {image_ids}; check these images' annotations, or lower "
-                "the learning rate")
+                f"input {size[0]}x{size[1]}, {parts}) on the {len(ids)} images of its batch (ids "
+                f"{listed([repr(i) for i in ids], MAX_IDS_SHOWN)}); check these images' annotations, or lower the "
+                "learning rate")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()
         self.scaler.step(self.optimizer)
