@@ -130,3 +130,15 @@ def test_the_plot_title_names_the_gpu_only_when_a_row_ran_on_it(tmp_path, monkey
     report.rows[0].device = "cuda"
     write_report(report, tmp_path, plot=True)
     assert "NVIDIA Test GPU" in titles[-1]
+
+
+def test_a_speedup_just_short_of_the_target_is_not_printed_as_reaching_it():
+    """1.497x printed as "1.50x (target >= 1.5x: NOT met)"."""
+    from unittest import mock
+
+    demo = DemoComparison("yolox-nano", (416, 416), "openvino", "fp32", "/w/yolox_nano.onnx", _times(10), _times(20),
+                          100, 0.99)
+    with mock.patch.object(DemoComparison, "speedup", new_callable=mock.PropertyMock, return_value=1.497):
+        assert "-> 1.49x (target >= 1.5x: NOT met)" in demo.summary()
+    with mock.patch.object(DemoComparison, "speedup", new_callable=mock.PropertyMock, return_value=1.5):
+        assert "-> 1.50x (target >= 1.5x: met)" in demo.summary()

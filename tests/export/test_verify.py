@@ -36,7 +36,7 @@ def test_int8_diff_is_reported_not_checked():
     assert report.passed and "not checked" in report.summary()
     assert not VerifyReport("int8", 3.0, TOLERANCE["int8"], Agreement(5, 5, 1, 0.9), 0.5, "dog.jpg").passed
     assert not VerifyReport("fp16", 0.3, TOLERANCE["fp16"], good, 0.8, "dog.jpg").passed
-    assert VerifyReport("fp32", 5e-4, TOLERANCE["fp32"], good, 0.99, "dog.jpg").summary().count("tolerance 0.001")
+    assert VerifyReport("fp32", 5e-4, TOLERANCE["fp32"], good, 0.99, "dog.jpg").summary().count("tolerance 0.002")
     # a diff that is not checked, and no detections: nothing was compared, so it does not pass
     blind = VerifyReport("int8", 4.3, TOLERANCE["int8"], Agreement(0, 0, 0, 0.0), 0.5, "a synthetic scene")
     assert not blind.checked and not blind.passed
@@ -106,3 +106,14 @@ def test_nms_graph_with_nothing_to_compare_does_not_pass(tiny_random_model, tmp_
     with pytest.raises(ExportError, match="verification compared nothing, nothing written: .*--verify-image"):
         _nms_export(tiny_random_model, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["000000000139", "000000001268", "000000003661"])
+def test_fp32_exports_of_real_weights_pass_on_photos_whose_background_boxes_differ_most(nano_model, unlabelled_images,
+                                                                                        tmp_path, name):
+    """On an AVX2 CPU these photos move background anchors' boxes by 1.0-1.2e-3 between PyTorch and ONNX Runtime
+    (scoring anchors by 4e-5): a correct export was refused at the old 1e-3."""
+    from yolox_deploy.export import export
+
+    result = export(nano_model, "onnx", tmp_path / "n.onnx", verify_image=unlabelled_images / f"{name}.jpg")
+    assert result.verification.passed and result.verification.max_abs_diff < TOLERANCE["fp32"]
