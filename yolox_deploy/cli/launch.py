@@ -1,8 +1,9 @@
-"""The console commands' entry points: each loads its command inside a Ctrl-C handler.
+"""The console commands' entry points: each loads its command with Ctrl-C held until the load ends.
 
 A command's module imports torch, numpy and OpenCV (one to two seconds); a Ctrl-C in that time would end in
 Python's traceback before the command's own handling (:func:`~yolox_deploy.cli.common.cli_entry`) is in
-place. This module imports nothing heavy (``import yolox_deploy`` is light too).
+place, or, raised inside torch's native start-up, abort the process. It is held (as SIGTERM is) and acted on
+once the import is done. This module imports nothing heavy (``import yolox_deploy`` is light too).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ INTERRUPTED = 130
 
 def _command(name: str) -> Callable[[], int]:
     def run() -> int:
+        from ..utils.signals import deferred
+
         try:
-            main = importlib.import_module(f"yolox_deploy.cli.{name}").main
+            with deferred():
+                main = importlib.import_module(f"yolox_deploy.cli.{name}").main
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return INTERRUPTED

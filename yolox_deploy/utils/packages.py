@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from .signals import deferred
+
 
 def missing_reason(package: str | None, needed_for: str, extra: str | None) -> str | None:
     """Why ``package`` cannot serve ``needed_for`` ("the onnxruntime backend"), or None when it is installed.
@@ -21,7 +23,10 @@ def import_reason(package: str | None, needed_for: str, extra: str | None) -> st
     if reason is not None or package is None:
         return reason
     try:
-        importlib.import_module(package)
+        # a Ctrl-C inside a runtime's native start-up came out as its ImportError ("initialization failed"),
+        # read as a broken install: it waits for the import and then stops the run as Ctrl-C does
+        with deferred():
+            importlib.import_module(package)
     except Exception as e:  # ImportError, OSError from a missing shared library, a broken wheel's own errors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return (f"{needed_for} needs the '{package}' package, which is installed but does not import ({first}); "
