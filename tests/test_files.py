@@ -63,6 +63,16 @@ def test_a_full_disk_in_a_staging_folder_names_the_target_and_leaves_nothing(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_refused_write_in_a_relative_staging_folder_names_the_target(tmp_path, monkeypatch):
+    """A nested write named its file by its real path and the staging folder was relative: the error named the
+    hidden temporary file (could not write /abs/small/.a.onnx.x.part/a.onnx)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WriteError, match=r"^could not write small/a\.onnx: Permission denied \(no part of it was left\)$"):
+        with staging_folder("small", target="small/a.onnx") as stage:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.realpath(stage / "a.onnx"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_symlink_is_followed_and_kept(tmp_path):
     target = tmp_path / "real.json"
     target.write_text("old")

@@ -126,6 +126,52 @@ def test_ctrl_c_inside_a_step_resumes_bit_exactly(synthetic_coco, tmp_path, sign
         assert_bitwise_equal(straight, snapshot(t))
 
 
+def test_a_second_ctrl_c_inside_a_step_keeps_the_last_whole_checkpoint(synthetic_coco, tmp_path, caplog):
+    """Ctrl-C twice: the second stopped iteration 6 after its weights moved, and that state was written as
+    iteration 5, so the resumed run silently differed from an uninterrupted one."""
+    import signal
+
+    with Trainer(config(synthetic_coco, tmp_path / "straight")) as t:
+        t.train(max_iterations=7)
+        straight = snapshot(t)
+    with Trainer(config(synthetic_coco, tmp_path / "stopped")) as t:
+        update = t.scaler.update
+
+        def twice_after_the_update():  # the weights of iteration 6 are written, its count is not
+            update()
+            if t.iteration == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        t.scaler.update = twice_after_the_update
+        with pytest.raises(KeyboardInterrupt):
+            t.train(max_iterations=7)
+    assert "interrupted inside iteration 6, whose state is not whole" in caplog.text
+    assert load_training_state(tmp_path / "stopped" / LATEST).iteration == 4  # the end of epoch 1
+    with Trainer(config(synthetic_coco, tmp_path / "stopped", resume=True)) as t:
+        t.train(max_iterations=7)
+        assert_bitwise_equal(straight, snapshot(t))
+
+
+def test_a_data_error_after_some_steps_keeps_them_for_the_resume(synthetic_coco, tmp_path, caplog):
+    """The images went missing after iteration 6: the steps since the end of epoch 1 were lost."""
+    with Trainer(config(synthetic_coco, tmp_path / "run")) as t:
+        step = t.step
+
+        def then_the_images_go(*args):
+            loss = step(*args)
+            if t.iteration == 6:
+                for rec in t.data.records:
+                    rec.path.unlink()
+            return loss
+
+        t.step = then_the_images_go
+        with pytest.raises(InputError, match="image not found"):
+            t.train(max_iterations=8)
+    assert "stopped by its data at iteration 6" in caplog.text and "fix it and continue with --resume" in caplog.text
+    assert load_training_state(tmp_path / "run" / LATEST).iteration == 6
+
+
 def test_a_complete_run_resumes_to_nothing_and_may_be_extended(synthetic_coco, tmp_path):
     short = dict(epochs=1, batch=4, warmup_epochs=0, no_aug_epochs=0)  # 2 iterations per epoch
     with Trainer(config(synthetic_coco, tmp_path / "run", **short)) as t:

@@ -86,6 +86,14 @@ RESUME_MUST_MATCH = ("model", "batch", "img_size", "seed", "train_split", "lr_pe
 ITERS_PER_EPOCH = "iterations_per_epoch"  # saved beside the config: a resume needs the same training set size
 
 
+class _DataError(Exception):
+    """A data error the loader met between two steps (carried out of the loop to keep the run for --resume)."""
+
+    def __init__(self, error: YoloxError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class NonFiniteLossError(YoloxError):
     """The loss became NaN or infinite; the message names the iteration and the images of the batch."""
 
@@ -348,6 +356,7 @@ class Trainer:
     def step(self, images: torch.Tensor, targets: torch.Tensor, image_ids: list[tuple[int | str, ...]]) -> LossOutput:
         """One optimisation step on a collated batch (uint8 images, padded targets at the base size)."""
         cfg = self.cfg
+        self._in_step = True  # until the iteration is counted: a state no checkpoint may record
         set_lr(self.optimizer, self.schedule(self.iteration))
         size = multiscale_size(self.iteration, cfg.img_size, cfg.multiscale_range if cfg.multiscale else None,
                                cfg.multiscale_interval, cfg.seed)
@@ -378,6 +387,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.net)
         self.iteration += 1
+        self._in_step = False
         return loss
 
     # --- the loop ------------------------------------------------------------------------------------
@@ -389,6 +399,7 @@ class Trainer:
         total = cfg.epochs * ipe
         stop = total if max_iterations is None else min(int(max_iterations), total)
         finished = False
+        started_at = self.iteration
         with self._interrupts_between_steps():
             try:
                 if self.epochs_closed < self.iteration // ipe:  # resumed after an epoch's last step
@@ -406,11 +417,14 @@ class Trainer:
                         self._save(LATEST, start_epoch=epoch)
                 finished = self.iteration >= total
             except KeyboardInterrupt:
-                if self.dist.is_main:  # an epoch ended but not closed is closed on resume
-                    self._save(LATEST, start_epoch=self.epochs_closed)
-                    log.warning("interrupted at iteration %d; %s written, continue with --resume", self.iteration,
-                                cfg.output / LATEST)
+                self._keep_for_resume("interrupted")
                 raise
+            except _DataError as e:
+                if self.iteration > started_at:  # steps were taken since the last checkpoint: keep them
+                    self._keep_for_resume("stopped by its data", "fix it and continue")
+                else:
+                    self._discard_failed_start()
+                raise e.error from None
             except BaseException:
                 self._discard_failed_start()
                 raise
@@ -445,6 +459,19 @@ class Trainer:
                                 "stopping after this iteration (Ctrl-C again to stop at once)") as self._stop:
             yield
 
+    def _keep_for_resume(self, what: str, then: str = "continue") -> None:
+        """On a stop between steps, write LATEST for --resume (an epoch ended but not closed is closed on resume);
+        inside a step (a second Ctrl-C) the state is not whole, and the last checkpoint written stays."""
+        if not self.dist.is_main:
+            return
+        if getattr(self, "_in_step", False):
+            log.warning("%s inside iteration %d, whose state is not whole: %s is left as it was; %s with --resume",
+                        what, self.iteration + 1, self.cfg.output / LATEST, then)
+            return
+        self._save(LATEST, start_epoch=self.epochs_closed)
+        log.warning("%s at iteration %d; %s written, %s with --resume", what, self.iteration, self.cfg.output / LATEST,
+                    then)
+
     def _stop_if_interrupted(self) -> None:
         stop = getattr(self, "_stop", None)
         if stop is not None and stop.requested:
@@ -459,8 +486,8 @@ class Trainer:
                 return
             except Exception as e:
                 self._stop_if_interrupted()  # Ctrl-C also ended the loader's worker processes
-                if isinstance(e, YoloxError):
-                    raise _unwrap_loader_error(e) from None
+                if isinstance(e, YoloxError):  # a broken image or annotation, found between two steps
+                    raise _DataError(_unwrap_loader_error(e)) from None
                 raise
             yield batch
 

@@ -251,7 +251,10 @@ def refusal(e: BaseException, inside: Path) -> str | None:
 
 
 def _is_in(name: object, folder: Path) -> bool:
-    return isinstance(name, (str, bytes, os.PathLike)) and Path(os.fsdecode(name)).is_relative_to(folder)
+    """Whether the path ``name`` lies in ``folder``, however either is spelled (relative, through a link)."""
+    if not isinstance(name, (str, bytes, os.PathLike)):
+        return False
+    return Path(os.path.realpath(os.fsdecode(name))).is_relative_to(os.path.realpath(folder))
 
 
 def missing_folders(folder: Path) -> list[Path]:
