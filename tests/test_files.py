@@ -208,3 +208,20 @@ def test_a_name_of_up_to_255_bytes_can_be_written(tmp_path):
     with staging_folder(tmp_path, prefix=temp_prefix("y" * 255)) as staging:
         assert len(staging.name.encode()) <= 255
     assert sorted(len(p.name.encode()) for p in tmp_path.iterdir()) == [254, 255]
+
+
+def test_staging_folders_a_killed_run_left_are_removed_once_untouched_for_a_day(tmp_path, tiny_random_model):
+    """A SIGKILLed export (or detect run) left its .NAME.*.part folder for ever."""
+    import time
+
+    from yolox_deploy.export import export
+
+    old, fresh, busy = (tmp_path / f".m.onnx.{k}.part" for k in ("old", "fresh", "busy"))
+    for folder in (old, fresh, busy):
+        folder.mkdir()
+        (folder / "m.onnx").write_bytes(b"half")
+    day_ago = time.time() - 25 * 3600
+    for p in (old, old / "m.onnx", busy):  # busy: an old folder whose file is still being written
+        os.utime(p, (day_ago, day_ago))
+    export(tiny_random_model, "onnx", tmp_path / "m.onnx", img_size=64, verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, fresh.name, "m.onnx"]

@@ -31,8 +31,10 @@ from ..io.images import (
 from ..runtimes.detector import DEFAULT_MAX_DET, Detector
 from ..utils.files import (
     REPLACEABLE_NAME_MAX,
+    STALE_STAGING_SECONDS,
     json_text,
     move_into,
+    remove_stale_parts,
     staging_folder,
     too_long_to_replace,
     write_text_atomic,
@@ -243,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _refuse_writing_over_source(src, out)
     earlier = _check_outputs(out, _result_names(src, stem, args.no_images))
     rows = _Rows()
+    remove_stale_parts(out, ".detect.*.part", STALE_STAGING_SECONDS)  # a killed run's, untouched for a day
     with (Detector(args.weights, conf=args.conf, nms=args.nms, class_agnostic=args.class_agnostic,
                    max_det=args.max_det, **detector_kwargs(args)) as det,
           staging_folder(out, prefix=".detect.") as stage):  # results move into place only when the run ends well

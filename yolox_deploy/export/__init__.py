@@ -26,8 +26,10 @@ from ..nn.deploy import deploy_model
 from ..structures import as_class_names
 from ..utils.files import (
     REPLACEABLE_NAME_MAX,
+    STALE_STAGING_SECONDS,
     check_creatable,
     move_into,
+    remove_stale_parts,
     staging_folder,
     temp_prefix,
     too_long_to_replace,
@@ -241,6 +243,8 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     t0 = time.perf_counter()
     exporter = cls(opts, output=out)
     exporter.check_before(source)
+    # what an export of this name killed (SIGKILL, out of memory) left, once nothing in it has moved for a day
+    remove_stale_parts(out.parent, f"{temp_prefix(out.name)}*.part", STALE_STAGING_SECONDS)
     with staging_folder(out.parent, prefix=temp_prefix(out.name), target=out) as staging:
         staged = staging / out.name
         if info.is_dir:

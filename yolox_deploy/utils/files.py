@@ -170,14 +170,21 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+STALE_STAGING_SECONDS = 24 * 3600  # a staging folder nothing was written in for a day: its run was killed
+
+
 def remove_stale_parts(folder: Path, pattern: str, age: float) -> None:
     """Remove the temporary files matching ``pattern`` (a glob, e.g. ``.NAME.*.part``: what :func:`atomic_write`
     leaves when its process is killed) in ``folder`` that were not written to for ``age`` seconds (a write under
-    way changes its own every moment)."""
+    way changes its own every moment); and so the staging folders (:func:`staging_folder`) nothing in which was
+    written to for that long."""
     now = time.time()
     for part in Path(folder).glob(pattern):
         with contextlib.suppress(OSError):
-            if now - part.stat().st_mtime > age:
+            if part.is_dir() and not part.is_symlink():
+                if now - max(p.lstat().st_mtime for p in (part, *part.rglob("*"))) > age:
+                    shutil.rmtree(part)
+            elif now - part.stat().st_mtime > age:
                 part.unlink()
 
 
