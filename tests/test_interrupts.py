@@ -36,3 +36,14 @@ def test_ctrl_c_while_a_command_loads_lets_the_load_finish_then_exits_130(monkey
     assert launch.compare() == launch.INTERRUPTED
     assert "yolox_deploy.cli.compare" in sys.modules  # loaded whole, not cut inside
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_while_a_benchmark_worker_loads_exits_130_quietly(monkeypatch, capsys):
+    """The worker started as `python -m yolox_deploy.bench.worker`, which imported torch before its handler:
+    Ctrl-C there printed a 25-50 line traceback under the parent's "stopping the benchmark's worker"."""
+    from yolox_deploy.cli import launch
+
+    monkeypatch.delitem(sys.modules, "yolox_deploy.bench.worker", raising=False)
+    monkeypatch.setattr(launch.importlib, "import_module", _interrupted_load(launch.importlib.import_module))
+    assert launch.bench_worker(["row", "spec.json", "out.json"]) == launch.INTERRUPTED
+    assert "yolox_deploy.bench.worker" in sys.modules and capsys.readouterr().err == ""

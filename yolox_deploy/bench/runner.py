@@ -578,8 +578,8 @@ def run_isolated(command: str, cfg: BenchConfig, payload: dict[str, Any], fallba
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"config": cfg.to_dict(), "log_level": level, **payload}, default=str))
         # its own session: a Ctrl-C at the terminal reaches this process alone, which stops the worker
-        # (stop_worker) and says "interrupted"; in the worker it could land in its imports and print a traceback
-        proc = subprocess.Popen([sys.executable, "-m", "yolox_deploy.bench.worker", command, str(spec), str(out)],
+        # (stop_worker) and says "interrupted"; the worker holds it while it imports (launch.bench_worker)
+        proc = subprocess.Popen([sys.executable, "-c", WORKER_BOOTSTRAP, command, str(spec), str(out)],
                                 stdout=subprocess.DEVNULL, start_new_session=True)
         try:
             code = proc.wait()
@@ -601,6 +601,8 @@ def run_isolated(command: str, cfg: BenchConfig, payload: dict[str, Any], fallba
     raise RuntimeError(reason)
 
 
+# `python -m yolox_deploy.bench.worker` would import torch (the bench package) before any Ctrl-C handling
+WORKER_BOOTSTRAP = "import sys; from yolox_deploy.cli.launch import bench_worker; sys.exit(bench_worker(sys.argv[1:]))"
 WORKER_STOP_GRACE_S = 60.0  # how long an interrupted worker has to end (a large model's conversion, then cleaning up)
 
 

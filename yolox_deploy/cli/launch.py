@@ -15,20 +15,39 @@ from collections.abc import Callable
 INTERRUPTED = 130
 
 
+def _loaded(module: str, *, quiet: bool = False) -> Callable[..., int] | None:
+    """``module``'s ``main``, imported with Ctrl-C held until the import ends; None when one came meanwhile
+    (said as "interrupted" unless ``quiet``)."""
+    from ..utils.signals import deferred
+
+    try:
+        with deferred():
+            return importlib.import_module(module).main
+    except KeyboardInterrupt:
+        if not quiet:
+            print("interrupted", file=sys.stderr)
+        return None
+
+
 def _command(name: str) -> Callable[[], int]:
     def run() -> int:
-        from ..utils.signals import deferred
-
-        try:
-            with deferred():
-                main = importlib.import_module(f"yolox_deploy.cli.{name}").main
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return INTERRUPTED
-        return main()
+        main = _loaded(f"yolox_deploy.cli.{name}")
+        return INTERRUPTED if main is None else main()
 
     run.__name__ = name
     return run
+
+
+def bench_worker(argv: list[str]) -> int:
+    """A benchmark row's process (:mod:`yolox_deploy.bench.worker`): a Ctrl-C, which reaches its whole process
+    group, exits 130 without a word (the parent says "interrupted"), also while it loads torch."""
+    main = _loaded("yolox_deploy.bench.worker", quiet=True)
+    if main is None:
+        return INTERRUPTED
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        return INTERRUPTED
 
 
 detect = _command("detect")
