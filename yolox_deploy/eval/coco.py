@@ -194,16 +194,6 @@ def check_scorable(data: CocoSplit) -> CocoSplit:
                          f"(first: {missing[0]})")
     for i in data.image_ids:  # what a stat can tell (an empty file, a pipe) is said before any inference
         check_image_path(data.image_dir / imgs[i]["file_name"])
-    if not all(is_integer(i) for i in data.image_ids):  # names for ids (open_coco checked they are distinct):
-        number = {i: k for k, i in enumerate(data.image_ids, 1)}  # scored under integers, in the split's order
-        for entry in data.coco.dataset["images"]:
-            entry["id"] = number[entry["id"]]
-        for a in annotations:
-            if isinstance(a, dict) and a.get("image_id") in number:
-                a["image_id"] = number[a["image_id"]]
-        with contextlib.redirect_stdout(io.StringIO()):
-            data.coco.createIndex()
-        data.image_ids = [number[i] for i in data.image_ids]
     for what, entries in (("category", data.categories), ("image", list(data.coco.imgs.values())),
                           ("annotation", annotations)):
         problem = _ids_problem(entries, what, integers=True)

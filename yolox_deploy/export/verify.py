@@ -45,10 +45,11 @@ log = logging.getLogger(__name__)
 # Max abs diff of the raw output, and minimum detections agreement, per precision. FP32 is compared on every
 # anchor: between PyTorch's and ONNX Runtime's CPU kernels (AVX2 or AVX-512) YOLOX-Nano's background anchors'
 # boxes differ by up to 1.2e-3 (101 COCO images at 416 on an AVX2 CPU; median 4.6e-4), those scoring >= 0.01
-# by 4e-5, and an export's real defects by far more than 1e-2. Reduced precision only on anchors scoring >= SCORE_FLOOR in either output: background anchors' boxes
-# are unconstrained (rounding YOLOX-Nano's weights to FP16 moves them by up to 0.9 raw units, in torch too,
-# while its AP does not change), and INT8 on its detections alone (single anchors' scores move by up to ~0.6
-# while COCO AP moves by 0.002), its diff is reported, not checked.
+# by 4e-5, and an export's real defects by far more than 1e-2. Reduced precision only on anchors scoring
+# >= SCORE_FLOOR in either output: background anchors' boxes are unconstrained (rounding YOLOX-Nano's weights
+# to FP16 moves them by up to 0.9 raw units, in torch too, while its AP does not change), and INT8 on its
+# detections alone (single anchors' scores move by up to ~0.6 while COCO AP moves by 0.002), its diff is
+# reported, not checked.
 TOLERANCE = {"fp32": 2e-3, "fp16": 0.25, "int8": math.inf}
 SCORE_FLOOR = 0.01
 MIN_AGREEMENT = {"fp32": 0.99, "fp16": 0.8, "int8": 0.5}
