@@ -400,6 +400,7 @@ class Trainer:
         stop = total if max_iterations is None else min(int(max_iterations), total)
         finished = False
         started_at = self.iteration
+        self._in_step = False  # (a step that raised left it set)
         with self._interrupts_between_steps():
             try:
                 if self.epochs_closed < self.iteration // ipe:  # resumed after an epoch's last step
@@ -464,7 +465,7 @@ class Trainer:
         inside a step (a second Ctrl-C) the state is not whole, and the last checkpoint written stays."""
         if not self.dist.is_main:
             return
-        if getattr(self, "_in_step", False):
+        if self._in_step:
             log.warning("%s inside iteration %d, whose state is not whole: %s is left as it was; %s with --resume",
                         what, self.iteration + 1, self.cfg.output / LATEST, then)
             return
