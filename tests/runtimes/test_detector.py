@@ -383,13 +383,13 @@ def test_a_stream_closed_during_a_slow_inference_is_waited_for_at_exit(tmp_path,
     stream = det.stream(tmp_path)
     next(stream)
     stream.close()
-    live = [threads for _, threads in streaming._LIVE.values()]
+    live = [s.threads for s in streaming._LIVE.values()]
     assert any(t.is_alive() and t.name == "yolox-stream-infer" for threads in live for t in threads)
     release.set()
     streaming._stop_live_pipelines()  # what the interpreter's exit runs: it waits for the call to end
     assert not any(t.is_alive() for threads in live for t in threads)
     assert len(list(det.stream(tmp_path))) == 3  # the next stream drops the entries of ended threads
-    assert not any(threads in live for _, threads in streaming._LIVE.values())
+    assert not any(s.threads in live for s in streaming._LIVE.values())
     det.close()
 
 

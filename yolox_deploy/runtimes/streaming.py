@@ -20,7 +20,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import InputError
 from ..io.images import Frame, check_source, iter_source
@@ -35,23 +35,28 @@ _DONE = object()
 # and at the interpreter's exit, where a thread still inside a runtime can abort the process
 CLOSE_WAIT_SECONDS = 5.0
 EXIT_WAIT_SECONDS = 120.0
-# the stop event and threads of every stream not closed yet, or closed while a thread of it was still inside a
-# call: stopped and waited for at the interpreter's exit
-_LIVE: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
+
+
+class _Stream(NamedTuple):
+    stop: threading.Event  # set when the stream is closed (its generator ended) or stopped
+    threads: list[threading.Thread]
+    owner: int  # id() of its Detector
+
+
+# every stream not closed yet, or closed while a thread of it was still inside a call: stopped and waited for at
+# the interpreter's exit; the running ones (stop not set) of a Detector are stopped by its close
+_LIVE: dict[int, _Stream] = {}
 _LIVE_LOCK = threading.Lock()
-# the stop events of each Detector's running streams, stopped by Detector.close()
-_BY_DETECTOR: dict[int, set[threading.Event]] = {}
 
 
 def stop_streams(detector: Detector) -> None:
     """Stop every running stream of ``detector`` and wait (a few seconds at most) for their threads to end, so
     that a video or camera is released when this returns; their generators raise at their next item."""
     with _LIVE_LOCK:
-        stops = list(_BY_DETECTOR.get(id(detector), ()))
-        threads = [t for stop in stops for t in _LIVE.get(id(stop), (None, []))[1]]
-    for stop in stops:
-        stop.set()
-    for t in threads:
+        running = [s for s in _LIVE.values() if s.owner == id(detector) and not s.stop.is_set()]
+    for s in running:
+        s.stop.set()
+    for t in (t for s in running for t in s.threads):
         if t is not threading.current_thread():  # closed from a thread of its own stream
             t.join(timeout=CLOSE_WAIT_SECONDS)
 
@@ -60,10 +65,10 @@ def stop_streams(detector: Detector) -> None:
 def _stop_live_pipelines() -> None:
     with _LIVE_LOCK:
         live = list(_LIVE.values())
-    for stop, _ in live:
-        stop.set()
-    for _, threads in live:
-        for t in threads:
+    for s in live:
+        s.stop.set()
+    for s in live:
+        for t in s.threads:
             t.join(timeout=EXIT_WAIT_SECONDS)
 
 
@@ -135,7 +140,7 @@ def run_pipeline(detector: Detector, source: str | os.PathLike | int, *, queue_s
 
 def _pipeline(detector: Detector, source: str | os.PathLike | int, queue_size: int) -> Iterator[StreamResult]:
     with _LIVE_LOCK:  # streams closed while a thread was in a call, whose threads have ended since
-        for key in [k for k, (_, threads) in _LIVE.items() if not any(t.is_alive() for t in threads)]:
+        for key in [k for k, s in _LIVE.items() if not any(t.is_alive() for t in s.threads)]:
             del _LIVE[key]
     stop = threading.Event()
     q_pre: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -147,8 +152,7 @@ def _pipeline(detector: Detector, source: str | os.PathLike | int, queue_size: i
     for t in threads:
         t.start()
     with _LIVE_LOCK:  # after the starts: threads not started yet would look ended to another stream's pruning
-        _LIVE[id(stop)] = (stop, threads)
-        _BY_DETECTOR.setdefault(id(detector), set()).add(stop)
+        _LIVE[id(stop)] = _Stream(stop, threads, id(detector))
     try:
         while True:
             try:
@@ -167,12 +171,6 @@ def _pipeline(detector: Detector, source: str | os.PathLike | int, queue_size: i
                 yield StreamResult(frame, d)
     finally:
         stop.set()
-        with _LIVE_LOCK:
-            mine = _BY_DETECTOR.get(id(detector))
-            if mine is not None:
-                mine.discard(stop)
-                if not mine:
-                    del _BY_DETECTOR[id(detector)]
         for t in threads:
             t.join(timeout=CLOSE_WAIT_SECONDS)
         if not any(t.is_alive() for t in threads):  # one still inside a slow call is waited for at exit

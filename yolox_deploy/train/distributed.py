@@ -8,9 +8,9 @@ and never touches torch.distributed.
 In a distributed run ``--batch`` is the total over all processes; each takes its slice of every global
 batch (see ``dataset.py``), DDP averages the gradients, and each process keeps the BatchNorm statistics of
 its own slice (SyncBatchNorm with ``--sync-bn`` normalises over the whole batch); before an evaluation every
-process's statistics are averaged in the model trained (:func:`average_norm_statistics`, as the authors' trainer does; the EMA model
-evaluated by default takes them up through its later updates). Only rank 0 writes checkpoints and
-logs and evaluates; the others wait at a barrier meanwhile.
+process's statistics are averaged in the model trained (:func:`average_norm_statistics`, as the authors'
+trainer does; the EMA model evaluated by default takes them up through its later updates). Only rank 0
+writes checkpoints and logs and evaluates; the others wait at a barrier meanwhile.
 """
 
 from __future__ import annotations
