@@ -60,6 +60,26 @@ def test_conversions(tmp_path, rng):
     assert read_image(tmp_path / "a.png").shape == (20, 30, 3)
 
 
+def test_big_endian_uint16_and_float_images_are_converted_as_native_ones(rng):
+    """A uint16 or float array in big-endian byte order (FITS, a raw sensor dump) is the same image: it was
+    refused as an unsupported pixel type."""
+    deep = rng.integers(0, 4096, (5, 6, 3)).astype(np.uint16)
+    unit = rng.random((5, 6), dtype=np.float32)
+    for image in (deep, unit, unit.astype(np.float64)):
+        np.testing.assert_array_equal(ensure_bgr(image.astype(image.dtype.newbyteorder(">"))), ensure_bgr(image))
+
+
+def test_an_annotation_entry_of_no_size_is_named_not_a_division_by_zero(tmp_path, rng):
+    from yolox_deploy.io.images import check_annotated_size
+
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    for entry in ((20, 0), (0, 30), (0, 0)):
+        with pytest.raises(InputError, match="the annotation file says .*; the file or its width/height entry is "
+                                             "not the one annotated"):
+            check_annotated_size(read_image(path), path, entry)
+
+
 @pytest.mark.parametrize("bad", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.uint8), np.zeros((5, 5, 2), np.uint8),
                                  np.zeros((5,), np.uint8), np.zeros((5, 5, 3), np.int32), "not an array"])
 def test_unusable_arrays(bad):

@@ -56,6 +56,8 @@ def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
         raise InputError(f"{name}: expected an image of shape HxW, HxWx1, HxWx3 or HxWx4, got {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(f"{name}: image is empty ({image.shape[0]}x{image.shape[1]} pixels)")
+    if not image.dtype.isnative:  # big-endian data (FITS, raw sensor dumps): a uint16 / float image all the same
+        image = image.astype(image.dtype.newbyteorder("="))
     if image.dtype == np.uint16:
         image = (image >> max(int(image.max()).bit_length() - 8, 0)).astype(np.uint8)
     elif image.dtype in (np.float16, np.float32, np.float64):
@@ -134,6 +136,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def _scaled_copy(hw: tuple[int, int], annotated_hw: tuple[int, int]) -> bool:
     """Whether ``hw`` is the annotated picture scaled (both sides by one factor, to a resize's rounding, and not
     by one pixel's worth: an entry off by a pixel is no resize)."""
+    if min(annotated_hw) <= 0:  # an entry of no size is no resize of the picture
+        return False
     sy, sx = hw[0] / annotated_hw[0], hw[1] / annotated_hw[1]
     rounding = 1.5 / min(hw)
     return abs(sy - sx) <= rounding and abs(sx - 1) > rounding
