@@ -58,6 +58,7 @@ def test_dataset_category_ids_recorded_else_cocos_else_unknown():
     ({"extra": {"ncnn_bin_bytes": "4096"}}, "extra.ncnn_bin_bytes"),
     ({"extra": {"ncnn_bin_bytes": 0}}, "extra.ncnn_bin_bytes"),
     ({"extra": {"ncnn_bin_sha256": "ABC"}}, "extra.ncnn_bin_sha256"),
+    ({"extra": {"openvino_bin_sha256": "0" * 63}}, "extra.openvino_bin_sha256"),
     ({"preprocess": [1, 2]}, "preprocess"),
     ({"preprocess": {"scale": "1"}}, "preprocess.scale"),
     ({"preprocess": {"mean": [1, 2]}}, "preprocess.mean"),

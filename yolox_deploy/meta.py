@@ -149,6 +149,7 @@ class ModelMeta:
 PRECISIONS = ("fp32", "fp16", "int8")
 NCNN_BIN_BYTES = "ncnn_bin_bytes"  # extra: the size of the .bin an NCNN export wrote beside its .param
 NCNN_BIN_SHA256 = "ncnn_bin_sha256"  # extra: and its SHA-256 (hex): another export's .bin of the same size
+OPENVINO_BIN_SHA256 = "openvino_bin_sha256"  # extra: the SHA-256 of the .bin an OpenVINO export wrote beside its .xml
 
 
 def _check_fields(m: ModelMeta) -> None:
@@ -189,10 +190,11 @@ def _check_fields(m: ModelMeta) -> None:
     value = m.extra.get(NCNN_BIN_BYTES)
     if value is not None and not (is_integer(value) and value > 0):
         raise ValueError(f"extra.{NCNN_BIN_BYTES} must be a positive integer, got {value!r}")
-    value = m.extra.get(NCNN_BIN_SHA256)
-    if value is not None and not (isinstance(value, str) and len(value) == 64
-                                  and all(c in "0123456789abcdef" for c in value)):
-        raise ValueError(f"extra.{NCNN_BIN_SHA256} must be 64 lower-case hex digits, got {value!r}")
+    for name in (NCNN_BIN_SHA256, OPENVINO_BIN_SHA256):
+        value = m.extra.get(name)
+        if value is not None and not (isinstance(value, str) and len(value) == 64
+                                      and all(c in "0123456789abcdef" for c in value)):
+            raise ValueError(f"extra.{name} must be 64 lower-case hex digits, got {value!r}")
     p = m.preprocess
     if not (is_finite_number(p.scale) and p.scale > 0):
         raise ValueError(f"preprocess.scale must be a positive number, got {p.scale!r}")

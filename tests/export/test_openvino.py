@@ -3,6 +3,7 @@ in-graph NMS, and the CLI. COCO AP of FP32 / FP16 / INT8 IRs are slow tests."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import cv2
@@ -14,13 +15,13 @@ ov = pytest.importorskip("openvino")
 from tests.conftest import REFERENCE_AP  # noqa: E402
 from yolox_deploy import Detector  # noqa: E402
 from yolox_deploy.cli.export import main as export_main  # noqa: E402
-from yolox_deploy.errors import InputError  # noqa: E402
+from yolox_deploy.errors import ArtefactError, InputError  # noqa: E402
 from yolox_deploy.eval.coco import AUTHORS_PROTOCOL, evaluate  # noqa: E402
 from yolox_deploy.export import export, format_class  # noqa: E402
 from yolox_deploy.export.openvino import OpenVINOExporter, input_shape, ir_stem, scatter_ops  # noqa: E402
 from yolox_deploy.export.verify import normalised_diff  # noqa: E402
 from yolox_deploy.io.images import list_images, read_image  # noqa: E402
-from yolox_deploy.meta import META_KEY, ModelMeta  # noqa: E402
+from yolox_deploy.meta import META_KEY, OPENVINO_BIN_SHA256, ModelMeta  # noqa: E402
 from yolox_deploy.ops.letterbox import preprocess_batch  # noqa: E402
 from yolox_deploy.ops.match import match_detections  # noqa: E402
 from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
@@ -319,6 +320,23 @@ def test_cli_export_detect_eval(tmp_path, nano_pth, dog_jpg, coco_tiny, unlabell
         capsys.readouterr()
         assert eval_main([str(folder), "--data", str(coco_tiny)]) == 0
         assert ap in capsys.readouterr().out, name
+
+
+def test_the_ir_records_the_digest_of_its_bin_and_refuses_another(tmp_path, tiny_random_model, dog_jpg):
+    """OpenVINO reads another export's .bin of the same size without complaint and runs those weights: the
+    export records the digest of its own .bin in the IR's metadata, and the runtime refuses any other."""
+    result = export(tiny_random_model, "openvino", tmp_path / "tiny_openvino", img_size=64)  # verified as written
+    weights = result.path / "tiny.bin"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert result.meta.extra[OPENVINO_BIN_SHA256] == digest
+    with Detector(result.path) as det:
+        assert det.meta == result.meta  # read back from rt_info
+        assert len(det(str(dog_jpg))) == 1
+    other = np.fromfile(weights, dtype=np.uint8)
+    other[len(other) // 8 * 4:][:4] = np.frombuffer(np.float32(0.5).tobytes(), np.uint8)  # a convolution weight
+    other.tofile(weights)  # the same size, other weights: OpenVINO alone reads and runs them
+    with pytest.raises(ArtefactError, match=r"tiny.bin is not the .bin exported with tiny.xml \(its SHA-256 differs\)"):
+        Detector(result.path)
 
 
 def test_force_replaces_only_this_exports_own_ir(tmp_path, tiny_random_model):

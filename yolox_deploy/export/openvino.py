@@ -14,7 +14,9 @@ floating point.
 
 ``--nms`` goes through the ONNX exporter (standard ``NonMaxSuppression``, which OpenVINO runs). The metadata
 (:class:`~yolox_deploy.meta.ModelMeta` JSON) is stored in the IR's ``rt_info`` under ``META_KEY``, so
-``Detector("x_openvino/")`` needs no other flag.
+``Detector("x_openvino/")`` needs no other flag; its ``extra["openvino_bin_sha256"]`` records the digest of
+the ``.bin`` written beside the XML, so the runtime refuses another export's weights (which OpenVINO reads
+without complaint when they have the same size).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import logging
 import tempfile
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from ..errors import BackendUnavailable, ExportError
-from ..meta import META_KEY, ModelMeta
+from ..meta import META_KEY, OPENVINO_BIN_SHA256, ModelMeta
+from ..utils.files import file_sha256
 from ..utils.packages import import_reason
 from ..utils.signals import deferred
 from .base import Exporter, ExportOptions, ExportSource, folder_stem, register_format
@@ -149,6 +153,19 @@ def attach_meta(ov_model: Any, meta: ModelMeta) -> None:
     ov_model.set_rt_info(meta.to_json(), META_KEY)
 
 
+def record_bin_digest(xml: Path, meta: ModelMeta) -> ModelMeta:
+    """``meta`` with the SHA-256 of the ``.bin`` beside ``xml`` in its ``extra``, written into the XML's
+    ``rt_info`` in place of the metadata saved with the model (the digest exists only once the ``.bin`` does)."""
+    meta = meta.with_(extra={**meta.extra, OPENVINO_BIN_SHA256: file_sha256(xml.with_suffix(".bin")).hexdigest()})
+    tree = ElementTree.parse(xml)
+    entry = tree.getroot().find(f"rt_info/{META_KEY}")
+    if entry is None:
+        raise ExportError(f"OpenVINO did not write the metadata into {xml.name} (no rt_info/{META_KEY})")
+    entry.set("value", meta.to_json())
+    tree.write(xml, encoding="utf-8", xml_declaration=True)
+    return meta
+
+
 @register_format("openvino", suffix="_openvino", is_dir=True, package="openvino", extra="openvino",
                  supports=("dynamic", "dynamic_hw", "half", "int8", "nms", "decode_in_graph"), accepts_onnx=True,
                  aliases=("ov",), artefact_files=("{stem}.xml", "{stem}.bin"))
@@ -171,12 +188,14 @@ class OpenVINOExporter(Exporter):
                 ov_model = quantize_int8(ov_model, meta, Path(o.calib_images), o.calib_count)
             attach_meta(ov_model, meta)
             xml = dest / f"{ir_stem(dest)}.xml"
-            try:
+            try:  # dest is a staging folder, moved into place whole
                 ov.save_model(ov_model, str(xml), compress_to_fp16=o.half)
+                return record_bin_digest(xml, meta)
+            except ExportError:
+                raise
             except Exception as e:  # OpenVINO's writer says "iostream error" for a full disk
                 raise ExportError(f"could not write the OpenVINO IR into {(self.output or dest).parent} "
                                   f"({type(e).__name__}: {e}); is the disk full?") from e
-        return meta
 
     def _convert(self, source: ExportSource, meta: ModelMeta, stack: contextlib.ExitStack) -> Any:
         """The source as an ``ov.Model`` (FP32); temporary files live as long as ``stack``."""

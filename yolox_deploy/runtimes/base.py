@@ -32,6 +32,7 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import ModelMeta, Preprocess
 from ..ops.letterbox import is_canvas_batch, to_model_input
 from ..utils.arrays import to_numpy
+from ..utils.files import file_sha256
 from ..utils.packages import import_reason, missing_reason
 from ..utils.sizes import check_stride_multiple
 from ..utils.values import is_integer
@@ -161,6 +162,15 @@ def with_input_size(meta: ModelMeta, size: tuple[int, int] | None, what: str) ->
         raise InputError(f"{what} was exported for {meta.input_size[0]}x{meta.input_size[1]} input, not "
                          f"{size[0]}x{size[1]}; re-export it for that size, or drop the image size (--img-size)")
     return meta.with_(input_size=size)
+
+
+def check_weights_digest(weights: Path, digest: str | None, model_file: Path) -> None:
+    """Refuse ``weights`` (the ``.bin`` beside ``model_file``) unless its SHA-256 is ``digest``, the one the
+    export recorded (None: none recorded, nothing to check). A runtime reads another export's weights of the
+    same size without complaint, and runs them."""
+    if digest is not None and file_sha256(weights).hexdigest() != digest:
+        raise ArtefactError(f"{weights} is not the .bin exported with {model_file.name} (its SHA-256 differs): the "
+                            "weights belong to another export; re-export the model or copy its .bin")
 
 
 def refuse_copying(obj: object) -> NoReturn:

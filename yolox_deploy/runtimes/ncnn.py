@@ -45,10 +45,9 @@ import numpy as np
 from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import NCNN_BIN_BYTES, NCNN_BIN_SHA256, ModelMeta, Preprocess, read_sidecar, sidecar_path
 from ..utils.arrays import to_numpy
-from ..utils.files import file_sha256
 from ..utils.native import silenced_stderr
 from ..utils.sizes import parse_img_size
-from .base import Backend, one_model_file, register_backend
+from .base import Backend, check_weights_digest, one_model_file, register_backend
 
 PARAM_MAGIC = 7767517
 _TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
@@ -273,11 +272,7 @@ class NcnnBackend(Backend):
         if recorded is not None and recorded != size:
             raise ArtefactError(f"{weights} holds {size} bytes, not the {recorded} exported with {param.name}: "
                                 "the weights belong to another export; re-export the model or copy its .bin")
-        digest = extra.get(NCNN_BIN_SHA256)
-        if digest is not None and file_sha256(weights).hexdigest() != digest:
-            raise ArtefactError(f"{weights} is not the .bin exported with {param.name} (its SHA-256 differs): the "
-                                "weights belong to another export of the same size; re-export the model or copy "
-                                "its .bin")
+        check_weights_digest(weights, extra.get(NCNN_BIN_SHA256), param)
         if meta is not None and not meta.nms_in_graph and meta.decode_in_graph != graph.decodes():
             says = "decodes" if meta.decode_in_graph else "does not decode"
             raise ArtefactError(f"{param}: its sidecar says the graph {says} its boxes, and the graph "

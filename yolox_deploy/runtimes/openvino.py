@@ -22,7 +22,8 @@ it is (float ``[N, 3, H, W]`` input) is compiled too when a float batch first co
 and results never mix. The input batch is shared with OpenVINO without a copy; outputs are copied out of
 the request before it goes back to the pool.
 
-Metadata comes from the IR's ``rt_info`` (``META_KEY``); an IR without it (converted from the authors' ONNX
+Metadata comes from the IR's ``rt_info`` (``META_KEY``), with the digest of the ``.bin`` exported beside the
+XML (another export's weights are refused); an IR without it (converted from the authors' ONNX
 elsewhere) is described from its input/output shapes (:func:`~yolox_deploy.meta.infer_meta`) and its ops (the
 decode's ``Exp``: whether it decodes its boxes).
 An NPU needs static shapes: a dynamic IR opened on an NPU is fixed to its metadata's size and batch 1.
@@ -40,11 +41,11 @@ from xml.etree import ElementTree
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
+from ..meta import META_KEY, OPENVINO_BIN_SHA256, ModelMeta, meta_from_graph, stored_meta
 from ..utils.arrays import to_numpy
 from ..utils.files import check_readable
 from ..utils.sizes import parse_img_size
-from .base import Backend, one_model_file, precision_name, register_backend
+from .base import Backend, check_weights_digest, one_model_file, precision_name, register_backend
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
@@ -160,6 +161,7 @@ class OpenVINOBackend(Backend):
         except Exception as e:  # OpenVINO raises RuntimeError for unparsable XML, bad offsets, ...
             raise ArtefactError(f"{self.xml} is not a readable OpenVINO IR ({_first_line(e)}); re-export it") from None
         meta = read_ov_meta(model, self.xml, opts.get("img_size"), bool(opts.get("legacy")))
+        check_weights_digest(self.xml.with_suffix(".bin"), meta.extra.get(OPENVINO_BIN_SHA256), self.xml)
         if self._device.startswith("NPU") and model.inputs[0].get_partial_shape().is_dynamic:
             meta = meta.with_(batch=meta.batch or 1, dynamic_hw=False)
             model.reshape({model.inputs[0]: [meta.batch, 3, *meta.input_size]})
