@@ -92,6 +92,15 @@ def test_to_coco_maps_categories_and_skips_unmapped():
     assert entries == [{"image_id": 7, "category_id": 18, "bbox": [0.0, 0.0, 10.0, 10.0], "score": pytest.approx(0.9)}]
 
 
+def test_to_coco_refuses_a_category_map_keyed_by_text():
+    """A map read from JSON has text keys: it mapped no class, and to_coco silently wrote nothing."""
+    from yolox_deploy.errors import InputError
+
+    assert [e["category_id"] for e in make(2).to_coco(7, category_ids={0: 18, 1: 3})] == [18, 3]
+    with pytest.raises(InputError, match="its key '0' is no class id .a map read from JSON has text keys"):
+        make(2).to_coco(7, category_ids={"0": 18, "1": 3})
+
+
 def test_to_coco_refuses_a_category_map_too_short():
     from yolox_deploy.errors import InputError
 

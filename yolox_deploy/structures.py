@@ -232,6 +232,10 @@ class Detections:
     def _mapped(self, category_ids: Sequence[int | None] | Mapping[int, int | None]) -> list[int | None]:
         """Each detection's category id through ``category_ids`` (see :meth:`to_coco`), checked."""
         if isinstance(category_ids, Mapping):
+            text = next((k for k in category_ids if not is_integer(k)), None)
+            if text is not None:  # {"0": 1} (a map read from JSON) would map no class and leave every detection out
+                raise InputError(f"category_ids maps class ids (integers) to category ids; its key {text!r} is no "
+                                 "class id (a map read from JSON has text keys: convert them with int())")
             cats = [category_ids.get(c) for c in self.class_ids.tolist()]
         else:
             if len(self):
