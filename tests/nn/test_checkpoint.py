@@ -1,3 +1,4 @@
+import enum
 import pickle
 
 import numpy as np
@@ -364,6 +365,43 @@ def test_save_refuses_what_it_could_not_load_back(tmp_path, nano3):
     assert set(ok) <= set(read_checkpoint(save_checkpoint(model, tmp_path / "x.pth", **ok)).extra)
 
 
+def test_a_state_dict_of_other_keys_or_a_scalar_class_head_is_one_message(tmp_path):
+    """Checkpoints are untrusted input: int keys raised an AttributeError, a 0-d class head an IndexError."""
+    torch.save({0: torch.zeros(3), 1: torch.ones(3)}, tmp_path / "ints.pth")
+    torch.save({"model": {"head.cls_preds.0.weight": torch.tensor(1.0)}}, tmp_path / "scalar.pth")
+    with pytest.raises(CheckpointError, match="ints.pth does not contain a model state dict"):
+        load_model(tmp_path / "ints.pth")
+    with pytest.raises(CheckpointError, match="cannot tell which YOLOX variant .*scalar.pth is for"):
+        load_model(tmp_path / "scalar.pth")
+    with pytest.raises(CheckpointError, match="scalar.pth: checkpoint does not fit yolox-nano"):
+        load_model(tmp_path / "scalar.pth", "yolox-nano")
+
+
+class _Stage(enum.IntEnum):  # at module level: torch.save pickles them
+    FINETUNE = 2
+
+
+class _Mode(str, enum.Enum):
+    FAST = "fast"
+
+
+class _Marked(torch.Tensor):
+    pass
+
+
+def test_save_refuses_subclasses_of_plain_types(tmp_path, nano3):
+    """An IntEnum passed for an int (a str Enum for a str, a tensor subclass) pickles as its class: the file was
+    written (over the one there) and could not be read back."""
+    model, path = nano3
+    before = path.read_bytes()
+    for extra, odd in (({"stage": _Stage.FINETUNE}, "_Stage"), ({"mode": [_Mode.FAST]}, "_Mode"),
+                       ({"w": torch.zeros(2).as_subclass(_Marked)}, "_Marked")):
+        with pytest.raises(InputError, match=f"cannot save '{next(iter(extra))}' in a checkpoint: it holds a {odd}"):
+            save_checkpoint(model, path, **extra)
+    assert path.read_bytes() == before
+    assert read_checkpoint(save_checkpoint(model, path, w=torch.nn.Parameter(torch.zeros(2)))).extra["w"].shape == (2,)
+
+
 def test_the_recorded_variant_is_read_in_any_spelling_and_an_unknown_one_is_named(tmp_path, nano3):
     model, _ = nano3
     for recorded in ("nano", "YOLOX_Nano"):
@@ -469,6 +507,26 @@ def test_a_checkpoint_whose_bytes_changed_after_it_was_written_is_refused(tmp_pa
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="damaged: its record .* does not match its CRC-32"):
         load_model(path)
+
+
+def test_a_checkpoint_whose_zip_headers_changed_is_refused(tmp_path):
+    """torch's reader passes over a changed record name (read by zipfile as no UTF-8: a traceback) and reads a
+    record its directory marks a folder as empty (the tensor held whatever memory did: accepted, wrong)."""
+    import zipfile
+
+    sd = build_model("yolox-nano", num_classes=2).state_dict()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": sd}, path)
+    original = path.read_bytes()
+    record = next(i for i in zipfile.ZipFile(path).infolist() if i.filename.endswith("/data/0"))
+    entry = original.rindex(record.filename.encode()) - 46  # its directory entry
+    assert original[entry:entry + 4] == b"PK\x01\x02"
+    for at, bit in ((record.header_offset + 30 + 1, 0x80), (entry + 38, 0x10)):  # a name byte, the folder attribute
+        data = bytearray(original)
+        data[at] ^= bit
+        path.write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match="is damaged: its record .*data/0 (does not match|is marked as a)"):
+            load_model(path)
 
 
 def test_records_written_without_a_crc_still_load(tmp_path):

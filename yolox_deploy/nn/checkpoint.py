@@ -54,7 +54,7 @@ class Checkpoint:
     @property
     def num_classes(self) -> int | None:
         w = self.state_dict.get(f"{CLASS_HEAD_PREFIX}0.weight")
-        return int(w.shape[0]) if w is not None else None
+        return int(w.shape[0]) if w is not None and w.dim() else None
 
     def __repr__(self) -> str:  # a summary: the tensors (and an optimizer's state in extra) run to megabytes
         return (f"Checkpoint(model_name={self.model_name!r}, tensors={len(self.state_dict)}, "
@@ -62,22 +62,31 @@ class Checkpoint:
 
 
 def _record_failing_crc(path: Path) -> str | None:
-    """The first record of a zip checkpoint (what torch.save writes) whose data does not match the CRC-32 its
-    header stores, else None. torch.load reads the records without checking them, so a bit flipped in a tensor
-    loads as a wrong weight. Records stored with CRC 0 (``torch.serialization.set_crc32_options(False)``) and
-    files that are no zip archive (the pre-1.6 format) are not checked."""
+    """What is damaged in a zip checkpoint (what torch.save writes), else None: the first record whose data does
+    not match the CRC-32 its header stores, or whose header zipfile cannot read back (torch's reader passes over
+    some: a changed name, version or method), or that the directory marks a folder (MS-DOS attribute 0x10: torch
+    reads it as empty, its tensor as whatever memory held); or the directory itself. torch.load reads the records
+    without checking them, so a bit flipped in a tensor loads as a wrong weight. Records stored with CRC 0
+    (``torch.serialization.set_crc32_options(False)``) and files that are no zip archive (the pre-1.6 format) are
+    not checked."""
     if not zipfile.is_zipfile(path):
         return None
-    with zipfile.ZipFile(path) as archive:
+    try:
+        archive = zipfile.ZipFile(path)
+    except Exception:  # torch read the file: any failure here is damage (BadZipFile, UnicodeDecodeError, ...)
+        return "its zip directory cannot be read back"
+    with archive:
         for info in archive.infolist():
+            if info.external_attr & 0x10 and not info.is_dir():
+                return f"its record {info.filename} is marked as a folder"
             if info.CRC == 0 or info.is_dir():
                 continue
             try:
                 with archive.open(info) as f:  # zipfile compares the CRC-32 when the record has been read
                     while f.read(1 << 22):
                         pass
-            except (zipfile.BadZipFile, OSError, EOFError):
-                return info.filename
+            except Exception:  # BadZipFile, OSError, EOFError; a damaged header: UnicodeDecodeError, zlib.error, ...
+                return f"its record {info.filename} does not match its CRC-32 or its header"
     return None
 
 
@@ -173,8 +182,8 @@ def read_checkpoint(path: str | os.PathLike, model: str | None = None) -> Checkp
 
     damaged = _record_failing_crc(p)
     if damaged is not None:
-        raise CheckpointError(f"{p} is damaged: its record {damaged} does not match its CRC-32 (the file changed "
-                              "after it was written); fetch or copy it again")
+        raise CheckpointError(f"{p} is damaged: {damaged} (the file changed after it was written); fetch or copy "
+                              "it again")
 
     extra: dict[str, Any] = {}
     # the weights under the first of these keys (the authors' "model" holds their EMA weights already)
@@ -185,7 +194,8 @@ def read_checkpoint(path: str | os.PathLike, model: str | None = None) -> Checkp
         extra = {k: v for k, v in obj.items() if k != key}
     else:
         sd = obj
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if (not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values())
+            or not all(isinstance(k, str) for k in sd)):
         raise CheckpointError(f"{p} does not contain a model state dict (expected {{'model': state_dict}}, "
                               "'state_dict' or 'ema', or a bare state dict of tensors)")
     sd = _strip_wrappers(sd)
@@ -219,7 +229,7 @@ def identify_variant(sd: dict[str, torch.Tensor], *, closest: bool = False) -> s
     ``closest``, failing that, the variant sharing at least 90 % of its keys and shapes with the state dict
     (a file with a key or two extra or missing), whose mismatch message then names them."""
     w = sd.get(f"{CLASS_HEAD_PREFIX}0.weight")
-    num_classes = int(w.shape[0]) if w is not None else 80
+    num_classes = int(w.shape[0]) if w is not None and w.dim() else 80
     target = _shapes(sd)
     best, best_share = None, 0.0
     for name in VARIANTS:
@@ -427,8 +437,9 @@ def _not_weights_only(value: Any) -> str | None:
     """The type name of the first thing in ``value`` that the weights-only unpickler refuses, or None."""
     if isinstance(value, np.generic):  # numpy numbers pass for Python's (np.float64 is a float) but pickle apart
         return type(value).__name__
-    if value is None or isinstance(value, (torch.Tensor, str, bytes, int, float, complex, bool, torch.Size,
-                                           torch.dtype, torch.device)):
+    # exact types: a subclass (an IntEnum or str Enum member, a tensor subclass) pickles as its class
+    if value is None or type(value) in (torch.Tensor, nn.Parameter, str, bytes, int, float, complex, bool, torch.Size,
+                                        torch.dtype, torch.device):
         return None
     if type(value) in (list, tuple, set):  # not subclasses: a namedtuple or a defaultdict pickles as its class
         return next((odd for v in value if (odd := _not_weights_only(v)) is not None), None)
