@@ -116,3 +116,16 @@ def test_split_nms_outputs():
     a, _ = split_nms_outputs(np.array([[3], [0]], np.int32), boxes, padded, labels)
     np.testing.assert_array_equal(a.scores, np.float32([0.9, 0.5]))
     np.testing.assert_array_equal(a.class_ids, [0, 1])
+
+
+@pytest.mark.parametrize("kind", [float, np.float64, np.float32])
+def test_numpy_scalar_thresholds_act_as_floats(kind):
+    """A numpy float64 threshold was compared in float64 on the CPU path (float32 elsewhere): a score or an
+    IoU equal to the float32 threshold was dropped there and kept by the torch path."""
+    # decoded (cx, cy, w, h): A = [0, 0, 10, 10], B = [0, 0, 3, 10] (IoU 0.3 in float32), C empty (numpy NMS)
+    p = np.array([[[5, 5, 10, 10, 0.9, 1.0], [1.5, 5, 3, 10, 0.8, 1.0], [50, 50, 0, 0, 0.7, 1.0]]], np.float32)
+    for conf, iou in ((kind(0.7), 0.5), (0.1, kind(0.3))):
+        [cpu] = postprocess(p, conf, iou)
+        [dev] = _postprocess_torch(torch.from_numpy(p), p, conf, iou, False, None, None, (8, 16, 32))
+        np.testing.assert_array_equal(cpu.scores, dev.scores)
+        np.testing.assert_array_equal(cpu.scores, np.float32([0.9, 0.8, 0.7]))

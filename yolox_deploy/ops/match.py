@@ -44,7 +44,7 @@ def match_detections(boxes_a: np.ndarray, classes_a: np.ndarray, boxes_b: np.nda
         return Agreement(n, m, 0, 0.0)
     iou = np.asarray(box_iou(np.asarray(boxes_a, np.float32), np.asarray(boxes_b, np.float32)), dtype=np.float64)
     iou = np.nan_to_num(iou, nan=0.0)
-    iou[np.asarray(classes_a)[:, None] != np.asarray(classes_b)[None, :]] = 0.0
+    iou[np.asarray(classes_a)[:, None] != np.asarray(classes_b)[None, :]] = -1.0  # below any threshold, 0 included
     matched, total = 0, 0.0
     order = np.argsort(-iou, axis=None, kind="stable")
     used_a, used_b = np.zeros(n, bool), np.zeros(m, bool)

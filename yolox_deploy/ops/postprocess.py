@@ -61,6 +61,11 @@ def postprocess(pred: Array, conf_threshold: float, iou_threshold: float, *, cla
         raise InputError(f"expected predictions [B, A, 5 + C], got shape {tuple(pred.shape)}")
     if input_hw is not None and num_anchors(input_hw, strides) != pred.shape[1]:
         raise InputError(f"raw output has {pred.shape[1]} anchors, not those of a {input_hw[0]}x{input_hw[1]} input")
+    # Python floats: numpy compares a float32 array with a numpy float64 scalar in float64, torch (and numpy with
+    # a Python float) in float32, so a score or IoU equal to the float32 threshold passed on one path only
+    iou_threshold = float(iou_threshold)
+    if is_number(conf_threshold):
+        conf_threshold = float(conf_threshold)
     if isinstance(pred, np.ndarray):
         return _postprocess_numpy(pred if pred.dtype == np.float32 else pred.astype(np.float32), np.asarray,
                                   conf_threshold, iou_threshold, class_agnostic, max_det, input_hw, strides)
