@@ -142,3 +142,40 @@ def test_a_speedup_just_short_of_the_target_is_not_printed_as_reaching_it():
         assert "-> 1.49x (target >= 1.5x: NOT met)" in demo.summary()
     with mock.patch.object(DemoComparison, "speedup", new_callable=mock.PropertyMock, return_value=1.5):
         assert "-> 1.50x (target >= 1.5x: met)" in demo.summary()
+
+
+def test_the_markdown_heading_of_a_race_does_not_round_up_to_the_target():
+    """The summary said "1.49x (target >= 1.5x: NOT met)" and the section heading above its table "1.50x"."""
+    from unittest import mock
+
+    report = make_report()
+    with mock.patch.object(DemoComparison, "speedup", new_callable=mock.PropertyMock, return_value=1.497):
+        text = to_markdown(report)
+    assert "### openvino, fp32: 1.49x" in text and "1.50x" not in text
+
+
+@pytest.mark.parametrize("failure", ["full disk", "interrupt"])
+def test_a_plot_that_cannot_be_written_leaves_the_earlier_results_all_in_place(tmp_path, monkeypatch, failure):
+    """The tables were replaced before the plot was drawn: a full disk (or a Ctrl-C) while plotting left this run's
+    results.md/.csv/.json beside the earlier run's results.png."""
+    from yolox_deploy.bench import plot
+    from yolox_deploy.errors import WriteError
+
+    first = make_report()
+    write_report(first, tmp_path, plot=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == sorted(OUTPUT_NAMES.values())
+
+    def failing(report, path, **kwargs):
+        if failure == "interrupt":
+            raise KeyboardInterrupt
+        raise WriteError(path, "No space left on device")
+
+    monkeypatch.setattr(plot, "plot_speed_accuracy", failing)
+    second = make_report()
+    second.rows = second.rows[:1]
+    with pytest.raises(WriteError if failure == "full disk" else KeyboardInterrupt) as e:
+        write_report(second, tmp_path, plot=True)
+    if failure == "full disk":
+        assert str(e.value).startswith(f"could not write {tmp_path / 'results.png'}: No space left")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either

@@ -364,3 +364,25 @@ def test_an_interrupted_worker_cleans_up_before_it_ends(tmp_path):
     t0 = time.monotonic()
     stop_worker(stubborn, grace=0.5)  # one that does not end in time is killed
     assert stubborn.returncode == -9 and time.monotonic() - t0 < 10
+
+
+def test_params_and_gflops_are_those_of_the_checkpoint_timed(tmp_path):
+    """A checkpoint with 20 classes in --weights-dir was timed, but its row gave the 80-class model's params and
+    GFLOPs."""
+    import torch
+
+    from yolox_deploy.bench.flops import count_parameters, yolox_complexity
+    from yolox_deploy.nn.yolox import build_model
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    model = build_model("yolox-nano", 20)
+    torch.save({"model": model.state_dict()}, weights / "yolox_nano.pth")
+    cfg = BenchConfig(models=["nano"], backends=["torch"], iters=1, warmup=0, images=None, max_images=1,
+                      img_size=(64, 64), weights_dir=weights, output=tmp_path / "out", demo=False, progress=False,
+                      isolate=False)
+    [row] = run_benchmark(cfg).rows
+    assert row.ok, row.status
+    assert row.weights == "yolox_nano.pth"
+    assert row.params == count_parameters(model) == 900_459
+    assert row.gflops == pytest.approx(yolox_complexity("nano", (64, 64), 20).gflops)

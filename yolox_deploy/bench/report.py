@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..utils.files import json_text, write_text_atomic
+from ..utils.files import atomic_write, json_text
 from ..utils.table import format_table
 from ..utils.text import listed
 from .results import BenchReport, BenchRow, DemoComparison
@@ -116,7 +118,8 @@ def to_markdown(report: BenchReport) -> str:
                      f"letterbox, default `InferenceSession` on `{Path(d.demo_onnx).name}`, numpy grid decode, "
                      f"class-agnostic numpy NMS at 0.45 over scores > 0.1); our Detector ran with the same thresholds.")
         for d in report.demos:
-            lines += ["", f"### {d.ours_backend}, {d.ours_precision}: {d.speedup:.2f}x", ""]
+            speedup = math.floor(d.speedup * 100) / 100  # as the summary: 1.497 is 1.49x, not a target met
+            lines += ["", f"### {d.ours_backend}, {d.ours_precision}: {speedup:.2f}x", ""]
             if d.agreement is not None:
                 lines.append(f"Detections agreement with the demo: {d.agreement:.3f}.")
                 lines.append("")
@@ -176,18 +179,23 @@ def write_report(report: BenchReport, folder: str | os.PathLike, *, plot: bool =
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     names = PARTIAL_NAMES if partial else OUTPUT_NAMES
-    paths = {
-        "markdown": write_text_atomic(out / names["markdown"], to_markdown(report)),
-        "csv": write_text_atomic(out / names["csv"], to_csv(report.rows)),
-        "json": write_text_atomic(out / names["json"], to_json(report)),
-    }
+    texts = {"markdown": to_markdown(report), "csv": to_csv(report.rows), "json": to_json(report)}
+    paths: dict[str, Path] = {}
+    # every file is made before any replaces an earlier run's: one that cannot be (a full disk, a Ctrl-C while
+    # plotting) leaves that run's files all as they were, not this run's tables beside that run's plot
+    with contextlib.ExitStack() as files:
+        for key, text in texts.items():
+            with open(files.enter_context(atomic_write(out / names[key])), "w") as f:
+                f.write(text)
+            paths[key] = out / names[key]
+        if plot and not partial:
+            from .plot import plot_speed_accuracy
+
+            plot_speed_accuracy(report, files.enter_context(atomic_write(out / OUTPUT_NAMES["plot"])))
+            paths["plot"] = out / OUTPUT_NAMES["plot"]
     if partial:
         return paths
-    if plot:
-        from .plot import plot_speed_accuracy
-
-        paths["plot"] = plot_speed_accuracy(report, out / OUTPUT_NAMES["plot"])
-    else:
+    if not plot:
         (out / OUTPUT_NAMES["plot"]).unlink(missing_ok=True)
     for name in PARTIAL_NAMES.values():
         (out / name).unlink(missing_ok=True)

@@ -663,7 +663,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
         source = model_source(name, cfg.weights_dir, cfg.seed)
         sources[name] = source
         size = tuple(cfg.img_size) if cfg.img_size else source.spec.test_size
-        complexity = yolox_complexity(name, size)
+        complexity = yolox_complexity(name, size, source.num_classes())  # of the model timed
         for backend in cfg.backends:
             for precision in cfg.precisions:
                 for batch in cfg.batches:
