@@ -8,8 +8,10 @@
 # Needs: pip install -e '.[trt]' (tensorrt, cuda-python) and, for the ONNX Runtime rows, onnxruntime-gpu.
 # Backends that are missing on the target are reported as "not available: <reason>" rows.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT="${1:-benchmarks/results/gpu}"
+# paths given (OUTPUT_DIR, yolox-bench options) are the caller's, relative
+# to where it runs; the defaults are the checkout's
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${1:-$ROOT/benchmarks/results/gpu}"
 shift || true
 
 yolox-bench \
