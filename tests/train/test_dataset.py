@@ -162,12 +162,14 @@ def test_collate_pads_with_class_minus_one():
 
 def test_sampler_epochs_and_shards():
     one = TrainBatchSampler(10, 4, seed=3)
-    assert one.iters_per_epoch == 2 and len(one) == 2
+    assert one.iters_per_epoch == 3 and len(one) == 3  # the authors' last, incomplete batch runs on
     one.set_epoch(5, mosaic=False)
     batches = list(one)
-    assert all(len(b) == 4 and all(k[1:] == (5, False) for k in b) for b in batches)
+    assert all(len(b) == 4 and all(k[2] is False for k in b) for b in batches)
     flat = [k[0] for b in batches for k in b]
-    assert len(set(flat)) == 8
+    # epoch 5 is positions 60..71 of the stream of permutations: the end of permutation 6, the start of 7
+    stream = np.concatenate([one.epoch_order(q) for q in range(8)])
+    assert flat == stream[60:72].tolist() and [k[1] for b in batches for k in b] == [6] * 10 + [7] * 2
     # two ranks of 2 see exactly the global batches of one process of 4, split in halves
     ranks = [TrainBatchSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
     for s in ranks:
@@ -179,7 +181,7 @@ def test_sampler_epochs_and_shards():
     one.set_epoch(6)
     assert [k[0] for b in one for k in b] != flat
     one.set_epoch(5, mosaic=False, start_iter=1)
-    assert list(one) == batches[1:] and len(one) == 1
+    assert list(one) == batches[1:] and len(one) == 2
 
 
 def test_sampler_rejects_a_batch_larger_than_the_data():
@@ -276,3 +278,39 @@ def test_the_parent_still_stops_a_stuck_worker(tmp_path):
     with open(out, "w") as f:  # a file, not a pipe that a worker left behind would hold open
         subprocess.run([sys.executable, "-c", STUCK_WORKER_SCRIPT], stdout=f, stderr=subprocess.STDOUT, timeout=120)
     assert out.read_text().strip().endswith("ended True"), out.read_text()[-2000:]
+
+
+def test_samples_without_usable_boxes_get_no_colour_jitter_or_flip(data):
+    """The authors' TrainTransform only letterboxes a sample without labels, and falls back to the sample before
+    its HSV and flip (all boxes kept) when every box is 1 px or thinner after them."""
+    import dataclasses
+
+    data.records[0] = dataclasses.replace(data.records[0], boxes=np.zeros((0, 4), np.float32),
+                                          labels=np.zeros(0, np.int64))
+    data.records[1] = dataclasses.replace(data.records[1], boxes=np.array([[10, 10, 10.5, 40]], np.float32),
+                                          labels=np.array([1]))
+    ds = TrainDataset(data, (96, 128), AugmentConfig(mosaic_prob=0.0, hsv_prob=1.0, flip_prob=1.0))
+    for index, expected in ((0, np.zeros((0, 5))), (1, np.array([[1.0, 10.25, 25.0, 0.5, 30.0]]))):
+        image, targets, _ = ds[(index, 0, False)]
+        ref, _ = letterbox(read_image(data.records[index].path), (96, 128))
+        assert np.array_equal(image.numpy().transpose(1, 2, 0), ref)
+        np.testing.assert_allclose(targets.numpy().reshape(-1, 5), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("size, batch, world", [(80, 64, 1), (10, 4, 1), (118287, 8, 8), (65, 32, 2), (64, 16, 4)])
+def test_iterations_per_epoch_are_the_authors(size, batch, world):
+    """The authors' len(train_loader): YoloBatchSampler(drop_last=False) over an InfiniteSampler of length
+    size // world: an incomplete last batch is a step (coco-tiny's 80 images at batch 64 are 2 steps an epoch)."""
+    authors = len(torch.utils.data.BatchSampler(range(size // world), batch, drop_last=False))
+    sampler = TrainBatchSampler(size, batch, world_size=world)
+    assert sampler.iters_per_epoch == authors
+    if size < 1000:  # every epoch continues the stream: each permutation is seen whole, once
+        seen = []
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            for rank in range(world):
+                sampler.rank = rank
+                seen += [k for b in sampler for k in b]
+        stream = sorted(seen, key=lambda k: k[1])
+        for q in range(len(seen) // size):
+            assert sorted(k[0] for k in stream if k[1] == q) == list(range(size))

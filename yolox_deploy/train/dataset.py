@@ -5,8 +5,11 @@ seeded with those three numbers, and the sampler's order from ``(seed, epoch)``.
 checkpoint (even mid-epoch) sees exactly the batches it would have seen, whatever the number of loader
 workers, and all ranks of a distributed run agree without exchanging random state.
 
-A sampler key is ``(index, epoch, mosaic)``; ``mosaic=False`` in the last (no-augmentation) epochs turns
-off Mosaic and MixUp (HSV and flip stay, as in the authors' recipe).
+A sampler key is ``(index, epoch, mosaic)`` (``epoch``: the pass through the data it comes from, see
+:class:`TrainBatchSampler`); ``mosaic=False`` in the last (no-augmentation) epochs turns
+off Mosaic and MixUp (HSV and flip stay, as in the authors' recipe). As in the authors' ``TrainTransform``,
+a sample without labels (a background image, or a mosaic whose boxes were all cut away) gets neither HSV nor
+flip, and one whose boxes all end up 1 px or thinner is the sample before them, with all its boxes.
 """
 
 from __future__ import annotations
@@ -130,15 +133,21 @@ class TrainDataset(torch.utils.data.Dataset):
                 image, boxes, labels = mixup(image, boxes, labels, self.load(other), rng, aug.mixup_scale)
         else:
             image, boxes, labels = self.load(index)
-        if rng.random() < aug.hsv_prob:
-            image = hsv_jitter(image, rng)
-        if rng.random() < aug.flip_prob:
-            image, boxes = hflip(image, boxes)
+        # the authors' TrainTransform: a sample without labels is only letterboxed (no colour jitter, no flip)
+        original = (image, boxes)
+        if len(labels):
+            if rng.random() < aug.hsv_prob:
+                image = hsv_jitter(image, rng)
+            if rng.random() < aug.flip_prob:
+                image, boxes = hflip(image, boxes)
         image, boxes = fit_to_input(image, boxes, self.input_hw)
         boxes = xyxy_to_cxcywh(boxes.astype(np.float32))
         keep = np.minimum(boxes[:, 2], boxes[:, 3]) > MIN_BOX_SIDE
-        if keep.any():  # when every box is that small, keep them all rather than make a background image
+        if keep.any():
             boxes, labels = boxes[keep], labels[keep]
+        elif len(labels):  # every box that small: as the authors, the sample before its jitter and flip, all its
+            image, boxes = fit_to_input(*original, self.input_hw)  # boxes kept (rather than a background image)
+            boxes = xyxy_to_cxcywh(boxes.astype(np.float32))
         targets = np.concatenate((labels.reshape(-1, 1).astype(np.float32), boxes), axis=1)
         chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return chw, torch.from_numpy(targets), tuple(self.data.records[i].image_id for i in picks)
@@ -207,10 +216,14 @@ def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, tuple[int | str, .
 class TrainBatchSampler(torch.utils.data.Sampler):
     """Batches of :data:`SampleKey` for one epoch at a time, sharded over ranks.
 
-    Each epoch is a permutation drawn from ``(seed, epoch)``, cut into global batches of
-    ``batch_per_rank * world_size`` (incomplete last batch dropped); rank ``r`` takes slice ``r`` of each
-    global batch, so the global batches do not depend on the number of ranks. Call :meth:`set_epoch` before
-    iterating; ``start_iter`` skips the first iterations of that epoch (resume mid-epoch).
+    As the authors' ``InfiniteSampler`` + ``YoloBatchSampler(drop_last=False)``: the samples form one endless
+    stream, permutation after permutation (permutation ``q`` drawn from ``(seed, q)``), cut into global batches
+    of ``batch_per_rank * world_size``; an epoch is ``ceil((size // world_size) / batch_per_rank)`` of them
+    (its last batch runs on into the next permutation, which the next epoch continues). Rank ``r`` takes slice
+    ``r`` of each global batch, so the global batches do not depend on the number of ranks. A key's second
+    field is the permutation its sample comes from (the epoch itself when ``size`` is a multiple of the global
+    batch), so no two samples of a run share an augmentation seed. Call :meth:`set_epoch` before iterating;
+    ``start_iter`` skips the first iterations of that epoch (resume mid-epoch).
     """
 
     def __init__(self, size: int, batch_per_rank: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
@@ -222,8 +235,8 @@ class TrainBatchSampler(torch.utils.data.Sampler):
         self.rank = rank
         self.seed = seed
         self.global_batch = batch_per_rank * world_size
-        self.iters_per_epoch = size // self.global_batch
-        if self.iters_per_epoch < 1:
+        self.iters_per_epoch = -(-(size // world_size) // batch_per_rank)  # the authors' len(train_loader)
+        if size < self.global_batch:
             raise InputError(f"the training set has {size} images, fewer than one batch of {self.global_batch}; "
                              "lower --batch")
         self.epoch, self.mosaic, self.start_iter = 0, True, 0
@@ -235,10 +248,18 @@ class TrainBatchSampler(torch.utils.data.Sampler):
         return np.random.default_rng((self.seed, int(epoch))).permutation(self.size)
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        order = self.epoch_order(self.epoch)
+        orders: dict[int, np.ndarray] = {}
         for it in range(self.start_iter, self.iters_per_epoch):
-            start = it * self.global_batch + self.rank * self.batch_per_rank
-            yield [(int(i), self.epoch, self.mosaic) for i in order[start:start + self.batch_per_rank]]
+            start = ((self.epoch * self.iters_per_epoch + it) * self.global_batch
+                     + self.rank * self.batch_per_rank)  # position in the stream of permutations
+            batch = []
+            for position in range(start, start + self.batch_per_rank):
+                q, offset = divmod(position, self.size)
+                if q not in orders:
+                    orders = {k: v for k, v in orders.items() if k >= q}
+                    orders[q] = self.epoch_order(q)
+                batch.append((int(orders[q][offset]), q, self.mosaic))
+            yield batch
 
     def __len__(self) -> int:
         return self.iters_per_epoch - self.start_iter

@@ -313,8 +313,9 @@ class Trainer:
                              "from its checkpoint; drop --weights, or start a new run from them")
         if saved.get(ITERS_PER_EPOCH, self.iters_per_epoch) != self.iters_per_epoch:
             raise InputError(f"cannot resume {path.name}: the training set changed ({saved[ITERS_PER_EPOCH]} "
-                             f"iterations per epoch then, {self.iters_per_epoch} now), which would shift its epochs "
-                             f"and schedule; start a new run from its weights (--weights {path})")
+                             f"iterations per epoch then, {self.iters_per_epoch} now; or the run is from a version "
+                             "that dropped each epoch's incomplete last batch), which would shift its epochs and "
+                             f"schedule; start a new run from its weights (--weights {path})")
         if state.class_names is not None and tuple(state.class_names) != self.data.class_names:
             raise InputError(f"cannot resume {path.name}: it was trained on other classes than {self.cfg.data} has")
         if self.cfg.weights is None and saved.get("weights"):  # the run's own, still recorded in its checkpoints
