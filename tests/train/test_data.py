@@ -128,6 +128,10 @@ def test_image_entries_need_their_size(tmp_path):
     write_coco(root, "train2017", [{"id": 1, "file_name": "a.jpg"}], [])
     with pytest.raises(InputError, match="width/height"):
         load_detection_set(root)
+    # JSON's Infinity (json.load reads it as a float) was an OverflowError traceback
+    write_coco(root, "train2017", [{"id": 1, "file_name": "a.jpg", "width": math.inf, "height": 50}], [])
+    with pytest.raises(InputError, match="width/height"):
+        load_detection_set(root)
 
 
 def test_missing_folder_or_annotation_file(tmp_path):

@@ -172,6 +172,25 @@ def test_a_data_error_after_some_steps_keeps_them_for_the_resume(synthetic_coco,
     assert load_training_state(tmp_path / "run" / LATEST).iteration == 6
 
 
+def test_an_evaluation_image_error_keeps_the_epochs_steps_for_the_resume(synthetic_coco, tmp_path, caplog):
+    """A corrupt validation image met at the end of epoch 2: its steps were lost (latest_ckpt.pth stayed at the
+    end of epoch 1); they are kept, and the resume does the epoch's evaluation once the image is fixed."""
+    bad = synthetic_coco / "val2017" / "000001.jpg"
+    good = bad.read_bytes()
+    bad.write_bytes(b"not an image")
+    cfg = dict(val_split="val2017", eval_interval=2, epochs=3, no_aug_epochs=0)
+    with Trainer(config(synthetic_coco, tmp_path / "run", **cfg)) as t:
+        with pytest.raises(InputError, match="not a readable image"):
+            t.train()
+    assert "stopped by its data at iteration 8" in caplog.text
+    assert load_training_state(tmp_path / "run" / LATEST).iteration == 8  # the end of epoch 2, not of epoch 1
+    bad.write_bytes(good)
+    with Trainer(config(synthetic_coco, tmp_path / "run", resume=True, **cfg)) as t:
+        assert t.iteration == 8
+        result = t.train(max_iterations=8)  # only the evaluation and checkpoints of epoch 2 were left to do
+    assert result.best is not None and load_training_state(result.best).start_epoch == 2
+
+
 def test_a_complete_run_resumes_to_nothing_and_may_be_extended(synthetic_coco, tmp_path):
     short = dict(epochs=1, batch=4, warmup_epochs=0, no_aug_epochs=0)  # 2 iterations per epoch
     with Trainer(config(synthetic_coco, tmp_path / "run", **short)) as t:

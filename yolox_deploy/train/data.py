@@ -146,7 +146,7 @@ def load_detection_set(root: str | os.PathLike, split: str = "train2017", *, ski
         try:
             width, height = int(info["width"]), int(info["height"])
             file_name = info["file_name"]
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: a width of Infinity
             raise InputError(f"{coco.ann_file}: image {image_id} has no valid file_name/width/height; COCO image "
                              "entries need all three") from None
         if width <= 0 or height <= 0:

@@ -530,7 +530,10 @@ class Trainer:
             average_norm_statistics(self.net, self.dist)
         if due and self.val is not None:
             if self.dist.is_main:
-                result = self.evaluate()
+                try:
+                    result = self.evaluate()
+                except YoloxError as e:  # a broken evaluation image or annotation: the epoch's steps are kept
+                    raise _DataError(e) from None
                 self.last_ap = result.stats["AP"]
                 improved = self.last_ap > self.best_ap or not (cfg.output / BEST).exists()
                 self.best_ap = max(self.best_ap, self.last_ap)
