@@ -103,8 +103,9 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
         _share_graph_thresholds(artefacts, detectors, detector_kwargs)
         from tqdm import tqdm
 
-        # closed however the run ends, so a message that follows starts on a line of its own
-        bar = stack.enter_context(tqdm(total=len(artefacts) * len(images), desc="compare", unit="img", leave=False,
+        # one step per image per artefact; closed however the run ends, so a message that follows starts on a
+        # line of its own
+        bar = stack.enter_context(tqdm(total=len(artefacts) * len(images), desc="compare", unit="run", leave=False,
                                        disable=not progress))
         ref_size = tuple(detectors[0].meta.input_size)
         row, results = _run(artefacts[0], detectors[0], images, warmup, None, bar)
