@@ -851,3 +851,54 @@ def test_a_timing_cache_that_cannot_be_saved_costs_a_warning_only(tmp_path, capl
     assert "could not save the TensorRT timing cache /proc/tensorrt/timing.cache" in caplog.text
     _save_timing_cache(config, tmp_path / "timing.cache")
     assert (tmp_path / "timing.cache").read_bytes() == b"cache"
+
+
+@needs_write_onnx
+@pytest.mark.skipif(not HAVE_CALIBRATION, reason="needs yolox_deploy.export.calibration")
+def test_calibration_cache_is_not_reused_when_an_image_taking_an_unreadable_ones_place_changes(
+        tmp_path, tiny_random_model, fake_trt, unlabelled_images):
+    """An unreadable file is skipped and the next image takes its place: that image is one of the calibration
+    set, so a change to it must not let the previous cache be reused."""
+    import shutil
+
+    from yolox_deploy.export import export
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")  # unreadable: b, c and d are calibrated on
+    real = sorted(unlabelled_images.iterdir())
+    for name, src in zip(("b.jpg", "c.jpg", "d.jpg"), real):
+        shutil.copyfile(src, folder / name)
+    out = tmp_path / "m_int8.engine"
+    kw = {"img_size": 64, "int8": True, "calib_images": folder, "calib_count": 3, "simplify": False,
+          "verify": False}
+    export(tiny_random_model, "trt", out, **kw)
+    assert fake_trt["cache_read"] is None and build_record(read_sidecar(out))["calibration"]["images"] == 3
+    export(tiny_random_model, "trt", out, force=True, **kw)  # nothing changed: reused
+    assert build_record(read_sidecar(out))["calibration"]["reused"]
+
+    shutil.copyfile(real[5], folder / "d.jpg")  # an image calibrated on is replaced
+    export(tiny_random_model, "trt", out, force=True, **kw)
+    assert fake_trt["cache_read"] is None and len(fake_trt["batches"]) == 3  # calibrated again
+    assert not build_record(read_sidecar(out))["calibration"]["reused"]
+
+
+@needs_write_onnx
+@pytest.mark.skipif(not HAVE_CALIBRATION, reason="needs yolox_deploy.export.calibration")
+def test_a_dangling_link_in_the_calibration_folder_is_skipped(tmp_path, tiny_random_model, fake_trt,
+                                                             unlabelled_images):
+    """A link whose target is gone is listed and skipped with a warning, as any unreadable file: the cache's
+    fingerprint does not stat it (a FileNotFoundError traceback)."""
+    import shutil
+
+    from yolox_deploy.export import export
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    (folder / "0.jpg").symlink_to(tmp_path / "gone.jpg")  # first by name
+    for src in sorted(unlabelled_images.iterdir())[:2]:
+        shutil.copyfile(src, folder / src.name)
+    out = tmp_path / "m_int8.engine"
+    export(tiny_random_model, "trt", out, img_size=64, int8=True, calib_images=folder, calib_count=2,
+           simplify=False, verify=False)
+    assert len(fake_trt["batches"]) == 2 and build_record(read_sidecar(out))["calibration"]["images"] == 2

@@ -728,6 +728,8 @@ class TensorRTExporter(Exporter):
         folder = Path(opts.calib_images)
         data = CalibrationData(folder, meta.with_(input_size=(shape[2], shape[3])), count=opts.calib_count,
                                batch=shape[0], last="fill", desc="INT8 calibration")
+        for _ in data.images():  # find the unreadable files: the images after them take their places in the set
+            pass
         fingerprint = calibration_fingerprint(onnx_path, method=opts.calib_method, shape=shape,
                                               preprocess=meta.preprocess, images=data.files, tensorrt=env["tensorrt"])
         cache = dest.with_name(dest.name + CALIB_SUFFIX)
