@@ -225,3 +225,37 @@ def test_staging_folders_a_killed_run_left_are_removed_once_untouched_for_a_day(
         os.utime(p, (day_ago, day_ago))
     export(tiny_random_model, "onnx", tmp_path / "m.onnx", img_size=64, verify=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, fresh.name, "m.onnx"]
+
+
+def test_a_name_with_glob_characters_removes_only_its_own_stale_staging_folders(tmp_path, tiny_random_model):
+    """The name went into the glob unescaped: an export to m[1].onnx kept its own killed run's folder for ever
+    and removed that of m1.onnx."""
+    import time
+
+    from yolox_deploy.export import export
+
+    own, other = tmp_path / ".m[1].onnx.old.part", tmp_path / ".m1.onnx.old.part"
+    day_ago = time.time() - 25 * 3600
+    for folder in (own, other):
+        folder.mkdir()
+        (folder / "m.onnx").write_bytes(b"half")
+        for p in (folder / "m.onnx", folder):
+            os.utime(p, (day_ago, day_ago))
+    export(tiny_random_model, "onnx", tmp_path / "m[1].onnx", img_size=64, verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "m[1].onnx"]
+
+
+def test_a_link_to_nothing_on_the_way_to_an_output_is_refused_before_any_work(tmp_path):
+    """A folder cannot be made through it: yolox-detect --output LINK (or LINK/sub, or yolox-export --output
+    LINK/m.onnx) failed after the model had loaded, with "cannot write to LINK: File exists"."""
+    from yolox_deploy.errors import InputError
+    from yolox_deploy.utils.files import check_creatable, check_folder_writable
+
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    message = f"{re.escape(str(link))} is a symbolic link to {re.escape(str(tmp_path / 'gone'))}, which does not exist"
+    for check, path in ((check_folder_writable, link), (check_folder_writable, link / "sub"),
+                        (check_creatable, link / "m.onnx")):
+        with pytest.raises(InputError, match=message):
+            check(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]

@@ -332,6 +332,25 @@ def test_output_paths_are_checked_before_any_work(tmp_path, nano_pth, dog_jpg, c
         assert message in err and "Traceback" not in err and "images of" not in out, name
 
 
+def test_an_output_folder_that_is_a_link_to_nothing_is_refused_before_any_work(tmp_path, nano_pth, dog_jpg, capsys,
+                                                                              monkeypatch):
+    """It passed the check, and the run failed after the model had loaded: "cannot write to LINK: File exists"."""
+    from yolox_deploy.cli import detect
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(detect, "Detector", no_loading)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    for out in (link, link / "sub"):
+        assert detect_main([str(nano_pth), "--source", str(dog_jpg), "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and f"{link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+
+
 def test_file_system_errors_are_one_line():
     from yolox_deploy.cli.common import cli_entry
 

@@ -204,6 +204,29 @@ def test_existing_output_is_kept_without_force(tiny_pth, out, capsys):
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not the 0600 of a temporary file
 
 
+def test_an_output_made_while_the_export_ran_is_kept_without_force(tiny_pth, out, capsys, monkeypatch):
+    """The output was checked only before the export: a file another process (or export) made there meanwhile
+    was replaced without --force."""
+    from yolox_deploy.export import onnx as onnx_export
+
+    target = out / "m.onnx"
+    real = onnx_export._from_torch
+
+    def meanwhile(*args, **kwargs):
+        target.write_bytes(b"precious")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "_from_torch", meanwhile)
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "onnx", "--output", target, "--img-size", "64",
+                       "--no-verify"], capsys)
+    line = _one_error(err)
+    assert rc == 2 and "already exists" in line and "--force" in line
+    assert target.read_bytes() == b"precious" and sorted(p.name for p in out.iterdir()) == ["m.onnx"]
+    rc, _, _ = _run(["--weights", tiny_pth, "--format", "onnx", "--output", target, "--img-size", "64",
+                     "--no-verify", "--force"], capsys)
+    assert rc == 0 and target.read_bytes()[:8] != b"precious" and sorted(p.name for p in out.iterdir()) == ["m.onnx"]
+
+
 def test_an_output_too_long_to_replace_is_refused_before_any_work(tiny_pth, out, capsys, no_loading):
     """It failed when the new artefact moved in, after the export and its verification."""
     target = out / ("a" * 245 + ".onnx")

@@ -10,6 +10,7 @@ the format's capability row, load the source, write into a staging folder, verif
 from __future__ import annotations
 
 import fnmatch
+import glob
 import logging
 import os
 import time
@@ -244,7 +245,7 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
     exporter = cls(opts, output=out)
     exporter.check_before(source)
     # what an export of this name killed (SIGKILL, out of memory) left, once nothing in it has moved for a day
-    remove_stale_parts(out.parent, f"{temp_prefix(out.name)}*.part", STALE_STAGING_SECONDS)
+    remove_stale_parts(out.parent, f"{glob.escape(temp_prefix(out.name))}*.part", STALE_STAGING_SECONDS)
     with staging_folder(out.parent, prefix=temp_prefix(out.name), target=out) as staging:
         staged = staging / out.name
         if info.is_dir:
@@ -255,6 +256,9 @@ def export(weights: Any, format: str, output: str | os.PathLike | None = None, *
             from .verify import verify_artefact
 
             verification = verify_artefact(staged, source, opts, meta)
+        if not opts.force and (out.exists() or out.is_symlink()):  # made by another process while this one ran
+            raise InputError(f"{out} already exists (it was made while this export ran); pass --force (force=True) "
+                             "to overwrite it")
         final = move_into(sorted(staging.iterdir()), out.parent)
     return ExportResult(out, meta, files=final, verification=verification, seconds=time.perf_counter() - t0)
 

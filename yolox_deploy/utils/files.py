@@ -99,7 +99,10 @@ def check_creatable(path: str | os.PathLike) -> None:
     """Refuse, before any work, a ``path`` that cannot be created: the nearest existing folder above it must be
     a folder we may write in (not a file, not read-only)."""
     p = Path(path)
-    above = next(a for a in p.absolute().parents if a.exists())
+    above = next(a for a in p.absolute().parents if os.path.lexists(a))
+    if not above.exists():  # a symbolic link to nothing: no folder can be made through it
+        raise InputError(f"cannot write to {p.parent}: {above} is a symbolic link to {os.readlink(above)}, which "
+                         "does not exist")
     if not above.is_dir():
         raise InputError(f"cannot write to {p.parent}: {above} is a file, not a folder")
     if not os.access(above, os.W_OK | os.X_OK):
@@ -110,6 +113,8 @@ def check_folder_writable(path: str | os.PathLike) -> None:
     """Refuse, before any work, a folder that cannot be written into: a file of that name, a read-only folder,
     or (when it does not exist yet) a place where it cannot be created."""
     p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise InputError(f"{p} is a symbolic link to {os.readlink(p)}, which does not exist; give a folder to write into")
     if p.exists() and not p.is_dir():
         raise InputError(f"{p} is a file, not a folder; give a folder to write into")
     if p.is_dir():
