@@ -182,6 +182,20 @@ def test_without_metadata(copy_of, rng):
         assert det.meta.class_names == ("x", "y", "z")
 
 
+def test_without_metadata_an_input_size_the_graph_states_is_kept(copy_of):
+    """An ``Input`` layer that states its size (``0=w 1=h``) fixes it: another img_size is refused (NCNN ran a
+    fixed graph at it and read past its reshapes: a segmentation fault)."""
+    (copy_of / "model.ncnn.param.json").unlink()
+    param = copy_of / "model.ncnn.param"
+    lines = param.read_text().splitlines()
+    lines[2] += f" 0={SIZE} 1={SIZE} 2=3"
+    param.write_text("\n".join(lines) + "\n")
+    with NcnnBackend(copy_of) as b:
+        assert b.meta.input_size == (SIZE, SIZE)
+    with pytest.raises(InputError, match="made for 64x64 input .its Input layer., not 96x96"):
+        NcnnBackend(copy_of, img_size=96)
+
+
 def test_without_metadata_a_decoding_graph_is_taken_as_one(tmp_path, tiny_random_model, rng):
     """The .param and .bin copied without their .json: the decode's exp says the boxes are in pixels already
     (decoding them again gave boxes of thousands of pixels)."""

@@ -320,7 +320,11 @@ class NcnnBackend(Backend):
         """Metadata for an artefact without sidecar: see the module docstring."""
         opts = self.options
         where = f"{graph.path} has no metadata ({sidecar_path(graph.path).name})"
-        hw = parse_img_size(opts["img_size"]) if opts.get("img_size") else graph.input_hw()
+        stated = graph.input_hw()
+        hw = parse_img_size(opts["img_size"]) if opts.get("img_size") else stated
+        if stated is not None and hw != stated:  # NCNN runs it anyway and reads past its fixed reshapes
+            raise InputError(f"{graph.path} was made for {stated[0]}x{stated[1]} input (its Input layer), not "
+                             f"{hw[0]}x{hw[1]}; drop the image size (--img-size)")
         if hw is None:
             raise ArtefactError(f"{where} and its graph does not state the input size; pass img_size (--img-size)")
         names = opts.get("class_names")
