@@ -165,6 +165,22 @@ def test_an_in_memory_model_on_a_file_backend_is_refused():
         Detector(build_model("yolox-nano", num_classes=3), backend="onnxruntime")
 
 
+def test_an_in_memory_model_checks_the_count_of_class_names(tiny_random_model):
+    """Class names of another count than the model's head were taken (the first call then failed with "re-export
+    it"), as a checkpoint's are not."""
+    with pytest.raises(InputError, match=r"^1 class names given for a model with 3 classes$"):
+        Detector(tiny_random_model, class_names=["x"])
+    with pytest.raises(InputError, match="4 class names given for a model with 3 classes"):
+        Detector(tiny_random_model, class_names=list("wxyz"), num_classes=4)
+
+
+def test_an_option_refused_for_an_in_memory_model_is_one_line(tiny_random_model):
+    """The message named the model by its whole module repr (tens of thousands of characters, over many lines)."""
+    with pytest.raises(InputError, match=r"^the model has a raw output") as err:
+        Detector(tiny_random_model, decode_in_graph=True)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
 def test_arguments_refused_after_opening_close_the_runtime(nano_onnx_dynamic, monkeypatch):
     import yolox_deploy.runtimes.detector as detector_module
 

@@ -173,6 +173,12 @@ def check_weights_digest(weights: Path, digest: str | None, model_file: Path) ->
                             "weights belong to another export; re-export the model or copy its .bin")
 
 
+def artefact_label(path: Any) -> str:
+    """An artefact's file or folder name, for messages; ``the model`` for a model given in memory (not its
+    repr, which runs to thousands of lines)."""
+    return Path(path).name if isinstance(path, (str, os.PathLike)) else "the model"
+
+
 def refuse_copying(obj: object) -> NoReturn:
     """For ``__reduce__``: a loaded runtime is neither pickled (``multiprocessing``) nor copied; say what to do."""
     raise TypeError(f"a {type(obj).__name__} holds a loaded runtime and cannot be pickled or copied; open one in "
@@ -207,14 +213,15 @@ class Backend(abc.ABC):
         self._in_flight = 0
         self._load()
         decode = options.get("decode_in_graph")
+        name = artefact_label(path)
         if decode is not None and bool(decode) != self.meta.decode_in_graph:  # an artefact that says otherwise
             self.close()
             has = "decodes its boxes" if self.meta.decode_in_graph else "has a raw output"
-            raise InputError(f"{Path(str(path)).name} {has} (its metadata or graph says so); decode_in_graph={decode} "
+            raise InputError(f"{name} {has} (its metadata or graph says so); decode_in_graph={decode} "
                              "describes artefacts without metadata and cannot change that")
         if options.get("legacy") and self.meta.preprocess != Preprocess.legacy():
             self.close()
-            raise InputError(f"{Path(str(path)).name} records its input contract (BGR 0-255, as YOLOX 0.1.1 and "
+            raise InputError(f"{name} records its input contract (BGR 0-255, as YOLOX 0.1.1 and "
                              "later); legacy (--legacy) describes checkpoints and artefacts without metadata, and "
                              "was applied when it was exported if it was given then")
 
@@ -360,7 +367,8 @@ class Backend(abc.ABC):
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, device={self.device!r})"
+        where = str(self.path) if isinstance(self.path, (str, os.PathLike)) else artefact_label(self.path)
+        return f"{type(self).__name__}({where!r}, device={self.device!r})"
 
     def __reduce__(self) -> NoReturn:
         refuse_copying(self)

@@ -29,7 +29,7 @@ from ..utils.arrays import to_numpy
 from ..utils.sizes import num_anchors, parse_img_size
 from ..utils.values import is_integer
 from ..zoo import canonical_name
-from .base import Backend, backend_class, find_backend, refuse_copying, with_input_size
+from .base import Backend, artefact_label, backend_class, find_backend, refuse_copying, with_input_size
 from .streaming import StreamResult
 
 log = logging.getLogger(__name__)
@@ -305,8 +305,7 @@ class Detector:
     @property
     def artefact_name(self) -> str:
         """The artefact's file or folder name, for messages (``the model`` for one given in memory)."""
-        path = self.backend.path
-        return Path(path).name if isinstance(path, (str, os.PathLike)) else "the model"
+        return artefact_label(self.backend.path)
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -66,6 +66,9 @@ class TorchBackend(Backend):
             torch.set_num_threads(int(opts["threads"]))
         if isinstance(self.path, YOLOX):
             model = self.path
+            names = opts.get("class_names")
+            if names is not None and len(names) != model.num_classes:  # as load_model checks a checkpoint's
+                raise InputError(f"{len(names)} class names given for a model with {model.num_classes} classes")
         else:
             model = load_model(self.path, opts.get("model"), num_classes=opts.get("num_classes"),
                                class_names=opts.get("class_names"))
