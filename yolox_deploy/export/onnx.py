@@ -88,7 +88,8 @@ def write_onnx(source: ExportSource, options: ExportOptions, path: Path, *, nms_
     is added, plus the decode and NMS tails when ``options`` ask for them and the graph lacks them (a raw
     graph can only be decoded when its input size is fixed). ``nms_plugin`` picks the NMS tail: ``"onnx"``
     (standard ``NonMaxSuppression``) or ``"tensorrt"`` (``EfficientNMS_TRT``); it matters only with ``nms``.
-    The ONNX is always FP32; the returned metadata says ``precision="fp32"``, ``format="onnx"``.
+    A torch source gives an FP32 ONNX (``precision="fp32"``); an ONNX source keeps its precision (an FP16 file
+    stays FP16 and says so). The returned metadata says ``format="onnx"``.
     """
     onnx = _onnx()
     if nms_plugin not in NMS_PLUGINS:
