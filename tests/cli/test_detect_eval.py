@@ -214,6 +214,22 @@ def test_detect_refuses_the_folder_its_source_links_into_and_overlong_names(tmp_
     assert "longer than 241 bytes" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_detect_never_writes_into_the_folder_of_a_linked_source_image(tmp_path, nano_pth, dog_jpg, capsys):
+    """A source image that is a link: the folder it is named in is its folder too (there x.png's result x.jpg
+    would replace the user's x.jpg beside a result-like x.json), not only the folder it links to."""
+    photos, selection = tmp_path / "photos", tmp_path / "selection"
+    photos.mkdir()
+    selection.mkdir()
+    cv2.imwrite(str(photos / "x.png"), cv2.imread(str(dog_jpg)))
+    (selection / "x.png").symlink_to(photos / "x.png")
+    cv2.imwrite(str(selection / "x.jpg"), np.full((8, 8, 3), 255, np.uint8))
+    (selection / "x.json").write_text(json.dumps({"source": "x.jpg", "detections": []}))
+    before = {p.name: p.read_bytes() for p in selection.iterdir() if not p.is_symlink()}
+    assert detect_main([str(nano_pth), "--source", str(selection / "x.png"), "--output", str(selection)]) == 2
+    assert "is the folder of the source" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in selection.iterdir() if not p.is_symlink()} == before
+
+
 def test_detect_keeps_files_sharing_a_stem_apart(tmp_path, nano_pth, dog_jpg):
     src = tmp_path / "src"
     src.mkdir()
