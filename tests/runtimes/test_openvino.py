@@ -113,6 +113,13 @@ def test_device_names(given, want):
     assert ov_device(given) == want
 
 
+def test_spaces_in_a_device_list_do_not_reach_openvino(tiny_ir):
+    """``auto: cpu`` passes the device check, so it must compile too (not fail as the artefact's fault)."""
+    assert ov_device(" auto: gpu , cpu ") == "AUTO:GPU,CPU"
+    with open_backend(tiny_ir["folder"], device="auto: cpu") as backend:
+        assert backend.infer(np.zeros((1, 64, 96, 3), np.uint8))[0].shape[0] == 1
+
+
 @pytest.mark.parametrize("bad", ["cuda", "cuda:0", "0", "tpu", ""])
 def test_bad_device_names(bad, tiny_ir):
     with pytest.raises(InputError, match="cpu, gpu"):

@@ -68,7 +68,7 @@ def _core() -> Any:
 
 def ov_device(device: str) -> str:
     """``cpu`` -> ``CPU``, ``gpu.1`` -> ``GPU.1``, ``auto:gpu,cpu`` -> ``AUTO:GPU,CPU``; rejects other names."""
-    d = str(device).strip()
+    d = re.sub(r"\s*([:,])\s*", r"\1", str(device).strip())  # "auto: gpu, cpu": OpenVINO takes no spaces
     if not _DEVICE.match(d):
         raise InputError(f"OpenVINO cannot run on {device!r}; use cpu, gpu, gpu.N, npu or auto")
     return d.upper()
