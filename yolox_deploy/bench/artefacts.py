@@ -159,17 +159,6 @@ class ModelSource:
                     torch.random.set_rng_state(state)
         return self._model
 
-    def num_classes(self) -> int:
-        """The classes of the weights: a checkpoint's own (read, not kept: the parent of isolated rows loads no
-        model), 80 for random weights."""
-        if self.checkpoint is None:
-            return 80
-        if self._model is not None:
-            return self._model.num_classes
-        from ..nn.checkpoint import read_checkpoint
-
-        return read_checkpoint(self.checkpoint, self.spec.name).num_classes or 80
-
     def fingerprint(self) -> str:
         """Identifies the weights in cache keys: a content hash of the checkpoint, or the seed."""
         if self.checkpoint is None:

@@ -164,20 +164,23 @@ class BenchConfig:
 
             open_scorable(self.with_eval, self.eval_split)
 
-    def check_weights(self) -> None:
+    def check_weights(self) -> dict[str, int]:
         """Each checkpoint the run would take from ``weights_dir`` loads into its variant: a damaged or
         misnamed one is refused before the run, not once per row after the others were timed (called once
-        by :func:`run_benchmark`, not by each row's process, which rebuilds the config)."""
+        by :func:`run_benchmark`, not by each row's process, which rebuilds the config). Returns each loaded
+        checkpoint's class count by model name (the model timed; random weights have 80)."""
         from ..nn.checkpoint import load_model
 
+        classes: dict[str, int] = {}
         for name in self.models:
             path = checkpoint_for(get_spec(name), self.weights_dir)
             if path is not None:
                 try:
-                    load_model(path, name)
+                    classes[name] = load_model(path, name).num_classes
                 except YoloxError as e:
                     message = str(e) if str(path) in str(e) else f"{path}: {e}"
                     raise CheckpointError(f"{message} (from --weights-dir; fix or remove it)") from None
+        return classes
 
     @property
     def cache(self) -> Path:
@@ -643,7 +646,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
     ``on_row`` is called with the report so far before the first row and after each row (e.g. to save partial
     results of a long run).
     """
-    cfg.check_weights()
+    classes = cfg.check_weights()
     t0 = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     host = collect_host_info()
@@ -663,7 +666,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[BenchReport], None] | None
         source = model_source(name, cfg.weights_dir, cfg.seed)
         sources[name] = source
         size = tuple(cfg.img_size) if cfg.img_size else source.spec.test_size
-        complexity = yolox_complexity(name, size, source.num_classes())  # of the model timed
+        complexity = yolox_complexity(name, size, classes.get(name, 80))  # of the model timed
         for backend in cfg.backends:
             for precision in cfg.precisions:
                 for batch in cfg.batches:
