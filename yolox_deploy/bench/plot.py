@@ -14,7 +14,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..utils.files import atomic_write
 from .results import BenchReport, BenchRow
 from .tables import MODEL_ZOO, T4_TENSORRT, TABLE3_YOLOV5, TABLE4_LIGHT, PublishedRow
 
@@ -67,7 +66,8 @@ def measured_ap(rows: Sequence[BenchRow]) -> dict[str, tuple[float, str]]:
 
 
 def plot_speed_accuracy(report: BenchReport, path: str | os.PathLike, *, dpi: int = 130) -> Path:
-    """Draw the figure into ``path`` (PNG, written atomically)."""
+    """Draw the figure into ``path`` (PNG). :func:`~yolox_deploy.bench.report.write_report` hands it the
+    temporary file it moves into place with the report's other files."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -147,7 +147,8 @@ def plot_speed_accuracy(report: BenchReport, path: str | os.PathLike, *, dpi: in
     fig.suptitle(f"YOLOX speed/accuracy: published vs measured on {where}", fontsize=11)
     fig.tight_layout()
     dest = Path(path)
-    with atomic_write(dest) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
+    try:
+        fig.savefig(dest, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return dest
