@@ -175,11 +175,11 @@ def _refuse_writing_over_source(src: str, out: Path) -> None:
     source = Path(src)
     if camera_index(src) is not None or not source.exists():
         return
-    folder = source.resolve() if source.is_dir() else source.resolve().parent
-    named = folder if source.is_dir() else source.absolute().parent.resolve()  # a linked file's own folder too
+    # a file's folder: where it is named, and where it is when it is a link
+    own = {source.resolve()} if source.is_dir() else {source.absolute().parent.resolve(), source.resolve().parent}
     target = out.resolve()
-    linked = target != folder and source.is_dir() and target in {f.resolve().parent for f in list_images(source)}
-    if target in (folder, named) or linked:
+    linked = target not in own and source.is_dir() and target in {f.resolve().parent for f in list_images(source)}
+    if target in own or linked:
         raise InputError(f"--output {out} is the folder of the source {src}{' (through its links)' if linked else ''}"
                          "; results written there could replace the pictures in it: choose another folder")
 
