@@ -49,6 +49,33 @@ def test_an_nms_graphs_thresholds_serve_every_artefact(tmp_path, nano_pth, dog_j
     assert (ref["conf"], ref["nms"]) == (row["conf"], row["nms"]) == (0.3, 0.65)  # what is given applies to all
 
 
+def test_a_checkpoint_at_another_size_runs_the_nms_graphs_thresholds(tmp_path, nano_pth, dog_jpg):
+    """The checkpoint run again at the size of an NMS graph exported for another one ran the library's 0.25 /
+    0.45, not the graph's 0.01 / 0.65 its row showed: 13% agreement, all of it the thresholds'."""
+    from yolox_deploy.export import export
+
+    nms = export(nano_pth, "onnx", tmp_path / "nms_320.onnx", model="yolox-nano", img_size=(320, 320), nms=True,
+                 conf=0.01, iou=0.65, verify=False).path
+    out = tmp_path / "cmp.json"
+    assert compare_main([str(nano_pth), str(nms), "--images", str(dog_jpg), "--json", str(out)]) == 0
+    ref, row = json.loads(out.read_text())["rows"]
+    assert (ref["conf"], ref["nms"]) == (row["conf"], row["nms"]) == (0.01, 0.65)
+    assert row["agreement"] > 0.95 and row["detections"] > 5
+
+
+def test_an_nms_graphs_cap_of_detections_serves_every_artefact(tmp_path, nano_pth, nano_onnx, dog_jpg):
+    """The graph keeps at most 100 detections an image; the others kept 300: at a low threshold 134 against 100,
+    and the disagreement was the cap's."""
+    from yolox_deploy.export import export
+
+    nms = export(nano_pth, "onnx", tmp_path / "nms.onnx", model="yolox-nano", nms=True, conf=0.001, iou=0.65,
+                 max_det=100, verify=False).path
+    out = tmp_path / "cmp.json"
+    assert compare_main([str(nano_onnx), str(nms), "--images", str(dog_jpg), "--json", str(out)]) == 0
+    ref, row = json.loads(out.read_text())["rows"]
+    assert ref["detections"] == row["detections"] == 100 and row["agreement"] > 0.95
+
+
 def test_without_detections_the_iou_is_not_a_number(tmp_path, nano_pth, dog_jpg, capsys):
     out = tmp_path / "cmp.json"
     assert compare_main([str(nano_pth), str(nano_pth), "--images", str(dog_jpg), "--conf", "1", "--json", str(out)]) == 0

@@ -4,8 +4,9 @@ The first artefact is the reference. Raw outputs are compared in raw units (grap
 back with :func:`~yolox_deploy.ops.decode.encode`), so a ``.pth``, a decoding ONNX and a raw OpenVINO IR
 compare on equal terms; a dynamic-size reference also runs at the size of an artefact exported for another
 one; artefacts with NMS in the graph, or of another size than a fixed-size reference, have no raw comparison.
-Thresholds not given are those of the first artefact with NMS in its graph, for every artefact (a graph's NMS
-cannot take others, so the rest run its thresholds rather than the library's defaults and disagree by them).
+Thresholds and the cap of detections per image not given are those of the first artefact with NMS in its graph,
+for every artefact (a graph's NMS cannot take others, so the rest run its settings rather than the library's
+defaults and disagree by them).
 """
 
 from __future__ import annotations
@@ -113,28 +114,38 @@ def compare_artefacts(artefacts: Sequence[Any], images: Sequence[np.ndarray], *,
         for path, det in zip(artefacts[1:], detectors[1:]):
             size = tuple(det.meta.input_size)
             if size not in references and detectors[0].meta.dynamic_hw:
-                with Detector(artefacts[0], **{**kwargs[0], "img_size": size}) as at_size:
+                with _at_size(artefacts[0], kwargs[0], detectors[0], size) as at_size:
                     clock = clock_for(at_size.backend.output_device)
                     references[size] = [_result(at_size, image, clock)[:2] for image in images]
             rows.append(_run(path, det, images, warmup, references.get(size, references[ref_size]), bar)[0])
     return rows
 
 
+def _at_size(path: Any, kwargs: Mapping[str, Any], reference: Detector, size: tuple[int, int]) -> Detector:
+    """The dynamic-size reference opened again at ``size``, with the thresholds and cap it runs (those shared
+    from an NMS graph included), so that it detects there as it does at its own size."""
+    return Detector(path, **{**kwargs, "img_size": size, "conf": reference.conf, "nms": reference.nms,
+                             "max_det": reference.max_det})
+
+
 def _share_graph_thresholds(artefacts: Sequence[Any], detectors: Sequence[Detector],
                             given: Mapping[str, Any]) -> None:
-    """Give every artefact the score and IoU thresholds of the first one with NMS in its graph, where the
-    caller gave none (``conf`` / ``nms`` in ``given``)."""
+    """Give every artefact the score and IoU thresholds and the cap of detections per image of the first one
+    with NMS in its graph, where the caller gave none (``conf`` / ``nms`` / ``max_det`` in ``given``; a
+    ``max_det`` of None is given: no cap)."""
     graphs = [(path, det) for path, det in zip(artefacts, detectors) if det.meta.nms_in_graph]
     if not graphs:
         return
     path, first = graphs[0]
     shared = {name: getattr(first, name) for name in ("conf", "nms") if given.get(name) is None}
+    if "max_det" not in given:  # the graph keeps at most its own cap (100) where the others keep 300
+        shared["max_det"] = first.max_det
     if not shared:
         return
     others = [p for p, det in graphs[1:] if any(getattr(det, n) != v for n, v in shared.items())]
     if others:
-        log.warning("%s run NMS in their graphs with other thresholds than %s: their detections differ by them too",
-                    listed([str(p) for p in others]), path)
+        log.warning("%s run NMS in their graphs with other thresholds or caps than %s: their detections differ by "
+                    "them too", listed([str(p) for p in others]), path)
     for det in detectors:
         if not det.meta.nms_in_graph:
             for name, value in shared.items():
