@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +86,27 @@ def nano_onnx_dynamic(nano_pth, tmp_path_factory) -> Path:
     write_onnx(load_source(nano_pth), ExportOptions(img_size=(416, 416), dynamic=True, dynamic_hw=True,
                                                     simplify=False), path)
     return path
+
+
+def run_in_fork(fn, seconds: int = 30) -> tuple[int, str]:
+    """Run ``fn()`` in a forked child; returns its exit code (0: returned, 1: raised, -14: still running after
+    ``seconds``, killed by SIGALRM) and what it returned or raised, as text."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child leaves with its own status, never through pytest
+        code = 1
+        try:
+            os.close(read)
+            signal.alarm(seconds)
+            try:
+                text, code = repr(fn()), 0
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                text = f"{type(exc).__name__}: {exc}"
+            os.write(write, text.encode()[:60000])
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        text = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), text

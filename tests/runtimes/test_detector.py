@@ -17,6 +17,9 @@ from yolox_deploy import Detector
 from yolox_deploy.data.coco import COCO_CATEGORY_IDS
 from yolox_deploy.errors import ArtefactError, InputError
 from yolox_deploy.io.images import ensure_bgr, list_images, pil_to_bgr, read_image
+from yolox_deploy.io.synthetic import synthetic_scene
+
+from ..conftest import run_in_fork
 
 
 @pytest.fixture(scope="module")
@@ -407,6 +410,57 @@ def test_a_stream_closed_during_a_slow_inference_is_waited_for_at_exit(tmp_path,
     assert len(list(det.stream(tmp_path))) == 3  # the next stream drops the entries of ended threads
     assert not any(s.threads in live for s in streaming._LIVE.values())
     det.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_child_forked_during_a_call_can_close_its_copy(tiny_random_model, monkeypatch):
+    """A child forked while a thread of its parent was inside a call inherited the count of calls in flight: its
+    close (and a with block's end) waited forever for a call that no thread of it runs."""
+    det = Detector(tiny_random_model, img_size=64)
+    entered, release = threading.Event(), threading.Event()
+
+    def held(batch):
+        entered.set()
+        release.wait(10)
+        return []
+
+    monkeypatch.setattr(det.backend, "_checked_infer", held)
+    t = threading.Thread(target=det.infer, args=(np.zeros((1, 64, 64, 3), np.uint8),))
+    t.start()
+    assert entered.wait(10)
+    try:
+        assert run_in_fork(det.close, seconds=20) == (0, "None")
+    finally:
+        release.set()
+        t.join()
+    det.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_process_forked_after_pytorch_ran_on_several_threads_runs_on_one(tiny_random_model):
+    """GNU OpenMP's threads do not survive a fork: a child of a process where the torch backend ran on two threads
+    (a multiprocessing Pool's worker on Linux) hung for ever in its first inference, with its own Detector or the
+    parent's."""
+    import torch
+
+    threads = torch.get_num_threads()
+    image = synthetic_scene(416, 416, seed=0)
+    try:
+        det = Detector(tiny_random_model, img_size=416, threads=2)
+        expected = det(image)[0]
+
+        def in_child():
+            own = Detector(tiny_random_model, img_size=416)
+            for got in (own(image)[0], det(image)[0]):
+                assert len(got) == len(expected) and np.allclose(got.xyxy, expected.xyxy, atol=1e-3)
+            return torch.get_num_threads()
+
+        assert run_in_fork(in_child) == (0, "1")
+        code, message = run_in_fork(lambda: Detector(tiny_random_model, img_size=416, threads=2))
+        assert code == 1 and "forked after PyTorch ran on several threads" in message and "spawn" in message
+        assert torch.get_num_threads() == 2  # the parent keeps its threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("source,queue_size,message", [

@@ -1,6 +1,7 @@
 """NCNN backend: reading and checking param/bin files, metadata, batching, threads, devices, bad artefacts."""
 
 import json
+import os
 import shutil
 import threading
 
@@ -17,6 +18,8 @@ from yolox_deploy.io.synthetic import synthetic_scene  # noqa: E402
 from yolox_deploy.runtimes import find_backend  # noqa: E402
 from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
 from yolox_deploy.runtimes.ncnn import NcnnBackend, locate, read_param  # noqa: E402
+
+from ..conftest import run_in_fork  # noqa: E402
 
 SIZE = 64
 ANCHORS = 8 * 8 + 4 * 4 + 2 * 2
@@ -161,6 +164,28 @@ def test_concurrent_calls_share_one_net(tiny, rng):
             t.join()
     for i in range(4):
         np.testing.assert_array_equal(results[i], expected[i])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_process_forked_after_ncnn_ran_on_several_threads_runs_on_one(tiny, rng):
+    """GNU OpenMP's threads do not survive a fork: a child of a process where NCNN ran on two threads (a
+    multiprocessing Pool's worker on Linux) hung for ever in its first inference. There a new Detector runs on one
+    thread, and one opened before the fork, or asked for more threads, is refused."""
+    x = _batch(1, rng)
+    with NcnnBackend(tiny, threads=2) as before_fork:
+        expected = before_fork.infer(x)[0]
+
+        def own():
+            with NcnnBackend(tiny) as b:
+                np.testing.assert_array_equal(b.infer(x)[0], expected)
+                return b.net.opt.num_threads
+
+        assert run_in_fork(own) == (0, "1")
+        code, message = run_in_fork(lambda: before_fork.infer(x))
+        assert code == 1 and "model.ncnn.param opened before the fork on 2 threads would hang" in message
+        code, message = run_in_fork(lambda: NcnnBackend(tiny, threads=2))
+        assert code == 1 and "forked after NCNN ran on several threads" in message and "spawn" in message
+        np.testing.assert_array_equal(before_fork.infer(x)[0], expected)  # the parent keeps its threads
 
 
 def test_input_is_not_modified(tiny, rng):

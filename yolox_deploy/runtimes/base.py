@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import os
 import threading
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,21 @@ def artefact_label(path: Any) -> str:
     return Path(path).name if isinstance(path, (str, os.PathLike)) else "the model"
 
 
+# every backend made in this process: a child forked while a thread was inside one of their calls (or held
+# their locks) must not inherit that call, which no thread of the child runs (its close would wait for it forever)
+_BACKENDS: weakref.WeakSet[Backend] = weakref.WeakSet()
+
+
+def _forget_parent_calls() -> None:
+    """In a forked child: only the forking thread came along, so no call is in flight and no lock is held."""
+    for backend in list(_BACKENDS):
+        backend._reset_call_state()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_calls)
+
+
 def refuse_copying(obj: object) -> NoReturn:
     """For ``__reduce__``: a loaded runtime is neither pickled (``multiprocessing``) nor copied; say what to do."""
     raise TypeError(f"a {type(obj).__name__} holds a loaded runtime and cannot be pickled or copied; open one in "
@@ -208,9 +224,8 @@ class Backend(abc.ABC):
         self.options = options
         self.meta: ModelMeta
         self._closed = False
-        self._lock = threading.Lock()  # serialises the calls of a backend that is not thread-safe
-        self._calls = threading.Condition()  # guards _closed and the count of calls in flight
-        self._in_flight = 0
+        self._reset_call_state()
+        _BACKENDS.add(self)
         self._load()
         decode = options.get("decode_in_graph")
         name = artefact_label(path)
@@ -343,6 +358,12 @@ class Backend(abc.ABC):
             return run(batch)
         with self._lock:
             return run(batch)
+
+    def _reset_call_state(self) -> None:
+        """No call in flight, no lock held (a new backend, or its copy in a forked child)."""
+        self._lock = threading.Lock()  # serialises the calls of a backend that is not thread-safe
+        self._calls = threading.Condition()  # guards _closed and the count of calls in flight
+        self._in_flight = 0
 
     def _check_open(self) -> None:
         """Raise :class:`InputError` once the backend was closed (its runtime is released, never reacquired)."""

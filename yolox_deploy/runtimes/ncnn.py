@@ -18,7 +18,8 @@ message from inside NCNN.
 
 Options:
 
-- ``threads``: NCNN worker threads (default: NCNN's choice, the physical big cores);
+- ``threads``: NCNN worker threads (default: NCNN's choice, the physical big cores; one in a process forked
+  after NCNN ran on several, where a Detector opened before the fork on several is refused: :mod:`.openmp`);
 - ``half``: ``None`` (default) follows the artefact: FP32 artefacts run in FP32 throughout (NCNN's FP16
   storage/packing/arithmetic switched off explicitly), FP16 artefacts keep FP16 storage and packing but
   compute in FP32; ``True`` adds FP16 arithmetic (faster on ARMv8.2+, less exact); ``False`` forces FP32;
@@ -48,8 +49,10 @@ from ..utils.arrays import to_numpy
 from ..utils.native import silenced_stderr
 from ..utils.sizes import parse_img_size
 from .base import Backend, check_weights_digest, one_model_file, register_backend
+from .openmp import ForkedPool
 
 PARAM_MAGIC = 7767517
+POOL = ForkedPool("NCNN")
 _TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 
 # Layers whose weights are in the .bin: (num_output key, bias key, weight count key). Weights are stored with
@@ -298,8 +301,9 @@ class NcnnBackend(Backend):
         gpu = _device(self.device)
         net = ncnn.Net()
         o = net.opt
-        if opts.get("threads"):  # an integer (Backend.check_options); 0 or None: NCNN's choice
-            o.num_threads = int(opts["threads"])
+        threads = POOL.threads(int(opts["threads"]) if opts.get("threads") else None)  # Backend.check_options
+        if threads:  # 0 or None: NCNN's choice
+            o.num_threads = threads
         half = opts.get("half")
         storage = bool(half) if half is not None else (meta is not None and meta.precision == "fp16")
         o.use_fp16_storage = o.use_fp16_packed = storage
@@ -349,6 +353,10 @@ class NcnnBackend(Backend):
         return self._run_mat(self._ncnn.Mat(image).clone())
 
     def _run_mat(self, mat: Any) -> np.ndarray:
+        threads = self.net.opt.num_threads
+        if threads > 1 and POOL.inherited:  # opened before the fork: NCNN would wait for its pool for ever
+            raise InputError(POOL.refusal(f"{self.param_path.name} opened before the fork on {threads} threads"))
+        POOL.started(threads)
         ex = self.net.create_extractor()
         try:
             ex.input(self.input_name, mat)

@@ -4,13 +4,15 @@ Outputs the raw head (decode runs in the shared pipeline, on the same device). C
 with ``half=True``. Options: ``model`` (variant name, else read from the checkpoint), ``img_size``,
 ``num_classes``, ``class_names``, ``half``, ``legacy`` (RGB/255/ImageNet input contract), ``fuse`` (default
 True: run :func:`~yolox_deploy.nn.deploy.deploy_model`, the form every export traces), ``threads`` (PyTorch's
-intra-op threads, ``torch.set_num_threads``: a setting of the whole process; 0 or absent leaves it).
+intra-op threads, ``torch.set_num_threads``: a setting of the whole process; 0 or absent leaves it). In a
+process forked after the backend ran on several CPU threads, PyTorch runs on one (:mod:`.openmp`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,21 @@ from ..nn.yolox import YOLOX
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.sizes import parse_img_size
 from .base import Backend, register_backend
+from .openmp import ForkedPool
 
 log = logging.getLogger(__name__)
+POOL = ForkedPool("PyTorch")
+
+
+def _one_thread_after_fork() -> None:
+    """In a forked child of a process where the backend ran on several threads: PyTorch on one thread, so that
+    its Detectors (those copied from the parent too) and the caller's own PyTorch code do not hang."""
+    if POOL.inherited:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -62,8 +77,9 @@ class TorchBackend(Backend):
     def _load(self) -> None:
         opts = self.options
         self._device = resolve_device(self.device)
-        if opts.get("threads"):  # an integer (Backend.check_options)
-            torch.set_num_threads(int(opts["threads"]))
+        threads = POOL.threads(int(opts["threads"]) if opts.get("threads") else None)  # Backend.check_options
+        if threads:
+            torch.set_num_threads(threads)
         if isinstance(self.path, YOLOX):
             model = self.path
             names = opts.get("class_names")
@@ -104,5 +120,7 @@ class TorchBackend(Backend):
         x = torch.from_numpy(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
         x = x.to(self._device, non_blocking=True)
         x = x.half() if self._half else x.float()
+        if self._device.type == "cpu":
+            POOL.started(torch.get_num_threads())
         out = self.model(x)
         return [out.float() if self._half else out]
