@@ -70,16 +70,31 @@ def test_user_errors_are_one_line(tmp_path):
     assert rc == 2 and err.strip() == f"error: {tmp_path / 'afile'} is a file, not a folder; give a folder to write into"
 
 
+def test_a_resume_without_epochs_keeps_the_runs(tmp_path, caplog):
+    """``yolox-train ... --resume`` without --epochs went on to the default 300 epochs (with a warning)."""
+    from yolox_deploy.train import Trainer
+
+    data = make_synthetic_coco(tmp_path / "d", num_images=8)
+    out = tmp_path / "run"
+    assert run(base_args(data, out))[0] == 0
+    argv = [a for a in base_args(data, out) if a not in ("--epochs", "1")] + ["--resume"]
+    with Trainer(config_from_args(build_parser().parse_args(argv))) as t:
+        assert t.cfg.epochs == 1 and t.complete
+    assert "instead of" not in caplog.text
+    with Trainer(config_from_args(build_parser().parse_args(argv + ["--epochs", "2"]))) as t:
+        assert t.cfg.epochs == 2 and not t.complete  # given: the run is extended
+
+
 def test_arguments_map_onto_the_config(tmp_path):
     args = build_parser().parse_args(["--model", "s", "--data", "d", "--img-size", "480", "640", "--lr", "0.0002",
                                       "--no-multiscale", "--no-ema", "--resume", "x.pth", "--sync-bn"])
     cfg = config_from_args(args)
     assert cfg.img_size == (480, 640) and cfg.lr_per_image == 0.0002 and not cfg.multiscale and not cfg.ema
-    assert str(cfg.resume) == "x.pth" and cfg.sync_bn and cfg.batch == 64 and cfg.epochs == 300
+    assert str(cfg.resume) == "x.pth" and cfg.sync_bn and cfg.batch == 64 and cfg.epochs is None
     resolved = cfg.resolved()
     # the authors' exps/default/yolox_s.py keeps yolox_base's augmentation; only nano and tiny weaken it
     assert resolved.model == "yolox-s" and resolved.mosaic_scale == (0.1, 2.0) and resolved.mixup is True
-    assert resolved.warmup_epochs == 5 and resolved.no_aug_epochs == 15
+    assert resolved.epochs == 300 and resolved.warmup_epochs == 5 and resolved.no_aug_epochs == 15
     tiny = dataclasses.replace(cfg, model="tiny").resolved()
     assert tiny.mosaic_scale == (0.5, 1.5) and tiny.mixup is False
 

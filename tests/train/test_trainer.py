@@ -568,6 +568,29 @@ def test_run_folder_guards(synthetic_coco, tmp_path):
         Trainer(config(synthetic_coco, tmp_path / "w", weights=_weights_of("yolox-s", tmp_path)))
 
 
+def _no_data_reading(monkeypatch):
+    def read(*args, **kwargs):
+        raise AssertionError("the training set was read")
+
+    monkeypatch.setattr("yolox_deploy.train.trainer.load_detection_set", read)
+
+
+def test_wrong_weights_and_recipes_are_refused_before_the_data_is_read(synthetic_coco, tmp_path, monkeypatch):
+    """A missing --weights file, one of another variant, or a resume without the run's --batch was said only
+    after the whole training set was read (and, with --cache, loaded into memory); the batch as "lower --batch"."""
+    with Trainer(config(synthetic_coco, tmp_path / "run", batch=4)) as t:
+        t.train(max_iterations=1)
+    _no_data_reading(monkeypatch)
+    with pytest.raises(InputError, match="checkpoint not found"):
+        Trainer(config(synthetic_coco, tmp_path / "a", weights=tmp_path / "missing.pth", cache_images=True))
+    with pytest.raises(CheckpointError, match="yolox-s"):
+        Trainer(config(synthetic_coco, tmp_path / "b", weights=_weights_of("yolox-s", tmp_path)))
+    with pytest.raises(InputError, match=r"different settings \(batch 4 -> 64\)"):
+        Trainer(config(synthetic_coco, tmp_path / "run", resume=True, batch=64))
+    with pytest.raises(InputError, match="no_aug_epochs must be >= 0, got -1"):
+        Trainer(config(synthetic_coco, tmp_path / "c", warmup_epochs=0, no_aug_epochs=-1))
+
+
 def _weights_of(name, tmp_path):
     path = tmp_path / f"{name}.pth"
     torch.save({"model": build_model(name, 80).state_dict()}, path)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
-from ..train.config import DEFAULT_VAL_SPLIT, DEFAULT_WORKERS, TrainConfig
+from ..train.config import DEFAULT_EPOCHS, DEFAULT_VAL_SPLIT, DEFAULT_WORKERS, TrainConfig
 from ..train.dataset import CACHE_MEMORY_SHARE
 from ..zoo import VARIANTS
 from .common import cli_entry, description, main_guard
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "is taken over by class name when the checkpoint has every class of the data, "
                                      "by position when the class counts agree, else initialised afresh")
     p.add_argument("--num-classes", type=int, help="expected number of classes (checked against the dataset)")
-    p.add_argument("--epochs", type=int, default=300, help="epochs (default 300)")
+    p.add_argument("--epochs", type=int, help=f"epochs (default {DEFAULT_EPOCHS}; a --resume keeps the run's)")
     p.add_argument("--batch", type=int, default=64, help="total batch over all processes (default 64)")
     p.add_argument("--img-size", nargs="+", type=int, metavar="N",
                    help="training size, one number or height width, also the evaluation size and the one the "

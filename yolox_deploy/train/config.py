@@ -35,6 +35,7 @@ NUMBER_FIELDS = ("lr_per_image", "momentum", "weight_decay", "min_lr_ratio", "em
 
 DEFAULT_VAL_SPLIT = "val2017"  # evaluated when the dataset has it
 DEFAULT_WORKERS = 4
+DEFAULT_EPOCHS = 300
 
 
 @dataclass
@@ -48,7 +49,7 @@ class TrainConfig:
     num_classes: int | None = None
     train_split: str = "train2017"
     val_split: str | None = DEFAULT_VAL_SPLIT
-    epochs: int = 300
+    epochs: int | None = None              # None: DEFAULT_EPOCHS, or a resumed run's
     batch: int = 64                        # total over all processes
     img_size: tuple[int, int] | None = None   # training input size
     eval_size: tuple[int, int] | None = None  # evaluation, and what the checkpoints run at
@@ -117,10 +118,15 @@ class TrainConfig:
                              f"feature map is one cell), got {c.img_size[0]}x{c.img_size[1]}")
         if c.seed < 0:
             raise InputError(f"seed must be >= 0, got {c.seed}")
+        if c.epochs is None:
+            c.epochs = DEFAULT_EPOCHS
         if c.epochs < 1:
             raise InputError(f"epochs must be >= 1, got {c.epochs}")
         if c.batch < 1:
             raise InputError(f"batch must be >= 1, got {c.batch}")
+        for name in ("warmup_epochs", "no_aug_epochs"):
+            if getattr(c, name) is not None and getattr(c, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(c, name)}")
         if c.warmup_epochs is None:
             c.warmup_epochs = min(5, c.epochs // 4)
         if c.no_aug_epochs is None:

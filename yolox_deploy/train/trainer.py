@@ -153,7 +153,9 @@ class Trainer:
             remove_stale_parts(cfg.output, f"{temp_prefix(CHECKPOINTS)}*.part", STALE_CHECKPOINT_PART_SECONDS)
         resumed = load_training_state(self.resume_path) if self.resume_path is not None else None
         if resumed is not None:
-            self._keep_the_runs_phases(resumed.config)
+            self._keep_the_runs_settings(resumed.config)
+            self._refuse_another_recipe(self.resume_path, resumed.config)
+        self._start_weights = self._read_start_weights()
         self.data: DetectionSet = load_detection_set(cfg.data, cfg.train_split, skip_missing=cfg.skip_missing)
         if cfg.num_classes is not None and cfg.num_classes != self.data.num_classes:
             raise InputError(f"--num-classes {cfg.num_classes} but {cfg.data} has {self.data.num_classes} categories "
@@ -260,8 +262,8 @@ class Trainer:
         model = build_model(cfg.model, len(names), class_names=names)
         ids = self.data.category_ids
         model.category_ids = ids if all(is_integer(i) for i in ids) else None  # COCO's kind: results carry them
-        if cfg.weights is not None and self.resume_path is None:
-            ckpt = read_checkpoint(cfg.weights, cfg.model)
+        ckpt, self._start_weights = self._start_weights, None
+        if ckpt is not None:
             load_checkpoint(model, ckpt, ignore_class_head=True)
             log.info("loaded %s; %s", cfg.weights, transfer_class_head(model, ckpt, names))
         return model
@@ -291,16 +293,27 @@ class Trainer:
 
             yield loss
 
-    def _keep_the_runs_phases(self, saved: dict[str, Any]) -> None:
-        """Warm-up and no-augmentation epochs this command line does not set are the resumed run's: derived
-        from its --epochs when it started, derived again from a changed --epochs they refused the resume."""
-        for name in ("warmup_epochs", "no_aug_epochs"):
+    def _read_start_weights(self) -> Checkpoint | None:
+        """The --weights a new run starts from, read and checked against the variant before the data is read (a
+        missing or wrong file must not cost the reading, or caching, of the whole training set)."""
+        cfg = self.cfg
+        if cfg.weights is None or self.resume_path is not None:
+            return None
+        ckpt = read_checkpoint(cfg.weights, cfg.model)
+        load_checkpoint(build_model(cfg.model, 1), ckpt, ignore_class_head=True)  # the class head is the data's
+        return ckpt
+
+    def _keep_the_runs_settings(self, saved: dict[str, Any]) -> None:
+        """Epochs, warm-up and no-augmentation epochs this command line does not set are the resumed run's: a
+        resume without --epochs took the default 300, and phases derived from its --epochs when it started,
+        derived again from a changed --epochs, refused the resume."""
+        for name in ("epochs", "warmup_epochs", "no_aug_epochs"):
             if getattr(self._asked, name) is None and is_integer(saved.get(name)):
                 setattr(self.cfg, name, saved[name])
         self.cfg.check_phases()
 
-    def _resume(self, path: Path, state: TrainState) -> None:
-        saved = state.config
+    def _refuse_another_recipe(self, path: Path, saved: dict[str, Any]) -> None:
+        """Refuse, before the data is read, a resume whose recipe or starting weights differ from the run's."""
         now = self.cfg.to_dict()
         changed = [f"{key} {saved[key]} -> {now[key]}" for key in RESUME_MUST_MATCH
                    if key in saved and saved[key] != now[key]]
@@ -311,6 +324,9 @@ class Trainer:
                 saved["weights"] is None or Path(self.cfg.weights).resolve() != Path(saved["weights"]).resolve()):
             raise InputError(f"cannot resume {path.name} from other weights ({self.cfg.weights}): a resume continues "
                              "from its checkpoint; drop --weights, or start a new run from them")
+
+    def _resume(self, path: Path, state: TrainState) -> None:
+        saved = state.config
         if saved.get(ITERS_PER_EPOCH, self.iters_per_epoch) != self.iters_per_epoch:
             raise InputError(f"cannot resume {path.name}: the training set changed ({saved[ITERS_PER_EPOCH]} "
                              f"iterations per epoch then, {self.iters_per_epoch} now; or the run is from a version "
