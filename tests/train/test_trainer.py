@@ -702,6 +702,47 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, result_di
         torch.save({"iterations": result.iterations, "flat": flat, "stats": stats}, Path(result_dir) / f"rank{rank}.pt")
 
 
+def _ddp_stop_worker(rank: int, world: int, port: int, data: str, out: str, result_dir: str) -> None:
+    """A Ctrl-C that reaches rank 1 alone, right after its first step (a signal between two processes' checks)."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    with Trainer(config(data, out, batch=4)) as t:
+        step = t.step
+
+        def step_then_signal(*args, **kwargs):
+            loss = step(*args, **kwargs)
+            if rank == 1:
+                t._stop.requested = True
+            return loss
+
+        t.step = step_then_signal
+        with pytest.raises(KeyboardInterrupt):
+            t.train()
+        torch.save({"iteration": t.iteration}, Path(result_dir) / f"rank{rank}.pt")
+
+
+def test_a_stop_that_reached_one_process_stops_all_at_one_iteration(synthetic_coco, tmp_path):
+    """Each process checked its own stop request: the one without it went on to the next step and waited in its
+    gradient exchange with a process that had left (until torchrun killed it)."""
+    import torch.multiprocessing as mp
+
+    out, res = tmp_path / "ddp", tmp_path / "res"
+    res.mkdir()
+    ctx = mp.spawn(_ddp_stop_worker, args=(2, _free_port(), str(synthetic_coco), str(out), str(res)), nprocs=2,
+                   join=False)
+    deadline = time.monotonic() + 120
+    try:
+        while not ctx.join(timeout=1):
+            assert time.monotonic() < deadline, "a process did not stop"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    assert [torch.load(res / f"rank{r}.pt", weights_only=True)["iteration"] for r in range(2)] == [1, 1]
+    assert load_training_state(out / LATEST).iteration == 1  # written by rank 0 at the iteration both stopped at
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run(synthetic_coco, tmp_path):
     import torch.multiprocessing as mp

@@ -93,6 +93,16 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def any_process(flag: bool, device: torch.device, info: DistInfo) -> bool:
+    """True when ``flag`` is True in any process of the run. A collective call: every process makes it, at the
+    same point of its loop. ``flag`` itself for a world of one."""
+    if not (info.enabled and dist.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def wrap_model(model: nn.Module, device: torch.device, info: DistInfo, sync_bn: bool = False) -> nn.Module:
     """DistributedDataParallel (with SyncBatchNorm if asked: GPUs only) in a distributed run, else ``model`` as
     is (``sync_bn`` then has nothing to synchronise, and says so)."""

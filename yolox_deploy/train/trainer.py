@@ -55,6 +55,7 @@ from .config import TrainConfig
 from .data import DetectionSet, load_detection_set
 from .dataset import TrainBatchSampler, TrainDataset, collate, loader_worker_init
 from .distributed import (
+    any_process,
     average_norm_statistics,
     barrier,
     cleanup_distributed,
@@ -423,7 +424,7 @@ class Trainer:
                 if self.epochs_closed < self.iteration // ipe:  # resumed after an epoch's last step
                     self._end_of_epoch(self.epochs_closed)
                 while self.iteration < stop:
-                    self._stop_if_interrupted()
+                    self._stop_if_interrupted(together=True)
                     epoch = self.iteration // ipe
                     no_aug = cfg.no_aug(epoch)
                     self.loss_fn.use_l1 = no_aug
@@ -490,9 +491,14 @@ class Trainer:
         log.warning("%s at iteration %d; %s written, %s with --resume", what, self.iteration, self.cfg.output / LATEST,
                     then)
 
-    def _stop_if_interrupted(self) -> None:
+    def _stop_if_interrupted(self, *, together: bool = False) -> None:
+        """Stop (raise) where a stop was asked for. ``together``: at an iteration boundary every process reaches,
+        where they agree, so that a signal that reached one process between two others' checks stops them all
+        at one iteration (a process that went on would wait in the next step's gradient exchange for ever)."""
         stop = getattr(self, "_stop", None)
-        if stop is not None and stop.requested:
+        if stop is None:
+            return
+        if any_process(stop.requested, self.device, self.dist) if together else stop.requested:
             stop.stop()
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
@@ -531,7 +537,7 @@ class Trainer:
                                 obj=f"{row['obj_loss']:.3f}", cls=f"{row['cls_loss']:.3f}", l1=f"{row['l1_loss']:.3f}",
                                 lr=f"{row['lr']:.2e}", size=row["size"], refresh=False)
                 bar.update(1)
-                self._stop_if_interrupted()
+                self._stop_if_interrupted(together=True)
                 if self.iteration >= stop:
                     break
         finally:
