@@ -358,3 +358,17 @@ def test_the_interpreter_exits_cleanly_with_a_stream_left_open(tiny, tmp_path):
     for _ in range(2):
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and proc.stdout == "left open\n", proc.stderr[-500:]
+
+
+def test_without_metadata_a_size_other_than_the_heads_is_refused(tmp_path, tiny_random_model):
+    """pnnx writes no size in the Input layer, but a fixed graph's head flattens each level to the cells of the
+    size it was made for: another img_size is refused at open (NCNN read past those reshapes: a smaller size was
+    a segmentation fault, a larger one ran without a word until the pipeline's shape check)."""
+    made = export(tiny_random_model, "ncnn", tmp_path / "fixed_ncnn", img_size=SIZE, decode_in_graph=False,
+                  verify=False).path
+    (made / "model.ncnn.param.json").unlink()
+    with NcnnBackend(made, img_size=SIZE) as b:
+        assert b.meta.input_size == (SIZE, SIZE) and b.meta.num_classes == 3
+    with pytest.raises(InputError, match=r"made for another input size than 96x96 \(its head flattens \[64, 16, 4\] "
+                                         r"cells per level, not \[144, 36, 9\]\)"):
+        NcnnBackend(made, img_size=96)

@@ -47,7 +47,7 @@ from ..errors import ArtefactError, BackendUnavailable, InputError
 from ..meta import NCNN_BIN_BYTES, NCNN_BIN_SHA256, ModelMeta, Preprocess, read_sidecar, sidecar_path
 from ..utils.arrays import to_numpy
 from ..utils.native import silenced_stderr
-from ..utils.sizes import parse_img_size
+from ..utils.sizes import level_shapes, parse_img_size
 from .base import Backend, check_weights_digest, one_model_file, register_backend
 from .openmp import ForkedPool
 
@@ -106,6 +106,12 @@ class NcnnGraph:
                 w, h = layer.int_param(0), layer.int_param(1)
                 return (h, w) if h > 0 and w > 0 else None
         return None
+
+    def flattened_cells(self) -> list[int]:
+        """The cell counts of the fixed 2-D ``Reshape`` layers (``0=w 1=h``, both positive): in a YOLOX head, each
+        level's ``[5 + C, h, w]`` flattened to ``[5 + C, h * w]``, fixed to the input size the graph was made for."""
+        return [layer.int_param(0) for layer in self.layers if layer.type == "Reshape" and set(layer.params) == {0, 1}
+                and layer.int_param(0) > 0 and layer.int_param(1) > 0]
 
     def decodes(self) -> bool:
         """Whether the graph decodes its boxes: the decode's ``exp`` of the sizes (a ``UnaryOp`` of type 7).
@@ -331,6 +337,10 @@ class NcnnBackend(Backend):
                              f"{hw[0]}x{hw[1]}; drop the image size (--img-size)")
         if hw is None:
             raise ArtefactError(f"{where} and its graph does not state the input size; pass img_size (--img-size)")
+        cells, levels = graph.flattened_cells(), [h * w for h, w in level_shapes(hw)]
+        if stated is None and len(cells) == len(levels) and sorted(cells) != sorted(levels):  # NCNN would read past them
+            raise InputError(f"{graph.path} was made for another input size than {hw[0]}x{hw[1]} (its head flattens "
+                             f"{cells} cells per level, not {levels}); give the size it was exported for (--img-size)")
         names = opts.get("class_names")
         num_classes = len(names) if names else opts.get("num_classes")
         if num_classes is None:
