@@ -216,6 +216,14 @@ def _static(d: Any) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
+def _check_channels_first(input_shape: list[Any], artefact: str) -> None:
+    """Refuse an input that is not ``[N, 3, H, W]``: an NHWC ``[N, H, W, 3]`` one (its height and width symbolic
+    too, as tf2onnx writes them), or no image at all."""
+    channels = _static(input_shape[1]) if len(input_shape) == 4 else None
+    if len(input_shape) != 4 or channels not in (None, 3) or (channels is None and _static(input_shape[3]) == 3):
+        raise ArtefactError(f"{artefact}: input must be [N, 3, H, W] (channels first), has shape {list(input_shape)}")
+
+
 def infer_meta(input_shape: list[Any], output_names: list[str], output_shape: list[Any], artefact: str,
                **kw: Any) -> ModelMeta:
     """Metadata for an artefact that carries none, from its graph's shapes (any runtime's view of them).
@@ -225,18 +233,16 @@ def infer_meta(input_shape: list[Any], output_names: list[str], output_shape: li
     as in the authors' released files, unless ``decode_in_graph=True`` comes in ``kw``. Raises
     :class:`ArtefactError` when the shapes are not those of a YOLOX graph or do not say enough.
     """
-    channels = _static(input_shape[1]) if len(input_shape) == 4 else None
-    if len(input_shape) != 4 or channels not in (None, 3):  # an NHWC [N, H, W, 3] input, or no image at all
-        raise ArtefactError(f"{artefact}: input must be [N, 3, H, W] (channels first), has shape {list(input_shape)}")
+    _check_channels_first(input_shape, artefact)
     if tuple(output_names[:4]) == NMS_OUTPUTS:
         raise ArtefactError(f"{artefact}: an NMS graph without yolox-deploy metadata; re-export it with yolox-export")
     batch, h, w = _static(input_shape[0]), _static(input_shape[2]), _static(input_shape[3])
+    if (h is None or w is None) and len(output_shape) == 3:  # a head whose width a run at that size tells
+        raise ArtefactError(f"{artefact}: input height/width are dynamic and there is no metadata; pass img_size")
     width = _static(output_shape[-1]) if len(output_shape) == 3 else None
     if width is None or width < 6:
         raise ArtefactError(f"{artefact}: cannot read the class count from output {output_names[0]!r} "
                             f"of shape {list(output_shape)} (expected [N, anchors, 5 + classes])")
-    if h is None or w is None:
-        raise ArtefactError(f"{artefact}: input height/width are dynamic and there is no metadata; pass img_size")
     meta = ModelMeta.default(width - 5, (h, w), batch=batch, **kw)
     rows = _static(output_shape[1])
     anchors = num_anchors((h, w), meta.strides)
@@ -256,6 +262,7 @@ def meta_from_graph(input_shape: list[Any], output_names: list[str], output_shap
     Symbolic height/width take ``img_size``, else ``default_hw`` (e.g. a TensorRT profile's optimum), and
     mark the metadata ``dynamic_hw``; ``legacy`` sets the legacy input contract. ``kw`` go to ``infer_meta``.
     """
+    _check_channels_first(list(input_shape), artefact)  # before a symbolic height is filled in
     shape = list(input_shape)
     dynamic_hw = len(shape) == 4 and not (_static(shape[2]) and _static(shape[3]))
     fill = img_size or default_hw

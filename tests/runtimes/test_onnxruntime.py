@@ -565,3 +565,91 @@ def test_nms_graph_settings_changed_later_are_said_and_not_shown_as_applied(tiny
         assert "NMS IoU 0.3" in said and "class-agnostic" in said and "max_det None" in said
         det.conf = 0.5  # tightening applies
         assert det.conf == 0.5
+
+
+def _torch_export(model, path, **axes):
+    """``model`` (raw head) as torch.onnx.export writes it with ``axes``, no simplifier: with a dynamic batch the
+    output's width stays symbolic (``Transposeoutput_dim_2``)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad(), model.decoding(False):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
+                          input_names=["images"], output_names=["output"], dynamic_axes=axes or None)
+    return path
+
+
+def test_a_head_width_left_symbolic_is_read_from_a_run(tiny_random_model, tmp_path, rng):
+    """A plain torch export with a dynamic batch: its output is [batch, dim_1, dim_2]; it was refused ("cannot
+    read the class count"), even with num_classes given."""
+    path = _torch_export(tiny_random_model, tmp_path / "dyn.onnx", images={0: "batch"}, output={0: "batch"})
+    assert not onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim[2].HasField("dim_value")
+    with Detector(path, batch_size=2) as det:
+        assert det.meta.num_classes == 3 and det.meta.batch is None and det.meta.input_size == (64, 64)
+        assert len(det([rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)] * 2)) == 2
+    with pytest.raises(InputError, match="the model has 3 classes, not 4"):
+        Detector(path, num_classes=4)
+    hw = _torch_export(tiny_random_model, tmp_path / "dyn_hw.onnx", images={0: "b", 2: "h", 3: "w"},
+                       output={0: "b", 1: "anchors"})
+    with pytest.raises(ArtefactError, match="input height/width are dynamic and there is no metadata; pass img_size"):
+        Detector(hw)
+    with Detector(hw, img_size=(96, 64)) as det:
+        assert det.meta.num_classes == 3 and det.meta.input_size == (96, 64) and det.meta.dynamic_hw
+
+
+def test_an_nhwc_input_with_symbolic_sides_is_refused_as_one(tiny_files, tmp_path):
+    """[N, H, W, 3] with N, H, W symbolic (as tf2onnx writes them): the channels were taken for a symbolic 3 and
+    "pass img_size" said, then img_size=416 made a 416x3 input."""
+    from onnx import TensorProto, helper
+
+    path, _ = tiny_files["dynamic"]
+    model = onnx.load(str(_without_metadata(path, tmp_path / "bare.onnx")))
+    image = model.graph.input[0]
+    model.graph.node.insert(0, helper.make_node("Transpose", ["nhwc"], [image.name], perm=[0, 3, 1, 2]))
+    model.graph.input.remove(image)
+    model.graph.input.append(helper.make_tensor_value_info("nhwc", TensorProto.FLOAT, ["N", "H", "W", 3]))
+    onnx.save(model, str(tmp_path / "nhwc.onnx"))
+    for size in (None, 64):
+        with pytest.raises(ArtefactError, match=r"input must be \[N, 3, H, W\] \(channels first\), has shape "
+                                                r"\['N', 'H', 'W', 3\]"):
+            Detector(tmp_path / "nhwc.onnx", img_size=size)
+
+
+@pytest.mark.parametrize("elem_type", ["UINT8", "DOUBLE"])
+def test_an_image_input_of_another_type_gets_that_type(tiny_files, tmp_path, rng, elem_type):
+    """A graph that casts its uint8 (or double) image input itself: the float batch reached ONNX Runtime, which
+    raised INVALID_ARGUMENT from inside at the first call."""
+    from onnx import TensorProto, helper
+
+    path, _ = tiny_files["dynamic"]
+    model = onnx.load(str(_without_metadata(path, tmp_path / "bare.onnx")))
+    image = model.graph.input[0]
+    model.graph.node.insert(0, helper.make_node("Cast", ["pixels"], [image.name], to=TensorProto.FLOAT))
+    model.graph.input.remove(image)
+    model.graph.input.append(helper.make_tensor_value_info("pixels", getattr(TensorProto, elem_type),
+                                                           ["batch", 3, "height", "width"]))
+    onnx.save(model, str(tmp_path / "cast.onnx"))
+    picture = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    with Detector(path, conf=0.0) as ours, Detector(tmp_path / "cast.onnx", img_size=(64, 96), conf=0.0) as cast:
+        [a], [b] = ours(picture), cast(picture)
+        np.testing.assert_allclose(b.xyxy, a.xyxy, atol=1e-3)
+    if elem_type == "UINT8":
+        with pytest.raises(InputError, match="takes uint8 pixels, which the legacy input .* cannot be"):
+            Detector(tmp_path / "cast.onnx", img_size=(64, 96), legacy=True)
+
+
+def test_an_input_named_canvas_runs(tiny_files, tmp_path, rng):
+    """The canvas session's own input is named "canvas": a graph whose input has that name was refused as "not a
+    valid ONNX model" (the name defined twice)."""
+    path, _ = tiny_files["dynamic"]
+    model = onnx.load(str(path))
+    old = model.graph.input[0].name
+    for node in model.graph.node:
+        node.input[:] = ["canvas" if name == old else name for name in node.input]
+    model.graph.input[0].name = "canvas"
+    onnx.save(model, str(tmp_path / "canvas.onnx"))
+    picture = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    with Detector(path, conf=0.0) as ours, Detector(tmp_path / "canvas.onnx", conf=0.0) as renamed:
+        np.testing.assert_allclose(renamed(picture)[0].xyxy, ours(picture)[0].xyxy, atol=1e-3)

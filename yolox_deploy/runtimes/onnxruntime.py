@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
 CANVAS_INPUT = "canvas"  # the uint8 NHWC input of the canvas session
+# the image input's element types a canvas batch converts to exactly (uint8: the 0-255 pixels as they are)
+_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+                 "tensor(uint8)": np.uint8}
 _TORCH_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
                  "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
@@ -115,10 +118,17 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable(f"ONNX Runtime could not start {wanted} for device {self.device!r} (it fell "
                                      "back to the CPU); check the CUDA / cuDNN / TensorRT libraries it needs")
         read_graph = functools.cache(lambda: _load_graph(path))  # read once, for what needs it
+        # the input's element type: float32, float16 for a graph converted to half precision by other tools, ...
+        in_type = self._session.get_inputs()[0].type
+        self._input_dtype = _INPUT_DTYPES.get(in_type)
+        if self._input_dtype is None:
+            raise ArtefactError(f"{path.name}: its image input is {in_type}, not float, float16, double or uint8 "
+                                "pixels; no YOLOX image input has that type")
         self.meta = self._read_meta(path, read_graph)
+        if self._input_dtype == np.uint8 and not self.meta.preprocess.is_identity:
+            raise InputError(f"{path.name} takes uint8 pixels, which the legacy input (RGB / 255, ImageNet mean/std) "
+                             "cannot be; drop legacy (--legacy)")
         self._input_name = self._session.get_inputs()[0].name
-        # the input's element type: float32, or float16 for a graph converted to half precision by other tools
-        self._input_dtype = np.float16 if self._session.get_inputs()[0].type == "tensor(float16)" else np.float32
         outputs = self._session.get_outputs()
         self._output_names = [o.name for o in outputs]
         self._io_binding = self._kind != "cpu" and self._torch_cuda_available()
@@ -240,7 +250,10 @@ class OnnxRuntimeBackend(Backend):
         if META_KEY in custom:
             meta = stored_meta(custom[META_KEY], in_shape, [o.name for o in outs], path.name)
         else:
-            meta = meta_from_graph(in_shape, [o.name for o in outs], list(outs[0].shape), path.name, img_size=size,
+            out_shape = list(outs[0].shape)
+            if len(out_shape) == 3 and not (isinstance(out_shape[2], int) and out_shape[2] > 0):
+                out_shape[2] = self._head_width(in_shape, size) or out_shape[2]  # torch's dynamic axes leave it symbolic
+            meta = meta_from_graph(in_shape, [o.name for o in outs], out_shape, path.name, img_size=size,
                                    legacy=bool(opts.get("legacy")), format="onnx",
                                    decode_in_graph=bool(opts.get("decode_in_graph")))
             graph = read_graph()  # its variant, precision and decoding, which the file does not record
@@ -253,6 +266,22 @@ class OnnxRuntimeBackend(Backend):
             raise ArtefactError(f"{path.name} holds the TensorRT NMS plugin, which only TensorRT runs; "
                                 "use device 'tensorrt' or build an engine from it")
         return meta
+
+    def _head_width(self, in_shape: list[Any], size: tuple[int, int] | None) -> int | None:
+        """The width (5 + classes) of a head output the graph leaves symbolic: that of one run on a blank image at
+        the graph's size (or ``size``), else 5 + the classes given; None when neither says."""
+        dims = [d if isinstance(d, int) and d > 0 else None for d in in_shape]
+        hw = tuple(dims[2:]) if len(dims) == 4 and None not in dims[2:] else size
+        if len(dims) == 4 and dims[1] in (None, 3) and hw is not None:
+            blank = np.zeros((dims[0] or 1, 3, *hw), self._input_dtype)
+            try:
+                out = self.session.run([self.session.get_outputs()[0].name], {self.session.get_inputs()[0].name: blank})[0]
+            except Exception:  # a graph of another form: the shapes' own message says what it is
+                out = None
+            if out is not None and out.ndim == 3:
+                return int(out.shape[2])
+        names, count = self.options.get("class_names"), self.options.get("num_classes")
+        return 5 + (len(names) if names else int(count)) if names or count else None
 
     # --- inference -----------------------------------------------------------------------------------
     @property
@@ -291,7 +320,7 @@ class OnnxRuntimeBackend(Backend):
     def _infer_bound(self, batch: Any) -> list[Any]:
         """CUDA path: input and outputs bound to torch CUDA tensors, no host round trip for the outputs."""
         torch = self._torch
-        dtype = torch.float16 if self._input_dtype == np.float16 else torch.float32
+        dtype = getattr(torch, np.dtype(self._input_dtype).name)
         x = torch.as_tensor(batch).to(self._torch_device, dtype, non_blocking=True).contiguous()
         n, _, h, w = x.shape
         outputs = [torch.empty(shape, dtype=dtype, device=self._torch_device)
@@ -358,6 +387,9 @@ def canvas_input_graph(model: Any) -> Any | None:
     tensor = inp.type.tensor_type
     dims = tensor_dims(inp)
     if tensor.elem_type != TensorProto.FLOAT or len(dims) != 4 or dims[1] != 3:
+        return None
+    used = {name for node in model.graph.node for name in node.output} | {i.name for i in model.graph.input}
+    if {CANVAS_INPUT, CANVAS_INPUT + "_nchw"} & used:  # a graph's own tensor of that name (its input "canvas")
         return None
     n, _, h, w = dims
     canvas = helper.make_tensor_value_info(CANVAS_INPUT, TensorProto.UINT8, [n, h, w, 3])
