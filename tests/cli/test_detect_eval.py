@@ -120,6 +120,25 @@ def test_detect_never_writes_into_the_folder_of_its_source(tmp_path, nano_pth, d
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
 
 
+def test_a_folder_holding_models_of_two_runtimes_is_not_opened_with_either_unasked(tmp_path, dog_jpg, capsys):
+    """A folder with an OpenVINO IR and an NCNN model: which one runs is the user's choice (--backend), not
+    the order the runtimes were registered in."""
+    from yolox_deploy.errors import ArtefactError
+    from yolox_deploy.runtimes import find_backend
+
+    folder = tmp_path / "both"
+    folder.mkdir()
+    for name in ("m.xml", "m.bin", "model.ncnn.param", "model.ncnn.bin"):
+        (folder / name).write_bytes(b"x")
+    with pytest.raises(ArtefactError, match="several runtimes"):
+        find_backend(folder)
+    out = tmp_path / "out"
+    assert detect_main([str(folder), "--source", str(dog_jpg), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "openvino, ncnn" in err or "ncnn, openvino" in err
+    assert "--backend" in err and not out.exists()
+
+
 def test_a_failed_run_leaves_nothing_and_keeps_earlier_results(tmp_path, nano_pth, dog_jpg, capsys):
     """Results are staged and move into place only when the whole source went through: a corrupt last image
     leaves neither the results of the images before it nor the folders made for them."""

@@ -169,7 +169,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (the default), cuda, cuda:N (ONNX Runtime also tensorrt[:N]; "
                                                    "OpenVINO CPU, GPU, NPU, AUTO; NCNN vulkan[:N])")
     p.add_argument("--backend", help="the runtime to open the artefact with where its files allow more than one "
-                                     "(a folder holding both OpenVINO and NCNN files); default: the one they imply "
+                                     "(a folder holding both OpenVINO and NCNN files needs it); default: the one "
+                                     "they imply "
                                      f"({', '.join(registered_backends())})")
     p.add_argument("--batch", type=int, default=None, help="images per inference call (dynamic-batch artefacts)")
     p.add_argument("--legacy", action="store_true",

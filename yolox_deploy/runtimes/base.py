@@ -113,9 +113,14 @@ def find_backend(path: str | os.PathLike) -> type[Backend]:
     if not p.exists():
         raise InputError(f"artefact not found: {p}")
     if p.is_dir():
-        for cls in _REGISTRY.values():
-            if cls.info.folder_pattern and _folder_artefacts(p, cls.info.folder_pattern):
-                return cls
+        found = [cls for cls in _REGISTRY.values()
+                 if cls.info.folder_pattern and _folder_artefacts(p, cls.info.folder_pattern)]
+        if len(found) > 1:  # which of them the user meant is not for the registry's order to decide
+            names = ", ".join(c.info.name for c in found)
+            raise ArtefactError(f"folder {p} holds models of several runtimes ({names}); choose one with backend "
+                                "(--backend), or give the model file")
+        if found:
+            return found[0]
         patterns = ", ".join(c.info.folder_pattern for c in _REGISTRY.values() if c.info.folder_pattern)
         raise ArtefactError(f"no model artefact in folder {p} (looked for {patterns or 'nothing'})")
     suffix = p.suffix.lower()
