@@ -306,8 +306,7 @@ class Trainer:
 
     def _keep_the_runs_settings(self, saved: dict[str, Any]) -> None:
         """Epochs, warm-up and no-augmentation epochs this command line does not set are the resumed run's: a
-        resume without --epochs took the default 300, and phases derived from its --epochs when it started,
-        derived again from a changed --epochs, refused the resume."""
+        default would change its schedule, and phases derived again from a changed --epochs would refuse it."""
         for name in ("epochs", "warmup_epochs", "no_aug_epochs"):
             if getattr(self._asked, name) is None and is_integer(saved.get(name)):
                 setattr(self.cfg, name, saved[name])
