@@ -552,6 +552,27 @@ def test_a_dynamic_size_onnx_without_metadata_takes_the_size_given(nano_onnx_dyn
         assert det.meta.input_size == (320, 320) and {"dog", "bicycle"} <= set(det(dog_jpg)[0].names)
 
 
+def test_a_source_whose_head_width_is_symbolic_exports(tiny_random_model, tmp_path):
+    """torch.onnx.export with a dynamic batch (not simplified) leaves the head's width symbolic: an export from
+    it was refused ("cannot read the class count"); ONNX's shape inference follows the graph's own shapes."""
+    import warnings
+
+    import torch
+
+    from yolox_deploy.export import export
+
+    path = tmp_path / "dyn.onnx"
+    with warnings.catch_warnings(), torch.no_grad(), tiny_random_model.decoding(False):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tiny_random_model, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
+                          input_names=["images"], output_names=["output"],
+                          dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}})
+    assert not onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim[2].HasField("dim_value")
+    assert read_onnx_meta(path).num_classes == 3
+    result = export(path, "onnx", tmp_path / "out.onnx")  # verified against the source in ONNX Runtime
+    assert result.meta.num_classes == 3 and result.meta.input_size == (64, 64)
+
+
 # --- COCO AP -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def coco_val(coco_tiny):

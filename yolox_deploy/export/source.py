@@ -43,9 +43,26 @@ def _read_onnx_meta(path: str | os.PathLike, img_size: tuple[int, int] | None = 
         raise ArtefactError(f"{p.name}: expected one image input, found {len(inputs)}")
     if META_KEY in props:
         return stored_meta(props[META_KEY], tensor_dims(inputs[0]), [o.name for o in graph.output], p.name), True
-    meta = meta_from_graph(tensor_dims(inputs[0]), [o.name for o in graph.output], tensor_dims(graph.output[0]),
-                           p.name, img_size=img_size, format="onnx")
+    meta = meta_from_graph(tensor_dims(inputs[0]), [o.name for o in graph.output], _head_dims(model), p.name,
+                           img_size=img_size, format="onnx")
     return meta.with_(**described_by_graph(graph)), False
+
+
+def _head_dims(model: Any) -> list[Any]:
+    """The first output's dims; a width the file leaves symbolic (torch.onnx.export with dynamic axes, not
+    simplified) from ONNX's shape inference, which follows the shapes the graph computes."""
+    dims = tensor_dims(model.graph.output[0])
+    if len(dims) == 3 and not isinstance(dims[2], int):
+        import onnx
+
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph.output[0]
+        except Exception:  # noqa: BLE001 - a graph ONNX cannot infer: the shapes as written say what they can
+            return dims
+        width = tensor_dims(inferred)[2:3]
+        if width and isinstance(width[0], int) and width[0] > 0:
+            dims[2] = width[0]
+    return dims
 
 
 def _onnx_model_options(name: str, meta: ModelMeta, model: str | None, num_classes: int | None) -> ModelMeta:
