@@ -307,7 +307,7 @@ class NcnnBackend(Backend):
         gpu = _device(self.device)
         net = ncnn.Net()
         o = net.opt
-        threads = POOL.threads(int(opts["threads"]) if opts.get("threads") else None)  # Backend.check_options
+        threads = POOL.threads(opts.get("threads"))
         if threads:  # 0 or None: NCNN's choice
             o.num_threads = threads
         half = opts.get("half")

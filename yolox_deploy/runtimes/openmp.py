@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from ..errors import InputError
 
@@ -20,9 +21,13 @@ log = logging.getLogger(__name__)
 class ForkedPool:
     """Where a runtime's OpenMP threads started, and what that allows in the current process."""
 
-    def __init__(self, runtime: str) -> None:
+    def __init__(self, runtime: str, in_child: Callable[[], None] | None = None) -> None:
+        """``in_child``: called in a process forked after the pool started (e.g. to set the runtime's own
+        process-wide thread count to one)."""
         self.runtime = runtime
         self._started_in: int | None = None  # the pid of the process whose parallel region started the pool
+        if in_child is not None and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=lambda: in_child() if self.inherited else None)
 
     def started(self, threads: int) -> None:
         """Record a run of the runtime on ``threads`` threads in this process (several start the pool)."""
@@ -35,8 +40,10 @@ class ForkedPool:
         return self._started_in is not None and self._started_in != os.getpid()
 
     def threads(self, requested: int | None) -> int | None:
-        """The thread count a runtime opened now gets: ``requested`` (None or 0: the runtime's choice), or one in
-        a process forked after the pool started, where more would hang; asking for more there is refused."""
+        """The thread count a runtime opened now gets: ``requested`` (an integer option, checked by
+        ``Backend.check_options``; None or 0: the runtime's choice), or one in a process forked after the pool
+        started, where more would hang; asking for more there is refused."""
+        requested = int(requested) if requested else None
         if not self.inherited:
             return requested
         if requested and requested > 1:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from typing import Any
 
 import numpy as np
@@ -28,18 +27,9 @@ from .base import Backend, register_backend
 from .openmp import ForkedPool
 
 log = logging.getLogger(__name__)
-POOL = ForkedPool("PyTorch")
-
-
-def _one_thread_after_fork() -> None:
-    """In a forked child of a process where the backend ran on several threads: PyTorch on one thread, so that
-    its Detectors (those copied from the parent too) and the caller's own PyTorch code do not hang."""
-    if POOL.inherited:
-        torch.set_num_threads(1)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_one_thread_after_fork)
+# in a child forked after the backend ran on several threads, PyTorch runs on one: its Detectors (those copied
+# from the parent too) and the caller's own PyTorch code would hang on more
+POOL = ForkedPool("PyTorch", in_child=lambda: torch.set_num_threads(1))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -77,7 +67,7 @@ class TorchBackend(Backend):
     def _load(self) -> None:
         opts = self.options
         self._device = resolve_device(self.device)
-        threads = POOL.threads(int(opts["threads"]) if opts.get("threads") else None)  # Backend.check_options
+        threads = POOL.threads(opts.get("threads"))
         if threads:
             torch.set_num_threads(threads)
         if isinstance(self.path, YOLOX):
