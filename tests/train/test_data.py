@@ -65,24 +65,29 @@ def test_bad_boxes_are_clipped_or_skipped_and_counted(tmp_path, caplog):
         {"bbox": [5, 5, 10, 10], "category_id": 99},   # unknown category
         {"bbox": [5, 5, 10, 10], "iscrowd": 1},        # crowd
         {"bbox": [5, 5, 10, 10], "image_id": 42},      # image id not in the list
+        {"bbox": [5, 5, 10, 10], "area": 0},           # area 0: skipped, as the authors do
+        {"bbox": [5, 5, 10, 10], "area": float("nan")},
         {"bbox": [20, 20, 10, 10]},           # fine
+        {"bbox": [30, 30, 10, 10]},           # no area (removed below): kept
     ]
     anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1.0, **a} for i, a in enumerate(bad)]
+    del anns[-1]["area"]
     write_coco(root, "train2017", images, anns)
     with caplog.at_level(logging.WARNING):
         data = load_detection_set(root)
     rec = data.records[0]
-    assert rec.boxes.tolist() == [[0, 0, 20, 15], [70, 40, 80, 50], [20, 20, 30, 30]]
+    assert rec.boxes.tolist() == [[0, 0, 20, 15], [70, 40, 80, 50], [20, 20, 30, 30], [30, 30, 40, 40]]
     r = data.report
-    assert (r.clipped, r.degenerate, r.malformed, r.bad_iscrowd, r.unknown_category, r.crowd, r.orphan) == \
-        (2, 3, 3, 1, 1, 1, 1)
-    assert r.boxes_kept == 3
+    assert (r.clipped, r.degenerate, r.zero_area, r.malformed, r.bad_iscrowd, r.unknown_category, r.crowd,
+            r.orphan) == (2, 3, 2, 3, 1, 1, 1, 1)
+    assert r.boxes_kept == 4
     text = caplog.text
     assert f"{root / 'annotations' / 'instances_train2017.json'}: 2 boxes reaching outside" in text
     assert "3 zero/negative-area boxes (after clipping) were skipped (first: annotation 3, bbox [10, 10, 0, 5])" in text
     assert "3 boxes with malformed or non-finite coordinates were skipped (first: annotation 6, bbox [1, 2, 3])" in text
     assert "1 annotations with an iscrowd other than 0 / 1 were skipped (first: annotation 9, iscrowd '0')" in text
     assert "category list were skipped (first: annotation 10, category_id 99)" in text and "1 iscrowd" in text
+    assert "2 annotations with an area of 0, below 0 or NaN were skipped (first: annotation 13, area 0)" in text
     assert np.isfinite(rec.boxes).all() and math.isfinite(float(rec.boxes.sum()))
 
 

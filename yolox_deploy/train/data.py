@@ -9,7 +9,11 @@ What happens to bad input:
   ``width``/``height``: :class:`~yolox_deploy.errors.InputError`.
 - image files that do not exist: an :class:`InputError` naming the first few and the count, unless
   ``skip_missing=True``, which drops those images (and their boxes) with one warning.
-- a box reaching outside its image: clipped to the image (counted in the summary warning).
+- a box reaching outside its image: clipped to the image (counted in the summary warning). The authors move a
+  box with a negative ``x`` or ``y`` to 0 keeping its width / height; clipping keeps the part of the object that
+  is in the image instead (COCO has no such box, so the two agree there).
+- an annotation whose ``area`` (the segmentation's, in COCO) is 0, negative or NaN: skipped, counted, as the
+  authors' dataset does (it keeps only ``area > 0``); an annotation without ``area`` is kept.
 - a box with zero or negative width or height after clipping, a ``bbox`` that is not four finite numbers, an
   ``iscrowd`` other than 0 / 1, or an unknown ``category_id``: skipped (counted in one summary warning, which
   names the first annotation of each kind).
@@ -56,6 +60,7 @@ class AnnotationReport:
     boxes_kept: int = 0
     clipped: int = 0
     degenerate: int = 0
+    zero_area: int = 0
     malformed: int = 0
     bad_iscrowd: int = 0
     unknown_category: int = 0
@@ -72,13 +77,14 @@ class AnnotationReport:
             self.first[kind] = f"annotation {ann.get('id', '?')}" + (f", {what}" if what else "")
 
     def skipped(self) -> int:
-        return self.degenerate + self.malformed + self.bad_iscrowd + self.unknown_category + self.crowd + self.orphan
+        return self.degenerate + self.zero_area + self.malformed + self.bad_iscrowd + self.unknown_category + self.crowd + self.orphan
 
     def summary(self) -> str:
         parts = []
         if self.clipped:
             parts.append(f"{self.clipped} boxes reaching outside their image were clipped to it")
         named = (("degenerate", "zero/negative-area boxes (after clipping)"),
+                 ("zero_area", "annotations with an area of 0, below 0 or NaN"),
                  ("malformed", "boxes with malformed or non-finite coordinates"),
                  ("bad_iscrowd", "annotations with an iscrowd other than 0 / 1"),
                  ("unknown_category", "boxes with a category_id not in the category list"),
@@ -162,6 +168,10 @@ def load_detection_set(root: str | os.PathLike, split: str = "train2017", *, ski
                 continue
             if ann.get("category_id") not in cat_index:
                 report.count("unknown_category", ann, f"category_id {ann.get('category_id')!r}")
+                continue
+            area = ann.get("area")
+            if isinstance(area, (int, float)) and not isinstance(area, bool) and not area > 0:
+                report.count("zero_area", ann, f"area {area!r}")
                 continue
             box = _parse_box(ann, width, height, report)
             if box is not None:
