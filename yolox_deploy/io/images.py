@@ -84,7 +84,9 @@ def is_pil_image(item: object) -> bool:
 def pil_to_bgr(image: Any, name: str = "image") -> np.ndarray:
     """A PIL image as BGR uint8 ``[H, W, 3]``: 8-bit modes (RGB order; gray, palette and alpha) converted by
     Pillow; 16-bit, 32-bit integer and float gray modes scaled as :func:`ensure_bgr` scales their arrays
-    (Pillow's own conversion clips them)."""
+    (Pillow's own conversion clips them). An EXIF orientation is not applied: boxes come in the frame of the
+    pixels given, the one the caller draws on (``PIL.ImageOps.exif_transpose`` first turns the image as a file
+    read by path is turned)."""
     if image.width == 0 or image.height == 0:
         raise InputError(f"{name}: image is empty ({image.width}x{image.height} pixels)")
     if image.mode.startswith("I") or image.mode == "F":
