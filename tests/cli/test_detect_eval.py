@@ -1,9 +1,12 @@
 """yolox-detect / yolox-eval end to end, and their handling of bad inputs (one line, exit 2, no traceback)."""
 
 import json
+import os
 import pickle
 import shutil
 import signal
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -400,6 +403,31 @@ def test_file_system_errors_are_one_line():
     with contextlib.redirect_stderr(err):
         assert main([]) == 2
     assert err.getvalue().strip() == "error: Permission denied: /somewhere/out.json"
+
+
+@pytest.mark.parametrize("reader_left", [True, False])
+def test_a_reader_that_left_early_stops_the_command_quietly(reader_left):
+    """`yolox-export ... | head -1`: the export's summary, printed after the reader left, ended the command with
+    "error: Broken pipe" and exit 2 (its file was written); a broken pipe that is not standard output's stays
+    an error."""
+    code = ("import sys\nfrom yolox_deploy.cli.common import cli_entry\n@cli_entry\ndef main(argv):\n"
+            + ("    for i in range(100000):\n        print('line', i)\n" if reader_left
+               else "    raise BrokenPipeError(32, 'Broken pipe')\n")
+            + "sys.exit(main(None))\n")
+    read_end, write_end = os.pipe()
+    if reader_left:
+        os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    finally:
+        os.close(write_end)
+        if not reader_left:
+            os.close(read_end)
+    if reader_left:
+        assert (proc.returncode, proc.stderr) == (128 + signal.SIGPIPE, "")
+    else:
+        assert (proc.returncode, proc.stderr.strip()) == (2, "error: Broken pipe")
 
 
 def test_eval_cli_prints_the_authors_numbers(tmp_path, nano_pth, coco_tiny, capsys):

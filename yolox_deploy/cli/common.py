@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import select
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +38,10 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR
         except OSError as e:  # the file system refused (permissions, a full disk...): one line, not a traceback
+            if isinstance(e, BrokenPipeError) and _stdout_gone():
+                # the output's reader left early (| head): stop quietly, as a command stopped by SIGPIPE does
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+                return 128 + signal.SIGPIPE
             where = f": {e.filename}" if e.filename else ""
             print(f"error: {e.strerror or e}{where}", file=sys.stderr)
             return EXIT_USER_ERROR
@@ -48,6 +53,16 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
             return 130
 
     return run
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no file behind stdout (a test's capture), no poll
+        return False
 
 
 @contextlib.contextmanager
