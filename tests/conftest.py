@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,23 @@ def run_in_fork(fn, seconds: int = 30) -> tuple[int, str]:
         text = pipe.read().decode()
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), text
+
+
+def run_in_fork_while_held(lock, fn, seconds: int = 20) -> tuple[int, str]:
+    """:func:`run_in_fork` while another thread of this process holds ``lock`` (as it does for a moment while
+    a runtime opens something): the child, where that thread does not exist, must not wait for it."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with lock:
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        return run_in_fork(fn, seconds)
+    finally:
+        release.set()
+        holder.join()

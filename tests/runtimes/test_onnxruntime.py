@@ -3,6 +3,7 @@ files, and the CUDA IO-binding path (GPU only)."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import types
@@ -23,6 +24,8 @@ from yolox_deploy.ops.letterbox import preprocess_batch  # noqa: E402
 from yolox_deploy.runtimes import find_backend  # noqa: E402
 from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
 from yolox_deploy.runtimes.onnxruntime import OnnxRuntimeBackend, parse_device  # noqa: E402
+
+from ..conftest import run_in_fork_while_held  # noqa: E402
 
 HAVE_ORT_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
@@ -207,6 +210,18 @@ def test_the_file_opened_is_the_one_run(tiny_files, nano_onnx, tmp_path, monkeyp
         shutil.copy(nano_onnx, "m.onnx")
         with pytest.raises(ArtefactError, match="m.onnx is not the file this backend opened"):
             backend.infer(x)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_child_forked_while_the_session_was_being_opened_opens_it(tiny_files):
+    """The session for float batches opens on first use, under a lock: a child forked while another thread of
+    its parent held that lock waited for it forever."""
+    with Detector(tiny_files["dynamic"][0]) as det:
+        backend = det.backend
+        assert backend._session is None  # the canvas session serves the pipeline
+        x = np.zeros((1, 3, 64, 96), np.float32)
+        assert run_in_fork_while_held(backend._session_lock, lambda: backend.infer(x)[0].shape) == \
+            (0, str(backend.infer(x)[0].shape))
 
 
 def test_the_tensorrt_providers_cache_follows_the_cache_folder(tmp_path, monkeypatch, caplog):

@@ -3,6 +3,7 @@ artefacts, and concurrent calls."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 
@@ -18,8 +19,11 @@ from yolox_deploy.export.openvino import attach_meta, convert_torch  # noqa: E40
 from yolox_deploy.export.source import load_source  # noqa: E402
 from yolox_deploy.meta import ModelMeta, Preprocess  # noqa: E402
 from yolox_deploy.runtimes import find_backend  # noqa: E402
+from yolox_deploy.runtimes import openvino as openvino_backend  # noqa: E402
 from yolox_deploy.runtimes.detector import open_backend  # noqa: E402
 from yolox_deploy.runtimes.openvino import OpenVINOBackend, ov_device  # noqa: E402
+
+from ..conftest import run_in_fork_while_held  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +172,23 @@ def test_options_reach_the_compiled_model(tiny_ir):
                     (dict(inference_precision="int4"), "inference_precision")):
         with pytest.raises(InputError, match=msg):
             open_backend(tiny_ir["folder"], **kw)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_child_forked_while_a_model_was_being_compiled_compiles_it(tiny_ir):
+    """The IR for float batches is compiled on first use, and OpenVINO's Core made once, each under a lock: a
+    child forked while another thread of its parent held one waited for it forever."""
+    x = np.zeros((1, 3, 64, 96), np.float32)
+    # OpenVINO's own limit (README): a compile in a child hangs on the threads of a compiled model the parent
+    # released (earlier tests did); a compile in the parent first takes them over
+    with Detector(tiny_ir["folder"]) as det, open_backend(tiny_ir["folder"]) as compiled_first:
+        compiled_first.infer(x)
+        backend = det.backend
+        assert backend._plain is None  # the canvas model serves the pipeline
+        assert run_in_fork_while_held(backend._compile_lock, lambda: backend.infer(x)[0].shape) == \
+            (0, str(backend.infer(x)[0].shape))
+    assert run_in_fork_while_held(openvino_backend._CORE_LOCK, lambda: type(openvino_backend._core()).__name__) == \
+        (0, "'Core'")
 
 
 def test_fp32_is_computed_in_fp32_even_where_bf16_exists(authors_ir, nano_onnx, dog_jpg):

@@ -111,7 +111,6 @@ class OnnxRuntimeBackend(Backend):
         check_readable(path)
         self._file, self._file_identity = path.resolve(), _identity(path)  # what a later re-open must find
         self._options = self._session_options(ort)
-        self._session_lock = threading.Lock()
         self._session = self._new_session(str(path))
         wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}.get(self._kind)
         if wanted and wanted not in self._session.get_providers():  # ORT falls back to the CPU when a GPU EP fails
@@ -332,6 +331,10 @@ class OnnxRuntimeBackend(Backend):
         torch.cuda.current_stream(self._torch_device).synchronize()  # the upload ran on torch's stream
         self.session.run_with_iobinding(binding)  # returns once ORT's stream is done
         return outputs
+
+    def _reset_call_state(self) -> None:
+        super()._reset_call_state()
+        self._session_lock = threading.Lock()  # guards re-opening the session (held by no thread of a forked child)
 
     def _close(self) -> None:
         with self._session_lock:  # after a session being made: it is dropped too

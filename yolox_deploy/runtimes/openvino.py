@@ -27,10 +27,16 @@ XML (another export's weights are refused); an IR without it (converted from the
 elsewhere) is described from its input/output shapes (:func:`~yolox_deploy.meta.infer_meta`) and its ops (the
 decode's ``Exp``: whether it decodes its boxes).
 An NPU needs static shapes: a dynamic IR opened on an NPU is fixed to its metadata's size and batch 1.
+
+A forked child (``multiprocessing``'s default on Linux) runs the models compiled before the fork, and compiles
+new ones, unless the parent had released a compiled model: the CPU plugin then hands the child's compile that
+model's idle executor, whose threads the fork did not copy, and the compile never returns (OpenVINO's own
+limit, reproduced with ``ov.Core`` alone).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
@@ -53,6 +59,16 @@ _DEVICE = re.compile(r"^(cpu|gpu(\.\d+)?|npu|auto|multi|hetero)(:.+)?$", re.IGNO
 
 _CORE: Any = None
 _CORE_LOCK = threading.Lock()
+
+
+def _new_core_lock() -> None:
+    """A lock held by no thread (at import, and in a forked child, where the thread that held it is gone)."""
+    global _CORE_LOCK
+    _CORE_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_core_lock)
 
 
 def _core() -> Any:
@@ -168,7 +184,6 @@ class OpenVINOBackend(Backend):
         self.meta = meta
         self._model = model
         self._config_dict = self._config(meta)
-        self._compile_lock = threading.Lock()
         self._plain: _Compiled | None = None
         self._canvas = self._compile(self._canvas_model(model)) if self._canvas_applies(model) else None
         self._n_outputs = len(self.compiled.outputs)
@@ -321,6 +336,10 @@ class OpenVINOBackend(Backend):
         if self._canvas is None:
             return super()._infer_canvas(canvases)
         return self._canvas.run(np.ascontiguousarray(to_numpy(canvases)), self._n_outputs)
+
+    def _reset_call_state(self) -> None:
+        super()._reset_call_state()
+        self._compile_lock = threading.Lock()  # guards compiling the plain model (held by no thread of a forked child)
 
     def _close(self) -> None:
         with self._compile_lock:  # after a model being compiled: it is released too
