@@ -389,6 +389,23 @@ def test_outputs_are_handed_over_without_a_copy(nano_onnx):
         assert backend.infer(batch) is result
 
 
+def _with_an_extra_output(src, dst):
+    """``src`` with a second output (the first node's result), as graphs exported with debug outputs have."""
+    model = onnx.load(str(src))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(model.graph.node[0].output[0],
+                                                                 onnx.TensorProto.FLOAT, None))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_a_graph_with_an_extra_output_runs(tiny_files, tmp_path, rng):
+    path, _ = tiny_files["dynamic"]
+    extra = _with_an_extra_output(path, tmp_path / "extra.onnx")
+    batch = rng.uniform(0, 255, (1, 3, 64, 96)).astype(np.float32)
+    with open_backend(path) as ours, open_backend(extra) as other:
+        assert np.array_equal(other.infer(batch)[0], ours.infer(batch)[0])
+
+
 # --- GPU -----------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @needs_gpu
@@ -419,6 +436,18 @@ def test_cuda_detector_matches_cpu(tiny_files, nano_onnx, dog_jpg):
         num_dets, boxes, scores, labels = gpu.infer(np.zeros((1, 3, 64, 64), np.float32))
     assert num_dets.is_cuda and labels.dtype.is_floating_point is False and boxes.shape == (1, 10, 4)
     assert int(num_dets[0, 0]) == 10
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_runs_a_graph_with_an_extra_output(tiny_files, tmp_path, rng):
+    """Only the outputs the pipeline reads are bound to tensors of known shapes (the extra one had none)."""
+    path, _ = tiny_files["dynamic"]
+    extra = _with_an_extra_output(path, tmp_path / "extra.onnx")
+    batch = rng.uniform(0, 255, (2, 3, 64, 96)).astype(np.float32)
+    with open_backend(path) as cpu, open_backend(extra, device="cuda") as gpu:
+        [expected], [out] = cpu.infer(batch), gpu.infer(batch)
+    np.testing.assert_allclose(out.cpu().numpy(), expected, atol=1e-3)
 
 
 # --- artefacts made by other tools -------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtefactError, BackendUnavailable, InputError
-from ..meta import META_KEY, ModelMeta, meta_from_graph, stored_meta
+from ..meta import META_KEY, NMS_OUTPUTS, ModelMeta, meta_from_graph, stored_meta
 from ..ops.letterbox import canvas_to_tensor
 from ..utils.arrays import to_numpy
 from ..utils.files import cache_dir, check_readable
@@ -136,7 +136,9 @@ class OnnxRuntimeBackend(Backend):
 
             self._torch = torch
             self._torch_device = torch.device("cuda", self._device_id)
-            names = [_TORCH_DTYPES[o.type] for o in outputs]
+            # the outputs the pipeline reads (a graph made elsewhere may have more, which ORT keeps to itself)
+            read = outputs[:len(NMS_OUTPUTS) if self.meta.nms_in_graph else 1]
+            names = [_TORCH_DTYPES[o.type] for o in read]
             self._output_dtypes = [(getattr(torch, n), np.dtype(n)) for n in names]  # (torch, numpy) per output
         self._canvas_session = None if self._io_binding else self._open_canvas_session(read_graph)
         if self._canvas_session is not None:
@@ -317,7 +319,8 @@ class OnnxRuntimeBackend(Backend):
         return [(n, num_anchors((h, w), m.strides), 5 + m.num_classes)]
 
     def _infer_bound(self, batch: Any) -> list[Any]:
-        """CUDA path: input and outputs bound to torch CUDA tensors, no host round trip for the outputs."""
+        """CUDA path: the input and the outputs the pipeline reads bound to torch CUDA tensors, no host round trip
+        for them; a graph's further outputs (one made elsewhere may have some) stay with ONNX Runtime."""
         torch = self._torch
         dtype = getattr(torch, np.dtype(self._input_dtype).name)
         x = torch.as_tensor(batch).to(self._torch_device, dtype, non_blocking=True).contiguous()
@@ -326,8 +329,10 @@ class OnnxRuntimeBackend(Backend):
                    for shape, (dtype, _) in zip(self._output_shapes(n, h, w), self._output_dtypes, strict=True)]
         binding = self.session.io_binding()
         binding.bind_input(self._input_name, "cuda", self._device_id, self._input_dtype, tuple(x.shape), x.data_ptr())
-        for name, out, (_, np_dtype) in zip(self._output_names, outputs, self._output_dtypes, strict=True):
+        for name, out, (_, np_dtype) in zip(self._output_names, outputs, self._output_dtypes):
             binding.bind_output(name, "cuda", self._device_id, np_dtype, tuple(out.shape), out.data_ptr())
+        for name in self._output_names[len(outputs):]:  # outputs the pipeline does not read: ORT allocates them
+            binding.bind_output(name, "cuda", self._device_id)
         torch.cuda.current_stream(self._torch_device).synchronize()  # the upload ran on torch's stream
         self.session.run_with_iobinding(binding)  # returns once ORT's stream is done
         return outputs
