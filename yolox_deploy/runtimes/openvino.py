@@ -29,9 +29,12 @@ decode's ``Exp``: whether it decodes its boxes).
 An NPU needs static shapes: a dynamic IR opened on an NPU is fixed to its metadata's size and batch 1.
 
 A forked child (``multiprocessing``'s default on Linux) runs the models compiled before the fork, and compiles
-new ones, unless the parent had released a compiled model: the CPU plugin then hands the child's compile that
-model's idle executor, whose threads the fork did not copy, and the compile never returns (OpenVINO's own
-limit, reproduced with ``ov.Core`` alone).
+new ones. Once a compiled model was released in the parent (or before an earlier fork), the CPU plugin would hand
+a compile in the child that model's idle executor, whose threads the fork did not copy, and the compile would
+never return (OpenVINO's own limit, reproduced with ``ov.Core`` alone). Such a child compiles for the CPU with
+``EXCLUSIVE_ASYNC_REQUESTS`` (OpenVINO's one CPU executor of the process, made in the child; results are the
+same): its models run on all the CPUs the process may use, whatever ``threads`` says. A child of that child,
+whose CPU executor again has no threads, cannot compile for the CPU and says so.
 """
 
 from __future__ import annotations
@@ -61,14 +64,32 @@ _CORE: Any = None
 _CORE_LOCK = threading.Lock()
 
 
-def _new_core_lock() -> None:
-    """A lock held by no thread (at import, and in a forked child, where the thread that held it is gone)."""
-    global _CORE_LOCK
+# a compiled model was released in this process or before a fork that made it: the CPU plugin keeps its executor
+# idle for the next compile with the same settings
+_RELEASED = False
+# released before this process was forked: those idle executors have no threads here
+_IDLE_EXECUTORS_STALE = False
+# the process that first compiled with EXCLUSIVE_ASYNC_REQUESTS, which made the plugin's one CPU executor
+_EXCLUSIVE_EXECUTOR_PID: int | None = None
+EXCLUSIVE = "EXCLUSIVE_ASYNC_REQUESTS"
+
+
+def _after_fork_in_child() -> None:
+    """A Core lock held by no thread (the thread that held the parent's is gone), and whether the executors of
+    released models are now without threads."""
+    global _CORE_LOCK, _IDLE_EXECUTORS_STALE
     _CORE_LOCK = threading.Lock()
+    _IDLE_EXECUTORS_STALE = _RELEASED
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_core_lock)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _note_release() -> None:
+    """A compiled model is being released: its CPU executor becomes idle (the plugin keeps it for reuse)."""
+    global _RELEASED
+    _RELEASED = True
 
 
 def _core() -> Any:
@@ -189,11 +210,37 @@ class OpenVINOBackend(Backend):
         self._n_outputs = len(self.compiled.outputs)
 
     def _compile(self, model: Any) -> _Compiled:
+        config = self._compile_config()
         try:
-            return _Compiled(_core().compile_model(model, self._device, self._config_dict))
+            return _Compiled(_core().compile_model(model, self._device, config))
         except Exception as e:
             raise ArtefactError(f"OpenVINO could not compile {self.xml} for {self._device} "
                                 f"({_first_line(e)})") from None
+
+    def _compile_config(self) -> dict[str, Any]:
+        """The config, with ``EXCLUSIVE_ASYNC_REQUESTS`` for the CPU in a forked child that inherited idle CPU
+        executors (the plugin would hand the compile one, without threads here, and it would never return)."""
+        if not _IDLE_EXECUTORS_STALE or not self._uses_cpu():
+            return self._config_dict
+        global _EXCLUSIVE_EXECUTOR_PID
+        if _EXCLUSIVE_EXECUTOR_PID not in (None, os.getpid()):
+            raise BackendUnavailable(
+                f"OpenVINO cannot compile {self.xml.name} for the CPU in this process: it was forked from a "
+                "process that had already compiled one after a fork, and both of the CPU plugin's executors "
+                "it would use have no threads here; open the model before forking, or use the 'spawn' start method")
+        _EXCLUSIVE_EXECUTOR_PID = os.getpid()
+        config = dict(self._config_dict)
+        if self._device.startswith("CPU"):
+            config[EXCLUSIVE] = True
+        else:  # AUTO / MULTI / HETERO: the CPU's own settings
+            properties = {device: dict(values) for device, values in config.get("DEVICE_PROPERTIES", {}).items()}
+            properties.setdefault("CPU", {})[EXCLUSIVE] = True
+            config["DEVICE_PROPERTIES"] = properties
+        return config
+
+    def _uses_cpu(self) -> bool:
+        """Whether the CPU plugin may compile the model (the CPU, or a virtual device that may pick it)."""
+        return self._device.startswith("CPU") or self._cpu_is_a_candidate()
 
     def _canvas_applies(self, model: Any) -> bool:
         shape = model.inputs[0].get_partial_shape()
@@ -375,7 +422,13 @@ class _Compiled:
                 self._idle.get_nowait()
             except queue.Empty:
                 break
+        if self.compiled is not None:
+            _note_release()
         self.compiled = None
+
+    def __del__(self, note_release: Any = _note_release) -> None:  # bound here: still callable at interpreter exit
+        if self.compiled is not None:  # dropped without close (its backend was garbage-collected)
+            note_release()
 
 
 def _first_line(e: BaseException) -> str:
