@@ -39,6 +39,7 @@ whose CPU executor again has no threads, cannot compile for the CPU and says so.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import re
@@ -55,6 +56,8 @@ from ..utils.arrays import to_numpy
 from ..utils.files import check_readable
 from ..utils.sizes import parse_img_size
 from .base import Backend, check_weights_digest, one_model_file, precision_name, register_backend
+
+log = logging.getLogger(__name__)
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
@@ -229,6 +232,10 @@ class OpenVINOBackend(Backend):
                 "process that had already compiled one after a fork, and both of the CPU plugin's executors "
                 "it would use have no threads here; open the model before forking, or use the 'spawn' start method")
         _EXCLUSIVE_EXECUTOR_PID = os.getpid()
+        if self.options.get("threads"):
+            log.warning("threads=%s is not applied to %s: in a process forked after its parent released an OpenVINO "
+                        "model, the CPU runs it on OpenVINO's exclusive executor (all CPUs)",
+                        self.options["threads"], self.xml.name)
         config = dict(self._config_dict)
         if self._device.startswith("CPU"):
             config[EXCLUSIVE] = True
