@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -95,6 +96,17 @@ def test_plot_is_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     partial = write_report(make_report(), tmp_path, plot=False)  # the next run's first rows: no stale plot
     assert "plot" not in partial and not paths["plot"].exists()
+
+
+def test_a_plot_without_matplotlib_is_refused_before_any_file(tmp_path, monkeypatch):
+    """The Python API said ModuleNotFoundError from inside the plot, after making the folder."""
+    from yolox_deploy.errors import BackendUnavailable
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # find_spec and import both see it missing
+    with pytest.raises(BackendUnavailable, match=r"pip install 'yolox-deploy\[bench\]'.*plot=False"):
+        write_report(make_report(), tmp_path / "out", plot=True)
+    assert not (tmp_path / "out").exists()
+    assert "plot" not in write_report(make_report(), tmp_path / "out", plot=False)
 
 
 def test_the_plot_marks_the_fp32_ap_of_a_model():

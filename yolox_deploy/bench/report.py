@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import BackendUnavailable, InputError
 from ..utils.files import atomic_write, json_text
+from ..utils.packages import missing_reason
 from ..utils.table import format_table
 from ..utils.text import listed
 from .results import BenchReport, BenchRow, DemoComparison
@@ -168,12 +169,22 @@ def read_json(path: str | os.PathLike) -> BenchReport:
     return BenchReport.from_dict(json.loads(Path(path).read_text()))
 
 
+def require_plotting() -> None:
+    """Raise :class:`BackendUnavailable` when matplotlib, which draws ``results.png``, is not installed (looked
+    up, not imported): said before any timing (yolox-bench) or any file is written (:func:`write_report`)."""
+    reason = missing_reason("matplotlib", "results.png", "bench")
+    if reason is not None:
+        raise BackendUnavailable(f"{reason}, or pass --no-plot (plot=False)")
+
+
 def write_report(report: BenchReport, folder: str | os.PathLike, *, plot: bool = True,
                  partial: bool = False) -> dict[str, Path]:
     """Write ``results.md``, ``results.csv``, ``results.json`` and (``plot``) ``results.png`` into ``folder``;
     without ``plot`` an earlier run's ``results.png`` is removed, so every file there describes this report,
     and the results a run wrote so far (``partial``: ``results.partial.*``) go. With ``partial``, only those
     are written: an earlier run's results stay until this one's replace them."""
+    if plot and not partial:
+        require_plotting()  # before the folder is made: a missing matplotlib leaves nothing
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     names = PARTIAL_NAMES if partial else OUTPUT_NAMES

@@ -8,14 +8,13 @@ kept in results.partial.*); exported artefacts are cached in --output/cache and 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..bench.report import PAPER_HEADERS, check_report_folder, paper_rows, write_report
+from ..bench.report import PAPER_HEADERS, check_report_folder, paper_rows, require_plotting, write_report
 from ..bench.results import FAILED
 from ..bench.runner import BenchConfig, default_images, default_weights_dir, run_benchmark
 from ..errors import InputError
@@ -156,8 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("yolox_deploy").setLevel(logging.WARNING)
     output_folder(args.output)
     check_report_folder(args.output)
-    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
-        raise InputError("results.png needs matplotlib: pip install 'yolox-deploy[bench]', or pass --no-plot")
+    if not args.no_plot:
+        require_plotting()
     cfg = config_from_args(args)
     # rows so far go to results.partial.*; an earlier run's results stay until this run's replace them
     report = run_benchmark(cfg, on_row=lambda so_far: write_report(so_far, cfg.output, partial=True))
