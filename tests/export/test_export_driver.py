@@ -188,6 +188,21 @@ def test_missing_package(tiny_pth, out, capsys, monkeypatch):
     _assert_empty(out)
 
 
+def test_tensorrt_without_onnx_is_refused_before_any_work(tiny_pth, out, capsys, monkeypatch):
+    """The TensorRT format writes an ONNX step first: without ``onnx`` it is refused before the checkpoint is
+    read (or fetched by name), not after the model was traced."""
+    import yolox_deploy.export as export_module
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "onnx" else real(name, *a, **k))
+    monkeypatch.setattr(export_module, "load_source", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
+    rc, _, err = _run(["--weights", tiny_pth, "--format", "trt", "--output", out / "m.engine"], capsys)
+    line = _one_error(err)
+    assert rc == 2 and "'onnx' package" in line and "pip install 'yolox-deploy[onnx]'" in line
+    _assert_empty(out)
+
+
 def test_existing_output_is_kept_without_force(tiny_pth, out, capsys):
     target = out / "m.onnx"
     target.write_bytes(b"precious")

@@ -62,6 +62,7 @@ from ..runtimes.tensorrt import (
     make_logger,
 )
 from ..utils.files import atomic_write, cache_dir, file_sha256, write_text_atomic
+from ..utils.packages import import_reason
 from .base import INT8_WITH_HALF, Exporter, ExportOptions, ExportSource, register_format
 from .onnx import io_signature
 
@@ -639,7 +640,11 @@ class TensorRTExporter(Exporter):
 
     @classmethod
     def require(cls) -> None:
-        """Nothing up front: the ONNX step runs without TensorRT, which is checked (and reported) after it."""
+        """The ``onnx`` package the ONNX step is written with, before any work (a checkpoint fetched by name, the
+        model traced); TensorRT itself is not: the ONNX step runs without it, which is reported after it."""
+        reason = import_reason("onnx", "exporting to tensorrt (its ONNX step)", "onnx")
+        if reason is not None:
+            raise BackendUnavailable(reason)
 
     @classmethod
     def require_for(cls, options: ExportOptions) -> None:
