@@ -53,6 +53,15 @@ class ImageRecord:
     labels: np.ndarray
 
 
+# each kind of annotation skipped: its AnnotationReport count, and how the summary names it
+SKIPPED_KINDS = (("degenerate", "zero/negative-area boxes (after clipping)"),
+                 ("zero_area", "annotations with an area of 0, below 0 or NaN"),
+                 ("malformed", "boxes with malformed or non-finite coordinates"),
+                 ("bad_iscrowd", "annotations with an iscrowd other than 0 / 1"),
+                 ("unknown_category", "boxes with a category_id not in the category list"),
+                 ("crowd", "iscrowd boxes"), ("orphan", "annotations of image ids not in the image list"))
+
+
 @dataclass
 class AnnotationReport:
     """What loading did to the annotations (all counts are boxes unless named otherwise)."""
@@ -77,19 +86,13 @@ class AnnotationReport:
             self.first[kind] = f"annotation {ann.get('id', '?')}" + (f", {what}" if what else "")
 
     def skipped(self) -> int:
-        return self.degenerate + self.zero_area + self.malformed + self.bad_iscrowd + self.unknown_category + self.crowd + self.orphan
+        return sum(getattr(self, kind) for kind, _ in SKIPPED_KINDS)
 
     def summary(self) -> str:
         parts = []
         if self.clipped:
             parts.append(f"{self.clipped} boxes reaching outside their image were clipped to it")
-        named = (("degenerate", "zero/negative-area boxes (after clipping)"),
-                 ("zero_area", "annotations with an area of 0, below 0 or NaN"),
-                 ("malformed", "boxes with malformed or non-finite coordinates"),
-                 ("bad_iscrowd", "annotations with an iscrowd other than 0 / 1"),
-                 ("unknown_category", "boxes with a category_id not in the category list"),
-                 ("crowd", "iscrowd boxes"), ("orphan", "annotations of image ids not in the image list"))
-        for attr, text in named:
+        for attr, text in SKIPPED_KINDS:
             if getattr(self, attr):
                 first = f" (first: {self.first[attr]})" if attr in self.first and attr != "crowd" else ""
                 parts.append(f"{getattr(self, attr)} {text} were skipped{first}")
