@@ -3,6 +3,7 @@ no staging folder) is left behind by a refused, failed, interrupted or unverifie
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 
@@ -201,6 +202,29 @@ def test_tensorrt_without_onnx_is_refused_before_any_work(tiny_pth, out, capsys,
     line = _one_error(err)
     assert rc == 2 and "'onnx' package" in line and "pip install 'yolox-deploy[onnx]'" in line
     _assert_empty(out)
+
+
+@pytest.mark.parametrize("missing", [set(), {"tensorrt"}, {"tensorrt", "onnx"}])
+def test_help_says_what_tensorrt_does_here(missing, monkeypatch):
+    """The formats list under --help: TensorRT without its package still runs its ONNX step (it is not
+    listed as unavailable then); without onnx too it is."""
+    from yolox_deploy.cli.export import build_parser
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):  # tensorrt is installed unless missing (not on this CI)
+        if name in missing:
+            return None
+        return importlib.machinery.ModuleSpec(name, None) if name == "tensorrt" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    line = next(ln for ln in build_parser().epilog.splitlines() if ln.strip().startswith("tensorrt"))
+    if not missing:
+        assert "[" not in line
+    elif "onnx" in missing:
+        assert "[unavailable:" in line and "'onnx' package" in line
+    else:
+        assert "unavailable" not in line and "'tensorrt' package" in line and "the ONNX step runs" in line
 
 
 def test_existing_output_is_kept_without_force(tiny_pth, out, capsys):

@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     formats = registered_formats()
     lines = []
     for cls in formats.values():
-        ok, why = cls.info.available()
-        lines.append(f"  {cls.info.name:<9} {cls.info.description}" + ("" if ok else f" [unavailable: {why}]"))
+        note = cls.availability()
+        lines.append(f"  {cls.info.name:<9} {cls.info.description}" + (f" [{note}]" if note else ""))
     for name, err in IMPORT_ERRORS.items():
         lines.append(f"  {name:<9} [failed to load: {err}]")
     p = argparse.ArgumentParser(prog="yolox-export", description=description(__doc__),

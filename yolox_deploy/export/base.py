@@ -238,6 +238,13 @@ class Exporter(abc.ABC):
         self.output = output  # where the driver will put the artefact; exporters still write only to ``dest``
 
     @classmethod
+    def availability(cls) -> str:
+        """What a user of this installation is told about the format in listings: ``""`` when it can be
+        written here, else why not."""
+        ok, why = cls.info.available()
+        return "" if ok else f"unavailable: {why}"
+
+    @classmethod
     def require(cls) -> None:
         """Raise :class:`BackendUnavailable` before any work when this format cannot be written here.
 

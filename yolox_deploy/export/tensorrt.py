@@ -62,7 +62,7 @@ from ..runtimes.tensorrt import (
     make_logger,
 )
 from ..utils.files import atomic_write, cache_dir, file_sha256, write_text_atomic
-from ..utils.packages import import_reason
+from ..utils.packages import import_reason, missing_reason
 from .base import INT8_WITH_HALF, Exporter, ExportOptions, ExportSource, register_format
 from .onnx import io_signature
 
@@ -637,6 +637,19 @@ def write_tensorrt_onnx(source: ExportSource, options: ExportOptions, path: Path
                  accepts_onnx=True, aliases=("trt", "engine"), artefact_files=("*.engine", "*.plan"))
 class TensorRTExporter(Exporter):
     """TensorRT engine (.engine) for NVIDIA GPUs, with a JSON sidecar."""
+
+    @classmethod
+    def availability(cls) -> str:
+        """Without TensorRT the format still does its ONNX step (``onnx`` is needed for that), so the listing
+        says what a user gets here rather than only what is missing."""
+        onnx_missing = missing_reason("onnx", "its ONNX step", "onnx")
+        if onnx_missing is not None:
+            return f"unavailable: {onnx_missing}"
+        trt_missing = missing_reason(cls.info.package, "building the engine", cls.info.extra)
+        if trt_missing is None:
+            return ""
+        return (f"{trt_missing}; without it the ONNX step runs and the trtexec command that builds the engine "
+                "on the target is printed; --int8 is refused")
 
     @classmethod
     def require(cls) -> None:
