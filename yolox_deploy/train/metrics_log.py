@@ -7,11 +7,13 @@ dropped (the file is rewritten atomically) so the log never holds the same itera
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import shutil
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,7 @@ class MetricsLog:
                         shutil.rmtree(made[0], ignore_errors=True)
                         remove_empty_folders(made[1:])
                     raise
+                _quiet_writer_threads()
 
     def resume_at(self, iteration: int, evaluated_through: int | None = None) -> None:
         """Continue after ``iteration``: rows logged beyond it (by the run that went on past the checkpoint
@@ -101,8 +104,9 @@ class MetricsLog:
         if self._tb is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb.close()
-            self._tb = SummaryWriter(str(self.folder / TENSORBOARD_DIR), purge_step=iteration + 1)
+            self.close()
+            with self._tensorboard():
+                self._tb = SummaryWriter(str(self.folder / TENSORBOARD_DIR), purge_step=iteration + 1)
 
     def log_train(self, row: Mapping[str, Any]) -> None:
         self._log(self.train, "train", row)
@@ -115,14 +119,31 @@ class MetricsLog:
         table.write(row)
         if self._tb is not None:
             step = int(row["iteration"])
-            for k, v in row.items():
-                if k not in ("epoch", "iteration") and isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"{tag}/{k}", v, step)
+            with self._tensorboard():
+                for k, v in row.items():
+                    if k not in ("epoch", "iteration") and isinstance(v, (int, float)):
+                        self._tb.add_scalar(f"{tag}/{k}", v, step)
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            with self._tensorboard():
+                self._tb.close()
             self._tb = None
+
+    @contextlib.contextmanager
+    def _tensorboard(self) -> Iterator[None]:
+        """TensorBoard events are a view of the CSV logs: when they cannot be written (a full disk, a folder
+        removed), TensorBoard stops with one warning and training goes on with the CSV logs (a checkpoint that
+        cannot be written stops it with its own message)."""
+        try:
+            yield
+        except OSError as e:
+            tb, self._tb = self._tb, None
+            if tb is not None:
+                with contextlib.suppress(OSError):
+                    tb.close()  # its writer thread has stopped; the file is closed, nothing more is written
+            log.warning("TensorBoard logging stopped: could not write to %s (%s); %s and %s go on",
+                        self.folder / TENSORBOARD_DIR, e.strerror or e, TRAIN_LOG, EVAL_LOG)
 
     def discard(self) -> None:
         """Close and delete the logs (a run that failed before its first checkpoint leaves nothing behind)."""
@@ -130,3 +151,24 @@ class MetricsLog:
         for log_file in (self.train.path, self.eval.path):
             log_file.unlink(missing_ok=True)
         shutil.rmtree(self.folder / TENSORBOARD_DIR, ignore_errors=True)
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread prints its own traceback when a write fails, then hands the error to the
+    next call from the training loop, which reports it (:meth:`MetricsLog._tensorboard`): that thread's
+    traceback is left out; every other thread's goes to the hook there was before (wrapped again only when
+    something has replaced this wrapper since)."""
+    previous = threading.excepthook
+    if getattr(previous, "skips_tensorboard_writer", False):
+        return
+    try:
+        from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+    except ImportError:  # another TensorBoard layout: its tracebacks stay
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError)):
+            previous(args)
+
+    hook.skips_tensorboard_writer = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
