@@ -91,11 +91,14 @@ def _bad_inputs(tmp_path, nano_pth):
                       "not a PyTorch checkpoint"),
         "bad size": ([str(nano_pth), "--img-size", "400", "--source", str(tmp_path / "x.jpg")], "multiple of 32"),
         "unknown model": ([str(nano_pth), "--model", "yolox-huge", "--source", str(tmp_path / "x.jpg")], "unknown model"),
+        "max-det 0": ([str(nano_pth), "--max-det", "0", "--source", str(tmp_path / "x.jpg")],
+                                  "--max-det must be an integer >= 1, got 0"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing weights", "missing image", "zero-byte image", "unreadable image",
-                                  "wrong variant", "not a checkpoint", "text file", "bad size", "unknown model"])
+                                  "wrong variant", "not a checkpoint", "text file", "bad size", "unknown model",
+                                  "max-det 0"])
 def test_detect_bad_inputs(tmp_path, nano_pth, capsys, case):
     argv, message = _bad_inputs(tmp_path, nano_pth)[case]
     out = tmp_path / "out"

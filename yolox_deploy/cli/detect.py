@@ -237,6 +237,8 @@ def _check_outputs(out: Path, names: list[str]) -> set[str]:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.max_det < 1:  # (the Detector's own message speaks of None, which the command line cannot give)
+        raise InputError(f"--max-det must be an integer >= 1, got {args.max_det}")
     out = output_folder(args.output)
     src = str(args.source)
     camera, url = camera_index(src), stream_url(src)
