@@ -153,6 +153,7 @@ def test_a_released_name_of_another_variant_is_refused_before_it_is_fetched(rele
     ("missing", InputError, "HTTP 404"),
     ("short", InputError, "stopped after|IncompleteRead"),
     ("not a checkpoint", CheckpointError, "did not give a checkpoint"),
+    ("an ONNX model", CheckpointError, r"gave an ONNX model, not the yolox-nano checkpoint \(.pth\); nothing was kept$"),
     ("another variant", CheckpointError, "gave yolox-tiny weights with 80 classes, not the 80-class yolox-nano"),
     ("another class count", CheckpointError, "gave yolox-nano weights with 3 classes"),
 ])
@@ -162,6 +163,13 @@ def test_a_download_that_is_not_the_checkpoint_leaves_nothing(release, tmp_path,
         release.short.add("yolox_nano.pth")
     elif case == "not a checkpoint":
         release.files["yolox_nano.pth"] = b"<html>rate limited</html>"
+    elif case == "an ONNX model":
+        onnx = pytest.importorskip("onnx")
+        from onnx import TensorProto, helper
+
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:])
+        release.files["yolox_nano.pth"] = onnx.helper.make_model(graph).SerializeToString()
     elif case == "another variant":
         release.files["yolox_nano.pth"] = checkpoint_bytes(tmp_path, "yolox-tiny")
     elif case == "another class count":

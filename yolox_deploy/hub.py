@@ -180,11 +180,14 @@ def _copy(response: object, out: object, total: int | None, label: str | None) -
 
 def _check_checkpoint(path: Path, name: str, url: str) -> None:
     """Refuse a download that is not the 80-class checkpoint of ``name`` (a mirror's error page, another file)."""
-    from .nn.checkpoint import identify_variant, read_checkpoint
+    from .nn.checkpoint import identify_variant, parses_as_onnx, read_checkpoint
 
     try:
         ckpt = read_checkpoint(path)
     except (CheckpointError, InputError) as e:
+        if parses_as_onnx(path):  # (read_checkpoint's advice for an ONNX file at hand does not fit one not kept)
+            raise CheckpointError(f"{url} gave an ONNX model, not the {name} checkpoint (.pth); nothing was "
+                                  "kept") from None
         raise CheckpointError(f"{url} did not give a checkpoint ({str(e).replace(str(path), 'the download')}); "
                               "nothing was kept") from None
     found = identify_variant(ckpt.state_dict)

@@ -106,7 +106,7 @@ def _strip_wrappers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         sd = stripped
 
 
-def _is_onnx(path: Path) -> bool:
+def parses_as_onnx(path: Path) -> bool:
     """Whether ``path`` parses as an ONNX model (onnx installed); for a message, on a file torch refused."""
     try:
         import onnx
@@ -166,7 +166,7 @@ def read_checkpoint(path: str | os.PathLike, model: str | None = None) -> Checkp
         if "unsupported global" in str(e).lower() and (head.startswith(b"PK") or head.startswith(b"\x80")):
             raise CheckpointError(f"{p} holds Python objects, not only weights; refusing to unpickle it "
                                   "(checkpoints are loaded with weights_only=True)") from None
-        if p.suffix.lower() == ".onnx" or _is_onnx(p):
+        if p.suffix.lower() == ".onnx" or parses_as_onnx(p):
             raise CheckpointError(f"{p} is an ONNX model, not a PyTorch checkpoint: run it as it is (the Detector and "
                                   "yolox-detect open .onnx files), or export from the .pth it was made from") from None
         raise CheckpointError(f"{p} is not a PyTorch checkpoint (unreadable pickle data)") from None
